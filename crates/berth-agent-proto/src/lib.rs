@@ -1,0 +1,48 @@
+//! The protocol between Berth's engine (host) and its agent (guest PID 1).
+//!
+//! One byte stream (a virtio-serial port in the guest, a unix socket on the host) carries
+//! a sequence of frames. Every frame is:
+//!
+//! ```text
+//! offset size  field
+//! 0      4     length: u32, little-endian: the number of bytes that follow this field
+//! 4      4     stream: u32, little-endian: 0 for the agent itself, N for process N
+//! 8      1     kind:   1 control (JSON message), 2 stdin, 3 stdout, 4 stderr
+//! 9      ...   payload: `length - 5` bytes
+//! ```
+//!
+//! `length` is at least [`HEADER_AFTER_LEN`] and at most [`MAX_FRAME_LEN`]; a peer that
+//! sends anything else is broken or hostile and the connection is dropped. Control
+//! payloads are UTF-8 JSON of [`GuestMessage`] (guest to host) or [`HostMessage`]
+//! (host to guest), at most [`MAX_CONTROL_LEN`] bytes. Data payloads are raw bytes.
+//!
+//! The guest speaks first: [`GuestMessage::Hello`] with its [`PROTOCOL_VERSION`]. The
+//! host refuses a version it does not know. Then the host configures the guest
+//! ([`HostMessage::Setup`]) and spawns processes ([`HostMessage::Spawn`]) on stream ids it
+//! chooses; the guest reports [`GuestMessage::Started`] or [`GuestMessage::SpawnFailed`],
+//! their output, and finally [`GuestMessage::Exited`].
+//!
+//! The host treats the guest as untrusted: [`FrameDecoder`] bounds every length before it
+//! allocates, and [`decode_guest_message`] validates the JSON and its fields.
+
+mod frame;
+mod message;
+
+pub use frame::{encode_frame, Frame, FrameDecoder, FrameKind, ProtoError, HEADER_AFTER_LEN};
+pub use message::{
+    decode_guest_message, decode_host_message, encode_control, GuestMessage, HostMessage,
+    ProcessSpec, SetupSpec, SpawnFailure,
+};
+
+/// Version of this protocol. Bumped on any incompatible change.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest value of the length field (1 MiB plus the header).
+pub const MAX_FRAME_LEN: u32 = (1 << 20) + HEADER_AFTER_LEN;
+/// Largest data payload a sender puts in one frame.
+pub const MAX_DATA_CHUNK: usize = 1 << 16;
+/// Largest control (JSON) payload.
+pub const MAX_CONTROL_LEN: usize = 256 * 1024;
+/// Stream id of messages addressed to the agent rather than to a process.
+pub const AGENT_STREAM: u32 = 0;
+/// Name of the virtio-serial port the agent talks on.
+pub const PORT_NAME: &str = "berth.agent";

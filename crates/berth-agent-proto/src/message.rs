@@ -1,0 +1,207 @@
+//! Control messages: JSON payloads of [`FrameKind::Control`] frames.
+
+use serde::{Deserialize, Serialize};
+
+use crate::frame::{encode_frame, Frame, FrameKind, ProtoError};
+use crate::MAX_CONTROL_LEN;
+
+/// How the guest sets itself up before it runs a container's process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetupSpec {
+    /// The container's hostname.
+    pub hostname: String,
+    /// Guest block device holding the container's root filesystem (ext4), e.g. `/dev/vda`.
+    pub root_device: String,
+}
+
+/// A process to run inside the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    /// Program and arguments; `argv[0]` is looked up in the container's `PATH` if it has no `/`.
+    pub argv: Vec<String>,
+    /// `KEY=value` pairs.
+    pub env: Vec<String>,
+    /// Working directory inside the container (absolute).
+    pub cwd: String,
+    /// `user[:group]`, by name or number, resolved in the container's /etc/passwd and /etc/group.
+    pub user: String,
+    /// Give the process a terminal (stdout and stderr are then one stream).
+    pub tty: bool,
+    /// Keep standard input open for [`FrameKind::Stdin`] frames.
+    pub stdin: bool,
+    /// Initial terminal size (rows, columns), when `tty`.
+    pub tty_size: Option<(u16, u16)>,
+}
+
+/// Why a process could not be started. The engine maps these to Docker's 126/127.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpawnFailure {
+    /// The program does not exist (Docker: 127).
+    NotFound,
+    /// The program exists but cannot be executed (Docker: 126).
+    NotExecutable,
+    /// Anything else (bad user, bad cwd, ...).
+    Other,
+}
+
+/// Messages from the host to the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HostMessage {
+    /// Mount the root filesystem and set the hostname. Answered by `SetupDone` or `Error`.
+    Setup(SetupSpec),
+    /// Start a process on the frame's stream id.
+    Spawn(ProcessSpec),
+    /// No more standard input for the frame's stream.
+    CloseStdin,
+    /// Send a signal to the frame's stream's process.
+    Signal { signal: i32 },
+    /// Resize the frame's stream's terminal.
+    Resize { rows: u16, cols: u16 },
+    /// Kill every process, flush the disks and power off.
+    Shutdown,
+}
+
+/// Messages from the guest to the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum GuestMessage {
+    /// First message on the channel.
+    Hello { protocol: u32, kernel: String },
+    /// `Setup` finished.
+    SetupDone,
+    /// The process on the frame's stream started.
+    Started { pid: i32 },
+    /// The process on the frame's stream could not start.
+    SpawnFailed {
+        reason: SpawnFailure,
+        message: String,
+    },
+    /// The process on the frame's stream ended: its exit code, or the signal that killed it.
+    Exited { code: i32, signal: Option<i32> },
+    /// A request failed.
+    Error { message: String },
+}
+
+/// Encodes a control message into a frame on `stream`.
+pub fn encode_control<T: Serialize>(stream: u32, message: &T) -> Vec<u8> {
+    let json = serde_json::to_vec(message).expect("protocol messages always serialize");
+    encode_frame(stream, FrameKind::Control, &json)
+}
+
+fn control_payload(frame: &Frame) -> Result<&[u8], ProtoError> {
+    if frame.kind != FrameKind::Control {
+        return Err(ProtoError::NotControl(frame.kind));
+    }
+    if frame.payload.len() > MAX_CONTROL_LEN {
+        return Err(ProtoError::ControlTooLarge(frame.payload.len()));
+    }
+    Ok(&frame.payload)
+}
+
+/// Decodes and validates a guest message (the host side's entry point for untrusted input).
+pub fn decode_guest_message(frame: &Frame) -> Result<GuestMessage, ProtoError> {
+    let message: GuestMessage =
+        serde_json::from_slice(control_payload(frame)?).map_err(ProtoError::BadJson)?;
+    match &message {
+        GuestMessage::Hello { kernel, .. } if kernel.len() > 256 => Err(ProtoError::InvalidField(
+            "hello.kernel is longer than 256 bytes",
+        )),
+        GuestMessage::Exited {
+            signal: Some(sig), ..
+        } if !(1..=64).contains(sig) => Err(ProtoError::InvalidField(
+            "exited.signal is not a signal number",
+        )),
+        GuestMessage::Exited { code, .. } if !(0..=255).contains(code) => {
+            Err(ProtoError::InvalidField("exited.code is not in 0..=255"))
+        }
+        _ => Ok(message),
+    }
+}
+
+/// Decodes a host message (the guest side's entry point).
+pub fn decode_host_message(frame: &Frame) -> Result<HostMessage, ProtoError> {
+    serde_json::from_slice(control_payload(frame)?).map_err(ProtoError::BadJson)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::FrameDecoder;
+
+    fn decode_one(wire: &[u8]) -> Frame {
+        let mut decoder = FrameDecoder::new();
+        decoder.push(wire);
+        decoder.next_frame().unwrap().unwrap()
+    }
+
+    #[test]
+    fn host_message_round_trip() {
+        let spawn = HostMessage::Spawn(ProcessSpec {
+            argv: vec!["echo".into(), "hi".into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            user: "0".into(),
+            tty: false,
+            stdin: false,
+            tty_size: None,
+        });
+        let frame = decode_one(&encode_control(3, &spawn));
+        assert_eq!(frame.stream, 3);
+        assert_eq!(decode_host_message(&frame).unwrap(), spawn);
+    }
+
+    #[test]
+    fn guest_exit_validated() {
+        let bad = decode_one(&encode_control(
+            1,
+            &GuestMessage::Exited {
+                code: 300,
+                signal: None,
+            },
+        ));
+        assert!(matches!(
+            decode_guest_message(&bad),
+            Err(ProtoError::InvalidField(_))
+        ));
+        let bad_signal = decode_one(&encode_control(
+            1,
+            &GuestMessage::Exited {
+                code: 0,
+                signal: Some(0),
+            },
+        ));
+        assert!(decode_guest_message(&bad_signal).is_err());
+        let good = decode_one(&encode_control(
+            1,
+            &GuestMessage::Exited {
+                code: 3,
+                signal: None,
+            },
+        ));
+        assert_eq!(
+            decode_guest_message(&good).unwrap(),
+            GuestMessage::Exited {
+                code: 3,
+                signal: None
+            }
+        );
+    }
+
+    #[test]
+    fn garbage_json_is_an_error() {
+        let frame = decode_one(&encode_frame(0, FrameKind::Control, b"\xff\xfe{"));
+        assert!(matches!(
+            decode_guest_message(&frame),
+            Err(ProtoError::BadJson(_))
+        ));
+        let frame = decode_one(&encode_frame(0, FrameKind::Control, br#"{"type":"nope"}"#));
+        assert!(decode_guest_message(&frame).is_err());
+        let data = decode_one(&encode_frame(0, FrameKind::Stdout, b"{}"));
+        assert!(matches!(
+            decode_guest_message(&data),
+            Err(ProtoError::NotControl(_))
+        ));
+    }
+}

@@ -1,0 +1,192 @@
+//! Early boot: filesystems, kernel modules, the agent's port, and power-off.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::mount::{mount, MsFlags};
+
+use berth_agent_proto::PORT_NAME;
+
+fn mount_fs(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> io::Result<()> {
+    fs::create_dir_all(target)?;
+    mount(Some(source), target, Some(fstype), flags, data).map_err(|errno| {
+        io::Error::new(
+            io::Error::from(errno).kind(),
+            format!("mount {fstype} on {target}: {errno}"),
+        )
+    })
+}
+
+/// Mounts /proc, /sys and /dev in the initramfs.
+pub fn mount_early_filesystems() -> io::Result<()> {
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount_fs("proc", "/proc", "proc", nodev, None)?;
+    mount_fs("sysfs", "/sys", "sysfs", nodev, None)?;
+    mount_fs(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )?;
+    mount_fs(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("ptmxmode=0666,mode=0620"),
+    )?;
+    Ok(())
+}
+
+/// Loads the modules named in /lib/modules/order, one file name per line, in that order.
+pub fn load_modules() -> io::Result<()> {
+    let order = fs::read_to_string("/lib/modules/order")?;
+    for name in order.lines().map(str::trim).filter(|line| !line.is_empty()) {
+        let path = Path::new("/lib/modules").join(name);
+        let file = File::open(&path)?;
+        let params = c"";
+        // SAFETY: finit_module reads the open module file descriptor and a NUL-terminated
+        // parameter string; both outlive the call.
+        let rc =
+            unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), params.as_ptr(), 0) };
+        if rc != 0 {
+            let error = io::Error::last_os_error();
+            if error.raw_os_error() != Some(libc::EEXIST) {
+                return Err(io::Error::new(
+                    error.kind(),
+                    format!("loading {name}: {error}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn find_port() -> Option<PathBuf> {
+    for entry in fs::read_dir("/sys/class/virtio-ports").ok()?.flatten() {
+        let name = fs::read_to_string(entry.path().join("name")).unwrap_or_default();
+        if name.trim() == PORT_NAME {
+            let device = Path::new("/dev").join(entry.file_name());
+            if device.exists() {
+                return Some(device);
+            }
+        }
+    }
+    None
+}
+
+/// Waits for the agent's virtio-serial port and opens it.
+pub fn open_agent_port() -> io::Result<File> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(path) = find_port() {
+            return OpenOptions::new().read(true).write(true).open(path);
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no virtio port named {PORT_NAME}"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits up to `timeout` for a device node to appear.
+pub fn wait_for_device(path: &str, timeout: Duration) -> io::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !Path::new(path).exists() {
+        if Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("device {path} did not appear"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// Kills everything, flushes disks and powers the VM off. Never returns.
+pub fn power_off() -> ! {
+    // SAFETY: plain system calls without pointers; as PID 1, kill(-1) spares the agent.
+    unsafe {
+        libc::kill(-1, libc::SIGKILL);
+        libc::sync();
+    }
+    let _ = nix::mount::umount2("/mnt/root", nix::mount::MntFlags::MNT_DETACH);
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Mounts the container's root filesystem at /mnt/root with the usual API filesystems.
+pub fn mount_container_root(device: &str) -> io::Result<()> {
+    wait_for_device(device, Duration::from_secs(10))?;
+    mount_fs(device, "/mnt/root", "ext4", MsFlags::empty(), None)?;
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount_fs("proc", "/mnt/root/proc", "proc", nodev, None)?;
+    mount_fs("sysfs", "/mnt/root/sys", "sysfs", nodev, None)?;
+    mount_fs(
+        "tmpfs",
+        "/mnt/root/dev",
+        "tmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=755,size=65536k"),
+    )?;
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+        ("console", 5, 1),
+    ] {
+        let path = format!("/mnt/root/dev/{name}");
+        nix::sys::stat::mknod(
+            path.as_str(),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(major, minor),
+        )
+        .map_err(io::Error::from)?;
+    }
+    fs::create_dir_all("/mnt/root/dev/pts")?;
+    mount(
+        Some("/dev/pts"),
+        "/mnt/root/dev/pts",
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(io::Error::from)?;
+    std::os::unix::fs::symlink("pts/ptmx", "/mnt/root/dev/ptmx")?;
+    mount_fs(
+        "shm",
+        "/mnt/root/dev/shm",
+        "tmpfs",
+        nodev,
+        Some("mode=1777,size=65536k"),
+    )?;
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(target, format!("/mnt/root/dev/{link}"))?;
+    }
+    Ok(())
+}

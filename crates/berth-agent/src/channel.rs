@@ -1,0 +1,42 @@
+//! The agent's side of the channel: a shared, frame-at-a-time writer.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
+
+use berth_agent_proto::{encode_control, encode_frame, FrameKind, GuestMessage, MAX_DATA_CHUNK};
+
+/// Writes whole frames to the port; clones share one file and one lock, so frames from
+/// different threads never interleave.
+#[derive(Clone)]
+pub struct Channel {
+    port: Arc<Mutex<File>>,
+}
+
+impl Channel {
+    pub fn new(port: File) -> Self {
+        Self {
+            port: Arc::new(Mutex::new(port)),
+        }
+    }
+
+    fn write_frame(&self, frame: &[u8]) -> io::Result<()> {
+        let mut port = self
+            .port
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        port.write_all(frame)?;
+        port.flush()
+    }
+
+    pub fn send(&self, stream: u32, message: &GuestMessage) -> io::Result<()> {
+        self.write_frame(&encode_control(stream, message))
+    }
+
+    pub fn send_data(&self, stream: u32, kind: FrameKind, data: &[u8]) -> io::Result<()> {
+        for chunk in data.chunks(MAX_DATA_CHUNK) {
+            self.write_frame(&encode_frame(stream, kind, chunk))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,28 @@
+//! Berth's agent: PID 1 inside every container VM.
+//!
+//! Boot: mount /proc, /sys and /dev; load the kernel modules listed in
+//! `/lib/modules/order` (the initramfs builder writes them in dependency order); find the
+//! virtio-serial port named [`berth_agent_proto::PORT_NAME`]; say Hello; then serve the
+//! engine's requests (see `berth-agent-proto` for the protocol) until told to shut down.
+//!
+//! The agent never trusts that the host is gone: if the channel closes, it powers off.
+
+mod boot;
+mod channel;
+mod process;
+mod serve;
+mod user;
+
+fn main() {
+    if let Err(error) = run() {
+        eprintln!("berth-agent: fatal: {error}");
+    }
+    boot::power_off();
+}
+
+fn run() -> std::io::Result<()> {
+    boot::mount_early_filesystems()?;
+    boot::load_modules()?;
+    let port = boot::open_agent_port()?;
+    serve::serve(port)
+}

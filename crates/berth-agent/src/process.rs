@@ -1,0 +1,265 @@
+//! Starting container processes and pumping their standard streams.
+//!
+//! Processes are started with `std::process::Command`; everything that must happen in
+//! the child between fork and exec (chroot, identity, session, controlling terminal)
+//! runs in a `pre_exec` hook that only makes async-signal-safe system calls.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{self, Sender};
+use std::thread::JoinHandle;
+
+use berth_agent_proto::{FrameKind, ProcessSpec, SpawnFailure};
+
+use crate::channel::Channel;
+use crate::user;
+
+/// Where container root filesystems are mounted.
+pub const CONTAINER_ROOT: &str = "/mnt/root";
+
+/// A running process the agent reports on.
+pub struct RunningProcess {
+    pub pid: i32,
+    /// Feeds standard input; `None` closes it.
+    pub stdin: Option<Sender<Option<Vec<u8>>>>,
+    /// The terminal's controlling side, when the process has one.
+    pub pty_master: Option<File>,
+    /// Threads copying output to the channel; joined before `Exited` is sent.
+    pub pumps: Vec<JoinHandle<()>>,
+    /// The container's first process: when it ends, the container ends.
+    pub is_init: bool,
+}
+
+/// Processes by stream id.
+pub type ProcessTable = HashMap<u32, RunningProcess>;
+
+/// A spawn that failed, with the reason the engine maps to an exit code.
+pub struct SpawnError {
+    pub reason: SpawnFailure,
+    pub message: String,
+}
+
+impl SpawnError {
+    fn other(message: impl Into<String>) -> Self {
+        Self {
+            reason: SpawnFailure::Other,
+            message: message.into(),
+        }
+    }
+}
+
+fn cstring(value: &str) -> Result<CString, SpawnError> {
+    CString::new(value).map_err(|_| SpawnError::other(format!("{value:?} contains a NUL byte")))
+}
+
+fn pump(mut source: File, channel: Channel, stream: u32, kind: FrameKind) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buffer = vec![0u8; 32 * 1024];
+        loop {
+            match source.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if channel.send_data(stream, kind, &buffer[..n]).is_err() {
+                        break;
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                // A terminal whose other side closed reads EIO: that is its end of file.
+                Err(_) => break,
+            }
+        }
+    })
+}
+
+fn stdin_feeder(mut sink: File) -> Sender<Option<Vec<u8>>> {
+    let (sender, receiver) = mpsc::channel::<Option<Vec<u8>>>();
+    std::thread::spawn(move || {
+        while let Ok(Some(bytes)) = receiver.recv() {
+            if sink.write_all(&bytes).is_err() {
+                break;
+            }
+        }
+    });
+    sender
+}
+
+fn classify_exec_error(program: &str, error: &io::Error) -> SpawnError {
+    match error.raw_os_error() {
+        Some(libc::ENOENT) if !program.contains('/') => SpawnError {
+            reason: SpawnFailure::NotFound,
+            message: format!("exec: \"{program}\": executable file not found in $PATH"),
+        },
+        Some(libc::ENOENT) => SpawnError {
+            reason: SpawnFailure::NotFound,
+            message: format!("exec: \"{program}\": stat {program}: no such file or directory"),
+        },
+        Some(libc::EACCES) | Some(libc::EISDIR) | Some(libc::ENOEXEC) => SpawnError {
+            reason: SpawnFailure::NotExecutable,
+            message: format!("exec: \"{program}\": permission denied"),
+        },
+        _ => SpawnError::other(format!("exec: \"{program}\": {error}")),
+    }
+}
+
+/// Starts `spec` inside the container root, wiring its streams to `channel` on `stream`.
+pub fn spawn(
+    spec: &ProcessSpec,
+    stream: u32,
+    channel: &Channel,
+    is_init: bool,
+) -> Result<RunningProcess, SpawnError> {
+    let program = spec
+        .argv
+        .first()
+        .ok_or_else(|| SpawnError::other("no command specified"))?;
+    let identity = user::resolve(CONTAINER_ROOT, &spec.user).map_err(SpawnError::other)?;
+    if !spec.cwd.starts_with('/') {
+        return Err(SpawnError::other(format!(
+            "the working directory '{}' is invalid, it needs to be an absolute path",
+            spec.cwd
+        )));
+    }
+    // Docker creates a missing working directory.
+    let host_cwd = format!("{CONTAINER_ROOT}{}", spec.cwd);
+    std::fs::create_dir_all(&host_cwd)
+        .map_err(|e| SpawnError::other(format!("creating working directory {}: {e}", spec.cwd)))?;
+
+    let mut command = Command::new(program);
+    command.args(&spec.argv[1..]).env_clear();
+    let mut has_home = false;
+    for pair in &spec.env {
+        let (key, value) = pair.split_once('=').unwrap_or((pair.as_str(), ""));
+        has_home |= key == "HOME";
+        command.env(key, value);
+    }
+    if !has_home {
+        command.env("HOME", &identity.home);
+    }
+
+    let mut pty_master = None;
+    if spec.tty {
+        let size = spec.tty_size.map(|(rows, cols)| nix::pty::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        });
+        let pty = nix::pty::openpty(size.as_ref(), None)
+            .map_err(|e| SpawnError::other(format!("openpty: {e}")))?;
+        let slave: OwnedFd = pty.slave;
+        command.stdin(Stdio::from(
+            slave
+                .try_clone()
+                .map_err(|e| SpawnError::other(e.to_string()))?,
+        ));
+        command.stdout(Stdio::from(
+            slave
+                .try_clone()
+                .map_err(|e| SpawnError::other(e.to_string()))?,
+        ));
+        command.stderr(Stdio::from(slave));
+        pty_master = Some(File::from(pty.master));
+    } else {
+        command.stdin(if spec.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    }
+
+    let root = cstring(CONTAINER_ROOT)?;
+    let cwd = cstring(&spec.cwd)?;
+    let (uid, gid, tty) = (identity.uid, identity.gid, spec.tty);
+    // SAFETY: the hook runs in the child between fork and exec; it only makes
+    // async-signal-safe system calls on values prepared before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::chroot(root.as_ptr()) < 0 || libc::chdir(cwd.as_ptr()) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let groups = [gid];
+            if libc::setgroups(1, groups.as_ptr()) < 0
+                || libc::setgid(gid) < 0
+                || libc::setuid(uid) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+
+    let mut child = command
+        .spawn()
+        .map_err(|error| classify_exec_error(program, &error))?;
+    let pid = child.id() as i32;
+    let mut pumps = Vec::new();
+    let mut stdin = None;
+    if let Some(master) = &pty_master {
+        let reader = master
+            .try_clone()
+            .map_err(|e| SpawnError::other(e.to_string()))?;
+        pumps.push(pump(reader, channel.clone(), stream, FrameKind::Stdout));
+        if spec.stdin {
+            stdin = Some(stdin_feeder(
+                master
+                    .try_clone()
+                    .map_err(|e| SpawnError::other(e.to_string()))?,
+            ));
+        }
+    } else {
+        if let Some(out) = child.stdout.take() {
+            pumps.push(pump(
+                File::from(OwnedFd::from(out)),
+                channel.clone(),
+                stream,
+                FrameKind::Stdout,
+            ));
+        }
+        if let Some(err) = child.stderr.take() {
+            pumps.push(pump(
+                File::from(OwnedFd::from(err)),
+                channel.clone(),
+                stream,
+                FrameKind::Stderr,
+            ));
+        }
+        if let Some(input) = child.stdin.take() {
+            stdin = Some(stdin_feeder(File::from(OwnedFd::from(input))));
+        }
+    }
+    // The child is reaped by the agent's reaper (waitpid(-1)), not by `Child::wait`.
+    drop(child);
+    Ok(RunningProcess {
+        pid,
+        stdin,
+        pty_master,
+        pumps,
+        is_init,
+    })
+}
+
+/// Applies a terminal size to a process's terminal.
+pub fn resize(master: &File, rows: u16, cols: u16) {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize struct that lives across the call; the fd is open.
+    unsafe {
+        libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size);
+    }
+}

@@ -1,0 +1,257 @@
+//! The request loop: reads frames from the host and acts on them; a reaper thread
+//! reports process exits.
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_agent_proto::{
+    decode_host_message, FrameDecoder, FrameKind, GuestMessage, HostMessage, SetupSpec,
+    AGENT_STREAM, PROTOCOL_VERSION,
+};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::boot;
+use crate::channel::Channel;
+use crate::process::{self, ProcessTable, CONTAINER_ROOT};
+
+type SharedTable = Arc<Mutex<ProcessTable>>;
+
+fn lock(table: &SharedTable) -> std::sync::MutexGuard<'_, ProcessTable> {
+    table
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Serves the host until it asks for a shutdown.
+pub fn serve(port: File) -> io::Result<()> {
+    let mut reader = port.try_clone()?;
+    let channel = Channel::new(port);
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    channel.send(
+        AGENT_STREAM,
+        &GuestMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            kernel,
+        },
+    )?;
+
+    let table: SharedTable = Arc::default();
+    {
+        let (table, channel) = (table.clone(), channel.clone());
+        std::thread::spawn(move || reap(table, channel));
+    }
+
+    let mut decoder = FrameDecoder::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut spawned_any = false;
+    loop {
+        let n = match reader.read(&mut buffer) {
+            // No host on the other end (yet, or any more): wait for one.
+            Ok(0) => {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            Ok(n) => n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        };
+        decoder.push(&buffer[..n]);
+        loop {
+            let frame = match decoder.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(error) => return Err(io::Error::new(io::ErrorKind::InvalidData, error)),
+            };
+            match frame.kind {
+                FrameKind::Stdin => {
+                    if let Some(sender) = lock(&table)
+                        .get(&frame.stream)
+                        .and_then(|p| p.stdin.as_ref())
+                    {
+                        let _ = sender.send(Some(frame.payload));
+                    }
+                }
+                FrameKind::Control => {
+                    let message = match decode_host_message(&frame) {
+                        Ok(message) => message,
+                        Err(error) => {
+                            channel.send(
+                                frame.stream,
+                                &GuestMessage::Error {
+                                    message: error.to_string(),
+                                },
+                            )?;
+                            continue;
+                        }
+                    };
+                    if let HostMessage::Shutdown = message {
+                        return Ok(());
+                    }
+                    handle(message, frame.stream, &channel, &table, &mut spawned_any)?;
+                }
+                FrameKind::Stdout | FrameKind::Stderr => {
+                    channel.send(
+                        frame.stream,
+                        &GuestMessage::Error {
+                            message: "unexpected output frame".into(),
+                        },
+                    )?;
+                }
+            }
+        }
+    }
+}
+
+fn handle(
+    message: HostMessage,
+    stream: u32,
+    channel: &Channel,
+    table: &SharedTable,
+    spawned_any: &mut bool,
+) -> io::Result<()> {
+    match message {
+        HostMessage::Setup(spec) => match setup(&spec) {
+            Ok(()) => channel.send(stream, &GuestMessage::SetupDone),
+            Err(error) => channel.send(
+                stream,
+                &GuestMessage::Error {
+                    message: error.to_string(),
+                },
+            ),
+        },
+        HostMessage::Spawn(spec) => {
+            // Hold the table while spawning so the reaper cannot see the exit of a process
+            // that is not registered yet.
+            let mut processes = lock(table);
+            if processes.contains_key(&stream) || stream == AGENT_STREAM {
+                return channel.send(
+                    stream,
+                    &GuestMessage::Error {
+                        message: format!("stream {stream} is in use"),
+                    },
+                );
+            }
+            match process::spawn(&spec, stream, channel, !*spawned_any) {
+                Ok(running) => {
+                    *spawned_any = true;
+                    let pid = running.pid;
+                    processes.insert(stream, running);
+                    channel.send(stream, &GuestMessage::Started { pid })
+                }
+                Err(error) => channel.send(
+                    stream,
+                    &GuestMessage::SpawnFailed {
+                        reason: error.reason,
+                        message: error.message,
+                    },
+                ),
+            }
+        }
+        HostMessage::CloseStdin => {
+            if let Some(process) = lock(table).get_mut(&stream) {
+                if let Some(sender) = process.stdin.take() {
+                    let _ = sender.send(None);
+                }
+            }
+            Ok(())
+        }
+        HostMessage::Signal { signal } => {
+            if let Some(process) = lock(table).get(&stream) {
+                // SAFETY: kill takes no pointers; the pid is one of our children.
+                unsafe {
+                    libc::kill(process.pid, signal);
+                }
+            }
+            Ok(())
+        }
+        HostMessage::Resize { rows, cols } => {
+            if let Some(master) = lock(table).get(&stream).and_then(|p| p.pty_master.as_ref()) {
+                process::resize(master, rows, cols);
+            }
+            Ok(())
+        }
+        HostMessage::Shutdown => Ok(()),
+    }
+}
+
+fn setup(spec: &SetupSpec) -> io::Result<()> {
+    boot::mount_container_root(&spec.root_device)?;
+    nix::unistd::sethostname(&spec.hostname).map_err(io::Error::from)?;
+    // /etc/hostname and /etc/hosts are the container's own, bind-mounted from the
+    // agent's tmpfs so that they never land in the container's writable layer.
+    fs::create_dir_all("/run/berth")?;
+    fs::write("/run/berth/hostname", format!("{}\n", spec.hostname))?;
+    fs::write(
+        "/run/berth/hosts",
+        format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
+            spec.hostname
+        ),
+    )?;
+    for name in ["hostname", "hosts"] {
+        let target = format!("{CONTAINER_ROOT}/etc/{name}");
+        if fs::create_dir_all(format!("{CONTAINER_ROOT}/etc")).is_ok()
+            && (fs::metadata(&target).is_ok() || File::create(&target).is_ok())
+        {
+            nix::mount::mount(
+                Some(format!("/run/berth/{name}").as_str()),
+                target.as_str(),
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(io::Error::from)?;
+        }
+    }
+    Ok(())
+}
+
+/// Reaps every child (PID 1 inherits orphans) and reports the exits of tracked ones.
+fn reap(table: SharedTable, channel: Channel) {
+    loop {
+        let status = match waitpid(Pid::from_raw(-1), None) {
+            Ok(status) => status,
+            Err(nix::errno::Errno::ECHILD) => {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let (pid, code, signal) = match status {
+            WaitStatus::Exited(pid, code) => (pid, code, None),
+            WaitStatus::Signaled(pid, signal, _) => (pid, 128 + signal as i32, Some(signal as i32)),
+            _ => continue,
+        };
+        let finished = {
+            let mut processes = lock(&table);
+            let stream = processes
+                .iter()
+                .find(|(_, p)| p.pid == pid.as_raw())
+                .map(|(s, _)| *s);
+            stream.and_then(|stream| processes.remove(&stream).map(|p| (stream, p)))
+        };
+        let Some((stream, process)) = finished else {
+            continue;
+        };
+        let channel = channel.clone();
+        std::thread::spawn(move || {
+            if process.is_init {
+                // The container ends with its first process, as with a pid namespace.
+                // SAFETY: no pointers; as PID 1, kill(-1) spares the agent itself.
+                unsafe {
+                    libc::kill(-1, libc::SIGKILL);
+                }
+            }
+            drop(process.stdin);
+            for pump in process.pumps {
+                let _ = pump.join();
+            }
+            let _ = channel.send(stream, &GuestMessage::Exited { code, signal });
+        });
+    }
+}
