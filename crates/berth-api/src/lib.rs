@@ -1,1 +1,89 @@
-//! placeholder
+//! The Docker Engine API, as Berth serves it on a unix socket.
+//!
+//! Routes are grouped by resource: [`system`] (`/_ping`, `/version`, `/info`),
+//! [`images`], [`containers`], and [`streams`] (attach with its hijacked connection, and
+//! logs). Requests are first stripped of their `/v1.NN` prefix ([`version`]); errors
+//! become Docker's `{"message": ...}` bodies in one place ([`error`]). This layer knows
+//! nothing about VMs: it speaks to `berth-engine` only.
+
+pub mod containers;
+pub mod convert;
+pub mod error;
+pub mod images;
+pub mod streams;
+pub mod system;
+pub mod version;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, delete, get, post};
+use axum::Router;
+use berth_engine::Engine;
+use tokio::net::UnixListener;
+use tower::ServiceExt as _;
+
+/// Shared state of the handlers.
+pub type AppState = Arc<Engine>;
+
+/// The router for all supported endpoints (on unversioned paths).
+pub fn router(engine: Arc<Engine>) -> Router {
+    Router::new()
+        .route("/_ping", get(system::ping).head(system::ping))
+        .route("/version", get(system::version))
+        .route("/info", get(system::info))
+        .route("/images/load", post(images::load))
+        .route("/images/json", get(images::list))
+        .route("/images/create", post(images::pull))
+        .route("/images/{*rest}", get(images::by_name))
+        .route("/containers/create", post(containers::create))
+        .route("/containers/json", get(containers::list))
+        .route("/containers/{id}/json", get(containers::inspect))
+        .route("/containers/{id}/start", post(containers::start))
+        .route("/containers/{id}/wait", post(containers::wait))
+        .route("/containers/{id}/kill", post(containers::kill))
+        .route("/containers/{id}/stop", post(containers::stop))
+        .route("/containers/{id}/resize", post(containers::resize))
+        .route("/containers/{id}/attach", post(streams::attach))
+        .route("/containers/{id}/logs", get(streams::logs))
+        .route("/containers/{id}", delete(containers::remove))
+        .route("/swarm", any(system::swarm_unavailable))
+        .route("/nodes", any(system::swarm_unavailable))
+        .route("/services", any(system::swarm_unavailable))
+        .fallback(not_found)
+        .with_state(engine)
+}
+
+async fn not_found() -> Response {
+    error::ApiError::new(StatusCode::NOT_FOUND, "page not found").into_response()
+}
+
+/// Serves the API on a unix socket until `shutdown` resolves.
+pub async fn serve_unix(
+    engine: Arc<Engine>,
+    socket: &Path,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Some(parent) = socket.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket)?;
+    let app = router(engine);
+    let service = tower::service_fn(move |request: Request<Body>| {
+        let app = app.clone();
+        async move {
+            match version::route_version(request) {
+                Ok(request) => app.oneshot(request).await,
+                Err(response) => Ok(response),
+            }
+        }
+    });
+    axum::serve(listener, axum::ServiceExt::<Request>::into_make_service(service))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

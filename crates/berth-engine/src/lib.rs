@@ -1,1 +1,350 @@
-//! placeholder
+//! Berth's engine: containers, their persistent state, their output, and their
+//! lifecycle, on top of the image store (`berth-image`) and a VM backend (`berth-vm`).
+//!
+//! Every container runs in its own VM. `start` boots the VM, waits for the agent's
+//! Hello, mounts the container's disk (Setup), and starts its process (Spawn); a task per
+//! running container then copies output to the json-file log and to attached clients
+//! until the process exits, powers the VM off and records the exit.
+//!
+//! On disk, under the daemon's root:
+//!
+//! ```text
+//! berth.redb                   state database (containers; the image store's tables)
+//! images/                      the image store (see berth-image)
+//! containers/<id>/rootfs.qcow2 the container's writable disk over its image's ext4
+//! containers/<id>/container.log json-file log
+//! containers/<id>/vm/          the VM's run directory (sockets, console log)
+//! ```
+
+mod container;
+mod create;
+mod error;
+mod lifecycle;
+mod names;
+mod output;
+mod run;
+mod session;
+mod store;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use berth_guest::GuestImage;
+use berth_vm::VmBackend;
+use tokio::sync::{mpsc, watch, OnceCell};
+
+pub use berth_image::{ImageRecord, LoadedImage};
+pub use container::{ContainerRecord, ContainerStatus, StateRecord, ZERO_TIME};
+pub use error::{error_chain, EngineError};
+pub use lifecycle::{WaitCondition, WaitOutcome};
+pub use output::{LogEntry, LogFilter, OutputChunk, OutputStream};
+pub use run::StartOutcome;
+
+use output::OutputHub;
+use session::AgentSession;
+use store::Store;
+
+/// How the engine is set up.
+pub struct EngineConfig {
+    /// State, images and containers live here.
+    pub root: PathBuf,
+    /// Guest kernel and initramfs cache (shared between roots).
+    pub cache: PathBuf,
+    pub backend: Arc<dyn VmBackend>,
+    /// VM memory when the container sets no `--memory`.
+    pub default_memory_mib: u32,
+}
+
+/// Facts for `docker info` and `docker version`.
+#[derive(Debug, Clone)]
+pub struct EngineInfo {
+    pub containers: usize,
+    pub running: usize,
+    pub paused: usize,
+    pub stopped: usize,
+    pub images: usize,
+    pub backend: &'static str,
+    pub accelerator: &'static str,
+    pub root: PathBuf,
+    pub guest_kernel: Option<String>,
+}
+
+/// Standard input for a container's process, from attached clients.
+#[derive(Debug)]
+pub(crate) enum StdinEvent {
+    Data(bytes::Bytes),
+    Close,
+}
+
+/// Where attached clients' input goes.
+#[derive(Clone)]
+pub struct StdinSink {
+    sender: mpsc::UnboundedSender<StdinEvent>,
+}
+
+impl StdinSink {
+    pub fn send(&self, data: bytes::Bytes) {
+        let _ = self.sender.send(StdinEvent::Data(data));
+    }
+
+    /// No more input: closes the process's standard input.
+    pub fn close(&self) {
+        let _ = self.sender.send(StdinEvent::Close);
+    }
+}
+
+/// An attached client's view of a container.
+pub struct Attachment {
+    pub output: mpsc::UnboundedReceiver<OutputChunk>,
+    pub stdin: Option<StdinSink>,
+    pub tty: bool,
+}
+
+/// The lifecycle facts waiters watch.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LifecycleState {
+    pub exits: u64,
+    pub running: bool,
+    pub removed: bool,
+    pub exit_code: i64,
+    pub error: Option<String>,
+}
+
+/// What a running container's VM offers the engine.
+pub(crate) struct Runtime {
+    pub session: Arc<AgentSession>,
+    pub control: Arc<dyn berth_vm::VmControl>,
+}
+
+/// One container in memory.
+pub(crate) struct ContainerHandle {
+    pub id: String,
+    pub record: Mutex<ContainerRecord>,
+    pub hub: OutputHub,
+    /// Serialises start, stop and remove.
+    pub lifecycle: tokio::sync::Mutex<()>,
+    pub runtime: Mutex<Option<Arc<Runtime>>>,
+    pub state: watch::Sender<LifecycleState>,
+    stdin: Mutex<(mpsc::UnboundedSender<StdinEvent>, Option<mpsc::UnboundedReceiver<StdinEvent>>)>,
+}
+
+impl ContainerHandle {
+    pub fn new(record: ContainerRecord) -> Self {
+        let initial = LifecycleState {
+            exits: 0,
+            running: false,
+            removed: false,
+            exit_code: record.state.exit_code,
+            error: (!record.state.error.is_empty()).then(|| record.state.error.clone()),
+        };
+        let (sender, receiver) = mpsc::unbounded_channel();
+        Self {
+            id: record.id.clone(),
+            record: Mutex::new(record),
+            hub: OutputHub::default(),
+            lifecycle: tokio::sync::Mutex::new(()),
+            runtime: Mutex::new(None),
+            state: watch::channel(initial).0,
+            stdin: Mutex::new((sender, Some(receiver))),
+        }
+    }
+
+    pub fn snapshot(&self) -> ContainerRecord {
+        lock(&self.record).clone()
+    }
+
+    pub fn runtime(&self) -> Option<Arc<Runtime>> {
+        lock(&self.runtime).clone()
+    }
+
+    pub fn stdin_sink(&self) -> StdinSink {
+        StdinSink { sender: lock(&self.stdin).0.clone() }
+    }
+
+    /// Takes the input queue for a run; the next run gets a fresh one.
+    pub fn take_stdin(&self) -> Option<mpsc::UnboundedReceiver<StdinEvent>> {
+        lock(&self.stdin).1.take()
+    }
+
+    pub fn reset_stdin(&self) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        *lock(&self.stdin) = (sender, Some(receiver));
+    }
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Now, as Docker writes times: RFC 3339 with nanoseconds, UTC.
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+/// The engine.
+pub struct Engine {
+    config: EngineConfig,
+    store: Store,
+    images: berth_image::ImageStore,
+    containers: Mutex<HashMap<String, Arc<ContainerHandle>>>,
+    guest: OnceCell<GuestImage>,
+}
+
+impl Engine {
+    /// Opens the state under `config.root`, reconciling containers that were running when
+    /// the daemon last stopped (their VMs are gone: they are recorded as exited).
+    pub async fn open(config: EngineConfig) -> Result<Arc<Self>, EngineError> {
+        let root = config.root.clone();
+        for dir in [root.clone(), root.join("containers")] {
+            std::fs::create_dir_all(&dir).map_err(EngineError::io(&dir))?;
+        }
+        let store = Store::open(&root.join("berth.redb"))?;
+        let images = berth_image::ImageStore::open(&root.join("images"), store.database())?;
+        let mut containers = HashMap::new();
+        for mut record in store.all()? {
+            if record.state.status.is_running() {
+                lifecycle::kill_stale_vm(&record, &root.join("containers").join(&record.id).join("vm"));
+                record.state.status = ContainerStatus::Exited;
+                record.state.exit_code = 255;
+                record.state.error = "the daemon stopped while the container was running".into();
+                record.state.finished_at = now_rfc3339();
+                record.state.pid = 0;
+                store.put(&record)?;
+            }
+            containers.insert(record.id.clone(), Arc::new(ContainerHandle::new(record)));
+        }
+        Ok(Arc::new(Self { config, store, images, containers: Mutex::new(containers), guest: OnceCell::new() }))
+    }
+
+    pub(crate) fn container_dir(&self, id: &str) -> PathBuf {
+        self.config.root.join("containers").join(id)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.config.root
+    }
+
+    /// The guest kernel and initramfs, prepared on first use (fetching the kernel the
+    /// very first time). Call early to have it ready before the first container starts.
+    pub async fn guest(&self) -> Result<&GuestImage, EngineError> {
+        let cache = self.config.cache.clone();
+        self.guest
+            .get_or_try_init(|| async move {
+                tokio::task::spawn_blocking(move || {
+                    berth_guest::prepare(&cache, &|step| tracing::info!("{step}")).map_err(EngineError::Guest)
+                })
+                .await
+                .map_err(|e| EngineError::Agent(format!("guest preparation panicked: {e}")))?
+            })
+            .await
+    }
+
+    /// Looks a container up by full id, unique id prefix, or name.
+    pub(crate) fn lookup(&self, reference: &str) -> Result<Arc<ContainerHandle>, EngineError> {
+        let containers = lock(&self.containers);
+        if let Some(handle) = containers.get(reference) {
+            return Ok(handle.clone());
+        }
+        let name = reference.strip_prefix('/').unwrap_or(reference);
+        if let Some(handle) = containers.values().find(|h| lock(&h.record).name == name) {
+            return Ok(handle.clone());
+        }
+        if !reference.is_empty() && reference.chars().all(|c| c.is_ascii_hexdigit()) {
+            let matches: Vec<_> = containers.values().filter(|h| h.id.starts_with(reference)).collect();
+            match matches.len() {
+                1 => return Ok(matches[0].clone()),
+                n if n > 1 => {
+                    return Err(EngineError::InvalidArgument(format!(
+                        "multiple containers found with provided prefix: {reference}"
+                    )))
+                }
+                _ => {}
+            }
+        }
+        Err(EngineError::NoSuchContainer(reference.to_owned()))
+    }
+
+    fn all_handles(&self) -> Vec<Arc<ContainerHandle>> {
+        lock(&self.containers).values().cloned().collect()
+    }
+
+    /// Every container's record, newest first.
+    pub fn list_containers(&self) -> Vec<ContainerRecord> {
+        let mut records: Vec<_> = self.all_handles().iter().map(|h| h.snapshot()).collect();
+        records.sort_by(|a, b| b.created.cmp(&a.created));
+        records
+    }
+
+    pub fn inspect_container(&self, reference: &str) -> Result<ContainerRecord, EngineError> {
+        Ok(self.lookup(reference)?.snapshot())
+    }
+
+    pub(crate) fn persist(&self, handle: &ContainerHandle) -> Result<(), EngineError> {
+        let record = handle.snapshot();
+        self.store.put(&record)
+    }
+
+    pub fn info(&self) -> EngineInfo {
+        let records = self.list_containers();
+        let count = |status: ContainerStatus| records.iter().filter(|r| r.state.status == status).count();
+        EngineInfo {
+            containers: records.len(),
+            running: count(ContainerStatus::Running),
+            paused: count(ContainerStatus::Paused),
+            stopped: records.len() - count(ContainerStatus::Running) - count(ContainerStatus::Paused),
+            images: self.images.list().map(|l| l.len()).unwrap_or(0),
+            backend: self.config.backend.name(),
+            accelerator: self.config.backend.accelerator().name(),
+            root: self.config.root.clone(),
+            guest_kernel: self.guest.get().map(|g| g.kernel_package.clone()),
+        }
+    }
+
+    // Images: thin pass-throughs to the image store, run off the async threads.
+
+    pub async fn load_images(self: &Arc<Self>, archive: PathBuf) -> Result<(Vec<LoadedImage>, Vec<String>), EngineError> {
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut steps = Vec::new();
+            let loaded = engine.images.load_docker_archive(&archive, &mut |step: &str| steps.push(step.to_owned()))?;
+            Ok((loaded, steps))
+        })
+        .await
+        .map_err(|e| EngineError::Agent(format!("image load panicked: {e}")))?
+    }
+
+    pub fn list_images(&self) -> Result<Vec<ImageRecord>, EngineError> {
+        Ok(self.images.list()?)
+    }
+
+    pub fn resolve_image(&self, reference: &str) -> Result<ImageRecord, EngineError> {
+        Ok(self.images.resolve(reference)?)
+    }
+
+    /// Number of containers using each image id.
+    pub fn image_usage(&self) -> HashMap<String, usize> {
+        let mut usage = HashMap::new();
+        for record in self.list_containers() {
+            *usage.entry(record.image_id).or_insert(0) += 1;
+        }
+        usage
+    }
+
+    /// Stops every running container (the daemon is shutting down).
+    pub async fn shutdown(self: &Arc<Self>) {
+        let running: Vec<_> = self.all_handles().into_iter().filter(|h| h.runtime().is_some()).collect();
+        let mut tasks = Vec::new();
+        for handle in running {
+            let engine = self.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(error) = engine.stop_container(&handle.id, Some(0)).await {
+                    tracing::warn!(id = %handle.id, error = %error_chain(&error), "stopping container at shutdown failed");
+                }
+            }));
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+}

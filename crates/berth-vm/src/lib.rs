@@ -1,1 +1,131 @@
-//! placeholder
+//! The interface between Berth's engine and its VM backends.
+//!
+//! A backend ([`VmBackend`]) turns a [`VmSpec`] into a running VM: a separate process
+//! (QEMU, or later Berth's own VMM) whose guest runs Berth's agent. What the engine gets
+//! back is a [`RunningVm`]: the host end of the agent channel, the VM's process id, and a
+//! [`VmControl`] to power it off, kill it, or wait for it to end. The engine never sees
+//! how a backend starts its VMs; a backend never sees a container or a Docker type.
+//!
+//! The agent channel is a byte stream carrying `berth-agent-proto` frames. Backends make
+//! it a unix socket that the engine side listens on and the VM process connects to, so
+//! that nothing the guest writes is lost while the VM boots.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::net::UnixStream;
+
+/// Shape and contents of one VM.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// A short name used in process titles and logs (the container id).
+    pub name: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    /// Disks, attached in order (the first is the guest's `/dev/vda`).
+    pub disks: Vec<DiskSpec>,
+    /// A directory the backend owns for this VM's sockets and logs; it exists.
+    pub run_dir: PathBuf,
+}
+
+/// A virtio-blk disk.
+#[derive(Debug, Clone)]
+pub struct DiskSpec {
+    pub path: PathBuf,
+    pub format: DiskFormat,
+    pub read_only: bool,
+}
+
+/// How a disk file is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFormat {
+    Raw,
+    Qcow2,
+}
+
+/// How guest code is executed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accelerator {
+    /// Hardware virtualization through /dev/kvm (VMX or SVM).
+    Kvm,
+    /// Software emulation (QEMU's TCG).
+    Tcg,
+}
+
+impl Accelerator {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Kvm => "kvm",
+            Self::Tcg => "tcg",
+        }
+    }
+}
+
+/// Errors from a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("starting the VM process failed")]
+    Spawn(#[source] std::io::Error),
+    #[error("I/O error while {0}")]
+    Io(&'static str, #[source] std::io::Error),
+    #[error("the VM did not {0} within {1:?}")]
+    Timeout(&'static str, Duration),
+    #[error("the VM process exited early: {0}")]
+    ExitedEarly(String),
+    #[error("VM monitor error: {0}")]
+    Monitor(String),
+}
+
+/// A VM that was started.
+pub struct RunningVm {
+    /// The host end of the agent channel, connected.
+    pub agent: UnixStream,
+    /// The VM process.
+    pub pid: u32,
+    pub control: Box<dyn VmControl>,
+}
+
+/// How a VM process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmExit {
+    /// The VM process's exit status, if it exited normally.
+    pub code: Option<i32>,
+}
+
+/// Control over one running VM.
+#[async_trait]
+pub trait VmControl: Send + Sync {
+    /// Waits up to `grace` for the VM to end by itself (the engine has asked the agent to
+    /// power off), then kills it.
+    async fn shut_down(&self, grace: Duration) -> VmExit;
+    /// Kills the VM process at once and reaps it.
+    async fn kill(&self) -> VmExit;
+    /// Resolves when the VM process has ended.
+    async fn wait(&self) -> VmExit;
+}
+
+/// A way of running VMs.
+#[async_trait]
+pub trait VmBackend: Send + Sync {
+    /// The backend's name (`qemu`).
+    fn name(&self) -> &'static str;
+    /// How this backend executes guest code on this host.
+    fn accelerator(&self) -> Accelerator;
+    /// Boots a VM and returns once its process runs and the agent channel is connected.
+    async fn boot(&self, spec: &VmSpec) -> Result<RunningVm, VmError>;
+}
+
+/// True where /dev/kvm gives hardware virtualization: the CPU has VMX or SVM and
+/// /dev/kvm opens. (A PVM host has /dev/kvm without either flag; its KVM emulates an
+/// ordinary guest instruction by instruction, so it is not used.)
+pub fn hardware_kvm_available() -> bool {
+    let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let has_extensions = flags
+        .lines()
+        .filter(|line| line.starts_with("flags"))
+        .any(|line| line.split_whitespace().any(|flag| flag == "vmx" || flag == "svm"));
+    has_extensions && std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+}

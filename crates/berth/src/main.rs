@@ -1,7 +1,35 @@
-fn main() {
-    let img = berth_guest::prepare(std::path::Path::new("/var/cache/berth"), &|s| {
-        eprintln!("{s}")
-    })
-    .unwrap();
-    println!("{img:?}");
+//! `berth`: one binary, a subcommand per job, each a thin call into the library crates.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+/// Berth: a Docker-compatible container host that runs every container in its own VM.
+#[derive(Parser)]
+#[command(name = "berth", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the Docker Engine API on a unix socket (use it with `docker -H unix://SOCKET`).
+    Daemon(commands::daemon::DaemonArgs),
+    /// Prepare the guest kernel and initramfs now (the daemon otherwise does it on first use).
+    Guest(commands::guest::GuestArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Daemon(args) => commands::daemon::run(args),
+        Command::Guest(args) => commands::guest::run(args),
+    }
 }

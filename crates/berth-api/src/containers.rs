@@ -1,0 +1,101 @@
+//! `/containers/...` endpoints other than the streams.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use berth_engine::{StartOutcome, WaitCondition};
+use bollard_stubs::models::{ContainerCreateBody, ContainerCreateResponse, ContainerWaitExitError, ContainerWaitResponse};
+
+use crate::convert;
+use crate::error::{ApiError, ApiResult};
+use crate::AppState;
+
+/// Query parameters, read leniently as Docker reads them.
+pub type Params = Query<HashMap<String, String>>;
+
+/// Docker's boolean query values: `1`, `true`, `True` are true.
+pub fn flag(params: &HashMap<String, String>, key: &str) -> bool {
+    params.get(key).is_some_and(|v| matches!(v.as_str(), "1" | "true" | "True" | "TRUE" | "yes"))
+}
+
+/// `POST /containers/create`.
+pub async fn create(State(engine): State<AppState>, Query(params): Params, body: Bytes) -> ApiResult<Response> {
+    let body: ContainerCreateBody =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON in request body: {e}")))?;
+    let created = engine.create_container(params.get("name").map(String::as_str), body).await?;
+    Ok((StatusCode::CREATED, Json(ContainerCreateResponse { id: created.id, warnings: created.warnings })).into_response())
+}
+
+/// `GET /containers/json`.
+pub async fn list(State(engine): State<AppState>, Query(params): Params) -> ApiResult<Response> {
+    let all = flag(&params, "all");
+    let limit: Option<usize> = params.get("limit").and_then(|l| l.parse::<i64>().ok()).filter(|l| *l > 0).map(|l| l as usize);
+    let mut records: Vec<_> = engine.list_containers().into_iter().filter(|r| all || limit.is_some() || r.state.status.is_running()).collect();
+    if let Some(limit) = limit {
+        records.truncate(limit);
+    }
+    let summaries: Vec<_> = records.iter().map(convert::container_summary).collect();
+    Ok(Json(summaries).into_response())
+}
+
+/// `GET /containers/{id}/json`.
+pub async fn inspect(State(engine): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let record = engine.inspect_container(&id)?;
+    let log_path = engine.root().join("containers").join(&record.id).join("container.log").display().to_string();
+    Ok(Json(convert::container_inspect(&record, log_path)).into_response())
+}
+
+/// `POST /containers/{id}/start`.
+pub async fn start(State(engine): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    match engine.start_container(&id).await? {
+        StartOutcome::Started => Ok(StatusCode::NO_CONTENT),
+        StartOutcome::AlreadyRunning => Ok(StatusCode::NOT_MODIFIED),
+    }
+}
+
+/// `POST /containers/{id}/wait`.
+pub async fn wait(State(engine): State<AppState>, Path(id): Path<String>, Query(params): Params) -> ApiResult<Response> {
+    let condition = WaitCondition::parse(params.get("condition").map(String::as_str).unwrap_or(""))?;
+    let outcome = engine.wait_container(&id, condition).await?;
+    Ok(Json(ContainerWaitResponse {
+        status_code: outcome.status_code,
+        error: outcome.error.map(|message| ContainerWaitExitError { message: Some(message) }),
+    })
+    .into_response())
+}
+
+/// `POST /containers/{id}/kill`.
+pub async fn kill(State(engine): State<AppState>, Path(id): Path<String>, Query(params): Params) -> ApiResult<StatusCode> {
+    engine.kill_container(&id, params.get("signal").map(String::as_str).unwrap_or("")).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /containers/{id}/stop`.
+pub async fn stop(State(engine): State<AppState>, Path(id): Path<String>, Query(params): Params) -> ApiResult<StatusCode> {
+    let timeout = params.get("t").or_else(|| params.get("timeout")).map(|t| t.parse::<i64>()).transpose();
+    let timeout = timeout.map_err(|_| ApiError::bad_request("invalid value for t: not an integer"))?;
+    if engine.stop_container(&id, timeout).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Ok(StatusCode::NOT_MODIFIED)
+    }
+}
+
+/// `POST /containers/{id}/resize`.
+pub async fn resize(State(engine): State<AppState>, Path(id): Path<String>, Query(params): Params) -> ApiResult<StatusCode> {
+    let dimension = |key: &str| -> ApiResult<u16> {
+        params.get(key).and_then(|v| v.parse().ok()).ok_or_else(|| ApiError::bad_request(format!("invalid or missing {key}")))
+    };
+    engine.resize_container(&id, dimension("h")?, dimension("w")?).await?;
+    Ok(StatusCode::OK)
+}
+
+/// `DELETE /containers/{id}`.
+pub async fn remove(State(engine): State<AppState>, Path(id): Path<String>, Query(params): Params) -> ApiResult<StatusCode> {
+    engine.remove_container(&id, flag(&params, "force")).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

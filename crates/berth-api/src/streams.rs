@@ -1,0 +1,202 @@
+//! Attach (a hijacked connection) and logs.
+//!
+//! Stream format: a container without a terminal has its stdout and stderr multiplexed
+//! in frames of an 8-byte header `[stream, 0, 0, 0, size as u32 big-endian]` (stream 1
+//! stdout, 2 stderr) followed by `size` bytes. A container with a terminal has one raw
+//! stream. Attach upgrades the HTTP connection (`101 UPGRADED`, `Upgrade: tcp`) and then
+//! carries output to the client and the client's input to the container until the
+//! process exits; a client that sends no `Upgrade` header gets the output as a body.
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use berth_engine::{LogFilter, OutputChunk, OutputStream};
+use bytes::{BufMut, Bytes, BytesMut};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::containers::flag;
+use crate::error::{ApiError, ApiResult};
+use crate::AppState;
+
+const RAW: &str = "application/vnd.docker.raw-stream";
+const MULTIPLEXED: &str = "application/vnd.docker.multiplexed-stream";
+
+/// One multiplexed frame.
+pub fn frame(stream: OutputStream, data: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(8 + data.len());
+    out.put_u8(match stream {
+        OutputStream::Stdout => 1,
+        OutputStream::Stderr => 2,
+    });
+    out.put_bytes(0, 3);
+    out.put_u32(data.len() as u32);
+    out.put_slice(data);
+    out.freeze()
+}
+
+/// Which streams a client wants, and how output is encoded for it.
+#[derive(Clone, Copy)]
+struct Encoding {
+    stdout: bool,
+    stderr: bool,
+    tty: bool,
+}
+
+impl Encoding {
+    fn encode(&self, stream: OutputStream, data: &[u8]) -> Option<Bytes> {
+        let wanted = match stream {
+            OutputStream::Stdout => self.stdout,
+            OutputStream::Stderr => self.stderr,
+        };
+        if !wanted {
+            return None;
+        }
+        Some(if self.tty { Bytes::copy_from_slice(data) } else { frame(stream, data) })
+    }
+
+    fn content_type(&self) -> &'static str {
+        if self.tty {
+            RAW
+        } else {
+            MULTIPLEXED
+        }
+    }
+}
+
+/// `POST /containers/{id}/attach`.
+pub async fn attach(
+    State(engine): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+    mut request: Request,
+) -> ApiResult<Response> {
+    let with_stdin = flag(&params, "stdin");
+    let attachment = engine.attach_container(&id, with_stdin)?;
+    let encoding = Encoding { stdout: flag(&params, "stdout"), stderr: flag(&params, "stderr"), tty: attachment.tty };
+    let stdin_once = engine.stdin_once(&id);
+    let wants_upgrade = request.headers().get(header::UPGRADE).is_some();
+    let mut output = attachment.output;
+
+    if !wants_upgrade {
+        let body = futures_util::stream::unfold(output, move |mut output| async move {
+            loop {
+                let chunk = output.recv().await?;
+                if let Some(bytes) = encoding.encode(chunk.stream, &chunk.data) {
+                    return Some((Ok::<_, std::io::Error>(bytes), output));
+                }
+            }
+        });
+        return Ok(([(header::CONTENT_TYPE, encoding.content_type())], Body::from_stream(body)).into_response());
+    }
+
+    let upgrade = hyper::upgrade::on(&mut request);
+    let stdin = attachment.stdin;
+    tokio::spawn(async move {
+        let upgraded = match upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                tracing::warn!(%error, "attach upgrade failed");
+                return;
+            }
+        };
+        let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
+        if let Some(stdin) = stdin {
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 32 * 1024];
+                loop {
+                    match reader.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => stdin.send(Bytes::copy_from_slice(&buffer[..n])),
+                    }
+                }
+                if stdin_once {
+                    stdin.close();
+                }
+            });
+        }
+        while let Some(chunk) = output.recv().await {
+            if let Some(bytes) = encoding.encode(chunk.stream, &chunk.data) {
+                if writer.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = writer.flush().await;
+        let _ = writer.shutdown().await;
+    });
+
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(encoding.content_type()));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("tcp"));
+    Ok(response)
+}
+
+/// `GET /containers/{id}/logs`.
+pub async fn logs(
+    State(engine): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let filter = LogFilter {
+        stdout: flag(&params, "stdout"),
+        stderr: flag(&params, "stderr"),
+        tail: params.get("tail").filter(|t| t.as_str() != "all").and_then(|t| t.parse().ok()),
+    };
+    if !filter.stdout && !filter.stderr {
+        return Err(ApiError::bad_request("Bad parameters: you must choose at least one stream"));
+    }
+    let timestamps = flag(&params, "timestamps");
+    let (entries, live, tty) = engine.container_logs(&id, &filter, flag(&params, "follow"))?;
+    let encoding = Encoding { stdout: filter.stdout, stderr: filter.stderr, tty };
+    let mut head = BytesMut::new();
+    for entry in entries {
+        let data = if timestamps { [entry.time.as_bytes(), b" ", &entry.data].concat() } else { entry.data };
+        if let Some(bytes) = encoding.encode(entry.stream, &data) {
+            head.extend_from_slice(&bytes);
+        }
+    }
+    let head = futures_util::stream::once(async move { Ok::<_, std::io::Error>(head.freeze()) });
+    let body = match live {
+        None => Body::from_stream(head),
+        Some(live) => {
+            let tail = futures_util::stream::unfold(live, move |mut live| async move {
+                loop {
+                    let chunk: OutputChunk = live.recv().await?;
+                    let data = if timestamps {
+                        Bytes::from([berth_engine::now_rfc3339().as_bytes(), b" ", &chunk.data].concat())
+                    } else {
+                        chunk.data.clone()
+                    };
+                    if let Some(bytes) = encoding.encode(chunk.stream, &data) {
+                        return Some((Ok::<_, std::io::Error>(bytes), live));
+                    }
+                }
+            });
+            Body::from_stream(futures_util::StreamExt::chain(head, tail))
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, encoding.content_type())], body).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multiplexed_frame_layout() {
+        let bytes = frame(OutputStream::Stderr, b"hey");
+        assert_eq!(&bytes[..], &[2, 0, 0, 0, 0, 0, 0, 3, b'h', b'e', b'y']);
+        let encoding = Encoding { stdout: true, stderr: false, tty: false };
+        assert!(encoding.encode(OutputStream::Stderr, b"x").is_none());
+        assert_eq!(encoding.encode(OutputStream::Stdout, b"x").unwrap()[0], 1);
+        let raw = Encoding { stdout: true, stderr: true, tty: true };
+        assert_eq!(&raw.encode(OutputStream::Stdout, b"x").unwrap()[..], b"x");
+    }
+}

@@ -1,0 +1,161 @@
+//! A container's persistent record and the lifecycle rules over it.
+//!
+//! The record is what `docker inspect` and `docker ps` read; it is stored as JSON in the
+//! state database (see [`crate::store`]) after every change. Configuration uses the
+//! Docker API's own models, so what a client sent is what it reads back.
+
+use bollard_stubs::models::{ContainerConfig, HostConfig};
+use serde::{Deserialize, Serialize};
+
+/// Docker's container states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerStatus {
+    Created,
+    Running,
+    Paused,
+    Restarting,
+    Removing,
+    Exited,
+    Dead,
+}
+
+impl ContainerStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Restarting => "restarting",
+            Self::Removing => "removing",
+            Self::Exited => "exited",
+            Self::Dead => "dead",
+        }
+    }
+
+    /// A container in this state can be started.
+    pub fn can_start(self) -> bool {
+        matches!(self, Self::Created | Self::Exited)
+    }
+
+    /// The container has a VM that runs (or is paused).
+    pub fn is_running(self) -> bool {
+        matches!(self, Self::Running | Self::Paused | Self::Restarting)
+    }
+}
+
+/// The `State` part of a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateRecord {
+    pub status: ContainerStatus,
+    /// The VM process's pid while running (Docker shows the container's init pid).
+    pub pid: u32,
+    pub exit_code: i64,
+    pub error: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub oom_killed: bool,
+}
+
+/// Docker's zero time, used for "never".
+pub const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+
+impl Default for StateRecord {
+    fn default() -> Self {
+        Self {
+            status: ContainerStatus::Created,
+            pid: 0,
+            exit_code: 0,
+            error: String::new(),
+            started_at: ZERO_TIME.into(),
+            finished_at: ZERO_TIME.into(),
+            oom_killed: false,
+        }
+    }
+}
+
+/// Everything Berth keeps about a container.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    /// 64 hex digits.
+    pub id: String,
+    /// Without Docker's leading slash.
+    pub name: String,
+    /// RFC 3339 with nanoseconds.
+    pub created: String,
+    /// The image as the user named it.
+    pub image_ref: String,
+    /// `sha256:<hex>`.
+    pub image_id: String,
+    /// The effective configuration (request merged with the image's defaults).
+    pub config: ContainerConfig,
+    pub host_config: HostConfig,
+    /// The program and its arguments (entrypoint + cmd).
+    pub path: String,
+    pub args: Vec<String>,
+    pub state: StateRecord,
+    pub restart_count: i64,
+}
+
+impl ContainerRecord {
+    /// The VM shape: vCPUs from `--cpus` (rounded up), memory from `-m` (MiB).
+    pub fn vm_shape(&self, default_memory_mib: u32) -> (u32, u32) {
+        let vcpus = self
+            .host_config
+            .nano_cpus
+            .filter(|nano| *nano > 0)
+            .map(|nano| ((nano + 999_999_999) / 1_000_000_000) as u32)
+            .unwrap_or(1);
+        let memory = self
+            .host_config
+            .memory
+            .filter(|bytes| *bytes > 0)
+            .map(|bytes| (bytes as u64).div_ceil(1 << 20) as u32)
+            .unwrap_or(default_memory_mib);
+        (vcpus.max(1), memory)
+    }
+
+    pub fn tty(&self) -> bool {
+        self.config.tty.unwrap_or(false)
+    }
+
+    pub fn auto_remove(&self) -> bool {
+        self.host_config.auto_remove.unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_guards() {
+        assert!(ContainerStatus::Created.can_start());
+        assert!(ContainerStatus::Exited.can_start());
+        assert!(!ContainerStatus::Running.can_start());
+        assert!(ContainerStatus::Paused.is_running());
+        assert!(!ContainerStatus::Dead.is_running());
+        assert_eq!(serde_json::to_string(&ContainerStatus::Exited).unwrap(), "\"exited\"");
+    }
+
+    #[test]
+    fn vm_shape_rounds_up() {
+        let mut record = ContainerRecord {
+            id: "a".repeat(64),
+            name: "x".into(),
+            created: ZERO_TIME.into(),
+            image_ref: "busybox".into(),
+            image_id: "sha256:0".into(),
+            config: ContainerConfig::default(),
+            host_config: HostConfig::default(),
+            path: "sh".into(),
+            args: vec![],
+            state: StateRecord::default(),
+            restart_count: 0,
+        };
+        assert_eq!(record.vm_shape(256), (1, 256));
+        record.host_config.nano_cpus = Some(1_500_000_000);
+        record.host_config.memory = Some(512 * 1024 * 1024 + 1);
+        assert_eq!(record.vm_shape(256), (2, 513));
+    }
+}

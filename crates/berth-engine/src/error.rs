@@ -1,0 +1,84 @@
+//! The engine's errors. The Docker API layer maps each variant to a status code in one
+//! place (`berth-api`'s `error` module); messages here are what Docker users read.
+
+use std::path::PathBuf;
+
+/// Errors from engine operations.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// No container by that id, id prefix or name.
+    #[error("No such container: {0}")]
+    NoSuchContainer(String),
+    /// No image by that reference.
+    #[error("No such image: {0}")]
+    NoSuchImage(String),
+    /// A request that conflicts with the container's state or another container.
+    #[error("{0}")]
+    Conflict(String),
+    /// A request that is malformed or asks for something impossible.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Something Berth does not do (yet); the message says what instead.
+    #[error("{0}")]
+    NotSupported(String),
+    /// The container's process could not be started (e.g. executable not found).
+    #[error("failed to create task for container: {0}")]
+    StartFailed(String),
+    #[error("image store error")]
+    Image(#[source] berth_image::ImageError),
+    #[error("VM error")]
+    Vm(#[source] berth_vm::VmError),
+    #[error("preparing the guest kernel and initramfs failed")]
+    Guest(#[source] berth_guest::GuestError),
+    #[error("the container's agent misbehaved: {0}")]
+    Agent(String),
+    #[error("state database error: {0}")]
+    Store(String),
+    #[error("I/O error on {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} failed: {detail}")]
+    Command { what: String, detail: String },
+}
+
+impl EngineError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { path, source }
+    }
+}
+
+impl From<berth_image::ImageError> for EngineError {
+    fn from(error: berth_image::ImageError) -> Self {
+        match error {
+            berth_image::ImageError::NotFound(reference) => Self::NoSuchImage(reference),
+            berth_image::ImageError::InvalidArchive(_)
+            | berth_image::ImageError::InvalidJson { .. }
+            | berth_image::ImageError::InvalidReference(_)
+            | berth_image::ImageError::DigestMismatch { .. }
+            | berth_image::ImageError::UnsafePath(_) => Self::InvalidArgument(error_chain(&error)),
+            other => Self::Image(other),
+        }
+    }
+}
+
+impl From<berth_vm::VmError> for EngineError {
+    fn from(error: berth_vm::VmError) -> Self {
+        Self::Vm(error)
+    }
+}
+
+/// Prints an error with its whole chain of causes, for logs and API messages.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

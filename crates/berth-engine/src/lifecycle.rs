@@ -1,0 +1,271 @@
+//! Waiting on, signalling, stopping, removing, attaching to and reading the logs of
+//! containers.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_agent_proto::HostMessage;
+
+use crate::container::{ContainerRecord, ContainerStatus};
+use crate::error::EngineError;
+use crate::output::{read_log, LogEntry, LogFilter, OutputChunk};
+use crate::session::MAIN_STREAM;
+use crate::{lock, Attachment, ContainerHandle, Engine};
+
+/// `docker wait --condition`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitCondition {
+    NotRunning,
+    NextExit,
+    Removed,
+}
+
+impl WaitCondition {
+    pub fn parse(value: &str) -> Result<Self, EngineError> {
+        match value {
+            "" | "not-running" => Ok(Self::NotRunning),
+            "next-exit" => Ok(Self::NextExit),
+            "removed" => Ok(Self::Removed),
+            other => Err(EngineError::InvalidArgument(format!("invalid condition: \"{other}\""))),
+        }
+    }
+}
+
+/// What a wait returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitOutcome {
+    pub status_code: i64,
+    pub error: Option<String>,
+}
+
+/// A signal by name (`SIGTERM`, `TERM`) or number.
+pub fn parse_signal(value: &str) -> Result<i32, EngineError> {
+    if let Ok(number) = value.parse::<i32>() {
+        if (1..=64).contains(&number) {
+            return Ok(number);
+        }
+    }
+    let name = value.trim_start_matches("SIG").to_ascii_uppercase();
+    let number = match name.as_str() {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "ILL" => libc::SIGILL,
+        "TRAP" => libc::SIGTRAP,
+        "ABRT" => libc::SIGABRT,
+        "BUS" => libc::SIGBUS,
+        "FPE" => libc::SIGFPE,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "SEGV" => libc::SIGSEGV,
+        "USR2" => libc::SIGUSR2,
+        "PIPE" => libc::SIGPIPE,
+        "ALRM" => libc::SIGALRM,
+        "TERM" => libc::SIGTERM,
+        "CHLD" => libc::SIGCHLD,
+        "CONT" => libc::SIGCONT,
+        "STOP" => libc::SIGSTOP,
+        "TSTP" => libc::SIGTSTP,
+        "TTIN" => libc::SIGTTIN,
+        "TTOU" => libc::SIGTTOU,
+        "URG" => libc::SIGURG,
+        "XCPU" => libc::SIGXCPU,
+        "XFSZ" => libc::SIGXFSZ,
+        "VTALRM" => libc::SIGVTALRM,
+        "PROF" => libc::SIGPROF,
+        "WINCH" => libc::SIGWINCH,
+        "IO" | "POLL" => libc::SIGIO,
+        "PWR" => libc::SIGPWR,
+        "SYS" => libc::SIGSYS,
+        _ => return Err(EngineError::InvalidArgument(format!("Invalid signal: {value}"))),
+    };
+    Ok(number)
+}
+
+/// Kills a VM process left from before a daemon restart, if that pid is still one of
+/// this container's QEMU processes (its command line names the container).
+pub(crate) fn kill_stale_vm(record: &ContainerRecord, _run_dir: &Path) {
+    let pid = record.state.pid;
+    if pid == 0 {
+        return;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let marker = format!("berth-{}", record.id);
+    if String::from_utf8_lossy(&cmdline).contains(&marker) {
+        // SAFETY: kill takes no pointers; the pid was just checked to be this container's VM.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+}
+
+impl Engine {
+    /// `POST /containers/{id}/wait`.
+    pub async fn wait_container(&self, reference: &str, condition: WaitCondition) -> Result<WaitOutcome, EngineError> {
+        let handle = self.lookup(reference)?;
+        let mut state = handle.state.subscribe();
+        let initial = state.borrow().clone();
+        drop(handle);
+        let outcome = |s: &crate::LifecycleState| WaitOutcome { status_code: s.exit_code, error: s.error.clone() };
+        if condition == WaitCondition::NotRunning && !initial.running {
+            return Ok(outcome(&initial));
+        }
+        loop {
+            if state.changed().await.is_err() {
+                // The container is gone.
+                return Ok(outcome(&state.borrow()));
+            }
+            let now = state.borrow().clone();
+            let done = match condition {
+                WaitCondition::NotRunning | WaitCondition::NextExit => now.exits > initial.exits || now.removed,
+                WaitCondition::Removed => now.removed,
+            };
+            if done {
+                return Ok(outcome(&now));
+            }
+        }
+    }
+
+    fn running_handle(&self, reference: &str) -> Result<(Arc<ContainerHandle>, Arc<crate::Runtime>), EngineError> {
+        let handle = self.lookup(reference)?;
+        let runtime = handle
+            .runtime()
+            .filter(|_| lock(&handle.record).state.status.is_running())
+            .ok_or_else(|| EngineError::Conflict(format!("Container {} is not running", handle.id)))?;
+        Ok((handle, runtime))
+    }
+
+    /// `POST /containers/{id}/kill`.
+    pub async fn kill_container(&self, reference: &str, signal: &str) -> Result<(), EngineError> {
+        let signal = parse_signal(if signal.is_empty() { "SIGKILL" } else { signal })?;
+        let (handle, runtime) = self.running_handle(reference)?;
+        runtime.session.send(MAIN_STREAM, &HostMessage::Signal { signal }).await?;
+        if signal == libc::SIGKILL {
+            // If the guest does not act on SIGKILL, the VM goes.
+            let mut state = handle.state.subscribe();
+            let exits = state.borrow().exits;
+            tokio::spawn(async move {
+                let exited = tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| s.exits > exits)).await.is_ok();
+                if !exited {
+                    runtime.control.kill().await;
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// `POST /containers/{id}/stop`: the stop signal, then SIGKILL after `timeout`
+    /// seconds, then the VM is killed if the process still runs. Returns false if the
+    /// container was not running (Docker answers 304).
+    pub async fn stop_container(&self, reference: &str, timeout: Option<i64>) -> Result<bool, EngineError> {
+        let handle = self.lookup(reference)?;
+        let Some(runtime) = handle.runtime() else { return Ok(false) };
+        let record = handle.snapshot();
+        let signal = parse_signal(record.config.stop_signal.as_deref().unwrap_or("SIGTERM"))?;
+        let timeout = timeout.or(record.config.stop_timeout).unwrap_or(10).max(0) as u64;
+        let mut state = handle.state.subscribe();
+        let exits = state.borrow().exits;
+        let exited = |limit: u64| {
+            let mut state = state.clone();
+            async move { tokio::time::timeout(Duration::from_secs(limit), state.wait_for(|s| s.exits > exits)).await.is_ok() }
+        };
+        if timeout > 0 {
+            let _ = runtime.session.send(MAIN_STREAM, &HostMessage::Signal { signal }).await;
+            if exited(timeout).await {
+                return Ok(true);
+            }
+        }
+        let _ = runtime.session.send(MAIN_STREAM, &HostMessage::Signal { signal: libc::SIGKILL }).await;
+        if !exited(5).await {
+            runtime.control.kill().await;
+            let _ = tokio::time::timeout(Duration::from_secs(10), state.wait_for(|s| s.exits > exits)).await.is_ok();
+        }
+        Ok(true)
+    }
+
+    /// `DELETE /containers/{id}`.
+    pub async fn remove_container(&self, reference: &str, force: bool) -> Result<(), EngineError> {
+        let handle = self.lookup(reference)?;
+        if handle.runtime().is_some() {
+            if !force {
+                return Err(EngineError::Conflict(format!(
+                    "You cannot remove a running container {}. Stop the container before attempting removal or force remove",
+                    handle.id
+                )));
+            }
+            self.stop_container(&handle.id, Some(0)).await?;
+        }
+        let _guard = handle.lifecycle.lock().await;
+        if lock(&self.containers).get(&handle.id).is_none() {
+            return Ok(()); // removed meanwhile (auto-remove)
+        }
+        lock(&handle.record).state.status = ContainerStatus::Removing;
+        let dir = self.container_dir(&handle.id);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(EngineError::io(&dir))?;
+        }
+        self.store.delete(&handle.id)?;
+        lock(&self.containers).remove(&handle.id);
+        handle.state.send_modify(|state| state.removed = true);
+        Ok(())
+    }
+
+    /// `POST /containers/{id}/attach`: output from now on, and input if asked for.
+    pub fn attach_container(&self, reference: &str, with_stdin: bool) -> Result<Attachment, EngineError> {
+        let handle = self.lookup(reference)?;
+        let record = handle.snapshot();
+        if !matches!(record.state.status, ContainerStatus::Created | ContainerStatus::Running) {
+            return Err(EngineError::Conflict("You cannot attach to a stopped container, start it first".into()));
+        }
+        let output = handle.hub.subscribe();
+        let stdin = (with_stdin && record.config.open_stdin.unwrap_or(false)).then(|| handle.stdin_sink());
+        Ok(Attachment { output, stdin, tty: record.tty() })
+    }
+
+    /// Whether closing an attached client's input closes the process's (`StdinOnce`).
+    pub fn stdin_once(&self, reference: &str) -> bool {
+        self.lookup(reference).map(|h| h.snapshot().config.stdin_once.unwrap_or(false)).unwrap_or(false)
+    }
+
+    /// `GET /containers/{id}/logs`: what is logged, and with `follow` a live feed after it.
+    pub fn container_logs(
+        &self,
+        reference: &str,
+        filter: &LogFilter,
+        follow: bool,
+    ) -> Result<(Vec<LogEntry>, Option<tokio::sync::mpsc::UnboundedReceiver<OutputChunk>>, bool), EngineError> {
+        let handle = self.lookup(reference)?;
+        // Subscribe before reading the file so that nothing falls between the two.
+        let live = (follow && handle.runtime().is_some()).then(|| handle.hub.subscribe());
+        let entries = read_log(&self.container_dir(&handle.id).join("container.log"), filter);
+        Ok((entries, live, handle.snapshot().tty()))
+    }
+
+    /// `POST /containers/{id}/resize`.
+    pub async fn resize_container(&self, reference: &str, rows: u16, cols: u16) -> Result<(), EngineError> {
+        let (_, runtime) = self.running_handle(reference)?;
+        runtime.session.send(MAIN_STREAM, &HostMessage::Resize { rows, cols }).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_by_name_and_number() {
+        assert_eq!(parse_signal("SIGTERM").unwrap(), libc::SIGTERM);
+        assert_eq!(parse_signal("kill").unwrap(), libc::SIGKILL);
+        assert_eq!(parse_signal("9").unwrap(), 9);
+        assert!(parse_signal("SIGNOPE").is_err());
+        assert!(parse_signal("0").is_err());
+    }
+
+    #[test]
+    fn wait_conditions() {
+        assert_eq!(WaitCondition::parse("").unwrap(), WaitCondition::NotRunning);
+        assert_eq!(WaitCondition::parse("removed").unwrap(), WaitCondition::Removed);
+        assert!(WaitCondition::parse("bogus").is_err());
+    }
+}

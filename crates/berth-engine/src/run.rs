@@ -1,0 +1,255 @@
+//! `docker start`: boot the VM, set the guest up, start the process, and serve it
+//! until it exits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_agent_proto::{FrameKind, GuestMessage, HostMessage, ProcessSpec, SetupSpec, SpawnFailure, AGENT_STREAM};
+use berth_vm::{DiskFormat, DiskSpec, VmControl, VmSpec};
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use crate::container::ContainerStatus;
+use crate::error::{error_chain, EngineError};
+use crate::output::{LogWriter, OutputChunk, OutputStream};
+use crate::session::{handshake, AgentEvent, AgentReader, AgentSession, MAIN_STREAM};
+use crate::{lock, now_rfc3339, ContainerHandle, Engine, Runtime, StdinEvent};
+
+/// How long a VM gets from process start to the agent's Hello. Generous: under software
+/// emulation on a loaded host a boot can take many seconds.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What `start` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartOutcome {
+    Started,
+    /// The container was already running (Docker answers 304).
+    AlreadyRunning,
+}
+
+/// How a run ended.
+enum RunEnd {
+    Exited(i32),
+    SpawnFailed(SpawnFailure, String),
+    Broken(String),
+}
+
+impl Engine {
+    /// Starts a created or exited container and returns once its process runs.
+    pub async fn start_container(self: &Arc<Self>, reference: &str) -> Result<StartOutcome, EngineError> {
+        let handle = self.lookup(reference)?;
+        let _guard = handle.lifecycle.lock().await;
+        let status = lock(&handle.record).state.status;
+        if status.is_running() {
+            return Ok(StartOutcome::AlreadyRunning);
+        }
+        if !status.can_start() {
+            return Err(EngineError::Conflict(format!("cannot start a container that is {}", status.as_str())));
+        }
+        match self.boot_and_spawn(&handle).await {
+            Ok(()) => Ok(StartOutcome::Started),
+            Err(error) => {
+                if !matches!(error, EngineError::StartFailed(_)) {
+                    // The run task records spawn failures itself; everything else is recorded here.
+                    let mut record = lock(&handle.record);
+                    record.state.error = error_chain(&error);
+                    record.state.exit_code = 128;
+                    drop(record);
+                    let _ = self.persist(&handle);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn boot_and_spawn(self: &Arc<Self>, handle: &Arc<ContainerHandle>) -> Result<(), EngineError> {
+        let record = handle.snapshot();
+        let guest = self.guest().await?.clone();
+        let dir = self.container_dir(&record.id);
+        let run_dir = dir.join("vm");
+        let _ = std::fs::remove_dir_all(&run_dir);
+        std::fs::create_dir_all(&run_dir).map_err(EngineError::io(&run_dir))?;
+        let (vcpus, memory_mib) = record.vm_shape(self.config.default_memory_mib);
+        let spec = VmSpec {
+            name: record.id.clone(),
+            vcpus,
+            memory_mib,
+            kernel: guest.kernel.clone(),
+            initramfs: guest.initramfs.clone(),
+            disks: vec![DiskSpec { path: dir.join("rootfs.qcow2"), format: DiskFormat::Qcow2, read_only: false }],
+            run_dir,
+        };
+        let vm = self.config.backend.boot(&spec).await?;
+        let control: Arc<dyn VmControl> = Arc::from(vm.control);
+        let prepared = async {
+            let (session, mut reader, _kernel) = handshake(vm.agent, BOOT_TIMEOUT).await?;
+            let setup = SetupSpec {
+                hostname: record.config.hostname.clone().unwrap_or_else(|| record.id[..12].to_owned()),
+                root_device: "/dev/vda".into(),
+            };
+            session.send(AGENT_STREAM, &HostMessage::Setup(setup)).await?;
+            match reader.expect_message(AGENT_STREAM, SETUP_TIMEOUT, "setting the guest up").await? {
+                GuestMessage::SetupDone => Ok((session, reader)),
+                GuestMessage::Error { message } => Err(EngineError::Agent(format!("guest setup failed: {message}"))),
+                other => Err(EngineError::Agent(format!("expected setup_done, got {other:?}"))),
+            }
+        };
+        let (session, reader) = match prepared.await {
+            Ok(parts) => parts,
+            Err(error) => {
+                control.kill().await;
+                return Err(error);
+            }
+        };
+        let session = Arc::new(session);
+        let process = ProcessSpec {
+            argv: std::iter::once(record.path.clone()).chain(record.args.iter().cloned()).collect(),
+            env: record.config.env.clone().unwrap_or_default(),
+            cwd: record.config.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into()),
+            user: record.config.user.clone().unwrap_or_default(),
+            tty: record.tty(),
+            stdin: record.config.open_stdin.unwrap_or(false),
+            tty_size: None,
+        };
+        let log = LogWriter::open(&dir.join("container.log"))?;
+        let (started_sender, started) = oneshot::channel();
+        let runtime = Arc::new(Runtime { session: session.clone(), control: control.clone() });
+        *lock(&handle.runtime) = Some(runtime);
+        tokio::spawn(serve(self.clone(), handle.clone(), reader, log, control.clone(), started_sender));
+        if let Err(error) = session.send(MAIN_STREAM, &HostMessage::Spawn(process)).await {
+            control.kill().await;
+            return Err(error);
+        }
+        match started.await {
+            Ok(Ok(_guest_pid)) => {
+                {
+                    let mut record = lock(&handle.record);
+                    record.state.status = ContainerStatus::Running;
+                    record.state.pid = vm.pid;
+                    record.state.started_at = now_rfc3339();
+                    record.state.error.clear();
+                    record.state.exit_code = 0;
+                }
+                handle.state.send_modify(|state| state.running = true);
+                self.persist(handle)?;
+                if let Some(input) = handle.take_stdin() {
+                    tokio::spawn(forward_stdin(session, input));
+                }
+                Ok(())
+            }
+            Ok(Err(message)) => Err(EngineError::StartFailed(message)),
+            Err(_) => Err(EngineError::Agent("the VM ended before the process started".into())),
+        }
+    }
+
+    /// Records the end of a run, powers nothing: the VM is already gone.
+    fn finish_run(self: &Arc<Self>, handle: &Arc<ContainerHandle>, end: RunEnd) {
+        let (code, error) = match end {
+            RunEnd::Exited(code) => (i64::from(code), String::new()),
+            RunEnd::SpawnFailed(SpawnFailure::NotFound, message) => (127, message),
+            RunEnd::SpawnFailed(SpawnFailure::NotExecutable, message) => (126, message),
+            RunEnd::SpawnFailed(SpawnFailure::Other, message) => (128, message),
+            RunEnd::Broken(message) => (255, message),
+        };
+        handle.hub.close();
+        *lock(&handle.runtime) = None;
+        handle.reset_stdin();
+        let auto_remove = {
+            let mut record = lock(&handle.record);
+            record.state.status = ContainerStatus::Exited;
+            record.state.exit_code = code;
+            record.state.error = error.clone();
+            record.state.finished_at = now_rfc3339();
+            record.state.pid = 0;
+            record.auto_remove()
+        };
+        if let Err(error) = self.persist(handle) {
+            tracing::error!(id = %handle.id, error = %error_chain(&error), "recording the container's exit failed");
+        }
+        handle.state.send_modify(|state| {
+            state.exits += 1;
+            state.running = false;
+            state.exit_code = code;
+            state.error = (!error.is_empty()).then_some(error);
+        });
+        if auto_remove {
+            let engine = self.clone();
+            let id = handle.id.clone();
+            tokio::spawn(async move {
+                if let Err(error) = engine.remove_container(&id, true).await {
+                    tracing::warn!(%id, error = %error_chain(&error), "auto-remove failed");
+                }
+            });
+        }
+    }
+}
+
+/// Serves a running container: output to log and attached clients, until the process
+/// exits, the agent breaks the protocol, or the VM dies. Then powers the VM off.
+async fn serve(
+    engine: Arc<Engine>,
+    handle: Arc<ContainerHandle>,
+    mut reader: AgentReader,
+    mut log: LogWriter,
+    control: Arc<dyn VmControl>,
+    started: oneshot::Sender<Result<i32, String>>,
+) {
+    let mut started = Some(started);
+    let end = loop {
+        let event = tokio::select! {
+            event = reader.next_event() => event,
+            _ = control.wait() => break RunEnd::Broken("the container's VM stopped unexpectedly".into()),
+        };
+        match event {
+            Ok(Some(AgentEvent::Output { stream: MAIN_STREAM, kind, data })) => {
+                let stream = if kind == FrameKind::Stderr { OutputStream::Stderr } else { OutputStream::Stdout };
+                let chunk = OutputChunk { stream, data: Bytes::from(data) };
+                log.write(&chunk);
+                handle.hub.publish(&chunk);
+            }
+            Ok(Some(AgentEvent::Message { stream: MAIN_STREAM, message })) => match message {
+                GuestMessage::Started { pid } => {
+                    if let Some(sender) = started.take() {
+                        let _ = sender.send(Ok(pid));
+                    }
+                }
+                GuestMessage::SpawnFailed { reason, message } => {
+                    if let Some(sender) = started.take() {
+                        let _ = sender.send(Err(message.clone()));
+                    }
+                    break RunEnd::SpawnFailed(reason, message);
+                }
+                GuestMessage::Exited { code, .. } => break RunEnd::Exited(code),
+                GuestMessage::Error { message } => tracing::warn!(id = %handle.id, %message, "agent reported an error"),
+                other => break RunEnd::Broken(format!("the agent sent an unexpected {other:?}")),
+            },
+            Ok(Some(other)) => break RunEnd::Broken(format!("the agent sent {other:?} on an unknown stream")),
+            Ok(None) => break RunEnd::Broken("the container's agent closed its channel".into()),
+            Err(error) => break RunEnd::Broken(error_chain(&error)),
+        }
+    };
+    if let RunEnd::Broken(reason) = &end {
+        tracing::warn!(id = %handle.id, %reason, "container run ended abnormally");
+        if let Some(sender) = started.take() {
+            let _ = sender.send(Err(reason.clone()));
+        }
+    }
+    if let Some(runtime) = handle.runtime() {
+        let _ = runtime.session.send(AGENT_STREAM, &HostMessage::Shutdown).await;
+    }
+    control.shut_down(Duration::from_secs(5)).await;
+    engine.finish_run(&handle, end);
+}
+
+async fn forward_stdin(session: Arc<AgentSession>, mut input: tokio::sync::mpsc::UnboundedReceiver<StdinEvent>) {
+    while let Some(event) = input.recv().await {
+        let sent = match event {
+            StdinEvent::Data(data) => session.send_stdin(MAIN_STREAM, &data).await,
+            StdinEvent::Close => session.send(MAIN_STREAM, &HostMessage::CloseStdin).await,
+        };
+        if sent.is_err() {
+            break;
+        }
+    }
+}

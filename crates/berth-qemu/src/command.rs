@@ -1,0 +1,100 @@
+//! The QEMU command line for a [`VmSpec`].
+
+use std::path::Path;
+
+use berth_vm::{Accelerator, DiskFormat, VmSpec};
+use berth_agent_proto::PORT_NAME;
+
+/// Kernel command line: serial console, quiet, power off on panic, and no probing of
+/// hardware the VM does not have.
+pub const KERNEL_CMDLINE: &str = "console=ttyS0 quiet panic=-1 i8042.noaux i8042.nomux i8042.nopnp 8250.nr_uarts=1 random.trust_cpu=on";
+
+/// Builds QEMU's arguments (without the binary).
+pub fn qemu_arguments(spec: &VmSpec, accelerator: Accelerator, agent_socket: &Path, qmp_socket: &Path) -> Vec<String> {
+    let (accel, cpu) = match accelerator {
+        Accelerator::Kvm => ("kvm", "host"),
+        Accelerator::Tcg => ("tcg", "max"),
+    };
+    let mut args: Vec<String> = vec![
+        "-name".into(),
+        format!("berth-{},debug-threads=off", spec.name),
+        "-machine".into(),
+        format!("pc,accel={accel}"),
+        "-cpu".into(),
+        cpu.into(),
+        "-smp".into(),
+        spec.vcpus.to_string(),
+        "-m".into(),
+        spec.memory_mib.to_string(),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-display".into(),
+        "none".into(),
+        "-no-reboot".into(),
+        "-kernel".into(),
+        spec.kernel.display().to_string(),
+        "-initrd".into(),
+        spec.initramfs.display().to_string(),
+        "-append".into(),
+        KERNEL_CMDLINE.into(),
+        "-serial".into(),
+        format!("file:{}", spec.run_dir.join("console.log").display()),
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", qmp_socket.display()),
+    ];
+    for (index, disk) in spec.disks.iter().enumerate() {
+        let format = match disk.format {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        };
+        args.push("-drive".into());
+        args.push(format!(
+            "file={},format={format},if=none,id=disk{index},cache=writeback,discard=unmap{}",
+            escape_option(&disk.path.display().to_string()),
+            if disk.read_only { ",readonly=on" } else { "" }
+        ));
+        args.push("-device".into());
+        args.push(format!("virtio-blk-pci,drive=disk{index}"));
+    }
+    args.extend([
+        "-device".into(),
+        "virtio-serial-pci".into(),
+        "-chardev".into(),
+        format!("socket,id=agent,path={}", escape_option(&agent_socket.display().to_string())),
+        "-device".into(),
+        format!("virtserialport,chardev=agent,name={PORT_NAME}"),
+    ]);
+    args
+}
+
+/// QEMU option values escape a comma by doubling it.
+fn escape_option(value: &str) -> String {
+    value.replace(',', ",,")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_vm::DiskSpec;
+    use std::path::PathBuf;
+
+    #[test]
+    fn command_line_has_devices_and_escapes_paths() {
+        let spec = VmSpec {
+            name: "abc".into(),
+            vcpus: 2,
+            memory_mib: 512,
+            kernel: "/k/vmlinuz".into(),
+            initramfs: "/k/initrd".into(),
+            disks: vec![DiskSpec { path: PathBuf::from("/d/a,b.qcow2"), format: DiskFormat::Qcow2, read_only: false }],
+            run_dir: "/run/x".into(),
+        };
+        let args = qemu_arguments(&spec, Accelerator::Tcg, Path::new("/run/x/agent.sock"), Path::new("/run/x/qmp.sock"));
+        let joined = args.join(" ");
+        assert!(joined.contains("-machine pc,accel=tcg -cpu max -smp 2 -m 512"));
+        assert!(joined.contains("file=/d/a,,b.qcow2,format=qcow2"));
+        assert!(joined.contains("virtserialport,chardev=agent,name=berth.agent"));
+        let kvm = qemu_arguments(&spec, Accelerator::Kvm, Path::new("/a"), Path::new("/q")).join(" ");
+        assert!(kvm.contains("accel=kvm -cpu host"));
+    }
+}

@@ -1,0 +1,87 @@
+//! `berth daemon`: the engine behind the Docker API on a unix socket.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use berth_engine::{Engine, EngineConfig};
+use berth_qemu::QemuBackend;
+
+#[derive(clap::Args)]
+pub struct DaemonArgs {
+    /// Where state, images and container disks live.
+    #[arg(long, default_value = "/var/lib/berth")]
+    pub root: PathBuf,
+    /// The Docker API socket.
+    #[arg(long, default_value = "/run/berth/docker.sock")]
+    pub socket: PathBuf,
+    /// Cache for the guest kernel and initramfs (shared by daemons with other roots).
+    #[arg(long, default_value = "/var/cache/berth")]
+    pub cache: PathBuf,
+    /// VM memory (MiB) for containers started without --memory.
+    #[arg(long, default_value_t = 256)]
+    pub memory: u32,
+    /// The QEMU system emulator to run VMs with.
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    pub qemu: PathBuf,
+}
+
+pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: DaemonArgs) -> anyhow::Result<()> {
+    let backend = Arc::new(QemuBackend::new(args.qemu.clone()));
+    tracing::info!(backend = "qemu", accelerator = berth_vm::VmBackend::accelerator(&*backend).name(), "VM backend");
+    let engine = Engine::open(EngineConfig {
+        root: args.root.clone(),
+        cache: args.cache.clone(),
+        backend,
+        default_memory_mib: args.memory,
+    })
+    .await
+    .with_context(|| format!("opening Berth's state in {}", args.root.display()))?;
+
+    // Fetch the kernel and build the initramfs now, so the first `docker run` need not wait.
+    {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            match engine.guest().await {
+                Ok(guest) => tracing::info!(kernel = %guest.kernel_package, initramfs = %guest.initramfs.display(), "guest image ready"),
+                Err(error) => tracing::error!(error = %berth_engine::error_chain(&error), "preparing the guest image failed; containers cannot start until this is fixed"),
+            }
+        });
+    }
+
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let socket = args.socket.clone();
+    let api = {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            berth_api::serve_unix(engine, &socket, async {
+                let _ = api_stopped.await;
+            })
+            .await
+        })
+    };
+    tracing::info!(socket = %args.socket.display(), root = %args.root.display(), "serving the Docker API");
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+        result = &mut Box::pin(async { api.await }) => {
+            return match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) => Err(error).with_context(|| format!("serving on {}", args.socket.display())),
+                Err(error) => Err(error.into()),
+            };
+        }
+    }
+    tracing::info!("shutting down: stopping running containers");
+    engine.shutdown().await;
+    let _ = stop_api.send(());
+    let _ = std::fs::remove_file(&args.socket);
+    Ok(())
+}

@@ -1,0 +1,284 @@
+//! Shared fixtures for end-to-end tests: a real `berth daemon` with real VMs, driven by
+//! the real docker CLI, and a busybox image made here from Debian's busybox-static.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+pub const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+/// A running daemon with its own root and socket.
+pub struct Daemon {
+    pub root: PathBuf,
+    pub socket: PathBuf,
+    child: Mutex<Option<Child>>,
+}
+
+impl Daemon {
+    /// Starts a daemon whose root is `root`. Its stderr goes to `root/../daemon.log`.
+    pub fn start(root: &Path) -> Daemon {
+        std::fs::create_dir_all(root).unwrap();
+        let socket = root.with_extension("sock");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(root.with_extension("log")).unwrap();
+        let mut command = Command::new(BERTH);
+        command
+            .args(["daemon", "--root"])
+            .arg(root)
+            .arg("--socket")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        // SAFETY: prctl takes no pointers; it runs in the child before exec. The daemon
+        // then dies with the test process (the parent thread is the spawner thread,
+        // which lives as long as the process).
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("starting berth daemon");
+        let daemon = Daemon { root: root.to_path_buf(), socket, child: Mutex::new(Some(child)) };
+        daemon.wait_ready();
+        daemon
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if self.request("GET", "/_ping", None).map(|(status, _)| status == 200).unwrap_or(false) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("daemon did not answer /_ping; see {}", self.root.with_extension("log").display());
+    }
+
+    /// Stops the daemon with SIGTERM and waits for it.
+    pub fn stop(&self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            // SAFETY: kill takes no pointers; the pid is our child's, not yet reaped.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            child.wait().unwrap();
+        }
+    }
+
+    /// Runs the docker CLI against this daemon.
+    pub fn docker(&self, args: &[&str]) -> Output {
+        self.docker_with_input(args, None)
+    }
+
+    pub fn docker_with_input(&self, args: &[&str], input: Option<&[u8]>) -> Output {
+        let config = self.root.with_extension("docker-config");
+        std::fs::create_dir_all(&config).unwrap();
+        let mut child = Command::new("docker")
+            .env("DOCKER_CONFIG", &config)
+            .env_remove("DOCKER_HOST")
+            .env_remove("DOCKER_CONTEXT")
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(args)
+            .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running the docker CLI");
+        if let Some(input) = input {
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(input).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs docker and asserts success; returns trimmed stdout.
+    pub fn docker_ok(&self, args: &[&str]) -> String {
+        let output = self.docker(args);
+        assert!(
+            output.status.success(),
+            "docker {args:?} failed: {}\nstdout: {}\nstderr: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// A raw HTTP/1.1 request on the socket; returns the status and the body.
+    pub fn request(&self, method: &str, path: &str, body: Option<&[u8]>) -> std::io::Result<(u16, Vec<u8>)> {
+        let mut stream = UnixStream::connect(&self.socket)?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let body = body.unwrap_or(b"");
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes())?;
+        stream.write_all(body)?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response)?;
+        let text = String::from_utf8_lossy(&response);
+        let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let split = response.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4).unwrap_or(response.len());
+        let mut payload = response[split..].to_vec();
+        if text[..split.min(text.len())].to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            payload = dechunk(&payload);
+        }
+        Ok((status, payload))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") else { break };
+        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap_or("0").trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = line_end + 2;
+        out.extend_from_slice(&data[start..(start + size).min(data.len())]);
+        data = &data[(start + size + 2).min(data.len())..];
+    }
+    out
+}
+
+/// A scratch directory for this test process.
+pub fn scratch() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("berth-tests-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    })
+}
+
+/// The daemon shared by the tests of this process, with the busybox image loaded.
+/// It is started from a thread that lives as long as the process, so that the daemon's
+/// parent-death signal fires only when the test process ends.
+pub fn shared() -> &'static Daemon {
+    static DAEMON: OnceLock<&'static Daemon> = OnceLock::new();
+    DAEMON.get_or_init(|| {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let daemon: &'static Daemon = Box::leak(Box::new(Daemon::start(&scratch().join("shared"))));
+            sender.send(daemon).unwrap();
+            loop {
+                std::thread::park();
+            }
+        });
+        let daemon = receiver.recv().unwrap();
+        daemon.docker_ok(&["load", "-i", busybox_archive().to_str().unwrap()]);
+        daemon
+    })
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+fn append_file(builder: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, data: &[u8]) {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(data.len() as u64);
+    header.set_mode(mode);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    builder.append_data(&mut header, path, data).unwrap();
+}
+
+fn append_dir(builder: &mut tar::Builder<Vec<u8>>, path: &str) {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(0);
+    header.set_mode(0o755);
+    header.set_mtime(0);
+    header.set_entry_type(tar::EntryType::Directory);
+    builder.append_data(&mut header, path, &[][..]).unwrap();
+}
+
+fn append_symlink(builder: &mut tar::Builder<Vec<u8>>, path: &str, target: &str) {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(0);
+    header.set_mode(0o777);
+    header.set_mtime(0);
+    header.set_entry_type(tar::EntryType::Symlink);
+    builder.append_link(&mut header, path, target).unwrap();
+}
+
+/// Writes a docker-archive with one image made of `layers` (each a tar), tagged `tag`.
+pub fn write_archive(path: &Path, tag: &str, layers: &[Vec<u8>], cmd: &[&str]) {
+    let diff_ids: Vec<String> = layers.iter().map(|l| format!("sha256:{}", sha256_hex(l))).collect();
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "2026-01-01T00:00:00Z",
+        "config": { "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": cmd },
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
+        "history": [],
+    });
+    let config_bytes = serde_json::to_vec(&config).unwrap();
+    let config_name = format!("{}.json", sha256_hex(&config_bytes));
+    let layer_names: Vec<String> = layers.iter().map(|l| format!("{}/layer.tar", sha256_hex(l))).collect();
+    let manifest = serde_json::json!([{ "Config": config_name, "RepoTags": [tag], "Layers": layer_names }]);
+    let mut archive = tar::Builder::new(Vec::new());
+    for (layer, name) in layers.iter().zip(&layer_names) {
+        append_file(&mut archive, name, 0o644, layer);
+    }
+    append_file(&mut archive, &config_name, 0o644, &config_bytes);
+    append_file(&mut archive, "manifest.json", 0o644, &serde_json::to_vec(&manifest).unwrap());
+    std::fs::write(path, archive.into_inner().unwrap()).unwrap();
+}
+
+/// A layer with Debian's static busybox and a symlink per applet.
+pub fn busybox_layer() -> Vec<u8> {
+    let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (apt-get install busybox-static)");
+    let applets = Command::new("/bin/busybox").arg("--list").output().expect("busybox --list");
+    let mut layer = tar::Builder::new(Vec::new());
+    for dir in ["bin", "etc", "root", "tmp"] {
+        append_dir(&mut layer, dir);
+    }
+    append_file(&mut layer, "bin/busybox", 0o755, &busybox);
+    for applet in String::from_utf8_lossy(&applets.stdout).lines() {
+        if applet != "busybox" && !applet.is_empty() {
+            append_symlink(&mut layer, &format!("bin/{applet}"), "busybox");
+        }
+    }
+    append_file(&mut layer, "etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n");
+    append_file(&mut layer, "etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n");
+    layer.into_inner().unwrap()
+}
+
+/// The busybox image archive, made once per test process.
+pub fn busybox_archive() -> &'static Path {
+    static ARCHIVE: OnceLock<PathBuf> = OnceLock::new();
+    ARCHIVE.get_or_init(|| {
+        let path = scratch().join("busybox.tar");
+        write_archive(&path, "busybox:latest", &[busybox_layer()], &["sh"]);
+        path
+    })
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what Berth needs on a Debian 12 host: QEMU (system emulator and qemu-img),
+# e2fsprogs (mkfs.ext4 -d builds root filesystems), busybox-static (the tests' image).
+# The guest kernel is not installed: Berth fetches Debian's package into its cache.
+set -euo pipefail
+need=()
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+command -v qemu-img >/dev/null || need+=(qemu-utils)
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+[ -x /bin/busybox ] || need+=(busybox-static)
+# Berth resolves the guest kernel with apt-cache: the package lists must be current.
+if [ ${#need[@]} -gt 0 ] || [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ]; then
+    echo "berth setup: apt-get update" >&2
+    apt-get update -qq
+fi
+if [ ${#need[@]} -gt 0 ]; then
+    echo "berth setup: installing ${need[*]}" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+command -v docker >/dev/null || echo "berth setup: note: the docker CLI is not installed; Berth serves any Docker API client" >&2
