@@ -60,12 +60,20 @@ pub async fn start(State(engine): State<AppState>, Path(id): Path<String>) -> Ap
 /// `POST /containers/{id}/wait`.
 pub async fn wait(State(engine): State<AppState>, Path(id): Path<String>, Query(params): Params) -> ApiResult<Response> {
     let condition = WaitCondition::parse(params.get("condition").map(String::as_str).unwrap_or(""))?;
-    let outcome = engine.wait_container(&id, condition).await?;
-    Ok(Json(ContainerWaitResponse {
-        status_code: outcome.status_code,
-        error: outcome.error.map(|message| ContainerWaitExitError { message: Some(message) }),
-    })
-    .into_response())
+    let waiting = engine.wait_container(&id, condition)?;
+    // The body comes when the condition is met; the headers go out at once, because the
+    // docker CLI waits for them before it starts the container.
+    let body = futures_util::stream::once(async move {
+        let outcome = waiting.await;
+        let response = ContainerWaitResponse {
+            status_code: outcome.status_code,
+            error: outcome.error.map(|message| ContainerWaitExitError { message: Some(message) }),
+        };
+        let mut json = serde_json::to_vec(&response).unwrap_or_default();
+        json.push(b'\n');
+        Ok::<_, std::io::Error>(Bytes::from(json))
+    });
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], axum::body::Body::from_stream(body)).into_response())
 }
 
 /// `POST /containers/{id}/kill`.

@@ -101,30 +101,38 @@ pub(crate) fn kill_stale_vm(record: &ContainerRecord, _run_dir: &Path) {
 }
 
 impl Engine {
-    /// `POST /containers/{id}/wait`.
-    pub async fn wait_container(&self, reference: &str, condition: WaitCondition) -> Result<WaitOutcome, EngineError> {
+    /// `POST /containers/{id}/wait`: checks the container now, and returns a future
+    /// that resolves when the condition is met (the API sends its headers in between,
+    /// as Docker does, so clients know the wait is in place before they start).
+    pub fn wait_container(
+        &self,
+        reference: &str,
+        condition: WaitCondition,
+    ) -> Result<impl std::future::Future<Output = WaitOutcome> + Send + 'static, EngineError> {
         let handle = self.lookup(reference)?;
         let mut state = handle.state.subscribe();
         let initial = state.borrow().clone();
         drop(handle);
-        let outcome = |s: &crate::LifecycleState| WaitOutcome { status_code: s.exit_code, error: s.error.clone() };
-        if condition == WaitCondition::NotRunning && !initial.running {
-            return Ok(outcome(&initial));
-        }
-        loop {
-            if state.changed().await.is_err() {
-                // The container is gone.
-                return Ok(outcome(&state.borrow()));
+        Ok(async move {
+            let outcome = |s: &crate::LifecycleState| WaitOutcome { status_code: s.exit_code, error: s.error.clone() };
+            if condition == WaitCondition::NotRunning && !initial.running {
+                return outcome(&initial);
             }
-            let now = state.borrow().clone();
-            let done = match condition {
-                WaitCondition::NotRunning | WaitCondition::NextExit => now.exits > initial.exits || now.removed,
-                WaitCondition::Removed => now.removed,
-            };
-            if done {
-                return Ok(outcome(&now));
+            loop {
+                if state.changed().await.is_err() {
+                    // The container is gone.
+                    return outcome(&state.borrow());
+                }
+                let now = state.borrow().clone();
+                let done = match condition {
+                    WaitCondition::NotRunning | WaitCondition::NextExit => now.exits > initial.exits || now.removed,
+                    WaitCondition::Removed => now.removed,
+                };
+                if done {
+                    return outcome(&now);
+                }
             }
-        }
+        })
     }
 
     fn running_handle(&self, reference: &str) -> Result<(Arc<ContainerHandle>, Arc<crate::Runtime>), EngineError> {
