@@ -13,8 +13,10 @@
 //! images/                      the image store (see berth-image)
 //! containers/<id>/rootfs.qcow2 the container's writable disk over its image's ext4
 //! containers/<id>/container.log json-file log
-//! containers/<id>/vm/          the VM's run directory (sockets, console log)
 //! ```
+//!
+//! and under the exec root (`/run/berth` by default), `vms/<first 24 hex of the id>/`:
+//! the running VM's sockets, console log and QEMU log.
 
 mod container;
 mod create;
@@ -51,6 +53,9 @@ pub struct EngineConfig {
     pub root: PathBuf,
     /// Guest kernel and initramfs cache (shared between roots).
     pub cache: PathBuf,
+    /// Runtime files of running VMs (sockets, console logs): `<exec_root>/vms/<id prefix>`.
+    /// Kept short, because unix socket paths are limited to 107 bytes.
+    pub exec_root: PathBuf,
     pub backend: Arc<dyn VmBackend>,
     /// VM memory when the container sets no `--memory`.
     pub default_memory_mib: u32,
@@ -204,7 +209,7 @@ impl Engine {
         let mut containers = HashMap::new();
         for mut record in store.all()? {
             if record.state.status.is_running() {
-                lifecycle::kill_stale_vm(&record, &root.join("containers").join(&record.id).join("vm"));
+                lifecycle::kill_stale_vm(&record);
                 record.state.status = ContainerStatus::Exited;
                 record.state.exit_code = 255;
                 record.state.error = "the daemon stopped while the container was running".into();
@@ -219,6 +224,11 @@ impl Engine {
 
     pub(crate) fn container_dir(&self, id: &str) -> PathBuf {
         self.config.root.join("containers").join(id)
+    }
+
+    /// The running VM's directory of sockets and logs.
+    pub(crate) fn vm_dir(&self, id: &str) -> PathBuf {
+        self.config.exec_root.join("vms").join(&id[..24.min(id.len())])
     }
 
     pub fn root(&self) -> &Path {

@@ -1,7 +1,6 @@
 //! Waiting on, signalling, stopping, removing, attaching to and reading the logs of
 //! containers.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,7 +84,7 @@ pub fn parse_signal(value: &str) -> Result<i32, EngineError> {
 
 /// Kills a VM process left from before a daemon restart, if that pid is still one of
 /// this container's QEMU processes (its command line names the container).
-pub(crate) fn kill_stale_vm(record: &ContainerRecord, _run_dir: &Path) {
+pub(crate) fn kill_stale_vm(record: &ContainerRecord) {
     let pid = record.state.pid;
     if pid == 0 {
         return;
@@ -209,6 +208,7 @@ impl Engine {
             return Ok(()); // removed meanwhile (auto-remove)
         }
         lock(&handle.record).state.status = ContainerStatus::Removing;
+        let _ = std::fs::remove_dir_all(self.vm_dir(&handle.id));
         let dir = self.container_dir(&handle.id);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(EngineError::io(&dir))?;

@@ -67,7 +67,7 @@ impl Engine {
         let record = handle.snapshot();
         let guest = self.guest().await?.clone();
         let dir = self.container_dir(&record.id);
-        let run_dir = dir.join("vm");
+        let run_dir = self.vm_dir(&record.id);
         let _ = std::fs::remove_dir_all(&run_dir);
         std::fs::create_dir_all(&run_dir).map_err(EngineError::io(&run_dir))?;
         let (vcpus, memory_mib) = record.vm_shape(self.config.default_memory_mib);

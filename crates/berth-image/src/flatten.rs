@@ -458,17 +458,24 @@ fn entry_meta(
             raw_path.display()
         ))
     };
+    // As Go's archive/tar (which made most images) reads them, a numeric field that is
+    // all NULs or spaces is 0.
+    let blank = |field: &[u8]| field.iter().all(|byte| *byte == 0 || *byte == b' ');
+    let old = header.as_old();
     let mode = header.mode().map_err(|_| bad("mode"))? & 0o7777;
     let uid = match pax.uid {
         Some(uid) => uid,
+        None if blank(&old.uid) => 0,
         None => header.uid().map_err(|_| bad("uid"))?,
     };
     let gid = match pax.gid {
         Some(gid) => gid,
+        None if blank(&old.gid) => 0,
         None => header.gid().map_err(|_| bad("gid"))?,
     };
     let mtime = match pax.mtime {
         Some(mtime) => mtime,
+        None if blank(&old.mtime) => TimeSpec::new(0, 0),
         None => {
             let secs = header.mtime().map_err(|_| bad("mtime"))?;
             TimeSpec::new(i64::try_from(secs).map_err(|_| bad("mtime"))?, 0)

@@ -15,6 +15,9 @@ pub struct DaemonArgs {
     /// The Docker API socket.
     #[arg(long, default_value = "/run/berth/docker.sock")]
     pub socket: PathBuf,
+    /// Runtime files of running VMs (sockets, console logs).
+    #[arg(long, default_value = "/run/berth")]
+    pub exec_root: PathBuf,
     /// Cache for the guest kernel and initramfs (shared by daemons with other roots).
     #[arg(long, default_value = "/var/cache/berth")]
     pub cache: PathBuf,
@@ -37,6 +40,7 @@ async fn serve(args: DaemonArgs) -> anyhow::Result<()> {
     let engine = Engine::open(EngineConfig {
         root: args.root.clone(),
         cache: args.cache.clone(),
+        exec_root: args.exec_root.clone(),
         backend,
         default_memory_mib: args.memory,
     })

@@ -34,6 +34,8 @@ impl Daemon {
             .arg(root)
             .arg("--socket")
             .arg(&socket)
+            .arg("--exec-root")
+            .arg(root.with_extension("run"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
