@@ -8,7 +8,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use berth_engine::{StartOutcome, WaitCondition};
-use bollard_stubs::models::{ContainerCreateBody, ContainerCreateResponse, ContainerWaitExitError, ContainerWaitResponse};
+use bollard_stubs::models::{
+    ContainerCreateBody, ContainerCreateResponse, ContainerWaitExitError, ContainerWaitResponse,
+};
 
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
@@ -19,22 +21,45 @@ pub type Params = Query<HashMap<String, String>>;
 
 /// Docker's boolean query values: `1`, `true`, `True` are true.
 pub fn flag(params: &HashMap<String, String>, key: &str) -> bool {
-    params.get(key).is_some_and(|v| matches!(v.as_str(), "1" | "true" | "True" | "TRUE" | "yes"))
+    params
+        .get(key)
+        .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "True" | "TRUE" | "yes"))
 }
 
 /// `POST /containers/create`.
-pub async fn create(State(engine): State<AppState>, Query(params): Params, body: Bytes) -> ApiResult<Response> {
-    let body: ContainerCreateBody =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON in request body: {e}")))?;
-    let created = engine.create_container(params.get("name").map(String::as_str), body).await?;
-    Ok((StatusCode::CREATED, Json(ContainerCreateResponse { id: created.id, warnings: created.warnings })).into_response())
+pub async fn create(
+    State(engine): State<AppState>,
+    Query(params): Params,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let body: ContainerCreateBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON in request body: {e}")))?;
+    let created = engine
+        .create_container(params.get("name").map(String::as_str), body)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(ContainerCreateResponse {
+            id: created.id,
+            warnings: created.warnings,
+        }),
+    )
+        .into_response())
 }
 
 /// `GET /containers/json`.
 pub async fn list(State(engine): State<AppState>, Query(params): Params) -> ApiResult<Response> {
     let all = flag(&params, "all");
-    let limit: Option<usize> = params.get("limit").and_then(|l| l.parse::<i64>().ok()).filter(|l| *l > 0).map(|l| l as usize);
-    let mut records: Vec<_> = engine.list_containers().into_iter().filter(|r| all || limit.is_some() || r.state.status.is_running()).collect();
+    let limit: Option<usize> = params
+        .get("limit")
+        .and_then(|l| l.parse::<i64>().ok())
+        .filter(|l| *l > 0)
+        .map(|l| l as usize);
+    let mut records: Vec<_> = engine
+        .list_containers()
+        .into_iter()
+        .filter(|r| all || limit.is_some() || r.state.status.is_running())
+        .collect();
     if let Some(limit) = limit {
         records.truncate(limit);
     }
@@ -43,14 +68,26 @@ pub async fn list(State(engine): State<AppState>, Query(params): Params) -> ApiR
 }
 
 /// `GET /containers/{id}/json`.
-pub async fn inspect(State(engine): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+pub async fn inspect(
+    State(engine): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let record = engine.inspect_container(&id)?;
-    let log_path = engine.root().join("containers").join(&record.id).join("container.log").display().to_string();
+    let log_path = engine
+        .root()
+        .join("containers")
+        .join(&record.id)
+        .join("container.log")
+        .display()
+        .to_string();
     Ok(Json(convert::container_inspect(&record, log_path)).into_response())
 }
 
 /// `POST /containers/{id}/start`.
-pub async fn start(State(engine): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn start(
+    State(engine): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     match engine.start_container(&id).await? {
         StartOutcome::Started => Ok(StatusCode::NO_CONTENT),
         StartOutcome::AlreadyRunning => Ok(StatusCode::NOT_MODIFIED),
@@ -58,8 +95,13 @@ pub async fn start(State(engine): State<AppState>, Path(id): Path<String>) -> Ap
 }
 
 /// `POST /containers/{id}/wait`.
-pub async fn wait(State(engine): State<AppState>, Path(id): Path<String>, Query(params): Params) -> ApiResult<Response> {
-    let condition = WaitCondition::parse(params.get("condition").map(String::as_str).unwrap_or(""))?;
+pub async fn wait(
+    State(engine): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Params,
+) -> ApiResult<Response> {
+    let condition =
+        WaitCondition::parse(params.get("condition").map(String::as_str).unwrap_or(""))?;
     let waiting = engine.wait_container(&id, condition)?;
     // The body comes when the condition is met; the headers go out at once, because the
     // docker CLI waits for them before it starts the container.
@@ -67,25 +109,46 @@ pub async fn wait(State(engine): State<AppState>, Path(id): Path<String>, Query(
         let outcome = waiting.await;
         let response = ContainerWaitResponse {
             status_code: outcome.status_code,
-            error: outcome.error.map(|message| ContainerWaitExitError { message: Some(message) }),
+            error: outcome.error.map(|message| ContainerWaitExitError {
+                message: Some(message),
+            }),
         };
         let mut json = serde_json::to_vec(&response).unwrap_or_default();
         json.push(b'\n');
         Ok::<_, std::io::Error>(Bytes::from(json))
     });
-    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], axum::body::Body::from_stream(body)).into_response())
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
 }
 
 /// `POST /containers/{id}/kill`.
-pub async fn kill(State(engine): State<AppState>, Path(id): Path<String>, Query(params): Params) -> ApiResult<StatusCode> {
-    engine.kill_container(&id, params.get("signal").map(String::as_str).unwrap_or("")).await?;
+pub async fn kill(
+    State(engine): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Params,
+) -> ApiResult<StatusCode> {
+    engine
+        .kill_container(&id, params.get("signal").map(String::as_str).unwrap_or(""))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `POST /containers/{id}/stop`.
-pub async fn stop(State(engine): State<AppState>, Path(id): Path<String>, Query(params): Params) -> ApiResult<StatusCode> {
-    let timeout = params.get("t").or_else(|| params.get("timeout")).map(|t| t.parse::<i64>()).transpose();
-    let timeout = timeout.map_err(|_| ApiError::bad_request("invalid value for t: not an integer"))?;
+pub async fn stop(
+    State(engine): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Params,
+) -> ApiResult<StatusCode> {
+    let timeout = params
+        .get("t")
+        .or_else(|| params.get("timeout"))
+        .map(|t| t.parse::<i64>())
+        .transpose();
+    let timeout =
+        timeout.map_err(|_| ApiError::bad_request("invalid value for t: not an integer"))?;
     if engine.stop_container(&id, timeout).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -94,16 +157,29 @@ pub async fn stop(State(engine): State<AppState>, Path(id): Path<String>, Query(
 }
 
 /// `POST /containers/{id}/resize`.
-pub async fn resize(State(engine): State<AppState>, Path(id): Path<String>, Query(params): Params) -> ApiResult<StatusCode> {
+pub async fn resize(
+    State(engine): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Params,
+) -> ApiResult<StatusCode> {
     let dimension = |key: &str| -> ApiResult<u16> {
-        params.get(key).and_then(|v| v.parse().ok()).ok_or_else(|| ApiError::bad_request(format!("invalid or missing {key}")))
+        params
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| ApiError::bad_request(format!("invalid or missing {key}")))
     };
-    engine.resize_container(&id, dimension("h")?, dimension("w")?).await?;
+    engine
+        .resize_container(&id, dimension("h")?, dimension("w")?)
+        .await?;
     Ok(StatusCode::OK)
 }
 
 /// `DELETE /containers/{id}`.
-pub async fn remove(State(engine): State<AppState>, Path(id): Path<String>, Query(params): Params) -> ApiResult<StatusCode> {
+pub async fn remove(
+    State(engine): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Params,
+) -> ApiResult<StatusCode> {
     engine.remove_container(&id, flag(&params, "force")).await?;
     Ok(StatusCode::NO_CONTENT)
 }

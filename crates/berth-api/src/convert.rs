@@ -4,14 +4,16 @@ use std::collections::HashMap;
 
 use berth_engine::{ContainerRecord, ContainerStatus, ImageRecord};
 use bollard_stubs::models::{
-    ContainerInspectResponse, ContainerState, ContainerStateStatusEnum, ContainerSummary, ContainerSummaryHostConfig,
-    ContainerSummaryNetworkSettings, ContainerSummaryStateEnum, ImageConfig, ImageInspect, ImageInspectRootFs,
-    ImageSummary, NetworkSettings,
+    ContainerInspectResponse, ContainerState, ContainerStateStatusEnum, ContainerSummary,
+    ContainerSummaryHostConfig, ContainerSummaryNetworkSettings, ContainerSummaryStateEnum,
+    ImageConfig, ImageInspect, ImageInspectRootFs, ImageSummary, NetworkSettings,
 };
 use chrono::{DateTime, Utc};
 
 fn parse_time(text: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// Docker's `HumanDuration` (go-units), as `docker ps` shows it.
@@ -35,7 +37,9 @@ pub fn human_duration(seconds: i64) -> String {
 }
 
 fn since(text: &str) -> i64 {
-    parse_time(text).map(|t| (Utc::now() - t).num_seconds()).unwrap_or(0)
+    parse_time(text)
+        .map(|t| (Utc::now() - t).num_seconds())
+        .unwrap_or(0)
 }
 
 /// The `Status` column of `docker ps`.
@@ -44,10 +48,20 @@ pub fn status_text(record: &ContainerRecord) -> String {
     match state.status {
         ContainerStatus::Created => "Created".into(),
         ContainerStatus::Running => format!("Up {}", human_duration(since(&state.started_at))),
-        ContainerStatus::Paused => format!("Up {} (Paused)", human_duration(since(&state.started_at))),
-        ContainerStatus::Restarting => format!("Restarting ({}) {} ago", state.exit_code, human_duration(since(&state.finished_at))),
+        ContainerStatus::Paused => {
+            format!("Up {} (Paused)", human_duration(since(&state.started_at)))
+        }
+        ContainerStatus::Restarting => format!(
+            "Restarting ({}) {} ago",
+            state.exit_code,
+            human_duration(since(&state.finished_at))
+        ),
         ContainerStatus::Removing => "Removal In Progress".into(),
-        ContainerStatus::Exited => format!("Exited ({}) {} ago", state.exit_code, human_duration(since(&state.finished_at))),
+        ContainerStatus::Exited => format!(
+            "Exited ({}) {} ago",
+            state.exit_code,
+            human_duration(since(&state.finished_at))
+        ),
         ContainerStatus::Dead => "Dead".into(),
     }
 }
@@ -77,25 +91,41 @@ fn state_status(status: ContainerStatus) -> ContainerStateStatusEnum {
 }
 
 fn command_line(record: &ContainerRecord) -> String {
-    std::iter::once(record.path.as_str()).chain(record.args.iter().map(String::as_str)).collect::<Vec<_>>().join(" ")
+    std::iter::once(record.path.as_str())
+        .chain(record.args.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// One row of `GET /containers/json`.
 pub fn container_summary(record: &ContainerRecord) -> ContainerSummary {
-    let network_mode = record.host_config.network_mode.clone().unwrap_or_else(|| "default".into());
+    let network_mode = record
+        .host_config
+        .network_mode
+        .clone()
+        .unwrap_or_else(|| "default".into());
     ContainerSummary {
         id: Some(record.id.clone()),
         names: Some(vec![format!("/{}", record.name)]),
         image: Some(record.image_ref.clone()),
         image_id: Some(record.image_id.clone()),
         command: Some(command_line(record)),
-        created: Some(parse_time(&record.created).map(|t| t.timestamp()).unwrap_or(0)),
+        created: Some(
+            parse_time(&record.created)
+                .map(|t| t.timestamp())
+                .unwrap_or(0),
+        ),
         ports: Some(Vec::new()),
         labels: Some(record.config.labels.clone().unwrap_or_default()),
         state: Some(summary_state(record.state.status)),
         status: Some(status_text(record)),
-        host_config: Some(ContainerSummaryHostConfig { network_mode: Some(network_mode), annotations: None }),
-        network_settings: Some(ContainerSummaryNetworkSettings { networks: Some(HashMap::new()) }),
+        host_config: Some(ContainerSummaryHostConfig {
+            network_mode: Some(network_mode),
+            annotations: None,
+        }),
+        network_settings: Some(ContainerSummaryNetworkSettings {
+            networks: Some(HashMap::new()),
+        }),
         mounts: Some(Vec::new()),
         ..Default::default()
     }
@@ -111,7 +141,9 @@ pub fn container_inspect(record: &ContainerRecord, log_path: String) -> Containe
         args: Some(record.args.clone()),
         state: Some(ContainerState {
             status: Some(state_status(state.status)),
-            running: Some(state.status == ContainerStatus::Running || state.status == ContainerStatus::Paused),
+            running: Some(
+                state.status == ContainerStatus::Running || state.status == ContainerStatus::Paused,
+            ),
             paused: Some(state.status == ContainerStatus::Paused),
             restarting: Some(state.status == ContainerStatus::Restarting),
             oom_killed: Some(state.oom_killed),
@@ -138,7 +170,10 @@ pub fn container_inspect(record: &ContainerRecord, log_path: String) -> Containe
         host_config: Some(record.host_config.clone()),
         mounts: Some(Vec::new()),
         config: Some(record.config.clone()),
-        network_settings: Some(NetworkSettings { networks: Some(HashMap::new()), ..Default::default() }),
+        network_settings: Some(NetworkSettings {
+            networks: Some(HashMap::new()),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -161,7 +196,10 @@ pub fn image_summary(image: &ImageRecord, containers: usize) -> ImageSummary {
         parent_id: String::new(),
         repo_tags: image.repo_tags.clone(),
         repo_digests: Vec::new(),
-        created: image_created(image).and_then(|t| parse_time(&t)).map(|t| t.timestamp()).unwrap_or(image.loaded_at),
+        created: image_created(image)
+            .and_then(|t| parse_time(&t))
+            .map(|t| t.timestamp())
+            .unwrap_or(image.loaded_at),
         size: image.size as i64,
         shared_size: -1,
         labels,
@@ -196,7 +234,10 @@ pub fn image_inspect(image: &ImageRecord) -> ImageInspect {
         architecture: Some(image.config.architecture().to_string()),
         os: Some(image.config.os().to_string()),
         size: Some(image.size as i64),
-        root_fs: Some(ImageInspectRootFs { typ: "layers".into(), layers: Some(image.diff_ids.clone()) }),
+        root_fs: Some(ImageInspectRootFs {
+            typ: "layers".into(),
+            layers: Some(image.diff_ids.clone()),
+        }),
         ..Default::default()
     }
 }

@@ -19,7 +19,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into() }
+        Self {
+            status,
+            message: message.into(),
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -32,7 +35,9 @@ impl From<EngineError> for ApiError {
         let status = match &error {
             EngineError::NoSuchContainer(_) | EngineError::NoSuchImage(_) => StatusCode::NOT_FOUND,
             EngineError::Conflict(_) => StatusCode::CONFLICT,
-            EngineError::InvalidArgument(_) | EngineError::StartFailed(_) => StatusCode::BAD_REQUEST,
+            EngineError::InvalidArgument(_) | EngineError::StartFailed(_) => {
+                StatusCode::BAD_REQUEST
+            }
             EngineError::NotSupported(_) => StatusCode::NOT_IMPLEMENTED,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };

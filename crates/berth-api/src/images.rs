@@ -18,21 +18,35 @@ use crate::AppState;
 /// manifest anywhere, and a file keeps memory flat).
 pub async fn load(State(engine): State<AppState>, body: Body) -> ApiResult<Response> {
     let spool_dir = engine.root().join("tmp");
-    tokio::fs::create_dir_all(&spool_dir).await.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let spool = tempfile::NamedTempFile::new_in(&spool_dir).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let mut file = tokio::fs::File::from_std(spool.reopen().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?);
+    tokio::fs::create_dir_all(&spool_dir)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let spool = tempfile::NamedTempFile::new_in(&spool_dir)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let mut file = tokio::fs::File::from_std(
+        spool
+            .reopen()
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+    );
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
-        file.write_all(&chunk).await.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     }
-    file.flush().await.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    file.flush()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     drop(file);
     let (loaded, _steps) = engine.load_images(spool.path().to_path_buf()).await?;
     let mut text = String::new();
     for image in loaded {
         if image.tags.is_empty() {
-            text.push_str(&json!({ "stream": format!("Loaded image ID: {}\n", image.id) }).to_string());
+            text.push_str(
+                &json!({ "stream": format!("Loaded image ID: {}\n", image.id) }).to_string(),
+            );
             text.push('\n');
         }
         for tag in image.tags {
@@ -47,13 +61,19 @@ pub async fn load(State(engine): State<AppState>, body: Body) -> ApiResult<Respo
 pub async fn list(State(engine): State<AppState>) -> ApiResult<Response> {
     let usage = engine.image_usage();
     let mut images = engine.list_images()?;
-    images.sort_by(|a, b| b.loaded_at.cmp(&a.loaded_at));
-    let summaries: Vec<_> = images.iter().map(|i| convert::image_summary(i, usage.get(&i.id).copied().unwrap_or(0))).collect();
+    images.sort_by_key(|image| std::cmp::Reverse(image.loaded_at));
+    let summaries: Vec<_> = images
+        .iter()
+        .map(|i| convert::image_summary(i, usage.get(&i.id).copied().unwrap_or(0)))
+        .collect();
     Ok(Json(summaries).into_response())
 }
 
 /// `GET /images/{name}/json` (names contain slashes, so the route takes the rest).
-pub async fn by_name(State(engine): State<AppState>, Path(rest): Path<String>) -> ApiResult<Response> {
+pub async fn by_name(
+    State(engine): State<AppState>,
+    Path(rest): Path<String>,
+) -> ApiResult<Response> {
     if let Some(name) = rest.strip_suffix("/json") {
         let image = engine.resolve_image(name)?;
         return Ok(Json(convert::image_inspect(&image)).into_response());

@@ -79,11 +79,14 @@ pub async fn serve_unix(
         async move {
             match version::route_version(request) {
                 Ok(request) => app.oneshot(request).await,
-                Err(response) => Ok(response),
+                Err(response) => Ok(*response),
             }
         }
     });
-    axum::serve(listener, axum::ServiceExt::<Request>::into_make_service(service))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        axum::ServiceExt::<Request>::into_make_service(service),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

@@ -55,7 +55,11 @@ impl Encoding {
         if !wanted {
             return None;
         }
-        Some(if self.tty { Bytes::copy_from_slice(data) } else { frame(stream, data) })
+        Some(if self.tty {
+            Bytes::copy_from_slice(data)
+        } else {
+            frame(stream, data)
+        })
     }
 
     fn content_type(&self) -> &'static str {
@@ -76,7 +80,11 @@ pub async fn attach(
 ) -> ApiResult<Response> {
     let with_stdin = flag(&params, "stdin");
     let attachment = engine.attach_container(&id, with_stdin)?;
-    let encoding = Encoding { stdout: flag(&params, "stdout"), stderr: flag(&params, "stderr"), tty: attachment.tty };
+    let encoding = Encoding {
+        stdout: flag(&params, "stdout"),
+        stderr: flag(&params, "stderr"),
+        tty: attachment.tty,
+    };
     let stdin_once = engine.stdin_once(&id);
     let wants_upgrade = request.headers().get(header::UPGRADE).is_some();
     let mut output = attachment.output;
@@ -90,7 +98,11 @@ pub async fn attach(
                 }
             }
         });
-        return Ok(([(header::CONTENT_TYPE, encoding.content_type())], Body::from_stream(body)).into_response());
+        return Ok((
+            [(header::CONTENT_TYPE, encoding.content_type())],
+            Body::from_stream(body),
+        )
+            .into_response());
     }
 
     let upgrade = hyper::upgrade::on(&mut request);
@@ -132,7 +144,10 @@ pub async fn attach(
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(encoding.content_type()));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(encoding.content_type()),
+    );
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("tcp"));
     Ok(response)
@@ -147,17 +162,31 @@ pub async fn logs(
     let filter = LogFilter {
         stdout: flag(&params, "stdout"),
         stderr: flag(&params, "stderr"),
-        tail: params.get("tail").filter(|t| t.as_str() != "all").and_then(|t| t.parse().ok()),
+        tail: params
+            .get("tail")
+            .filter(|t| t.as_str() != "all")
+            .and_then(|t| t.parse().ok()),
     };
     if !filter.stdout && !filter.stderr {
-        return Err(ApiError::bad_request("Bad parameters: you must choose at least one stream"));
+        return Err(ApiError::bad_request(
+            "Bad parameters: you must choose at least one stream",
+        ));
     }
     let timestamps = flag(&params, "timestamps");
-    let (entries, live, tty) = engine.container_logs(&id, &filter, flag(&params, "follow"))?;
-    let encoding = Encoding { stdout: filter.stdout, stderr: filter.stderr, tty };
+    let berth_engine::ContainerLogs { entries, live, tty } =
+        engine.container_logs(&id, &filter, flag(&params, "follow"))?;
+    let encoding = Encoding {
+        stdout: filter.stdout,
+        stderr: filter.stderr,
+        tty,
+    };
     let mut head = BytesMut::new();
     for entry in entries {
-        let data = if timestamps { [entry.time.as_bytes(), b" ", &entry.data].concat() } else { entry.data };
+        let data = if timestamps {
+            [entry.time.as_bytes(), b" ", &entry.data].concat()
+        } else {
+            entry.data
+        };
         if let Some(bytes) = encoding.encode(entry.stream, &data) {
             head.extend_from_slice(&bytes);
         }
@@ -170,7 +199,9 @@ pub async fn logs(
                 loop {
                     let chunk: OutputChunk = live.recv().await?;
                     let data = if timestamps {
-                        Bytes::from([berth_engine::now_rfc3339().as_bytes(), b" ", &chunk.data].concat())
+                        Bytes::from(
+                            [berth_engine::now_rfc3339().as_bytes(), b" ", &chunk.data].concat(),
+                        )
                     } else {
                         chunk.data.clone()
                     };
@@ -193,10 +224,18 @@ mod tests {
     fn multiplexed_frame_layout() {
         let bytes = frame(OutputStream::Stderr, b"hey");
         assert_eq!(&bytes[..], &[2, 0, 0, 0, 0, 0, 0, 3, b'h', b'e', b'y']);
-        let encoding = Encoding { stdout: true, stderr: false, tty: false };
+        let encoding = Encoding {
+            stdout: true,
+            stderr: false,
+            tty: false,
+        };
         assert!(encoding.encode(OutputStream::Stderr, b"x").is_none());
         assert_eq!(encoding.encode(OutputStream::Stdout, b"x").unwrap()[0], 1);
-        let raw = Encoding { stdout: true, stderr: true, tty: true };
+        let raw = Encoding {
+            stdout: true,
+            stderr: true,
+            tty: true,
+        };
         assert_eq!(&raw.encode(OutputStream::Stdout, b"x").unwrap()[..], b"x");
     }
 }

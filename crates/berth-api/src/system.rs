@@ -4,7 +4,9 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bollard_stubs::models::{Runtime, SystemInfo, SystemVersion, SystemVersionComponents, SystemVersionPlatform};
+use bollard_stubs::models::{
+    Runtime, SystemInfo, SystemVersion, SystemVersionComponents, SystemVersionPlatform,
+};
 
 use crate::error::ApiError;
 use crate::version::{MAX_API_VERSION, MIN_API_VERSION};
@@ -16,12 +18,21 @@ pub const BERTH_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Headers Docker puts on every `/_ping` answer; the CLI negotiates its version from them.
 fn ping_headers() -> HeaderMap {
     let mut headers = HeaderMap::new();
-    headers.insert("API-Version", HeaderValue::from_str(&MAX_API_VERSION.to_string()).expect("ascii"));
+    headers.insert(
+        "API-Version",
+        HeaderValue::from_str(&MAX_API_VERSION.to_string()).expect("ascii"),
+    );
     headers.insert("Docker-Experimental", HeaderValue::from_static("false"));
     headers.insert("OSType", HeaderValue::from_static("linux"));
     headers.insert("Builder-Version", HeaderValue::from_static("1"));
-    headers.insert(header::SERVER, HeaderValue::from_str(&format!("Berth/{BERTH_VERSION} (linux)")).expect("ascii"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store, must-revalidate"));
+    headers.insert(
+        header::SERVER,
+        HeaderValue::from_str(&format!("Berth/{BERTH_VERSION} (linux)")).expect("ascii"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store, must-revalidate"),
+    );
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     headers
 }
@@ -31,19 +42,27 @@ pub async fn ping(method: Method) -> Response {
     let body = if method == Method::HEAD { "" } else { "OK" };
     let mut response = (StatusCode::OK, body).into_response();
     response.headers_mut().extend(ping_headers());
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 
 fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }
 
 /// `GET /version`.
 pub async fn version(State(engine): State<AppState>) -> Json<SystemVersion> {
     let info = engine.info();
     Json(SystemVersion {
-        platform: Some(SystemVersionPlatform { name: "Berth".into() }),
+        platform: Some(SystemVersionPlatform {
+            name: "Berth".into(),
+        }),
         components: Some(vec![SystemVersionComponents {
             name: "Engine".into(),
             version: BERTH_VERSION.into(),
@@ -70,13 +89,28 @@ pub async fn version(State(engine): State<AppState>) -> Json<SystemVersion> {
 /// `GET /info`.
 pub async fn info(State(engine): State<AppState>) -> Json<SystemInfo> {
     let info = engine.info();
-    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim().to_owned();
+    let host = std::fs::read_to_string("/etc/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
     let memory = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|text| text.lines().find(|l| l.starts_with("MemTotal:")).map(str::to_owned))
-        .and_then(|line| line.split_whitespace().nth(1).and_then(|kib| kib.parse::<i64>().ok()))
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .map(str::to_owned)
+        })
+        .and_then(|line| {
+            line.split_whitespace()
+                .nth(1)
+                .and_then(|kib| kib.parse::<i64>().ok())
+        })
         .map(|kib| kib * 1024);
-    let runtime = Runtime { path: Some("berth".into()), runtime_args: None, ..Default::default() };
+    let runtime = Runtime {
+        path: Some("berth".into()),
+        runtime_args: None,
+        ..Default::default()
+    };
     Json(SystemInfo {
         id: Some(format!("berth-{host}")),
         containers: Some(info.containers as i64),
@@ -88,19 +122,31 @@ pub async fn info(State(engine): State<AppState>) -> Json<SystemInfo> {
         driver_status: Some(vec![
             vec!["VM backend".into(), info.backend.into()],
             vec!["Accelerator".into(), info.accelerator.into()],
-            vec!["Guest kernel".into(), info.guest_kernel.clone().unwrap_or_else(|| "not fetched yet".into())],
+            vec![
+                "Guest kernel".into(),
+                info.guest_kernel
+                    .clone()
+                    .unwrap_or_else(|| "not fetched yet".into()),
+            ],
         ]),
         docker_root_dir: Some(info.root.display().to_string()),
         kernel_version: Some(kernel_release()),
         operating_system: Some("Berth (every container in its own VM)".into()),
         os_type: Some("linux".into()),
         architecture: Some("x86_64".into()),
-        ncpu: Some(std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(1)),
+        ncpu: Some(
+            std::thread::available_parallelism()
+                .map(|n| n.get() as i64)
+                .unwrap_or(1),
+        ),
         mem_total: memory,
         name: Some(host),
         server_version: Some(BERTH_VERSION.into()),
         default_runtime: Some("berth".into()),
-        runtimes: Some(std::collections::HashMap::from([("berth".to_owned(), runtime)])),
+        runtimes: Some(std::collections::HashMap::from([(
+            "berth".to_owned(),
+            runtime,
+        )])),
         logging_driver: Some("json-file".into()),
         cgroup_driver: Some(bollard_stubs::models::SystemInfoCgroupDriverEnum::NONE),
         cgroup_version: Some(bollard_stubs::models::SystemInfoCgroupVersionEnum::_2),

@@ -42,26 +42,35 @@ pub fn split_version(path: &str) -> Option<(ApiVersion, &str)> {
 }
 
 /// Rewrites a versioned request to its unversioned path, or answers it with an error.
-pub fn route_version(mut request: Request<Body>) -> Result<Request<Body>, Response> {
+pub fn route_version(mut request: Request<Body>) -> Result<Request<Body>, Box<Response>> {
     let path = request.uri().path().to_owned();
     let version = match split_version(&path) {
         Some((version, rest)) => {
             if version > MAX_API_VERSION {
-                return Err(ApiError::bad_request(format!(
+                return Err(Box::new(ApiError::bad_request(format!(
                     "client version {version} is too new. Maximum supported API version is {MAX_API_VERSION}"
                 ))
-                .into_response());
+                .into_response()));
             }
             if version < MIN_API_VERSION {
-                return Err(ApiError::bad_request(format!(
+                return Err(Box::new(ApiError::bad_request(format!(
                     "client version {version} is too old. Minimum supported API version is {MIN_API_VERSION}, please upgrade your client to a newer version"
                 ))
-                .into_response());
+                .into_response()));
             }
-            let query = request.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+            let query = request
+                .uri()
+                .query()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default();
             let uri: Uri = match format!("{rest}{query}").parse() {
                 Ok(uri) => uri,
-                Err(_) => return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid request path").into_response()),
+                Err(_) => {
+                    return Err(Box::new(
+                        ApiError::new(StatusCode::BAD_REQUEST, "invalid request path")
+                            .into_response(),
+                    ))
+                }
             };
             *request.uri_mut() = uri;
             version
@@ -78,7 +87,10 @@ mod tests {
 
     #[test]
     fn splits_versioned_paths() {
-        assert_eq!(split_version("/v1.50/containers/json"), Some((ApiVersion(1, 50), "/containers/json")));
+        assert_eq!(
+            split_version("/v1.50/containers/json"),
+            Some((ApiVersion(1, 50), "/containers/json"))
+        );
         assert_eq!(split_version("/containers/json"), None);
         assert_eq!(split_version("/v1.x/foo"), None);
         assert!(ApiVersion(1, 9) < ApiVersion(1, 10));
@@ -86,11 +98,23 @@ mod tests {
 
     #[test]
     fn refuses_too_new_and_rewrites_known() {
-        let request = Request::builder().uri("/v9.0/_ping").body(Body::empty()).unwrap();
-        assert_eq!(route_version(request).unwrap_err().status(), StatusCode::BAD_REQUEST);
-        let request = Request::builder().uri("/v1.45/images/json?all=1").body(Body::empty()).unwrap();
+        let request = Request::builder()
+            .uri("/v9.0/_ping")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(
+            route_version(request).unwrap_err().status(),
+            StatusCode::BAD_REQUEST
+        );
+        let request = Request::builder()
+            .uri("/v1.45/images/json?all=1")
+            .body(Body::empty())
+            .unwrap();
         let rewritten = route_version(request).unwrap();
         assert_eq!(rewritten.uri().to_string(), "/images/json?all=1");
-        assert_eq!(rewritten.extensions().get::<ApiVersion>(), Some(&ApiVersion(1, 45)));
+        assert_eq!(
+            rewritten.extensions().get::<ApiVersion>(),
+            Some(&ApiVersion(1, 45))
+        );
     }
 }

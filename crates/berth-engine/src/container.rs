@@ -135,7 +135,10 @@ mod tests {
         assert!(!ContainerStatus::Running.can_start());
         assert!(ContainerStatus::Paused.is_running());
         assert!(!ContainerStatus::Dead.is_running());
-        assert_eq!(serde_json::to_string(&ContainerStatus::Exited).unwrap(), "\"exited\"");
+        assert_eq!(
+            serde_json::to_string(&ContainerStatus::Exited).unwrap(),
+            "\"exited\""
+        );
     }
 
     #[test]

@@ -23,13 +23,19 @@ pub struct Created {
 
 /// Refuses what Berth cannot honour, instead of ignoring it.
 fn check_supported(host: &HostConfig) -> Result<(), EngineError> {
-    if host.binds.as_ref().is_some_and(|b| !b.is_empty()) || host.mounts.as_ref().is_some_and(|m| !m.is_empty()) {
+    if host.binds.as_ref().is_some_and(|b| !b.is_empty())
+        || host.mounts.as_ref().is_some_and(|m| !m.is_empty())
+    {
         return Err(EngineError::NotSupported(
             "Berth does not support volumes or bind mounts yet: each container runs in its own VM, whose disks are its own".into(),
         ));
     }
-    if host.port_bindings.as_ref().is_some_and(|p| !p.is_empty()) || host.publish_all_ports == Some(true) {
-        return Err(EngineError::NotSupported("Berth does not support published ports yet".into()));
+    if host.port_bindings.as_ref().is_some_and(|p| !p.is_empty())
+        || host.publish_all_ports == Some(true)
+    {
+        return Err(EngineError::NotSupported(
+            "Berth does not support published ports yet".into(),
+        ));
     }
     if let Some(mode) = host.network_mode.as_deref() {
         if mode == "host" || mode.starts_with("container:") {
@@ -60,13 +66,19 @@ pub fn merge_config(
         env.insert(0, DEFAULT_PATH.to_owned());
     }
     let (entrypoint, cmd) = match &body.entrypoint {
-        Some(entrypoint) if !entrypoint.is_empty() && !(entrypoint.len() == 1 && entrypoint[0].is_empty()) => {
+        // `--entrypoint ""` clears the image's entrypoint.
+        Some(entrypoint) if entrypoint.len() == 1 && entrypoint[0].is_empty() => {
+            (Vec::new(), body.cmd.clone().unwrap_or_default())
+        }
+        Some(entrypoint) if !entrypoint.is_empty() => {
             (entrypoint.clone(), body.cmd.clone().unwrap_or_default())
         }
-        Some(entrypoint) if !entrypoint.is_empty() => (Vec::new(), body.cmd.clone().unwrap_or_default()),
         _ => (
             image.entrypoint.clone(),
-            body.cmd.clone().filter(|cmd| !cmd.is_empty()).unwrap_or_else(|| image.cmd.clone()),
+            body.cmd
+                .clone()
+                .filter(|cmd| !cmd.is_empty())
+                .unwrap_or_else(|| image.cmd.clone()),
         ),
     };
     let argv: Vec<String> = entrypoint.iter().chain(cmd.iter()).cloned().collect();
@@ -76,9 +88,19 @@ pub fn merge_config(
     let mut labels = image.labels.clone();
     labels.extend(body.labels.clone().unwrap_or_default());
     let config = ContainerConfig {
-        hostname: Some(body.hostname.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| id[..12].to_owned())),
+        hostname: Some(
+            body.hostname
+                .clone()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| id[..12].to_owned()),
+        ),
         domainname: body.domainname.clone(),
-        user: Some(body.user.clone().filter(|u| !u.is_empty()).unwrap_or_else(|| image.user.clone())),
+        user: Some(
+            body.user
+                .clone()
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| image.user.clone()),
+        ),
         attach_stdin: body.attach_stdin,
         attach_stdout: body.attach_stdout,
         attach_stderr: body.attach_stderr,
@@ -90,8 +112,16 @@ pub fn merge_config(
         entrypoint: (!entrypoint.is_empty()).then_some(entrypoint),
         image: body.image.clone(),
         labels: Some(labels),
-        working_dir: Some(body.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| image.working_dir.clone())),
-        stop_signal: body.stop_signal.clone().or_else(|| image.stop_signal.clone()),
+        working_dir: Some(
+            body.working_dir
+                .clone()
+                .filter(|w| !w.is_empty())
+                .unwrap_or_else(|| image.working_dir.clone()),
+        ),
+        stop_signal: body
+            .stop_signal
+            .clone()
+            .or_else(|| image.stop_signal.clone()),
         stop_timeout: body.stop_timeout,
         exposed_ports: body.exposed_ports.clone(),
         ..Default::default()
@@ -116,14 +146,21 @@ pub mod oci_config {
 
     impl Config {
         pub fn from_image(image: &berth_image::ImageRecord) -> Self {
-            let Some(config) = image.config.config() else { return Self::default() };
+            let Some(config) = image.config.config() else {
+                return Self::default();
+            };
             Self {
                 env: config.env().clone().unwrap_or_default(),
                 entrypoint: config.entrypoint().clone().unwrap_or_default(),
                 cmd: config.cmd().clone().unwrap_or_default(),
                 working_dir: config.working_dir().clone().unwrap_or_default(),
                 user: config.user().clone().unwrap_or_default(),
-                labels: config.labels().clone().unwrap_or_default().into_iter().collect(),
+                labels: config
+                    .labels()
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
                 stop_signal: config.stop_signal().clone(),
             }
         }
@@ -132,21 +169,32 @@ pub mod oci_config {
 
 impl Engine {
     /// Creates a container (`POST /containers/create`).
-    pub async fn create_container(self: &Arc<Self>, name: Option<&str>, body: ContainerCreateBody) -> Result<Created, EngineError> {
-        let image_ref = body.image.clone().filter(|i| !i.is_empty()).ok_or_else(|| EngineError::InvalidArgument("config.Image is required".into()))?;
+    pub async fn create_container(
+        self: &Arc<Self>,
+        name: Option<&str>,
+        body: ContainerCreateBody,
+    ) -> Result<Created, EngineError> {
+        let image_ref = body
+            .image
+            .clone()
+            .filter(|i| !i.is_empty())
+            .ok_or_else(|| EngineError::InvalidArgument("config.Image is required".into()))?;
         let host_config = body.host_config.clone().unwrap_or_default();
         check_supported(&host_config)?;
         let image = self.resolve_image(&image_ref)?;
         let id = names::new_id();
-        let (config, path, args) = merge_config(&body, &oci_config::Config::from_image(&image), &id)?;
+        let (config, path, args) =
+            merge_config(&body, &oci_config::Config::from_image(&image), &id)?;
 
         // Reserve the name and id before the slow disk work.
         let record = {
             let mut containers = lock(&self.containers);
             let name = match name.filter(|n| !n.is_empty()) {
                 Some(requested) => {
-                    let name = names::validate_name(requested).map_err(EngineError::InvalidArgument)?;
-                    if let Some(other) = containers.values().find(|h| lock(&h.record).name == name) {
+                    let name =
+                        names::validate_name(requested).map_err(EngineError::InvalidArgument)?;
+                    if let Some(other) = containers.values().find(|h| lock(&h.record).name == name)
+                    {
                         return Err(EngineError::Conflict(format!(
                             "Conflict. The container name \"/{name}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
                             other.id
@@ -156,7 +204,10 @@ impl Engine {
                 }
                 None => loop {
                     let candidate = names::random_name();
-                    if !containers.values().any(|h| lock(&h.record).name == candidate) {
+                    if !containers
+                        .values()
+                        .any(|h| lock(&h.record).name == candidate)
+                    {
                         break candidate;
                     }
                 },
@@ -178,16 +229,26 @@ impl Engine {
             record
         };
 
-        let result = self.prepare_disk(&record, &image).await.and_then(|()| self.store.put(&record));
+        let result = self
+            .prepare_disk(&record, &image)
+            .await
+            .and_then(|()| self.store.put(&record));
         if let Err(error) = result {
             lock(&self.containers).remove(&id);
             let _ = std::fs::remove_dir_all(self.container_dir(&id));
             return Err(error);
         }
-        Ok(Created { id, warnings: Vec::new() })
+        Ok(Created {
+            id,
+            warnings: Vec::new(),
+        })
     }
 
-    async fn prepare_disk(self: &Arc<Self>, record: &ContainerRecord, image: &berth_image::ImageRecord) -> Result<(), EngineError> {
+    async fn prepare_disk(
+        self: &Arc<Self>,
+        record: &ContainerRecord,
+        image: &berth_image::ImageRecord,
+    ) -> Result<(), EngineError> {
         let dir = self.container_dir(&record.id);
         std::fs::create_dir_all(&dir).map_err(EngineError::io(&dir))?;
         let engine = self.clone();
@@ -201,7 +262,10 @@ impl Engine {
             .arg(&base)
             .arg(&overlay)
             .output()
-            .map_err(|e| EngineError::Command { what: "qemu-img create".into(), detail: format!("{e} (is qemu-utils installed?)") })?;
+            .map_err(|e| EngineError::Command {
+                what: "qemu-img create".into(),
+                detail: format!("{e} (is qemu-utils installed?)"),
+            })?;
         if !output.status.success() {
             return Err(EngineError::Command {
                 what: "qemu-img create".into(),
@@ -244,7 +308,10 @@ mod tests {
 
     #[test]
     fn image_cmd_used_and_default_path_added() {
-        let body = ContainerCreateBody { image: Some("x".into()), ..Default::default() };
+        let body = ContainerCreateBody {
+            image: Some("x".into()),
+            ..Default::default()
+        };
         let mut image = image();
         image.env.clear();
         let (config, path, _) = merge_config(&body, &image, &"a".repeat(64)).unwrap();
@@ -254,21 +321,41 @@ mod tests {
 
     #[test]
     fn entrypoint_override_drops_image_cmd_and_empty_command_is_refused() {
-        let body = ContainerCreateBody { entrypoint: Some(vec!["ls".into()]), ..Default::default() };
+        let body = ContainerCreateBody {
+            entrypoint: Some(vec!["ls".into()]),
+            ..Default::default()
+        };
         let (_, path, args) = merge_config(&body, &image(), &"a".repeat(64)).unwrap();
         assert_eq!((path.as_str(), args.len()), ("ls", 0));
         let mut bare = image();
         bare.cmd.clear();
-        let error = merge_config(&ContainerCreateBody::default(), &bare, &"a".repeat(64)).unwrap_err();
+        let error =
+            merge_config(&ContainerCreateBody::default(), &bare, &"a".repeat(64)).unwrap_err();
         assert!(error.to_string().contains("no command specified"));
     }
 
     #[test]
     fn unsupported_options_are_refused() {
-        let host = HostConfig { binds: Some(vec!["/tmp:/tmp".into()]), ..Default::default() };
-        assert!(matches!(check_supported(&host), Err(EngineError::NotSupported(_))));
-        let host = HostConfig { network_mode: Some("host".into()), ..Default::default() };
-        assert!(matches!(check_supported(&host), Err(EngineError::InvalidArgument(_))));
-        assert!(check_supported(&HostConfig { network_mode: Some("bridge".into()), ..Default::default() }).is_ok());
+        let host = HostConfig {
+            binds: Some(vec!["/tmp:/tmp".into()]),
+            ..Default::default()
+        };
+        assert!(matches!(
+            check_supported(&host),
+            Err(EngineError::NotSupported(_))
+        ));
+        let host = HostConfig {
+            network_mode: Some("host".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            check_supported(&host),
+            Err(EngineError::InvalidArgument(_))
+        ));
+        assert!(check_supported(&HostConfig {
+            network_mode: Some("bridge".into()),
+            ..Default::default()
+        })
+        .is_ok());
     }
 }

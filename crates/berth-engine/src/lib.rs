@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, watch, OnceCell};
 pub use berth_image::{ImageRecord, LoadedImage};
 pub use container::{ContainerRecord, ContainerStatus, StateRecord, ZERO_TIME};
 pub use error::{error_chain, EngineError};
-pub use lifecycle::{WaitCondition, WaitOutcome};
+pub use lifecycle::{ContainerLogs, WaitCondition, WaitOutcome};
 pub use output::{LogEntry, LogFilter, OutputChunk, OutputStream};
 pub use run::StartOutcome;
 
@@ -131,7 +131,10 @@ pub(crate) struct ContainerHandle {
     pub lifecycle: tokio::sync::Mutex<()>,
     pub runtime: Mutex<Option<Arc<Runtime>>>,
     pub state: watch::Sender<LifecycleState>,
-    stdin: Mutex<(mpsc::UnboundedSender<StdinEvent>, Option<mpsc::UnboundedReceiver<StdinEvent>>)>,
+    stdin: Mutex<(
+        mpsc::UnboundedSender<StdinEvent>,
+        Option<mpsc::UnboundedReceiver<StdinEvent>>,
+    )>,
 }
 
 impl ContainerHandle {
@@ -164,7 +167,9 @@ impl ContainerHandle {
     }
 
     pub fn stdin_sink(&self) -> StdinSink {
-        StdinSink { sender: lock(&self.stdin).0.clone() }
+        StdinSink {
+            sender: lock(&self.stdin).0.clone(),
+        }
     }
 
     /// Takes the input queue for a run; the next run gets a fresh one.
@@ -179,7 +184,9 @@ impl ContainerHandle {
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Now, as Docker writes times: RFC 3339 with nanoseconds, UTC.
@@ -219,7 +226,13 @@ impl Engine {
             }
             containers.insert(record.id.clone(), Arc::new(ContainerHandle::new(record)));
         }
-        Ok(Arc::new(Self { config, store, images, containers: Mutex::new(containers), guest: OnceCell::new() }))
+        Ok(Arc::new(Self {
+            config,
+            store,
+            images,
+            containers: Mutex::new(containers),
+            guest: OnceCell::new(),
+        }))
     }
 
     pub(crate) fn container_dir(&self, id: &str) -> PathBuf {
@@ -228,7 +241,10 @@ impl Engine {
 
     /// The running VM's directory of sockets and logs.
     pub(crate) fn vm_dir(&self, id: &str) -> PathBuf {
-        self.config.exec_root.join("vms").join(&id[..24.min(id.len())])
+        self.config
+            .exec_root
+            .join("vms")
+            .join(&id[..24.min(id.len())])
     }
 
     pub fn root(&self) -> &Path {
@@ -242,7 +258,8 @@ impl Engine {
         self.guest
             .get_or_try_init(|| async move {
                 tokio::task::spawn_blocking(move || {
-                    berth_guest::prepare(&cache, &|step| tracing::info!("{step}")).map_err(EngineError::Guest)
+                    berth_guest::prepare(&cache, &|step| tracing::info!("{step}"))
+                        .map_err(EngineError::Guest)
                 })
                 .await
                 .map_err(|e| EngineError::Agent(format!("guest preparation panicked: {e}")))?
@@ -261,7 +278,10 @@ impl Engine {
             return Ok(handle.clone());
         }
         if !reference.is_empty() && reference.chars().all(|c| c.is_ascii_hexdigit()) {
-            let matches: Vec<_> = containers.values().filter(|h| h.id.starts_with(reference)).collect();
+            let matches: Vec<_> = containers
+                .values()
+                .filter(|h| h.id.starts_with(reference))
+                .collect();
             match matches.len() {
                 1 => return Ok(matches[0].clone()),
                 n if n > 1 => {
@@ -297,12 +317,15 @@ impl Engine {
 
     pub fn info(&self) -> EngineInfo {
         let records = self.list_containers();
-        let count = |status: ContainerStatus| records.iter().filter(|r| r.state.status == status).count();
+        let count =
+            |status: ContainerStatus| records.iter().filter(|r| r.state.status == status).count();
         EngineInfo {
             containers: records.len(),
             running: count(ContainerStatus::Running),
             paused: count(ContainerStatus::Paused),
-            stopped: records.len() - count(ContainerStatus::Running) - count(ContainerStatus::Paused),
+            stopped: records.len()
+                - count(ContainerStatus::Running)
+                - count(ContainerStatus::Paused),
             images: self.images.list().map(|l| l.len()).unwrap_or(0),
             backend: self.config.backend.name(),
             accelerator: self.config.backend.accelerator().name(),
@@ -313,11 +336,16 @@ impl Engine {
 
     // Images: thin pass-throughs to the image store, run off the async threads.
 
-    pub async fn load_images(self: &Arc<Self>, archive: PathBuf) -> Result<(Vec<LoadedImage>, Vec<String>), EngineError> {
+    pub async fn load_images(
+        self: &Arc<Self>,
+        archive: PathBuf,
+    ) -> Result<(Vec<LoadedImage>, Vec<String>), EngineError> {
         let engine = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut steps = Vec::new();
-            let loaded = engine.images.load_docker_archive(&archive, &mut |step: &str| steps.push(step.to_owned()))?;
+            let loaded = engine
+                .images
+                .load_docker_archive(&archive, &mut |step: &str| steps.push(step.to_owned()))?;
             Ok((loaded, steps))
         })
         .await
@@ -343,7 +371,11 @@ impl Engine {
 
     /// Stops every running container (the daemon is shutting down).
     pub async fn shutdown(self: &Arc<Self>) {
-        let running: Vec<_> = self.all_handles().into_iter().filter(|h| h.runtime().is_some()).collect();
+        let running: Vec<_> = self
+            .all_handles()
+            .into_iter()
+            .filter(|h| h.runtime().is_some())
+            .collect();
         let mut tasks = Vec::new();
         for handle in running {
             let engine = self.clone();

@@ -26,9 +26,20 @@ impl WaitCondition {
             "" | "not-running" => Ok(Self::NotRunning),
             "next-exit" => Ok(Self::NextExit),
             "removed" => Ok(Self::Removed),
-            other => Err(EngineError::InvalidArgument(format!("invalid condition: \"{other}\""))),
+            other => Err(EngineError::InvalidArgument(format!(
+                "invalid condition: \"{other}\""
+            ))),
         }
     }
+}
+
+/// What `docker logs` reads: the log so far, and with `follow` a live feed after it.
+pub struct ContainerLogs {
+    pub entries: Vec<LogEntry>,
+    /// Output from now until the process exits (only when following a running container).
+    pub live: Option<tokio::sync::mpsc::UnboundedReceiver<OutputChunk>>,
+    /// The container has a terminal: one raw stream, no multiplexing.
+    pub tty: bool,
 }
 
 /// What a wait returns.
@@ -77,7 +88,11 @@ pub fn parse_signal(value: &str) -> Result<i32, EngineError> {
         "IO" | "POLL" => libc::SIGIO,
         "PWR" => libc::SIGPWR,
         "SYS" => libc::SIGSYS,
-        _ => return Err(EngineError::InvalidArgument(format!("Invalid signal: {value}"))),
+        _ => {
+            return Err(EngineError::InvalidArgument(format!(
+                "Invalid signal: {value}"
+            )))
+        }
     };
     Ok(number)
 }
@@ -113,7 +128,10 @@ impl Engine {
         let initial = state.borrow().clone();
         drop(handle);
         Ok(async move {
-            let outcome = |s: &crate::LifecycleState| WaitOutcome { status_code: s.exit_code, error: s.error.clone() };
+            let outcome = |s: &crate::LifecycleState| WaitOutcome {
+                status_code: s.exit_code,
+                error: s.error.clone(),
+            };
             if condition == WaitCondition::NotRunning && !initial.running {
                 return outcome(&initial);
             }
@@ -124,7 +142,9 @@ impl Engine {
                 }
                 let now = state.borrow().clone();
                 let done = match condition {
-                    WaitCondition::NotRunning | WaitCondition::NextExit => now.exits > initial.exits || now.removed,
+                    WaitCondition::NotRunning | WaitCondition::NextExit => {
+                        now.exits > initial.exits || now.removed
+                    }
                     WaitCondition::Removed => now.removed,
                 };
                 if done {
@@ -134,12 +154,17 @@ impl Engine {
         })
     }
 
-    fn running_handle(&self, reference: &str) -> Result<(Arc<ContainerHandle>, Arc<crate::Runtime>), EngineError> {
+    fn running_handle(
+        &self,
+        reference: &str,
+    ) -> Result<(Arc<ContainerHandle>, Arc<crate::Runtime>), EngineError> {
         let handle = self.lookup(reference)?;
         let runtime = handle
             .runtime()
             .filter(|_| lock(&handle.record).state.status.is_running())
-            .ok_or_else(|| EngineError::Conflict(format!("Container {} is not running", handle.id)))?;
+            .ok_or_else(|| {
+                EngineError::Conflict(format!("Container {} is not running", handle.id))
+            })?;
         Ok((handle, runtime))
     }
 
@@ -147,13 +172,21 @@ impl Engine {
     pub async fn kill_container(&self, reference: &str, signal: &str) -> Result<(), EngineError> {
         let signal = parse_signal(if signal.is_empty() { "SIGKILL" } else { signal })?;
         let (handle, runtime) = self.running_handle(reference)?;
-        runtime.session.send(MAIN_STREAM, &HostMessage::Signal { signal }).await?;
+        runtime
+            .session
+            .send(MAIN_STREAM, &HostMessage::Signal { signal })
+            .await?;
         if signal == libc::SIGKILL {
             // If the guest does not act on SIGKILL, the VM goes.
             let mut state = handle.state.subscribe();
             let exits = state.borrow().exits;
             tokio::spawn(async move {
-                let exited = tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| s.exits > exits)).await.is_ok();
+                let exited = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    state.wait_for(|s| s.exits > exits),
+                )
+                .await
+                .is_ok();
                 if !exited {
                     runtime.control.kill().await;
                 }
@@ -165,9 +198,15 @@ impl Engine {
     /// `POST /containers/{id}/stop`: the stop signal, then SIGKILL after `timeout`
     /// seconds, then the VM is killed if the process still runs. Returns false if the
     /// container was not running (Docker answers 304).
-    pub async fn stop_container(&self, reference: &str, timeout: Option<i64>) -> Result<bool, EngineError> {
+    pub async fn stop_container(
+        &self,
+        reference: &str,
+        timeout: Option<i64>,
+    ) -> Result<bool, EngineError> {
         let handle = self.lookup(reference)?;
-        let Some(runtime) = handle.runtime() else { return Ok(false) };
+        let Some(runtime) = handle.runtime() else {
+            return Ok(false);
+        };
         let record = handle.snapshot();
         let signal = parse_signal(record.config.stop_signal.as_deref().unwrap_or("SIGTERM"))?;
         let timeout = timeout.or(record.config.stop_timeout).unwrap_or(10).max(0) as u64;
@@ -175,18 +214,39 @@ impl Engine {
         let exits = state.borrow().exits;
         let exited = |limit: u64| {
             let mut state = state.clone();
-            async move { tokio::time::timeout(Duration::from_secs(limit), state.wait_for(|s| s.exits > exits)).await.is_ok() }
+            async move {
+                tokio::time::timeout(
+                    Duration::from_secs(limit),
+                    state.wait_for(|s| s.exits > exits),
+                )
+                .await
+                .is_ok()
+            }
         };
         if timeout > 0 {
-            let _ = runtime.session.send(MAIN_STREAM, &HostMessage::Signal { signal }).await;
+            let _ = runtime
+                .session
+                .send(MAIN_STREAM, &HostMessage::Signal { signal })
+                .await;
             if exited(timeout).await {
                 return Ok(true);
             }
         }
-        let _ = runtime.session.send(MAIN_STREAM, &HostMessage::Signal { signal: libc::SIGKILL }).await;
+        let _ = runtime
+            .session
+            .send(
+                MAIN_STREAM,
+                &HostMessage::Signal {
+                    signal: libc::SIGKILL,
+                },
+            )
+            .await;
         if !exited(5).await {
             runtime.control.kill().await;
-            let _ = tokio::time::timeout(Duration::from_secs(10), state.wait_for(|s| s.exits > exits)).await.is_ok();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(10), state.wait_for(|s| s.exits > exits))
+                    .await
+                    .is_ok();
         }
         Ok(true)
     }
@@ -220,20 +280,36 @@ impl Engine {
     }
 
     /// `POST /containers/{id}/attach`: output from now on, and input if asked for.
-    pub fn attach_container(&self, reference: &str, with_stdin: bool) -> Result<Attachment, EngineError> {
+    pub fn attach_container(
+        &self,
+        reference: &str,
+        with_stdin: bool,
+    ) -> Result<Attachment, EngineError> {
         let handle = self.lookup(reference)?;
         let record = handle.snapshot();
-        if !matches!(record.state.status, ContainerStatus::Created | ContainerStatus::Running) {
-            return Err(EngineError::Conflict("You cannot attach to a stopped container, start it first".into()));
+        if !matches!(
+            record.state.status,
+            ContainerStatus::Created | ContainerStatus::Running
+        ) {
+            return Err(EngineError::Conflict(
+                "You cannot attach to a stopped container, start it first".into(),
+            ));
         }
         let output = handle.hub.subscribe();
-        let stdin = (with_stdin && record.config.open_stdin.unwrap_or(false)).then(|| handle.stdin_sink());
-        Ok(Attachment { output, stdin, tty: record.tty() })
+        let stdin =
+            (with_stdin && record.config.open_stdin.unwrap_or(false)).then(|| handle.stdin_sink());
+        Ok(Attachment {
+            output,
+            stdin,
+            tty: record.tty(),
+        })
     }
 
     /// Whether closing an attached client's input closes the process's (`StdinOnce`).
     pub fn stdin_once(&self, reference: &str) -> bool {
-        self.lookup(reference).map(|h| h.snapshot().config.stdin_once.unwrap_or(false)).unwrap_or(false)
+        self.lookup(reference)
+            .map(|h| h.snapshot().config.stdin_once.unwrap_or(false))
+            .unwrap_or(false)
     }
 
     /// `GET /containers/{id}/logs`: what is logged, and with `follow` a live feed after it.
@@ -242,18 +318,33 @@ impl Engine {
         reference: &str,
         filter: &LogFilter,
         follow: bool,
-    ) -> Result<(Vec<LogEntry>, Option<tokio::sync::mpsc::UnboundedReceiver<OutputChunk>>, bool), EngineError> {
+    ) -> Result<ContainerLogs, EngineError> {
         let handle = self.lookup(reference)?;
         // Subscribe before reading the file so that nothing falls between the two.
         let live = (follow && handle.runtime().is_some()).then(|| handle.hub.subscribe());
-        let entries = read_log(&self.container_dir(&handle.id).join("container.log"), filter);
-        Ok((entries, live, handle.snapshot().tty()))
+        let entries = read_log(
+            &self.container_dir(&handle.id).join("container.log"),
+            filter,
+        );
+        Ok(ContainerLogs {
+            entries,
+            live,
+            tty: handle.snapshot().tty(),
+        })
     }
 
     /// `POST /containers/{id}/resize`.
-    pub async fn resize_container(&self, reference: &str, rows: u16, cols: u16) -> Result<(), EngineError> {
+    pub async fn resize_container(
+        &self,
+        reference: &str,
+        rows: u16,
+        cols: u16,
+    ) -> Result<(), EngineError> {
         let (_, runtime) = self.running_handle(reference)?;
-        runtime.session.send(MAIN_STREAM, &HostMessage::Resize { rows, cols }).await
+        runtime
+            .session
+            .send(MAIN_STREAM, &HostMessage::Resize { rows, cols })
+            .await
     }
 }
 
@@ -273,7 +364,10 @@ mod tests {
     #[test]
     fn wait_conditions() {
         assert_eq!(WaitCondition::parse("").unwrap(), WaitCondition::NotRunning);
-        assert_eq!(WaitCondition::parse("removed").unwrap(), WaitCondition::Removed);
+        assert_eq!(
+            WaitCondition::parse("removed").unwrap(),
+            WaitCondition::Removed
+        );
         assert!(WaitCondition::parse("bogus").is_err());
     }
 }

@@ -4,14 +4,35 @@ use rand::seq::SliceRandom;
 use rand::RngCore;
 
 const ADJECTIVES: &[&str] = &[
-    "admiring", "brave", "clever", "dazzling", "eager", "focused", "gallant", "happy", "jolly", "keen",
-    "loving", "modest", "nifty", "optimistic", "peaceful", "quirky", "relaxed", "serene", "trusting",
-    "upbeat", "vibrant", "wizardly", "youthful", "zealous",
+    "admiring",
+    "brave",
+    "clever",
+    "dazzling",
+    "eager",
+    "focused",
+    "gallant",
+    "happy",
+    "jolly",
+    "keen",
+    "loving",
+    "modest",
+    "nifty",
+    "optimistic",
+    "peaceful",
+    "quirky",
+    "relaxed",
+    "serene",
+    "trusting",
+    "upbeat",
+    "vibrant",
+    "wizardly",
+    "youthful",
+    "zealous",
 ];
 const SURNAMES: &[&str] = &[
     "agnesi", "babbage", "curie", "darwin", "euclid", "feynman", "goldberg", "hopper", "hypatia",
-    "johnson", "kepler", "lovelace", "meitner", "noether", "pasteur", "ritchie", "shannon", "tesla",
-    "thompson", "turing", "wing", "yalow", "zuse",
+    "johnson", "kepler", "lovelace", "meitner", "noether", "pasteur", "ritchie", "shannon",
+    "tesla", "thompson", "turing", "wing", "yalow", "zuse",
 ];
 
 /// A new container id: 32 random bytes as 64 hex digits.
@@ -41,7 +62,9 @@ pub fn validate_name(name: &str) -> Result<String, String> {
     if valid {
         Ok(bare.to_owned())
     } else {
-        Err(format!("Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"))
+        Err(format!(
+            "Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+        ))
     }
 }
 

@@ -47,11 +47,14 @@ impl OutputHub {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<mpsc::UnboundedSender<OutputChunk>>> {
-        self.subscribers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn publish(&self, chunk: &OutputChunk) {
-        self.lock().retain(|subscriber| subscriber.send(chunk.clone()).is_ok());
+        self.lock()
+            .retain(|subscriber| subscriber.send(chunk.clone()).is_ok());
     }
 
     /// Ends every current subscription (the process has exited).
@@ -74,7 +77,11 @@ pub struct LogWriter {
 
 impl LogWriter {
     pub fn open(path: &Path) -> Result<Self, EngineError> {
-        let file = OpenOptions::new().create(true).append(true).open(path).map_err(EngineError::io(path))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(EngineError::io(path))?;
         Ok(Self { file })
     }
 
@@ -83,7 +90,11 @@ impl LogWriter {
         let time = crate::now_rfc3339();
         let mut text = Vec::new();
         for piece in chunk.data.split_inclusive(|&byte| byte == b'\n') {
-            let line = LogLine { log: String::from_utf8_lossy(piece).into_owned(), stream: chunk.stream, time: time.clone() };
+            let line = LogLine {
+                log: String::from_utf8_lossy(piece).into_owned(),
+                stream: chunk.stream,
+                time: time.clone(),
+            };
             if let Ok(json) = serde_json::to_vec(&line) {
                 text.extend_from_slice(&json);
                 text.push(b'\n');
@@ -114,7 +125,9 @@ pub struct LogFilter {
 
 /// Reads the log at `path`, filtered. A missing log is an empty one.
 pub fn read_log(path: &PathBuf, filter: &LogFilter) -> Vec<LogEntry> {
-    let Ok(file) = File::open(path) else { return Vec::new() };
+    let Ok(file) = File::open(path) else {
+        return Vec::new();
+    };
     let mut entries: Vec<LogEntry> = BufReader::new(file)
         .lines()
         .map_while(Result::ok)
@@ -123,7 +136,11 @@ pub fn read_log(path: &PathBuf, filter: &LogFilter) -> Vec<LogEntry> {
             OutputStream::Stdout => filter.stdout,
             OutputStream::Stderr => filter.stderr,
         })
-        .map(|line| LogEntry { stream: line.stream, time: line.time, data: line.log.into_bytes() })
+        .map(|line| LogEntry {
+            stream: line.stream,
+            time: line.time,
+            data: line.log.into_bytes(),
+        })
         .collect();
     if let Some(tail) = filter.tail {
         let skip = entries.len().saturating_sub(tail);
@@ -141,15 +158,45 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("container.log");
         let mut writer = LogWriter::open(&path).unwrap();
-        writer.write(&OutputChunk { stream: OutputStream::Stdout, data: Bytes::from_static(b"one\ntwo\npart") });
-        writer.write(&OutputChunk { stream: OutputStream::Stderr, data: Bytes::from_static(b"err\n") });
-        let all = read_log(&path, &LogFilter { stdout: true, stderr: true, tail: None });
-        let texts: Vec<_> = all.iter().map(|e| String::from_utf8(e.data.clone()).unwrap()).collect();
+        writer.write(&OutputChunk {
+            stream: OutputStream::Stdout,
+            data: Bytes::from_static(b"one\ntwo\npart"),
+        });
+        writer.write(&OutputChunk {
+            stream: OutputStream::Stderr,
+            data: Bytes::from_static(b"err\n"),
+        });
+        let all = read_log(
+            &path,
+            &LogFilter {
+                stdout: true,
+                stderr: true,
+                tail: None,
+            },
+        );
+        let texts: Vec<_> = all
+            .iter()
+            .map(|e| String::from_utf8(e.data.clone()).unwrap())
+            .collect();
         assert_eq!(texts, vec!["one\n", "two\n", "part", "err\n"]);
-        let stderr = read_log(&path, &LogFilter { stdout: false, stderr: true, tail: None });
+        let stderr = read_log(
+            &path,
+            &LogFilter {
+                stdout: false,
+                stderr: true,
+                tail: None,
+            },
+        );
         assert_eq!(stderr.len(), 1);
         assert_eq!(stderr[0].stream, OutputStream::Stderr);
-        let tail = read_log(&path, &LogFilter { stdout: true, stderr: true, tail: Some(2) });
+        let tail = read_log(
+            &path,
+            &LogFilter {
+                stdout: true,
+                stderr: true,
+                tail: Some(2),
+            },
+        );
         assert_eq!(tail.len(), 2);
         assert_eq!(tail[1].data, b"err\n");
     }
@@ -158,7 +205,10 @@ mod tests {
     fn hub_delivers_until_closed() {
         let hub = OutputHub::default();
         let mut receiver = hub.subscribe();
-        hub.publish(&OutputChunk { stream: OutputStream::Stdout, data: Bytes::from_static(b"x") });
+        hub.publish(&OutputChunk {
+            stream: OutputStream::Stdout,
+            data: Bytes::from_static(b"x"),
+        });
         hub.close();
         assert_eq!(receiver.try_recv().unwrap().data, Bytes::from_static(b"x"));
         assert!(receiver.try_recv().is_err());

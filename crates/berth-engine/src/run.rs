@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_agent_proto::{FrameKind, GuestMessage, HostMessage, ProcessSpec, SetupSpec, SpawnFailure, AGENT_STREAM};
+use berth_agent_proto::{
+    FrameKind, GuestMessage, HostMessage, ProcessSpec, SetupSpec, SpawnFailure, AGENT_STREAM,
+};
 use berth_vm::{DiskFormat, DiskSpec, VmControl, VmSpec};
 use bytes::Bytes;
 use tokio::sync::oneshot;
@@ -37,7 +39,10 @@ enum RunEnd {
 
 impl Engine {
     /// Starts a created or exited container and returns once its process runs.
-    pub async fn start_container(self: &Arc<Self>, reference: &str) -> Result<StartOutcome, EngineError> {
+    pub async fn start_container(
+        self: &Arc<Self>,
+        reference: &str,
+    ) -> Result<StartOutcome, EngineError> {
         let handle = self.lookup(reference)?;
         let _guard = handle.lifecycle.lock().await;
         let status = lock(&handle.record).state.status;
@@ -45,7 +50,10 @@ impl Engine {
             return Ok(StartOutcome::AlreadyRunning);
         }
         if !status.can_start() {
-            return Err(EngineError::Conflict(format!("cannot start a container that is {}", status.as_str())));
+            return Err(EngineError::Conflict(format!(
+                "cannot start a container that is {}",
+                status.as_str()
+            )));
         }
         match self.boot_and_spawn(&handle).await {
             Ok(()) => Ok(StartOutcome::Started),
@@ -63,7 +71,10 @@ impl Engine {
         }
     }
 
-    async fn boot_and_spawn(self: &Arc<Self>, handle: &Arc<ContainerHandle>) -> Result<(), EngineError> {
+    async fn boot_and_spawn(
+        self: &Arc<Self>,
+        handle: &Arc<ContainerHandle>,
+    ) -> Result<(), EngineError> {
         let record = handle.snapshot();
         let guest = self.guest().await?.clone();
         let dir = self.container_dir(&record.id);
@@ -77,7 +88,11 @@ impl Engine {
             memory_mib,
             kernel: guest.kernel.clone(),
             initramfs: guest.initramfs.clone(),
-            disks: vec![DiskSpec { path: dir.join("rootfs.qcow2"), format: DiskFormat::Qcow2, read_only: false }],
+            disks: vec![DiskSpec {
+                path: dir.join("rootfs.qcow2"),
+                format: DiskFormat::Qcow2,
+                read_only: false,
+            }],
             run_dir,
         };
         let vm = self.config.backend.boot(&spec).await?;
@@ -85,14 +100,27 @@ impl Engine {
         let prepared = async {
             let (session, mut reader, _kernel) = handshake(vm.agent, BOOT_TIMEOUT).await?;
             let setup = SetupSpec {
-                hostname: record.config.hostname.clone().unwrap_or_else(|| record.id[..12].to_owned()),
+                hostname: record
+                    .config
+                    .hostname
+                    .clone()
+                    .unwrap_or_else(|| record.id[..12].to_owned()),
                 root_device: "/dev/vda".into(),
             };
-            session.send(AGENT_STREAM, &HostMessage::Setup(setup)).await?;
-            match reader.expect_message(AGENT_STREAM, SETUP_TIMEOUT, "setting the guest up").await? {
+            session
+                .send(AGENT_STREAM, &HostMessage::Setup(setup))
+                .await?;
+            match reader
+                .expect_message(AGENT_STREAM, SETUP_TIMEOUT, "setting the guest up")
+                .await?
+            {
                 GuestMessage::SetupDone => Ok((session, reader)),
-                GuestMessage::Error { message } => Err(EngineError::Agent(format!("guest setup failed: {message}"))),
-                other => Err(EngineError::Agent(format!("expected setup_done, got {other:?}"))),
+                GuestMessage::Error { message } => {
+                    Err(EngineError::Agent(format!("guest setup failed: {message}")))
+                }
+                other => Err(EngineError::Agent(format!(
+                    "expected setup_done, got {other:?}"
+                ))),
             }
         };
         let (session, reader) = match prepared.await {
@@ -104,9 +132,16 @@ impl Engine {
         };
         let session = Arc::new(session);
         let process = ProcessSpec {
-            argv: std::iter::once(record.path.clone()).chain(record.args.iter().cloned()).collect(),
+            argv: std::iter::once(record.path.clone())
+                .chain(record.args.iter().cloned())
+                .collect(),
             env: record.config.env.clone().unwrap_or_default(),
-            cwd: record.config.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into()),
+            cwd: record
+                .config
+                .working_dir
+                .clone()
+                .filter(|w| !w.is_empty())
+                .unwrap_or_else(|| "/".into()),
             user: record.config.user.clone().unwrap_or_default(),
             tty: record.tty(),
             stdin: record.config.open_stdin.unwrap_or(false),
@@ -114,10 +149,23 @@ impl Engine {
         };
         let log = LogWriter::open(&dir.join("container.log"))?;
         let (started_sender, started) = oneshot::channel();
-        let runtime = Arc::new(Runtime { session: session.clone(), control: control.clone() });
+        let runtime = Arc::new(Runtime {
+            session: session.clone(),
+            control: control.clone(),
+        });
         *lock(&handle.runtime) = Some(runtime);
-        tokio::spawn(serve(self.clone(), handle.clone(), reader, log, control.clone(), started_sender));
-        if let Err(error) = session.send(MAIN_STREAM, &HostMessage::Spawn(process)).await {
+        tokio::spawn(serve(
+            self.clone(),
+            handle.clone(),
+            reader,
+            log,
+            control.clone(),
+            started_sender,
+        ));
+        if let Err(error) = session
+            .send(MAIN_STREAM, &HostMessage::Spawn(process))
+            .await
+        {
             control.kill().await;
             return Err(error);
         }
@@ -139,7 +187,9 @@ impl Engine {
                 Ok(())
             }
             Ok(Err(message)) => Err(EngineError::StartFailed(message)),
-            Err(_) => Err(EngineError::Agent("the VM ended before the process started".into())),
+            Err(_) => Err(EngineError::Agent(
+                "the VM ended before the process started".into(),
+            )),
         }
     }
 
@@ -202,13 +252,27 @@ async fn serve(
             _ = control.wait() => break RunEnd::Broken("the container's VM stopped unexpectedly".into()),
         };
         match event {
-            Ok(Some(AgentEvent::Output { stream: MAIN_STREAM, kind, data })) => {
-                let stream = if kind == FrameKind::Stderr { OutputStream::Stderr } else { OutputStream::Stdout };
-                let chunk = OutputChunk { stream, data: Bytes::from(data) };
+            Ok(Some(AgentEvent::Output {
+                stream: MAIN_STREAM,
+                kind,
+                data,
+            })) => {
+                let stream = if kind == FrameKind::Stderr {
+                    OutputStream::Stderr
+                } else {
+                    OutputStream::Stdout
+                };
+                let chunk = OutputChunk {
+                    stream,
+                    data: Bytes::from(data),
+                };
                 log.write(&chunk);
                 handle.hub.publish(&chunk);
             }
-            Ok(Some(AgentEvent::Message { stream: MAIN_STREAM, message })) => match message {
+            Ok(Some(AgentEvent::Message {
+                stream: MAIN_STREAM,
+                message,
+            })) => match message {
                 GuestMessage::Started { pid } => {
                     if let Some(sender) = started.take() {
                         let _ = sender.send(Ok(pid));
@@ -221,10 +285,14 @@ async fn serve(
                     break RunEnd::SpawnFailed(reason, message);
                 }
                 GuestMessage::Exited { code, .. } => break RunEnd::Exited(code),
-                GuestMessage::Error { message } => tracing::warn!(id = %handle.id, %message, "agent reported an error"),
+                GuestMessage::Error { message } => {
+                    tracing::warn!(id = %handle.id, %message, "agent reported an error")
+                }
                 other => break RunEnd::Broken(format!("the agent sent an unexpected {other:?}")),
             },
-            Ok(Some(other)) => break RunEnd::Broken(format!("the agent sent {other:?} on an unknown stream")),
+            Ok(Some(other)) => {
+                break RunEnd::Broken(format!("the agent sent {other:?} on an unknown stream"))
+            }
             Ok(None) => break RunEnd::Broken("the container's agent closed its channel".into()),
             Err(error) => break RunEnd::Broken(error_chain(&error)),
         }
@@ -236,13 +304,19 @@ async fn serve(
         }
     }
     if let Some(runtime) = handle.runtime() {
-        let _ = runtime.session.send(AGENT_STREAM, &HostMessage::Shutdown).await;
+        let _ = runtime
+            .session
+            .send(AGENT_STREAM, &HostMessage::Shutdown)
+            .await;
     }
     control.shut_down(Duration::from_secs(5)).await;
     engine.finish_run(&handle, end);
 }
 
-async fn forward_stdin(session: Arc<AgentSession>, mut input: tokio::sync::mpsc::UnboundedReceiver<StdinEvent>) {
+async fn forward_stdin(
+    session: Arc<AgentSession>,
+    mut input: tokio::sync::mpsc::UnboundedReceiver<StdinEvent>,
+) {
     while let Some(event) = input.recv().await {
         let sent = match event {
             StdinEvent::Data(data) => session.send_stdin(MAIN_STREAM, &data).await,

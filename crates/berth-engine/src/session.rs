@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use berth_agent_proto::{
-    decode_guest_message, encode_control, encode_frame, Frame, FrameDecoder, FrameKind, GuestMessage, HostMessage,
-    AGENT_STREAM, MAX_DATA_CHUNK, PROTOCOL_VERSION,
+    decode_guest_message, encode_control, encode_frame, Frame, FrameDecoder, FrameKind,
+    GuestMessage, HostMessage, AGENT_STREAM, MAX_DATA_CHUNK, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -28,7 +28,10 @@ pub struct AgentSession {
 impl AgentSession {
     async fn write(&self, bytes: &[u8]) -> Result<(), EngineError> {
         let mut writer = self.writer.lock().await;
-        writer.write_all(bytes).await.map_err(|e| EngineError::Agent(format!("writing to the agent: {e}")))
+        writer
+            .write_all(bytes)
+            .await
+            .map_err(|e| EngineError::Agent(format!("writing to the agent: {e}")))
     }
 
     pub async fn send(&self, stream: u32, message: &HostMessage) -> Result<(), EngineError> {
@@ -37,7 +40,8 @@ impl AgentSession {
 
     pub async fn send_stdin(&self, stream: u32, data: &[u8]) -> Result<(), EngineError> {
         for chunk in data.chunks(MAX_DATA_CHUNK) {
-            self.write(&encode_frame(stream, FrameKind::Stdin, chunk)).await?;
+            self.write(&encode_frame(stream, FrameKind::Stdin, chunk))
+                .await?;
         }
         Ok(())
     }
@@ -53,8 +57,15 @@ pub struct AgentReader {
 /// What the agent said.
 #[derive(Debug)]
 pub enum AgentEvent {
-    Output { stream: u32, kind: FrameKind, data: Vec<u8> },
-    Message { stream: u32, message: GuestMessage },
+    Output {
+        stream: u32,
+        kind: FrameKind,
+        data: Vec<u8>,
+    },
+    Message {
+        stream: u32,
+        message: GuestMessage,
+    },
 }
 
 impl AgentReader {
@@ -79,39 +90,64 @@ impl AgentReader {
     }
 
     /// Waits for a control message on `stream`, failing on anything else but output.
-    pub async fn expect_message(&mut self, stream: u32, timeout: Duration, what: &str) -> Result<GuestMessage, EngineError> {
+    pub async fn expect_message(
+        &mut self,
+        stream: u32,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<GuestMessage, EngineError> {
         let wait = async {
-            loop {
-                match self.next_event().await? {
-                    None => return Err(EngineError::Agent(format!("the agent closed its channel while {what}"))),
-                    Some(AgentEvent::Message { stream: got, message }) if got == stream => return Ok(message),
-                    Some(other) => {
-                        return Err(EngineError::Agent(format!("unexpected {other:?} while {what}")));
-                    }
-                }
+            match self.next_event().await? {
+                None => Err(EngineError::Agent(format!(
+                    "the agent closed its channel while {what}"
+                ))),
+                Some(AgentEvent::Message {
+                    stream: got,
+                    message,
+                }) if got == stream => Ok(message),
+                Some(other) => Err(EngineError::Agent(format!(
+                    "unexpected {other:?} while {what}"
+                ))),
             }
         };
-        tokio::time::timeout(timeout, wait)
-            .await
-            .map_err(|_| EngineError::Agent(format!("no answer from the agent within {timeout:?} while {what}")))?
+        tokio::time::timeout(timeout, wait).await.map_err(|_| {
+            EngineError::Agent(format!(
+                "no answer from the agent within {timeout:?} while {what}"
+            ))
+        })?
     }
 }
 
 fn classify(frame: Frame) -> Result<AgentEvent, EngineError> {
     match frame.kind {
         FrameKind::Control => {
-            let message = decode_guest_message(&frame).map_err(|e| EngineError::Agent(e.to_string()))?;
-            Ok(AgentEvent::Message { stream: frame.stream, message })
+            let message =
+                decode_guest_message(&frame).map_err(|e| EngineError::Agent(e.to_string()))?;
+            Ok(AgentEvent::Message {
+                stream: frame.stream,
+                message,
+            })
         }
-        FrameKind::Stdout | FrameKind::Stderr => Ok(AgentEvent::Output { stream: frame.stream, kind: frame.kind, data: frame.payload }),
+        FrameKind::Stdout | FrameKind::Stderr => Ok(AgentEvent::Output {
+            stream: frame.stream,
+            kind: frame.kind,
+            data: frame.payload,
+        }),
         FrameKind::Stdin => Err(EngineError::Agent("the agent sent a stdin frame".into())),
     }
 }
 
 /// Waits for the agent's Hello and checks its protocol version.
-pub async fn handshake(stream: UnixStream, timeout: Duration) -> Result<(AgentSession, AgentReader, String), EngineError> {
+pub async fn handshake(
+    stream: UnixStream,
+    timeout: Duration,
+) -> Result<(AgentSession, AgentReader, String), EngineError> {
     let (reader, writer) = stream.into_split();
-    let mut reader = AgentReader { reader, decoder: FrameDecoder::new(), buffer: vec![0u8; 64 * 1024] };
+    let mut reader = AgentReader {
+        reader,
+        decoder: FrameDecoder::new(),
+        buffer: vec![0u8; 64 * 1024],
+    };
     match reader.expect_message(AGENT_STREAM, timeout, "waiting for the VM to boot").await? {
         GuestMessage::Hello { protocol, kernel } if protocol == PROTOCOL_VERSION => {
             Ok((AgentSession { writer: Mutex::new(writer) }, reader, kernel))
@@ -138,8 +174,14 @@ mod tests {
     #[tokio::test]
     async fn wrong_protocol_version_is_refused() {
         let (host, mut guest) = UnixStream::pair().unwrap();
-        let hello = GuestMessage::Hello { protocol: PROTOCOL_VERSION + 1, kernel: "k".into() };
-        guest.write_all(&encode_control(AGENT_STREAM, &hello)).await.unwrap();
+        let hello = GuestMessage::Hello {
+            protocol: PROTOCOL_VERSION + 1,
+            kernel: "k".into(),
+        };
+        guest
+            .write_all(&encode_control(AGENT_STREAM, &hello))
+            .await
+            .unwrap();
         let error = handshake(host, Duration::from_secs(2)).await.err().unwrap();
         assert!(error.to_string().contains("protocol"));
     }
@@ -157,14 +199,26 @@ mod tests {
     #[tokio::test]
     async fn hello_then_output_is_read() {
         let (host, mut guest) = UnixStream::pair().unwrap();
-        let hello = GuestMessage::Hello { protocol: PROTOCOL_VERSION, kernel: "6.1".into() };
-        guest.write_all(&encode_control(AGENT_STREAM, &hello)).await.unwrap();
-        guest.write_all(&encode_frame(MAIN_STREAM, FrameKind::Stderr, b"oops")).await.unwrap();
+        let hello = GuestMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            kernel: "6.1".into(),
+        };
+        guest
+            .write_all(&encode_control(AGENT_STREAM, &hello))
+            .await
+            .unwrap();
+        guest
+            .write_all(&encode_frame(MAIN_STREAM, FrameKind::Stderr, b"oops"))
+            .await
+            .unwrap();
         let (_session, mut reader, kernel) = handshake(host, Duration::from_secs(2)).await.unwrap();
         assert_eq!(kernel, "6.1");
         match reader.next_event().await.unwrap() {
             Some(AgentEvent::Output { stream, kind, data }) => {
-                assert_eq!((stream, kind, data.as_slice()), (MAIN_STREAM, FrameKind::Stderr, &b"oops"[..]));
+                assert_eq!(
+                    (stream, kind, data.as_slice()),
+                    (MAIN_STREAM, FrameKind::Stderr, &b"oops"[..])
+                );
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -44,7 +44,9 @@ impl Store {
         let txn = self.db.begin_write().map_err(db_error)?;
         {
             let mut table = txn.open_table(CONTAINERS).map_err(db_error)?;
-            table.insert(record.id.as_str(), json.as_slice()).map_err(db_error)?;
+            table
+                .insert(record.id.as_str(), json.as_slice())
+                .map_err(db_error)?;
         }
         txn.commit().map_err(db_error)
     }
@@ -67,7 +69,9 @@ impl Store {
             let (key, value) = entry.map_err(db_error)?;
             match serde_json::from_slice::<ContainerRecord>(value.value()) {
                 Ok(record) => records.push(record),
-                Err(error) => tracing::warn!(id = key.value(), %error, "skipping unreadable container record"),
+                Err(error) => {
+                    tracing::warn!(id = key.value(), %error, "skipping unreadable container record")
+                }
             }
         }
         Ok(records)

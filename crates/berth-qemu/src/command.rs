@@ -2,15 +2,20 @@
 
 use std::path::Path;
 
-use berth_vm::{Accelerator, DiskFormat, VmSpec};
 use berth_agent_proto::PORT_NAME;
+use berth_vm::{Accelerator, DiskFormat, VmSpec};
 
 /// Kernel command line: serial console, quiet, power off on panic, and no probing of
 /// hardware the VM does not have.
 pub const KERNEL_CMDLINE: &str = "console=ttyS0 quiet panic=-1 i8042.noaux i8042.nomux i8042.nopnp 8250.nr_uarts=1 random.trust_cpu=on";
 
 /// Builds QEMU's arguments (without the binary).
-pub fn qemu_arguments(spec: &VmSpec, accelerator: Accelerator, agent_socket: &Path, qmp_socket: &Path) -> Vec<String> {
+pub fn qemu_arguments(
+    spec: &VmSpec,
+    accelerator: Accelerator,
+    agent_socket: &Path,
+    qmp_socket: &Path,
+) -> Vec<String> {
     let (accel, cpu) = match accelerator {
         Accelerator::Kvm => ("kvm", "host"),
         Accelerator::Tcg => ("tcg", "max"),
@@ -60,7 +65,10 @@ pub fn qemu_arguments(spec: &VmSpec, accelerator: Accelerator, agent_socket: &Pa
         "-device".into(),
         "virtio-serial-pci".into(),
         "-chardev".into(),
-        format!("socket,id=agent,path={}", escape_option(&agent_socket.display().to_string())),
+        format!(
+            "socket,id=agent,path={}",
+            escape_option(&agent_socket.display().to_string())
+        ),
         "-device".into(),
         format!("virtserialport,chardev=agent,name={PORT_NAME}"),
     ]);
@@ -86,15 +94,25 @@ mod tests {
             memory_mib: 512,
             kernel: "/k/vmlinuz".into(),
             initramfs: "/k/initrd".into(),
-            disks: vec![DiskSpec { path: PathBuf::from("/d/a,b.qcow2"), format: DiskFormat::Qcow2, read_only: false }],
+            disks: vec![DiskSpec {
+                path: PathBuf::from("/d/a,b.qcow2"),
+                format: DiskFormat::Qcow2,
+                read_only: false,
+            }],
             run_dir: "/run/x".into(),
         };
-        let args = qemu_arguments(&spec, Accelerator::Tcg, Path::new("/run/x/agent.sock"), Path::new("/run/x/qmp.sock"));
+        let args = qemu_arguments(
+            &spec,
+            Accelerator::Tcg,
+            Path::new("/run/x/agent.sock"),
+            Path::new("/run/x/qmp.sock"),
+        );
         let joined = args.join(" ");
         assert!(joined.contains("-machine pc,accel=tcg -cpu max -smp 2 -m 512"));
         assert!(joined.contains("file=/d/a,,b.qcow2,format=qcow2"));
         assert!(joined.contains("virtserialport,chardev=agent,name=berth.agent"));
-        let kvm = qemu_arguments(&spec, Accelerator::Kvm, Path::new("/a"), Path::new("/q")).join(" ");
+        let kvm =
+            qemu_arguments(&spec, Accelerator::Kvm, Path::new("/a"), Path::new("/q")).join(" ");
         assert!(kvm.contains("accel=kvm -cpu host"));
     }
 }

@@ -35,13 +35,23 @@ impl QemuBackend {
     /// A backend using `binary` (normally `qemu-system-x86_64`), choosing KVM only where
     /// hardware virtualization is available.
     pub fn new(binary: PathBuf) -> Self {
-        let accelerator = if berth_vm::hardware_kvm_available() { Accelerator::Kvm } else { Accelerator::Tcg };
-        Self { binary, accelerator }
+        let accelerator = if berth_vm::hardware_kvm_available() {
+            Accelerator::Kvm
+        } else {
+            Accelerator::Tcg
+        };
+        Self {
+            binary,
+            accelerator,
+        }
     }
 
     /// A backend with an explicit accelerator.
     pub fn with_accelerator(binary: PathBuf, accelerator: Accelerator) -> Self {
-        Self { binary, accelerator }
+        Self {
+            binary,
+            accelerator,
+        }
     }
 }
 
@@ -61,9 +71,11 @@ impl VmBackend for QemuBackend {
         for stale in [&agent_socket, &qmp_socket] {
             let _ = std::fs::remove_file(stale);
         }
-        let listener = UnixListener::bind(&agent_socket).map_err(|e| VmError::Io("binding the agent socket", e))?;
+        let listener = UnixListener::bind(&agent_socket)
+            .map_err(|e| VmError::Io("binding the agent socket", e))?;
         let arguments = qemu_arguments(spec, self.accelerator, &agent_socket, &qmp_socket);
-        let vm = process::QemuProcess::spawn(&self.binary, &arguments, &spec.run_dir.join("qemu.log"))?;
+        let vm =
+            process::QemuProcess::spawn(&self.binary, &arguments, &spec.run_dir.join("qemu.log"))?;
         let agent = tokio::select! {
             accepted = tokio::time::timeout(CONNECT_TIMEOUT, listener.accept()) => match accepted {
                 Ok(Ok((stream, _))) => stream,
@@ -91,7 +103,9 @@ impl VmBackend for QemuBackend {
             Ok(status) if status == "running" => {}
             Ok(status) => {
                 vm.kill_now().await;
-                return Err(VmError::Monitor(format!("VM is {status}, not running, after start")));
+                return Err(VmError::Monitor(format!(
+                    "VM is {status}, not running, after start"
+                )));
             }
             Err(error) => {
                 vm.kill_now().await;
@@ -99,6 +113,10 @@ impl VmBackend for QemuBackend {
             }
         }
         let pid = vm.pid();
-        Ok(RunningVm { agent, pid, control: Box::new(vm.into_control(qmp_socket)) })
+        Ok(RunningVm {
+            agent,
+            pid,
+            control: Box::new(vm.into_control(qmp_socket)),
+        })
     }
 }

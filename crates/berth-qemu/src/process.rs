@@ -23,7 +23,9 @@ impl QemuProcess {
     /// Ctrl-C aimed at the daemon does not reach it: the daemon stops its VMs itself.
     pub fn spawn(binary: &Path, arguments: &[String], log: &Path) -> Result<Self, VmError> {
         let log_file = File::create(log).map_err(|e| VmError::Io("creating qemu.log", e))?;
-        let log_clone = log_file.try_clone().map_err(|e| VmError::Io("creating qemu.log", e))?;
+        let log_clone = log_file
+            .try_clone()
+            .map_err(|e| VmError::Io("creating qemu.log", e))?;
         let mut child = Command::new(binary)
             .args(arguments)
             .stdin(Stdio::null())
@@ -33,7 +35,9 @@ impl QemuProcess {
             .kill_on_drop(false)
             .spawn()
             .map_err(VmError::Spawn)?;
-        let pid = child.id().ok_or_else(|| VmError::ExitedEarly("no pid".into()))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| VmError::ExitedEarly("no pid".into()))?;
         let (sender, exit) = watch::channel(None);
         tokio::spawn(async move {
             let status = child.wait().await;
@@ -71,7 +75,10 @@ impl QemuProcess {
     }
 
     pub fn into_control(self, qmp_socket: PathBuf) -> QemuControl {
-        QemuControl { process: self, qmp_socket }
+        QemuControl {
+            process: self,
+            qmp_socket,
+        }
     }
 }
 
@@ -92,7 +99,9 @@ impl VmControl for QemuControl {
 
     async fn kill(&self) -> VmExit {
         // Ask QEMU to quit first (it then closes its files cleanly); SIGKILL if it does not.
-        if let Ok(Ok(mut monitor)) = tokio::time::timeout(Duration::from_secs(1), QmpClient::connect(&self.qmp_socket)).await {
+        if let Ok(Ok(mut monitor)) =
+            tokio::time::timeout(Duration::from_secs(1), QmpClient::connect(&self.qmp_socket)).await
+        {
             let _ = monitor.quit().await;
         }
         match tokio::time::timeout(Duration::from_secs(2), self.process.exited()).await {

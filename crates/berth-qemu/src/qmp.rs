@@ -30,17 +30,23 @@ impl QmpClient {
         let stream = loop {
             match UnixStream::connect(path).await {
                 Ok(stream) => break stream,
-                Err(error) if attempts >= 50 => return Err(VmError::Io("connecting to QMP", error)),
+                Err(error) if attempts >= 50 => {
+                    return Err(VmError::Io("connecting to QMP", error))
+                }
                 Err(_) => {
                     attempts += 1;
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
         };
-        let mut client = Self { stream: BufReader::new(stream) };
+        let mut client = Self {
+            stream: BufReader::new(stream),
+        };
         let greeting = client.read_message().await?;
         if greeting.get("QMP").is_none() {
-            return Err(VmError::Monitor(format!("unexpected QMP greeting: {greeting}")));
+            return Err(VmError::Monitor(format!(
+                "unexpected QMP greeting: {greeting}"
+            )));
         }
         client.execute("qmp_capabilities", None).await?;
         Ok(client)
@@ -48,10 +54,15 @@ impl QmpClient {
 
     async fn read_message(&mut self) -> Result<Value, VmError> {
         let mut line = String::new();
-        let read = tokio::time::timeout(REPLY_TIMEOUT, (&mut self.stream).take(MAX_LINE as u64).read_line(&mut line))
-            .await
-            .map_err(|_| VmError::Timeout("answer on QMP", REPLY_TIMEOUT))?
-            .map_err(|e| VmError::Io("reading QMP", e))?;
+        let read = tokio::time::timeout(
+            REPLY_TIMEOUT,
+            (&mut self.stream)
+                .take(MAX_LINE as u64)
+                .read_line(&mut line),
+        )
+        .await
+        .map_err(|_| VmError::Timeout("answer on QMP", REPLY_TIMEOUT))?
+        .map_err(|e| VmError::Io("reading QMP", e))?;
         if read == 0 {
             return Err(VmError::Monitor("QMP connection closed".into()));
         }
@@ -59,14 +70,22 @@ impl QmpClient {
     }
 
     /// Runs a command and returns its `return` value.
-    pub async fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, VmError> {
+    pub async fn execute(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> Result<Value, VmError> {
         let mut request = json!({ "execute": command });
         if let Some(arguments) = arguments {
             request["arguments"] = arguments;
         }
         let mut line = request.to_string();
         line.push('\n');
-        self.stream.get_mut().write_all(line.as_bytes()).await.map_err(|e| VmError::Io("writing QMP", e))?;
+        self.stream
+            .get_mut()
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|e| VmError::Io("writing QMP", e))?;
         loop {
             let message = self.read_message().await?;
             if message.get("event").is_some() {
@@ -84,7 +103,11 @@ impl QmpClient {
     /// The VM's run state (`running`, `paused`, ...).
     pub async fn query_status(&mut self) -> Result<String, VmError> {
         let status = self.execute("query-status", None).await?;
-        Ok(status.get("status").and_then(Value::as_str).unwrap_or("unknown").to_owned())
+        Ok(status
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown")
+            .to_owned())
     }
 
     /// Asks QEMU to exit at once.

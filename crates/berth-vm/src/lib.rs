@@ -126,6 +126,14 @@ pub fn hardware_kvm_available() -> bool {
     let has_extensions = flags
         .lines()
         .filter(|line| line.starts_with("flags"))
-        .any(|line| line.split_whitespace().any(|flag| flag == "vmx" || flag == "svm"));
-    has_extensions && std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+        .any(|line| {
+            line.split_whitespace()
+                .any(|flag| flag == "vmx" || flag == "svm")
+        });
+    has_extensions
+        && std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok()
 }

@@ -5,14 +5,20 @@ mod common;
 use common::{shared, stderr, write_archive};
 
 fn message(body: &[u8]) -> String {
-    let value: serde_json::Value = serde_json::from_slice(body).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(body)));
-    value["message"].as_str().expect("a message field").to_owned()
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(body)));
+    value["message"]
+        .as_str()
+        .expect("a message field")
+        .to_owned()
 }
 
 #[test]
 fn malformed_json_is_a_400_with_a_message() {
     let daemon = shared();
-    let (status, body) = daemon.request("POST", "/v1.45/containers/create", Some(b"{not json")).unwrap();
+    let (status, body) = daemon
+        .request("POST", "/v1.45/containers/create", Some(b"{not json"))
+        .unwrap();
     assert_eq!(status, 400);
     assert!(message(&body).contains("invalid JSON"));
     let (status, _) = daemon.request("GET", "/_ping", None).unwrap();
@@ -22,12 +28,24 @@ fn malformed_json_is_a_400_with_a_message() {
 #[test]
 fn unknown_ids_and_images_are_404() {
     let daemon = shared();
-    let (status, body) = daemon.request("GET", "/v1.45/containers/doesnotexist/json", None).unwrap();
+    let (status, body) = daemon
+        .request("GET", "/v1.45/containers/doesnotexist/json", None)
+        .unwrap();
     assert_eq!(status, 404);
     assert_eq!(message(&body), "No such container: doesnotexist");
-    let (status, body) = daemon.request("POST", "/v1.45/containers/create", Some(br#"{"Image":"nosuchimage:1"}"#)).unwrap();
+    let (status, body) = daemon
+        .request(
+            "POST",
+            "/v1.45/containers/create",
+            Some(br#"{"Image":"nosuchimage:1"}"#),
+        )
+        .unwrap();
     assert_eq!(status, 404);
-    assert!(message(&body).contains("No such image"), "{}", message(&body));
+    assert!(
+        message(&body).contains("No such image"),
+        "{}",
+        message(&body)
+    );
     let (status, body) = daemon.request("GET", "/v1.45/no/such/route", None).unwrap();
     assert_eq!(status, 404);
     assert_eq!(message(&body), "page not found");
@@ -41,7 +59,11 @@ fn name_conflicts_are_409() {
     daemon.docker_ok(&["create", "--name", "twin", "busybox", "true"]);
     let second = daemon.docker(&["create", "--name", "twin", "busybox", "true"]);
     assert!(!second.status.success());
-    assert!(stderr(&second).contains("already in use"), "stderr: {}", stderr(&second));
+    assert!(
+        stderr(&second).contains("already in use"),
+        "stderr: {}",
+        stderr(&second)
+    );
     daemon.docker_ok(&["rm", "twin"]);
 }
 
@@ -66,7 +88,12 @@ fn hostile_archives_are_refused_and_write_nothing_outside() {
     header.set_cksum();
     layer.append(&header, &payload[..]).unwrap();
     let archive = dir.join("escape.tar");
-    write_archive(&archive, "hostile:latest", &[layer.into_inner().unwrap()], &["sh"]);
+    write_archive(
+        &archive,
+        "hostile:latest",
+        &[layer.into_inner().unwrap()],
+        &["sh"],
+    );
     let _ = std::fs::remove_file("/tmp/berth-escaped");
     let output = daemon.docker(&["load", "-i", archive.to_str().unwrap()]);
     // Loading may succeed (the layer is stored as data), but building its filesystem must refuse.
@@ -74,7 +101,10 @@ fn hostile_archives_are_refused_and_write_nothing_outside() {
         let run = daemon.docker(&["create", "hostile:latest"]);
         assert!(!run.status.success(), "a hostile layer became a container");
     }
-    assert!(!std::path::Path::new("/tmp/berth-escaped").exists(), "the archive wrote outside its tree");
+    assert!(
+        !std::path::Path::new("/tmp/berth-escaped").exists(),
+        "the archive wrote outside its tree"
+    );
 
     // Garbage instead of an archive.
     let garbage = dir.join("garbage.tar");

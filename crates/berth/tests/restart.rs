@@ -16,9 +16,15 @@ fn images_and_containers_survive_a_restart() {
     };
     let daemon = Daemon::start(&root);
     let images = daemon.docker_ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
-    assert!(images.lines().any(|l| l == "busybox:latest"), "images after restart: {images}");
+    assert!(
+        images.lines().any(|l| l == "busybox:latest"),
+        "images after restart: {images}"
+    );
     let containers = daemon.docker_ok(&["ps", "-a", "--format", "{{.ID}} {{.Names}} {{.State}}"]);
-    assert!(containers.contains(&format!("{} keeper created", &id[..12])), "containers after restart: {containers}");
+    assert!(
+        containers.contains(&format!("{} keeper created", &id[..12])),
+        "containers after restart: {containers}"
+    );
     // The container still works after the restart.
     daemon.docker_ok(&["start", "keeper"]);
     assert_eq!(daemon.docker_ok(&["wait", "keeper"]), "0");

@@ -8,11 +8,16 @@ use common::{shared, stderr, stdout};
 #[test]
 fn run_echo_prints_hello_and_removes_the_container() {
     let daemon = shared();
-    let output = daemon.docker(&["run", "--rm", "--name", "hello-rm", "busybox", "echo", "hello"]);
+    let output = daemon.docker(&[
+        "run", "--rm", "--name", "hello-rm", "busybox", "echo", "hello",
+    ]);
     assert!(output.status.success(), "stderr: {}", stderr(&output));
     assert_eq!(stdout(&output), "hello\n");
     let names = daemon.docker_ok(&["ps", "-a", "--format", "{{.Names}}"]);
-    assert!(!names.lines().any(|n| n == "hello-rm"), "--rm left the container: {names}");
+    assert!(
+        !names.lines().any(|n| n == "hello-rm"),
+        "--rm left the container: {names}"
+    );
 }
 
 #[test]
@@ -23,7 +28,10 @@ fn uname_reports_the_guest_kernel_not_the_host() {
     assert_ne!(guest, host.trim());
     assert!(guest.ends_with("-cloud-amd64"), "guest kernel {guest}");
     let info = daemon.docker_ok(&["info", "--format", "{{json .DriverStatus}}"]);
-    assert!(info.contains("cloud-amd64"), "docker info names the guest kernel: {info}");
+    assert!(
+        info.contains("cloud-amd64"),
+        "docker info names the guest kernel: {info}"
+    );
 }
 
 #[test]
@@ -37,40 +45,86 @@ fn exit_status_is_passed_through() {
 fn missing_executable_exits_127() {
     let daemon = shared();
     let output = daemon.docker(&["run", "--rm", "busybox", "no-such-program"]);
-    assert_eq!(output.status.code(), Some(127), "stderr: {}", stderr(&output));
-    assert!(stderr(&output).contains("executable file not found"), "stderr: {}", stderr(&output));
+    assert_eq!(
+        output.status.code(),
+        Some(127),
+        "stderr: {}",
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).contains("executable file not found"),
+        "stderr: {}",
+        stderr(&output)
+    );
 }
 
 #[test]
 fn detached_container_logs_ps_wait_and_rm() {
     let daemon = shared();
     let id = daemon.docker_ok(&[
-        "run", "-d", "--name", "detached", "-e", "GREETING=hi there", "-w", "/tmp", "--hostname", "box1",
-        "busybox", "sh", "-c", "echo $GREETING; pwd; hostname; echo oops >&2; sleep 1; exit 7",
+        "run",
+        "-d",
+        "--name",
+        "detached",
+        "-e",
+        "GREETING=hi there",
+        "-w",
+        "/tmp",
+        "--hostname",
+        "box1",
+        "busybox",
+        "sh",
+        "-c",
+        "echo $GREETING; pwd; hostname; echo oops >&2; sleep 1; exit 7",
     ]);
     assert_eq!(id.len(), 64, "docker run -d prints the id: {id}");
     let running = daemon.docker_ok(&["ps", "--format", "{{.ID}} {{.Names}} {{.Status}}"]);
-    assert!(running.contains("detached"), "ps shows the running container: {running}");
+    assert!(
+        running.contains("detached"),
+        "ps shows the running container: {running}"
+    );
     assert_eq!(daemon.docker_ok(&["wait", &id[..12]]), "7");
 
     let logs = daemon.docker(&["logs", "detached"]);
     assert_eq!(stdout(&logs), "hi there\n/tmp\nbox1\n");
     assert_eq!(stderr(&logs), "oops\n");
 
-    let all = daemon.docker_ok(&["ps", "-a", "--filter", "name=detached", "--format", "{{.Names}}|{{.Status}}|{{.Command}}"]);
+    let all = daemon.docker_ok(&[
+        "ps",
+        "-a",
+        "--filter",
+        "name=detached",
+        "--format",
+        "{{.Names}}|{{.Status}}|{{.Command}}",
+    ]);
     assert!(all.contains("detached|Exited (7)"), "ps -a: {all}");
-    assert_eq!(daemon.docker_ok(&["inspect", "-f", "{{.State.Status}} {{.State.ExitCode}} {{.Config.Hostname}}", "detached"]), "exited 7 box1");
+    assert_eq!(
+        daemon.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.State.ExitCode}} {{.Config.Hostname}}",
+            "detached"
+        ]),
+        "exited 7 box1"
+    );
 
     daemon.docker_ok(&["rm", &id]);
     let gone = daemon.docker(&["inspect", &id]);
     assert!(!gone.status.success());
-    assert!(stderr(&gone).contains("No such"), "stderr: {}", stderr(&gone));
+    assert!(
+        stderr(&gone).contains("No such"),
+        "stderr: {}",
+        stderr(&gone)
+    );
 }
 
 #[test]
 fn stdin_reaches_the_process() {
     let daemon = shared();
-    let output = daemon.docker_with_input(&["run", "-i", "--rm", "busybox", "sh", "-c", "tr a-z A-Z"], Some(b"piped data\n"));
+    let output = daemon.docker_with_input(
+        &["run", "-i", "--rm", "busybox", "sh", "-c", "tr a-z A-Z"],
+        Some(b"piped data\n"),
+    );
     assert!(output.status.success(), "stderr: {}", stderr(&output));
     assert_eq!(stdout(&output), "PIPED DATA\n");
 }
@@ -78,11 +132,22 @@ fn stdin_reaches_the_process() {
 #[test]
 fn tty_gives_the_process_a_terminal() {
     let daemon = shared();
-    let output = daemon.docker(&["run", "-t", "--rm", "busybox", "sh", "-c", "tty; echo err >&2"]);
+    let output = daemon.docker(&[
+        "run",
+        "-t",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "tty; echo err >&2",
+    ]);
     assert!(output.status.success(), "stderr: {}", stderr(&output));
     let text = stdout(&output);
     assert!(text.starts_with("/dev/pts/"), "tty output: {text:?}");
-    assert!(text.contains("err"), "a terminal merges stderr into the one stream: {text:?}");
+    assert!(
+        text.contains("err"),
+        "a terminal merges stderr into the one stream: {text:?}"
+    );
 }
 
 #[test]
@@ -94,7 +159,11 @@ fn kill_stops_a_running_container_with_137() {
     // A stopped container cannot be killed again; removal works.
     let again = daemon.docker(&["kill", &id]);
     assert!(!again.status.success());
-    assert!(stderr(&again).contains("is not running"), "stderr: {}", stderr(&again));
+    assert!(
+        stderr(&again).contains("is not running"),
+        "stderr: {}",
+        stderr(&again)
+    );
     daemon.docker_ok(&["rm", &id]);
 }
 
@@ -104,7 +173,11 @@ fn rm_refuses_a_running_container_unless_forced() {
     let id = daemon.docker_ok(&["run", "-d", "busybox", "sleep", "300"]);
     let refused = daemon.docker(&["rm", &id]);
     assert!(!refused.status.success());
-    assert!(stderr(&refused).contains("cannot remove a running container"), "stderr: {}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("cannot remove a running container"),
+        "stderr: {}",
+        stderr(&refused)
+    );
     daemon.docker_ok(&["rm", "-f", &id]);
     assert!(!daemon.docker(&["inspect", &id]).status.success());
 }

@@ -30,13 +30,19 @@ pub struct DaemonArgs {
 }
 
 pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(serve(args))
 }
 
 async fn serve(args: DaemonArgs) -> anyhow::Result<()> {
     let backend = Arc::new(QemuBackend::new(args.qemu.clone()));
-    tracing::info!(backend = "qemu", accelerator = berth_vm::VmBackend::accelerator(&*backend).name(), "VM backend");
+    tracing::info!(
+        backend = "qemu",
+        accelerator = berth_vm::VmBackend::accelerator(&*backend).name(),
+        "VM backend"
+    );
     let engine = Engine::open(EngineConfig {
         root: args.root.clone(),
         cache: args.cache.clone(),
@@ -52,8 +58,12 @@ async fn serve(args: DaemonArgs) -> anyhow::Result<()> {
         let engine = engine.clone();
         tokio::spawn(async move {
             match engine.guest().await {
-                Ok(guest) => tracing::info!(kernel = %guest.kernel_package, initramfs = %guest.initramfs.display(), "guest image ready"),
-                Err(error) => tracing::error!(error = %berth_engine::error_chain(&error), "preparing the guest image failed; containers cannot start until this is fixed"),
+                Ok(guest) => {
+                    tracing::info!(kernel = %guest.kernel_package, initramfs = %guest.initramfs.display(), "guest image ready")
+                }
+                Err(error) => {
+                    tracing::error!(error = %berth_engine::error_chain(&error), "preparing the guest image failed; containers cannot start until this is fixed")
+                }
             }
         });
     }
@@ -75,7 +85,7 @@ async fn serve(args: DaemonArgs) -> anyhow::Result<()> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
-        result = &mut Box::pin(async { api.await }) => {
+        result = api => {
             return match result {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(error)) => Err(error).with_context(|| format!("serving on {}", args.socket.display())),

@@ -11,7 +11,11 @@ pub struct GuestArgs {
 
 pub fn run(args: GuestArgs) -> anyhow::Result<()> {
     let guest = berth_guest::prepare(&args.cache, &|step| eprintln!("{step}"))?;
-    println!("kernel:    {} ({})", guest.kernel.display(), guest.kernel_package);
+    println!(
+        "kernel:    {} ({})",
+        guest.kernel.display(),
+        guest.kernel_package
+    );
     println!("release:   {}", guest.kernel_release);
     println!("initramfs: {}", guest.initramfs.display());
     println!("digest:    {}", guest.digest);

@@ -27,7 +27,11 @@ impl Daemon {
     pub fn start(root: &Path) -> Daemon {
         std::fs::create_dir_all(root).unwrap();
         let socket = root.with_extension("sock");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(root.with_extension("log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(root.with_extension("log"))
+            .unwrap();
         let mut command = Command::new(BERTH);
         command
             .args(["daemon", "--root"])
@@ -49,7 +53,11 @@ impl Daemon {
             });
         }
         let child = command.spawn().expect("starting berth daemon");
-        let daemon = Daemon { root: root.to_path_buf(), socket, child: Mutex::new(Some(child)) };
+        let daemon = Daemon {
+            root: root.to_path_buf(),
+            socket,
+            child: Mutex::new(Some(child)),
+        };
         daemon.wait_ready();
         daemon
     }
@@ -57,12 +65,19 @@ impl Daemon {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if self.request("GET", "/_ping", None).map(|(status, _)| status == 200).unwrap_or(false) {
+            if self
+                .request("GET", "/_ping", None)
+                .map(|(status, _)| status == 200)
+                .unwrap_or(false)
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("daemon did not answer /_ping; see {}", self.root.with_extension("log").display());
+        panic!(
+            "daemon did not answer /_ping; see {}",
+            self.root.with_extension("log").display()
+        );
     }
 
     /// Stops the daemon with SIGTERM and waits for it.
@@ -91,7 +106,11 @@ impl Daemon {
             .arg("-H")
             .arg(format!("unix://{}", self.socket.display()))
             .args(args)
-            .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -117,7 +136,12 @@ impl Daemon {
     }
 
     /// A raw HTTP/1.1 request on the socket; returns the status and the body.
-    pub fn request(&self, method: &str, path: &str, body: Option<&[u8]>) -> std::io::Result<(u16, Vec<u8>)> {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> std::io::Result<(u16, Vec<u8>)> {
         let mut stream = UnixStream::connect(&self.socket)?;
         stream.set_read_timeout(Some(Duration::from_secs(60)))?;
         let body = body.unwrap_or(b"");
@@ -130,10 +154,21 @@ impl Daemon {
         let mut response = Vec::new();
         stream.read_to_end(&mut response)?;
         let text = String::from_utf8_lossy(&response);
-        let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let split = response.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4).unwrap_or(response.len());
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let split = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|p| p + 4)
+            .unwrap_or(response.len());
         let mut payload = response[split..].to_vec();
-        if text[..split.min(text.len())].to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        if text[..split.min(text.len())]
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
             payload = dechunk(&payload);
         }
         Ok((status, payload))
@@ -148,9 +183,12 @@ impl Drop for Daemon {
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") else { break };
-        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap_or("0").trim(), 16).unwrap_or(0);
+    while let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(
+            std::str::from_utf8(&data[..line_end]).unwrap_or("0").trim(),
+            16,
+        )
+        .unwrap_or(0);
         if size == 0 {
             break;
         }
@@ -179,7 +217,8 @@ pub fn shared() -> &'static Daemon {
     DAEMON.get_or_init(|| {
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let daemon: &'static Daemon = Box::leak(Box::new(Daemon::start(&scratch().join("shared"))));
+            let daemon: &'static Daemon =
+                Box::leak(Box::new(Daemon::start(&scratch().join("shared"))));
             sender.send(daemon).unwrap();
             loop {
                 std::thread::park();
@@ -226,7 +265,10 @@ fn append_symlink(builder: &mut tar::Builder<Vec<u8>>, path: &str, target: &str)
 
 /// Writes a docker-archive with one image made of `layers` (each a tar), tagged `tag`.
 pub fn write_archive(path: &Path, tag: &str, layers: &[Vec<u8>], cmd: &[&str]) {
-    let diff_ids: Vec<String> = layers.iter().map(|l| format!("sha256:{}", sha256_hex(l))).collect();
+    let diff_ids: Vec<String> = layers
+        .iter()
+        .map(|l| format!("sha256:{}", sha256_hex(l)))
+        .collect();
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
@@ -237,21 +279,34 @@ pub fn write_archive(path: &Path, tag: &str, layers: &[Vec<u8>], cmd: &[&str]) {
     });
     let config_bytes = serde_json::to_vec(&config).unwrap();
     let config_name = format!("{}.json", sha256_hex(&config_bytes));
-    let layer_names: Vec<String> = layers.iter().map(|l| format!("{}/layer.tar", sha256_hex(l))).collect();
-    let manifest = serde_json::json!([{ "Config": config_name, "RepoTags": [tag], "Layers": layer_names }]);
+    let layer_names: Vec<String> = layers
+        .iter()
+        .map(|l| format!("{}/layer.tar", sha256_hex(l)))
+        .collect();
+    let manifest =
+        serde_json::json!([{ "Config": config_name, "RepoTags": [tag], "Layers": layer_names }]);
     let mut archive = tar::Builder::new(Vec::new());
     for (layer, name) in layers.iter().zip(&layer_names) {
         append_file(&mut archive, name, 0o644, layer);
     }
     append_file(&mut archive, &config_name, 0o644, &config_bytes);
-    append_file(&mut archive, "manifest.json", 0o644, &serde_json::to_vec(&manifest).unwrap());
+    append_file(
+        &mut archive,
+        "manifest.json",
+        0o644,
+        &serde_json::to_vec(&manifest).unwrap(),
+    );
     std::fs::write(path, archive.into_inner().unwrap()).unwrap();
 }
 
 /// A layer with Debian's static busybox and a symlink per applet.
 pub fn busybox_layer() -> Vec<u8> {
-    let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (apt-get install busybox-static)");
-    let applets = Command::new("/bin/busybox").arg("--list").output().expect("busybox --list");
+    let busybox =
+        std::fs::read("/bin/busybox").expect("/bin/busybox (apt-get install busybox-static)");
+    let applets = Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
     let mut layer = tar::Builder::new(Vec::new());
     for dir in ["bin", "etc", "root", "tmp"] {
         append_dir(&mut layer, dir);
@@ -262,8 +317,18 @@ pub fn busybox_layer() -> Vec<u8> {
             append_symlink(&mut layer, &format!("bin/{applet}"), "busybox");
         }
     }
-    append_file(&mut layer, "etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n");
-    append_file(&mut layer, "etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n");
+    append_file(
+        &mut layer,
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    );
+    append_file(
+        &mut layer,
+        "etc/group",
+        0o644,
+        b"root:x:0:\nnogroup:x:65534:\n",
+    );
     layer.into_inner().unwrap()
 }
 
