@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Berth needs on a Debian 12 host: QEMU (system emulator and qemu-img),
-# e2fsprogs (mkfs.ext4 -d builds root filesystems), busybox-static (the tests' image).
+# e2fsprogs (mkfs.ext4 -d builds root filesystems), busybox-static (the tests' image),
+# skopeo (the tests make archives with it as another tool would).
 # The guest kernel is not installed: Berth fetches Debian's package into its cache.
 set -euo pipefail
 need=()
@@ -8,6 +9,7 @@ command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 [ -x /bin/busybox ] || need+=(busybox-static)
+command -v skopeo >/dev/null || need+=(skopeo)
 # Berth resolves the guest kernel with apt-cache: the package lists must be current.
 if [ ${#need[@]} -gt 0 ] || [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ]; then
     echo "berth setup: apt-get update" >&2

@@ -2,7 +2,7 @@
 //! until it exits.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use berth_agent_proto::{
     FrameKind, GuestMessage, HostMessage, ProcessSpec, SetupSpec, SpawnFailure, AGENT_STREAM,
@@ -76,6 +76,7 @@ impl Engine {
         handle: &Arc<ContainerHandle>,
     ) -> Result<(), EngineError> {
         let record = handle.snapshot();
+        let begun = Instant::now();
         let guest = self.guest().await?.clone();
         let dir = self.container_dir(&record.id);
         let run_dir = self.vm_dir(&record.id);
@@ -96,9 +97,12 @@ impl Engine {
             run_dir,
         };
         let vm = self.config.backend.boot(&spec).await?;
+        let vm_up = begun.elapsed();
         let control: Arc<dyn VmControl> = Arc::from(vm.control);
+        let mut hello_at = Duration::ZERO;
         let prepared = async {
             let (session, mut reader, _kernel) = handshake(vm.agent, BOOT_TIMEOUT).await?;
+            hello_at = begun.elapsed();
             let setup = SetupSpec {
                 hostname: record
                     .config
@@ -171,6 +175,15 @@ impl Engine {
         }
         match started.await {
             Ok(Ok(_guest_pid)) => {
+                // Where a start's time goes: the VM process and its devices, the guest's
+                // boot to the agent's Hello, mounting the disk, starting the process.
+                tracing::info!(
+                    id = %&record.id[..12],
+                    vm_process_ms = vm_up.as_millis() as u64,
+                    agent_hello_ms = hello_at.as_millis() as u64,
+                    process_started_ms = begun.elapsed().as_millis() as u64,
+                    "container started"
+                );
                 {
                     let mut record = lock(&handle.record);
                     record.state.status = ContainerStatus::Running;
@@ -293,7 +306,17 @@ async fn serve(
             Ok(Some(other)) => {
                 break RunEnd::Broken(format!("the agent sent {other:?} on an unknown stream"))
             }
-            Ok(None) => break RunEnd::Broken("the container's agent closed its channel".into()),
+            Ok(None) => {
+                // A closed channel usually means the VM itself is gone; say which.
+                let vm_gone = tokio::time::timeout(Duration::from_secs(1), control.wait())
+                    .await
+                    .is_ok();
+                break RunEnd::Broken(if vm_gone {
+                    "the container's VM stopped unexpectedly".into()
+                } else {
+                    "the container's agent closed its channel".into()
+                });
+            }
             Err(error) => break RunEnd::Broken(error_chain(&error)),
         }
     };
@@ -309,7 +332,9 @@ async fn serve(
             .send(AGENT_STREAM, &HostMessage::Shutdown)
             .await;
     }
+    let stopping = Instant::now();
     control.shut_down(Duration::from_secs(5)).await;
+    tracing::info!(id = %&handle.id[..12], vm_teardown_ms = stopping.elapsed().as_millis() as u64, "container's VM is gone");
     engine.finish_run(&handle, end);
 }
 

@@ -181,3 +181,54 @@ fn rm_refuses_a_running_container_unless_forced() {
     daemon.docker_ok(&["rm", "-f", &id]);
     assert!(!daemon.docker(&["inspect", &id]).status.success());
 }
+
+#[test]
+fn user_option_resolves_in_the_container() {
+    let daemon = shared();
+    assert_eq!(
+        daemon.docker_ok(&["run", "--rm", "-u", "nobody", "busybox", "id", "-u"]),
+        "65534"
+    );
+    assert_eq!(
+        daemon.docker_ok(&[
+            "run",
+            "--rm",
+            "-u",
+            "1234:4321",
+            "busybox",
+            "sh",
+            "-c",
+            "echo $(id -u) $(id -g)"
+        ]),
+        "1234 4321"
+    );
+}
+
+#[test]
+fn a_vm_that_dies_ends_its_container_and_the_daemon_keeps_serving() {
+    let daemon = shared();
+    let id = daemon.docker_ok(&["run", "-d", "busybox", "sleep", "300"]);
+    let pid: i32 = daemon
+        .docker_ok(&["inspect", "-f", "{{.State.Pid}}", &id])
+        .parse()
+        .unwrap();
+    assert!(pid > 0);
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(
+        cmdline.contains("qemu-system"),
+        "State.Pid is the container's VM: {cmdline}"
+    );
+    // SAFETY: kill takes no pointers; the pid was just checked to be the container's VM.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    assert_eq!(daemon.docker_ok(&["wait", &id]), "255");
+    let error = daemon.docker_ok(&["inspect", "-f", "{{.State.Status}}: {{.State.Error}}", &id]);
+    assert!(
+        error.starts_with("exited: ") && error.contains("VM"),
+        "inspect: {error}"
+    );
+    // Still serving, and the container can run again.
+    daemon.docker_ok(&["start", &id]);
+    daemon.docker_ok(&["rm", "-f", &id]);
+}
