@@ -54,7 +54,10 @@ fn main() {
         )
         .status()
         .expect("running cargo to build berth-agent");
-    assert!(status.success(), "building berth-agent (static) failed");
+    assert!(
+        status.success(),
+        "building berth-agent (static) failed; run `cargo build --release -p berth-agent` to see why"
+    );
     let binary = target_dir.join(TRIPLE).join("release/berth-agent");
     println!("cargo:rustc-env=BERTH_AGENT_BINARY={}", binary.display());
 }

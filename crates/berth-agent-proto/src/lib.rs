@@ -22,6 +22,10 @@
 //! chooses; the guest reports [`GuestMessage::Started`] or [`GuestMessage::SpawnFailed`],
 //! their output, and finally [`GuestMessage::Exited`].
 //!
+//! A VM restored from a template snapshot does not say Hello again (its agent said it to
+//! the engine that built the template); the host speaks first with [`HostMessage::Rebind`]
+//! and the guest answers [`GuestMessage::Rebound`] with the steps it took.
+//!
 //! The host treats the guest as untrusted: [`FrameDecoder`] bounds every length before it
 //! allocates, and [`decode_guest_message`] validates the JSON and its fields.
 
@@ -31,7 +35,7 @@ mod message;
 pub use frame::{encode_frame, Frame, FrameDecoder, FrameKind, ProtoError, HEADER_AFTER_LEN};
 pub use message::{
     decode_guest_message, decode_host_message, encode_control, GuestMessage, HostMessage,
-    ProcessSpec, SetupSpec, SpawnFailure,
+    ProcessSpec, RebindSpec, SetupSpec, SpawnFailure,
 };
 
 /// Version of this protocol. Bumped on any incompatible change.

@@ -14,6 +14,18 @@ pub struct SetupSpec {
     pub root_device: String,
 }
 
+/// A clone's new identity, sent as the first message after a VM is restored from a
+/// template snapshot (the template said Hello to the engine that built it, not to this one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebindSpec {
+    /// Fresh random bytes, mixed into the guest kernel's RNG and credited, after which the
+    /// RNG is reseeded, so that no two clones share random state.
+    pub entropy: Vec<u8>,
+    /// The host's wall clock (seconds and nanoseconds since the epoch): a restored guest's
+    /// clock resumes at snapshot time.
+    pub realtime: (i64, u32),
+}
+
 /// A process to run inside the container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessSpec {
@@ -49,6 +61,8 @@ pub enum SpawnFailure {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum HostMessage {
+    /// Take a new identity after a restore. Answered by `Rebound` or `Error`.
+    Rebind(RebindSpec),
     /// Mount the root filesystem and set the hostname. Answered by `SetupDone` or `Error`.
     Setup(SetupSpec),
     /// Start a process on the frame's stream id.
@@ -69,6 +83,12 @@ pub enum HostMessage {
 pub enum GuestMessage {
     /// First message on the channel.
     Hello { protocol: u32, kernel: String },
+    /// `Rebind` finished: the steps done, in order, and what Hello would have said.
+    Rebound {
+        protocol: u32,
+        kernel: String,
+        steps: Vec<String>,
+    },
     /// `Setup` finished.
     SetupDone,
     /// The process on the frame's stream started.

@@ -10,6 +10,9 @@ use nix::mount::{mount, MsFlags};
 
 use berth_agent_proto::PORT_NAME;
 
+/// `_IO(0x12, 97)`: flush a block device's buffer cache.
+const BLKFLSBUF: libc::c_ulong = 0x1261;
+
 fn mount_fs(
     source: &str,
     target: &str,
@@ -134,6 +137,14 @@ pub fn power_off() -> ! {
 /// Mounts the container's root filesystem at /mnt/root with the usual API filesystems.
 pub fn mount_container_root(device: &str) -> io::Result<()> {
     wait_for_device(device, Duration::from_secs(10))?;
+    // A clone's kernel may hold blocks it read from the template's placeholder disk
+    // (partition probing at boot): drop them before mounting the container's own disk.
+    let disk = File::open(device)?;
+    // SAFETY: BLKFLSBUF takes no argument; the descriptor is an open block device.
+    unsafe {
+        libc::ioctl(disk.as_raw_fd(), BLKFLSBUF, 0);
+    }
+    drop(disk);
     mount_fs(device, "/mnt/root", "ext4", MsFlags::empty(), None)?;
     let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount_fs("proc", "/mnt/root/proc", "proc", nodev, None)?;

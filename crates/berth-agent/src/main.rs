@@ -10,6 +10,7 @@
 mod boot;
 mod channel;
 mod process;
+mod rebind;
 mod serve;
 mod user;
 

@@ -36,7 +36,7 @@ pub fn serve(port: File) -> io::Result<()> {
         AGENT_STREAM,
         &GuestMessage::Hello {
             protocol: PROTOCOL_VERSION,
-            kernel,
+            kernel: kernel.clone(),
         },
     )?;
 
@@ -91,6 +91,20 @@ pub fn serve(port: File) -> io::Result<()> {
                     };
                     if let HostMessage::Shutdown = message {
                         return Ok(());
+                    }
+                    if let HostMessage::Rebind(spec) = &message {
+                        let reply = match crate::rebind::rebind(spec) {
+                            Ok(steps) => GuestMessage::Rebound {
+                                protocol: PROTOCOL_VERSION,
+                                kernel: kernel.clone(),
+                                steps,
+                            },
+                            Err(error) => GuestMessage::Error {
+                                message: format!("rebind: {error}"),
+                            },
+                        };
+                        channel.send(frame.stream, &reply)?;
+                        continue;
                     }
                     handle(message, frame.stream, &channel, &table, &mut spawned_any)?;
                 }
@@ -175,7 +189,7 @@ fn handle(
             }
             Ok(())
         }
-        HostMessage::Shutdown => Ok(()),
+        HostMessage::Shutdown | HostMessage::Rebind(_) => Ok(()),
     }
 }
 

@@ -119,6 +119,14 @@ impl ContainerRecord {
         self.config.tty.unwrap_or(false)
     }
 
+    /// `berth` (clone from a template) unless the container asked for another runtime.
+    pub fn runtime(&self) -> &str {
+        match self.host_config.runtime.as_deref() {
+            None | Some("") => crate::RUNTIME_CLONE,
+            Some(runtime) => runtime,
+        }
+    }
+
     pub fn auto_remove(&self) -> bool {
         self.host_config.auto_remove.unwrap_or(false)
     }

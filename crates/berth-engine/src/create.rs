@@ -23,6 +23,15 @@ pub struct Created {
 
 /// Refuses what Berth cannot honour, instead of ignoring it.
 fn check_supported(host: &HostConfig) -> Result<(), EngineError> {
+    if let Some(runtime) = host.runtime.as_deref() {
+        if !matches!(runtime, "" | crate::RUNTIME_CLONE | crate::RUNTIME_COLDBOOT) {
+            return Err(EngineError::InvalidArgument(format!(
+                "unknown or invalid runtime name: {runtime} (Berth's runtimes: {}, {})",
+                crate::RUNTIME_CLONE,
+                crate::RUNTIME_COLDBOOT
+            )));
+        }
+    }
     if host.binds.as_ref().is_some_and(|b| !b.is_empty())
         || host.mounts.as_ref().is_some_and(|m| !m.is_empty())
     {
@@ -261,6 +270,8 @@ impl Engine {
             .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
             .arg(&base)
             .arg(&overlay)
+            // Every container disk has one virtual size, the size its VM's template saw.
+            .arg(crate::template::CONTAINER_DISK_SIZE)
             .output()
             .map_err(|e| EngineError::Command {
                 what: "qemu-img create".into(),

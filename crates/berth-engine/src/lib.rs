@@ -27,6 +27,7 @@ mod output;
 mod run;
 mod session;
 mod store;
+pub mod template;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -201,7 +202,13 @@ pub struct Engine {
     images: berth_image::ImageStore,
     containers: Mutex<HashMap<String, Arc<ContainerHandle>>>,
     guest: OnceCell<GuestImage>,
+    templates: template::TemplateManager,
 }
+
+/// The runtime that clones each container's VM from a template (the default).
+pub const RUNTIME_CLONE: &str = "berth";
+/// The runtime that boots each container's VM from scratch.
+pub const RUNTIME_COLDBOOT: &str = "berth-coldboot";
 
 impl Engine {
     /// Opens the state under `config.root`, reconciling containers that were running when
@@ -226,12 +233,14 @@ impl Engine {
             }
             containers.insert(record.id.clone(), Arc::new(ContainerHandle::new(record)));
         }
+        let templates = template::TemplateManager::new(config.exec_root.join("templates"));
         Ok(Arc::new(Self {
             config,
             store,
             images,
             containers: Mutex::new(containers),
             guest: OnceCell::new(),
+            templates,
         }))
     }
 
@@ -264,6 +273,19 @@ impl Engine {
                 .await
                 .map_err(|e| EngineError::Agent(format!("guest preparation panicked: {e}")))?
             })
+            .await
+    }
+
+    /// Makes sure the template of the default VM shape exists (the daemon calls this at
+    /// start, so that the first `docker run` clones rather than waits for a build).
+    pub async fn prepare_default_template(&self) -> Result<template::Template, EngineError> {
+        let guest = self.guest().await?;
+        let shape = template::Shape {
+            vcpus: 1,
+            memory_mib: self.config.default_memory_mib,
+        };
+        self.templates
+            .get_or_build(&*self.config.backend, guest, shape)
             .await
     }
 

@@ -14,8 +14,13 @@ use tokio::sync::oneshot;
 use crate::container::ContainerStatus;
 use crate::error::{error_chain, EngineError};
 use crate::output::{LogWriter, OutputChunk, OutputStream};
-use crate::session::{handshake, AgentEvent, AgentReader, AgentSession, MAIN_STREAM};
+use crate::session::{handshake, rebind, AgentEvent, AgentReader, AgentSession, MAIN_STREAM};
+use crate::template::Shape;
+use crate::RUNTIME_CLONE;
 use crate::{lock, now_rfc3339, ContainerHandle, Engine, Runtime, StdinEvent};
+use berth_agent_proto::RebindSpec;
+use berth_vm::MemoryBacking;
+use rand::RngCore;
 
 /// How long a VM gets from process start to the agent's Hello. Generous: under software
 /// emulation on a loaded host a boot can take many seconds.
@@ -83,6 +88,18 @@ impl Engine {
         let _ = std::fs::remove_dir_all(&run_dir);
         std::fs::create_dir_all(&run_dir).map_err(EngineError::io(&run_dir))?;
         let (vcpus, memory_mib) = record.vm_shape(self.config.default_memory_mib);
+        let clone = record.runtime() == RUNTIME_CLONE;
+        let template = if clone {
+            let shape = Shape { vcpus, memory_mib };
+            Some(
+                self.templates
+                    .get_or_build(&*self.config.backend, &guest, shape)
+                    .await?,
+            )
+        } else {
+            None
+        };
+        let template_ready = begun.elapsed();
         let spec = VmSpec {
             name: record.id.clone(),
             vcpus,
@@ -95,13 +112,41 @@ impl Engine {
                 read_only: false,
             }],
             run_dir,
+            memory: match &template {
+                Some(template) => MemoryBacking::PrivateFile(template.memory_file()),
+                None => MemoryBacking::Anonymous,
+            },
+            restore_from: template.as_ref().map(|t| t.state_file()),
         };
-        let vm = self.config.backend.boot(&spec).await?;
+        let vm = match self.config.backend.boot(&spec).await {
+            Ok(vm) => vm,
+            Err(error) => {
+                if let Some(template) = &template {
+                    self.templates.discard(template);
+                }
+                return Err(error.into());
+            }
+        };
         let vm_up = begun.elapsed();
         let control: Arc<dyn VmControl> = Arc::from(vm.control);
         let mut hello_at = Duration::ZERO;
         let prepared = async {
-            let (session, mut reader, _kernel) = handshake(vm.agent, BOOT_TIMEOUT).await?;
+            let (session, mut reader) = if clone {
+                let mut entropy = vec![0u8; 64];
+                rand::rngs::OsRng.fill_bytes(&mut entropy);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                let spec = RebindSpec {
+                    entropy,
+                    realtime: (now.as_secs() as i64, now.subsec_nanos()),
+                };
+                let (session, reader, _steps) = rebind(vm.agent, spec, SETUP_TIMEOUT).await?;
+                (session, reader)
+            } else {
+                let (session, reader, _kernel) = handshake(vm.agent, BOOT_TIMEOUT).await?;
+                (session, reader)
+            };
             hello_at = begun.elapsed();
             let setup = SetupSpec {
                 hostname: record
@@ -131,6 +176,9 @@ impl Engine {
             Ok(parts) => parts,
             Err(error) => {
                 control.kill().await;
+                if let Some(template) = &template {
+                    self.templates.discard(template);
+                }
                 return Err(error);
             }
         };
@@ -179,6 +227,8 @@ impl Engine {
                 // boot to the agent's Hello, mounting the disk, starting the process.
                 tracing::info!(
                     id = %&record.id[..12],
+                    runtime = record.runtime(),
+                    template_ms = template_ready.as_millis() as u64,
                     vm_process_ms = vm_up.as_millis() as u64,
                     agent_hello_ms = hello_at.as_millis() as u64,
                     process_started_ms = begun.elapsed().as_millis() as u64,

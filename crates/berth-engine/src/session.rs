@@ -159,6 +159,53 @@ pub async fn handshake(
     }
 }
 
+/// Gives a restored clone its identity: sends `Rebind` (first message on the channel) and
+/// waits for `Rebound`, which names the steps the agent took.
+pub async fn rebind(
+    stream: UnixStream,
+    spec: berth_agent_proto::RebindSpec,
+    timeout: Duration,
+) -> Result<(AgentSession, AgentReader, Vec<String>), EngineError> {
+    let (reader, writer) = stream.into_split();
+    let session = AgentSession {
+        writer: Mutex::new(writer),
+    };
+    let mut reader = AgentReader {
+        reader,
+        decoder: FrameDecoder::new(),
+        buffer: vec![0u8; 64 * 1024],
+    };
+    session
+        .send(AGENT_STREAM, &HostMessage::Rebind(spec))
+        .await?;
+    match reader
+        .expect_message(AGENT_STREAM, timeout, "giving the clone its identity")
+        .await?
+    {
+        GuestMessage::Rebound {
+            protocol, steps, ..
+        } if protocol == PROTOCOL_VERSION => {
+            for required in ["entropy", "reseed", "clock"] {
+                if !steps.iter().any(|step| step == required) {
+                    return Err(EngineError::Agent(format!(
+                        "the clone did not confirm its {required} step"
+                    )));
+                }
+            }
+            Ok((session, reader, steps))
+        }
+        GuestMessage::Rebound { protocol, .. } => Err(EngineError::Agent(format!(
+            "clone's agent speaks protocol {protocol}, the engine {PROTOCOL_VERSION}"
+        ))),
+        GuestMessage::Error { message } => Err(EngineError::Agent(format!(
+            "the clone could not rebind: {message}"
+        ))),
+        other => Err(EngineError::Agent(format!(
+            "expected rebound, got {other:?}"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

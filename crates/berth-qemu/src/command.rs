@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use berth_agent_proto::PORT_NAME;
-use berth_vm::{Accelerator, DiskFormat, VmSpec};
+use berth_vm::{Accelerator, DiskFormat, MemoryBacking, VmSpec};
 
 /// Kernel command line: serial console, quiet, power off on panic, and no probing of
 /// hardware the VM does not have.
@@ -20,11 +20,29 @@ pub fn qemu_arguments(
         Accelerator::Kvm => ("kvm", "host"),
         Accelerator::Tcg => ("tcg", "max"),
     };
+    let (machine_memory, memory_object) = match &spec.memory {
+        MemoryBacking::Anonymous => (String::new(), None),
+        MemoryBacking::SharedFile(path) | MemoryBacking::PrivateFile(path) => {
+            let share = if matches!(spec.memory, MemoryBacking::SharedFile(_)) {
+                "on"
+            } else {
+                "off"
+            };
+            (
+                ",memory-backend=ram".to_owned(),
+                Some(format!(
+                    "memory-backend-file,id=ram,size={}M,mem-path={},share={share}",
+                    spec.memory_mib,
+                    escape_option(&path.display().to_string())
+                )),
+            )
+        }
+    };
     let mut args: Vec<String> = vec![
         "-name".into(),
         format!("berth-{},debug-threads=off", spec.name),
         "-machine".into(),
-        format!("pc,accel={accel}"),
+        format!("pc,accel={accel}{machine_memory}"),
         "-cpu".into(),
         cpu.into(),
         "-smp".into(),
@@ -47,6 +65,14 @@ pub fn qemu_arguments(
         "-qmp".into(),
         format!("unix:{},server=on,wait=off", qmp_socket.display()),
     ];
+    if let Some(object) = memory_object {
+        args.push("-object".into());
+        args.push(object);
+    }
+    if spec.restore_from.is_some() {
+        args.push("-incoming".into());
+        args.push("defer".into());
+    }
     for (index, disk) in spec.disks.iter().enumerate() {
         let format = match disk.format {
             DiskFormat::Raw => "raw",
@@ -100,6 +126,8 @@ mod tests {
                 read_only: false,
             }],
             run_dir: "/run/x".into(),
+            memory: MemoryBacking::Anonymous,
+            restore_from: None,
         };
         let args = qemu_arguments(
             &spec,
@@ -114,5 +142,18 @@ mod tests {
         let kvm =
             qemu_arguments(&spec, Accelerator::Kvm, Path::new("/a"), Path::new("/q")).join(" ");
         assert!(kvm.contains("accel=kvm -cpu host"));
+
+        let clone = VmSpec {
+            memory: MemoryBacking::PrivateFile("/t/memory".into()),
+            restore_from: Some("/t/state".into()),
+            ..spec.clone()
+        };
+        let joined =
+            qemu_arguments(&clone, Accelerator::Tcg, Path::new("/a"), Path::new("/q")).join(" ");
+        assert!(joined.contains("pc,accel=tcg,memory-backend=ram"));
+        assert!(
+            joined.contains("memory-backend-file,id=ram,size=512M,mem-path=/t/memory,share=off")
+        );
+        assert!(joined.contains("-incoming defer"));
     }
 }

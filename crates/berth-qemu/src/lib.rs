@@ -22,6 +22,9 @@ use tokio::net::UnixListener;
 
 pub use command::qemu_arguments;
 
+/// How long a clone gets to load its template's device state.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long QEMU gets to connect to the agent socket after it starts.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -95,8 +98,22 @@ impl VmBackend for QemuBackend {
         };
         drop(listener);
         let _ = std::fs::remove_file(&agent_socket);
+        let restore_from = spec.restore_from.clone();
         let status = async {
             let mut monitor = qmp::QmpClient::connect(&qmp_socket).await?;
+            if let Some(state) = &restore_from {
+                // The capability must be on for the incoming side too, or QEMU refuses a
+                // stream made with it.
+                monitor.ignore_shared_memory().await?;
+                let uri = format!("exec:cat {}", qmp::shell_quote(state));
+                monitor
+                    .execute("migrate-incoming", Some(serde_json::json!({ "uri": uri })))
+                    .await?;
+                monitor.wait_for_migration(RESTORE_TIMEOUT).await?;
+                if monitor.query_status().await? != "running" {
+                    monitor.execute("cont", None).await?;
+                }
+            }
             monitor.query_status().await
         };
         match status.await {

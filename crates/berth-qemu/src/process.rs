@@ -113,4 +113,15 @@ impl VmControl for QemuControl {
     async fn wait(&self) -> VmExit {
         self.process.exited().await
     }
+
+    async fn snapshot(&self, state_file: &Path) -> Result<(), VmError> {
+        let mut monitor = QmpClient::connect(&self.qmp_socket).await?;
+        monitor.execute("stop", None).await?;
+        monitor.ignore_shared_memory().await?;
+        let uri = format!("exec:cat > {}", crate::qmp::shell_quote(state_file));
+        monitor
+            .execute("migrate", Some(serde_json::json!({ "uri": uri })))
+            .await?;
+        monitor.wait_for_migration(Duration::from_secs(60)).await
+    }
 }

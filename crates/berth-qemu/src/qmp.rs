@@ -110,8 +110,46 @@ impl QmpClient {
             .to_owned())
     }
 
+    /// Polls `query-migrate` until the migration ends; errors unless it completed.
+    pub async fn wait_for_migration(&mut self, timeout: Duration) -> Result<(), VmError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let info = self.execute("query-migrate", None).await?;
+            match info.get("status").and_then(Value::as_str) {
+                Some("completed") => return Ok(()),
+                Some("failed") | Some("cancelled") => {
+                    let detail = info
+                        .get("error-desc")
+                        .and_then(Value::as_str)
+                        .unwrap_or("no detail");
+                    return Err(VmError::Monitor(format!("migration failed: {detail}")));
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(VmError::Timeout("finish its snapshot", timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Turns on `x-ignore-shared`: RAM in a shared memory backend is not copied.
+    pub async fn ignore_shared_memory(&mut self) -> Result<(), VmError> {
+        self.execute(
+            "migrate-set-capabilities",
+            Some(json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] })),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Asks QEMU to exit at once.
     pub async fn quit(&mut self) -> Result<(), VmError> {
         self.execute("quit", None).await.map(|_| ())
     }
+}
+
+/// Quotes a path for the shell command of an `exec:` migration URI.
+pub fn shell_quote(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', "'\\''"))
 }

@@ -29,6 +29,24 @@ pub struct VmSpec {
     pub disks: Vec<DiskSpec>,
     /// A directory the backend owns for this VM's sockets and logs; it exists.
     pub run_dir: PathBuf,
+    /// Where guest RAM lives.
+    pub memory: MemoryBacking,
+    /// Restore this device-state snapshot (made by [`VmControl::snapshot`]) instead of
+    /// booting. Its RAM is in the [`MemoryBacking::PrivateFile`] given in `memory`.
+    pub restore_from: Option<PathBuf>,
+}
+
+/// Where a VM's RAM lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemoryBacking {
+    /// Ordinary anonymous memory.
+    Anonymous,
+    /// A file mapped shared: the guest's writes land in the file. Templates use this, so
+    /// that a snapshot need not copy RAM.
+    SharedFile(PathBuf),
+    /// A file mapped private and copy-on-write: the VM reads the file's pages and owns only
+    /// the pages it writes. Clones map their template's RAM this way.
+    PrivateFile(PathBuf),
 }
 
 /// A virtio-blk disk.
@@ -105,6 +123,9 @@ pub trait VmControl: Send + Sync {
     async fn kill(&self) -> VmExit;
     /// Resolves when the VM process has ended.
     async fn wait(&self) -> VmExit;
+    /// Pauses the VM and writes its device and CPU state to `state_file`; RAM stays in
+    /// the VM's [`MemoryBacking::SharedFile`]. The VM stays paused.
+    async fn snapshot(&self, state_file: &std::path::Path) -> Result<(), VmError>;
 }
 
 /// A way of running VMs.

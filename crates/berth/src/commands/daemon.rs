@@ -53,7 +53,8 @@ async fn serve(args: DaemonArgs) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("opening Berth's state in {}", args.root.display()))?;
 
-    // Fetch the kernel and build the initramfs now, so the first `docker run` need not wait.
+    // Fetch the kernel, build the initramfs and the default VM template now, so that the
+    // first `docker run` need not wait for them.
     {
         let engine = engine.clone();
         tokio::spawn(async move {
@@ -62,8 +63,12 @@ async fn serve(args: DaemonArgs) -> anyhow::Result<()> {
                     tracing::info!(kernel = %guest.kernel_package, initramfs = %guest.initramfs.display(), "guest image ready")
                 }
                 Err(error) => {
-                    tracing::error!(error = %berth_engine::error_chain(&error), "preparing the guest image failed; containers cannot start until this is fixed")
+                    tracing::error!(error = %berth_engine::error_chain(&error), "preparing the guest image failed; containers cannot start until this is fixed");
+                    return;
                 }
+            }
+            if let Err(error) = engine.prepare_default_template().await {
+                tracing::error!(error = %berth_engine::error_chain(&error), "building the default VM template failed; containers will build it on first start");
             }
         });
     }

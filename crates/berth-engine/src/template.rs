@@ -1,0 +1,370 @@
+//! VM templates for instant clone.
+//!
+//! A template is a VM of one shape (vCPUs, memory) that booted the guest image up to the
+//! agent's Hello and was then paused and snapshotted: its RAM in a file it mapped shared,
+//! its CPU and device state in a small state file. A container's VM is made by restoring
+//! that state in a new QEMU whose RAM maps the template's file private and copy-on-write:
+//! it skips the boot and owns only the pages it writes. The agent is then told to take a
+//! new identity (`Rebind`: fresh entropy and a reseeded RNG, the host's clock) before
+//! anything of the container runs.
+//!
+//! Layout, under `<exec root>/templates/<key>/` (a key per shape, guest digest and backend):
+//!
+//! ```text
+//! memory           guest RAM (the template's shared mapping)
+//! state            CPU and device state (QEMU migration stream)
+//! placeholder.qcow2 the disk the template booted with; clones put their own disk, of the
+//!                  same virtual size, behind the same device
+//! template.json    TemplateRecord: shape, guest digest, sizes and the state's sha256
+//! run/             the template VM's sockets while it is built
+//! ```
+//!
+//! A template is used only if `template.json` matches the wanted inputs and the state file
+//! still has the recorded sha256 and the memory file its size; otherwise it is rebuilt.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_guest::GuestImage;
+use berth_vm::{DiskFormat, DiskSpec, MemoryBacking, VmBackend, VmSpec};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::EngineError;
+use crate::lock;
+use crate::session::handshake;
+
+/// Every container disk and template placeholder has this virtual size, so that a clone's
+/// disk matches the capacity its template's guest saw (qcow2 files are sparse: it costs
+/// nothing).
+pub const CONTAINER_DISK_SIZE: &str = "64G";
+
+/// Bumped when the template layout or the way templates are made changes.
+const TEMPLATE_FORMAT: &str = "berth-template-1";
+
+/// A VM shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Shape {
+    pub vcpus: u32,
+    pub memory_mib: u32,
+}
+
+/// What `template.json` records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateRecord {
+    pub key: String,
+    pub shape: Shape,
+    pub guest_digest: String,
+    pub backend: String,
+    pub state_sha256: String,
+    pub memory_bytes: u64,
+    pub created: String,
+}
+
+/// A usable template.
+#[derive(Debug, Clone)]
+pub struct Template {
+    pub record: TemplateRecord,
+    pub dir: PathBuf,
+}
+
+impl Template {
+    pub fn memory_file(&self) -> PathBuf {
+        self.dir.join("memory")
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+}
+
+/// Builds, checks, lists and removes templates.
+pub struct TemplateManager {
+    root: PathBuf,
+    building: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn template_key(shape: Shape, guest_digest: &str, backend: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(format!(
+        "{TEMPLATE_FORMAT} {} {} {guest_digest} {backend}",
+        shape.vcpus, shape.memory_mib
+    ));
+    hex::encode(hasher.finalize())[..16].to_owned()
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Creates an empty qcow2 of the container disk size.
+pub fn create_placeholder_disk(path: &Path) -> Result<(), EngineError> {
+    let output = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(path)
+        .arg(CONTAINER_DISK_SIZE)
+        .output()
+        .map_err(|e| EngineError::Command {
+            what: "qemu-img create".into(),
+            detail: e.to_string(),
+        })?;
+    if !output.status.success() {
+        return Err(EngineError::Command {
+            what: "qemu-img create".into(),
+            detail: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(())
+}
+
+impl TemplateManager {
+    pub fn new(root: PathBuf) -> Self {
+        Self {
+            root,
+            building: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Every template on disk (valid or not), by its record.
+    pub fn list(&self) -> Vec<Template> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|entry| {
+                let text = std::fs::read_to_string(entry.path().join("template.json")).ok()?;
+                let record = serde_json::from_str(&text).ok()?;
+                Some(Template {
+                    record,
+                    dir: entry.path(),
+                })
+            })
+            .collect()
+    }
+
+    /// Removes a template (by key or key prefix); returns how many were removed.
+    pub fn remove(&self, key_prefix: &str) -> std::io::Result<usize> {
+        let mut removed = 0;
+        for template in self.list() {
+            if template.record.key.starts_with(key_prefix) {
+                std::fs::remove_dir_all(&template.dir)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn check(&self, dir: &Path, key: &str) -> Option<Template> {
+        let record: TemplateRecord =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("template.json")).ok()?).ok()?;
+        if record.key != key {
+            return None;
+        }
+        let memory = std::fs::metadata(dir.join("memory")).ok()?;
+        if memory.len() != record.memory_bytes {
+            tracing::warn!(key, "template memory file has the wrong size; rebuilding");
+            return None;
+        }
+        if sha256_file(&dir.join("state")).ok()? != record.state_sha256 {
+            tracing::warn!(
+                key,
+                "template state does not match its checksum; rebuilding"
+            );
+            return None;
+        }
+        Some(Template {
+            record,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Drops a template that failed to restore, so that the next start rebuilds it.
+    pub fn discard(&self, template: &Template) {
+        tracing::warn!(key = %template.record.key, "discarding template");
+        let _ = std::fs::remove_dir_all(&template.dir);
+    }
+
+    /// The template for `shape`, built first if there is no valid one.
+    pub async fn get_or_build(
+        &self,
+        backend: &dyn VmBackend,
+        guest: &GuestImage,
+        shape: Shape,
+    ) -> Result<Template, EngineError> {
+        let key = template_key(shape, &guest.digest, backend.name());
+        let gate = lock(&self.building).entry(key.clone()).or_default().clone();
+        let _building = gate.lock().await;
+        let dir = self.root.join(&key);
+        if let Some(template) = self.check(&dir, &key) {
+            return Ok(template);
+        }
+        tracing::info!(%key, vcpus = shape.vcpus, memory_mib = shape.memory_mib, "building VM template (boot once, snapshot)");
+        let started = std::time::Instant::now();
+        let _ = std::fs::remove_dir_all(&dir);
+        let result = self.build(backend, guest, shape, &key, &dir).await;
+        match &result {
+            Ok(_) => {
+                tracing::info!(%key, ms = started.elapsed().as_millis() as u64, "VM template ready")
+            }
+            Err(_) => {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+        result
+    }
+
+    async fn build(
+        &self,
+        backend: &dyn VmBackend,
+        guest: &GuestImage,
+        shape: Shape,
+        key: &str,
+        dir: &Path,
+    ) -> Result<Template, EngineError> {
+        let run_dir = dir.join("run");
+        std::fs::create_dir_all(&run_dir).map_err(EngineError::io(&run_dir))?;
+        let placeholder = dir.join("placeholder.qcow2");
+        create_placeholder_disk(&placeholder)?;
+        let spec = VmSpec {
+            name: format!("template-{key}"),
+            vcpus: shape.vcpus,
+            memory_mib: shape.memory_mib,
+            kernel: guest.kernel.clone(),
+            initramfs: guest.initramfs.clone(),
+            disks: vec![DiskSpec {
+                path: placeholder,
+                format: DiskFormat::Qcow2,
+                read_only: false,
+            }],
+            run_dir: run_dir.clone(),
+            memory: MemoryBacking::SharedFile(dir.join("memory")),
+            restore_from: None,
+        };
+        let vm = backend.boot(&spec).await?;
+        let control = vm.control;
+        let snapshot = async {
+            // Keep the channel open while snapshotting: the guest must see its host connected.
+            let (_session, _reader, _kernel) =
+                handshake(vm.agent, Duration::from_secs(120)).await?;
+            // Let the agent settle into its read of the channel.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            control
+                .snapshot(&dir.join("state"))
+                .await
+                .map_err(EngineError::Vm)
+        };
+        let result = snapshot.await;
+        control.kill().await;
+        result?;
+        let _ = std::fs::remove_dir_all(&run_dir);
+        let state_sha256 =
+            sha256_file(&dir.join("state")).map_err(EngineError::io(dir.join("state")))?;
+        let memory_bytes = std::fs::metadata(dir.join("memory"))
+            .map_err(EngineError::io(dir.join("memory")))?
+            .len();
+        let record = TemplateRecord {
+            key: key.to_owned(),
+            shape,
+            guest_digest: guest.digest.clone(),
+            backend: backend.name().to_owned(),
+            state_sha256,
+            memory_bytes,
+            created: crate::now_rfc3339(),
+        };
+        let staging = dir.join("template.json.tmp");
+        std::fs::write(
+            &staging,
+            serde_json::to_vec_pretty(&record).expect("record serializes"),
+        )
+        .map_err(EngineError::io(&staging))?;
+        std::fs::rename(&staging, dir.join("template.json"))
+            .map_err(EngineError::io(dir.join("template.json")))?;
+        Ok(Template {
+            record,
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_change_with_every_input() {
+        let shape = Shape {
+            vcpus: 1,
+            memory_mib: 256,
+        };
+        let base = template_key(shape, "d1", "qemu");
+        assert_eq!(base, template_key(shape, "d1", "qemu"));
+        assert_ne!(
+            base,
+            template_key(
+                Shape {
+                    vcpus: 2,
+                    memory_mib: 256
+                },
+                "d1",
+                "qemu"
+            )
+        );
+        assert_ne!(
+            base,
+            template_key(
+                Shape {
+                    vcpus: 1,
+                    memory_mib: 512
+                },
+                "d1",
+                "qemu"
+            )
+        );
+        assert_ne!(base, template_key(shape, "d2", "qemu"));
+        assert_ne!(base, template_key(shape, "d1", "kvm"));
+    }
+
+    #[test]
+    fn corrupt_or_foreign_templates_are_not_used() {
+        let root = tempfile::tempdir().unwrap();
+        let manager = TemplateManager::new(root.path().to_path_buf());
+        let dir = root.path().join("k1");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("state"), b"state bytes").unwrap();
+        std::fs::write(dir.join("memory"), vec![0u8; 4096]).unwrap();
+        let record = TemplateRecord {
+            key: "k1".into(),
+            shape: Shape {
+                vcpus: 1,
+                memory_mib: 256,
+            },
+            guest_digest: "d".into(),
+            backend: "qemu".into(),
+            state_sha256: sha256_file(&dir.join("state")).unwrap(),
+            memory_bytes: 4096,
+            created: "now".into(),
+        };
+        std::fs::write(
+            dir.join("template.json"),
+            serde_json::to_vec(&record).unwrap(),
+        )
+        .unwrap();
+        assert!(manager.check(&dir, "k1").is_some());
+        assert!(manager.check(&dir, "other-key").is_none());
+        std::fs::write(dir.join("state"), b"tampered").unwrap();
+        assert!(
+            manager.check(&dir, "k1").is_none(),
+            "a corrupt state must not be used"
+        );
+        assert_eq!(manager.list().len(), 1);
+        assert_eq!(manager.remove("k").unwrap(), 1);
+        assert!(manager.list().is_empty());
+    }
+}
