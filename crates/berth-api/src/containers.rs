@@ -80,7 +80,23 @@ pub async fn inspect(
         .join("container.log")
         .display()
         .to_string();
-    Ok(Json(convert::container_inspect(&record, log_path)).into_response())
+    let mut value = serde_json::to_value(convert::container_inspect(&record, log_path))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    // Berth's own facts about the container's VM, under a key of its own.
+    let memory = (record.state.pid != 0)
+        .then(|| berth_engine::process_memory(record.state.pid))
+        .flatten();
+    value["Berth"] = serde_json::json!({
+        "Runtime": record.runtime(),
+        "VmPid": record.state.pid,
+        "Memory": memory.map(|m| serde_json::json!({
+            "PrivateBytes": m.private,
+            "SharedBytes": m.shared,
+            "PssBytes": m.pss,
+            "RssBytes": m.rss,
+        })),
+    });
+    Ok(Json(value).into_response())
 }
 
 /// `POST /containers/{id}/start`.

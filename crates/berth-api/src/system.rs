@@ -106,11 +106,12 @@ pub async fn info(State(engine): State<AppState>) -> Json<SystemInfo> {
                 .and_then(|kib| kib.parse::<i64>().ok())
         })
         .map(|kib| kib * 1024);
-    let runtime = Runtime {
+    let runtime = |what: &str| Runtime {
         path: Some("berth".into()),
-        runtime_args: None,
+        runtime_args: Some(vec![what.to_owned()]),
         ..Default::default()
     };
+    let mib = |bytes: u64| format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0));
     Json(SystemInfo {
         id: Some(format!("berth-{host}")),
         containers: Some(info.containers as i64),
@@ -122,6 +123,15 @@ pub async fn info(State(engine): State<AppState>) -> Json<SystemInfo> {
         driver_status: Some(vec![
             vec!["VM backend".into(), info.backend.into()],
             vec!["Accelerator".into(), info.accelerator.into()],
+            vec!["VM memory, private".into(), mib(info.vm_memory.private)],
+            vec![
+                "VM memory, shared with templates".into(),
+                mib(info.vm_memory.shared),
+            ],
+            vec![
+                "VM memory, proportional (PSS)".into(),
+                mib(info.vm_memory.pss),
+            ],
             vec![
                 "Guest kernel".into(),
                 info.guest_kernel
@@ -142,11 +152,17 @@ pub async fn info(State(engine): State<AppState>) -> Json<SystemInfo> {
         mem_total: memory,
         name: Some(host),
         server_version: Some(BERTH_VERSION.into()),
-        default_runtime: Some("berth".into()),
-        runtimes: Some(std::collections::HashMap::from([(
-            "berth".to_owned(),
-            runtime,
-        )])),
+        default_runtime: Some(berth_engine::RUNTIME_CLONE.into()),
+        runtimes: Some(std::collections::HashMap::from([
+            (
+                berth_engine::RUNTIME_CLONE.to_owned(),
+                runtime("clone each VM from a pre-booted template"),
+            ),
+            (
+                berth_engine::RUNTIME_COLDBOOT.to_owned(),
+                runtime("boot each VM from scratch"),
+            ),
+        ])),
         logging_driver: Some("json-file".into()),
         cgroup_driver: Some(bollard_stubs::models::SystemInfoCgroupDriverEnum::NONE),
         cgroup_version: Some(bollard_stubs::models::SystemInfoCgroupVersionEnum::_2),

@@ -38,6 +38,7 @@ use berth_vm::VmBackend;
 use tokio::sync::{mpsc, watch, OnceCell};
 
 pub use berth_image::{ImageRecord, LoadedImage};
+pub use berth_vm::{process_memory, ProcessMemory};
 pub use container::{ContainerRecord, ContainerStatus, StateRecord, ZERO_TIME};
 pub use error::{error_chain, EngineError};
 pub use lifecycle::{ContainerLogs, WaitCondition, WaitOutcome};
@@ -74,6 +75,8 @@ pub struct EngineInfo {
     pub accelerator: &'static str,
     pub root: PathBuf,
     pub guest_kernel: Option<String>,
+    /// Memory of all running container VMs.
+    pub vm_memory: berth_vm::ProcessMemory,
 }
 
 /// Standard input for a container's process, from attached clients.
@@ -353,6 +356,11 @@ impl Engine {
             accelerator: self.config.backend.accelerator().name(),
             root: self.config.root.clone(),
             guest_kernel: self.guest.get().map(|g| g.kernel_package.clone()),
+            vm_memory: records
+                .iter()
+                .filter(|r| r.state.status.is_running() && r.state.pid != 0)
+                .filter_map(|r| berth_vm::process_memory(r.state.pid))
+                .fold(berth_vm::ProcessMemory::default(), |total, m| total + m),
         }
     }
 

@@ -158,3 +158,76 @@ pub fn hardware_kvm_available() -> bool {
             .open("/dev/kvm")
             .is_ok()
 }
+
+/// Memory of a VM process, from `/proc/PID/smaps_rollup`, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessMemory {
+    /// Resident.
+    pub rss: u64,
+    /// Proportional: shared pages divided among the processes that map them.
+    pub pss: u64,
+    /// Pages only this process maps (for a clone: what it wrote or allocated).
+    pub private: u64,
+    /// Pages also mapped by others (for a clone: its template's RAM it only read).
+    pub shared: u64,
+}
+
+impl std::ops::Add for ProcessMemory {
+    type Output = Self;
+    fn add(self, other: Self) -> Self {
+        Self {
+            rss: self.rss + other.rss,
+            pss: self.pss + other.pss,
+            private: self.private + other.private,
+            shared: self.shared + other.shared,
+        }
+    }
+}
+
+/// Parses the text of an `smaps_rollup` file.
+pub fn parse_smaps_rollup(text: &str) -> ProcessMemory {
+    let mut memory = ProcessMemory::default();
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(key), Some(value)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let Ok(kib) = value.parse::<u64>() else {
+            continue;
+        };
+        let bytes = kib * 1024;
+        match key {
+            "Rss:" => memory.rss = bytes,
+            "Pss:" => memory.pss = bytes,
+            "Private_Clean:" | "Private_Dirty:" => memory.private += bytes,
+            "Shared_Clean:" | "Shared_Dirty:" => memory.shared += bytes,
+            _ => {}
+        }
+    }
+    memory
+}
+
+/// The memory of process `pid`, or `None` if it is gone.
+pub fn process_memory(pid: u32) -> Option<ProcessMemory> {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .map(|text| parse_smaps_rollup(&text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smaps_rollup_is_summed_by_kind() {
+        let text = "55d0c0a00000-7ffd3b5fe000 ---p 00000000 00:00 0                          [rollup]\n\
+Rss:               81920 kB\nPss:               50000 kB\nShared_Clean:      10000 kB\nShared_Dirty:       5000 kB\n\
+Private_Clean:      1000 kB\nPrivate_Dirty:     65920 kB\nAnonymous:         42000 kB\n";
+        let memory = parse_smaps_rollup(text);
+        assert_eq!(memory.rss, 81920 * 1024);
+        assert_eq!(memory.pss, 50000 * 1024);
+        assert_eq!(memory.shared, 15000 * 1024);
+        assert_eq!(memory.private, 66920 * 1024);
+        assert!(process_memory(std::process::id()).unwrap().rss > 0);
+    }
+}

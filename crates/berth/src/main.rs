@@ -18,6 +18,8 @@ enum Command {
     Daemon(commands::daemon::DaemonArgs),
     /// Prepare the guest kernel and initramfs now (the daemon otherwise does it on first use).
     Guest(commands::guest::GuestArgs),
+    /// Show or remove the VM templates that containers are cloned from.
+    Template(commands::template::TemplateArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,5 +34,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Daemon(args) => commands::daemon::run(args),
         Command::Guest(args) => commands::guest::run(args),
+        Command::Template(args) => commands::template::run(args),
     }
 }
