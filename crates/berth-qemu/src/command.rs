@@ -16,9 +16,9 @@ pub fn qemu_arguments(
     agent_socket: &Path,
     qmp_socket: &Path,
 ) -> Vec<String> {
-    let (accel, cpu) = match accelerator {
-        Accelerator::Kvm => ("kvm", "host"),
-        Accelerator::Tcg => ("tcg", "max"),
+    let cpu = match accelerator {
+        Accelerator::Kvm => "host",
+        Accelerator::Tcg => "max",
     };
     let (machine_memory, memory_object) = match &spec.memory {
         MemoryBacking::Anonymous => (String::new(), None),
@@ -42,7 +42,9 @@ pub fn qemu_arguments(
         "-name".into(),
         format!("berth-{},debug-threads=off", spec.name),
         "-machine".into(),
-        format!("pc,accel={accel}{machine_memory}"),
+        format!("pc{machine_memory}"),
+        "-accel".into(),
+        accel_option(accelerator),
         "-cpu".into(),
         cpu.into(),
         "-smp".into(),
@@ -101,6 +103,19 @@ pub fn qemu_arguments(
     args
 }
 
+/// The accelerator. TCG's translation cache is capped: QEMU's default reserves up to 1 GiB
+/// per VM, and a container VM runs little code (the cache is most of an idle clone's
+/// private memory).
+fn accel_option(accelerator: Accelerator) -> String {
+    match accelerator {
+        Accelerator::Kvm => "kvm".into(),
+        Accelerator::Tcg => format!("tcg,tb-size={TCG_TRANSLATION_CACHE_MIB}"),
+    }
+}
+
+/// TCG translation cache per VM, in MiB.
+pub const TCG_TRANSLATION_CACHE_MIB: u32 = 16;
+
 /// QEMU option values escape a comma by doubling it.
 fn escape_option(value: &str) -> String {
     value.replace(',', ",,")
@@ -136,12 +151,12 @@ mod tests {
             Path::new("/run/x/qmp.sock"),
         );
         let joined = args.join(" ");
-        assert!(joined.contains("-machine pc,accel=tcg -cpu max -smp 2 -m 512"));
+        assert!(joined.contains("-machine pc -accel tcg,tb-size=16 -cpu max -smp 2 -m 512"));
         assert!(joined.contains("file=/d/a,,b.qcow2,format=qcow2"));
         assert!(joined.contains("virtserialport,chardev=agent,name=berth.agent"));
         let kvm =
             qemu_arguments(&spec, Accelerator::Kvm, Path::new("/a"), Path::new("/q")).join(" ");
-        assert!(kvm.contains("accel=kvm -cpu host"));
+        assert!(kvm.contains("-accel kvm -cpu host"));
 
         let clone = VmSpec {
             memory: MemoryBacking::PrivateFile("/t/memory".into()),
@@ -150,7 +165,7 @@ mod tests {
         };
         let joined =
             qemu_arguments(&clone, Accelerator::Tcg, Path::new("/a"), Path::new("/q")).join(" ");
-        assert!(joined.contains("pc,accel=tcg,memory-backend=ram"));
+        assert!(joined.contains("-machine pc,memory-backend=ram -accel tcg"));
         assert!(
             joined.contains("memory-backend-file,id=ram,size=512M,mem-path=/t/memory,share=off")
         );

@@ -1,0 +1,161 @@
+//! Instant clone: containers' VMs restored from a template, each with its own identity.
+
+mod common;
+
+use common::{shared, stderr};
+
+fn urandom(daemon: &common::Daemon, runtime: &str) -> String {
+    daemon.docker_ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        runtime,
+        "busybox",
+        "sh",
+        "-c",
+        "head -c 16 /dev/urandom | od -An -tx1",
+    ])
+}
+
+#[test]
+fn clones_never_share_random_numbers() {
+    let daemon = shared();
+    let first = urandom(daemon, "berth");
+    let second = urandom(daemon, "berth");
+    assert_eq!(
+        first.split_whitespace().count(),
+        16,
+        "read 16 bytes: {first}"
+    );
+    assert_ne!(
+        first, second,
+        "two clones of one template produced the same random bytes"
+    );
+}
+
+#[test]
+fn clone_and_coldboot_behave_the_same() {
+    let daemon = shared();
+    for runtime in ["berth", "berth-coldboot"] {
+        let output = daemon.docker(&[
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            "--hostname",
+            "twin",
+            "busybox",
+            "sh",
+            "-c",
+            "hostname; echo err >&2; exit 5",
+        ]);
+        assert_eq!(
+            output.status.code(),
+            Some(5),
+            "{runtime}: {}",
+            stderr(&output)
+        );
+        assert_eq!(common::stdout(&output), "twin\n", "{runtime}");
+        assert_eq!(stderr(&output), "err\n", "{runtime}");
+    }
+    // The clock of a clone is the host's, not its template's.
+    let guest: i64 = daemon
+        .docker_ok(&["run", "--rm", "busybox", "date", "+%s"])
+        .parse()
+        .unwrap();
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (host - guest).abs() < 30,
+        "clone clock {guest} vs host {host}"
+    );
+}
+
+#[test]
+fn runtimes_are_listed_and_unknown_ones_refused() {
+    let daemon = shared();
+    let runtimes = daemon.docker_ok(&[
+        "info",
+        "--format",
+        "{{.DefaultRuntime}} {{range $name, $_ := .Runtimes}}{{$name}} {{end}}",
+    ]);
+    assert_eq!(runtimes, "berth berth berth-coldboot");
+    let refused = daemon.docker(&["run", "--rm", "--runtime", "runc", "busybox", "true"]);
+    assert_eq!(refused.status.code(), Some(125));
+    assert!(
+        stderr(&refused).contains("unknown or invalid runtime name"),
+        "{}",
+        stderr(&refused)
+    );
+}
+
+#[test]
+fn idle_clones_report_memory_and_leave_nothing_behind() {
+    let daemon = shared();
+    let ids: Vec<String> = (0..3)
+        .map(|_| daemon.docker_ok(&["run", "-d", "busybox", "sleep", "3600"]))
+        .collect();
+    for id in &ids {
+        let memory = daemon.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.Berth.Runtime}} {{.Berth.Memory.PrivateBytes}} {{.Berth.Memory.SharedBytes}}",
+            id,
+        ]);
+        let fields: Vec<&str> = memory.split_whitespace().collect();
+        assert_eq!(fields[0], "berth");
+        let private: u64 = fields[1].parse().unwrap();
+        let shared_bytes: u64 = fields[2].parse().unwrap();
+        assert!(
+            private > 0 && shared_bytes > 0,
+            "a clone owns some pages and shares its template's: {memory}"
+        );
+    }
+    let info = daemon.docker_ok(&["info", "--format", "{{json .DriverStatus}}"]);
+    assert!(info.contains("VM memory, private"), "{info}");
+    let pids: Vec<String> = ids
+        .iter()
+        .map(|id| daemon.docker_ok(&["inspect", "-f", "{{.State.Pid}}", id]))
+        .collect();
+    let mut args = vec!["rm", "-f"];
+    args.extend(ids.iter().map(String::as_str));
+    daemon.docker_ok(&args);
+    for (id, pid) in ids.iter().zip(&pids) {
+        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(!cmdline.contains(&id[..]), "VM of {id} still runs");
+        assert!(
+            !daemon.root.join("containers").join(id).exists(),
+            "files of {id} left behind"
+        );
+    }
+}
+
+#[test]
+fn a_corrupt_template_is_rebuilt_not_used() {
+    let daemon = shared();
+    // Make sure the default template exists, then damage its state file.
+    daemon.docker_ok(&["run", "--rm", "busybox", "true"]);
+    let templates = daemon.root.with_extension("run").join("templates");
+    let mut damaged = 0;
+    for entry in std::fs::read_dir(&templates).unwrap().flatten() {
+        let state = entry.path().join("state");
+        if state.exists() {
+            let mut bytes = std::fs::read(&state).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0xff;
+            std::fs::write(&state, bytes).unwrap();
+            damaged += 1;
+        }
+    }
+    assert!(
+        damaged > 0,
+        "no template found under {}",
+        templates.display()
+    );
+    assert_eq!(
+        daemon.docker_ok(&["run", "--rm", "busybox", "echo", "still fine"]),
+        "still fine"
+    );
+}
