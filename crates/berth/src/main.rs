@@ -20,6 +20,8 @@ enum Command {
     Guest(commands::guest::GuestArgs),
     /// Show or remove the VM templates that containers are cloned from.
     Template(commands::template::TemplateArgs),
+    /// Benchmarks, measured side by side in one run against a running daemon.
+    Bench(commands::bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,5 +37,6 @@ fn main() -> anyhow::Result<()> {
         Command::Daemon(args) => commands::daemon::run(args),
         Command::Guest(args) => commands::guest::run(args),
         Command::Template(args) => commands::template::run(args),
+        Command::Bench(args) => commands::bench::run(args),
     }
 }

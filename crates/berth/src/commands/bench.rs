@@ -1,0 +1,240 @@
+//! `berth bench clone`: cold boot against clone, side by side in one run, through the
+//! real docker CLI against a running daemon. Prints medians and ratios; never asserts.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: BenchCommand,
+}
+
+#[derive(clap::Subcommand)]
+pub enum BenchCommand {
+    /// Clone vs cold boot: `docker run --rm IMAGE true` end to end, `docker start` (time
+    /// until the process runs), private memory of idle VMs, and optionally density.
+    Clone(CloneArgs),
+}
+
+#[derive(clap::Args)]
+pub struct CloneArgs {
+    /// The daemon's socket.
+    #[arg(long, default_value = "/run/berth/docker.sock")]
+    pub socket: PathBuf,
+    /// Image to run (it must be loaded).
+    #[arg(long, default_value = "busybox")]
+    pub image: String,
+    /// Measurements per runtime (interleaved, so both see the same machine).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Idle containers per runtime whose memory is measured.
+    #[arg(long, default_value_t = 3)]
+    pub idle: usize,
+    /// Also start this many idle clones at once and report their total memory.
+    #[arg(long, default_value_t = 0)]
+    pub density: usize,
+}
+
+const RUNTIMES: [&str; 2] = ["berth-coldboot", "berth"];
+
+struct Docker {
+    host: String,
+}
+
+impl Docker {
+    fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        let output = Command::new("docker")
+            .arg("-H")
+            .arg(&self.host)
+            .args(args)
+            .output()
+            .context("running the docker CLI")?;
+        if !output.status.success() {
+            bail!(
+                "docker {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+
+    fn timed(&self, args: &[&str]) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        self.run(args)?;
+        Ok(started.elapsed())
+    }
+
+    fn private_bytes(&self, id: &str) -> anyhow::Result<u64> {
+        let text = self.run(&["inspect", "-f", "{{.Berth.Memory.PrivateBytes}}", id])?;
+        text.parse()
+            .with_context(|| format!("reading the memory of {id}: {text}"))
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.command {
+        BenchCommand::Clone(args) => clone(args),
+    }
+}
+
+fn clone(args: CloneArgs) -> anyhow::Result<()> {
+    let docker = Docker {
+        host: format!("unix://{}", args.socket.display()),
+    };
+    docker
+        .run(&["image", "inspect", "-f", "{{.Id}}", &args.image])
+        .with_context(|| {
+            format!(
+                "is `berth daemon` running on {} with {} loaded?",
+                args.socket.display(),
+                args.image
+            )
+        })?;
+    // Warm up: templates built, caches filled.
+    for runtime in RUNTIMES {
+        docker.run(&["run", "--rm", "--runtime", runtime, &args.image, "true"])?;
+    }
+    let mut run_times = [Vec::new(), Vec::new()];
+    let mut start_times = [Vec::new(), Vec::new()];
+    for round in 0..args.runs {
+        eprintln!("round {}/{}", round + 1, args.runs);
+        for (index, runtime) in RUNTIMES.iter().enumerate() {
+            run_times[index].push(
+                docker
+                    .timed(&["run", "--rm", "--runtime", runtime, &args.image, "true"])?
+                    .as_secs_f64(),
+            );
+            let id = docker.run(&["create", "--runtime", runtime, &args.image, "sleep", "60"])?;
+            start_times[index].push(docker.timed(&["start", &id])?.as_secs_f64());
+            docker.run(&["rm", "-f", &id])?;
+        }
+    }
+    let mut memory = [Vec::new(), Vec::new()];
+    for (index, runtime) in RUNTIMES.iter().enumerate() {
+        let ids: Vec<String> = (0..args.idle)
+            .map(|_| {
+                docker.run(&[
+                    "run",
+                    "-d",
+                    "--runtime",
+                    runtime,
+                    &args.image,
+                    "sleep",
+                    "3600",
+                ])
+            })
+            .collect::<Result<_, _>>()?;
+        std::thread::sleep(Duration::from_secs(2));
+        for id in &ids {
+            memory[index].push(docker.private_bytes(id)? as f64 / (1024.0 * 1024.0));
+        }
+        let mut rm = vec!["rm", "-f"];
+        rm.extend(ids.iter().map(String::as_str));
+        docker.run(&rm)?;
+    }
+    let run = [median(&mut run_times[0]), median(&mut run_times[1])];
+    let start = [median(&mut start_times[0]), median(&mut start_times[1])];
+    let mem = [median(&mut memory[0]), median(&mut memory[1])];
+    println!(
+        "berth bench clone: {} runs per runtime, {} idle VMs each, image {}",
+        args.runs, args.idle, args.image
+    );
+    println!(
+        "{:<44} {:>12} {:>12} {:>14}",
+        "measure (median)", "cold boot", "clone", "clone/cold"
+    );
+    println!(
+        "{:<44} {:>11.3}s {:>11.3}s {:>14.3}",
+        "docker run --rm IMAGE true (end to end)",
+        run[0],
+        run[1],
+        run[1] / run[0]
+    );
+    println!(
+        "{:<44} {:>11.3}s {:>11.3}s {:>14.3}",
+        "docker start (until the process runs)",
+        start[0],
+        start[1],
+        start[1] / start[0]
+    );
+    println!(
+        "{:<44} {:>9.1}MiB {:>9.1}MiB {:>14.3}",
+        "private memory of an idle VM",
+        mem[0],
+        mem[1],
+        mem[1] / mem[0]
+    );
+    println!(
+        "speed-up: run {:.1}x, start {:.1}x",
+        run[0] / run[1],
+        start[0] / start[1]
+    );
+
+    if args.density > 0 {
+        density(&docker, &args)?;
+    }
+    println!(
+        "rerun: berth bench clone --socket {} --runs {} --idle {} --density {}",
+        args.socket.display(),
+        args.runs,
+        args.idle,
+        args.density
+    );
+    Ok(())
+}
+
+fn density(docker: &Docker, args: &CloneArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut ids = Vec::new();
+    for index in 0..args.density {
+        ids.push(docker.run(&["run", "-d", &args.image, "sleep", "3600"])?);
+        if (index + 1) % 10 == 0 {
+            eprintln!("{} clones running", index + 1);
+        }
+    }
+    let elapsed = started.elapsed();
+    let running = docker
+        .run(&["ps", "-q", "--filter", "status=running"])?
+        .lines()
+        .count();
+    let mut pids = Vec::new();
+    let (mut private, mut pss) = (0u64, 0u64);
+    for id in &ids {
+        let pid: u32 = docker
+            .run(&["inspect", "-f", "{{.State.Pid}}", id])?
+            .parse()?;
+        pids.push(pid);
+        if let Some(memory) = berth_vm::process_memory(pid) {
+            private += memory.private;
+            pss += memory.pss;
+        }
+    }
+    let info = docker.run(&["info", "--format", "{{json .DriverStatus}}"])?;
+    let mut rm = vec!["rm", "-f"];
+    rm.extend(ids.iter().map(String::as_str));
+    docker.run(&rm)?;
+    let left = pids
+        .iter()
+        .filter(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+        .count();
+    println!(
+        "density: {} clones started in {:.1}s, {running} running; private {:.0} MiB in all ({:.1} MiB each), PSS {:.0} MiB in all; after rm -f: {left} VM processes left",
+        args.density,
+        elapsed.as_secs_f64(),
+        private as f64 / 1048576.0,
+        private as f64 / 1048576.0 / args.density as f64,
+        pss as f64 / 1048576.0,
+    );
+    println!("docker info while they ran: {info}");
+    Ok(())
+}
