@@ -11,7 +11,6 @@ use berth_agent_proto::{
     AGENT_STREAM, PROTOCOL_VERSION,
 };
 use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::Pid;
 
 use crate::boot;
 use crate::channel::Channel;
@@ -226,9 +225,15 @@ fn setup(spec: &SetupSpec) -> io::Result<()> {
 }
 
 /// Reaps every child (PID 1 inherits orphans) and reports the exits of tracked ones.
+///
+/// A child whose exec failed is reaped by `std::process::Command::spawn` itself, which
+/// panics if someone else reaped it first. So the reaper only peeks (`WNOWAIT`), then
+/// takes the process table, which `spawn` holds while it runs, and reaps a pid only if it
+/// is still there to reap.
 fn reap(table: SharedTable, channel: Channel) {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag};
     loop {
-        let status = match waitpid(Pid::from_raw(-1), None) {
+        let peeked = match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
             Ok(status) => status,
             Err(nix::errno::Errno::ECHILD) => {
                 std::thread::sleep(Duration::from_millis(20));
@@ -236,6 +241,14 @@ fn reap(table: SharedTable, channel: Channel) {
             }
             Err(_) => continue,
         };
+        let Some(pid) = peeked.pid() else { continue };
+        let guard = lock(&table);
+        let status = match waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+            Ok(status) => status,
+            // Reaped by `spawn` while we waited for the table.
+            Err(_) => continue,
+        };
+        drop(guard);
         let (pid, code, signal) = match status {
             WaitStatus::Exited(pid, code) => (pid, code, None),
             WaitStatus::Signaled(pid, signal, _) => (pid, 128 + signal as i32, Some(signal as i32)),

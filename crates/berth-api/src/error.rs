@@ -33,7 +33,9 @@ impl ApiError {
 impl From<EngineError> for ApiError {
     fn from(error: EngineError) -> Self {
         let status = match &error {
-            EngineError::NoSuchContainer(_) | EngineError::NoSuchImage(_) => StatusCode::NOT_FOUND,
+            EngineError::NoSuchContainer(_)
+            | EngineError::NoSuchImage(_)
+            | EngineError::NoSuchExec(_) => StatusCode::NOT_FOUND,
             EngineError::Conflict(_) => StatusCode::CONFLICT,
             EngineError::InvalidArgument(_) | EngineError::StartFailed(_) => {
                 StatusCode::BAD_REQUEST

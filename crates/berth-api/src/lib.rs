@@ -9,6 +9,7 @@
 pub mod containers;
 pub mod convert;
 pub mod error;
+pub mod exec;
 pub mod images;
 pub mod streams;
 pub mod system;
@@ -51,6 +52,10 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/containers/{id}/attach", post(streams::attach))
         .route("/containers/{id}/logs", get(streams::logs))
         .route("/containers/{id}", delete(containers::remove))
+        .route("/containers/{id}/exec", post(exec::create))
+        .route("/exec/{id}/start", post(exec::start))
+        .route("/exec/{id}/json", get(exec::inspect))
+        .route("/exec/{id}/resize", post(exec::resize))
         .route("/swarm", any(system::swarm_unavailable))
         .route("/nodes", any(system::swarm_unavailable))
         .route("/services", any(system::swarm_unavailable))

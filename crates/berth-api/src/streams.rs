@@ -40,10 +40,10 @@ pub fn frame(stream: OutputStream, data: &[u8]) -> Bytes {
 
 /// Which streams a client wants, and how output is encoded for it.
 #[derive(Clone, Copy)]
-struct Encoding {
-    stdout: bool,
-    stderr: bool,
-    tty: bool,
+pub(crate) struct Encoding {
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
 }
 
 impl Encoding {
@@ -86,11 +86,25 @@ pub async fn attach(
         tty: attachment.tty,
     };
     let stdin_once = engine.stdin_once(&id);
-    let wants_upgrade = request.headers().get(header::UPGRADE).is_some();
-    let mut output = attachment.output;
+    Ok(serve_attachment(
+        &mut request,
+        attachment,
+        encoding,
+        stdin_once,
+    ))
+}
 
+/// Carries an attachment over the request's connection: upgraded to a raw stream when the
+/// client asks for it (output out, input in), else as a streamed response body.
+pub(crate) fn serve_attachment(
+    request: &mut Request,
+    attachment: berth_engine::Attachment,
+    encoding: Encoding,
+    stdin_once: bool,
+) -> Response {
+    let wants_upgrade = request.headers().get(header::UPGRADE).is_some();
     if !wants_upgrade {
-        let body = futures_util::stream::unfold(output, move |mut output| async move {
+        let body = futures_util::stream::unfold(attachment.output, move |mut output| async move {
             loop {
                 let chunk = output.recv().await?;
                 if let Some(bytes) = encoding.encode(chunk.stream, &chunk.data) {
@@ -98,49 +112,25 @@ pub async fn attach(
                 }
             }
         });
-        return Ok((
+        return (
             [(header::CONTENT_TYPE, encoding.content_type())],
             Body::from_stream(body),
         )
-            .into_response());
+            .into_response();
     }
 
-    let upgrade = hyper::upgrade::on(&mut request);
-    let stdin = attachment.stdin;
+    let upgrade = hyper::upgrade::on(request);
     tokio::spawn(async move {
-        let upgraded = match upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(error) => {
-                tracing::warn!(%error, "attach upgrade failed");
-                return;
-            }
-        };
-        let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
-        if let Some(stdin) = stdin {
-            tokio::spawn(async move {
-                let mut buffer = vec![0u8; 32 * 1024];
-                loop {
-                    match reader.read(&mut buffer).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => stdin.send(Bytes::copy_from_slice(&buffer[..n])),
-                    }
-                }
-                if stdin_once {
-                    stdin.close();
-                }
-            });
+        match upgrade.await {
+            Ok(upgraded) => pump(upgraded, attachment, encoding, stdin_once).await,
+            Err(error) => tracing::warn!(%error, "attach upgrade failed"),
         }
-        while let Some(chunk) = output.recv().await {
-            if let Some(bytes) = encoding.encode(chunk.stream, &chunk.data) {
-                if writer.write_all(&bytes).await.is_err() {
-                    return;
-                }
-            }
-        }
-        let _ = writer.flush().await;
-        let _ = writer.shutdown().await;
     });
+    upgraded_response(encoding)
+}
 
+/// The `101 UPGRADED` answer that turns the connection into a raw stream.
+pub(crate) fn upgraded_response(encoding: Encoding) -> Response {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
@@ -150,7 +140,55 @@ pub async fn attach(
     );
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("tcp"));
-    Ok(response)
+    response
+}
+
+/// Copies output to the upgraded connection and its input to the process, until the
+/// output ends; then closes the connection.
+pub(crate) async fn pump(
+    upgraded: hyper::upgrade::Upgraded,
+    attachment: berth_engine::Attachment,
+    encoding: Encoding,
+    stdin_once: bool,
+) {
+    let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
+    let mut output = attachment.output;
+    if let Some(stdin) = attachment.stdin {
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; 32 * 1024];
+            loop {
+                match reader.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => stdin.send(Bytes::copy_from_slice(&buffer[..n])),
+                }
+            }
+            if stdin_once {
+                stdin.close();
+            }
+        });
+    }
+    while let Some(chunk) = output.recv().await {
+        if let Some(bytes) = encoding.encode(chunk.stream, &chunk.data) {
+            if writer.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    }
+    let _ = writer.flush().await;
+    let _ = writer.shutdown().await;
+}
+
+/// Writes one message as output and closes an upgraded connection.
+pub(crate) async fn write_and_close(
+    upgraded: hyper::upgrade::Upgraded,
+    encoding: Encoding,
+    message: &str,
+) {
+    let mut io = TokioIo::new(upgraded);
+    if let Some(bytes) = encoding.encode(OutputStream::Stdout, message.as_bytes()) {
+        let _ = io.write_all(&bytes).await;
+    }
+    let _ = io.shutdown().await;
 }
 
 /// `GET /containers/{id}/logs`.

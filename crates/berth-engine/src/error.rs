@@ -9,6 +9,9 @@ pub enum EngineError {
     /// No container by that id, id prefix or name.
     #[error("No such container: {0}")]
     NoSuchContainer(String),
+    /// No exec instance by that id.
+    #[error("No such exec instance: {0}")]
+    NoSuchExec(String),
     /// No image by that reference.
     #[error("No such image: {0}")]
     NoSuchImage(String),

@@ -21,6 +21,7 @@
 mod container;
 mod create;
 mod error;
+pub mod exec;
 mod lifecycle;
 mod names;
 mod output;
@@ -89,7 +90,7 @@ pub(crate) enum StdinEvent {
 /// Where attached clients' input goes.
 #[derive(Clone)]
 pub struct StdinSink {
-    sender: mpsc::UnboundedSender<StdinEvent>,
+    pub(crate) sender: mpsc::UnboundedSender<StdinEvent>,
 }
 
 impl StdinSink {
@@ -206,6 +207,7 @@ pub struct Engine {
     containers: Mutex<HashMap<String, Arc<ContainerHandle>>>,
     guest: OnceCell<GuestImage>,
     templates: template::TemplateManager,
+    execs: exec::ExecTable,
 }
 
 /// The runtime that clones each container's VM from a template (the default).
@@ -244,6 +246,7 @@ impl Engine {
             containers: Mutex::new(containers),
             guest: OnceCell::new(),
             templates,
+            execs: exec::ExecTable::default(),
         }))
     }
 

@@ -353,8 +353,49 @@ async fn serve(
                 }
                 other => break RunEnd::Broken(format!("the agent sent an unexpected {other:?}")),
             },
-            Ok(Some(other)) => {
-                break RunEnd::Broken(format!("the agent sent {other:?} on an unknown stream"))
+            Ok(Some(AgentEvent::Output { stream, kind, data })) => {
+                match engine.execs.by_stream(&handle.id, stream) {
+                    Some(exec) => {
+                        let stream = if kind == FrameKind::Stderr {
+                            OutputStream::Stderr
+                        } else {
+                            OutputStream::Stdout
+                        };
+                        exec.hub.publish(&OutputChunk {
+                            stream,
+                            data: Bytes::from(data),
+                        });
+                    }
+                    None => {
+                        break RunEnd::Broken(format!(
+                            "the agent sent output on unknown stream {stream}"
+                        ))
+                    }
+                }
+            }
+            Ok(Some(AgentEvent::Message { stream, message })) => {
+                match engine.execs.by_stream(&handle.id, stream) {
+                    Some(exec) => match message {
+                        GuestMessage::Started { pid } => exec.on_started(pid),
+                        GuestMessage::SpawnFailed { reason, message } => {
+                            exec.on_spawn_failed(reason, message)
+                        }
+                        GuestMessage::Exited { code, .. } => exec.finish(i64::from(code)),
+                        GuestMessage::Error { message } => {
+                            tracing::warn!(id = %handle.id, stream, %message, "agent reported an error for an exec")
+                        }
+                        other => {
+                            break RunEnd::Broken(format!(
+                                "the agent sent an unexpected {other:?} for an exec"
+                            ))
+                        }
+                    },
+                    None => {
+                        break RunEnd::Broken(format!(
+                            "the agent sent {message:?} on unknown stream {stream}"
+                        ))
+                    }
+                }
             }
             Ok(None) => {
                 // A closed channel usually means the VM itself is gone; say which.
@@ -382,6 +423,7 @@ async fn serve(
             .send(AGENT_STREAM, &HostMessage::Shutdown)
             .await;
     }
+    engine.execs.container_stopped(&handle.id);
     let stopping = Instant::now();
     control.shut_down(Duration::from_secs(5)).await;
     tracing::info!(id = %&handle.id[..12], vm_teardown_ms = stopping.elapsed().as_millis() as u64, "container's VM is gone");

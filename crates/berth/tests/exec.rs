@@ -1,0 +1,59 @@
+//! `docker exec`: more processes in a running container's VM.
+
+mod common;
+
+use common::{shared, stderr, stdout};
+
+#[test]
+fn exec_runs_with_options_streams_and_exit_codes() {
+    let daemon = shared();
+    let id = daemon.docker_ok(&["run", "-d", "-e", "FROM_RUN=1", "busybox", "sleep", "300"]);
+    let output = daemon.docker(&[
+        "exec",
+        "-u",
+        "nobody",
+        "-w",
+        "/tmp",
+        "-e",
+        "EXTRA=2",
+        &id,
+        "sh",
+        "-c",
+        "id -u; pwd; echo $FROM_RUN$EXTRA; echo err >&2; exit 4",
+    ]);
+    assert_eq!(output.status.code(), Some(4), "stderr: {}", stderr(&output));
+    assert_eq!(stdout(&output), "65534\n/tmp\n12\n");
+    assert_eq!(stderr(&output), "err\n");
+
+    let piped = daemon.docker_with_input(
+        &["exec", "-i", &id, "tr", "a-z", "A-Z"],
+        Some(b"through exec\n"),
+    );
+    assert_eq!(stdout(&piped), "THROUGH EXEC\n");
+    let tty = daemon.docker_ok(&["exec", "-t", &id, "tty"]);
+    assert!(tty.starts_with("/dev/pts/"), "{tty}");
+
+    let missing = daemon.docker(&["exec", &id, "no-such-program"]);
+    assert_eq!(missing.status.code(), Some(127), "{}", stdout(&missing));
+    let not_executable = daemon.docker(&["exec", &id, "/etc/passwd"]);
+    assert_eq!(not_executable.status.code(), Some(126));
+
+    // A detached exec runs on its own; the container is unaffected by all of the above.
+    daemon.docker_ok(&["exec", "-d", &id, "sh", "-c", "echo detached > /tmp/marker"]);
+    let mut marker = String::new();
+    for _ in 0..50 {
+        marker = daemon.docker_ok(&["exec", &id, "cat", "/tmp/marker"]);
+        if marker == "detached" {
+            break;
+        }
+    }
+    assert_eq!(marker, "detached");
+    assert_eq!(
+        daemon.docker_ok(&["inspect", "-f", "{{.State.Running}}", &id]),
+        "true"
+    );
+    daemon.docker_ok(&["rm", "-f", &id]);
+
+    let stopped = daemon.docker(&["exec", &id, "true"]);
+    assert!(!stopped.status.success());
+}
