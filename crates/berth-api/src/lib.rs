@@ -11,6 +11,7 @@ pub mod convert;
 pub mod error;
 pub mod exec;
 pub mod images;
+pub mod stats;
 pub mod streams;
 pub mod system;
 pub mod version;
@@ -51,6 +52,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/containers/{id}/resize", post(containers::resize))
         .route("/containers/{id}/attach", post(streams::attach))
         .route("/containers/{id}/logs", get(streams::logs))
+        .route("/containers/{id}/stats", get(stats::stats))
         .route("/containers/{id}", delete(containers::remove))
         .route("/containers/{id}/exec", post(exec::create))
         .route("/exec/{id}/start", post(exec::start))

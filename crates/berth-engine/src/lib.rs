@@ -39,7 +39,7 @@ use berth_vm::VmBackend;
 use tokio::sync::{mpsc, watch, OnceCell};
 
 pub use berth_image::{ImageRecord, LoadedImage};
-pub use berth_vm::{process_memory, ProcessMemory};
+pub use berth_vm::{host_cpu_nanos, process_cpu_nanos, process_memory, ProcessMemory};
 pub use container::{ContainerRecord, ContainerStatus, StateRecord, ZERO_TIME};
 pub use error::{error_chain, EngineError};
 pub use lifecycle::{ContainerLogs, WaitCondition, WaitOutcome};
@@ -264,6 +264,11 @@ impl Engine {
 
     pub fn root(&self) -> &Path {
         &self.config.root
+    }
+
+    /// VM memory (MiB) of containers that set no `--memory`.
+    pub fn default_memory_mib(&self) -> u32 {
+        self.config.default_memory_mib
     }
 
     /// The guest kernel and initramfs, prepared on first use (fetching the kernel the

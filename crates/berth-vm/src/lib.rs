@@ -214,9 +214,43 @@ pub fn process_memory(pid: u32) -> Option<ProcessMemory> {
         .map(|text| parse_smaps_rollup(&text))
 }
 
+/// Nanoseconds per clock tick of `/proc` CPU times (USER_HZ is 100 on Linux).
+const NANOS_PER_TICK: u64 = 10_000_000;
+
+/// CPU time (user + system) process `pid` has used, in nanoseconds.
+pub fn process_cpu_nanos(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after its closing ')' are plain.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
+    Some((user + system) * NANOS_PER_TICK)
+}
+
+/// CPU time the whole host has spent (all CPUs, all states), in nanoseconds.
+pub fn host_cpu_nanos() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|line| line.starts_with("cpu "))?;
+    let ticks: u64 = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    Some(ticks * NANOS_PER_TICK)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_times_are_read() {
+        let mine = process_cpu_nanos(std::process::id()).expect("own /proc/PID/stat");
+        let host = host_cpu_nanos().expect("/proc/stat");
+        assert!(host > mine);
+        assert!(process_cpu_nanos(u32::MAX).is_none());
+    }
 
     #[test]
     fn smaps_rollup_is_summed_by_kind() {

@@ -113,6 +113,21 @@ fn idle_clones_report_memory_and_leave_nothing_behind() {
             "a clone owns some pages and shares its template's: {memory}"
         );
     }
+    let stats = daemon.docker_ok(&[
+        "stats",
+        "--no-stream",
+        "--format",
+        "{{.ID}} {{.MemUsage}}",
+        &ids[0],
+    ]);
+    assert!(
+        stats.starts_with(&ids[0][..12]) && stats.ends_with("/ 256MiB"),
+        "docker stats: {stats}"
+    );
+    assert!(
+        !stats.contains(" 0B /"),
+        "docker stats shows the VM's memory: {stats}"
+    );
     let info = daemon.docker_ok(&["info", "--format", "{{json .DriverStatus}}"]);
     assert!(info.contains("VM memory, private"), "{info}");
     let pids: Vec<String> = ids

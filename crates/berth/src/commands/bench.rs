@@ -207,6 +207,10 @@ fn density(docker: &Docker, args: &CloneArgs) -> anyhow::Result<()> {
         .run(&["ps", "-q", "--filter", "status=running"])?
         .lines()
         .count();
+    let answering = ids
+        .iter()
+        .filter(|id| docker.run(&["exec", id, "true"]).is_ok())
+        .count();
     let mut pids = Vec::new();
     let (mut private, mut pss) = (0u64, 0u64);
     for id in &ids {
@@ -228,7 +232,7 @@ fn density(docker: &Docker, args: &CloneArgs) -> anyhow::Result<()> {
         .filter(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
         .count();
     println!(
-        "density: {} clones started in {:.1}s, {running} running; private {:.0} MiB in all ({:.1} MiB each), PSS {:.0} MiB in all; after rm -f: {left} VM processes left",
+        "density: {} clones started in {:.1}s, {running} running, {answering} answered docker exec; private {:.0} MiB in all ({:.1} MiB each), PSS {:.0} MiB in all; after rm -f: {left} VM processes left",
         args.density,
         elapsed.as_secs_f64(),
         private as f64 / 1048576.0,
