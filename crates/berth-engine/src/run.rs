@@ -89,16 +89,31 @@ impl Engine {
         std::fs::create_dir_all(&run_dir).map_err(EngineError::io(&run_dir))?;
         let (vcpus, memory_mib) = record.vm_shape(self.config.default_memory_mib);
         let clone = record.runtime() == RUNTIME_CLONE;
-        let template = if clone {
+        // A clone restores a verified private copy of its template's state; a template
+        // found damaged at that point is discarded and built again, once.
+        let mut template = None;
+        let mut restore_from = None;
+        if clone {
             let shape = Shape { vcpus, memory_mib };
-            Some(
-                self.templates
+            for attempt in 0..2 {
+                let candidate = self
+                    .templates
                     .get_or_build(&*self.config.backend, &guest, shape)
-                    .await?,
-            )
-        } else {
-            None
-        };
+                    .await?;
+                match candidate.verified_state_copy(&run_dir) {
+                    Ok(state) => {
+                        restore_from = Some(state);
+                        template = Some(candidate);
+                        break;
+                    }
+                    Err(error) if attempt == 0 => {
+                        tracing::warn!(error = %error_chain(&error), "template unusable; rebuilding it");
+                        self.templates.discard(&candidate).await;
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+        }
         let template_ready = begun.elapsed();
         let spec = VmSpec {
             name: record.id.clone(),
@@ -111,18 +126,18 @@ impl Engine {
                 format: DiskFormat::Qcow2,
                 read_only: false,
             }],
-            run_dir,
+            run_dir: run_dir.clone(),
             memory: match &template {
                 Some(template) => MemoryBacking::PrivateFile(template.memory_file()),
                 None => MemoryBacking::Anonymous,
             },
-            restore_from: template.as_ref().map(|t| t.state_file()),
+            restore_from,
         };
         let vm = match self.config.backend.boot(&spec).await {
             Ok(vm) => vm,
             Err(error) => {
                 if let Some(template) = &template {
-                    self.templates.discard(template);
+                    self.templates.discard(template).await;
                 }
                 return Err(error.into());
             }
@@ -177,7 +192,7 @@ impl Engine {
             Err(error) => {
                 control.kill().await;
                 if let Some(template) = &template {
-                    self.templates.discard(template);
+                    self.templates.discard(template).await;
                 }
                 return Err(error);
             }

@@ -79,6 +79,22 @@ impl Template {
     pub fn state_file(&self) -> PathBuf {
         self.dir.join("state")
     }
+
+    /// Copies the state into `dir` and checks the copy against the recorded sha256, so
+    /// that what a clone restores is exactly what was verified, whatever happens to the
+    /// template meanwhile. Returns the copy's path.
+    pub fn verified_state_copy(&self, dir: &Path) -> Result<PathBuf, EngineError> {
+        let copy = dir.join("state");
+        std::fs::copy(self.state_file(), &copy).map_err(EngineError::io(self.state_file()))?;
+        let digest = sha256_file(&copy).map_err(EngineError::io(&copy))?;
+        if digest != self.record.state_sha256 {
+            return Err(EngineError::Agent(format!(
+                "template {} changed while in use (state sha256 {digest})",
+                self.record.key
+            )));
+        }
+        Ok(copy)
+    }
 }
 
 /// Builds, checks, lists and removes templates.
@@ -185,10 +201,26 @@ impl TemplateManager {
         })
     }
 
-    /// Drops a template that failed to restore, so that the next start rebuilds it.
-    pub fn discard(&self, template: &Template) {
-        tracing::warn!(key = %template.record.key, "discarding template");
-        let _ = std::fs::remove_dir_all(&template.dir);
+    fn gate(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.building)
+            .entry(key.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Drops a template that failed to restore, so that the next start rebuilds it. It
+    /// waits for a build of the same key in progress, and leaves a template that was
+    /// rebuilt meanwhile (a different state) alone.
+    pub async fn discard(&self, template: &Template) {
+        let gate = self.gate(&template.record.key);
+        let _building = gate.lock().await;
+        let current = std::fs::read_to_string(template.dir.join("template.json"))
+            .ok()
+            .and_then(|text| serde_json::from_str::<TemplateRecord>(&text).ok());
+        if current.is_some_and(|record| record.created == template.record.created) {
+            tracing::warn!(key = %template.record.key, "discarding template");
+            let _ = std::fs::remove_dir_all(&template.dir);
+        }
     }
 
     /// The template for `shape`, built first if there is no valid one.
@@ -199,7 +231,7 @@ impl TemplateManager {
         shape: Shape,
     ) -> Result<Template, EngineError> {
         let key = template_key(shape, &guest.digest, backend.name());
-        let gate = lock(&self.building).entry(key.clone()).or_default().clone();
+        let gate = self.gate(&key);
         let _building = gate.lock().await;
         let dir = self.root.join(&key);
         if let Some(template) = self.check(&dir, &key) {

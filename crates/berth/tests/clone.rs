@@ -156,11 +156,18 @@ fn a_corrupt_template_is_rebuilt_not_used() {
     let mut damaged = 0;
     for entry in std::fs::read_dir(&templates).unwrap().flatten() {
         let state = entry.path().join("state");
-        if state.exists() {
+        let record =
+            std::fs::read_to_string(entry.path().join("template.json")).unwrap_or_default();
+        // Only the default shape's template: other tests use other shapes at the same time.
+        if state.exists() && record.contains("\"memory_mib\": 256") {
             let mut bytes = std::fs::read(&state).unwrap();
             let middle = bytes.len() / 2;
             bytes[middle] ^= 0xff;
-            std::fs::write(&state, bytes).unwrap();
+            // Replace it whole (a rename), as damage from outside would not be half-visible
+            // to a restore that is reading it right now.
+            let damaged_copy = entry.path().join("state.damaged");
+            std::fs::write(&damaged_copy, bytes).unwrap();
+            std::fs::rename(&damaged_copy, &state).unwrap();
             damaged += 1;
         }
     }
@@ -173,4 +180,70 @@ fn a_corrupt_template_is_rebuilt_not_used() {
         daemon.docker_ok(&["run", "--rm", "busybox", "echo", "still fine"]),
         "still fine"
     );
+}
+
+#[test]
+fn each_clone_has_its_own_disk_kept_until_removed() {
+    let daemon = shared();
+    let first = daemon.docker_ok(&[
+        "run",
+        "-d",
+        "busybox",
+        "sh",
+        "-c",
+        "echo mine > /only-here; sleep 300",
+    ]);
+    let second = daemon.docker_ok(&["run", "-d", "busybox", "sleep", "300"]);
+    let mut seen = String::new();
+    for _ in 0..50 {
+        seen = daemon.docker_ok(&["exec", &first, "cat", "/only-here"]);
+        if seen == "mine" {
+            break;
+        }
+    }
+    assert_eq!(seen, "mine");
+    let other = daemon.docker(&["exec", &second, "cat", "/only-here"]);
+    assert!(!other.status.success(), "a clone saw another clone's file");
+    // The writable layer survives stop and start.
+    daemon.docker_ok(&["stop", "-t", "0", &first]);
+    daemon.docker_ok(&["start", &first]);
+    assert_eq!(
+        daemon.docker_ok(&["exec", &first, "cat", "/only-here"]),
+        "mine"
+    );
+    daemon.docker_ok(&["rm", "-f", &first, &second]);
+}
+
+#[test]
+fn templates_are_reused_per_shape() {
+    let daemon = shared();
+    let templates = daemon.root.with_extension("run").join("templates");
+    let list = || {
+        let output = std::process::Command::new(common::BERTH)
+            .args(["template", "ls", "--exec-root"])
+            .arg(daemon.root.with_extension("run"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    daemon.docker_ok(&["run", "--rm", "-m", "300m", "busybox", "true"]);
+    let before = list();
+    let shape_lines = |text: &str| {
+        text.lines()
+            .filter(|l| l.contains(" 300Mi "))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        shape_lines(&before).len(),
+        1,
+        "one template for the 300 MiB shape: {before}"
+    );
+    daemon.docker_ok(&["run", "--rm", "-m", "300m", "busybox", "true"]);
+    assert_eq!(
+        shape_lines(&list()),
+        shape_lines(&before),
+        "the template was rebuilt instead of reused"
+    );
+    assert!(templates.exists());
 }
