@@ -14,6 +14,7 @@ use bollard_stubs::models::{
 
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
+use crate::filters::{label_matches, Filters};
 use crate::AppState;
 
 /// Query parameters, read leniently as Docker reads them.
@@ -47,23 +48,69 @@ pub async fn create(
         .into_response())
 }
 
-/// `GET /containers/json`.
+/// `GET /containers/json` with `all`, `limit` and `filters` (id, name, label, status,
+/// exited, ancestor, before, since).
 pub async fn list(State(engine): State<AppState>, Query(params): Params) -> ApiResult<Response> {
-    let all = flag(&params, "all");
+    let filters = Filters::parse(params.get("filters"))?;
+    filters.only(&[
+        "id", "name", "label", "status", "exited", "ancestor", "before", "since",
+    ])?;
+    let all = flag(&params, "all") || filters.has("status") || filters.has("exited");
     let limit: Option<usize> = params
         .get("limit")
         .and_then(|l| l.parse::<i64>().ok())
         .filter(|l| *l > 0)
         .map(|l| l as usize);
-    let mut records: Vec<_> = engine
-        .list_containers()
+    let records = engine.list_containers();
+    // `before` and `since` name containers; they select by creation order.
+    let created_of = |reference: &str| engine.inspect_container(reference).ok().map(|r| r.created);
+    let before: Vec<String> = filters
+        .0
+        .get("before")
+        .into_iter()
+        .flatten()
+        .filter_map(|r| created_of(r))
+        .collect();
+    let since: Vec<String> = filters
+        .0
+        .get("since")
+        .into_iter()
+        .flatten()
+        .filter_map(|r| created_of(r))
+        .collect();
+    let ancestors: Vec<String> = filters
+        .0
+        .get("ancestor")
+        .into_iter()
+        .flatten()
+        .filter_map(|reference| engine.resolve_image(reference).ok().map(|image| image.id))
+        .collect();
+    let mut selected: Vec<_> = records
         .into_iter()
         .filter(|r| all || limit.is_some() || r.state.status.is_running())
+        .filter(|r| filters.allows("id", |v| r.id.starts_with(v)))
+        .filter(|r| filters.allows("name", |v| r.name.contains(v.trim_start_matches('/'))))
+        .filter(|r| filters.allows("status", |v| v == r.state.status.as_str()))
+        .filter(|r| {
+            filters.allows("exited", |v| {
+                r.state.status == berth_engine::ContainerStatus::Exited
+                    && v.parse::<i64>().ok() == Some(r.state.exit_code)
+            })
+        })
+        .filter(|r| {
+            let labels = r.config.labels.clone().unwrap_or_default();
+            filters
+                .0
+                .get("label")
+                .is_none_or(|wanted| wanted.iter().all(|l| label_matches(&labels, l)))
+        })
+        .filter(|r| !filters.has("ancestor") || ancestors.contains(&r.image_id))
+        .filter(|r| before.iter().all(|t| r.created < *t) && since.iter().all(|t| r.created > *t))
         .collect();
     if let Some(limit) = limit {
-        records.truncate(limit);
+        selected.truncate(limit);
     }
-    let summaries: Vec<_> = records.iter().map(convert::container_summary).collect();
+    let summaries: Vec<_> = selected.iter().map(convert::container_summary).collect();
     Ok(Json(summaries).into_response())
 }
 

@@ -10,6 +10,7 @@ pub mod containers;
 pub mod convert;
 pub mod error;
 pub mod exec;
+pub mod filters;
 pub mod images;
 pub mod stats;
 pub mod streams;

@@ -97,7 +97,40 @@ fn detached_container_logs_ps_wait_and_rm() {
         "--format",
         "{{.Names}}|{{.Status}}|{{.Command}}",
     ]);
-    assert!(all.contains("detached|Exited (7)"), "ps -a: {all}");
+    assert!(all.starts_with("detached|Exited (7)"), "ps -a: {all}");
+    assert_eq!(
+        all.lines().count(),
+        1,
+        "the name filter selects one container: {all}"
+    );
+    let by_code = daemon.docker_ok(&[
+        "ps",
+        "-a",
+        "--filter",
+        "exited=7",
+        "--filter",
+        "status=exited",
+        "--format",
+        "{{.Names}}",
+    ]);
+    assert!(
+        by_code.lines().any(|n| n == "detached"),
+        "exited=7: {by_code}"
+    );
+    assert!(!by_code.lines().any(|n| n == "hello-rm"));
+    let none = daemon.docker_ok(&[
+        "ps",
+        "-a",
+        "--filter",
+        "name=detached",
+        "--filter",
+        "status=running",
+        "--format",
+        "{{.Names}}",
+    ]);
+    assert_eq!(none, "", "filters on different keys must all match");
+    let bad = daemon.docker(&["ps", "--filter", "colour=blue"]);
+    assert!(!bad.status.success(), "an unknown filter is refused");
     assert_eq!(
         daemon.docker_ok(&[
             "inspect",
