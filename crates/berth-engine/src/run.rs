@@ -146,6 +146,14 @@ impl Engine {
         let control: Arc<dyn VmControl> = Arc::from(vm.control);
         let mut hello_at = Duration::ZERO;
         let prepared = async {
+            let setup = SetupSpec {
+                hostname: record
+                    .config
+                    .hostname
+                    .clone()
+                    .unwrap_or_else(|| record.id[..12].to_owned()),
+                root_device: "/dev/vda".into(),
+            };
             let (session, mut reader) = if clone {
                 let mut entropy = vec![0u8; 64];
                 rand::rngs::OsRng.fill_bytes(&mut entropy);
@@ -156,24 +164,17 @@ impl Engine {
                     entropy,
                     realtime: (now.as_secs() as i64, now.subsec_nanos()),
                 };
-                let (session, reader, _steps) = rebind(vm.agent, spec, SETUP_TIMEOUT).await?;
+                let then = Some(HostMessage::Setup(setup));
+                let (session, reader, _steps) = rebind(vm.agent, spec, then, SETUP_TIMEOUT).await?;
                 (session, reader)
             } else {
                 let (session, reader, _kernel) = handshake(vm.agent, BOOT_TIMEOUT).await?;
+                session
+                    .send(AGENT_STREAM, &HostMessage::Setup(setup))
+                    .await?;
                 (session, reader)
             };
             hello_at = begun.elapsed();
-            let setup = SetupSpec {
-                hostname: record
-                    .config
-                    .hostname
-                    .clone()
-                    .unwrap_or_else(|| record.id[..12].to_owned()),
-                root_device: "/dev/vda".into(),
-            };
-            session
-                .send(AGENT_STREAM, &HostMessage::Setup(setup))
-                .await?;
             match reader
                 .expect_message(AGENT_STREAM, SETUP_TIMEOUT, "setting the guest up")
                 .await?

@@ -160,10 +160,13 @@ pub async fn handshake(
 }
 
 /// Gives a restored clone its identity: sends `Rebind` (first message on the channel) and
-/// waits for `Rebound`, which names the steps the agent took.
+/// waits for `Rebound`, which names the steps the agent took. `then` is sent right after
+/// `Rebind`, without waiting: the agent handles requests in order, so it travels while
+/// the agent rebinds, and its answer follows `Rebound`.
 pub async fn rebind(
     stream: UnixStream,
     spec: berth_agent_proto::RebindSpec,
+    then: Option<HostMessage>,
     timeout: Duration,
 ) -> Result<(AgentSession, AgentReader, Vec<String>), EngineError> {
     let (reader, writer) = stream.into_split();
@@ -178,6 +181,9 @@ pub async fn rebind(
     session
         .send(AGENT_STREAM, &HostMessage::Rebind(spec))
         .await?;
+    if let Some(next) = then {
+        session.send(AGENT_STREAM, &next).await?;
+    }
     match reader
         .expect_message(AGENT_STREAM, timeout, "giving the clone its identity")
         .await?
@@ -241,6 +247,59 @@ mod tests {
         drop(guest);
         let error = handshake(host, Duration::from_secs(2)).await.err().unwrap();
         assert!(error.to_string().contains("closed"));
+    }
+
+    fn rebind_spec() -> berth_agent_proto::RebindSpec {
+        berth_agent_proto::RebindSpec {
+            entropy: vec![7; 64],
+            realtime: (1, 2),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_clone_must_confirm_every_rebind_step() {
+        let (host, mut guest) = UnixStream::pair().unwrap();
+        let partial = GuestMessage::Rebound {
+            protocol: PROTOCOL_VERSION,
+            kernel: "k".into(),
+            steps: vec!["entropy".into(), "clock".into()],
+        };
+        guest
+            .write_all(&encode_control(AGENT_STREAM, &partial))
+            .await
+            .unwrap();
+        let error = rebind(host, rebind_spec(), None, Duration::from_secs(2))
+            .await
+            .err()
+            .unwrap();
+        assert!(error.to_string().contains("reseed"), "{error}");
+
+        let (host, mut guest) = UnixStream::pair().unwrap();
+        let full = GuestMessage::Rebound {
+            protocol: PROTOCOL_VERSION,
+            kernel: "k".into(),
+            steps: vec!["entropy".into(), "reseed".into(), "clock".into()],
+        };
+        guest
+            .write_all(&encode_control(AGENT_STREAM, &full))
+            .await
+            .unwrap();
+        let (_session, _reader, steps) = rebind(host, rebind_spec(), None, Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(steps.len(), 3);
+        // What the host sent first is the Rebind with the entropy.
+        let mut decoder = FrameDecoder::new();
+        let mut buffer = vec![0u8; 4096];
+        let n = tokio::io::AsyncReadExt::read(&mut guest, &mut buffer)
+            .await
+            .unwrap();
+        decoder.push(&buffer[..n]);
+        let frame = decoder.next_frame().unwrap().unwrap();
+        match berth_agent_proto::decode_host_message(&frame).unwrap() {
+            HostMessage::Rebind(spec) => assert_eq!(spec.entropy, vec![7; 64]),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[tokio::test]
