@@ -320,12 +320,14 @@ impl Engine {
         follow: bool,
     ) -> Result<ContainerLogs, EngineError> {
         let handle = self.lookup(reference)?;
-        // Subscribe before reading the file so that nothing falls between the two.
-        let live = (follow && handle.runtime().is_some()).then(|| handle.hub.subscribe());
-        let entries = read_log(
-            &self.container_dir(&handle.id).join("container.log"),
-            filter,
-        );
+        let path = self.container_dir(&handle.id).join("container.log");
+        let (entries, live) = if follow && handle.runtime().is_some() {
+            // Read and subscribe as one step: nothing is lost or shown twice in between.
+            let (entries, live) = handle.hub.subscribe_after(|| read_log(&path, filter));
+            (entries, Some(live))
+        } else {
+            (read_log(&path, filter), None)
+        };
         Ok(ContainerLogs {
             entries,
             live,

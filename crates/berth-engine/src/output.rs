@@ -57,6 +57,27 @@ impl OutputHub {
             .retain(|subscriber| subscriber.send(chunk.clone()).is_ok());
     }
 
+    /// Runs `record` (writing the chunk to the log) and publishes the chunk as one step
+    /// with respect to [`OutputHub::subscribe_after`], so a follower sees each chunk once.
+    pub fn record_and_publish(&self, chunk: &OutputChunk, record: impl FnOnce()) {
+        let mut subscribers = self.lock();
+        record();
+        subscribers.retain(|subscriber| subscriber.send(chunk.clone()).is_ok());
+    }
+
+    /// Runs `read` (reading the log so far) and subscribes as one step: every chunk is
+    /// either in what `read` returned or delivered to the receiver, never both.
+    pub fn subscribe_after<T>(
+        &self,
+        read: impl FnOnce() -> T,
+    ) -> (T, mpsc::UnboundedReceiver<OutputChunk>) {
+        let mut subscribers = self.lock();
+        let value = read();
+        let (sender, receiver) = mpsc::unbounded_channel();
+        subscribers.push(sender);
+        (value, receiver)
+    }
+
     /// Ends every current subscription (the process has exited).
     pub fn close(&self) {
         self.lock().clear();
@@ -199,6 +220,22 @@ mod tests {
         );
         assert_eq!(tail.len(), 2);
         assert_eq!(tail[1].data, b"err\n");
+    }
+
+    #[test]
+    fn followers_see_each_chunk_once() {
+        let hub = OutputHub::default();
+        let chunk = |text: &'static str| OutputChunk {
+            stream: OutputStream::Stdout,
+            data: Bytes::from_static(text.as_bytes()),
+        };
+        let mut log: Vec<&str> = Vec::new();
+        hub.record_and_publish(&chunk("before"), || log.push("before"));
+        let (seen, mut live) = hub.subscribe_after(|| log.clone());
+        hub.record_and_publish(&chunk("after"), || log.push("after"));
+        assert_eq!(seen, vec!["before"]);
+        assert_eq!(live.try_recv().unwrap().data, Bytes::from_static(b"after"));
+        assert!(live.try_recv().is_err());
     }
 
     #[test]

@@ -345,8 +345,7 @@ async fn serve(
                     stream,
                     data: Bytes::from(data),
                 };
-                log.write(&chunk);
-                handle.hub.publish(&chunk);
+                handle.hub.record_and_publish(&chunk, || log.write(&chunk));
             }
             Ok(Some(AgentEvent::Message {
                 stream: MAIN_STREAM,

@@ -265,3 +265,23 @@ fn a_vm_that_dies_ends_its_container_and_the_daemon_keeps_serving() {
     daemon.docker_ok(&["start", &id]);
     daemon.docker_ok(&["rm", "-f", &id]);
 }
+
+#[test]
+fn logs_follow_streams_until_the_container_exits() {
+    let daemon = shared();
+    let id = daemon.docker_ok(&[
+        "run",
+        "-d",
+        "busybox",
+        "sh",
+        "-c",
+        "echo one; sleep 2; echo two >&2; sleep 1; echo three",
+    ]);
+    let followed = daemon.docker(&["logs", "-f", &id]);
+    assert!(followed.status.success());
+    assert_eq!(stdout(&followed), "one\nthree\n");
+    assert_eq!(stderr(&followed), "two\n");
+    let tail = daemon.docker_ok(&["logs", "--tail", "1", &id]);
+    assert_eq!(tail, "three");
+    daemon.docker_ok(&["rm", &id]);
+}
