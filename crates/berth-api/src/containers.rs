@@ -219,6 +219,24 @@ pub async fn stop(
     }
 }
 
+/// `POST /containers/{id}/pause`.
+pub async fn pause(
+    State(engine): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    engine.pause_container(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /containers/{id}/unpause`.
+pub async fn unpause(
+    State(engine): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    engine.unpause_container(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// `POST /containers/{id}/resize`.
 pub async fn resize(
     State(engine): State<AppState>,

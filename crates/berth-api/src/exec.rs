@@ -7,9 +7,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bollard_stubs::models::{
-    ExecConfig, ExecInspectResponse, ExecStartConfig, IdResponse, ProcessConfig,
-};
+use bollard_stubs::models::{ExecConfig, ExecInspectResponse, ExecStartConfig, ProcessConfig};
 
 use crate::error::{ApiError, ApiResult};
 use crate::streams::{pump, upgraded_response, write_and_close, Encoding};
@@ -31,7 +29,11 @@ pub async fn create(
 ) -> ApiResult<Response> {
     let config: ExecConfig = parse(&body)?;
     let exec_id = engine.create_exec(&id, config)?;
-    Ok((StatusCode::CREATED, Json(IdResponse { id: exec_id })).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "Id": exec_id })),
+    )
+        .into_response())
 }
 
 /// `POST /exec/{id}/start`: detached, or attached over a hijacked connection.

@@ -51,6 +51,8 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/containers/{id}/kill", post(containers::kill))
         .route("/containers/{id}/stop", post(containers::stop))
         .route("/containers/{id}/resize", post(containers::resize))
+        .route("/containers/{id}/pause", post(containers::pause))
+        .route("/containers/{id}/unpause", post(containers::unpause))
         .route("/containers/{id}/attach", post(streams::attach))
         .route("/containers/{id}/logs", get(streams::logs))
         .route("/containers/{id}/stats", get(stats::stats))

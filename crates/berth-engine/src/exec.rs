@@ -116,6 +116,12 @@ impl Engine {
                 handle.id
             )));
         }
+        if lock(&handle.record).state.status == crate::ContainerStatus::Paused {
+            return Err(EngineError::Conflict(format!(
+                "Container {} is paused, unpause the container before exec",
+                handle.id
+            )));
+        }
         if config.cmd.as_ref().is_none_or(|cmd| cmd.is_empty()) {
             return Err(EngineError::InvalidArgument(
                 "No exec command specified".into(),

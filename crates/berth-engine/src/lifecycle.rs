@@ -168,10 +168,55 @@ impl Engine {
         Ok((handle, runtime))
     }
 
+    /// `POST /containers/{id}/pause`: the container's VM stops running (its vCPUs halt).
+    pub async fn pause_container(&self, reference: &str) -> Result<(), EngineError> {
+        let (handle, runtime) = self.running_handle(reference)?;
+        let _guard = handle.lifecycle.lock().await;
+        if lock(&handle.record).state.status == ContainerStatus::Paused {
+            return Err(EngineError::Conflict(format!(
+                "Container {} is already paused",
+                handle.id
+            )));
+        }
+        runtime.control.pause().await?;
+        lock(&handle.record).state.status = ContainerStatus::Paused;
+        self.persist(&handle)
+    }
+
+    /// `POST /containers/{id}/unpause`.
+    pub async fn unpause_container(&self, reference: &str) -> Result<(), EngineError> {
+        let (handle, runtime) = self.running_handle(reference)?;
+        let _guard = handle.lifecycle.lock().await;
+        if lock(&handle.record).state.status != ContainerStatus::Paused {
+            return Err(EngineError::Conflict(format!(
+                "Container {} is not paused",
+                handle.id
+            )));
+        }
+        runtime.control.resume().await?;
+        lock(&handle.record).state.status = ContainerStatus::Running;
+        self.persist(&handle)
+    }
+
+    /// Runs a paused container's VM again, so that it can act on a signal.
+    async fn resume_if_paused(
+        &self,
+        handle: &ContainerHandle,
+        runtime: &crate::Runtime,
+    ) -> Result<(), EngineError> {
+        if lock(&handle.record).state.status == ContainerStatus::Paused {
+            runtime.control.resume().await?;
+            lock(&handle.record).state.status = ContainerStatus::Running;
+            self.persist(handle)?;
+        }
+        Ok(())
+    }
+
     /// `POST /containers/{id}/kill`.
     pub async fn kill_container(&self, reference: &str, signal: &str) -> Result<(), EngineError> {
         let signal = parse_signal(if signal.is_empty() { "SIGKILL" } else { signal })?;
         let (handle, runtime) = self.running_handle(reference)?;
+        self.resume_if_paused(&handle, &runtime).await?;
         runtime
             .session
             .send(MAIN_STREAM, &HostMessage::Signal { signal })
@@ -207,6 +252,7 @@ impl Engine {
         let Some(runtime) = handle.runtime() else {
             return Ok(false);
         };
+        self.resume_if_paused(&handle, &runtime).await?;
         let record = handle.snapshot();
         let signal = parse_signal(record.config.stop_signal.as_deref().unwrap_or("SIGTERM"))?;
         let timeout = timeout.or(record.config.stop_timeout).unwrap_or(10).max(0) as u64;

@@ -114,6 +114,22 @@ impl VmControl for QemuControl {
         self.process.exited().await
     }
 
+    async fn pause(&self) -> Result<(), VmError> {
+        QmpClient::connect(&self.qmp_socket)
+            .await?
+            .execute("stop", None)
+            .await
+            .map(|_| ())
+    }
+
+    async fn resume(&self) -> Result<(), VmError> {
+        QmpClient::connect(&self.qmp_socket)
+            .await?
+            .execute("cont", None)
+            .await
+            .map(|_| ())
+    }
+
     async fn snapshot(&self, state_file: &Path) -> Result<(), VmError> {
         let mut monitor = QmpClient::connect(&self.qmp_socket).await?;
         monitor.execute("stop", None).await?;

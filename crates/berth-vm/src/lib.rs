@@ -123,6 +123,10 @@ pub trait VmControl: Send + Sync {
     async fn kill(&self) -> VmExit;
     /// Resolves when the VM process has ended.
     async fn wait(&self) -> VmExit;
+    /// Stops the VM's vCPUs (its memory stays as it is).
+    async fn pause(&self) -> Result<(), VmError>;
+    /// Runs a paused VM again.
+    async fn resume(&self) -> Result<(), VmError>;
     /// Pauses the VM and writes its device and CPU state to `state_file`; RAM stays in
     /// the VM's [`MemoryBacking::SharedFile`]. The VM stays paused.
     async fn snapshot(&self, state_file: &std::path::Path) -> Result<(), VmError>;

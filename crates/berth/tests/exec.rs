@@ -57,3 +57,59 @@ fn exec_runs_with_options_streams_and_exit_codes() {
     let stopped = daemon.docker(&["exec", &id, "true"]);
     assert!(!stopped.status.success());
 }
+
+#[test]
+fn pause_halts_the_vm_and_unpause_resumes_it() {
+    let daemon = shared();
+    let id = daemon.docker_ok(&["run", "-d", "busybox", "sleep", "300"]);
+    daemon.docker_ok(&["pause", &id]);
+    assert_eq!(
+        daemon.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.State.Paused}} {{.State.Running}}",
+            &id
+        ]),
+        "paused true true"
+    );
+    let status = daemon.docker_ok(&[
+        "ps",
+        "--filter",
+        &format!("id={id}"),
+        "--format",
+        "{{.Status}}",
+    ]);
+    assert!(status.ends_with("(Paused)"), "ps: {status}");
+    let vm_state = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "grep -c . /proc/{}/status",
+            daemon.docker_ok(&["inspect", "-f", "{{.State.Pid}}", &id])
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        vm_state.status.success(),
+        "the VM process is still there while paused"
+    );
+    let refused = daemon.docker(&["exec", &id, "true"]);
+    assert!(
+        stderr(&refused).contains("paused"),
+        "exec while paused: {}",
+        stderr(&refused)
+    );
+    assert!(
+        !daemon.docker(&["pause", &id]).status.success(),
+        "pausing twice is refused"
+    );
+    daemon.docker_ok(&["unpause", &id]);
+    assert_eq!(daemon.docker_ok(&["exec", &id, "echo", "back"]), "back");
+    // A paused container can still be stopped.
+    daemon.docker_ok(&["pause", &id]);
+    daemon.docker_ok(&["stop", "-t", "1", &id]);
+    assert_eq!(
+        daemon.docker_ok(&["inspect", "-f", "{{.State.Status}}", &id]),
+        "exited"
+    );
+    daemon.docker_ok(&["rm", &id]);
+}
