@@ -10,8 +10,11 @@ command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v skopeo >/dev/null || need+=(skopeo)
-# Berth resolves the guest kernel with apt-cache: the package lists must be current.
-if [ ${#need[@]} -gt 0 ] || [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ]; then
+# Berth resolves and downloads the guest kernel with apt on first use: the package lists
+# must be current then (an old list can name a kernel the archive no longer has).
+cache=${BERTH_CACHE:-/var/cache/berth}
+if [ ${#need[@]} -gt 0 ] || [ ! -e "$cache/kernel/current" ] \
+    || [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ]; then
     echo "berth setup: apt-get update" >&2
     apt-get update -qq
 fi
