@@ -243,16 +243,20 @@ pub async fn resize(
     Path(id): Path<String>,
     Query(params): Params,
 ) -> ApiResult<StatusCode> {
+    let (rows, cols) = terminal_size(&params)?;
+    engine.resize_container(&id, rows, cols).await?;
+    Ok(StatusCode::OK)
+}
+
+/// The `h` (rows) and `w` (columns) of a resize request.
+pub fn terminal_size(params: &HashMap<String, String>) -> ApiResult<(u16, u16)> {
     let dimension = |key: &str| -> ApiResult<u16> {
         params
             .get(key)
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| ApiError::bad_request(format!("invalid or missing {key}")))
     };
-    engine
-        .resize_container(&id, dimension("h")?, dimension("w")?)
-        .await?;
-    Ok(StatusCode::OK)
+    Ok((dimension("h")?, dimension("w")?))
 }
 
 /// `DELETE /containers/{id}`.

@@ -125,14 +125,7 @@ pub async fn resize(
     Path(id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> ApiResult<StatusCode> {
-    let dimension = |key: &str| -> ApiResult<u16> {
-        params
-            .get(key)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| ApiError::bad_request(format!("invalid or missing {key}")))
-    };
-    engine
-        .resize_exec(&id, dimension("h")?, dimension("w")?)
-        .await?;
+    let (rows, cols) = crate::containers::terminal_size(&params)?;
+    engine.resize_exec(&id, rows, cols).await?;
     Ok(StatusCode::OK)
 }

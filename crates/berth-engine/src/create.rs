@@ -1,7 +1,6 @@
 //! `docker create`: the request merged with the image's defaults, a name, and a
 //! copy-on-write disk over the image's root filesystem.
 
-use std::process::Command;
 use std::sync::Arc;
 
 use bollard_stubs::models::{ContainerConfig, ContainerCreateBody, HostConfig};
@@ -265,24 +264,8 @@ impl Engine {
         let (base, _size) = tokio::task::spawn_blocking(move || engine.images.rootfs(&image))
             .await
             .map_err(|e| EngineError::Agent(format!("rootfs build panicked: {e}")))??;
-        let overlay = dir.join("rootfs.qcow2");
-        let output = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-            .arg(&base)
-            .arg(&overlay)
-            // Every container disk has one virtual size, the size its VM's template saw.
-            .arg(crate::template::CONTAINER_DISK_SIZE)
-            .output()
-            .map_err(|e| EngineError::Command {
-                what: "qemu-img create".into(),
-                detail: format!("{e} (is qemu-utils installed?)"),
-            })?;
-        if !output.status.success() {
-            return Err(EngineError::Command {
-                what: "qemu-img create".into(),
-                detail: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-            });
-        }
+        // Every container disk has one virtual size, the size its VM's template saw.
+        crate::template::create_container_disk(&dir.join("rootfs.qcow2"), Some(&base))?;
         Ok(())
     }
 }

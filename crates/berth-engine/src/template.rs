@@ -119,16 +119,21 @@ fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// Creates an empty qcow2 of the container disk size.
-pub fn create_placeholder_disk(path: &Path) -> Result<(), EngineError> {
-    let output = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
+/// Creates a qcow2 file of [`CONTAINER_DISK_SIZE`]: empty, or copy-on-write over a raw
+/// `backing` file (a container's disk over its image's ext4).
+pub fn create_container_disk(path: &Path, backing: Option<&Path>) -> Result<(), EngineError> {
+    let mut command = Command::new("qemu-img");
+    command.args(["create", "-q", "-f", "qcow2"]);
+    if let Some(backing) = backing {
+        command.args(["-F", "raw", "-b"]).arg(backing);
+    }
+    let output = command
         .arg(path)
         .arg(CONTAINER_DISK_SIZE)
         .output()
         .map_err(|e| EngineError::Command {
             what: "qemu-img create".into(),
-            detail: e.to_string(),
+            detail: format!("{e} (is qemu-utils installed?)"),
         })?;
     if !output.status.success() {
         return Err(EngineError::Command {
@@ -263,7 +268,7 @@ impl TemplateManager {
         let run_dir = dir.join("run");
         std::fs::create_dir_all(&run_dir).map_err(EngineError::io(&run_dir))?;
         let placeholder = dir.join("placeholder.qcow2");
-        create_placeholder_disk(&placeholder)?;
+        create_container_disk(&placeholder, None)?;
         let spec = VmSpec {
             name: format!("template-{key}"),
             vcpus: shape.vcpus,
