@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Berth needs on a Debian 12 host: QEMU (system emulator and qemu-img),
 # e2fsprogs (mkfs.ext4 -d builds root filesystems), busybox-static (the tests' image),
-# skopeo (the tests make archives with it as another tool would).
+# skopeo (the tests make archives with it as another tool would), python3-docker (docker-py,
+# a second real Docker API client for the tests).
 # The guest kernel is not installed: Berth fetches Debian's package into its cache.
 set -euo pipefail
 need=()
@@ -10,6 +11,7 @@ command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v skopeo >/dev/null || need+=(skopeo)
+/usr/bin/python3 -c 'import docker' 2>/dev/null || need+=(python3-docker)
 # Berth resolves and downloads the guest kernel with apt on first use: the package lists
 # must be current then (an old list can name a kernel the archive no longer has).
 cache=${BERTH_CACHE:-/var/cache/berth}

@@ -187,7 +187,19 @@ impl Engine {
             .clone()
             .filter(|i| !i.is_empty())
             .ok_or_else(|| EngineError::InvalidArgument("config.Image is required".into()))?;
-        let host_config = body.host_config.clone().unwrap_or_default();
+        let mut host_config = body.host_config.clone().unwrap_or_default();
+        // Defaults Docker fills in and clients read back (docker-py reads LogConfig.Type).
+        if host_config
+            .log_config
+            .as_ref()
+            .and_then(|l| l.typ.as_deref())
+            .is_none_or(str::is_empty)
+        {
+            host_config.log_config = Some(bollard_stubs::models::HostConfigLogConfig {
+                typ: Some("json-file".into()),
+                config: Some(Default::default()),
+            });
+        }
         check_supported(&host_config)?;
         let image = self.resolve_image(&image_ref)?;
         let id = names::new_id();
