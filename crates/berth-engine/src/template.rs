@@ -144,6 +144,21 @@ pub fn create_container_disk(path: &Path, backing: Option<&Path>) -> Result<(), 
     Ok(())
 }
 
+/// Kills a VM process when dropped; the normal path has already stopped it by then.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.0)).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains("berth-template-") {
+            // SAFETY: kill takes no pointers; the pid was just checked to be a template VM.
+            unsafe {
+                libc::kill(self.0 as i32, libc::SIGKILL);
+            }
+        }
+    }
+}
+
 impl TemplateManager {
     pub fn new(root: PathBuf) -> Self {
         Self {
@@ -285,6 +300,9 @@ impl TemplateManager {
             restore_from: None,
         };
         let vm = backend.boot(&spec).await?;
+        // If this build is abandoned (the daemon shuts down mid-build), the template VM
+        // must not outlive it.
+        let _abandoned = KillOnDrop(vm.pid);
         let control = vm.control;
         let snapshot = async {
             // Keep the channel open while snapshotting: the guest must see its host connected.
