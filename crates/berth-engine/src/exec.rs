@@ -109,13 +109,7 @@ impl ExecTable {
 impl Engine {
     /// `POST /containers/{id}/exec`: records an exec instance.
     pub fn create_exec(&self, reference: &str, config: ExecConfig) -> Result<String, EngineError> {
-        let handle = self.lookup(reference)?;
-        if handle.runtime().is_none() {
-            return Err(EngineError::Conflict(format!(
-                "Container {} is not running",
-                handle.id
-            )));
-        }
+        let (handle, _) = self.running_handle(reference)?;
         if lock(&handle.record).state.status == crate::ContainerStatus::Paused {
             return Err(EngineError::Conflict(format!(
                 "Container {} is paused, unpause the container before exec",
@@ -165,10 +159,7 @@ impl Engine {
             )));
         }
         exec.state.send_modify(|s| s.started = true);
-        let container = self.lookup(&exec.container_id)?;
-        let runtime = container.runtime().ok_or_else(|| {
-            EngineError::Conflict(format!("Container {} is not running", container.id))
-        })?;
+        let (container, runtime) = self.running_handle(&exec.container_id)?;
         let record = container.snapshot();
         let config = &exec.config;
         let tty = tty_override.or(config.tty).unwrap_or(false);
@@ -240,10 +231,7 @@ impl Engine {
     /// `POST /exec/{id}/resize`.
     pub async fn resize_exec(&self, id: &str, rows: u16, cols: u16) -> Result<(), EngineError> {
         let exec = self.exec(id)?;
-        let container = self.lookup(&exec.container_id)?;
-        let runtime = container.runtime().ok_or_else(|| {
-            EngineError::Conflict(format!("Container {} is not running", container.id))
-        })?;
+        let (_, runtime) = self.running_handle(&exec.container_id)?;
         runtime
             .session
             .send(exec.stream, &HostMessage::Resize { rows, cols })

@@ -154,7 +154,8 @@ impl Engine {
         })
     }
 
-    fn running_handle(
+    /// The container and its running VM, or the conflict Docker reports.
+    pub(crate) fn running_handle(
         &self,
         reference: &str,
     ) -> Result<(Arc<ContainerHandle>, Arc<crate::Runtime>), EngineError> {
