@@ -1,0 +1,282 @@
+//! The DNS server Berth runs for each container network.
+//!
+//! It listens on UDP port 53 of the network's gateway address inside Berth's namespace.
+//! Names it knows (containers on the network by name, short id and alias) are answered
+//! from its table, with Docker's TTL of 600 s; an `AAAA` or other query for a known name
+//! gets an empty answer (containers have IPv4 addresses only). Every other query is
+//! forwarded, as the client sent it, to the host's resolvers from the host's namespace,
+//! and the answer relayed back. DNS over TCP is not served.
+//!
+//! Queries come from guests and are untrusted: a packet that does not parse is dropped,
+//! and answers are only built from the table.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use simple_dns::rdata::{RData, A};
+use simple_dns::{Packet, PacketFlag, ResourceRecord, CLASS, QTYPE, RCODE, TYPE};
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+use crate::netns::Namespace;
+
+/// Docker's TTL for container names.
+const TTL: u32 = 600;
+/// How long a forwarded query waits for an upstream answer.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
+/// The largest UDP DNS message handled.
+const MAX_MESSAGE: usize = 4096;
+
+/// Names to addresses, shared between the engine (which updates it) and a server.
+#[derive(Debug, Default)]
+pub struct DnsTable {
+    names: RwLock<HashMap<String, Vec<Ipv4Addr>>>,
+}
+
+fn normalise(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+impl DnsTable {
+    /// Replaces the whole table.
+    pub fn replace(&self, entries: impl IntoIterator<Item = (String, Ipv4Addr)>) {
+        let mut names: HashMap<String, Vec<Ipv4Addr>> = HashMap::new();
+        for (name, address) in entries {
+            let list = names.entry(normalise(&name)).or_default();
+            if !list.contains(&address) {
+                list.push(address);
+            }
+        }
+        *self.names.write().unwrap_or_else(|p| p.into_inner()) = names;
+    }
+
+    pub fn lookup(&self, name: &str) -> Option<Vec<Ipv4Addr>> {
+        self.names
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&normalise(name))
+            .cloned()
+    }
+}
+
+/// What to do with one query.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send this answer.
+    Answer(Vec<u8>),
+    /// Not ours: forward the query upstream.
+    Forward,
+    /// Not a query we can read: drop it.
+    Drop,
+}
+
+/// Decides on one query packet.
+pub fn answer(query: &[u8], table: &DnsTable) -> Verdict {
+    let Ok(packet) = Packet::parse(query) else {
+        return Verdict::Drop;
+    };
+    if packet.has_flags(PacketFlag::RESPONSE) || packet.questions.len() != 1 {
+        return Verdict::Drop;
+    }
+    let question = &packet.questions[0];
+    let name = question.qname.to_string();
+    let Some(addresses) = table.lookup(&name) else {
+        return Verdict::Forward;
+    };
+    let mut reply = Packet::new_reply(packet.id());
+    reply.set_flags(PacketFlag::AUTHORITATIVE_ANSWER | PacketFlag::RECURSION_AVAILABLE);
+    if packet.has_flags(PacketFlag::RECURSION_DESIRED) {
+        reply.set_flags(PacketFlag::RECURSION_DESIRED);
+    }
+    reply.questions.push(question.clone());
+    if matches!(question.qtype, QTYPE::TYPE(TYPE::A) | QTYPE::ANY) {
+        for address in addresses {
+            reply.answers.push(ResourceRecord::new(
+                question.qname.clone(),
+                CLASS::IN,
+                TTL,
+                RData::A(A::from(address)),
+            ));
+        }
+    }
+    *reply.rcode_mut() = RCODE::NoError;
+    match reply.build_bytes_vec() {
+        Ok(bytes) => Verdict::Answer(bytes),
+        Err(_) => Verdict::Drop,
+    }
+}
+
+/// A SERVFAIL answer to `query` (when no upstream answered).
+fn server_failure(query: &[u8]) -> Option<Vec<u8>> {
+    let packet = Packet::parse(query).ok()?;
+    let mut reply = Packet::new_reply(packet.id());
+    reply.questions = packet.questions.clone();
+    *reply.rcode_mut() = RCODE::ServerFailure;
+    reply.build_bytes_vec().ok()
+}
+
+/// The host's resolvers, from `/etc/resolv.conf`.
+pub fn host_resolvers() -> Vec<SocketAddr> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .filter_map(|address| address.trim().parse::<std::net::IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+/// A running server; stops when dropped.
+pub struct DnsServer {
+    task: JoinHandle<()>,
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl DnsServer {
+    /// Listens on `address:53` inside `namespace` and serves `table`.
+    pub fn start(
+        namespace: &Namespace,
+        address: Ipv4Addr,
+        table: Arc<DnsTable>,
+        upstreams: Vec<SocketAddr>,
+    ) -> io::Result<Self> {
+        let socket = namespace.run(move || {
+            let socket = std::net::UdpSocket::bind((address, 53))?;
+            socket.set_nonblocking(true)?;
+            Ok(socket)
+        })?;
+        let socket = Arc::new(UdpSocket::from_std(socket)?);
+        let task = tokio::spawn(serve(socket, table, Arc::new(upstreams)));
+        Ok(Self { task })
+    }
+}
+
+async fn serve(socket: Arc<UdpSocket>, table: Arc<DnsTable>, upstreams: Arc<Vec<SocketAddr>>) {
+    let mut buffer = vec![0u8; MAX_MESSAGE];
+    loop {
+        let (length, client) = match socket.recv_from(&mut buffer).await {
+            Ok(received) => received,
+            Err(error) => {
+                tracing::debug!(%error, "dns receive failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let query = buffer[..length].to_vec();
+        match answer(&query, &table) {
+            Verdict::Answer(reply) => {
+                let _ = socket.send_to(&reply, client).await;
+            }
+            Verdict::Drop => {}
+            Verdict::Forward => {
+                let socket = socket.clone();
+                let upstreams = upstreams.clone();
+                tokio::spawn(async move {
+                    let reply = match forward(&query, &upstreams).await {
+                        Some(reply) => Some(reply),
+                        None => server_failure(&query),
+                    };
+                    if let Some(reply) = reply {
+                        let _ = socket.send_to(&reply, client).await;
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Sends `query` to each upstream in turn from the host's namespace; the first answer wins.
+async fn forward(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
+    for upstream in upstreams {
+        let bind: SocketAddr = if upstream.is_ipv4() {
+            "0.0.0.0:0".parse().ok()?
+        } else {
+            "[::]:0".parse().ok()?
+        };
+        let Ok(socket) = UdpSocket::bind(bind).await else {
+            continue;
+        };
+        if socket.send_to(query, upstream).await.is_err() {
+            continue;
+        }
+        let mut buffer = vec![0u8; MAX_MESSAGE];
+        if let Ok(Ok((length, from))) =
+            tokio::time::timeout(FORWARD_TIMEOUT, socket.recv_from(&mut buffer)).await
+        {
+            if from == *upstream && length >= 2 && buffer[..2] == query[..2] {
+                buffer.truncate(length);
+                return Some(buffer);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use simple_dns::{Name, Question};
+
+    fn query(name: &str, qtype: TYPE) -> Vec<u8> {
+        let mut packet = Packet::new_query(0x4242);
+        packet.set_flags(PacketFlag::RECURSION_DESIRED);
+        packet.questions.push(Question::new(
+            Name::new_unchecked(name),
+            qtype.into(),
+            CLASS::IN.into(),
+            false,
+        ));
+        packet.build_bytes_vec().unwrap()
+    }
+
+    #[test]
+    fn known_names_are_answered_case_insensitively() {
+        let table = DnsTable::default();
+        table.replace([
+            ("web".to_owned(), Ipv4Addr::new(172, 18, 0, 2)),
+            ("Alias".to_owned(), Ipv4Addr::new(172, 18, 0, 2)),
+        ]);
+        let Verdict::Answer(bytes) = answer(&query("WEB.", TYPE::A), &table) else {
+            panic!("no answer");
+        };
+        let reply = Packet::parse(&bytes).unwrap();
+        assert_eq!(reply.id(), 0x4242);
+        assert!(reply.has_flags(PacketFlag::RESPONSE));
+        assert_eq!(reply.answers.len(), 1);
+        assert_eq!(
+            reply.answers[0].rdata,
+            RData::A(A::from(Ipv4Addr::new(172, 18, 0, 2)))
+        );
+        // AAAA for a known name: an empty, successful answer.
+        let Verdict::Answer(bytes) = answer(&query("alias", TYPE::AAAA), &table) else {
+            panic!("no answer");
+        };
+        let reply = Packet::parse(&bytes).unwrap();
+        assert!(reply.answers.is_empty());
+        assert_eq!(reply.rcode(), RCODE::NoError);
+    }
+
+    #[test]
+    fn unknown_names_are_forwarded_and_garbage_dropped() {
+        let table = DnsTable::default();
+        assert_eq!(
+            answer(&query("example.org", TYPE::A), &table),
+            Verdict::Forward
+        );
+        assert_eq!(answer(b"\x00\x01garbage", &table), Verdict::Drop);
+        assert_eq!(answer(&[], &table), Verdict::Drop);
+        let failure = server_failure(&query("example.org", TYPE::A)).unwrap();
+        assert_eq!(
+            Packet::parse(&failure).unwrap().rcode(),
+            RCODE::ServerFailure
+        );
+    }
+}

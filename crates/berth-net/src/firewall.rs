@@ -1,0 +1,99 @@
+//! Filtering inside Berth's namespace, with nftables.
+//!
+//! One table, `inet berth`, replaced whole on every change (`nft -f` applies a file
+//! atomically). Its rules:
+//!
+//! - `forward`: drop everything. IP forwarding is off in the namespace as well; together
+//!   they keep containers on different networks apart (containers on one network talk
+//!   through their bridge, which is not forwarding).
+//! - `input`: a container may reach the namespace itself only at its own network's
+//!   gateway address (where the network's DNS server listens); other gateway addresses
+//!   are not reachable from it.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::process::Stdio;
+
+use crate::netns::Namespace;
+use crate::NetError;
+
+/// One network's bridge and gateway, as the rules see them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeRule {
+    pub bridge: String,
+    pub gateway: Ipv4Addr,
+}
+
+/// The ruleset text for `bridges`.
+pub fn ruleset(bridges: &[BridgeRule]) -> String {
+    let mut text = String::from(
+        "table inet berth\ndelete table inet berth\ntable inet berth {\n\tchain forward {\n\t\ttype filter hook forward priority 0; policy drop;\n\t}\n\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n\t\tct state established,related accept\n",
+    );
+    for rule in bridges {
+        text.push_str(&format!(
+            "\t\tiifname \"{}\" ip daddr != {} drop\n",
+            rule.bridge, rule.gateway
+        ));
+    }
+    text.push_str("\t}\n}\n");
+    text
+}
+
+/// Applies the ruleset for `bridges` in the namespace.
+pub fn apply(namespace: &Namespace, bridges: &[BridgeRule]) -> Result<(), NetError> {
+    let text = ruleset(bridges);
+    let mut child = namespace
+        .command("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| NetError::Io("running nft (is the nftables package installed?)".into(), e))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|e| NetError::Io("writing the nft ruleset".into(), e))?;
+    }
+    let output = child
+        .wait_with_output()
+        .map_err(|e| NetError::Io("running nft".into(), e))?;
+    if !output.status.success() {
+        return Err(NetError::Command {
+            command: "nft -f -".into(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Removes Berth's table.
+pub fn clear(namespace: &Namespace) {
+    let _ = namespace
+        .command("nft")
+        .args(["delete", "table", "inet", "berth"])
+        .output();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ruleset_drops_forwarding_and_foreign_gateways() {
+        let text = ruleset(&[
+            BridgeRule {
+                bridge: "berth0".into(),
+                gateway: Ipv4Addr::new(172, 17, 0, 1),
+            },
+            BridgeRule {
+                bridge: "br-0123456789ab".into(),
+                gateway: Ipv4Addr::new(172, 18, 0, 1),
+            },
+        ]);
+        assert!(text.contains("hook forward priority 0; policy drop;"));
+        assert!(text.contains("iifname \"berth0\" ip daddr != 172.17.0.1 drop"));
+        assert!(text.contains("iifname \"br-0123456789ab\" ip daddr != 172.18.0.1 drop"));
+        assert!(text.starts_with("table inet berth\ndelete table inet berth\n"));
+    }
+}

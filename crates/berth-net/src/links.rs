@@ -1,0 +1,120 @@
+//! Bridges and tap devices inside Berth's namespace, made with iproute2.
+//!
+//! Names: a network's bridge is `br-<first 12 hex of its id>` (Docker's own scheme), the
+//! default network's is `berth0`; a VM's tap is `bt<first 12 hex of its container id><n>`
+//! for its n-th NIC. All fit Linux's 15-byte interface names.
+
+use std::net::Ipv4Addr;
+
+use crate::netns::Namespace;
+use crate::NetError;
+
+/// Linux's longest interface name.
+const MAX_NAME: usize = 15;
+
+fn check_name(name: &str) -> Result<(), NetError> {
+    if name.is_empty()
+        || name.len() > MAX_NAME
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(NetError::Invalid(format!("bad interface name {name:?}")));
+    }
+    Ok(())
+}
+
+/// The tap of a container VM's `index`-th NIC.
+pub fn tap_name(container_id: &str, index: usize) -> String {
+    format!(
+        "bt{}{}",
+        &container_id[..12.min(container_id.len())],
+        index % 10
+    )
+}
+
+/// Creates (or keeps) a bridge with `gateway/prefix` as its address, and brings it up.
+pub fn ensure_bridge(
+    namespace: &Namespace,
+    name: &str,
+    gateway: Ipv4Addr,
+    prefix: u8,
+) -> Result<(), NetError> {
+    check_name(name)?;
+    if namespace.ip(&["link", "show", "dev", name]).is_err() {
+        // No spanning tree and no forwarding delay: ports forward as soon as they are up.
+        namespace.ip(&[
+            "link",
+            "add",
+            "name",
+            name,
+            "type",
+            "bridge",
+            "forward_delay",
+            "0",
+            "stp_state",
+            "0",
+        ])?;
+    }
+    namespace.ip(&[
+        "addr",
+        "replace",
+        &format!("{gateway}/{prefix}"),
+        "dev",
+        name,
+    ])?;
+    namespace.ip(&["link", "set", "dev", name, "up"])?;
+    Ok(())
+}
+
+/// Deletes a link if it exists.
+pub fn delete_link(namespace: &Namespace, name: &str) -> Result<(), NetError> {
+    check_name(name)?;
+    if namespace.ip(&["link", "show", "dev", name]).is_ok() {
+        namespace.ip(&["link", "delete", "dev", name])?;
+    }
+    Ok(())
+}
+
+/// Creates a persistent tap device, down and attached to nothing (a VM opens it by name
+/// from inside the namespace). An old tap of the same name is replaced.
+pub fn create_tap(namespace: &Namespace, name: &str) -> Result<(), NetError> {
+    delete_link(namespace, name)?;
+    namespace.ip(&["tuntap", "add", "dev", name, "mode", "tap", "vnet_hdr"])?;
+    Ok(())
+}
+
+/// Attaches a tap to a bridge and brings it up.
+pub fn attach_tap(namespace: &Namespace, tap: &str, bridge: &str) -> Result<(), NetError> {
+    check_name(tap)?;
+    check_name(bridge)?;
+    namespace.ip(&["link", "set", "dev", tap, "master", bridge, "up"])?;
+    Ok(())
+}
+
+/// Lists the namespace's links whose names start with `prefix`.
+pub fn links_with_prefix(namespace: &Namespace, prefix: &str) -> Result<Vec<String>, NetError> {
+    let output = namespace.ip(&["-o", "link", "show"])?;
+    Ok(output
+        .lines()
+        .filter_map(|line| line.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap_or(name).to_owned())
+        .filter(|name| name.starts_with(prefix))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_and_are_checked() {
+        let tap = tap_name(&"ab".repeat(32), 3);
+        assert_eq!(tap, "btabababababab3");
+        assert!(check_name(&tap).is_ok());
+        assert!(check_name("br-0123456789ab").is_ok());
+        assert!(check_name("a-name-that-is-too-long").is_err());
+        assert!(check_name("x;rm").is_err());
+        assert!(check_name("").is_err());
+    }
+}
