@@ -12,6 +12,29 @@ pub struct SetupSpec {
     pub hostname: String,
     /// Guest block device holding the container's root filesystem (ext4), e.g. `/dev/vda`.
     pub root_device: String,
+    /// Network interfaces to configure before the container's process runs.
+    #[serde(default)]
+    pub interfaces: Vec<InterfaceSpec>,
+    /// Nameservers for the container's /etc/resolv.conf (IPv4 addresses).
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+}
+
+/// One NIC's configuration. The NIC is found by its PCI slot (the host put it there), so
+/// that it is found whatever the guest named it and whatever MAC address it had (a
+/// clone's NIC starts with its template's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceSpec {
+    /// PCI slot on bus 0 (`0000:00:<slot>.0`).
+    pub pci_slot: u8,
+    /// The name to give it (`eth0`).
+    pub name: String,
+    /// Its MAC address, `xx:xx:xx:xx:xx:xx`.
+    pub mac: String,
+    /// `a.b.c.d/prefix`.
+    pub address: String,
+    /// Default route through this gateway, if set.
+    pub gateway: Option<String>,
 }
 
 /// A clone's new identity, sent as the first message after a VM is restored from a
@@ -65,6 +88,11 @@ pub enum HostMessage {
     Rebind(RebindSpec),
     /// Mount the root filesystem and set the hostname. Answered by `SetupDone` or `Error`.
     Setup(SetupSpec),
+    /// Configure a NIC that was hot-plugged into a running VM. Answered by `InterfaceReady`
+    /// or `Error`.
+    AddInterface(InterfaceSpec),
+    /// Take a NIC down before it is unplugged. Answered by `InterfaceRemoved` or `Error`.
+    RemoveInterface { name: String },
     /// Start a process on the frame's stream id.
     Spawn(ProcessSpec),
     /// No more standard input for the frame's stream.
@@ -91,6 +119,10 @@ pub enum GuestMessage {
     },
     /// `Setup` finished.
     SetupDone,
+    /// `AddInterface` finished.
+    InterfaceReady { name: String },
+    /// `RemoveInterface` finished.
+    InterfaceRemoved { name: String },
     /// The process on the frame's stream started.
     Started { pid: i32 },
     /// The process on the frame's stream could not start.

@@ -9,6 +9,7 @@
 
 mod boot;
 mod channel;
+mod network;
 mod process;
 mod rebind;
 mod serve;

@@ -12,9 +12,9 @@ use berth_agent_proto::{
 };
 use nix::sys::wait::{waitpid, WaitStatus};
 
-use crate::boot;
 use crate::channel::Channel;
 use crate::process::{self, ProcessTable, CONTAINER_ROOT};
+use crate::{boot, network};
 
 type SharedTable = Arc<Mutex<ProcessTable>>;
 
@@ -188,6 +188,29 @@ fn handle(
             }
             Ok(())
         }
+        HostMessage::AddInterface(spec) => match network::configure(&spec) {
+            Ok(()) => channel.send(
+                stream,
+                &GuestMessage::InterfaceReady {
+                    name: spec.name.clone(),
+                },
+            ),
+            Err(error) => channel.send(
+                stream,
+                &GuestMessage::Error {
+                    message: format!("configuring {}: {error}", spec.name),
+                },
+            ),
+        },
+        HostMessage::RemoveInterface { name } => match network::take_down(&name) {
+            Ok(()) => channel.send(stream, &GuestMessage::InterfaceRemoved { name }),
+            Err(error) => channel.send(
+                stream,
+                &GuestMessage::Error {
+                    message: format!("taking {name} down: {error}"),
+                },
+            ),
+        },
         HostMessage::Shutdown | HostMessage::Rebind(_) => Ok(()),
     }
 }
@@ -195,18 +218,34 @@ fn handle(
 fn setup(spec: &SetupSpec) -> io::Result<()> {
     boot::mount_container_root(&spec.root_device)?;
     nix::unistd::sethostname(&spec.hostname).map_err(io::Error::from)?;
-    // /etc/hostname and /etc/hosts are the container's own, bind-mounted from the
-    // agent's tmpfs so that they never land in the container's writable layer.
+    network::loopback_up()?;
+    for interface in &spec.interfaces {
+        network::configure(interface)?;
+    }
+    // /etc/hostname, /etc/hosts and /etc/resolv.conf are the container's own,
+    // bind-mounted from the agent's tmpfs so that they never land in the container's
+    // writable layer.
     fs::create_dir_all("/run/berth")?;
     fs::write("/run/berth/hostname", format!("{}\n", spec.hostname))?;
+    let own_address = spec
+        .interfaces
+        .first()
+        .and_then(|i| i.address.split('/').next())
+        .unwrap_or("127.0.1.1");
     fs::write(
         "/run/berth/hosts",
         format!(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n{own_address}\t{}\n",
             spec.hostname
         ),
     )?;
-    for name in ["hostname", "hosts"] {
+    let mut resolv = String::new();
+    for server in &spec.nameservers {
+        resolv.push_str(&format!("nameserver {server}\n"));
+    }
+    resolv.push_str("options ndots:0\n");
+    fs::write("/run/berth/resolv.conf", resolv)?;
+    for name in ["hostname", "hosts", "resolv.conf"] {
         let target = format!("{CONTAINER_ROOT}/etc/{name}");
         if fs::create_dir_all(format!("{CONTAINER_ROOT}/etc")).is_ok()
             && (fs::metadata(&target).is_ok() || File::create(&target).is_ok())

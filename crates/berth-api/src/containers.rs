@@ -110,7 +110,11 @@ pub async fn list(State(engine): State<AppState>, Query(params): Params) -> ApiR
     if let Some(limit) = limit {
         selected.truncate(limit);
     }
-    let summaries: Vec<_> = selected.iter().map(convert::container_summary).collect();
+    let networks = engine.networks().list();
+    let summaries: Vec<_> = selected
+        .iter()
+        .map(|record| convert::container_summary(record, &networks))
+        .collect();
     Ok(Json(summaries).into_response())
 }
 
@@ -127,8 +131,16 @@ pub async fn inspect(
         .join("container.log")
         .display()
         .to_string();
-    let mut value = serde_json::to_value(convert::container_inspect(&record, log_path))
+    let networks = engine.networks().list();
+    let mut value = serde_json::to_value(convert::container_inspect(&record, log_path, &networks))
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    // The default network's address also at the top of NetworkSettings, where older
+    // clients and scripts (`{{.NetworkSettings.IPAddress}}`) read it.
+    if let Some(settings) = value["NetworkSettings"]["Networks"].get("bridge").cloned() {
+        for key in ["IPAddress", "IPPrefixLen", "Gateway", "MacAddress"] {
+            value["NetworkSettings"][key] = settings[key].clone();
+        }
+    }
     // Berth's own facts about the container's VM, under a key of its own.
     let memory = (record.state.pid != 0)
         .then(|| berth_engine::process_memory(record.state.pid))

@@ -2,11 +2,13 @@
 
 use std::collections::HashMap;
 
+use berth_engine::network::{EndpointRecord, NetworkRecord};
 use berth_engine::{ContainerRecord, ContainerStatus, ImageRecord};
 use bollard_stubs::models::{
     ContainerInspectResponse, ContainerState, ContainerStateStatusEnum, ContainerSummary,
     ContainerSummaryHostConfig, ContainerSummaryNetworkSettings, ContainerSummaryStateEnum,
-    ImageConfig, ImageInspect, ImageInspectRootFs, ImageSummary, NetworkSettings,
+    EndpointIpamConfig, EndpointSettings, ImageConfig, ImageInspect, ImageInspectRootFs,
+    ImageSummary, NetworkSettings, PortBinding, PortMap, PortSummary, PortSummaryTypeEnum,
 };
 use chrono::{DateTime, Utc};
 
@@ -97,8 +99,139 @@ fn command_line(record: &ContainerRecord) -> String {
         .join(" ")
 }
 
+/// A container's endpoint on a network, as inspect and `ps` show it.
+fn endpoint_settings(
+    record: &ContainerRecord,
+    endpoint: &EndpointRecord,
+    network: Option<&NetworkRecord>,
+) -> EndpointSettings {
+    let running = endpoint.ip.is_some();
+    let mut dns_names = vec![record.name.clone(), record.id[..12].to_owned()];
+    dns_names.extend(endpoint.aliases.iter().cloned());
+    EndpointSettings {
+        ipam_config: endpoint.requested_ip.map(|ip| EndpointIpamConfig {
+            ipv4_address: Some(ip.to_string()),
+            ..Default::default()
+        }),
+        links: None,
+        mac_address: Some(if running {
+            endpoint.mac.clone()
+        } else {
+            endpoint.requested_mac.clone().unwrap_or_default()
+        }),
+        aliases: (!endpoint.aliases.is_empty()).then(|| endpoint.aliases.clone()),
+        network_id: Some(endpoint.network_id.clone()),
+        endpoint_id: Some(endpoint.endpoint_id.clone()),
+        gateway: Some(
+            network
+                .filter(|_| running)
+                .and_then(|n| n.gateway)
+                .map(|g| g.to_string())
+                .unwrap_or_default(),
+        ),
+        ip_address: Some(endpoint.ip.map(|ip| ip.to_string()).unwrap_or_default()),
+        ip_prefix_len: Some(
+            network
+                .filter(|_| running)
+                .and_then(|n| n.subnet)
+                .map(|s| i64::from(s.prefix()))
+                .unwrap_or(0),
+        ),
+        ipv6_gateway: Some(String::new()),
+        global_ipv6_address: Some(String::new()),
+        global_ipv6_prefix_len: Some(0),
+        dns_names: network
+            .filter(|n| n.has_connectivity() && n.name != "bridge")
+            .map(|_| dns_names),
+        ..Default::default()
+    }
+}
+
+/// The container's endpoints by network name.
+fn endpoints(
+    record: &ContainerRecord,
+    networks: &[NetworkRecord],
+) -> HashMap<String, EndpointSettings> {
+    record
+        .networks
+        .iter()
+        .map(|(name, endpoint)| {
+            let network = networks.iter().find(|n| n.id == endpoint.network_id);
+            (name.clone(), endpoint_settings(record, endpoint, network))
+        })
+        .collect()
+}
+
+/// `NetworkSettings.Ports`: every exposed or published port, with its host bindings
+/// while the container runs.
+fn port_map(record: &ContainerRecord) -> PortMap {
+    let mut map: PortMap = HashMap::new();
+    for key in record.config.exposed_ports.iter().flatten() {
+        map.entry(key.clone()).or_insert(None);
+    }
+    for key in record
+        .host_config
+        .port_bindings
+        .iter()
+        .flat_map(|p| p.keys())
+    {
+        map.entry(key.clone()).or_insert(None);
+    }
+    for port in &record.ports {
+        map.entry(port.key())
+            .or_insert(None)
+            .get_or_insert_with(Vec::new)
+            .push(PortBinding {
+                host_ip: Some(port.host_ip.clone()),
+                host_port: Some(port.host_port.to_string()),
+            });
+    }
+    map
+}
+
+/// `Ports` of a `ps` row.
+fn port_summaries(record: &ContainerRecord) -> Vec<PortSummary> {
+    let mut summaries: Vec<PortSummary> = record
+        .ports
+        .iter()
+        .map(|port| PortSummary {
+            ip: Some(port.host_ip.clone()),
+            private_port: port.container_port,
+            public_port: Some(port.host_port),
+            typ: Some(match port.protocol {
+                berth_engine::network::Protocol::Tcp => PortSummaryTypeEnum::TCP,
+                berth_engine::network::Protocol::Udp => PortSummaryTypeEnum::UDP,
+            }),
+        })
+        .collect();
+    if record.state.status.is_running() {
+        for key in record.config.exposed_ports.iter().flatten() {
+            let Some((port, protocol)) = key.split_once('/') else {
+                continue;
+            };
+            let Ok(port) = port.parse::<u16>() else {
+                continue;
+            };
+            if summaries.iter().any(|s| s.private_port == port) {
+                continue;
+            }
+            summaries.push(PortSummary {
+                ip: None,
+                private_port: port,
+                public_port: None,
+                typ: Some(if protocol == "udp" {
+                    PortSummaryTypeEnum::UDP
+                } else {
+                    PortSummaryTypeEnum::TCP
+                }),
+            });
+        }
+    }
+    summaries
+}
+
 /// One row of `GET /containers/json`.
-pub fn container_summary(record: &ContainerRecord) -> ContainerSummary {
+pub fn container_summary(record: &ContainerRecord, networks: &[NetworkRecord]) -> ContainerSummary {
     let network_mode = record
         .host_config
         .network_mode
@@ -115,7 +248,7 @@ pub fn container_summary(record: &ContainerRecord) -> ContainerSummary {
                 .map(|t| t.timestamp())
                 .unwrap_or(0),
         ),
-        ports: Some(Vec::new()),
+        ports: Some(port_summaries(record)),
         labels: Some(record.config.labels.clone().unwrap_or_default()),
         state: Some(summary_state(record.state.status)),
         status: Some(status_text(record)),
@@ -124,7 +257,7 @@ pub fn container_summary(record: &ContainerRecord) -> ContainerSummary {
             annotations: None,
         }),
         network_settings: Some(ContainerSummaryNetworkSettings {
-            networks: Some(HashMap::new()),
+            networks: Some(endpoints(record, networks)),
         }),
         mounts: Some(Vec::new()),
         ..Default::default()
@@ -132,7 +265,11 @@ pub fn container_summary(record: &ContainerRecord) -> ContainerSummary {
 }
 
 /// `GET /containers/{id}/json`.
-pub fn container_inspect(record: &ContainerRecord, log_path: String) -> ContainerInspectResponse {
+pub fn container_inspect(
+    record: &ContainerRecord,
+    log_path: String,
+    networks: &[NetworkRecord],
+) -> ContainerInspectResponse {
     let state = &record.state;
     ContainerInspectResponse {
         id: Some(record.id.clone()),
@@ -171,8 +308,10 @@ pub fn container_inspect(record: &ContainerRecord, log_path: String) -> Containe
         mounts: Some(Vec::new()),
         config: Some(record.config.clone()),
         network_settings: Some(NetworkSettings {
-            networks: Some(HashMap::new()),
-            ..Default::default()
+            networks: Some(endpoints(record, networks)),
+            ports: Some(port_map(record)),
+            sandbox_id: Some(String::new()),
+            sandbox_key: Some(String::new()),
         }),
         ..Default::default()
     }

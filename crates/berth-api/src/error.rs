@@ -35,8 +35,10 @@ impl From<EngineError> for ApiError {
         let status = match &error {
             EngineError::NoSuchContainer(_)
             | EngineError::NoSuchImage(_)
-            | EngineError::NoSuchExec(_) => StatusCode::NOT_FOUND,
+            | EngineError::NoSuchExec(_)
+            | EngineError::NoSuchNetwork(_) => StatusCode::NOT_FOUND,
             EngineError::Conflict(_) => StatusCode::CONFLICT,
+            EngineError::Forbidden(_) => StatusCode::FORBIDDEN,
             EngineError::InvalidArgument(_) | EngineError::StartFailed(_) => {
                 StatusCode::BAD_REQUEST
             }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod exec;
 pub mod filters;
 pub mod images;
+pub mod networks;
 pub mod stats;
 pub mod streams;
 pub mod system;
@@ -61,6 +62,15 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/exec/{id}/start", post(exec::start))
         .route("/exec/{id}/json", get(exec::inspect))
         .route("/exec/{id}/resize", post(exec::resize))
+        .route("/networks", get(networks::list))
+        .route("/networks/create", post(networks::create))
+        .route("/networks/prune", post(networks::prune))
+        .route(
+            "/networks/{id}",
+            get(networks::inspect).delete(networks::remove),
+        )
+        .route("/networks/{id}/connect", post(networks::connect))
+        .route("/networks/{id}/disconnect", post(networks::disconnect))
         .route("/swarm", any(system::swarm_unavailable))
         .route("/nodes", any(system::swarm_unavailable))
         .route("/services", any(system::swarm_unavailable))

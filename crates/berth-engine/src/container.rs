@@ -95,6 +95,13 @@ pub struct ContainerRecord {
     pub args: Vec<String>,
     pub state: StateRecord,
     pub restart_count: i64,
+    /// The networks the container is connected to, by network name, with its endpoint
+    /// on each (addresses are filled in while it runs).
+    #[serde(default)]
+    pub networks: std::collections::BTreeMap<String, crate::network::EndpointRecord>,
+    /// Ports published while it runs.
+    #[serde(default)]
+    pub ports: Vec<crate::network::PortRecord>,
 }
 
 impl ContainerRecord {
@@ -163,6 +170,8 @@ mod tests {
             args: vec![],
             state: StateRecord::default(),
             restart_count: 0,
+            networks: Default::default(),
+            ports: Vec::new(),
         };
         assert_eq!(record.vm_shape(256), (1, 256));
         record.host_config.nano_cpus = Some(1_500_000_000);

@@ -3,11 +3,14 @@
 
 use std::sync::Arc;
 
-use bollard_stubs::models::{ContainerConfig, ContainerCreateBody, HostConfig};
+use std::collections::BTreeMap;
+
+use bollard_stubs::models::{ContainerConfig, ContainerCreateBody, EndpointSettings, HostConfig};
 
 use crate::container::{ContainerRecord, StateRecord};
 use crate::error::EngineError;
 use crate::names;
+use crate::network::{ConnectRequest, EndpointRecord};
 use crate::{lock, now_rfc3339, ContainerHandle, Engine};
 
 /// Docker's default PATH for containers whose image sets none.
@@ -38,11 +41,11 @@ fn check_supported(host: &HostConfig) -> Result<(), EngineError> {
             "Berth does not support volumes or bind mounts yet: each container runs in its own VM, whose disks are its own".into(),
         ));
     }
-    if host.port_bindings.as_ref().is_some_and(|p| !p.is_empty())
-        || host.publish_all_ports == Some(true)
-    {
-        return Err(EngineError::NotSupported(
-            "Berth does not support published ports yet".into(),
+    let publishes = host.port_bindings.as_ref().is_some_and(|p| !p.is_empty())
+        || host.publish_all_ports == Some(true);
+    if publishes && host.network_mode.as_deref() == Some(crate::network::NONE_NETWORK) {
+        return Err(EngineError::InvalidArgument(
+            "conflicting options: port publishing and the container type network mode".into(),
         ));
     }
     if let Some(mode) = host.network_mode.as_deref() {
@@ -131,7 +134,15 @@ pub fn merge_config(
             .clone()
             .or_else(|| image.stop_signal.clone()),
         stop_timeout: body.stop_timeout,
-        exposed_ports: body.exposed_ports.clone(),
+        exposed_ports: {
+            let mut ports: Vec<String> = image.exposed_ports.clone();
+            for port in body.exposed_ports.iter().flatten() {
+                if !ports.contains(port) {
+                    ports.push(port.clone());
+                }
+            }
+            (!ports.is_empty()).then_some(ports)
+        },
         ..Default::default()
     };
     Ok((config, path.clone(), args.to_vec()))
@@ -150,6 +161,7 @@ pub mod oci_config {
         pub user: String,
         pub labels: HashMap<String, String>,
         pub stop_signal: Option<String>,
+        pub exposed_ports: Vec<String>,
     }
 
     impl Config {
@@ -170,6 +182,7 @@ pub mod oci_config {
                     .into_iter()
                     .collect(),
                 stop_signal: config.stop_signal().clone(),
+                exposed_ports: config.exposed_ports().clone().unwrap_or_default(),
             }
         }
     }
@@ -201,6 +214,7 @@ impl Engine {
             });
         }
         check_supported(&host_config)?;
+        let networks = self.endpoints_at_create(&body, &mut host_config)?;
         let image = self.resolve_image(&image_ref)?;
         let id = names::new_id();
         let (config, path, args) =
@@ -244,6 +258,8 @@ impl Engine {
                 args,
                 state: StateRecord::default(),
                 restart_count: 0,
+                networks,
+                ports: Vec::new(),
             };
             containers.insert(id.clone(), Arc::new(ContainerHandle::new(record.clone())));
             record
@@ -262,6 +278,74 @@ impl Engine {
             id,
             warnings: Vec::new(),
         })
+    }
+
+    /// The container's endpoints from its network mode and `NetworkingConfig`; the
+    /// network mode is recorded by network name (`default` is `bridge`).
+    fn endpoints_at_create(
+        &self,
+        body: &ContainerCreateBody,
+        host: &mut HostConfig,
+    ) -> Result<BTreeMap<String, EndpointRecord>, EngineError> {
+        let mode = match host.network_mode.as_deref() {
+            None | Some("") | Some("default") => crate::network::DEFAULT_NETWORK.to_owned(),
+            Some(mode) => mode.to_owned(),
+        };
+        let primary = self.networks.lookup(&mode)?;
+        host.network_mode = Some(primary.name.clone());
+        let requested = body
+            .networking_config
+            .as_ref()
+            .and_then(|n| n.endpoints_config.clone())
+            .unwrap_or_default();
+        let mut endpoints = BTreeMap::new();
+        let settings_for = |network: &crate::network::NetworkRecord| {
+            requested
+                .iter()
+                .find(|(key, _)| {
+                    *key == &network.name
+                        || *key == &network.id
+                        || (*key == "default" && network.name == crate::network::DEFAULT_NETWORK)
+                })
+                .map(|(_, settings)| settings.clone())
+        };
+        let connect = |network: &crate::network::NetworkRecord,
+                       settings: Option<EndpointSettings>| {
+            let settings = settings.unwrap_or_default();
+            ConnectRequest {
+                aliases: settings.aliases.unwrap_or_default(),
+                ip: settings.ipam_config.and_then(|ipam| ipam.ipv4_address),
+                mac: settings.mac_address.filter(|m| !m.is_empty()),
+            }
+            .endpoint(network)
+        };
+        endpoints.insert(
+            primary.name.clone(),
+            connect(&primary, settings_for(&primary))?,
+        );
+        for (key, settings) in &requested {
+            let key = if key == "default" {
+                crate::network::DEFAULT_NETWORK
+            } else {
+                key.as_str()
+            };
+            let network = self.networks.lookup(key)?;
+            if network.id == primary.id {
+                continue;
+            }
+            if primary.name == crate::network::NONE_NETWORK
+                || network.name == crate::network::NONE_NETWORK
+            {
+                return Err(EngineError::InvalidArgument(
+                    "container cannot be connected to none and to other networks".into(),
+                ));
+            }
+            endpoints.insert(
+                network.name.clone(),
+                connect(&network, Some(settings.clone()))?,
+            );
+        }
+        Ok(endpoints)
     }
 
     async fn prepare_disk(

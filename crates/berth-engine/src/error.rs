@@ -12,12 +12,21 @@ pub enum EngineError {
     /// No exec instance by that id.
     #[error("No such exec instance: {0}")]
     NoSuchExec(String),
+    /// No network by that id, id prefix or name.
+    #[error("network {0} not found")]
+    NoSuchNetwork(String),
+    /// Setting up a container network failed.
+    #[error("container networking failed")]
+    Network(#[source] berth_net::NetError),
     /// No image by that reference.
     #[error("No such image: {0}")]
     NoSuchImage(String),
     /// A request that conflicts with the container's state or another container.
     #[error("{0}")]
     Conflict(String),
+    /// A request that is understood but not allowed (e.g. removing a predefined network).
+    #[error("{0}")]
+    Forbidden(String),
     /// A request that is malformed or asks for something impossible.
     #[error("{0}")]
     InvalidArgument(String),
@@ -84,4 +93,13 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+impl From<berth_net::NetError> for EngineError {
+    fn from(error: berth_net::NetError) -> Self {
+        match error {
+            berth_net::NetError::Invalid(message) => Self::InvalidArgument(message),
+            other => Self::Network(other),
+        }
+    }
 }

@@ -24,6 +24,7 @@ mod error;
 pub mod exec;
 mod lifecycle;
 mod names;
+pub mod network;
 mod output;
 mod run;
 mod session;
@@ -62,6 +63,8 @@ pub struct EngineConfig {
     pub backend: Arc<dyn VmBackend>,
     /// VM memory when the container sets no `--memory`.
     pub default_memory_mib: u32,
+    /// The network namespace (`ip netns` name) that holds container networks.
+    pub netns: String,
 }
 
 /// Facts for `docker info` and `docker version`.
@@ -125,6 +128,22 @@ pub(crate) struct LifecycleState {
 pub(crate) struct Runtime {
     pub session: Arc<AgentSession>,
     pub control: Arc<dyn berth_vm::VmControl>,
+    /// Where the serve task delivers the agent's answer to the one pending request on
+    /// the agent's own stream (see [`Engine::agent_request`]).
+    pub agent_reply: Mutex<Option<tokio::sync::oneshot::Sender<berth_agent_proto::GuestMessage>>>,
+    /// Held while a request on the agent's stream is pending.
+    pub agent_request: tokio::sync::Mutex<()>,
+}
+
+impl Runtime {
+    pub fn new(session: Arc<AgentSession>, control: Arc<dyn berth_vm::VmControl>) -> Self {
+        Self {
+            session,
+            control,
+            agent_reply: Mutex::new(None),
+            agent_request: tokio::sync::Mutex::new(()),
+        }
+    }
 }
 
 /// One container in memory.
@@ -208,6 +227,7 @@ pub struct Engine {
     guest: OnceCell<GuestImage>,
     templates: template::TemplateManager,
     execs: exec::ExecTable,
+    networks: Arc<network::Networks>,
 }
 
 /// The runtime that clones each container's VM from a template (the default).
@@ -238,7 +258,19 @@ impl Engine {
             }
             containers.insert(record.id.clone(), Arc::new(ContainerHandle::new(record)));
         }
-        let templates = template::TemplateManager::new(config.exec_root.join("templates"));
+        let networks = Arc::new(network::Networks::open(&config.netns, store.clone())?);
+        for record in containers.values() {
+            // Runs ended with the old daemon: their addresses and ports are gone.
+            let mut record = lock(&record.record);
+            if record.networks.values().any(|e| e.ip.is_some()) || !record.ports.is_empty() {
+                networks.release(&mut record);
+                store.put(&record)?;
+            }
+        }
+        let templates = template::TemplateManager::new(
+            config.exec_root.join("templates"),
+            Some(networks.clone()),
+        );
         Ok(Arc::new(Self {
             config,
             store,
@@ -247,6 +279,7 @@ impl Engine {
             guest: OnceCell::new(),
             templates,
             execs: exec::ExecTable::default(),
+            networks,
         }))
     }
 

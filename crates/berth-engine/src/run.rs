@@ -26,6 +26,23 @@ use rand::RngCore;
 /// emulation on a loaded host a boot can take many seconds.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the agent gets to answer a request on its own stream (e.g. configuring a
+/// hot-plugged NIC, which waits for the guest to find the card).
+const AGENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Gives a container's networks back when a start fails before its serve task runs.
+struct ReleaseNetworks {
+    engine: Arc<Engine>,
+    handle: Option<Arc<ContainerHandle>>,
+}
+
+impl Drop for ReleaseNetworks {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            self.engine.release_networks(&handle);
+        }
+    }
+}
 
 /// What `start` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +132,18 @@ impl Engine {
             }
         }
         let template_ready = begun.elapsed();
+        // Addresses, MACs and taps for the container's networks; given back if the start
+        // fails before the serve task owns the run.
+        let plan = {
+            let mut planned = handle.snapshot();
+            let plan = self.networks.plan_start(&mut planned)?;
+            lock(&handle.record).networks = planned.networks;
+            plan
+        };
+        let mut release_on_failure = ReleaseNetworks {
+            engine: self.clone(),
+            handle: Some(handle.clone()),
+        };
         let spec = VmSpec {
             name: record.id.clone(),
             vcpus,
@@ -132,6 +161,8 @@ impl Engine {
                 None => MemoryBacking::Anonymous,
             },
             restore_from,
+            nics: vec![plan.boot_nic.clone()],
+            netns: Some(self.networks.namespace_path()),
         };
         let vm = match self.config.backend.boot(&spec).await {
             Ok(vm) => vm,
@@ -153,6 +184,8 @@ impl Engine {
                     .clone()
                     .unwrap_or_else(|| record.id[..12].to_owned()),
                 root_device: "/dev/vda".into(),
+                interfaces: plan.boot_interface.iter().cloned().collect(),
+                nameservers: plan.nameservers.clone(),
             };
             let (session, mut reader) = if clone {
                 let mut entropy = vec![0u8; 64];
@@ -217,10 +250,7 @@ impl Engine {
         };
         let log = LogWriter::open(&dir.join("container.log"))?;
         let (started_sender, started) = oneshot::channel();
-        let runtime = Arc::new(Runtime {
-            session: session.clone(),
-            control: control.clone(),
-        });
+        let runtime = Arc::new(Runtime::new(session.clone(), control.clone()));
         *lock(&handle.runtime) = Some(runtime);
         tokio::spawn(serve(
             self.clone(),
@@ -230,6 +260,12 @@ impl Engine {
             control.clone(),
             started_sender,
         ));
+        // From here the serve task owns the run, and gives the networks back when it ends.
+        release_on_failure.handle = None;
+        if let Err(error) = self.connect_started(handle, &plan).await {
+            control.kill().await;
+            return Err(error);
+        }
         if let Err(error) = session
             .send(MAIN_STREAM, &HostMessage::Spawn(process))
             .await
@@ -272,8 +308,78 @@ impl Engine {
         }
     }
 
+    /// Connects a started container's VM to its networks: NICs beyond the first are
+    /// plugged and configured, taps go onto their bridges (the guest has its MAC
+    /// addresses by now), names into the networks' DNS, and ports are published.
+    async fn connect_started(
+        self: &Arc<Self>,
+        handle: &Arc<ContainerHandle>,
+        plan: &crate::network::NetworkPlan,
+    ) -> Result<(), EngineError> {
+        let runtime = handle
+            .runtime()
+            .ok_or_else(|| EngineError::Agent("the VM ended while starting".into()))?;
+        for (nic, interface) in &plan.extra {
+            runtime.control.add_nic(nic).await?;
+            match self
+                .agent_request(handle, HostMessage::AddInterface(interface.clone()))
+                .await?
+            {
+                GuestMessage::InterfaceReady { .. } => {}
+                other => {
+                    return Err(EngineError::Agent(format!(
+                        "configuring {}: {other:?}",
+                        interface.name
+                    )))
+                }
+            }
+        }
+        let mut record = handle.snapshot();
+        self.networks.activate(&record, &plan.attach)?;
+        self.networks.publish(&mut record).await?;
+        lock(&handle.record).ports = record.ports;
+        Ok(())
+    }
+
+    /// Sends a request on the agent's own stream of a running container and waits for
+    /// the answer (one request at a time per container).
+    pub(crate) async fn agent_request(
+        &self,
+        handle: &Arc<ContainerHandle>,
+        message: HostMessage,
+    ) -> Result<GuestMessage, EngineError> {
+        let runtime = handle
+            .runtime()
+            .ok_or_else(|| EngineError::Conflict("the container is not running".into()))?;
+        let _one_at_a_time = runtime.agent_request.lock().await;
+        let (sender, answer) = oneshot::channel();
+        *lock(&runtime.agent_reply) = Some(sender);
+        runtime.session.send(AGENT_STREAM, &message).await?;
+        match tokio::time::timeout(AGENT_REQUEST_TIMEOUT, answer).await {
+            Ok(Ok(GuestMessage::Error { message })) => Err(EngineError::Agent(message)),
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(EngineError::Agent("the VM ended before answering".into())),
+            Err(_) => {
+                lock(&runtime.agent_reply).take();
+                Err(EngineError::Agent(format!(
+                    "the agent did not answer within {AGENT_REQUEST_TIMEOUT:?}"
+                )))
+            }
+        }
+    }
+
+    /// Gives back what a container's run held on its networks.
+    fn release_networks(&self, handle: &ContainerHandle) {
+        let mut record = handle.snapshot();
+        self.networks.release(&mut record);
+        let mut current = lock(&handle.record);
+        current.networks = record.networks;
+        current.ports.clear();
+    }
+
     /// Records the end of a run, powers nothing: the VM is already gone.
     fn finish_run(self: &Arc<Self>, handle: &Arc<ContainerHandle>, end: RunEnd) {
+        self.release_networks(handle);
         let (code, error) = match end {
             RunEnd::Exited(code) => (i64::from(code), String::new()),
             RunEnd::SpawnFailed(SpawnFailure::NotFound, message) => (127, message),
@@ -368,6 +474,25 @@ async fn serve(
                 }
                 other => break RunEnd::Broken(format!("the agent sent an unexpected {other:?}")),
             },
+            Ok(Some(AgentEvent::Message {
+                stream: AGENT_STREAM,
+                message,
+            })) => {
+                let waiting = handle
+                    .runtime()
+                    .and_then(|runtime| lock(&runtime.agent_reply).take());
+                match (waiting, message) {
+                    (Some(sender), message) => {
+                        let _ = sender.send(message);
+                    }
+                    (None, GuestMessage::Error { message }) => {
+                        tracing::warn!(id = %handle.id, %message, "agent reported an error")
+                    }
+                    (None, other) => {
+                        break RunEnd::Broken(format!("the agent sent an unrequested {other:?}"))
+                    }
+                }
+            }
             Ok(Some(AgentEvent::Output { stream, kind, data })) => {
                 match engine.execs.by_stream(&handle.id, stream) {
                     Some(exec) => {

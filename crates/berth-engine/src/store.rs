@@ -1,6 +1,7 @@
 //! The state database: one redb file, `berth.redb`, in the daemon's root.
 //!
 //! Table `containers`: container id (64 hex) -> the [`ContainerRecord`] as JSON.
+//! Table `networks`: network id (64 hex) -> the [`NetworkRecord`] as JSON.
 //! The image store keeps its own tables in the same database. Each write is one redb
 //! transaction, so a crash leaves either the old or the new record, never half of one.
 
@@ -11,8 +12,10 @@ use redb::{Database, ReadableTable, TableDefinition};
 
 use crate::container::ContainerRecord;
 use crate::error::EngineError;
+use crate::network::NetworkRecord;
 
 const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
+const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
 
 fn db_error(error: impl std::fmt::Display) -> EngineError {
     EngineError::Store(error.to_string())
@@ -30,6 +33,7 @@ impl Store {
         let db = Database::create(path).map_err(db_error)?;
         let txn = db.begin_write().map_err(db_error)?;
         txn.open_table(CONTAINERS).map_err(db_error)?;
+        txn.open_table(NETWORKS).map_err(db_error)?;
         txn.commit().map_err(db_error)?;
         Ok(Self { db: Arc::new(db) })
     }
@@ -40,37 +44,71 @@ impl Store {
     }
 
     pub fn put(&self, record: &ContainerRecord) -> Result<(), EngineError> {
-        let json = serde_json::to_vec(record).map_err(db_error)?;
-        let txn = self.db.begin_write().map_err(db_error)?;
-        {
-            let mut table = txn.open_table(CONTAINERS).map_err(db_error)?;
-            table
-                .insert(record.id.as_str(), json.as_slice())
-                .map_err(db_error)?;
-        }
-        txn.commit().map_err(db_error)
+        self.put_json(CONTAINERS, &record.id, record)
     }
 
     pub fn delete(&self, id: &str) -> Result<(), EngineError> {
-        let txn = self.db.begin_write().map_err(db_error)?;
-        {
-            let mut table = txn.open_table(CONTAINERS).map_err(db_error)?;
-            table.remove(id).map_err(db_error)?;
-        }
-        txn.commit().map_err(db_error)
+        self.delete_key(CONTAINERS, id)
     }
 
     /// All records; a record that no longer parses is skipped with a warning.
     pub fn all(&self) -> Result<Vec<ContainerRecord>, EngineError> {
+        self.all_json(CONTAINERS)
+    }
+
+    pub fn put_network(&self, record: &NetworkRecord) -> Result<(), EngineError> {
+        self.put_json(NETWORKS, &record.id, record)
+    }
+
+    pub fn delete_network(&self, id: &str) -> Result<(), EngineError> {
+        self.delete_key(NETWORKS, id)
+    }
+
+    pub fn all_networks(&self) -> Result<Vec<NetworkRecord>, EngineError> {
+        self.all_json(NETWORKS)
+    }
+
+    fn put_json<T: serde::Serialize>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        record: &T,
+    ) -> Result<(), EngineError> {
+        let json = serde_json::to_vec(record).map_err(db_error)?;
+        let txn = self.db.begin_write().map_err(db_error)?;
+        {
+            let mut table = txn.open_table(table).map_err(db_error)?;
+            table.insert(key, json.as_slice()).map_err(db_error)?;
+        }
+        txn.commit().map_err(db_error)
+    }
+
+    fn delete_key(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<(), EngineError> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        {
+            let mut table = txn.open_table(table).map_err(db_error)?;
+            table.remove(key).map_err(db_error)?;
+        }
+        txn.commit().map_err(db_error)
+    }
+
+    fn all_json<T: serde::de::DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<T>, EngineError> {
         let txn = self.db.begin_read().map_err(db_error)?;
-        let table = txn.open_table(CONTAINERS).map_err(db_error)?;
+        let table = txn.open_table(table).map_err(db_error)?;
         let mut records = Vec::new();
         for entry in table.iter().map_err(db_error)? {
             let (key, value) = entry.map_err(db_error)?;
-            match serde_json::from_slice::<ContainerRecord>(value.value()) {
+            match serde_json::from_slice::<T>(value.value()) {
                 Ok(record) => records.push(record),
                 Err(error) => {
-                    tracing::warn!(id = key.value(), %error, "skipping unreadable container record")
+                    tracing::warn!(key = key.value(), %error, "skipping unreadable record")
                 }
             }
         }
@@ -99,6 +137,8 @@ mod tests {
             args: vec!["-c".into()],
             state: StateRecord::default(),
             restart_count: 0,
+            networks: Default::default(),
+            ports: Vec::new(),
         };
         {
             let store = Store::open(&path).unwrap();

@@ -43,7 +43,7 @@ use crate::session::handshake;
 pub const CONTAINER_DISK_SIZE: &str = "64G";
 
 /// Bumped when the template layout or the way templates are made changes.
-const TEMPLATE_FORMAT: &str = "berth-template-1";
+const TEMPLATE_FORMAT: &str = "berth-template-2";
 
 /// A VM shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -101,12 +101,15 @@ impl Template {
 pub struct TemplateManager {
     root: PathBuf,
     building: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Where template VMs get their NIC (clones have one in the same slot); `None` makes
+    /// templates without NICs (the key tells the two apart).
+    networks: Option<Arc<crate::network::Networks>>,
 }
 
-fn template_key(shape: Shape, guest_digest: &str, backend: &str) -> String {
+fn template_key(shape: Shape, guest_digest: &str, backend: &str, nics: usize) -> String {
     let mut hasher = Sha256::new();
     hasher.update(format!(
-        "{TEMPLATE_FORMAT} {} {} {guest_digest} {backend}",
+        "{TEMPLATE_FORMAT} {} {} {guest_digest} {backend} nics={nics}",
         shape.vcpus, shape.memory_mib
     ));
     hex::encode(hasher.finalize())[..16].to_owned()
@@ -160,11 +163,17 @@ impl Drop for KillOnDrop {
 }
 
 impl TemplateManager {
-    pub fn new(root: PathBuf) -> Self {
+    pub fn new(root: PathBuf, networks: Option<Arc<crate::network::Networks>>) -> Self {
         Self {
             root,
             building: Mutex::new(HashMap::new()),
+            networks,
         }
+    }
+
+    /// How many NICs this manager's templates (and so their clones) have.
+    fn nic_count(&self) -> usize {
+        usize::from(self.networks.is_some())
     }
 
     /// Every template on disk (valid or not), by its record.
@@ -250,7 +259,7 @@ impl TemplateManager {
         guest: &GuestImage,
         shape: Shape,
     ) -> Result<Template, EngineError> {
-        let key = template_key(shape, &guest.digest, backend.name());
+        let key = template_key(shape, &guest.digest, backend.name(), self.nic_count());
         let gate = self.gate(&key);
         let _building = gate.lock().await;
         let dir = self.root.join(&key);
@@ -298,8 +307,29 @@ impl TemplateManager {
             run_dir: run_dir.clone(),
             memory: MemoryBacking::SharedFile(dir.join("memory")),
             restore_from: None,
+            nics: Vec::new(),
+            netns: None,
         };
-        let vm = backend.boot(&spec).await?;
+        let mut spec = spec;
+        if let Some(networks) = &self.networks {
+            spec.nics.push(networks.template_nic(key)?);
+            spec.netns = Some(networks.namespace_path());
+        }
+        let booted = backend.boot(&spec).await;
+        let remove_taps = || {
+            if let Some(networks) = &self.networks {
+                for nic in &spec.nics {
+                    networks.remove_tap(&nic.tap);
+                }
+            }
+        };
+        let vm = match booted {
+            Ok(vm) => vm,
+            Err(error) => {
+                remove_taps();
+                return Err(error.into());
+            }
+        };
         // If this build is abandoned (the daemon shuts down mid-build), the template VM
         // must not outlive it.
         let _abandoned = KillOnDrop(vm.pid);
@@ -317,6 +347,7 @@ impl TemplateManager {
         };
         let result = snapshot.await;
         control.kill().await;
+        remove_taps();
         result?;
         let _ = std::fs::remove_dir_all(&run_dir);
         let state_sha256 =
@@ -358,8 +389,8 @@ mod tests {
             vcpus: 1,
             memory_mib: 256,
         };
-        let base = template_key(shape, "d1", "qemu");
-        assert_eq!(base, template_key(shape, "d1", "qemu"));
+        let base = template_key(shape, "d1", "qemu", 1);
+        assert_eq!(base, template_key(shape, "d1", "qemu", 1));
         assert_ne!(
             base,
             template_key(
@@ -368,7 +399,8 @@ mod tests {
                     memory_mib: 256
                 },
                 "d1",
-                "qemu"
+                "qemu",
+                1
             )
         );
         assert_ne!(
@@ -379,17 +411,19 @@ mod tests {
                     memory_mib: 512
                 },
                 "d1",
-                "qemu"
+                "qemu",
+                1
             )
         );
-        assert_ne!(base, template_key(shape, "d2", "qemu"));
-        assert_ne!(base, template_key(shape, "d1", "kvm"));
+        assert_ne!(base, template_key(shape, "d2", "qemu", 1));
+        assert_ne!(base, template_key(shape, "d1", "kvm", 1));
+        assert_ne!(base, template_key(shape, "d1", "qemu", 0));
     }
 
     #[test]
     fn corrupt_or_foreign_templates_are_not_used() {
         let root = tempfile::tempdir().unwrap();
-        let manager = TemplateManager::new(root.path().to_path_buf());
+        let manager = TemplateManager::new(root.path().to_path_buf(), None);
         let dir = root.path().join("k1");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("state"), b"state bytes").unwrap();

@@ -3,9 +3,11 @@
 //! One table, `inet berth`, replaced whole on every change (`nft -f` applies a file
 //! atomically). Its rules:
 //!
-//! - `forward`: drop everything. IP forwarding is off in the namespace as well; together
-//!   they keep containers on different networks apart (containers on one network talk
-//!   through their bridge, which is not forwarding).
+//! - `forward`: drop everything that crosses from one bridge to another. IP forwarding
+//!   is off in the namespace as well; together they keep containers on different
+//!   networks apart. Containers on one network talk through their bridge (which is not
+//!   routing); where `br_netfilter` is loaded, bridged traffic would also pass this hook,
+//!   so it is switched off in the namespace and same-bridge traffic is accepted anyway.
 //! - `input`: a container may reach the namespace itself only at its own network's
 //!   gateway address (where the network's DNS server listens); other gateway addresses
 //!   are not reachable from it.
@@ -27,8 +29,17 @@ pub struct BridgeRule {
 /// The ruleset text for `bridges`.
 pub fn ruleset(bridges: &[BridgeRule]) -> String {
     let mut text = String::from(
-        "table inet berth\ndelete table inet berth\ntable inet berth {\n\tchain forward {\n\t\ttype filter hook forward priority 0; policy drop;\n\t}\n\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n\t\tct state established,related accept\n",
+        "table inet berth\ndelete table inet berth\ntable inet berth {\n\tchain forward {\n\t\ttype filter hook forward priority 0; policy drop;\n",
     );
+    // Where br_netfilter passes bridged traffic through this hook, in and out are the
+    // bridge itself: traffic within one network stays allowed.
+    for rule in bridges {
+        text.push_str(&format!(
+            "\t\tiifname \"{0}\" oifname \"{0}\" accept\n",
+            rule.bridge
+        ));
+    }
+    text.push_str("\t}\n\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n\t\tct state established,related accept\n");
     for rule in bridges {
         text.push_str(&format!(
             "\t\tiifname \"{}\" ip daddr != {} drop\n",
@@ -92,6 +103,7 @@ mod tests {
             },
         ]);
         assert!(text.contains("hook forward priority 0; policy drop;"));
+        assert!(text.contains("iifname \"berth0\" oifname \"berth0\" accept"));
         assert!(text.contains("iifname \"berth0\" ip daddr != 172.17.0.1 drop"));
         assert!(text.contains("iifname \"br-0123456789ab\" ip daddr != 172.18.0.1 drop"));
         assert!(text.starts_with("table inet berth\ndelete table inet berth\n"));

@@ -64,6 +64,8 @@ pub fn ensure_bridge(
         name,
     ])?;
     namespace.ip(&["link", "set", "dev", name, "up"])?;
+    // The br_netfilter module may have been loaded since the namespace was opened.
+    namespace.bridged_traffic_bypasses_netfilter();
     Ok(())
 }
 

@@ -52,6 +52,7 @@ impl Namespace {
         };
         namespace.ip(&["link", "set", "lo", "up"])?;
         namespace.sysctl("net.ipv4.ip_forward", "0")?;
+        namespace.bridged_traffic_bypasses_netfilter();
         Ok(namespace)
     }
 
@@ -113,6 +114,19 @@ impl Namespace {
         let value = value.to_owned();
         self.run(move || std::fs::write(&path, value))
             .map_err(|e| NetError::Io(format!("setting {key} in the namespace"), e))
+    }
+
+    /// With `br_netfilter` loaded, frames crossing a bridge go through the IP hooks too;
+    /// Berth's bridges need none of that (the setting is per namespace; absent without
+    /// the module, which is fine).
+    pub fn bridged_traffic_bypasses_netfilter(&self) {
+        for key in [
+            "net.bridge.bridge-nf-call-iptables",
+            "net.bridge.bridge-nf-call-ip6tables",
+            "net.bridge.bridge-nf-call-arptables",
+        ] {
+            let _ = self.sysctl(key, "0");
+        }
     }
 
     /// Deletes a namespace and everything in it (for tests and `berth` clean-up).

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use berth_agent_proto::PORT_NAME;
-use berth_vm::{Accelerator, DiskFormat, MemoryBacking, VmSpec};
+use berth_vm::{Accelerator, DiskFormat, MemoryBacking, NicSpec, VmSpec};
 
 /// Kernel command line: serial console, quiet, power off on panic, and no probing of
 /// hardware the VM does not have.
@@ -89,6 +89,10 @@ pub fn qemu_arguments(
         args.push("-device".into());
         args.push(format!("virtio-blk-pci,drive=disk{index}"));
     }
+    for nic in &spec.nics {
+        let (netdev, device) = nic_options(nic);
+        args.extend(["-netdev".into(), netdev, "-device".into(), device]);
+    }
     args.extend([
         "-device".into(),
         "virtio-serial-pci".into(),
@@ -101,6 +105,31 @@ pub fn qemu_arguments(
         format!("virtserialport,chardev=agent,name={PORT_NAME}"),
     ]);
     args
+}
+
+/// QEMU's ids for a NIC, from its slot.
+pub fn nic_ids(nic: &NicSpec) -> (String, String) {
+    (
+        format!("net{}", nic.pci_slot),
+        format!("nic{}", nic.pci_slot),
+    )
+}
+
+/// The `-netdev` and `-device` option values of a NIC. The tap is opened by name from the
+/// VM process's network namespace; QEMU runs no scripts.
+pub fn nic_options(nic: &NicSpec) -> (String, String) {
+    let (netdev_id, device_id) = nic_ids(nic);
+    (
+        format!(
+            "tap,id={netdev_id},ifname={},script=no,downscript=no",
+            escape_option(&nic.tap)
+        ),
+        format!(
+            "virtio-net-pci,id={device_id},netdev={netdev_id},mac={},addr={:#04x}",
+            escape_option(&nic.mac),
+            nic.pci_slot
+        ),
+    )
 }
 
 /// The accelerator. TCG's translation cache is capped: QEMU's default reserves up to 1 GiB
@@ -144,6 +173,12 @@ mod tests {
             run_dir: "/run/x".into(),
             memory: MemoryBacking::Anonymous,
             restore_from: None,
+            nics: vec![NicSpec {
+                tap: "bt0123456789ab0".into(),
+                mac: "02:42:ac:11:00:02".into(),
+                pci_slot: 8,
+            }],
+            netns: None,
         };
         let args = qemu_arguments(
             &spec,
@@ -155,6 +190,9 @@ mod tests {
         assert!(joined.contains("-machine pc -accel tcg,tb-size=64 -cpu max -smp 2 -m 512"));
         assert!(joined.contains("file=/d/a,,b.qcow2,format=qcow2"));
         assert!(joined.contains("virtserialport,chardev=agent,name=berth.agent"));
+        assert!(joined.contains(
+            "-netdev tap,id=net8,ifname=bt0123456789ab0,script=no,downscript=no -device virtio-net-pci,id=nic8,netdev=net8,mac=02:42:ac:11:00:02,addr=0x08"
+        ));
         let kvm =
             qemu_arguments(&spec, Accelerator::Kvm, Path::new("/a"), Path::new("/q")).join(" ");
         assert!(kvm.contains("-accel kvm -cpu host"));

@@ -77,8 +77,12 @@ impl VmBackend for QemuBackend {
         let listener = UnixListener::bind(&agent_socket)
             .map_err(|e| VmError::Io("binding the agent socket", e))?;
         let arguments = qemu_arguments(spec, self.accelerator, &agent_socket, &qmp_socket);
-        let vm =
-            process::QemuProcess::spawn(&self.binary, &arguments, &spec.run_dir.join("qemu.log"))?;
+        let vm = process::QemuProcess::spawn(
+            &self.binary,
+            &arguments,
+            &spec.run_dir.join("qemu.log"),
+            spec.netns.as_deref(),
+        )?;
         let agent = tokio::select! {
             accepted = tokio::time::timeout(CONNECT_TIMEOUT, listener.accept()) => match accepted {
                 Ok(Ok((stream, _))) => stream,
@@ -105,6 +109,14 @@ impl VmBackend for QemuBackend {
                 // The capability must be on for the incoming side too, or QEMU refuses a
                 // stream made with it.
                 monitor.ignore_shared_memory().await?;
+                // No self-announcement after the restore: it would send the template's
+                // MAC address out of this clone's NIC before the guest takes its own.
+                monitor
+                    .execute(
+                        "migrate-set-parameters",
+                        Some(serde_json::json!({ "announce-rounds": 0 })),
+                    )
+                    .await?;
                 let uri = format!("exec:cat {}", qmp::shell_quote(state));
                 monitor
                     .execute("migrate-incoming", Some(serde_json::json!({ "uri": uri })))

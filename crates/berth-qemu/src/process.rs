@@ -1,12 +1,13 @@
 //! The QEMU process: spawning, reaping, and the [`VmControl`] the engine holds.
 
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use berth_vm::{VmControl, VmError, VmExit};
+use berth_vm::{NicSpec, VmControl, VmError, VmExit};
 use tokio::process::Command;
 use tokio::sync::watch;
 
@@ -21,12 +22,35 @@ pub struct QemuProcess {
 impl QemuProcess {
     /// Starts QEMU with its output going to `log`. QEMU gets its own process group, so a
     /// Ctrl-C aimed at the daemon does not reach it: the daemon stops its VMs itself.
-    pub fn spawn(binary: &Path, arguments: &[String], log: &Path) -> Result<Self, VmError> {
+    ///
+    /// With `netns`, QEMU runs in that network namespace (where its taps are): the
+    /// namespace is entered between fork and exec.
+    pub fn spawn(
+        binary: &Path,
+        arguments: &[String],
+        log: &Path,
+        netns: Option<&Path>,
+    ) -> Result<Self, VmError> {
         let log_file = File::create(log).map_err(|e| VmError::Io("creating qemu.log", e))?;
         let log_clone = log_file
             .try_clone()
             .map_err(|e| VmError::Io("creating qemu.log", e))?;
-        let mut child = Command::new(binary)
+        let mut command = Command::new(binary);
+        if let Some(path) = netns {
+            let namespace =
+                File::open(path).map_err(|e| VmError::Io("opening the network namespace", e))?;
+            // SAFETY: the hook only calls setns (async-signal-safe) on a descriptor that
+            // the closure owns and that stays open until the child execs.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .args(arguments)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log_file))
@@ -140,4 +164,74 @@ impl VmControl for QemuControl {
             .await?;
         monitor.wait_for_migration(Duration::from_secs(60)).await
     }
+
+    async fn add_nic(&self, nic: &NicSpec) -> Result<(), VmError> {
+        let (netdev_id, device_id) = crate::command::nic_ids(nic);
+        let mut monitor = QmpClient::connect(&self.qmp_socket).await?;
+        monitor
+            .execute(
+                "netdev_add",
+                Some(serde_json::json!({
+                    "type": "tap", "id": netdev_id, "ifname": nic.tap,
+                    "script": "no", "downscript": "no",
+                })),
+            )
+            .await?;
+        let added = monitor
+            .execute(
+                "device_add",
+                Some(serde_json::json!({
+                    "driver": "virtio-net-pci", "id": device_id, "netdev": netdev_id,
+                    "mac": nic.mac, "addr": format!("{:#04x}", nic.pci_slot),
+                })),
+            )
+            .await;
+        if let Err(error) = added {
+            let _ = monitor
+                .execute("netdev_del", Some(serde_json::json!({ "id": netdev_id })))
+                .await;
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    async fn remove_nic(&self, nic: &NicSpec) -> Result<(), VmError> {
+        let (netdev_id, device_id) = crate::command::nic_ids(nic);
+        let mut monitor = QmpClient::connect(&self.qmp_socket).await?;
+        monitor
+            .execute("device_del", Some(serde_json::json!({ "id": device_id })))
+            .await?;
+        // The guest ejects the card (ACPI hot-unplug); wait until QEMU has let it go.
+        let deadline = tokio::time::Instant::now() + NIC_UNPLUG_TIMEOUT;
+        loop {
+            let peripherals = monitor
+                .execute(
+                    "qom-list",
+                    Some(serde_json::json!({ "path": "/machine/peripheral" })),
+                )
+                .await?;
+            let present = peripherals.as_array().is_some_and(|items| {
+                items
+                    .iter()
+                    .any(|item| item.get("name").and_then(|n| n.as_str()) == Some(&device_id))
+            });
+            if !present {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(VmError::Timeout(
+                    "release the unplugged NIC",
+                    NIC_UNPLUG_TIMEOUT,
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        monitor
+            .execute("netdev_del", Some(serde_json::json!({ "id": netdev_id })))
+            .await
+            .map(|_| ())
+    }
 }
+
+/// How long a guest gets to eject an unplugged NIC.
+const NIC_UNPLUG_TIMEOUT: Duration = Duration::from_secs(20);

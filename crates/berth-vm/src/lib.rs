@@ -34,7 +34,29 @@ pub struct VmSpec {
     /// Restore this device-state snapshot (made by [`VmControl::snapshot`]) instead of
     /// booting. Its RAM is in the [`MemoryBacking::PrivateFile`] given in `memory`.
     pub restore_from: Option<PathBuf>,
+    /// Network cards present at boot. A clone must have the same cards, in the same
+    /// slots, as its template (their MAC addresses may differ: the guest is told its own).
+    pub nics: Vec<NicSpec>,
+    /// The network namespace (a path such as `/run/netns/berth`) the VM process runs in;
+    /// its NICs' tap devices are there.
+    pub netns: Option<PathBuf>,
 }
+
+/// A virtio-net card backed by a tap device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicSpec {
+    /// The tap device's name, in the VM's network namespace.
+    pub tap: String,
+    /// `xx:xx:xx:xx:xx:xx`.
+    pub mac: String,
+    /// PCI slot on bus 0; the guest finds the card there.
+    pub pci_slot: u8,
+}
+
+/// The PCI slot of a VM's first NIC; hot-plugged NICs take the slots after it.
+pub const FIRST_NIC_SLOT: u8 = 0x08;
+/// How many NICs a VM can have.
+pub const MAX_NICS: usize = 8;
 
 /// Where a VM's RAM lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +152,10 @@ pub trait VmControl: Send + Sync {
     /// Pauses the VM and writes its device and CPU state to `state_file`; RAM stays in
     /// the VM's [`MemoryBacking::SharedFile`]. The VM stays paused.
     async fn snapshot(&self, state_file: &std::path::Path) -> Result<(), VmError>;
+    /// Hot-plugs a NIC into the running VM.
+    async fn add_nic(&self, nic: &NicSpec) -> Result<(), VmError>;
+    /// Unplugs a NIC (the guest has let go of it) and closes its tap.
+    async fn remove_nic(&self, nic: &NicSpec) -> Result<(), VmError>;
 }
 
 /// A way of running VMs.

@@ -27,6 +27,11 @@ pub struct DaemonArgs {
     /// The QEMU system emulator to run VMs with.
     #[arg(long, default_value = "qemu-system-x86_64")]
     pub qemu: PathBuf,
+    /// The network namespace (an `ip netns` name) that holds container networks: their
+    /// bridges, taps, DNS servers and addresses never appear on the host's interfaces.
+    /// Created if missing.
+    #[arg(long, default_value = "berth")]
+    pub netns: String,
 }
 
 pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
@@ -49,6 +54,7 @@ async fn serve(args: DaemonArgs) -> anyhow::Result<()> {
         exec_root: args.exec_root.clone(),
         backend,
         default_memory_mib: args.memory,
+        netns: args.netns.clone(),
     })
     .await
     .with_context(|| format!("opening Berth's state in {}", args.root.display()))?;

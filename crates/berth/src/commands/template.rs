@@ -26,7 +26,7 @@ pub enum TemplateCommand {
 }
 
 pub fn run(args: TemplateArgs) -> anyhow::Result<()> {
-    let manager = TemplateManager::new(args.exec_root.join("templates"));
+    let manager = TemplateManager::new(args.exec_root.join("templates"), None);
     match args.command {
         TemplateCommand::Ls => {
             println!(

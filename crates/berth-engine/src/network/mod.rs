@@ -1,0 +1,368 @@
+//! Docker's networks on Berth's network parts (`berth-net`).
+//!
+//! A network is a [`NetworkRecord`] in the state database and, while the daemon runs, a
+//! bridge in Berth's network namespace with the network's gateway address, a DNS server
+//! on that address, and a line in the namespace's firewall. Two networks always exist:
+//! `bridge` (Docker's default, 172.17.0.0/16, on the bridge `berth0`) and `none`.
+//!
+//! A container's endpoints are recorded on the container ([`EndpointRecord`], by network
+//! name). Addresses are given when the container starts and given back when its run
+//! ends, as Docker does; which addresses are taken is kept in memory only, because after
+//! a daemon restart no container is running (it would otherwise be rebuilt from the
+//! running containers' records).
+//!
+//! Each endpoint of a running container is one NIC of its VM: a virtio-net card in PCI
+//! slot `FIRST_NIC_SLOT + n` backed by the tap `bt<id>n`, attached to the network's
+//! bridge once the guest has taken the endpoint's MAC address. The first endpoint's NIC
+//! is there from boot (a clone's template has one in the same slot); more are
+//! hot-plugged. A container on `none` still has the boot NIC (its template has it), with
+//! a tap attached to nothing, and the guest leaves it down.
+
+mod endpoints;
+mod ports;
+mod verbs;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use berth_net::dns::{DnsServer, DnsTable};
+use berth_net::firewall::BridgeRule;
+use berth_net::{firewall, links, Namespace, Subnet};
+use serde::{Deserialize, Serialize};
+
+use crate::error::EngineError;
+use crate::store::Store;
+use crate::{lock, now_rfc3339};
+
+pub use berth_net::proxy::Protocol;
+pub use endpoints::NetworkPlan;
+pub use ports::PortRecord;
+pub use verbs::{ConnectRequest, CreateNetwork};
+
+/// The default network's name.
+pub const DEFAULT_NETWORK: &str = "bridge";
+/// The network without connectivity.
+pub const NONE_NETWORK: &str = "none";
+/// The default network's bridge.
+const DEFAULT_BRIDGE: &str = "berth0";
+
+/// Everything Berth keeps about a network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    /// 64 hex digits.
+    pub id: String,
+    pub name: String,
+    /// `bridge`, or `null` for `none`.
+    pub driver: String,
+    pub created: String,
+    /// `None` for the `null` driver.
+    pub subnet: Option<Subnet>,
+    pub gateway: Option<Ipv4Addr>,
+    pub internal: bool,
+    #[serde(default)]
+    pub labels: HashMap<String, String>,
+    #[serde(default)]
+    pub options: HashMap<String, String>,
+    /// The Linux bridge in Berth's namespace (empty for `null`).
+    pub bridge: String,
+}
+
+impl NetworkRecord {
+    /// `bridge` and `none` cannot be removed.
+    pub fn predefined(&self) -> bool {
+        self.name == DEFAULT_NETWORK || self.name == NONE_NETWORK
+    }
+
+    pub fn has_connectivity(&self) -> bool {
+        self.driver == "bridge"
+    }
+
+    /// The network's DNS server serves container names (Docker: user-defined networks).
+    fn resolves_names(&self) -> bool {
+        self.has_connectivity() && self.name != DEFAULT_NETWORK
+    }
+}
+
+/// A container's endpoint on one network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    pub network_id: String,
+    /// `--network-alias`.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// `--ip`.
+    #[serde(default)]
+    pub requested_ip: Option<Ipv4Addr>,
+    /// `--mac-address`.
+    #[serde(default)]
+    pub requested_mac: Option<String>,
+    /// While running: 64 hex digits.
+    #[serde(default)]
+    pub endpoint_id: String,
+    /// While running.
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
+    /// While running.
+    #[serde(default)]
+    pub mac: String,
+    /// While running: the PCI slot of the endpoint's NIC.
+    #[serde(default)]
+    pub nic_slot: Option<u8>,
+}
+
+/// Live state of the networks.
+#[derive(Default)]
+struct LiveState {
+    records: HashMap<String, NetworkRecord>,
+    /// Per network id: its DNS table and server.
+    dns: HashMap<String, (Arc<DnsTable>, Option<DnsServer>)>,
+    /// Per network id: taken addresses and who holds them.
+    allocations: HashMap<String, HashMap<Ipv4Addr, String>>,
+    /// Per network id, per container id: the names it answers to and its address.
+    names: HashMap<String, HashMap<String, (Vec<String>, Ipv4Addr)>>,
+    /// Per container id: its published ports' relays.
+    published: HashMap<String, Vec<berth_net::proxy::PublishedPort>>,
+}
+
+/// The daemon's networks.
+pub struct Networks {
+    namespace: Namespace,
+    store: Store,
+    upstreams: Vec<SocketAddr>,
+    live: Mutex<LiveState>,
+    /// Serialises creating and removing networks.
+    changes: Mutex<()>,
+}
+
+impl Networks {
+    /// Opens (creating if needed) Berth's namespace and brings every stored network up.
+    /// Taps left by an earlier daemon (no VM can be using them now) are removed.
+    pub fn open(namespace_name: &str, store: Store) -> Result<Self, EngineError> {
+        let namespace = Namespace::ensure(namespace_name)?;
+        for stale in links::links_with_prefix(&namespace, "bt")? {
+            let _ = links::delete_link(&namespace, &stale);
+        }
+        let networks = Self {
+            namespace,
+            store,
+            upstreams: berth_net::dns::host_resolvers(),
+            live: Mutex::new(LiveState::default()),
+            changes: Mutex::new(()),
+        };
+        let mut records = networks.store.all_networks()?;
+        for (name, driver) in [(DEFAULT_NETWORK, "bridge"), (NONE_NETWORK, "null")] {
+            if !records.iter().any(|r| r.name == name) {
+                let subnet = (driver == "bridge").then(berth_net::ipam::default_bridge_subnet);
+                let record = NetworkRecord {
+                    id: crate::names::new_id(),
+                    name: name.to_owned(),
+                    driver: driver.to_owned(),
+                    created: now_rfc3339(),
+                    subnet,
+                    gateway: subnet.map(Subnet::first_host),
+                    internal: false,
+                    labels: HashMap::new(),
+                    options: HashMap::new(),
+                    bridge: if driver == "bridge" {
+                        DEFAULT_BRIDGE.to_owned()
+                    } else {
+                        String::new()
+                    },
+                };
+                networks.store.put_network(&record)?;
+                records.push(record);
+            }
+        }
+        for record in records {
+            networks.bring_up(&record)?;
+            lock(&networks.live)
+                .records
+                .insert(record.id.clone(), record);
+        }
+        networks.apply_firewall()?;
+        Ok(networks)
+    }
+
+    /// The namespace's pinned path, where VM processes run.
+    pub fn namespace_path(&self) -> std::path::PathBuf {
+        self.namespace.path().to_path_buf()
+    }
+
+    pub fn namespace(&self) -> &Namespace {
+        &self.namespace
+    }
+
+    /// Creates a network's bridge and starts its DNS server.
+    fn bring_up(&self, record: &NetworkRecord) -> Result<(), EngineError> {
+        if !record.has_connectivity() {
+            return Ok(());
+        }
+        let (Some(subnet), Some(gateway)) = (record.subnet, record.gateway) else {
+            return Err(EngineError::InvalidArgument(format!(
+                "network {} has no subnet",
+                record.name
+            )));
+        };
+        links::ensure_bridge(&self.namespace, &record.bridge, gateway, subnet.prefix())?;
+        let table = Arc::new(DnsTable::default());
+        let server = DnsServer::start(
+            &self.namespace,
+            gateway,
+            table.clone(),
+            self.upstreams.clone(),
+        )
+        .map_err(|e| {
+            EngineError::Network(berth_net::NetError::Io(
+                format!(
+                    "starting the DNS server of network {} on {gateway}:53",
+                    record.name
+                ),
+                e,
+            ))
+        })?;
+        lock(&self.live)
+            .dns
+            .insert(record.id.clone(), (table, Some(server)));
+        Ok(())
+    }
+
+    fn apply_firewall(&self) -> Result<(), EngineError> {
+        let rules: Vec<BridgeRule> = lock(&self.live)
+            .records
+            .values()
+            .filter(|r| r.has_connectivity())
+            .filter_map(|r| {
+                Some(BridgeRule {
+                    bridge: r.bridge.clone(),
+                    gateway: r.gateway?,
+                })
+            })
+            .collect();
+        firewall::apply(&self.namespace, &rules)?;
+        Ok(())
+    }
+
+    /// Looks a network up by full id, name, or unique id prefix.
+    pub fn lookup(&self, reference: &str) -> Result<NetworkRecord, EngineError> {
+        let live = lock(&self.live);
+        if let Some(record) = live.records.get(reference) {
+            return Ok(record.clone());
+        }
+        if let Some(record) = live.records.values().find(|r| r.name == reference) {
+            return Ok(record.clone());
+        }
+        let matches: Vec<&NetworkRecord> = live
+            .records
+            .values()
+            .filter(|r| !reference.is_empty() && r.id.starts_with(reference))
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(EngineError::NoSuchNetwork(reference.to_owned())),
+            _ => Err(EngineError::InvalidArgument(format!(
+                "network {reference} is ambiguous ({} matches found based on ID prefix)",
+                matches.len()
+            ))),
+        }
+    }
+
+    /// Every network, by name.
+    pub fn list(&self) -> Vec<NetworkRecord> {
+        let mut records: Vec<NetworkRecord> = lock(&self.live).records.values().cloned().collect();
+        records.sort_by(|a, b| a.name.cmp(&b.name));
+        records
+    }
+
+    /// Re-publishes a network's name table from the names registered on it.
+    fn refresh_dns(live: &LiveState, network_id: &str) {
+        let Some((table, _)) = live.dns.get(network_id) else {
+            return;
+        };
+        let resolves = live
+            .records
+            .get(network_id)
+            .is_some_and(NetworkRecord::resolves_names);
+        let entries: Vec<(String, Ipv4Addr)> = if resolves {
+            live.names
+                .get(network_id)
+                .into_iter()
+                .flat_map(|containers| containers.values())
+                .flat_map(|(names, ip)| names.iter().map(move |name| (name.clone(), *ip)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        table.replace(entries);
+    }
+
+    /// The container's endpoints on live networks, in NIC order: the one named by its
+    /// network mode first, then the others by name.
+    pub fn ordered_endpoints<'a>(
+        primary: &str,
+        endpoints: &'a BTreeMap<String, EndpointRecord>,
+    ) -> Vec<(&'a String, &'a EndpointRecord)> {
+        let mut ordered: Vec<_> = endpoints.iter().collect();
+        ordered.sort_by_key(|(name, _)| (name.as_str() != primary, name.as_str()));
+        ordered
+    }
+}
+
+/// Docker's MAC address for an IPv4 address: `02:42` and the address's four bytes.
+pub fn mac_for(address: Ipv4Addr) -> String {
+    let [a, b, c, d] = address.octets();
+    format!("02:42:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
+/// Checks a user-given MAC address: six hex bytes, unicast. Returns it in lower case.
+pub fn validate_mac(mac: &str) -> Result<String, EngineError> {
+    let invalid = || EngineError::InvalidArgument(format!("invalid MAC address: {mac}"));
+    let bytes: Vec<u8> = mac
+        .split(':')
+        .map(|part| {
+            (part.len() == 2)
+                .then(|| u8::from_str_radix(part, 16).ok())
+                .flatten()
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(invalid)?;
+    if bytes.len() != 6 || bytes[0] & 1 != 0 {
+        return Err(invalid());
+    }
+    Ok(mac.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_follow_docker_and_bad_ones_are_refused() {
+        assert_eq!(mac_for(Ipv4Addr::new(172, 17, 0, 2)), "02:42:ac:11:00:02");
+        assert_eq!(
+            validate_mac("02:42:AC:11:00:09").unwrap(),
+            "02:42:ac:11:00:09"
+        );
+        for bad in [
+            "01:00:5e:00:00:01",
+            "02:42:ac:11:00",
+            "02:42:ac:11:00:0g",
+            "2:42:ac:11:0:9",
+        ] {
+            assert!(validate_mac(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn primary_endpoint_comes_first() {
+        let mut endpoints = BTreeMap::new();
+        for name in ["alpha", "zeta", "mid"] {
+            endpoints.insert(name.to_owned(), EndpointRecord::default());
+        }
+        let order: Vec<&str> = Networks::ordered_endpoints("zeta", &endpoints)
+            .into_iter()
+            .map(|(name, _)| name.as_str())
+            .collect();
+        assert_eq!(order, ["zeta", "alpha", "mid"]);
+    }
+}

@@ -1,0 +1,429 @@
+//! The network verbs of Docker's API: create, inspect, list, remove, prune, connect and
+//! disconnect.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use berth_agent_proto::{GuestMessage, HostMessage};
+use berth_net::{ipam, Subnet};
+
+use super::{validate_mac, EndpointRecord, NetworkRecord, Networks, NONE_NETWORK};
+use crate::error::EngineError;
+use crate::{lock, now_rfc3339, ContainerRecord, Engine};
+
+/// `docker network create`.
+#[derive(Debug, Clone, Default)]
+pub struct CreateNetwork {
+    pub name: String,
+    pub driver: Option<String>,
+    pub internal: bool,
+    pub labels: HashMap<String, String>,
+    pub options: HashMap<String, String>,
+    pub subnet: Option<String>,
+    pub gateway: Option<String>,
+}
+
+/// `docker network connect`'s endpoint settings.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectRequest {
+    pub aliases: Vec<String>,
+    pub ip: Option<String>,
+    pub mac: Option<String>,
+}
+
+impl ConnectRequest {
+    /// The endpoint this request describes, checked.
+    pub fn endpoint(&self, network: &NetworkRecord) -> Result<EndpointRecord, EngineError> {
+        let requested_ip = match self.ip.as_deref().filter(|ip| !ip.is_empty()) {
+            None => None,
+            Some(text) => {
+                let ip: Ipv4Addr = text.parse().map_err(|_| {
+                    EngineError::InvalidArgument(format!("invalid IPv4 address: {text}"))
+                })?;
+                if !network.subnet.is_some_and(|s| s.is_host(ip)) {
+                    return Err(EngineError::InvalidArgument(format!(
+                        "invalid endpoint settings: {ip} does not belong to network {}'s subnet",
+                        network.name
+                    )));
+                }
+                Some(ip)
+            }
+        };
+        if requested_ip.is_some() && network.name == super::DEFAULT_NETWORK {
+            return Err(EngineError::InvalidArgument(
+                "user specified IP address is supported on user defined networks only".into(),
+            ));
+        }
+        Ok(EndpointRecord {
+            network_id: network.id.clone(),
+            aliases: self.aliases.clone(),
+            requested_ip,
+            requested_mac: self
+                .mac
+                .as_deref()
+                .filter(|m| !m.is_empty())
+                .map(validate_mac)
+                .transpose()?,
+            ..Default::default()
+        })
+    }
+}
+
+fn valid_network_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+impl Engine {
+    pub fn networks(&self) -> &Networks {
+        &self.networks
+    }
+
+    /// `POST /networks/create`.
+    pub fn create_network(&self, request: CreateNetwork) -> Result<NetworkRecord, EngineError> {
+        if !valid_network_name(&request.name) {
+            return Err(EngineError::InvalidArgument(format!(
+                "invalid network name {:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed",
+                request.name
+            )));
+        }
+        match request.driver.as_deref() {
+            None | Some("") | Some("bridge") => {}
+            Some(other) => {
+                return Err(EngineError::NotSupported(format!(
+                    "network driver {other:?} is not supported by Berth (it offers \"bridge\")"
+                )))
+            }
+        }
+        let networks = &self.networks;
+        let _guard = networks.changes.lock().unwrap_or_else(|p| p.into_inner());
+        if networks.list().iter().any(|n| n.name == request.name) {
+            return Err(EngineError::Conflict(format!(
+                "network with name {} already exists",
+                request.name
+            )));
+        }
+        let taken: Vec<Subnet> = networks.list().iter().filter_map(|n| n.subnet).collect();
+        let subnet = match request.subnet.as_deref().filter(|s| !s.is_empty()) {
+            Some(text) => {
+                let subnet: Subnet = text.parse()?;
+                if let Some(other) = networks
+                    .list()
+                    .into_iter()
+                    .find(|n| n.subnet.is_some_and(|s| s.overlaps(subnet)))
+                {
+                    return Err(EngineError::Forbidden(format!(
+                        "invalid pool request: Pool overlaps with other one on this address space (network {})",
+                        other.name
+                    )));
+                }
+                subnet
+            }
+            None => ipam::next_free_pool(&taken).ok_or_else(|| {
+                EngineError::Forbidden(
+                    "all predefined address pools have been fully subnetted".into(),
+                )
+            })?,
+        };
+        let gateway = match request.gateway.as_deref().filter(|g| !g.is_empty()) {
+            Some(text) => {
+                let gateway: Ipv4Addr = text.parse().map_err(|_| {
+                    EngineError::InvalidArgument(format!("invalid gateway address {text}"))
+                })?;
+                if !subnet.is_host(gateway) {
+                    return Err(EngineError::InvalidArgument(format!(
+                        "gateway {gateway} is not a host address of subnet {subnet}"
+                    )));
+                }
+                gateway
+            }
+            None => subnet.first_host(),
+        };
+        let id = crate::names::new_id();
+        let record = NetworkRecord {
+            bridge: format!("br-{}", &id[..12]),
+            id,
+            name: request.name,
+            driver: "bridge".into(),
+            created: now_rfc3339(),
+            subnet: Some(subnet),
+            gateway: Some(gateway),
+            internal: request.internal,
+            labels: request.labels,
+            options: request.options,
+        };
+        networks.bring_up(&record)?;
+        lock(&networks.live)
+            .records
+            .insert(record.id.clone(), record.clone());
+        let stored = networks
+            .store
+            .put_network(&record)
+            .and_then(|()| networks.apply_firewall());
+        if let Err(error) = stored {
+            networks.take_down(&record);
+            return Err(error);
+        }
+        Ok(record)
+    }
+
+    /// The containers on a network: running ones with their endpoints.
+    pub fn network_containers(&self, network_id: &str) -> Vec<(ContainerRecord, EndpointRecord)> {
+        self.list_containers()
+            .into_iter()
+            .filter_map(|record| {
+                let endpoint = record
+                    .networks
+                    .values()
+                    .find(|e| e.network_id == network_id && e.ip.is_some())
+                    .cloned()?;
+                Some((record, endpoint))
+            })
+            .collect()
+    }
+
+    /// `DELETE /networks/{id}`.
+    pub fn remove_network(&self, reference: &str) -> Result<(), EngineError> {
+        let networks = &self.networks;
+        let _guard = networks.changes.lock().unwrap_or_else(|p| p.into_inner());
+        let record = networks.lookup(reference)?;
+        if record.predefined() {
+            return Err(EngineError::Forbidden(format!(
+                "{} is a pre-defined network and cannot be removed",
+                record.name
+            )));
+        }
+        if networks.has_active_endpoints(&record.id) {
+            return Err(EngineError::Conflict(format!(
+                "error while removing network: network {} id {} has active endpoints",
+                record.name, record.id
+            )));
+        }
+        networks.store.delete_network(&record.id)?;
+        networks.take_down(&record);
+        networks.apply_firewall()?;
+        Ok(())
+    }
+
+    /// `POST /networks/prune`: removes user networks no running container uses; returns
+    /// their names.
+    pub fn prune_networks(&self, keep: impl Fn(&NetworkRecord) -> bool) -> Vec<String> {
+        let mut removed = Vec::new();
+        for record in self.networks.list() {
+            if record.predefined()
+                || keep(&record)
+                || self.networks.has_active_endpoints(&record.id)
+            {
+                continue;
+            }
+            if self.remove_network(&record.id).is_ok() {
+                removed.push(record.name);
+            }
+        }
+        removed
+    }
+
+    /// `POST /networks/{id}/connect`. A running container's VM gains a NIC.
+    pub async fn connect_network(
+        self: &Arc<Self>,
+        network_ref: &str,
+        container_ref: &str,
+        request: ConnectRequest,
+    ) -> Result<(), EngineError> {
+        let network = self.networks.lookup(network_ref)?;
+        let handle = self.lookup(container_ref)?;
+        let _lifecycle = handle.lifecycle.lock().await;
+        let record = handle.snapshot();
+        if network.name == NONE_NETWORK
+            || record.networks.contains_key(NONE_NETWORK)
+            || Networks::primary_network_name(&record) == NONE_NETWORK
+        {
+            return Err(EngineError::Forbidden(
+                "container cannot be disconnected from or connected to the none network while on other networks; Berth refuses to mix none with other networks".into(),
+            ));
+        }
+        if record.networks.contains_key(&network.name) {
+            return Err(EngineError::Forbidden(format!(
+                "endpoint with name {} already exists in network {}",
+                record.name, network.name
+            )));
+        }
+        let mut endpoint = request.endpoint(&network)?;
+        let Some(runtime) = handle
+            .runtime()
+            .filter(|_| record.state.status.is_running())
+        else {
+            lock(&handle.record)
+                .networks
+                .insert(network.name.clone(), endpoint);
+            return self.persist(&handle);
+        };
+        let used: Vec<u8> = record
+            .networks
+            .values()
+            .filter_map(|e| e.nic_slot)
+            .collect();
+        let index = (0..berth_vm::MAX_NICS)
+            .find(|i| !used.contains(&(berth_vm::FIRST_NIC_SLOT + *i as u8)))
+            .ok_or_else(|| {
+                EngineError::InvalidArgument(format!(
+                    "a container can be on at most {} networks",
+                    berth_vm::MAX_NICS
+                ))
+            })?;
+        let ready =
+            self.networks
+                .ready_endpoint(&record.id, index, &network.name, &mut endpoint, false)?;
+        let plugged = async {
+            let interface = ready
+                .interface
+                .clone()
+                .ok_or_else(|| EngineError::InvalidArgument("network has no addresses".into()))?;
+            runtime.control.add_nic(&ready.nic).await?;
+            match self
+                .agent_request(&handle, HostMessage::AddInterface(interface))
+                .await?
+            {
+                GuestMessage::InterfaceReady { .. } => {}
+                other => {
+                    return Err(EngineError::Agent(format!(
+                        "configuring the new NIC: {other:?}"
+                    )))
+                }
+            }
+            let mut updated = record.clone();
+            updated
+                .networks
+                .insert(network.name.clone(), endpoint.clone());
+            let attach: Vec<(String, String)> = ready
+                .bridge
+                .iter()
+                .map(|bridge| (ready.nic.tap.clone(), bridge.clone()))
+                .collect();
+            self.networks.activate(&updated, &attach)
+        };
+        if let Err(error) = plugged.await {
+            let _ = runtime.control.remove_nic(&ready.nic).await;
+            self.networks.release_endpoint(&record.id, &mut endpoint);
+            return Err(error);
+        }
+        lock(&handle.record)
+            .networks
+            .insert(network.name.clone(), endpoint);
+        self.persist(&handle)
+    }
+
+    /// `POST /networks/{id}/disconnect`. A running container's VM loses the NIC.
+    pub async fn disconnect_network(
+        self: &Arc<Self>,
+        network_ref: &str,
+        container_ref: &str,
+    ) -> Result<(), EngineError> {
+        let network = self.networks.lookup(network_ref)?;
+        let handle = self.lookup(container_ref)?;
+        let _lifecycle = handle.lifecycle.lock().await;
+        let record = handle.snapshot();
+        let Some(mut endpoint) = record.networks.get(&network.name).cloned() else {
+            return Err(EngineError::Forbidden(format!(
+                "container {} is not connected to network {}",
+                record.id, network.name
+            )));
+        };
+        if let Some(runtime) = handle.runtime().filter(|_| endpoint.nic_slot.is_some()) {
+            let slot = endpoint.nic_slot.unwrap_or_default();
+            if slot == berth_vm::FIRST_NIC_SLOT {
+                return Err(EngineError::Forbidden(format!(
+                    "Berth cannot unplug a running container's first network card: stop the container to disconnect it from {}",
+                    network.name
+                )));
+            }
+            let index = usize::from(slot - berth_vm::FIRST_NIC_SLOT);
+            let name = format!("eth{index}");
+            match self
+                .agent_request(&handle, HostMessage::RemoveInterface { name })
+                .await?
+            {
+                GuestMessage::InterfaceRemoved { .. } => {}
+                other => return Err(EngineError::Agent(format!("releasing the NIC: {other:?}"))),
+            }
+            let nic = berth_vm::NicSpec {
+                tap: berth_net::links::tap_name(&record.id, index),
+                mac: endpoint.mac.clone(),
+                pci_slot: slot,
+            };
+            runtime.control.remove_nic(&nic).await?;
+            self.networks.release_endpoint(&record.id, &mut endpoint);
+        }
+        lock(&handle.record).networks.remove(&network.name);
+        self.persist(&handle)
+    }
+}
+
+impl Networks {
+    /// Stops a network's DNS server and deletes its bridge.
+    fn take_down(&self, record: &NetworkRecord) {
+        let mut live = lock(&self.live);
+        live.records.remove(&record.id);
+        live.dns.remove(&record.id);
+        live.names.remove(&record.id);
+        live.allocations.remove(&record.id);
+        drop(live);
+        if !record.bridge.is_empty() {
+            let _ = berth_net::links::delete_link(&self.namespace, &record.bridge);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_names_follow_docker() {
+        for good in ["web", "my_net", "a.b-c", "0x"] {
+            assert!(valid_network_name(good), "{good}");
+        }
+        for bad in ["", "-x", "a b", "a/b", "ü"] {
+            assert!(!valid_network_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn endpoint_requests_are_checked_against_the_network() {
+        let network = NetworkRecord {
+            id: "n".repeat(64),
+            name: "web".into(),
+            driver: "bridge".into(),
+            created: String::new(),
+            subnet: Some("10.9.0.0/24".parse().unwrap()),
+            gateway: Some(Ipv4Addr::new(10, 9, 0, 1)),
+            internal: false,
+            labels: HashMap::new(),
+            options: HashMap::new(),
+            bridge: "br-nnnnnnnnnnnn".into(),
+        };
+        let ok = ConnectRequest {
+            aliases: vec!["db".into()],
+            ip: Some("10.9.0.7".into()),
+            mac: Some("02:42:0A:09:00:07".into()),
+        }
+        .endpoint(&network)
+        .unwrap();
+        assert_eq!(ok.requested_ip, Some(Ipv4Addr::new(10, 9, 0, 7)));
+        assert_eq!(ok.requested_mac.as_deref(), Some("02:42:0a:09:00:07"));
+        for (ip, mac) in [
+            ("10.9.1.7", None),
+            ("nope", None),
+            ("10.9.0.8", Some("01:00:00:00:00:01")),
+        ] {
+            let request = ConnectRequest {
+                aliases: vec![],
+                ip: Some(ip.into()),
+                mac: mac.map(Into::into),
+            };
+            assert!(request.endpoint(&network).is_err(), "{ip} {mac:?}");
+        }
+    }
+}
