@@ -81,12 +81,23 @@ impl Engine {
             Ok(()) => Ok(StartOutcome::Started),
             Err(error) => {
                 if !matches!(error, EngineError::StartFailed(_)) {
-                    // The run task records spawn failures itself; everything else is recorded here.
+                    // The run task records spawn failures (and auto-removes) itself;
+                    // everything else is recorded here.
                     let mut record = lock(&handle.record);
                     record.state.error = error_chain(&error);
                     record.state.exit_code = 128;
+                    let auto_remove = record.auto_remove();
                     drop(record);
                     let _ = self.persist(&handle);
+                    if auto_remove {
+                        // As Docker does: a `--rm` container that fails to start is removed
+                        // (a client waiting for its removal would wait forever otherwise).
+                        let engine = self.clone();
+                        let id = handle.id.clone();
+                        tokio::spawn(async move {
+                            let _ = engine.remove_container(&id, true).await;
+                        });
+                    }
                 }
                 Err(error)
             }

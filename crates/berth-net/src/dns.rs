@@ -1,11 +1,14 @@
 //! The DNS server Berth runs for each container network.
 //!
 //! It listens on UDP port 53 of the network's gateway address inside Berth's namespace.
-//! Names it knows (containers on the network by name, short id and alias) are answered
-//! from its table, with Docker's TTL of 600 s; an `AAAA` or other query for a known name
-//! gets an empty answer (containers have IPv4 addresses only). Every other query is
-//! forwarded, as the client sent it, to the host's resolvers from the host's namespace,
-//! and the answer relayed back. DNS over TCP is not served.
+//! All servers share one [`Resolver`]: the names of containers on each network (name,
+//! short id, aliases), and for each container address the networks whose names that
+//! container may resolve (the user-defined networks it is on, as with Docker's embedded
+//! DNS). A query is answered from the networks of the address it came from, with
+//! Docker's TTL of 600 s; an `AAAA` or other query for a known name gets an empty answer
+//! (containers have IPv4 addresses only). Every other query is forwarded, as the client
+//! sent it, to the host's resolvers from the host's namespace, and the answer relayed
+//! back. DNS over TCP is not served.
 //!
 //! Queries come from guests and are untrusted: a packet that does not parse is dropped,
 //! and answers are only built from the table.
@@ -30,35 +33,63 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
 /// The largest UDP DNS message handled.
 const MAX_MESSAGE: usize = 4096;
 
-/// Names to addresses, shared between the engine (which updates it) and a server.
+/// Names to addresses per network, and which networks each client address sees; shared
+/// between the engine (which updates it) and the servers.
 #[derive(Debug, Default)]
-pub struct DnsTable {
-    names: RwLock<HashMap<String, Vec<Ipv4Addr>>>,
+pub struct Resolver {
+    state: RwLock<ResolverState>,
+}
+
+#[derive(Debug, Default)]
+struct ResolverState {
+    /// Network -> name -> addresses.
+    names: HashMap<String, HashMap<String, Vec<Ipv4Addr>>>,
+    /// Client address -> the networks whose names it resolves.
+    scopes: HashMap<Ipv4Addr, Vec<String>>,
 }
 
 fn normalise(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
-impl DnsTable {
-    /// Replaces the whole table.
-    pub fn replace(&self, entries: impl IntoIterator<Item = (String, Ipv4Addr)>) {
-        let mut names: HashMap<String, Vec<Ipv4Addr>> = HashMap::new();
-        for (name, address) in entries {
-            let list = names.entry(normalise(&name)).or_default();
+impl Resolver {
+    /// Replaces everything: `names` as (network, name, address), `scopes` as (client
+    /// address, networks).
+    pub fn replace(
+        &self,
+        names: impl IntoIterator<Item = (String, String, Ipv4Addr)>,
+        scopes: impl IntoIterator<Item = (Ipv4Addr, Vec<String>)>,
+    ) {
+        let mut state = ResolverState::default();
+        for (network, name, address) in names {
+            let list = state
+                .names
+                .entry(network)
+                .or_default()
+                .entry(normalise(&name))
+                .or_default();
             if !list.contains(&address) {
                 list.push(address);
             }
         }
-        *self.names.write().unwrap_or_else(|p| p.into_inner()) = names;
+        state.scopes = scopes.into_iter().collect();
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = state;
     }
 
-    pub fn lookup(&self, name: &str) -> Option<Vec<Ipv4Addr>> {
-        self.names
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&normalise(name))
-            .cloned()
+    /// The addresses of `name` as client `client` sees them.
+    pub fn lookup(&self, client: Ipv4Addr, name: &str) -> Option<Vec<Ipv4Addr>> {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let name = normalise(name);
+        let mut found: Vec<Ipv4Addr> = Vec::new();
+        for network in state.scopes.get(&client)? {
+            let addresses = state.names.get(network).and_then(|n| n.get(&name));
+            for address in addresses.into_iter().flatten() {
+                if !found.contains(address) {
+                    found.push(*address);
+                }
+            }
+        }
+        (!found.is_empty()).then_some(found)
     }
 }
 
@@ -73,8 +104,8 @@ pub enum Verdict {
     Drop,
 }
 
-/// Decides on one query packet.
-pub fn answer(query: &[u8], table: &DnsTable) -> Verdict {
+/// Decides on one query packet from `client`.
+pub fn answer(query: &[u8], client: Ipv4Addr, resolver: &Resolver) -> Verdict {
     let Ok(packet) = Packet::parse(query) else {
         return Verdict::Drop;
     };
@@ -83,7 +114,7 @@ pub fn answer(query: &[u8], table: &DnsTable) -> Verdict {
     }
     let question = &packet.questions[0];
     let name = question.qname.to_string();
-    let Some(addresses) = table.lookup(&name) else {
+    let Some(addresses) = resolver.lookup(client, &name) else {
         return Verdict::Forward;
     };
     let mut reply = Packet::new_reply(packet.id());
@@ -145,7 +176,7 @@ impl DnsServer {
     pub fn start(
         namespace: &Namespace,
         address: Ipv4Addr,
-        table: Arc<DnsTable>,
+        resolver: Arc<Resolver>,
         upstreams: Vec<SocketAddr>,
     ) -> io::Result<Self> {
         let socket = namespace.run(move || {
@@ -154,12 +185,12 @@ impl DnsServer {
             Ok(socket)
         })?;
         let socket = Arc::new(UdpSocket::from_std(socket)?);
-        let task = tokio::spawn(serve(socket, table, Arc::new(upstreams)));
+        let task = tokio::spawn(serve(socket, resolver, Arc::new(upstreams)));
         Ok(Self { task })
     }
 }
 
-async fn serve(socket: Arc<UdpSocket>, table: Arc<DnsTable>, upstreams: Arc<Vec<SocketAddr>>) {
+async fn serve(socket: Arc<UdpSocket>, resolver: Arc<Resolver>, upstreams: Arc<Vec<SocketAddr>>) {
     let mut buffer = vec![0u8; MAX_MESSAGE];
     loop {
         let (length, client) = match socket.recv_from(&mut buffer).await {
@@ -171,7 +202,10 @@ async fn serve(socket: Arc<UdpSocket>, table: Arc<DnsTable>, upstreams: Arc<Vec<
             }
         };
         let query = buffer[..length].to_vec();
-        match answer(&query, &table) {
+        let std::net::IpAddr::V4(source) = client.ip() else {
+            continue;
+        };
+        match answer(&query, source, &resolver) {
             Verdict::Answer(reply) => {
                 let _ = socket.send_to(&reply, client).await;
             }
@@ -237,14 +271,47 @@ mod tests {
         packet.build_bytes_vec().unwrap()
     }
 
+    const CLIENT: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 9);
+
+    fn resolver() -> Resolver {
+        let resolver = Resolver::default();
+        let web = Ipv4Addr::new(172, 18, 0, 2);
+        resolver.replace(
+            [
+                ("n1".to_owned(), "web".to_owned(), web),
+                ("n1".to_owned(), "Alias".to_owned(), web),
+                (
+                    "n2".to_owned(),
+                    "db".to_owned(),
+                    Ipv4Addr::new(172, 19, 0, 2),
+                ),
+            ],
+            [(CLIENT, vec!["n1".to_owned()])],
+        );
+        resolver
+    }
+
+    #[test]
+    fn names_are_scoped_to_the_clients_networks() {
+        let resolver = resolver();
+        assert!(resolver.lookup(CLIENT, "web").is_some());
+        assert!(
+            resolver.lookup(CLIENT, "db").is_none(),
+            "db is on another network"
+        );
+        assert!(resolver
+            .lookup(Ipv4Addr::new(172, 19, 0, 3), "web")
+            .is_none());
+        assert_eq!(
+            answer(&query("db", TYPE::A), CLIENT, &resolver),
+            Verdict::Forward
+        );
+    }
+
     #[test]
     fn known_names_are_answered_case_insensitively() {
-        let table = DnsTable::default();
-        table.replace([
-            ("web".to_owned(), Ipv4Addr::new(172, 18, 0, 2)),
-            ("Alias".to_owned(), Ipv4Addr::new(172, 18, 0, 2)),
-        ]);
-        let Verdict::Answer(bytes) = answer(&query("WEB.", TYPE::A), &table) else {
+        let resolver = resolver();
+        let Verdict::Answer(bytes) = answer(&query("WEB.", TYPE::A), CLIENT, &resolver) else {
             panic!("no answer");
         };
         let reply = Packet::parse(&bytes).unwrap();
@@ -256,7 +323,7 @@ mod tests {
             RData::A(A::from(Ipv4Addr::new(172, 18, 0, 2)))
         );
         // AAAA for a known name: an empty, successful answer.
-        let Verdict::Answer(bytes) = answer(&query("alias", TYPE::AAAA), &table) else {
+        let Verdict::Answer(bytes) = answer(&query("alias", TYPE::AAAA), CLIENT, &resolver) else {
             panic!("no answer");
         };
         let reply = Packet::parse(&bytes).unwrap();
@@ -266,13 +333,11 @@ mod tests {
 
     #[test]
     fn unknown_names_are_forwarded_and_garbage_dropped() {
-        let table = DnsTable::default();
-        assert_eq!(
-            answer(&query("example.org", TYPE::A), &table),
-            Verdict::Forward
-        );
-        assert_eq!(answer(b"\x00\x01garbage", &table), Verdict::Drop);
-        assert_eq!(answer(&[], &table), Verdict::Drop);
+        let resolver = Resolver::default();
+        let verdict = answer(&query("example.org", TYPE::A), CLIENT, &resolver);
+        assert_eq!(verdict, Verdict::Forward);
+        assert_eq!(answer(b"\x00\x01garbage", CLIENT, &resolver), Verdict::Drop);
+        assert_eq!(answer(&[], CLIENT, &resolver), Verdict::Drop);
         let failure = server_failure(&query("example.org", TYPE::A)).unwrap();
         assert_eq!(
             Packet::parse(&failure).unwrap().rcode(),

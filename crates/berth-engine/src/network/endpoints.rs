@@ -242,8 +242,8 @@ impl Networks {
                 .entry(endpoint.network_id.clone())
                 .or_default()
                 .insert(record.id.clone(), (Self::dns_names(record, endpoint), ip));
-            Networks::refresh_dns(&live, &endpoint.network_id);
         }
+        self.refresh_dns(&live);
         Ok(())
     }
 
@@ -260,7 +260,7 @@ impl Networks {
         if let Some(names) = live.names.get_mut(&endpoint.network_id) {
             names.remove(container_id);
         }
-        Networks::refresh_dns(&live, &endpoint.network_id);
+        self.refresh_dns(&live);
         drop(live);
         if let Some(slot) = endpoint.nic_slot.take() {
             let index = usize::from(slot.saturating_sub(FIRST_NIC_SLOT));

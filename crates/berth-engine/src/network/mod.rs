@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use berth_net::dns::{DnsServer, DnsTable};
+use berth_net::dns::{DnsServer, Resolver};
 use berth_net::firewall::BridgeRule;
 use berth_net::{firewall, links, Namespace, Subnet};
 use serde::{Deserialize, Serialize};
@@ -115,8 +115,8 @@ pub struct EndpointRecord {
 #[derive(Default)]
 struct LiveState {
     records: HashMap<String, NetworkRecord>,
-    /// Per network id: its DNS table and server.
-    dns: HashMap<String, (Arc<DnsTable>, Option<DnsServer>)>,
+    /// Per network id: its DNS server.
+    dns: HashMap<String, DnsServer>,
     /// Per network id: taken addresses and who holds them.
     allocations: HashMap<String, HashMap<Ipv4Addr, String>>,
     /// Per network id, per container id: the names it answers to and its address.
@@ -130,6 +130,7 @@ pub struct Networks {
     namespace: Namespace,
     store: Store,
     upstreams: Vec<SocketAddr>,
+    resolver: Arc<Resolver>,
     live: Mutex<LiveState>,
     /// Serialises creating and removing networks.
     changes: Mutex<()>,
@@ -147,6 +148,7 @@ impl Networks {
             namespace,
             store,
             upstreams: berth_net::dns::host_resolvers(),
+            resolver: Arc::new(Resolver::default()),
             live: Mutex::new(LiveState::default()),
             changes: Mutex::new(()),
         };
@@ -205,11 +207,10 @@ impl Networks {
             )));
         };
         links::ensure_bridge(&self.namespace, &record.bridge, gateway, subnet.prefix())?;
-        let table = Arc::new(DnsTable::default());
         let server = DnsServer::start(
             &self.namespace,
             gateway,
-            table.clone(),
+            self.resolver.clone(),
             self.upstreams.clone(),
         )
         .map_err(|e| {
@@ -221,9 +222,7 @@ impl Networks {
                 e,
             ))
         })?;
-        lock(&self.live)
-            .dns
-            .insert(record.id.clone(), (table, Some(server)));
+        lock(&self.live).dns.insert(record.id.clone(), server);
         Ok(())
     }
 
@@ -274,26 +273,41 @@ impl Networks {
         records
     }
 
-    /// Re-publishes a network's name table from the names registered on it.
-    fn refresh_dns(live: &LiveState, network_id: &str) {
-        let Some((table, _)) = live.dns.get(network_id) else {
-            return;
-        };
-        let resolves = live
+    /// Re-publishes every name and every client's scope from the names registered on
+    /// the networks.
+    fn refresh_dns(&self, live: &LiveState) {
+        let resolving: Vec<&String> = live
             .records
-            .get(network_id)
-            .is_some_and(NetworkRecord::resolves_names);
-        let entries: Vec<(String, Ipv4Addr)> = if resolves {
-            live.names
-                .get(network_id)
-                .into_iter()
-                .flat_map(|containers| containers.values())
-                .flat_map(|(names, ip)| names.iter().map(move |name| (name.clone(), *ip)))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        table.replace(entries);
+            .values()
+            .filter(|r| r.resolves_names())
+            .map(|r| &r.id)
+            .collect();
+        let mut names = Vec::new();
+        let mut networks_of: HashMap<&String, Vec<String>> = HashMap::new();
+        let mut addresses_of: HashMap<&String, Vec<Ipv4Addr>> = HashMap::new();
+        for (network, containers) in &live.names {
+            let resolves = resolving.contains(&network);
+            for (container, (container_names, ip)) in containers {
+                addresses_of.entry(container).or_default().push(*ip);
+                if resolves {
+                    networks_of
+                        .entry(container)
+                        .or_default()
+                        .push(network.clone());
+                    for name in container_names {
+                        names.push((network.clone(), name.clone(), *ip));
+                    }
+                }
+            }
+        }
+        let scopes: Vec<(Ipv4Addr, Vec<String>)> = addresses_of
+            .into_iter()
+            .flat_map(|(container, ips)| {
+                let networks = networks_of.get(container).cloned().unwrap_or_default();
+                ips.into_iter().map(move |ip| (ip, networks.clone()))
+            })
+            .collect();
+        self.resolver.replace(names, scopes);
     }
 
     /// The container's endpoints on live networks, in NIC order: the one named by its

@@ -19,12 +19,16 @@ pub const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 pub struct Daemon {
     pub root: PathBuf,
     pub socket: PathBuf,
+    /// The daemon's own network namespace (each test daemon has one, deleted on drop).
+    pub netns: String,
     child: Mutex<Option<Child>>,
 }
 
 impl Daemon {
     /// Starts a daemon whose root is `root`. Its stderr goes to `root/../daemon.log`.
     pub fn start(root: &Path) -> Daemon {
+        // First use of the scratch directory clears namespaces left by earlier binaries.
+        scratch();
         std::fs::create_dir_all(root).unwrap();
         let socket = root.with_extension("sock");
         let log = std::fs::OpenOptions::new()
@@ -32,9 +36,13 @@ impl Daemon {
             .append(true)
             .open(root.with_extension("log"))
             .unwrap();
+        let netns = format!(
+            "berth-test-{}",
+            &hex::encode(Sha256::digest(root.display().to_string().as_bytes()))[..12]
+        );
         let mut command = Command::new(BERTH);
         command
-            .args(["daemon", "--root"])
+            .args(["daemon", "--netns", &netns, "--root"])
             .arg(root)
             .arg("--socket")
             .arg(&socket)
@@ -56,6 +64,7 @@ impl Daemon {
         let daemon = Daemon {
             root: root.to_path_buf(),
             socket,
+            netns,
             child: Mutex::new(Some(child)),
         };
         daemon.wait_ready();
@@ -178,6 +187,21 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.netns])
+            .output();
+    }
+}
+
+impl Daemon {
+    /// `ip ARGS...` inside the daemon's network namespace; returns stdout.
+    pub fn ip_in_namespace(&self, args: &[&str]) -> String {
+        let output = Command::new("ip")
+            .args(["-n", &self.netns])
+            .args(args)
+            .output()
+            .expect("running ip");
+        String::from_utf8_lossy(&output.stdout).into_owned()
     }
 }
 
@@ -199,12 +223,27 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Test binaries run one after another: namespaces of test daemons from earlier
+/// binaries (the shared daemon is never dropped) are deleted when the next one starts.
+fn remove_stale_namespaces() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("berth-test-") {
+            let _ = Command::new("ip").args(["netns", "delete", &name]).output();
+        }
+    }
+}
+
 /// A scratch directory for this test process.
 pub fn scratch() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("berth-tests-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        remove_stale_namespaces();
         dir
     })
 }

@@ -1,0 +1,311 @@
+//! Container networks end to end, with the real docker CLI: user networks with their own
+//! subnets, names and aliases through Berth's DNS, published ports reachable from the
+//! host, isolation between networks, connect and disconnect on a running container,
+//! clean-up, and everything still there after a daemon restart.
+//!
+//! Traffic goes only to 127.0.0.1 (published ports) and to addresses inside the test
+//! daemon's own network namespace.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{busybox_archive, Daemon};
+
+/// `GET path` on 127.0.0.1:port; returns the body. Retries for a while: a container's
+/// server may not listen yet right after `docker run -d` returns (as with Docker).
+fn http_get(port: u16, path: &str) -> String {
+    let mut last_error = None;
+    for _ in 0..50 {
+        match try_http_get(port, path) {
+            Ok(body) if !body.is_empty() => return body,
+            Ok(_) => {}
+            Err(error) => last_error = Some(error),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("GET {path} on port {port} failed: {last_error:?}");
+}
+
+fn try_http_get(port: u16, path: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default())
+}
+
+fn published_port(daemon: &Daemon, container: &str) -> u16 {
+    let line = daemon.docker_ok(&["port", container, "80/tcp"]);
+    line.lines()
+        .next()
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"))
+}
+
+#[test]
+fn networks_names_ports_isolation_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let daemon = Daemon::start(&root);
+    daemon.docker_ok(&["load", "-i", busybox_archive().to_str().unwrap()]);
+
+    // The predefined networks, and a user network with its own subnet.
+    let listed = daemon.docker_ok(&["network", "ls", "--format", "{{.Name}} {{.Driver}}"]);
+    assert!(
+        listed.contains("bridge bridge") && listed.contains("none null"),
+        "{listed}"
+    );
+    let id = daemon.docker_ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.89.0.0/24",
+        "--label",
+        "purpose=test",
+        "backend",
+    ]);
+    assert_eq!(id.len(), 64);
+    let ipam = daemon.docker_ok(&[
+        "network",
+        "inspect",
+        "backend",
+        "-f",
+        "{{range .IPAM.Config}}{{.Subnet}} {{.Gateway}}{{end}} {{.Labels.purpose}}",
+    ]);
+    assert_eq!(ipam, "10.89.0.0/24 10.89.0.1 test");
+    let duplicate = daemon.docker(&["network", "create", "backend"]);
+    assert!(!duplicate.status.success());
+    assert!(String::from_utf8_lossy(&duplicate.stderr).contains("already exists"));
+    let overlapping = daemon.docker(&["network", "create", "--subnet", "10.89.0.128/25", "other"]);
+    assert!(
+        !overlapping.status.success(),
+        "an overlapping subnet was accepted"
+    );
+
+    // A web server on the user network, published on a free loopback port.
+    daemon.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--hostname",
+        "webhost",
+        "--network",
+        "backend",
+        "--network-alias",
+        "api",
+        "-p",
+        "127.0.0.1::80",
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/etc",
+    ]);
+    let port = published_port(&daemon, "web");
+    assert_eq!(http_get(port, "/hostname").trim(), "webhost");
+    let ports = daemon.docker_ok(&["ps", "--filter", "name=web", "--format", "{{.Ports}}"]);
+    assert_eq!(ports, format!("127.0.0.1:{port}->80/tcp"));
+
+    let address = daemon.docker_ok(&[
+        "inspect",
+        "web",
+        "-f",
+        "{{.NetworkSettings.Networks.backend.IPAddress}}",
+    ]);
+    assert!(address.starts_with("10.89.0."), "{address}");
+    let mac = daemon.docker_ok(&[
+        "inspect",
+        "web",
+        "-f",
+        "{{.NetworkSettings.Networks.backend.MacAddress}}",
+    ]);
+    let octets: Vec<u8> = address.split('.').map(|o| o.parse().unwrap()).collect();
+    assert_eq!(
+        mac,
+        format!(
+            "02:42:{:02x}:{:02x}:{:02x}:{:02x}",
+            octets[0], octets[1], octets[2], octets[3]
+        )
+    );
+    let names = daemon.docker_ok(&[
+        "inspect",
+        "web",
+        "-f",
+        "{{json .NetworkSettings.Networks.backend.DNSNames}}",
+    ]);
+    assert!(
+        names.contains("\"web\"") && names.contains("\"api\""),
+        "{names}"
+    );
+
+    // Another container on the network reaches it by name and by alias; its own MAC
+    // (a clone's, rebound from its template's) is the one inspect shows.
+    let client = daemon.docker_ok(&[
+        "run", "--name", "client", "--network", "backend", "busybox", "sh", "-c",
+        "wget -qO- http://web/hostname && wget -qO- http://api/hostname && cat /sys/class/net/eth0/address",
+    ]);
+    let lines: Vec<&str> = client.lines().collect();
+    assert_eq!(lines[..2], ["webhost", "webhost"], "{client}");
+    let client_mac = daemon.docker_ok(&[
+        "inspect",
+        "client",
+        "-f",
+        "{{.NetworkSettings.Networks.backend.MacAddress}}",
+    ]);
+    assert_eq!(client_mac, "", "a stopped container holds no address");
+    assert!(lines[2].starts_with("02:42:0a:59:00:"), "{client}");
+    assert_ne!(lines[2], mac, "two containers share a MAC address");
+
+    // Chosen address and MAC.
+    let chosen = daemon.docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "backend",
+        "--ip",
+        "10.89.0.50",
+        "--mac-address",
+        "02:42:0a:59:00:99",
+        "busybox",
+        "sh",
+        "-c",
+        "cat /sys/class/net/eth0/address; ip -4 addr show eth0 | grep -o 'inet [0-9./]*'",
+    ]);
+    assert_eq!(chosen, "02:42:0a:59:00:99\ninet 10.89.0.50/24");
+    let taken = daemon.docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "backend",
+        "--ip",
+        &address,
+        "busybox",
+        "true",
+    ]);
+    assert!(!taken.status.success(), "an address in use was given twice");
+
+    // Isolation: from the default network neither the address nor the name is reachable.
+    let isolated = daemon.docker(&[
+        "run", "--rm", "busybox", "sh", "-c",
+        &format!("nc -w 2 {address} 80 </dev/null && echo reached; nslookup web >/dev/null 2>&1 && echo resolved; true"),
+    ]);
+    let isolated_out = String::from_utf8_lossy(&isolated.stdout);
+    assert!(
+        !isolated_out.contains("reached"),
+        "crossed networks: {isolated_out}"
+    );
+    assert!(
+        !isolated_out.contains("resolved"),
+        "resolved across networks: {isolated_out}"
+    );
+
+    // --network none, host and container: are refused or have no address.
+    let none = daemon.docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "ip -4 addr | grep -c inet",
+    ]);
+    assert_eq!(
+        none, "1",
+        "only loopback has an address with --network none"
+    );
+    for refused in ["host", "container:web"] {
+        let output = daemon.docker(&["run", "--rm", "--network", refused, "busybox", "true"]);
+        assert!(!output.status.success(), "--network {refused} accepted");
+        assert!(String::from_utf8_lossy(&output.stderr).contains("own kernel"));
+    }
+
+    // Connect and disconnect a running container: its VM gains and loses a NIC.
+    daemon.docker_ok(&["run", "-d", "--name", "roamer", "busybox", "sleep", "600"]);
+    daemon.docker_ok(&[
+        "network", "connect", "--alias", "wanderer", "backend", "roamer",
+    ]);
+    let reached = daemon.docker_ok(&[
+        "exec",
+        "roamer",
+        "sh",
+        "-c",
+        "ip -4 addr show eth1 | grep -o 'inet 10.89.0.[0-9]*'; wget -qO- http://api/hostname",
+    ]);
+    assert!(
+        reached.starts_with("inet 10.89.0.") && reached.ends_with("webhost"),
+        "{reached}"
+    );
+    let in_use = daemon.docker(&["network", "rm", "backend"]);
+    assert!(!in_use.status.success(), "a network in use was removed");
+    assert!(String::from_utf8_lossy(&in_use.stderr).contains("active endpoints"));
+    daemon.docker_ok(&["network", "disconnect", "backend", "roamer"]);
+    let after = daemon.docker_ok(&["exec", "roamer", "sh", "-c", "ls /sys/class/net"]);
+    assert!(!after.contains("eth1"), "eth1 still there: {after}");
+    let networks = daemon.docker_ok(&[
+        "inspect",
+        "roamer",
+        "-f",
+        "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}",
+    ]);
+    assert_eq!(networks, "bridge");
+
+    // Restart the daemon: the network and its settings stay; containers start again with
+    // addresses and published ports.
+    daemon.docker_ok(&["rm", "-f", "roamer", "client"]);
+    daemon.stop();
+    let daemon = Daemon::start(&root);
+    let same = daemon.docker_ok(&[
+        "network",
+        "inspect",
+        "backend",
+        "-f",
+        "{{.Id}} {{range .IPAM.Config}}{{.Subnet}}{{end}}",
+    ]);
+    assert_eq!(same, format!("{id} 10.89.0.0/24"));
+    daemon.docker_ok(&["start", "web"]);
+    let port = published_port(&daemon, "web");
+    assert_eq!(http_get(port, "/hostname").trim(), "webhost");
+    let by_name = daemon.docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "backend",
+        "busybox",
+        "wget",
+        "-qO-",
+        "http://api/hostname",
+    ]);
+    assert_eq!(by_name, "webhost");
+
+    // Clean-up leaves no tap, bridge or relay behind.
+    daemon.docker_ok(&["rm", "-f", "web"]);
+    daemon.docker_ok(&["network", "rm", "backend"]);
+    let links = daemon.ip_in_namespace(&["-o", "link", "show"]);
+    assert!(!links.contains(": bt"), "taps left: {links}");
+    assert!(
+        !links.contains(&format!("br-{}", &id[..12])),
+        "bridge left: {links}"
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the published port still answers"
+    );
+    let pruned_net = daemon.docker_ok(&["network", "create", "scratch"]);
+    assert_eq!(pruned_net.len(), 64);
+    let pruned = daemon.docker_ok(&["network", "prune", "-f"]);
+    assert!(pruned.contains("scratch"), "{pruned}");
+    let left = daemon.docker_ok(&["network", "ls", "--format", "{{.Name}}"]);
+    assert_eq!(left.lines().count(), 2, "{left}");
+}
