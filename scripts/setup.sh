@@ -2,7 +2,8 @@
 # Installs what Berth needs on a Debian 12 host: QEMU (system emulator and qemu-img),
 # e2fsprogs (mkfs.ext4 -d builds root filesystems), busybox-static (the tests' image),
 # skopeo (the tests make archives with it as another tool would), python3-docker (docker-py,
-# a second real Docker API client for the tests).
+# a second real Docker API client for the tests), iproute2 and nftables (container networks:
+# bridges, taps and filtering in Berth's own network namespace).
 # The guest kernel is not installed: Berth fetches Debian's package into its cache.
 set -euo pipefail
 need=()
@@ -12,6 +13,8 @@ command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v skopeo >/dev/null || need+=(skopeo)
 /usr/bin/python3 -c 'import docker' 2>/dev/null || need+=(python3-docker)
+command -v ip >/dev/null || need+=(iproute2)
+command -v nft >/dev/null || need+=(nftables)
 # Berth resolves and downloads the guest kernel with apt on first use: the package lists
 # must be current then (an old list can name a kernel the archive no longer has).
 cache=${BERTH_CACHE:-/var/cache/berth}

@@ -242,6 +242,7 @@ impl Engine {
                 return Err(error);
             }
         };
+        let setup_done = begun.elapsed();
         let session = Arc::new(session);
         let process = ProcessSpec {
             argv: std::iter::once(record.path.clone())
@@ -277,6 +278,7 @@ impl Engine {
             control.kill().await;
             return Err(error);
         }
+        let networked = begun.elapsed();
         if let Err(error) = session
             .send(MAIN_STREAM, &HostMessage::Spawn(process))
             .await
@@ -294,6 +296,8 @@ impl Engine {
                     template_ms = template_ready.as_millis() as u64,
                     vm_process_ms = vm_up.as_millis() as u64,
                     agent_hello_ms = hello_at.as_millis() as u64,
+                    setup_done_ms = setup_done.as_millis() as u64,
+                    networks_ms = networked.as_millis() as u64,
                     process_started_ms = begun.elapsed().as_millis() as u64,
                     "container started"
                 );
