@@ -102,6 +102,9 @@ pub struct ContainerRecord {
     /// Ports published while it runs.
     #[serde(default)]
     pub ports: Vec<crate::network::PortRecord>,
+    /// A user stopped or killed it (restart policies then leave it stopped).
+    #[serde(default)]
+    pub manually_stopped: bool,
 }
 
 impl ContainerRecord {
@@ -172,6 +175,7 @@ mod tests {
             restart_count: 0,
             networks: Default::default(),
             ports: Vec::new(),
+            manually_stopped: false,
         };
         assert_eq!(record.vm_shape(256), (1, 256));
         record.host_config.nano_cpus = Some(1_500_000_000);

@@ -214,6 +214,10 @@ impl Engine {
             });
         }
         check_supported(&host_config)?;
+        crate::restart::validate(
+            host_config.restart_policy.as_ref(),
+            host_config.auto_remove.unwrap_or(false),
+        )?;
         let networks = self.endpoints_at_create(&body, &mut host_config)?;
         let image = self.resolve_image(&image_ref)?;
         let id = names::new_id();
@@ -260,6 +264,7 @@ impl Engine {
                 restart_count: 0,
                 networks,
                 ports: Vec::new(),
+                manually_stopped: false,
             };
             containers.insert(id.clone(), Arc::new(ContainerHandle::new(record.clone())));
             record

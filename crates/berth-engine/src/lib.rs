@@ -26,6 +26,7 @@ mod lifecycle;
 mod names;
 pub mod network;
 mod output;
+mod restart;
 mod run;
 mod session;
 mod store;
@@ -155,6 +156,8 @@ pub(crate) struct ContainerHandle {
     pub lifecycle: tokio::sync::Mutex<()>,
     pub runtime: Mutex<Option<Arc<Runtime>>>,
     pub state: watch::Sender<LifecycleState>,
+    /// The delay before the last restart (restart policies double it).
+    pub restart_delay: Mutex<Option<std::time::Duration>>,
     stdin: Mutex<(
         mpsc::UnboundedSender<StdinEvent>,
         Option<mpsc::UnboundedReceiver<StdinEvent>>,
@@ -178,6 +181,7 @@ impl ContainerHandle {
             lifecycle: tokio::sync::Mutex::new(()),
             runtime: Mutex::new(None),
             state: watch::channel(initial).0,
+            restart_delay: Mutex::new(None),
             stdin: Mutex::new((sender, Some(receiver))),
         }
     }
@@ -228,6 +232,8 @@ pub struct Engine {
     templates: template::TemplateManager,
     execs: exec::ExecTable,
     networks: Arc<network::Networks>,
+    /// Set when the daemon shuts down: nothing is restarted from then on.
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 /// The runtime that clones each container's VM from a template (the default).
@@ -280,6 +286,7 @@ impl Engine {
             templates,
             execs: exec::ExecTable::default(),
             networks,
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -442,6 +449,8 @@ impl Engine {
 
     /// Stops every running container (the daemon is shutting down).
     pub async fn shutdown(self: &Arc<Self>) {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let running: Vec<_> = self
             .all_handles()
             .into_iter()

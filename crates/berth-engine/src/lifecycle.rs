@@ -217,6 +217,7 @@ impl Engine {
     pub async fn kill_container(&self, reference: &str, signal: &str) -> Result<(), EngineError> {
         let signal = parse_signal(if signal.is_empty() { "SIGKILL" } else { signal })?;
         let (handle, runtime) = self.running_handle(reference)?;
+        lock(&handle.record).manually_stopped = true;
         self.resume_if_paused(&handle, &runtime).await?;
         runtime
             .session
@@ -250,6 +251,20 @@ impl Engine {
         timeout: Option<i64>,
     ) -> Result<bool, EngineError> {
         let handle = self.lookup(reference)?;
+        {
+            let mut record = lock(&handle.record);
+            // The daemon stopping its containers at shutdown is not a user's stop.
+            if !self.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+                record.manually_stopped = true;
+            }
+            if record.state.status == ContainerStatus::Restarting {
+                // Between runs: the pending restart is cancelled.
+                record.state.status = ContainerStatus::Exited;
+                drop(record);
+                self.persist(&handle)?;
+                return Ok(true);
+            }
+        }
         let Some(runtime) = handle.runtime() else {
             return Ok(false);
         };

@@ -66,6 +66,20 @@ impl Engine {
         reference: &str,
     ) -> Result<StartOutcome, EngineError> {
         let handle = self.lookup(reference)?;
+        {
+            // A user's start: the restart policy applies again from here.
+            let mut record = lock(&handle.record);
+            record.manually_stopped = false;
+            *lock(&handle.restart_delay) = None;
+        }
+        self.start_run(&handle).await
+    }
+
+    /// Starts a container's next run (a user's start, a restart, or the daemon's).
+    pub(crate) async fn start_run(
+        self: &Arc<Self>,
+        handle: &Arc<ContainerHandle>,
+    ) -> Result<StartOutcome, EngineError> {
         let _guard = handle.lifecycle.lock().await;
         let status = lock(&handle.record).state.status;
         if status.is_running() {
@@ -77,7 +91,7 @@ impl Engine {
                 status.as_str()
             )));
         }
-        match self.boot_and_spawn(&handle).await {
+        match self.boot_and_spawn(handle).await {
             Ok(()) => Ok(StartOutcome::Started),
             Err(error) => {
                 if !matches!(error, EngineError::StartFailed(_)) {
@@ -88,7 +102,7 @@ impl Engine {
                     record.state.exit_code = 128;
                     let auto_remove = record.auto_remove();
                     drop(record);
-                    let _ = self.persist(&handle);
+                    let _ = self.persist(handle);
                     if auto_remove {
                         // As Docker does: a `--rm` container that fails to start is removed
                         // (a client waiting for its removal would wait forever otherwise).
@@ -395,6 +409,15 @@ impl Engine {
     /// Records the end of a run, powers nothing: the VM is already gone.
     fn finish_run(self: &Arc<Self>, handle: &Arc<ContainerHandle>, end: RunEnd) {
         self.release_networks(handle);
+        let run_lasted =
+            chrono::DateTime::parse_from_rfc3339(&lock(&handle.record).state.started_at)
+                .ok()
+                .and_then(|started| {
+                    (chrono::Utc::now() - started.with_timezone(&chrono::Utc))
+                        .to_std()
+                        .ok()
+                })
+                .unwrap_or_default();
         let (code, error) = match end {
             RunEnd::Exited(code) => (i64::from(code), String::new()),
             RunEnd::SpawnFailed(SpawnFailure::NotFound, message) => (127, message),
@@ -431,6 +454,8 @@ impl Engine {
                     tracing::warn!(%id, error = %error_chain(&error), "auto-remove failed");
                 }
             });
+        } else {
+            self.schedule_restart(handle, run_lasted);
         }
     }
 }

@@ -139,6 +139,7 @@ mod tests {
             restart_count: 0,
             networks: Default::default(),
             ports: Vec::new(),
+            manually_stopped: false,
         };
         {
             let store = Store::open(&path).unwrap();

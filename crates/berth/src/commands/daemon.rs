@@ -76,6 +76,7 @@ async fn serve(args: DaemonArgs) -> anyhow::Result<()> {
             if let Err(error) = engine.prepare_default_template().await {
                 tracing::error!(error = %berth_engine::error_chain(&error), "building the default VM template failed; containers will build it on first start");
             }
+            engine.start_with_daemon().await;
         });
     }
 

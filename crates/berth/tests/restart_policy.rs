@@ -1,0 +1,193 @@
+//! Restart policies with the real docker CLI: on-failure with a limit, always until a
+//! user stops the container, and what a daemon restart starts again (with its published
+//! port working).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{busybox_archive, Daemon};
+
+/// Polls `docker inspect -f FORMAT NAME` until `done` accepts the output (up to 60 s).
+fn wait_for(daemon: &Daemon, name: &str, format: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let value = daemon.docker_ok(&["inspect", "-f", format, name]);
+        if done(&value) {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: {format} stayed {value:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn http_get(port: u16) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(stream, "GET /hostname HTTP/1.0\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.trim().to_owned())
+}
+
+#[test]
+fn restart_policies_apply_between_runs_and_across_daemon_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let daemon = Daemon::start(&root);
+    daemon.docker_ok(&["load", "-i", busybox_archive().to_str().unwrap()]);
+
+    // on-failure:2 restarts a failing container twice, then leaves it exited.
+    daemon.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "flaky",
+        "--restart",
+        "on-failure:2",
+        "busybox",
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    let settled = wait_for(
+        &daemon,
+        "flaky",
+        "{{.State.Status}} {{.RestartCount}} {{.State.ExitCode}}",
+        |v| v == "exited 2 3",
+    );
+    assert_eq!(settled, "exited 2 3");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        daemon.docker_ok(&["inspect", "-f", "{{.RestartCount}}", "flaky"]),
+        "2"
+    );
+    // on-failure does not restart a clean exit.
+    daemon.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "clean",
+        "--restart",
+        "on-failure",
+        "busybox",
+        "true",
+    ]);
+    wait_for(&daemon, "clean", "{{.State.Status}}", |v| v == "exited");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        daemon.docker_ok(&["inspect", "-f", "{{.RestartCount}}", "clean"]),
+        "0"
+    );
+
+    // always: restarted after every exit, until a user stops it.
+    daemon.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "looper",
+        "--restart",
+        "always",
+        "busybox",
+        "sh",
+        "-c",
+        "sleep 1",
+    ]);
+    wait_for(&daemon, "looper", "{{.RestartCount}}", |v| {
+        v.parse::<u32>().unwrap_or(0) >= 2
+    });
+    daemon.docker_ok(&["stop", "-t", "1", "looper"]);
+    let stopped = wait_for(&daemon, "looper", "{{.State.Status}}", |v| v == "exited");
+    assert_eq!(stopped, "exited");
+    let count = daemon.docker_ok(&["inspect", "-f", "{{.RestartCount}}", "looper"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        daemon.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.RestartCount}}",
+            "looper"
+        ]),
+        format!("exited {count}")
+    );
+
+    // --restart with --rm is refused.
+    let conflicting = daemon.docker(&["run", "--rm", "--restart", "always", "busybox", "true"]);
+    assert!(!conflicting.status.success());
+
+    // Across a daemon restart: unless-stopped comes back with its published port,
+    // unless a user stopped it; always comes back even then; on-failure does not.
+    daemon.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "server",
+        "--hostname",
+        "kept",
+        "--restart",
+        "unless-stopped",
+        "-p",
+        "127.0.0.1::80",
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/etc",
+    ]);
+    daemon.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "parked",
+        "--restart",
+        "unless-stopped",
+        "busybox",
+        "sleep",
+        "600",
+    ]);
+    daemon.docker_ok(&["stop", "-t", "0", "parked"]);
+    daemon.stop();
+    let daemon = Daemon::start(&root);
+    wait_for(&daemon, "server", "{{.State.Status}}", |v| v == "running");
+    wait_for(&daemon, "looper", "{{.State.Status}}", |v| {
+        v == "running" || v == "restarting"
+    });
+    let port: u16 = daemon
+        .docker_ok(&["port", "server", "80/tcp"])
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim().parse().ok())
+        .expect("a published port");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        if let Some(body) = http_get(port).filter(|b| !b.is_empty()) {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the published port never answered"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(body, "kept");
+    assert_eq!(
+        daemon.docker_ok(&["inspect", "-f", "{{.State.Status}}", "parked"]),
+        "exited"
+    );
+    assert_eq!(
+        daemon.docker_ok(&["inspect", "-f", "{{.State.Status}}", "flaky"]),
+        "exited"
+    );
+    daemon.docker_ok(&["rm", "-f", "server", "looper", "parked", "flaky", "clean"]);
+}
