@@ -103,6 +103,23 @@ pub enum HostMessage {
     Resize { rows: u16, cols: u16 },
     /// Kill every process, flush the disks and power off.
     Shutdown,
+    /// A new engine took over the channel (the one before it went away while the VM ran).
+    /// Answered by [`RESYNC_MARKER`] and then `Reattached`.
+    Reattach,
+}
+
+/// Written by the agent, unframed, right before `Reattached`: what the old engine left
+/// half-sent on the channel (the rest of a frame the agent was writing when it went
+/// away) comes before it, and the new engine skips everything up to it.
+pub const RESYNC_MARKER: &[u8; 16] = b"\0\0\0\0BERTH-RESYNC";
+
+/// A process the agent runs or ran, as `Reattached` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessStatus {
+    pub stream: u32,
+    pub pid: i32,
+    /// Set once it has exited: its exit code and the signal that killed it, if any.
+    pub exit: Option<(i32, Option<i32>)>,
 }
 
 /// Messages from the guest to the host.
@@ -119,6 +136,12 @@ pub enum GuestMessage {
     },
     /// `Setup` finished.
     SetupDone,
+    /// Answer to `Reattach`: the agent's processes, running and exited (their `Exited`
+    /// may have gone to the engine that went away).
+    Reattached {
+        protocol: u32,
+        processes: Vec<ProcessStatus>,
+    },
     /// `AddInterface` finished.
     InterfaceReady { name: String },
     /// `RemoveInterface` finished.
@@ -167,6 +190,20 @@ pub fn decode_guest_message(frame: &Frame) -> Result<GuestMessage, ProtoError> {
         )),
         GuestMessage::Exited { code, .. } if !(0..=255).contains(code) => {
             Err(ProtoError::InvalidField("exited.code is not in 0..=255"))
+        }
+        GuestMessage::Reattached { processes, .. } if processes.len() > 4096 => Err(
+            ProtoError::InvalidField("reattached lists more than 4096 processes"),
+        ),
+        GuestMessage::Reattached { processes, .. }
+            if processes.iter().any(|p| {
+                p.exit.is_some_and(|(code, signal)| {
+                    !(0..=255).contains(&code) || signal.is_some_and(|s| !(1..=64).contains(&s))
+                })
+            }) =>
+        {
+            Err(ProtoError::InvalidField(
+                "reattached reports an exit code or signal out of range",
+            ))
         }
         _ => Ok(message),
     }

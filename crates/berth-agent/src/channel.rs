@@ -29,6 +29,18 @@ impl Channel {
         port.flush()
     }
 
+    /// Writes `marker` and then the message, with no other frame in between.
+    pub fn send_after_marker(
+        &self,
+        marker: &[u8],
+        stream: u32,
+        message: &GuestMessage,
+    ) -> io::Result<()> {
+        let mut bytes = marker.to_vec();
+        bytes.extend_from_slice(&encode_control(stream, message));
+        self.write_frame(&bytes)
+    }
+
     pub fn send(&self, stream: u32, message: &GuestMessage) -> io::Result<()> {
         self.write_frame(&encode_control(stream, message))
     }

@@ -5,7 +5,8 @@
 //! virtio-serial port named [`berth_agent_proto::PORT_NAME`]; say Hello; then serve the
 //! engine's requests (see `berth-agent-proto` for the protocol) until told to shut down.
 //!
-//! The agent never trusts that the host is gone: if the channel closes, it powers off.
+//! If the engine goes away (its end of the channel closes), the agent and the container's
+//! processes go on; a new engine takes over with `Reattach`.
 
 mod boot;
 mod channel;

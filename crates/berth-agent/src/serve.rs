@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_agent_proto::{
-    decode_host_message, FrameDecoder, FrameKind, GuestMessage, HostMessage, SetupSpec,
-    AGENT_STREAM, PROTOCOL_VERSION,
+    decode_host_message, FrameDecoder, FrameKind, GuestMessage, HostMessage, ProcessStatus,
+    SetupSpec, AGENT_STREAM, PROTOCOL_VERSION, RESYNC_MARKER,
 };
 use nix::sys::wait::{waitpid, WaitStatus};
 
@@ -17,6 +17,10 @@ use crate::process::{self, ProcessTable, CONTAINER_ROOT};
 use crate::{boot, network};
 
 type SharedTable = Arc<Mutex<ProcessTable>>;
+
+/// Exits of processes, by stream, kept for a new engine that reattaches (the `Exited`
+/// may have gone to the engine before it).
+type SharedExits = Arc<Mutex<std::collections::BTreeMap<u32, (i32, Option<i32>)>>>;
 
 fn lock(table: &SharedTable) -> std::sync::MutexGuard<'_, ProcessTable> {
     table
@@ -40,9 +44,10 @@ pub fn serve(port: File) -> io::Result<()> {
     )?;
 
     let table: SharedTable = Arc::default();
+    let exits: SharedExits = Arc::default();
     {
-        let (table, channel) = (table.clone(), channel.clone());
-        std::thread::spawn(move || reap(table, channel));
+        let (table, channel, exits) = (table.clone(), channel.clone(), exits.clone());
+        std::thread::spawn(move || reap(table, channel, exits));
     }
 
     let mut decoder = FrameDecoder::new();
@@ -50,8 +55,10 @@ pub fn serve(port: File) -> io::Result<()> {
     let mut spawned_any = false;
     loop {
         let n = match reader.read(&mut buffer) {
-            // No host on the other end (yet, or any more): wait for one.
+            // No host on the other end (yet, or any more): wait for one. Whatever part
+            // of a frame the host that went away left is void.
             Ok(0) => {
+                decoder = FrameDecoder::new();
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
@@ -90,6 +97,33 @@ pub fn serve(port: File) -> io::Result<()> {
                     };
                     if let HostMessage::Shutdown = message {
                         return Ok(());
+                    }
+                    if let HostMessage::Reattach = message {
+                        let mut processes: Vec<ProcessStatus> = lock(&table)
+                            .iter()
+                            .map(|(stream, process)| ProcessStatus {
+                                stream: *stream,
+                                pid: process.pid,
+                                exit: None,
+                            })
+                            .collect();
+                        for (stream, exit) in exits.lock().unwrap_or_else(|p| p.into_inner()).iter()
+                        {
+                            processes.push(ProcessStatus {
+                                stream: *stream,
+                                pid: 0,
+                                exit: Some(*exit),
+                            });
+                        }
+                        channel.send_after_marker(
+                            RESYNC_MARKER,
+                            frame.stream,
+                            &GuestMessage::Reattached {
+                                protocol: PROTOCOL_VERSION,
+                                processes,
+                            },
+                        )?;
+                        continue;
                     }
                     if let HostMessage::Rebind(spec) = &message {
                         let reply = match crate::rebind::rebind(spec) {
@@ -211,7 +245,7 @@ fn handle(
                 },
             ),
         },
-        HostMessage::Shutdown | HostMessage::Rebind(_) => Ok(()),
+        HostMessage::Shutdown | HostMessage::Rebind(_) | HostMessage::Reattach => Ok(()),
     }
 }
 
@@ -269,7 +303,7 @@ fn setup(spec: &SetupSpec) -> io::Result<()> {
 /// panics if someone else reaped it first. So the reaper only peeks (`WNOWAIT`), then
 /// takes the process table, which `spawn` holds while it runs, and reaps a pid only if it
 /// is still there to reap.
-fn reap(table: SharedTable, channel: Channel) {
+fn reap(table: SharedTable, channel: Channel, exits: SharedExits) {
     use nix::sys::wait::{waitid, Id, WaitPidFlag};
     loop {
         let peeked = match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
@@ -305,6 +339,7 @@ fn reap(table: SharedTable, channel: Channel) {
             continue;
         };
         let channel = channel.clone();
+        let exits = exits.clone();
         std::thread::spawn(move || {
             if process.is_init {
                 // The container ends with its first process, as with a pid namespace.
@@ -317,6 +352,10 @@ fn reap(table: SharedTable, channel: Channel) {
             for pump in process.pumps {
                 let _ = pump.join();
             }
+            exits
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(stream, (code, signal));
             let _ = channel.send(stream, &GuestMessage::Exited { code, signal });
         });
     }

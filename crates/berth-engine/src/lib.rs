@@ -134,6 +134,9 @@ pub(crate) struct Runtime {
     pub agent_reply: Mutex<Option<tokio::sync::oneshot::Sender<berth_agent_proto::GuestMessage>>>,
     /// Held while a request on the agent's stream is pending.
     pub agent_request: tokio::sync::Mutex<()>,
+    /// Taken over from an engine before this one: the agent may report on exec streams
+    /// this engine never knew (they are ignored).
+    pub reattached: bool,
 }
 
 impl Runtime {
@@ -143,6 +146,7 @@ impl Runtime {
             control,
             agent_reply: Mutex::new(None),
             agent_request: tokio::sync::Mutex::new(()),
+            reattached: false,
         }
     }
 }
@@ -243,7 +247,8 @@ pub const RUNTIME_COLDBOOT: &str = "berth-coldboot";
 
 impl Engine {
     /// Opens the state under `config.root`, reconciling containers that were running when
-    /// the daemon last stopped (their VMs are gone: they are recorded as exited).
+    /// the daemon last stopped: those whose VMs still run (the daemon was killed, not
+    /// stopped) are taken over; the others are recorded as exited.
     pub async fn open(config: EngineConfig) -> Result<Arc<Self>, EngineError> {
         let root = config.root.clone();
         for dir in [root.clone(), root.join("containers")] {
@@ -252,8 +257,12 @@ impl Engine {
         let store = Store::open(&root.join("berth.redb"))?;
         let images = berth_image::ImageStore::open(&root.join("images"), store.database())?;
         let mut containers = HashMap::new();
+        // Containers whose VMs outlived the daemon before this one: taken over below.
+        let mut live = Vec::new();
         for mut record in store.all()? {
-            if record.state.status.is_running() {
+            if record.state.status.is_running() && lifecycle::vm_is_alive(&record) {
+                live.push(record.id.clone());
+            } else if record.state.status.is_running() {
                 lifecycle::kill_stale_vm(&record);
                 record.state.status = ContainerStatus::Exited;
                 record.state.exit_code = 255;
@@ -264,10 +273,17 @@ impl Engine {
             }
             containers.insert(record.id.clone(), Arc::new(ContainerHandle::new(record)));
         }
-        let networks = Arc::new(network::Networks::open(&config.netns, store.clone())?);
+        let networks = Arc::new(network::Networks::open(
+            &config.netns,
+            store.clone(),
+            &live,
+        )?);
         for record in containers.values() {
             // Runs ended with the old daemon: their addresses and ports are gone.
             let mut record = lock(&record.record);
+            if live.contains(&record.id) {
+                continue;
+            }
             if record.networks.values().any(|e| e.ip.is_some()) || !record.ports.is_empty() {
                 networks.release(&mut record);
                 store.put(&record)?;
@@ -277,7 +293,7 @@ impl Engine {
             config.exec_root.join("templates"),
             Some(networks.clone()),
         );
-        Ok(Arc::new(Self {
+        let engine = Arc::new(Self {
             config,
             store,
             images,
@@ -287,7 +303,9 @@ impl Engine {
             execs: exec::ExecTable::default(),
             networks,
             shutting_down: std::sync::atomic::AtomicBool::new(false),
-        }))
+        });
+        engine.take_over(live).await;
+        Ok(engine)
     }
 
     pub(crate) fn container_dir(&self, id: &str) -> PathBuf {

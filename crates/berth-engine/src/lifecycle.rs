@@ -99,6 +99,16 @@ pub fn parse_signal(value: &str) -> Result<i32, EngineError> {
 
 /// Kills a VM process left from before a daemon restart, if that pid is still one of
 /// this container's QEMU processes (its command line names the container).
+/// Whether the container's VM process (from an engine before this one) still runs.
+pub(crate) fn vm_is_alive(record: &ContainerRecord) -> bool {
+    let pid = record.state.pid;
+    pid != 0
+        && String::from_utf8_lossy(
+            &std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default(),
+        )
+        .contains(&format!("berth-{}", record.id))
+}
+
 pub(crate) fn kill_stale_vm(record: &ContainerRecord) {
     let pid = record.state.pid;
     if pid == 0 {

@@ -285,6 +285,7 @@ impl Engine {
             log,
             control.clone(),
             started_sender,
+            None,
         ));
         // From here the serve task owns the run, and gives the networks back when it ends.
         release_on_failure.handle = None;
@@ -335,6 +336,100 @@ impl Engine {
                 "the VM ended before the process started".into(),
             )),
         }
+    }
+
+    /// Takes over the VMs of containers that ran on while the daemon was away (it was
+    /// killed, not stopped): each VM's agent channel reconnects (QEMU retries it), the
+    /// agent reports its processes, and the container is served again, with its
+    /// addresses, names and published ports. A VM that cannot be taken over is killed and
+    /// its container recorded as exited.
+    pub(crate) async fn take_over(self: &Arc<Self>, ids: Vec<String>) {
+        let mut tasks = Vec::new();
+        for id in ids {
+            let Ok(handle) = self.lookup(&id) else {
+                continue;
+            };
+            let engine = self.clone();
+            tasks.push(tokio::spawn(async move {
+                match engine.reattach_container(&handle).await {
+                    Ok(()) => {
+                        tracing::info!(id = %&handle.id[..12], "took over the running container's VM");
+                    }
+                    Err(error) => {
+                        tracing::warn!(id = %handle.id, error = %error_chain(&error), "could not take over the container's VM; stopping it");
+                        *lock(&handle.runtime) = None;
+                        let mut record = handle.snapshot();
+                        crate::lifecycle::kill_stale_vm(&record);
+                        engine.networks.release(&mut record);
+                        record.state.status = ContainerStatus::Exited;
+                        record.state.exit_code = 255;
+                        record.state.error = format!(
+                            "the daemon restarted and could not take over the VM: {}",
+                            error_chain(&error)
+                        );
+                        record.state.finished_at = now_rfc3339();
+                        record.state.pid = 0;
+                        *lock(&handle.record) = record;
+                        let _ = engine.persist(&handle);
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    async fn reattach_container(
+        self: &Arc<Self>,
+        handle: &Arc<ContainerHandle>,
+    ) -> Result<(), EngineError> {
+        let record = handle.snapshot();
+        let vm = self
+            .config
+            .backend
+            .reattach(record.state.pid, &self.vm_dir(&record.id))
+            .await?;
+        let control: Arc<dyn VmControl> = Arc::from(vm.control);
+        let taken = crate::session::reattach(vm.agent, SETUP_TIMEOUT).await;
+        let (session, reader, processes) = match taken {
+            Ok(parts) => parts,
+            Err(error) => {
+                control.kill().await;
+                return Err(error);
+            }
+        };
+        let already_exited = match processes.iter().find(|p| p.stream == MAIN_STREAM) {
+            Some(process) => process.exit.map(|(code, _)| code),
+            None => {
+                control.kill().await;
+                return Err(EngineError::Agent(
+                    "the agent reports no container process".into(),
+                ));
+            }
+        };
+        let session = Arc::new(session);
+        let mut runtime = Runtime::new(session, control.clone());
+        runtime.reattached = true;
+        *lock(&handle.runtime) = Some(Arc::new(runtime));
+        handle.state.send_modify(|state| state.running = true);
+        let mut updated = handle.snapshot();
+        self.networks.restore(&updated);
+        self.networks.republish(&mut updated).await;
+        lock(&handle.record).ports = updated.ports;
+        self.persist(handle)?;
+        let log = LogWriter::open(&self.container_dir(&record.id).join("container.log"))?;
+        let (started, _nobody_waits) = oneshot::channel();
+        tokio::spawn(serve(
+            self.clone(),
+            handle.clone(),
+            reader,
+            log,
+            control,
+            started,
+            already_exited,
+        ));
+        Ok(())
     }
 
     /// Connects a started container's VM to its networks: NICs beyond the first are
@@ -469,126 +564,138 @@ async fn serve(
     mut log: LogWriter,
     control: Arc<dyn VmControl>,
     started: oneshot::Sender<Result<i32, String>>,
+    already_exited: Option<i32>,
 ) {
     let mut started = Some(started);
-    let end = loop {
-        let event = tokio::select! {
-            event = reader.next_event() => event,
-            _ = control.wait() => break RunEnd::Broken("the container's VM stopped unexpectedly".into()),
-        };
-        match event {
-            Ok(Some(AgentEvent::Output {
-                stream: MAIN_STREAM,
-                kind,
-                data,
-            })) => {
-                let stream = if kind == FrameKind::Stderr {
-                    OutputStream::Stderr
-                } else {
-                    OutputStream::Stdout
-                };
-                let chunk = OutputChunk {
-                    stream,
-                    data: Bytes::from(data),
-                };
-                handle.hub.record_and_publish(&chunk, || log.write(&chunk));
-            }
-            Ok(Some(AgentEvent::Message {
-                stream: MAIN_STREAM,
-                message,
-            })) => match message {
-                GuestMessage::Started { pid } => {
-                    if let Some(sender) = started.take() {
-                        let _ = sender.send(Ok(pid));
-                    }
+    let reattached = handle.runtime().is_some_and(|r| r.reattached);
+    let end = if let Some(code) = already_exited {
+        RunEnd::Exited(code)
+    } else {
+        loop {
+            let event = tokio::select! {
+                event = reader.next_event() => event,
+                _ = control.wait() => break RunEnd::Broken("the container's VM stopped unexpectedly".into()),
+            };
+            match event {
+                Ok(Some(AgentEvent::Output {
+                    stream: MAIN_STREAM,
+                    kind,
+                    data,
+                })) => {
+                    let stream = if kind == FrameKind::Stderr {
+                        OutputStream::Stderr
+                    } else {
+                        OutputStream::Stdout
+                    };
+                    let chunk = OutputChunk {
+                        stream,
+                        data: Bytes::from(data),
+                    };
+                    handle.hub.record_and_publish(&chunk, || log.write(&chunk));
                 }
-                GuestMessage::SpawnFailed { reason, message } => {
-                    if let Some(sender) = started.take() {
-                        let _ = sender.send(Err(message.clone()));
+                Ok(Some(AgentEvent::Message {
+                    stream: MAIN_STREAM,
+                    message,
+                })) => match message {
+                    GuestMessage::Started { pid } => {
+                        if let Some(sender) = started.take() {
+                            let _ = sender.send(Ok(pid));
+                        }
                     }
-                    break RunEnd::SpawnFailed(reason, message);
-                }
-                GuestMessage::Exited { code, .. } => break RunEnd::Exited(code),
-                GuestMessage::Error { message } => {
-                    tracing::warn!(id = %handle.id, %message, "agent reported an error")
-                }
-                other => break RunEnd::Broken(format!("the agent sent an unexpected {other:?}")),
-            },
-            Ok(Some(AgentEvent::Message {
-                stream: AGENT_STREAM,
-                message,
-            })) => {
-                let waiting = handle
-                    .runtime()
-                    .and_then(|runtime| lock(&runtime.agent_reply).take());
-                match (waiting, message) {
-                    (Some(sender), message) => {
-                        let _ = sender.send(message);
+                    GuestMessage::SpawnFailed { reason, message } => {
+                        if let Some(sender) = started.take() {
+                            let _ = sender.send(Err(message.clone()));
+                        }
+                        break RunEnd::SpawnFailed(reason, message);
                     }
-                    (None, GuestMessage::Error { message }) => {
+                    GuestMessage::Exited { code, .. } => break RunEnd::Exited(code),
+                    GuestMessage::Error { message } => {
                         tracing::warn!(id = %handle.id, %message, "agent reported an error")
                     }
-                    (None, other) => {
-                        break RunEnd::Broken(format!("the agent sent an unrequested {other:?}"))
+                    other => {
+                        break RunEnd::Broken(format!("the agent sent an unexpected {other:?}"))
                     }
-                }
-            }
-            Ok(Some(AgentEvent::Output { stream, kind, data })) => {
-                match engine.execs.by_stream(&handle.id, stream) {
-                    Some(exec) => {
-                        let stream = if kind == FrameKind::Stderr {
-                            OutputStream::Stderr
-                        } else {
-                            OutputStream::Stdout
-                        };
-                        exec.hub.publish(&OutputChunk {
-                            stream,
-                            data: Bytes::from(data),
-                        });
-                    }
-                    None => {
-                        break RunEnd::Broken(format!(
-                            "the agent sent output on unknown stream {stream}"
-                        ))
-                    }
-                }
-            }
-            Ok(Some(AgentEvent::Message { stream, message })) => {
-                match engine.execs.by_stream(&handle.id, stream) {
-                    Some(exec) => match message {
-                        GuestMessage::Started { pid } => exec.on_started(pid),
-                        GuestMessage::SpawnFailed { reason, message } => {
-                            exec.on_spawn_failed(reason, message)
+                },
+                Ok(Some(AgentEvent::Message {
+                    stream: AGENT_STREAM,
+                    message,
+                })) => {
+                    let waiting = handle
+                        .runtime()
+                        .and_then(|runtime| lock(&runtime.agent_reply).take());
+                    match (waiting, message) {
+                        (Some(sender), message) => {
+                            let _ = sender.send(message);
                         }
-                        GuestMessage::Exited { code, .. } => exec.finish(i64::from(code)),
-                        GuestMessage::Error { message } => {
-                            tracing::warn!(id = %handle.id, stream, %message, "agent reported an error for an exec")
+                        (None, GuestMessage::Error { message }) => {
+                            tracing::warn!(id = %handle.id, %message, "agent reported an error")
                         }
-                        other => {
+                        (None, other) => {
                             break RunEnd::Broken(format!(
-                                "the agent sent an unexpected {other:?} for an exec"
+                                "the agent sent an unrequested {other:?}"
                             ))
                         }
-                    },
-                    None => {
-                        break RunEnd::Broken(format!(
-                            "the agent sent {message:?} on unknown stream {stream}"
-                        ))
                     }
                 }
+                Ok(Some(AgentEvent::Output { stream, kind, data })) => {
+                    match engine.execs.by_stream(&handle.id, stream) {
+                        Some(exec) => {
+                            let stream = if kind == FrameKind::Stderr {
+                                OutputStream::Stderr
+                            } else {
+                                OutputStream::Stdout
+                            };
+                            exec.hub.publish(&OutputChunk {
+                                stream,
+                                data: Bytes::from(data),
+                            });
+                        }
+                        None if reattached => {} // an exec the engine before this one ran
+                        None => {
+                            break RunEnd::Broken(format!(
+                                "the agent sent output on unknown stream {stream}"
+                            ))
+                        }
+                    }
+                }
+                Ok(Some(AgentEvent::Message { stream, message })) => {
+                    match engine.execs.by_stream(&handle.id, stream) {
+                        Some(exec) => match message {
+                            GuestMessage::Started { pid } => exec.on_started(pid),
+                            GuestMessage::SpawnFailed { reason, message } => {
+                                exec.on_spawn_failed(reason, message)
+                            }
+                            GuestMessage::Exited { code, .. } => exec.finish(i64::from(code)),
+                            GuestMessage::Error { message } => {
+                                tracing::warn!(id = %handle.id, stream, %message, "agent reported an error for an exec")
+                            }
+                            other => {
+                                break RunEnd::Broken(format!(
+                                    "the agent sent an unexpected {other:?} for an exec"
+                                ))
+                            }
+                        },
+                        None if reattached => {}
+                        None => {
+                            break RunEnd::Broken(format!(
+                                "the agent sent {message:?} on unknown stream {stream}"
+                            ))
+                        }
+                    }
+                }
+                Ok(None) => {
+                    // A closed channel usually means the VM itself is gone; say which.
+                    let vm_gone = tokio::time::timeout(Duration::from_secs(1), control.wait())
+                        .await
+                        .is_ok();
+                    break RunEnd::Broken(if vm_gone {
+                        "the container's VM stopped unexpectedly".into()
+                    } else {
+                        "the container's agent closed its channel".into()
+                    });
+                }
+                Err(error) => break RunEnd::Broken(error_chain(&error)),
             }
-            Ok(None) => {
-                // A closed channel usually means the VM itself is gone; say which.
-                let vm_gone = tokio::time::timeout(Duration::from_secs(1), control.wait())
-                    .await
-                    .is_ok();
-                break RunEnd::Broken(if vm_gone {
-                    "the container's VM stopped unexpectedly".into()
-                } else {
-                    "the container's agent closed its channel".into()
-                });
-            }
-            Err(error) => break RunEnd::Broken(error_chain(&error)),
         }
     };
     if let RunEnd::Broken(reason) = &end {

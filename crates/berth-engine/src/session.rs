@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use berth_agent_proto::{
     decode_guest_message, encode_control, encode_frame, Frame, FrameDecoder, FrameKind,
-    GuestMessage, HostMessage, AGENT_STREAM, MAX_DATA_CHUNK, PROTOCOL_VERSION,
+    GuestMessage, HostMessage, ProcessStatus, AGENT_STREAM, MAX_DATA_CHUNK, PROTOCOL_VERSION,
+    RESYNC_MARKER,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -134,6 +135,79 @@ fn classify(frame: Frame) -> Result<AgentEvent, EngineError> {
             data: frame.payload,
         }),
         FrameKind::Stdin => Err(EngineError::Agent("the agent sent a stdin frame".into())),
+    }
+}
+
+/// Most bytes skipped while looking for the agent's resync marker.
+const MAX_RESYNC_SKIP: usize = 8 << 20;
+
+/// Takes over the channel of a VM whose engine went away: sends `Reattach`, skips what
+/// the old connection left half-sent up to the agent's resync marker, and returns the
+/// agent's processes.
+pub async fn reattach(
+    stream: UnixStream,
+    timeout: Duration,
+) -> Result<(AgentSession, AgentReader, Vec<ProcessStatus>), EngineError> {
+    let (reader, writer) = stream.into_split();
+    let session = AgentSession {
+        writer: Mutex::new(writer),
+    };
+    let mut reader = AgentReader {
+        reader,
+        decoder: FrameDecoder::new(),
+        buffer: vec![0u8; 64 * 1024],
+    };
+    session.send(AGENT_STREAM, &HostMessage::Reattach).await?;
+    let resync = async {
+        let mut seen: Vec<u8> = Vec::new();
+        let mut skipped = 0usize;
+        loop {
+            let n = reader
+                .reader
+                .read(&mut reader.buffer)
+                .await
+                .map_err(|e| EngineError::Agent(format!("reading from the agent: {e}")))?;
+            if n == 0 {
+                return Err(EngineError::Agent(
+                    "the agent closed its channel while reattaching".into(),
+                ));
+            }
+            seen.extend_from_slice(&reader.buffer[..n]);
+            if let Some(at) = seen
+                .windows(RESYNC_MARKER.len())
+                .position(|window| window == RESYNC_MARKER)
+            {
+                reader.decoder.push(&seen[at + RESYNC_MARKER.len()..]);
+                return Ok(());
+            }
+            // Keep only what could be the start of the marker.
+            let keep = seen.len().min(RESYNC_MARKER.len() - 1);
+            skipped += seen.len() - keep;
+            seen.drain(..seen.len() - keep);
+            if skipped > MAX_RESYNC_SKIP {
+                return Err(EngineError::Agent(
+                    "the agent did not resynchronise its channel".into(),
+                ));
+            }
+        }
+    };
+    tokio::time::timeout(timeout, resync)
+        .await
+        .map_err(|_| EngineError::Agent("no answer from the agent while reattaching".into()))??;
+    match reader
+        .expect_message(AGENT_STREAM, timeout, "reattaching")
+        .await?
+    {
+        GuestMessage::Reattached {
+            protocol,
+            processes,
+        } if protocol == PROTOCOL_VERSION => Ok((session, reader, processes)),
+        GuestMessage::Reattached { protocol, .. } => Err(EngineError::Agent(format!(
+            "agent speaks protocol {protocol}, the engine speaks {PROTOCOL_VERSION}"
+        ))),
+        other => Err(EngineError::Agent(format!(
+            "expected reattached, got {other:?}"
+        ))),
     }
 }
 
@@ -328,5 +402,43 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn reattach_skips_what_the_old_connection_left_half_sent() {
+        let (host, mut guest) = UnixStream::pair().unwrap();
+        // The tail of a frame the agent was writing when the old engine went away, then
+        // a whole frame that also went to nobody, then the marker and the answer.
+        let stale = encode_frame(MAIN_STREAM, FrameKind::Stdout, b"lost output");
+        guest.write_all(&stale[7..]).await.unwrap();
+        guest.write_all(&stale).await.unwrap();
+        guest.write_all(RESYNC_MARKER).await.unwrap();
+        let answer = GuestMessage::Reattached {
+            protocol: PROTOCOL_VERSION,
+            processes: vec![ProcessStatus {
+                stream: MAIN_STREAM,
+                pid: 0,
+                exit: Some((3, None)),
+            }],
+        };
+        guest
+            .write_all(&encode_control(AGENT_STREAM, &answer))
+            .await
+            .unwrap();
+        guest
+            .write_all(&encode_frame(MAIN_STREAM, FrameKind::Stdout, b"after"))
+            .await
+            .unwrap();
+        let (_session, mut reader, processes) =
+            reattach(host, Duration::from_secs(2)).await.unwrap();
+        assert_eq!(processes[0].exit, Some((3, None)));
+        match reader.next_event().await.unwrap() {
+            Some(AgentEvent::Output { data, .. }) => assert_eq!(data, b"after"),
+            other => panic!("unexpected {other:?}"),
+        }
+        // A guest that never sends the marker is given up on.
+        let (host, mut guest) = UnixStream::pair().unwrap();
+        guest.write_all(&[0x55; 1000]).await.unwrap();
+        assert!(reattach(host, Duration::from_millis(300)).await.is_err());
     }
 }

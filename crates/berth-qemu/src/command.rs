@@ -97,8 +97,10 @@ pub fn qemu_arguments(
         "-device".into(),
         "virtio-serial-pci".into(),
         "-chardev".into(),
+        // `reconnect`: if the engine goes away while the VM runs, QEMU keeps trying the
+        // socket every second, and the next engine to listen there takes the VM over.
         format!(
-            "socket,id=agent,path={}",
+            "socket,id=agent,path={},reconnect=1",
             escape_option(&agent_socket.display().to_string())
         ),
         "-device".into(),

@@ -25,6 +25,9 @@ pub use command::qemu_arguments;
 /// How long a clone gets to load its template's device state.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a running VM gets to reconnect its agent channel to a new engine.
+const REATTACH_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long QEMU gets to connect to the agent socket after it starts.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -142,6 +145,31 @@ impl VmBackend for QemuBackend {
             }
         }
         let pid = vm.pid();
+        Ok(RunningVm {
+            agent,
+            pid,
+            control: Box::new(vm.into_control(qmp_socket)),
+        })
+    }
+
+    async fn reattach(&self, pid: u32, run_dir: &std::path::Path) -> Result<RunningVm, VmError> {
+        let agent_socket = run_dir.join("agent.sock");
+        let qmp_socket = run_dir.join("qmp.sock");
+        let _ = std::fs::remove_file(&agent_socket);
+        let listener = UnixListener::bind(&agent_socket)
+            .map_err(|e| VmError::Io("binding the agent socket", e))?;
+        let vm = process::QemuProcess::adopt(pid)?;
+        // QEMU retries the socket every second (`reconnect=1`).
+        let agent = tokio::select! {
+            accepted = tokio::time::timeout(REATTACH_TIMEOUT, listener.accept()) => match accepted {
+                Ok(Ok((stream, _))) => stream,
+                Ok(Err(error)) => return Err(VmError::Io("accepting the agent connection", error)),
+                Err(_) => return Err(VmError::Timeout("reconnect its agent channel", REATTACH_TIMEOUT)),
+            },
+            _ = vm.exited() => return Err(VmError::ExitedEarly("the VM ended before it reconnected".into())),
+        };
+        drop(listener);
+        let _ = std::fs::remove_file(&agent_socket);
         Ok(RunningVm {
             agent,
             pid,

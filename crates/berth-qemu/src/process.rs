@@ -1,7 +1,7 @@
 //! The QEMU process: spawning, reaping, and the [`VmControl`] the engine holds.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -67,6 +67,35 @@ impl QemuProcess {
             let status = child.wait().await;
             let code = status.ok().and_then(|status| status.code());
             let _ = sender.send(Some(VmExit { code }));
+        });
+        Ok(Self { pid, exit })
+    }
+
+    /// Takes over a QEMU process that another engine started (it is not our child: its
+    /// end is seen through a pidfd, its exit status is not known).
+    pub fn adopt(pid: u32) -> Result<Self, VmError> {
+        // SAFETY: pidfd_open takes a pid and flags, no pointers; the descriptor it
+        // returns is owned by the OwnedFd below.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return Err(VmError::Io(
+                "opening the VM process",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: fd was just returned by pidfd_open and nothing else owns it.
+        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+        // SAFETY: the OwnedFd is a valid pidfd that AsyncFd owns from here on; nothing
+        // else closes or replaces it.
+        let watched = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| VmError::Io("watching the VM process", e.into()))?;
+        let (sender, exit) = watch::channel(None);
+        tokio::spawn(async move {
+            // A pidfd becomes readable when its process ends.
+            let _ = watched.readable().await;
+            let _ = sender.send(Some(VmExit { code: None }));
         });
         Ok(Self { pid, exit })
     }

@@ -167,6 +167,9 @@ pub trait VmBackend: Send + Sync {
     fn accelerator(&self) -> Accelerator;
     /// Boots a VM and returns once its process runs and the agent channel is connected.
     async fn boot(&self, spec: &VmSpec) -> Result<RunningVm, VmError>;
+    /// Takes over a VM that an engine before this one started (process `pid`, files in
+    /// `run_dir`): returns once its agent channel is connected again.
+    async fn reattach(&self, pid: u32, run_dir: &std::path::Path) -> Result<RunningVm, VmError>;
 }
 
 /// True where /dev/kvm gives hardware virtualization: the CPU has VMX or SVM and

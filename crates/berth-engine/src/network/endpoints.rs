@@ -247,6 +247,24 @@ impl Networks {
         Ok(())
     }
 
+    /// Takes back the addresses and names of a container whose VM ran on while the daemon
+    /// was away (its taps are still on their bridges).
+    pub fn restore(&self, record: &ContainerRecord) {
+        let mut live = lock(&self.live);
+        for endpoint in record.networks.values() {
+            let Some(ip) = endpoint.ip else { continue };
+            live.allocations
+                .entry(endpoint.network_id.clone())
+                .or_default()
+                .insert(ip, record.id.clone());
+            live.names
+                .entry(endpoint.network_id.clone())
+                .or_default()
+                .insert(record.id.clone(), (Self::dns_names(record, endpoint), ip));
+        }
+        self.refresh_dns(&live);
+    }
+
     /// Gives back one endpoint's address and name, and removes its tap.
     pub(crate) fn release_endpoint(&self, container_id: &str, endpoint: &mut EndpointRecord) {
         let mut live = lock(&self.live);

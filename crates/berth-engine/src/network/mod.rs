@@ -138,10 +138,18 @@ pub struct Networks {
 
 impl Networks {
     /// Opens (creating if needed) Berth's namespace and brings every stored network up.
-    /// Taps left by an earlier daemon (no VM can be using them now) are removed.
-    pub fn open(namespace_name: &str, store: Store) -> Result<Self, EngineError> {
+    /// Taps left by an earlier daemon are removed, except those of the containers in
+    /// `live` (whose VMs still run and are being taken over).
+    pub fn open(namespace_name: &str, store: Store, live: &[String]) -> Result<Self, EngineError> {
         let namespace = Namespace::ensure(namespace_name)?;
+        let kept: Vec<String> = live
+            .iter()
+            .map(|id| format!("bt{}", &id[..12.min(id.len())]))
+            .collect();
         for stale in links::links_with_prefix(&namespace, "bt")? {
+            if kept.iter().any(|prefix| stale.starts_with(prefix.as_str())) {
+                continue;
+            }
             let _ = links::delete_link(&namespace, &stale);
         }
         let networks = Self {

@@ -119,6 +119,42 @@ pub fn requested_bindings(record: &ContainerRecord) -> Result<Vec<RequestedBindi
 }
 
 impl Networks {
+    /// Starts again, on the same host ports, the relays of a container whose VM ran on
+    /// while the daemon was away; a port that cannot be bound again is dropped (and
+    /// logged).
+    pub async fn republish(&self, record: &mut ContainerRecord) {
+        let primary = Self::primary_network_name(record);
+        let Some(target) = record.networks.get(&primary).and_then(|e| e.ip) else {
+            record.ports.clear();
+            return;
+        };
+        let mut relays = Vec::new();
+        let mut kept = Vec::new();
+        for port in std::mem::take(&mut record.ports) {
+            let Ok(host_ip) = port.host_ip.parse::<IpAddr>() else {
+                continue;
+            };
+            match proxy::publish(
+                self.namespace(),
+                port.protocol,
+                SocketAddr::new(host_ip, port.host_port),
+                SocketAddr::new(IpAddr::V4(target), port.container_port),
+            )
+            .await
+            {
+                Ok(relay) => {
+                    relays.push(relay);
+                    kept.push(port);
+                }
+                Err(error) => {
+                    tracing::warn!(id = %record.id, port = port.host_port, %error, "a published port could not be bound again")
+                }
+            }
+        }
+        lock(&self.live).published.insert(record.id.clone(), relays);
+        record.ports = kept;
+    }
+
     /// Starts the relays of a container that runs, to its first endpoint's address;
     /// records them in `record.ports`.
     pub async fn publish(&self, record: &mut ContainerRecord) -> Result<(), EngineError> {

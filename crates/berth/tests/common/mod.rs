@@ -100,6 +100,14 @@ impl Daemon {
         }
     }
 
+    /// Kills the daemon with SIGKILL (no clean-up runs) and waits for it.
+    pub fn kill9(&self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
     /// Runs the docker CLI against this daemon.
     pub fn docker(&self, args: &[&str]) -> Output {
         self.docker_with_input(args, None)
