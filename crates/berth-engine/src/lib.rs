@@ -66,6 +66,9 @@ pub struct EngineConfig {
     pub default_memory_mib: u32,
     /// The network namespace (`ip netns` name) that holds container networks.
     pub netns: String,
+    /// Outbound NAT from the namespace through the host, over this /30 link subnet
+    /// (`None`: containers reach nothing outside the namespace).
+    pub outbound_nat: Option<berth_net::Subnet>,
 }
 
 /// Facts for `docker info` and `docker version`.
@@ -277,6 +280,7 @@ impl Engine {
             &config.netns,
             store.clone(),
             &live,
+            config.outbound_nat,
         )?);
         for record in containers.values() {
             // Runs ended with the old daemon: their addresses and ports are gone.
@@ -486,5 +490,6 @@ impl Engine {
         for task in tasks {
             let _ = task.await;
         }
+        self.networks.shut_down();
     }
 }

@@ -24,10 +24,13 @@ use crate::NetError;
 pub struct BridgeRule {
     pub bridge: String,
     pub gateway: Ipv4Addr,
+    /// `--internal`: never forwarded out, even with outbound NAT.
+    pub internal: bool,
 }
 
-/// The ruleset text for `bridges`.
-pub fn ruleset(bridges: &[BridgeRule]) -> String {
+/// The ruleset text for `bridges`; with `uplink` (outbound NAT), non-internal networks
+/// may also go out through it, masqueraded.
+pub fn ruleset(bridges: &[BridgeRule], uplink: Option<&str>) -> String {
     let mut text = String::from(
         "table inet berth\ndelete table inet berth\ntable inet berth {\n\tchain forward {\n\t\ttype filter hook forward priority 0; policy drop;\n",
     );
@@ -39,6 +42,17 @@ pub fn ruleset(bridges: &[BridgeRule]) -> String {
             rule.bridge
         ));
     }
+    if let Some(uplink) = uplink {
+        text.push_str(&format!(
+            "\t\tiifname \"{uplink}\" ct state established,related accept\n"
+        ));
+        for rule in bridges.iter().filter(|r| !r.internal) {
+            text.push_str(&format!(
+                "\t\tiifname \"{}\" oifname \"{uplink}\" accept\n",
+                rule.bridge
+            ));
+        }
+    }
     text.push_str("\t}\n\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n\t\tct state established,related accept\n");
     for rule in bridges {
         text.push_str(&format!(
@@ -46,13 +60,23 @@ pub fn ruleset(bridges: &[BridgeRule]) -> String {
             rule.bridge, rule.gateway
         ));
     }
-    text.push_str("\t}\n}\n");
+    text.push_str("\t}\n");
+    if let Some(uplink) = uplink {
+        text.push_str(&format!(
+            "\tchain postrouting {{\n\t\ttype nat hook postrouting priority 100; policy accept;\n\t\toifname \"{uplink}\" masquerade\n\t}}\n"
+        ));
+    }
+    text.push_str("}\n");
     text
 }
 
 /// Applies the ruleset for `bridges` in the namespace.
-pub fn apply(namespace: &Namespace, bridges: &[BridgeRule]) -> Result<(), NetError> {
-    let text = ruleset(bridges);
+pub fn apply(
+    namespace: &Namespace,
+    bridges: &[BridgeRule],
+    uplink: Option<&str>,
+) -> Result<(), NetError> {
+    let text = ruleset(bridges, uplink);
     let mut child = namespace
         .command("nft")
         .args(["-f", "-"])
@@ -92,20 +116,31 @@ mod tests {
 
     #[test]
     fn ruleset_drops_forwarding_and_foreign_gateways() {
-        let text = ruleset(&[
+        let bridges = [
             BridgeRule {
                 bridge: "berth0".into(),
                 gateway: Ipv4Addr::new(172, 17, 0, 1),
+                internal: false,
             },
             BridgeRule {
                 bridge: "br-0123456789ab".into(),
                 gateway: Ipv4Addr::new(172, 18, 0, 1),
+                internal: true,
             },
-        ]);
+        ];
+        let text = ruleset(&bridges, None);
+        assert!(!text.contains("masquerade"));
         assert!(text.contains("hook forward priority 0; policy drop;"));
         assert!(text.contains("iifname \"berth0\" oifname \"berth0\" accept"));
         assert!(text.contains("iifname \"berth0\" ip daddr != 172.17.0.1 drop"));
         assert!(text.contains("iifname \"br-0123456789ab\" ip daddr != 172.18.0.1 drop"));
         assert!(text.starts_with("table inet berth\ndelete table inet berth\n"));
+        let nat = ruleset(&bridges, Some("uplink0"));
+        assert!(nat.contains("iifname \"berth0\" oifname \"uplink0\" accept"));
+        assert!(
+            !nat.contains("iifname \"br-0123456789ab\" oifname \"uplink0\""),
+            "an internal network goes out"
+        );
+        assert!(nat.contains("oifname \"uplink0\" masquerade"));
     }
 }

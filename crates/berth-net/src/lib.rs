@@ -16,6 +16,7 @@ pub mod ipam;
 pub mod links;
 pub mod netns;
 pub mod proxy;
+pub mod uplink;
 
 pub use ipam::Subnet;
 pub use netns::Namespace;

@@ -134,14 +134,28 @@ pub struct Networks {
     live: Mutex<LiveState>,
     /// Serialises creating and removing networks.
     changes: Mutex<()>,
+    /// Outbound NAT, when the daemon offers it.
+    uplink: Option<berth_net::uplink::Uplink>,
 }
 
 impl Networks {
     /// Opens (creating if needed) Berth's namespace and brings every stored network up.
     /// Taps left by an earlier daemon are removed, except those of the containers in
     /// `live` (whose VMs still run and are being taken over).
-    pub fn open(namespace_name: &str, store: Store, live: &[String]) -> Result<Self, EngineError> {
+    pub fn open(
+        namespace_name: &str,
+        store: Store,
+        live: &[String],
+        outbound_nat: Option<Subnet>,
+    ) -> Result<Self, EngineError> {
         let namespace = Namespace::ensure(namespace_name)?;
+        let uplink = match outbound_nat {
+            Some(link) => Some(berth_net::uplink::ensure(&namespace, link)?),
+            None => {
+                berth_net::uplink::remove(&namespace)?;
+                None
+            }
+        };
         let kept: Vec<String> = live
             .iter()
             .map(|id| format!("bt{}", &id[..12.min(id.len())]))
@@ -159,6 +173,7 @@ impl Networks {
             resolver: Arc::new(Resolver::default()),
             live: Mutex::new(LiveState::default()),
             changes: Mutex::new(()),
+            uplink,
         };
         let mut records = networks.store.all_networks()?;
         for (name, driver) in [(DEFAULT_NETWORK, "bridge"), (NONE_NETWORK, "null")] {
@@ -243,11 +258,28 @@ impl Networks {
                 Some(BridgeRule {
                     bridge: r.bridge.clone(),
                     gateway: r.gateway?,
+                    internal: r.internal,
                 })
             })
             .collect();
-        firewall::apply(&self.namespace, &rules)?;
+        let uplink = self.uplink.as_ref().map(|_| berth_net::uplink::UPLINK);
+        firewall::apply(&self.namespace, &rules, uplink)?;
         Ok(())
+    }
+
+    /// The daemon stops (and its containers with it): the host's side of outbound NAT
+    /// goes. (A killed daemon leaves it for its successor.)
+    pub fn shut_down(&self) {
+        if self.uplink.is_some() {
+            if let Err(error) = berth_net::uplink::remove(&self.namespace) {
+                tracing::warn!(error = %crate::error_chain(&error), "removing outbound NAT failed");
+            }
+        }
+    }
+
+    /// Outbound NAT in use: (host's end, link subnet).
+    pub fn outbound_nat(&self) -> Option<(String, Subnet)> {
+        self.uplink.as_ref().map(|u| (u.host_link.clone(), u.link))
     }
 
     /// Looks a network up by full id, name, or unique id prefix.

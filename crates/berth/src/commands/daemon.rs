@@ -32,6 +32,15 @@ pub struct DaemonArgs {
     /// Created if missing.
     #[arg(long, default_value = "berth")]
     pub netns: String,
+    /// Let containers reach the outside world: a veth pair from the namespace to the
+    /// host, masqueraded twice (in the namespace, then on the host, whose IP forwarding
+    /// this turns on). Off by default: containers then reach only each other, Berth's
+    /// DNS, and what publishes ports to them.
+    #[arg(long)]
+    pub outbound_nat: bool,
+    /// The /30 link subnet between the host and the namespace for --outbound-nat.
+    #[arg(long, default_value = "169.254.123.0/30")]
+    pub nat_link: berth_net::Subnet,
 }
 
 pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
@@ -55,6 +64,7 @@ async fn serve(args: DaemonArgs) -> anyhow::Result<()> {
         backend,
         default_memory_mib: args.memory,
         netns: args.netns.clone(),
+        outbound_nat: args.outbound_nat.then_some(args.nat_link),
     })
     .await
     .with_context(|| format!("opening Berth's state in {}", args.root.display()))?;

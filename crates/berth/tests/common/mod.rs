@@ -27,6 +27,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts a daemon whose root is `root`. Its stderr goes to `root/../daemon.log`.
     pub fn start(root: &Path) -> Daemon {
+        Self::start_with(root, &[])
+    }
+
+    /// Starts a daemon with extra `berth daemon` arguments.
+    pub fn start_with(root: &Path, extra: &[&str]) -> Daemon {
         // First use of the scratch directory clears namespaces left by earlier binaries.
         scratch();
         std::fs::create_dir_all(root).unwrap();
@@ -48,6 +53,7 @@ impl Daemon {
             .arg(&socket)
             .arg("--exec-root")
             .arg(root.with_extension("run"))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
