@@ -69,6 +69,9 @@ pub struct EngineConfig {
     /// Outbound NAT from the namespace through the host, over this /30 link subnet
     /// (`None`: containers reach nothing outside the namespace).
     pub outbound_nat: Option<berth_net::Subnet>,
+    /// Where Berth's DNS servers forward names they do not know (empty: the host's
+    /// resolvers from /etc/resolv.conf).
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
 }
 
 /// Facts for `docker info` and `docker version`.
@@ -281,6 +284,7 @@ impl Engine {
             store.clone(),
             &live,
             config.outbound_nat,
+            config.dns_upstreams.clone(),
         )?);
         for record in containers.values() {
             // Runs ended with the old daemon: their addresses and ports are gone.

@@ -41,6 +41,54 @@ fn try_http_get(port: u16, path: &str) -> std::io::Result<String> {
         .unwrap_or_default())
 }
 
+/// A resolver on 127.0.0.1 that answers every A query with 10.1.2.3 (and every other
+/// query with no records): the upstream the test daemon forwards unknown names to.
+struct FakeResolver {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl FakeResolver {
+    fn start() -> FakeResolver {
+        let mut child = std::process::Command::new("python3")
+            .args(["-u", "-c"])
+            .arg(
+                "import socket, struct\n\
+                 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+                 s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])\n\
+                 while True:\n\
+                 \x20   q, peer = s.recvfrom(512)\n\
+                 \x20   i = 12\n\
+                 \x20   while q[i] != 0: i += q[i] + 1\n\
+                 \x20   qtype = struct.unpack('>H', q[i + 1:i + 3])[0]\n\
+                 \x20   a = qtype == 1\n\
+                 \x20   header = q[:2] + b'\\x81\\x80' + q[4:6] + (b'\\x00\\x01' if a else b'\\x00\\x00') + b'\\x00' * 4\n\
+                 \x20   answer = b'\\xc0\\x0c\\x00\\x01\\x00\\x01\\x00\\x00\\x00\\x3c\\x00\\x04' + bytes([10, 1, 2, 3]) if a else b''\n\
+                 \x20   s.sendto(header + q[12:i + 5] + answer, peer)\n",
+            )
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        FakeResolver {
+            port: line.trim().parse().expect("the resolver's port"),
+            child,
+        }
+    }
+}
+
+impl Drop for FakeResolver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn published_port(daemon: &Daemon, container: &str) -> u16 {
     let line = daemon.docker_ok(&["port", container, "80/tcp"]);
     line.lines()
@@ -54,8 +102,14 @@ fn published_port(daemon: &Daemon, container: &str) -> u16 {
 fn networks_names_ports_isolation_and_restart() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
-    let daemon = Daemon::start(&root);
+    let resolver = FakeResolver::start();
+    let upstream = format!("127.0.0.1:{}", resolver.port);
+    let daemon = Daemon::start_with(&root, &["--dns", &upstream]);
     daemon.docker_ok(&["load", "-i", busybox_archive().to_str().unwrap()]);
+
+    // Names Berth does not know go to the upstream resolver (here the test's own).
+    let forwarded = daemon.docker_ok(&["run", "--rm", "busybox", "nslookup", "far.example"]);
+    assert!(forwarded.contains("10.1.2.3"), "{forwarded}");
 
     // The predefined networks, and a user network with its own subnet.
     let listed = daemon.docker_ok(&["network", "ls", "--format", "{{.Name}} {{.Driver}}"]);
@@ -198,7 +252,7 @@ fn networks_names_ports_isolation_and_restart() {
     // Isolation: from the default network neither the address nor the name is reachable.
     let isolated = daemon.docker(&[
         "run", "--rm", "busybox", "sh", "-c",
-        &format!("nc -w 2 {address} 80 </dev/null && echo reached; nslookup web >/dev/null 2>&1 && echo resolved; true"),
+        &format!("nc -w 2 {address} 80 </dev/null && echo reached; nslookup web 2>/dev/null | grep -q 'Address: {address}$' && echo resolved; true"),
     ]);
     let isolated_out = String::from_utf8_lossy(&isolated.stdout);
     assert!(
@@ -263,9 +317,35 @@ fn networks_names_ports_isolation_and_restart() {
 
     // Restart the daemon: the network and its settings stay; containers start again with
     // addresses and published ports.
-    daemon.docker_ok(&["rm", "-f", "roamer", "client"]);
+    // -P publishes what the container exposes, on a free port of every host address.
+    daemon.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "exposed",
+        "--hostname",
+        "exposedhost",
+        "-P",
+        "--expose",
+        "80",
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/etc",
+    ]);
+    let exposed = daemon.docker_ok(&["port", "exposed", "80/tcp"]);
+    assert!(exposed.starts_with("0.0.0.0:"), "{exposed}");
+    assert_eq!(
+        http_get(published_port(&daemon, "exposed"), "/hostname").trim(),
+        "exposedhost"
+    );
+
+    daemon.docker_ok(&["rm", "-f", "roamer", "client", "exposed"]);
     daemon.stop();
-    let daemon = Daemon::start(&root);
+    let daemon = Daemon::start_with(&root, &["--dns", &upstream]);
     let same = daemon.docker_ok(&[
         "network",
         "inspect",
@@ -302,8 +382,37 @@ fn networks_names_ports_isolation_and_restart() {
         TcpStream::connect(("127.0.0.1", port)).is_err(),
         "the published port still answers"
     );
-    let pruned_net = daemon.docker_ok(&["network", "create", "scratch"]);
+    let ruleset = std::process::Command::new("ip")
+        .args(["netns", "exec", &daemon.netns, "nft", "list", "ruleset"])
+        .output()
+        .unwrap();
+    let ruleset = String::from_utf8_lossy(&ruleset.stdout);
+    assert!(ruleset.contains("berth0"), "no ruleset read: {ruleset}");
+    assert!(
+        !ruleset.contains(&format!("br-{}", &id[..12])),
+        "rules left: {ruleset}"
+    );
+    // A chosen gateway is the containers' default route.
+    let pruned_net = daemon.docker_ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.90.0.0/24",
+        "--gateway",
+        "10.90.0.254",
+        "scratch",
+    ]);
     assert_eq!(pruned_net.len(), 64);
+    let route = daemon.docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "scratch",
+        "busybox",
+        "ip",
+        "route",
+    ]);
+    assert!(route.contains("default via 10.90.0.254"), "{route}");
     let pruned = daemon.docker_ok(&["network", "prune", "-f"]);
     assert!(pruned.contains("scratch"), "{pruned}");
     let left = daemon.docker_ok(&["network", "ls", "--format", "{{.Name}}"]);

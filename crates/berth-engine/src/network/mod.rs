@@ -147,6 +147,7 @@ impl Networks {
         store: Store,
         live: &[String],
         outbound_nat: Option<Subnet>,
+        dns_upstreams: Vec<SocketAddr>,
     ) -> Result<Self, EngineError> {
         let namespace = Namespace::ensure(namespace_name)?;
         let uplink = match outbound_nat {
@@ -169,7 +170,11 @@ impl Networks {
         let networks = Self {
             namespace,
             store,
-            upstreams: berth_net::dns::host_resolvers(),
+            upstreams: if dns_upstreams.is_empty() {
+                berth_net::dns::host_resolvers()
+            } else {
+                dns_upstreams
+            },
             resolver: Arc::new(Resolver::default()),
             live: Mutex::new(LiveState::default()),
             changes: Mutex::new(()),

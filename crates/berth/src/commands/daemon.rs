@@ -41,6 +41,19 @@ pub struct DaemonArgs {
     /// The /30 link subnet between the host and the namespace for --outbound-nat.
     #[arg(long, default_value = "169.254.123.0/30")]
     pub nat_link: berth_net::Subnet,
+    /// A resolver (IP or IP:PORT; repeatable) that Berth's DNS servers forward names
+    /// they do not know to, as dockerd's `--dns`. Default: the host's /etc/resolv.conf.
+    #[arg(long = "dns", value_parser = parse_resolver)]
+    pub dns: Vec<std::net::SocketAddr>,
+}
+
+fn parse_resolver(text: &str) -> Result<std::net::SocketAddr, String> {
+    text.parse::<std::net::SocketAddr>()
+        .or_else(|_| {
+            text.parse::<std::net::IpAddr>()
+                .map(|ip| std::net::SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| format!("{text:?} is not an IP address or IP:PORT"))
 }
 
 pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
@@ -65,6 +78,7 @@ async fn serve(args: DaemonArgs) -> anyhow::Result<()> {
         default_memory_mib: args.memory,
         netns: args.netns.clone(),
         outbound_nat: args.outbound_nat.then_some(args.nat_link),
+        dns_upstreams: args.dns.clone(),
     })
     .await
     .with_context(|| format!("opening Berth's state in {}", args.root.display()))?;
