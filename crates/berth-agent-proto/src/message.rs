@@ -18,6 +18,37 @@ pub struct SetupSpec {
     /// Nameservers for the container's /etc/resolv.conf (IPv4 addresses).
     #[serde(default)]
     pub nameservers: Vec<String>,
+    /// Search domains and options for /etc/resolv.conf (`--dns-search`, `--dns-option`).
+    #[serde(default)]
+    pub dns_search: Vec<String>,
+    #[serde(default)]
+    pub dns_options: Vec<String>,
+    /// More /etc/hosts lines (`--add-host`): address, then names.
+    #[serde(default)]
+    pub extra_hosts: Vec<(String, Vec<String>)>,
+    /// Mount the root filesystem read-only once set up (`--read-only`).
+    #[serde(default)]
+    pub read_only: bool,
+    /// tmpfs mounts (`--tmpfs PATH:OPTIONS`).
+    #[serde(default)]
+    pub tmpfs: Vec<TmpfsSpec>,
+    /// Size of /dev/shm in bytes (`--shm-size`; 0: 64 MiB).
+    #[serde(default)]
+    pub shm_size: u64,
+    /// Kernel parameters to set before the container's process runs (`--sysctl`): the
+    /// kernel is the container's own.
+    #[serde(default)]
+    pub sysctls: Vec<(String, String)>,
+}
+
+/// A tmpfs mount.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TmpfsSpec {
+    /// Absolute path inside the container.
+    pub path: String,
+    /// `mount -o` words: flags (`ro`, `noexec`, `nosuid`, `nodev`, ...) and data
+    /// (`size=64m`, `mode=1777`, ...).
+    pub options: Vec<String>,
 }
 
 /// One NIC's configuration. The NIC is found by its PCI slot (the host put it there), so
@@ -66,6 +97,15 @@ pub struct ProcessSpec {
     pub stdin: bool,
     /// Initial terminal size (rows, columns), when `tty`.
     pub tty_size: Option<(u16, u16)>,
+    /// Resource limits set before `exec`: (`RLIMIT_*` number, soft, hard).
+    #[serde(default)]
+    pub rlimits: Vec<(u32, u64, u64)>,
+    /// Capabilities (by number) the process keeps in its bounding set; `None`: all.
+    #[serde(default)]
+    pub capabilities: Option<Vec<u8>>,
+    /// `no_new_privs`: set-user-id programs and file capabilities give nothing.
+    #[serde(default)]
+    pub no_new_privileges: bool,
 }
 
 /// Why a process could not be started. The engine maps these to Docker's 126/127.
@@ -235,6 +275,9 @@ mod tests {
             tty: false,
             stdin: false,
             tty_size: None,
+            rlimits: vec![(7, 1024, 2048)],
+            capabilities: Some(vec![0, 5]),
+            no_new_privileges: true,
         });
         let frame = decode_one(&encode_control(3, &spawn));
         assert_eq!(frame.stream, 3);

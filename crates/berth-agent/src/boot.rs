@@ -135,7 +135,8 @@ pub fn power_off() -> ! {
 }
 
 /// Mounts the container's root filesystem at /mnt/root with the usual API filesystems.
-pub fn mount_container_root(device: &str) -> io::Result<()> {
+/// `shm_size` is /dev/shm's size in bytes (0: 64 MiB).
+pub fn mount_container_root(device: &str, shm_size: u64) -> io::Result<()> {
     wait_for_device(device, Duration::from_secs(10))?;
     // A clone's kernel may hold blocks it read from the template's placeholder disk
     // (partition probing at boot): drop them before mounting the container's own disk.
@@ -198,7 +199,13 @@ pub fn mount_container_root(device: &str) -> io::Result<()> {
         "/mnt/root/dev/shm",
         "tmpfs",
         nodev,
-        Some("mode=1777,size=65536k"),
+        Some(
+            format!(
+                "mode=1777,size={}",
+                if shm_size == 0 { 64 << 20 } else { shm_size }
+            )
+            .as_str(),
+        ),
     )?;
     for (link, target) in [
         ("fd", "/proc/self/fd"),

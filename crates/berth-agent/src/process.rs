@@ -176,6 +176,32 @@ pub fn spawn(
     let root = cstring(CONTAINER_ROOT)?;
     let cwd = cstring(&spec.cwd)?;
     let (uid, gid, tty) = (identity.uid, identity.gid, spec.tty);
+    let no_new_privileges = spec.no_new_privileges;
+    // Capabilities to drop from the bounding set, and limits, prepared before the fork.
+    let last_capability: u8 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(40);
+    let dropped: Vec<libc::c_ulong> = match &spec.capabilities {
+        None => Vec::new(),
+        Some(kept) => (0..=last_capability)
+            .filter(|cap| !kept.contains(cap))
+            .map(libc::c_ulong::from)
+            .collect(),
+    };
+    let limits: Vec<(u32, libc::rlimit)> = spec
+        .rlimits
+        .iter()
+        .map(|(resource, soft, hard)| {
+            (
+                *resource,
+                libc::rlimit {
+                    rlim_cur: *soft,
+                    rlim_max: *hard,
+                },
+            )
+        })
+        .collect();
     // SAFETY: the hook runs in the child between fork and exec; it only makes
     // async-signal-safe system calls on values prepared before the fork.
     unsafe {
@@ -187,6 +213,20 @@ pub fn spawn(
                 return Err(io::Error::last_os_error());
             }
             if libc::chroot(root.as_ptr()) < 0 || libc::chdir(cwd.as_ptr()) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // Limits and the bounding set need privileges: before dropping to the user.
+            for (resource, limit) in &limits {
+                if libc::setrlimit(*resource as _, limit) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            for capability in &dropped {
+                if libc::prctl(libc::PR_CAPBSET_DROP, *capability, 0, 0, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if no_new_privileges && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
                 return Err(io::Error::last_os_error());
             }
             let groups = [gid];

@@ -250,7 +250,10 @@ fn handle(
 }
 
 fn setup(spec: &SetupSpec) -> io::Result<()> {
-    boot::mount_container_root(&spec.root_device)?;
+    boot::mount_container_root(&spec.root_device, spec.shm_size)?;
+    for (key, value) in &spec.sysctls {
+        set_sysctl(key, value)?;
+    }
     nix::unistd::sethostname(&spec.hostname).map_err(io::Error::from)?;
     network::loopback_up()?;
     for interface in &spec.interfaces {
@@ -266,18 +269,26 @@ fn setup(spec: &SetupSpec) -> io::Result<()> {
         .first()
         .and_then(|i| i.address.split('/').next())
         .unwrap_or("127.0.1.1");
-    fs::write(
-        "/run/berth/hosts",
-        format!(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n{own_address}\t{}\n",
-            spec.hostname
-        ),
-    )?;
+    let mut hosts = String::from(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
+    );
+    for (address, names) in &spec.extra_hosts {
+        hosts.push_str(&format!("{address}\t{}\n", names.join(" ")));
+    }
+    hosts.push_str(&format!("{own_address}\t{}\n", spec.hostname));
+    fs::write("/run/berth/hosts", hosts)?;
     let mut resolv = String::new();
     for server in &spec.nameservers {
         resolv.push_str(&format!("nameserver {server}\n"));
     }
-    resolv.push_str("options ndots:0\n");
+    if !spec.dns_search.is_empty() {
+        resolv.push_str(&format!("search {}\n", spec.dns_search.join(" ")));
+    }
+    if spec.dns_options.is_empty() {
+        resolv.push_str("options ndots:0\n");
+    } else {
+        resolv.push_str(&format!("options {}\n", spec.dns_options.join(" ")));
+    }
     fs::write("/run/berth/resolv.conf", resolv)?;
     for name in ["hostname", "hosts", "resolv.conf"] {
         let target = format!("{CONTAINER_ROOT}/etc/{name}");
@@ -294,7 +305,75 @@ fn setup(spec: &SetupSpec) -> io::Result<()> {
             .map_err(io::Error::from)?;
         }
     }
+    for tmpfs in &spec.tmpfs {
+        mount_tmpfs(tmpfs)?;
+    }
+    if spec.read_only {
+        nix::mount::mount(
+            None::<&str>,
+            CONTAINER_ROOT,
+            None::<&str>,
+            nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(|e| io::Error::other(format!("making the root filesystem read-only: {e}")))?;
+    }
     Ok(())
+}
+
+/// Sets a kernel parameter (`net.core.somaxconn` is `/proc/sys/net/core/somaxconn`).
+fn set_sysctl(key: &str, value: &str) -> io::Result<()> {
+    if key.is_empty()
+        || key.starts_with('.')
+        || key.contains("..")
+        || !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid sysctl {key:?}"),
+        ));
+    }
+    fs::write(format!("/proc/sys/{}", key.replace('.', "/")), value)
+        .map_err(|e| io::Error::new(e.kind(), format!("sysctl {key}={value}: {e}")))
+}
+
+/// Mounts a tmpfs inside the container root.
+fn mount_tmpfs(spec: &berth_agent_proto::TmpfsSpec) -> io::Result<()> {
+    use nix::mount::MsFlags;
+    if !spec.path.starts_with('/') || spec.path.split('/').any(|part| part == "..") {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid tmpfs path {:?}", spec.path),
+        ));
+    }
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for option in &spec.options {
+        match option.as_str() {
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "rw" => flags &= !MsFlags::MS_RDONLY,
+            "noexec" => flags |= MsFlags::MS_NOEXEC,
+            "exec" => flags &= !MsFlags::MS_NOEXEC,
+            "nosuid" => flags |= MsFlags::MS_NOSUID,
+            "suid" => flags &= !MsFlags::MS_NOSUID,
+            "nodev" => flags |= MsFlags::MS_NODEV,
+            "dev" => flags &= !MsFlags::MS_NODEV,
+            other => data.push(other.to_owned()),
+        }
+    }
+    let target = format!("{CONTAINER_ROOT}{}", spec.path);
+    fs::create_dir_all(&target)?;
+    let data = data.join(",");
+    nix::mount::mount(
+        Some("tmpfs"),
+        target.as_str(),
+        Some("tmpfs"),
+        flags,
+        (!data.is_empty()).then_some(data.as_str()),
+    )
+    .map_err(|e| io::Error::other(format!("mounting tmpfs on {}: {e}", spec.path)))
 }
 
 /// Reaps every child (PID 1 inherits orphans) and reports the exits of tracked ones.

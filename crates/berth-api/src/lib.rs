@@ -12,6 +12,7 @@ pub mod error;
 pub mod exec;
 pub mod filters;
 pub mod images;
+pub mod manage;
 pub mod networks;
 pub mod stats;
 pub mod streams;
@@ -46,6 +47,10 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/images/{*rest}", get(images::by_name))
         .route("/containers/create", post(containers::create))
         .route("/containers/json", get(containers::list))
+        .route("/containers/prune", post(manage::prune))
+        .route("/containers/{id}/restart", post(manage::restart))
+        .route("/containers/{id}/rename", post(manage::rename))
+        .route("/containers/{id}/update", post(manage::update))
         .route("/containers/{id}/json", get(containers::inspect))
         .route("/containers/{id}/start", post(containers::start))
         .route("/containers/{id}/wait", post(containers::wait))

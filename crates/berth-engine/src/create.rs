@@ -48,7 +48,93 @@ fn check_supported(host: &HostConfig) -> Result<(), EngineError> {
             "conflicting options: port publishing and the container type network mode".into(),
         ));
     }
+    let own_kernel = |option: &str, mode: Option<&str>| -> Result<(), EngineError> {
+        match mode {
+            Some(mode) if mode == "host" || mode.starts_with("container:") => {
+                Err(EngineError::InvalidArgument(format!(
+                    "{option} {mode:?} cannot work in Berth: every container has its own kernel"
+                )))
+            }
+            _ => Ok(()),
+        }
+    };
+    own_kernel("--pid", host.pid_mode.as_deref())?;
+    own_kernel("--ipc", host.ipc_mode.as_deref())?;
+    own_kernel("--uts", host.uts_mode.as_deref())?;
+    let refused = |what: &str, why: &str| {
+        Err(EngineError::NotSupported(format!(
+            "Berth does not support {what}: {why}"
+        )))
+    };
+    let nonzero = |v: Option<i64>| v.is_some_and(|v| v != 0);
+    if host.devices.as_ref().is_some_and(|d| !d.is_empty()) {
+        return refused(
+            "--device",
+            "host devices are not passed into a container's VM",
+        );
+    }
+    if host.volumes_from.as_ref().is_some_and(|v| !v.is_empty()) {
+        return refused("--volumes-from", "volumes are not supported yet");
+    }
+    if host.links.as_ref().is_some_and(|l| !l.is_empty()) {
+        return refused(
+            "--link",
+            "use a user-defined network: containers on it find each other by name",
+        );
+    }
+    if host.group_add.as_ref().is_some_and(|g| !g.is_empty()) {
+        return refused("--group-add", "not implemented yet");
+    }
+    if nonzero(host.cpu_shares)
+        || nonzero(host.cpu_quota)
+        || nonzero(host.cpu_period)
+        || host.cpuset_cpus.as_deref().is_some_and(|c| !c.is_empty())
+    {
+        return refused(
+            "CPU shares, quotas or sets",
+            "a container's CPUs are its VM's vCPUs (--cpus)",
+        );
+    }
+    if host.memory_swap.is_some_and(|s| s > 0) || nonzero(host.memory_reservation) {
+        return refused(
+            "--memory-swap or --memory-reservation",
+            "a container's memory is its VM's memory (--memory), without swap",
+        );
+    }
+    if host.oom_kill_disable == Some(true) {
+        return refused(
+            "--oom-kill-disable",
+            "the VM's kernel kills on out-of-memory",
+        );
+    }
+    if host.pids_limit.is_some_and(|p| p > 0) {
+        return refused("--pids-limit", "not implemented yet");
+    }
+    for option in host.security_opt.iter().flatten() {
+        let accepted = option == "no-new-privileges"
+            || option == "no-new-privileges:true"
+            || option == "no-new-privileges=true"
+            || option.ends_with("=unconfined")
+            || option.ends_with(":unconfined")
+            || option == "label=disable"
+            || option == "label:disable";
+        if !accepted {
+            return refused(
+                &format!("--security-opt {option}"),
+                "Berth applies no seccomp, AppArmor or SELinux profile inside a container's VM (the VM is the boundary)",
+            );
+        }
+    }
+    crate::security::capabilities(host)?;
+    crate::security::rlimits(host)?;
     if let Some(mode) = host.network_mode.as_deref() {
+        if host.dns.as_ref().is_some_and(|d| !d.is_empty())
+            && !matches!(mode, "" | "default" | "bridge" | "none")
+        {
+            return Err(EngineError::InvalidArgument(
+                "--dns on a user-defined network: its containers use Berth's DNS server for names; set its upstream resolvers with `berth daemon --dns`".into(),
+            ));
+        }
         if mode == "host" || mode.starts_with("container:") {
             return Err(EngineError::InvalidArgument(format!(
                 "network mode {mode:?} cannot work in Berth: every container has its own kernel and network stack"

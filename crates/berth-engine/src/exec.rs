@@ -192,6 +192,13 @@ impl Engine {
                 .as_ref()
                 .filter(|s| s.len() == 2)
                 .map(|s| (s[0] as u16, s[1] as u16)),
+            rlimits: crate::security::rlimits(&record.host_config)?,
+            capabilities: if config.privileged == Some(true) {
+                None
+            } else {
+                crate::security::capabilities(&record.host_config)?
+            },
+            no_new_privileges: crate::security::no_new_privileges(&record.host_config),
         };
         let output = exec.hub.subscribe();
         let (started_sender, started) = oneshot::channel();

@@ -202,7 +202,7 @@ impl Engine {
         let control: Arc<dyn VmControl> = Arc::from(vm.control);
         let mut hello_at = Duration::ZERO;
         let prepared = async {
-            let setup = SetupSpec {
+            let mut setup = SetupSpec {
                 hostname: record
                     .config
                     .hostname
@@ -211,7 +211,15 @@ impl Engine {
                 root_device: "/dev/vda".into(),
                 interfaces: plan.boot_interface.iter().cloned().collect(),
                 nameservers: plan.nameservers.clone(),
+                dns_search: Vec::new(),
+                dns_options: Vec::new(),
+                extra_hosts: Vec::new(),
+                read_only: false,
+                tmpfs: Vec::new(),
+                shm_size: 0,
+                sysctls: Vec::new(),
             };
+            crate::guest_config::apply(&record, &plan, &mut setup)?;
             let (session, mut reader) = if clone {
                 let mut entropy = vec![0u8; 64];
                 rand::rngs::OsRng.fill_bytes(&mut entropy);
@@ -273,6 +281,9 @@ impl Engine {
             tty: record.tty(),
             stdin: record.config.open_stdin.unwrap_or(false),
             tty_size: None,
+            rlimits: crate::security::rlimits(&record.host_config)?,
+            capabilities: crate::security::capabilities(&record.host_config)?,
+            no_new_privileges: crate::security::no_new_privileges(&record.host_config),
         };
         let log = LogWriter::open(&dir.join("container.log"))?;
         let (started_sender, started) = oneshot::channel();

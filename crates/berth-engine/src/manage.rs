@@ -1,0 +1,163 @@
+//! Container verbs around the lifecycle: `restart`, `rename`, `update` and `prune`.
+
+use std::sync::Arc;
+
+use bollard_stubs::models::ContainerUpdateBody;
+
+use crate::container::{ContainerRecord, ContainerStatus};
+use crate::error::EngineError;
+use crate::{lock, names, Engine};
+
+impl Engine {
+    /// `POST /containers/{id}/restart`: stop (if running), then start.
+    pub async fn restart_container(
+        self: &Arc<Self>,
+        reference: &str,
+        timeout: Option<i64>,
+    ) -> Result<(), EngineError> {
+        let handle = self.lookup(reference)?;
+        if handle.runtime().is_some() {
+            self.stop_container(&handle.id, timeout).await?;
+        }
+        self.start_container(&handle.id).await.map(|_| ())
+    }
+
+    /// `POST /containers/{id}/rename`.
+    pub fn rename_container(&self, reference: &str, new_name: &str) -> Result<(), EngineError> {
+        let handle = self.lookup(reference)?;
+        let name = names::validate_name(new_name).map_err(EngineError::InvalidArgument)?;
+        {
+            let containers = lock(&self.containers);
+            if let Some(other) = containers
+                .values()
+                .find(|h| h.id != handle.id && lock(&h.record).name == name)
+            {
+                return Err(EngineError::Conflict(format!(
+                    "Conflict. The container name \"/{name}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
+                    other.id
+                )));
+            }
+            let mut record = lock(&handle.record);
+            if record.name == name {
+                return Err(EngineError::InvalidArgument(format!(
+                    "Renaming a container with the same name as its current name: {name}"
+                )));
+            }
+            record.name = name;
+        }
+        // A running container answers to its new name on its networks.
+        if handle.runtime().is_some() {
+            self.networks.restore(&handle.snapshot());
+        }
+        self.persist(&handle)
+    }
+
+    /// `POST /containers/{id}/update`: the restart policy at any time; the VM's memory
+    /// and vCPUs (its shape) while it is stopped, for its next start. What a VM cannot
+    /// change, or Berth does not apply, is refused. Zero values mean "unchanged", as the
+    /// docker CLI sends every field.
+    pub fn update_container(
+        &self,
+        reference: &str,
+        update: ContainerUpdateBody,
+    ) -> Result<Vec<String>, EngineError> {
+        let handle = self.lookup(reference)?;
+        let set = |value: Option<i64>| value.filter(|v| *v != 0);
+        let unsupported = [
+            ("--cpu-shares", set(update.cpu_shares).is_some()),
+            (
+                "--blkio-weight",
+                update.blkio_weight.is_some_and(|w| w != 0),
+            ),
+            ("--cpu-period", set(update.cpu_period).is_some()),
+            ("--cpu-quota", set(update.cpu_quota).is_some()),
+            (
+                "--cpuset-cpus",
+                update.cpuset_cpus.as_deref().is_some_and(|c| !c.is_empty()),
+            ),
+            (
+                "--cpuset-mems",
+                update.cpuset_mems.as_deref().is_some_and(|c| !c.is_empty()),
+            ),
+            (
+                "--memory-reservation",
+                set(update.memory_reservation).is_some(),
+            ),
+            (
+                "--memory-swap",
+                set(update.memory_swap).is_some_and(|s| s != -1),
+            ),
+            (
+                "--pids-limit",
+                set(update.pids_limit).is_some_and(|p| p != -1),
+            ),
+        ];
+        if let Some((flag, _)) = unsupported.iter().find(|(_, used)| *used) {
+            return Err(EngineError::NotSupported(format!(
+                "Berth cannot apply {flag}: a container's resources are its VM's vCPUs and memory (--cpus, --memory)"
+            )));
+        }
+        let shape_change = set(update.memory).is_some() || set(update.nano_cpus).is_some();
+        let mut record = lock(&handle.record);
+        if shape_change && record.state.status.is_running() {
+            return Err(EngineError::Conflict(
+                "the memory and vCPUs of a running container's VM cannot change: stop the container, update it, and start it again".into(),
+            ));
+        }
+        if let Some(memory) = set(update.memory) {
+            if memory < 6 * 1024 * 1024 {
+                return Err(EngineError::InvalidArgument(
+                    "Minimum memory limit allowed is 6MB".into(),
+                ));
+            }
+            record.host_config.memory = Some(memory);
+        }
+        if let Some(nano_cpus) = set(update.nano_cpus) {
+            record.host_config.nano_cpus = Some(nano_cpus);
+        }
+        if let Some(policy) = update.restart_policy.filter(|p| p.name.is_some()) {
+            crate::restart::validate(Some(&policy), record.auto_remove())?;
+            record.host_config.restart_policy = Some(policy);
+        }
+        drop(record);
+        self.persist(&handle)?;
+        Ok(Vec::new())
+    }
+
+    /// `POST /containers/prune`: removes every stopped container that `keep` does not
+    /// keep; returns their ids and the bytes their disks held.
+    pub async fn prune_containers(
+        self: &Arc<Self>,
+        keep: impl Fn(&ContainerRecord) -> bool,
+    ) -> (Vec<String>, u64) {
+        let mut removed = Vec::new();
+        let mut reclaimed = 0;
+        for record in self.list_containers() {
+            if !matches!(
+                record.state.status,
+                ContainerStatus::Created | ContainerStatus::Exited | ContainerStatus::Dead
+            ) || keep(&record)
+            {
+                continue;
+            }
+            let size = self.container_disk_usage(&record.id);
+            if self.remove_container(&record.id, false).await.is_ok() {
+                removed.push(record.id);
+                reclaimed += size;
+            }
+        }
+        (removed, reclaimed)
+    }
+
+    /// Bytes the container's own files take on the host (its copy-on-write disk and log).
+    pub fn container_disk_usage(&self, id: &str) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::read_dir(self.container_dir(id))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| entry.metadata().ok())
+            .map(|metadata| metadata.blocks() * 512)
+            .sum()
+    }
+}

@@ -1,0 +1,186 @@
+//! `run` options that the guest applies, and the verbs around the lifecycle, with the
+//! real docker CLI: capabilities, limits, read-only roots, tmpfs, sysctls, hosts and
+//! resolver settings; what Berth cannot honour is refused; restart, rename, update and
+//! container prune.
+
+mod common;
+
+use common::shared;
+
+fn output_of(args: &[&str]) -> String {
+    shared().docker_ok(args)
+}
+
+#[test]
+fn capabilities_and_limits_are_dockers() {
+    // Docker's default bounding set, and the same for an exec.
+    let default = output_of(&[
+        "run",
+        "--rm",
+        "busybox",
+        "grep",
+        "CapBnd",
+        "/proc/self/status",
+    ]);
+    assert_eq!(default, "CapBnd:\t00000000a80425fb");
+    let added = output_of(&[
+        "run",
+        "--rm",
+        "--cap-add",
+        "NET_ADMIN",
+        "--cap-drop",
+        "CHOWN",
+        "busybox",
+        "grep",
+        "CapBnd",
+        "/proc/self/status",
+    ]);
+    assert_eq!(added, "CapBnd:\t00000000a80435fa");
+    let none = output_of(&[
+        "run",
+        "--rm",
+        "--cap-drop",
+        "ALL",
+        "busybox",
+        "grep",
+        "CapBnd",
+        "/proc/self/status",
+    ]);
+    assert_eq!(none, "CapBnd:\t0000000000000000");
+    let privileged = output_of(&[
+        "run",
+        "--rm",
+        "--privileged",
+        "busybox",
+        "grep",
+        "CapBnd",
+        "/proc/self/status",
+    ]);
+    assert_ne!(privileged, default);
+    assert!(privileged.ends_with("ffffffffff"), "{privileged}");
+    let limits = output_of(&[
+        "run",
+        "--rm",
+        "--ulimit",
+        "nofile=512:1024",
+        "--security-opt",
+        "no-new-privileges",
+        "busybox",
+        "sh",
+        "-c",
+        "ulimit -n; ulimit -Hn; grep NoNewPrivs /proc/self/status",
+    ]);
+    assert_eq!(limits, "512\n1024\nNoNewPrivs:\t1");
+    let daemon = shared();
+    let id = daemon.docker_ok(&["run", "-d", "--cap-drop", "ALL", "busybox", "sleep", "60"]);
+    let exec = daemon.docker_ok(&["exec", &id, "grep", "CapBnd", "/proc/self/status"]);
+    assert_eq!(exec, "CapBnd:\t0000000000000000");
+    daemon.docker_ok(&["rm", "-f", &id]);
+}
+
+#[test]
+fn filesystem_and_guest_settings_are_applied() {
+    let read_only = output_of(&[
+        "run", "--rm", "--read-only", "--tmpfs", "/scratch:size=1m", "busybox", "sh", "-c",
+        "touch /file 2>/dev/null && echo wrote-root; touch /scratch/x && echo wrote-tmpfs; grep ' /scratch ' /proc/mounts",
+    ]);
+    let lines: Vec<&str> = read_only.lines().collect();
+    assert_eq!(lines[0], "wrote-tmpfs", "{read_only}");
+    assert!(
+        lines[1].contains("tmpfs")
+            && lines[1].contains("noexec")
+            && lines[1].contains("size=1024k"),
+        "{read_only}"
+    );
+    let settings = output_of(&[
+        "run", "--rm", "--sysctl", "net.core.somaxconn=512", "--add-host", "db.internal:10.0.0.5",
+        "--dns-search", "example.test", "--shm-size", "32m", "busybox", "sh", "-c",
+        "cat /proc/sys/net/core/somaxconn; grep db.internal /etc/hosts; grep search /etc/resolv.conf; grep ' /dev/shm ' /proc/mounts",
+    ]);
+    let lines: Vec<&str> = settings.lines().collect();
+    assert_eq!(lines[0], "512");
+    assert_eq!(lines[1], "10.0.0.5\tdb.internal");
+    assert_eq!(lines[2], "search example.test");
+    assert!(lines[3].contains("size=32768k"), "{settings}");
+}
+
+#[test]
+fn what_cannot_be_honoured_is_refused() {
+    let daemon = shared();
+    for args in [
+        &["--device", "/dev/null"][..],
+        &["--pid", "host"],
+        &["--ipc", "host"],
+        &["--cpu-shares", "512"],
+        &["--security-opt", "seccomp=/nonexistent.json"],
+        &["--cap-add", "FLYING"],
+        &["--ulimit", "wings=1:1"],
+    ] {
+        let mut command = vec!["run", "--rm"];
+        command.extend_from_slice(args);
+        command.extend(["busybox", "true"]);
+        let output = daemon.docker(&command);
+        assert_eq!(output.status.code(), Some(125), "{args:?} was not refused");
+        assert!(!output.stderr.is_empty());
+    }
+}
+
+#[test]
+fn restart_rename_update_and_prune() {
+    let daemon = shared();
+    let id = daemon.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "before-rename",
+        "--label",
+        "prune=me",
+        "busybox",
+        "sleep",
+        "300",
+    ]);
+    daemon.docker_ok(&["rename", "before-rename", "after-rename"]);
+    assert_eq!(
+        daemon.docker_ok(&["inspect", "-f", "{{.Name}}", &id]),
+        "/after-rename"
+    );
+    let started = daemon.docker_ok(&["inspect", "-f", "{{.State.StartedAt}}", &id]);
+    daemon.docker_ok(&["restart", "-t", "1", "after-rename"]);
+    let restarted = daemon.docker_ok(&[
+        "inspect",
+        "-f",
+        "{{.State.Status}} {{.State.StartedAt}}",
+        &id,
+    ]);
+    assert!(
+        restarted.starts_with("running ") && !restarted.ends_with(&started),
+        "{restarted}"
+    );
+    daemon.docker_ok(&["update", "--restart", "on-failure:3", &id]);
+    assert_eq!(
+        daemon.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.RestartPolicy.Name}} {{.HostConfig.RestartPolicy.MaximumRetryCount}}",
+            &id
+        ]),
+        "on-failure 3"
+    );
+    let running_resize = daemon.docker(&["update", "--memory", "512m", &id]);
+    assert!(
+        !running_resize.status.success(),
+        "a running VM's memory changed"
+    );
+    daemon.docker_ok(&["stop", "-t", "0", &id]);
+    daemon.docker_ok(&["update", "--memory", "300m", &id]);
+    assert_eq!(
+        daemon.docker_ok(&["inspect", "-f", "{{.HostConfig.Memory}}", &id]),
+        "314572800"
+    );
+    let kept = daemon.docker_ok(&["create", "--label", "prune=keep", "busybox", "true"]);
+    let pruned = daemon.docker_ok(&["container", "prune", "-f", "--filter", "label=prune=me"]);
+    assert!(pruned.contains(&id), "{pruned}");
+    assert!(!pruned.contains(&kept));
+    assert!(!daemon.docker(&["inspect", &id]).status.success());
+    daemon.docker_ok(&["rm", &kept]);
+}
