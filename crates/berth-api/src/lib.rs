@@ -9,6 +9,7 @@
 pub mod containers;
 pub mod convert;
 pub mod error;
+pub mod events;
 pub mod exec;
 pub mod filters;
 pub mod images;
@@ -76,6 +77,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         )
         .route("/networks/{id}/connect", post(networks::connect))
         .route("/networks/{id}/disconnect", post(networks::disconnect))
+        .route("/events", get(events::events))
         .route("/swarm", any(system::swarm_unavailable))
         .route("/nodes", any(system::swarm_unavailable))
         .route("/services", any(system::swarm_unavailable))

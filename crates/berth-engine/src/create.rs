@@ -365,6 +365,7 @@ impl Engine {
             let _ = std::fs::remove_dir_all(self.container_dir(&id));
             return Err(error);
         }
+        self.events.container(&record, "create", &[]);
         Ok(Created {
             id,
             warnings: Vec::new(),

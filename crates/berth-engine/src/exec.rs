@@ -124,6 +124,12 @@ impl Engine {
         // Stream ids: 0 is the agent, 1 the main process; execs take 2, 3, ...
         let stream = self.execs.next_stream.fetch_add(1, Ordering::Relaxed) + 2;
         let id = names::new_id();
+        let command_line = config.cmd.clone().unwrap_or_default().join(" ");
+        self.events.container(
+            &handle.snapshot(),
+            &format!("exec_create: {command_line}"),
+            &[("execID", id.clone())],
+        );
         let exec = Arc::new(ExecHandle {
             id: id.clone(),
             container_id: handle.id.clone(),
@@ -208,7 +214,14 @@ impl Engine {
             .send(exec.stream, &HostMessage::Spawn(spec))
             .await?;
         match started.await {
-            Ok(Ok(_pid)) => {}
+            Ok(Ok(_pid)) => {
+                let command_line = config.cmd.clone().unwrap_or_default().join(" ");
+                self.events.container(
+                    &container.snapshot(),
+                    &format!("exec_start: {command_line}"),
+                    &[("execID", exec.id.clone())],
+                );
+            }
             Ok(Err(message)) => return Err(EngineError::StartFailed(message)),
             Err(_) => return Err(EngineError::Agent("the exec's container stopped".into())),
         }

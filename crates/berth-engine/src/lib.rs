@@ -21,6 +21,7 @@
 mod container;
 mod create;
 mod error;
+pub mod events;
 pub mod exec;
 mod guest_config;
 mod lifecycle;
@@ -247,6 +248,7 @@ pub struct Engine {
     networks: Arc<network::Networks>,
     /// Set when the daemon shuts down: nothing is restarted from then on.
     shutting_down: std::sync::atomic::AtomicBool,
+    events: events::EventLog,
 }
 
 /// The runtime that clones each container's VM from a template (the default).
@@ -314,6 +316,7 @@ impl Engine {
             execs: exec::ExecTable::default(),
             networks,
             shutting_down: std::sync::atomic::AtomicBool::new(false),
+            events: events::EventLog::default(),
         });
         engine.take_over(live).await;
         Ok(engine)
@@ -329,6 +332,11 @@ impl Engine {
             .exec_root
             .join("vms")
             .join(&id[..24.min(id.len())])
+    }
+
+    /// The event stream (`docker events`).
+    pub fn events(&self) -> &events::EventLog {
+        &self.events
     }
 
     pub fn root(&self) -> &Path {
@@ -453,6 +461,14 @@ impl Engine {
             let loaded = engine
                 .images
                 .load_docker_archive(&archive, &mut |step: &str| steps.push(step.to_owned()))?;
+            for image in &loaded {
+                let mut attributes = std::collections::HashMap::new();
+                attributes.insert(
+                    "name".to_owned(),
+                    image.tags.first().cloned().unwrap_or_default(),
+                );
+                engine.events.emit("image", "load", &image.id, attributes);
+            }
             Ok((loaded, steps))
         })
         .await

@@ -191,6 +191,7 @@ impl Engine {
         }
         runtime.control.pause().await?;
         lock(&handle.record).state.status = ContainerStatus::Paused;
+        self.events.container(&handle.snapshot(), "pause", &[]);
         self.persist(&handle)
     }
 
@@ -206,6 +207,7 @@ impl Engine {
         }
         runtime.control.resume().await?;
         lock(&handle.record).state.status = ContainerStatus::Running;
+        self.events.container(&handle.snapshot(), "unpause", &[]);
         self.persist(&handle)
     }
 
@@ -228,6 +230,11 @@ impl Engine {
         let signal = parse_signal(if signal.is_empty() { "SIGKILL" } else { signal })?;
         let (handle, runtime) = self.running_handle(reference)?;
         lock(&handle.record).manually_stopped = true;
+        self.events.container(
+            &handle.snapshot(),
+            "kill",
+            &[("signal", signal.to_string())],
+        );
         self.resume_if_paused(&handle, &runtime).await?;
         runtime
             .session
@@ -301,6 +308,7 @@ impl Engine {
                 .send(MAIN_STREAM, &HostMessage::Signal { signal })
                 .await;
             if exited(timeout).await {
+                self.events.container(&handle.snapshot(), "stop", &[]);
                 return Ok(true);
             }
         }
@@ -320,6 +328,7 @@ impl Engine {
                     .await
                     .is_ok();
         }
+        self.events.container(&handle.snapshot(), "stop", &[]);
         Ok(true)
     }
 
@@ -347,6 +356,7 @@ impl Engine {
         }
         self.store.delete(&handle.id)?;
         lock(&self.containers).remove(&handle.id);
+        self.events.container(&handle.snapshot(), "destroy", &[]);
         handle.state.send_modify(|state| state.removed = true);
         Ok(())
     }

@@ -19,7 +19,9 @@ impl Engine {
         if handle.runtime().is_some() {
             self.stop_container(&handle.id, timeout).await?;
         }
-        self.start_container(&handle.id).await.map(|_| ())
+        self.start_container(&handle.id).await?;
+        self.events.container(&handle.snapshot(), "restart", &[]);
+        Ok(())
     }
 
     /// `POST /containers/{id}/rename`.
@@ -43,7 +45,11 @@ impl Engine {
                     "Renaming a container with the same name as its current name: {name}"
                 )));
             }
-            record.name = name;
+            let old = std::mem::replace(&mut record.name, name);
+            let snapshot = record.clone();
+            drop(record);
+            self.events
+                .container(&snapshot, "rename", &[("oldName", format!("/{old}"))]);
         }
         // A running container answers to its new name on its networks.
         if handle.runtime().is_some() {
@@ -119,8 +125,10 @@ impl Engine {
             crate::restart::validate(Some(&policy), record.auto_remove())?;
             record.host_config.restart_policy = Some(policy);
         }
+        let snapshot = record.clone();
         drop(record);
         self.persist(&handle)?;
+        self.events.container(&snapshot, "update", &[]);
         Ok(Vec::new())
     }
 

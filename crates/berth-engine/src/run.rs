@@ -337,6 +337,7 @@ impl Engine {
                 }
                 handle.state.send_modify(|state| state.running = true);
                 self.persist(handle)?;
+                self.events.container(&handle.snapshot(), "start", &[]);
                 if let Some(input) = handle.take_stdin() {
                     tokio::spawn(forward_stdin(session, input));
                 }
@@ -471,6 +472,11 @@ impl Engine {
         }
         let mut record = handle.snapshot();
         self.networks.activate(&record, &plan.attach)?;
+        for endpoint in record.networks.values().filter(|e| e.ip.is_some()) {
+            if let Ok(network) = self.networks.lookup(&endpoint.network_id) {
+                self.network_event(&network, "connect", Some(&record.id));
+            }
+        }
         self.networks.publish(&mut record).await?;
         lock(&handle.record).ports = record.ports;
         Ok(())
@@ -506,6 +512,11 @@ impl Engine {
     /// Gives back what a container's run held on its networks.
     fn release_networks(&self, handle: &ContainerHandle) {
         let mut record = handle.snapshot();
+        for endpoint in record.networks.values().filter(|e| e.ip.is_some()) {
+            if let Ok(network) = self.networks.lookup(&endpoint.network_id) {
+                self.network_event(&network, "disconnect", Some(&record.id));
+            }
+        }
         self.networks.release(&mut record);
         let mut current = lock(&handle.record);
         current.networks = record.networks;
@@ -546,6 +557,8 @@ impl Engine {
         if let Err(error) = self.persist(handle) {
             tracing::error!(id = %handle.id, error = %error_chain(&error), "recording the container's exit failed");
         }
+        self.events
+            .container(&handle.snapshot(), "die", &[("exitCode", code.to_string())]);
         handle.state.send_modify(|state| {
             state.exits += 1;
             state.running = false;
@@ -676,7 +689,14 @@ async fn serve(
                             GuestMessage::SpawnFailed { reason, message } => {
                                 exec.on_spawn_failed(reason, message)
                             }
-                            GuestMessage::Exited { code, .. } => exec.finish(i64::from(code)),
+                            GuestMessage::Exited { code, .. } => {
+                                exec.finish(i64::from(code));
+                                engine.events.container(
+                                    &handle.snapshot(),
+                                    "exec_die",
+                                    &[("execID", exec.id.clone()), ("exitCode", code.to_string())],
+                                );
+                            }
                             GuestMessage::Error { message } => {
                                 tracing::warn!(id = %handle.id, stream, %message, "agent reported an error for an exec")
                             }

@@ -166,6 +166,7 @@ impl Engine {
             networks.take_down(&record);
             return Err(error);
         }
+        self.network_event(&record, "create", None);
         Ok(record)
     }
 
@@ -204,6 +205,7 @@ impl Engine {
         networks.store.delete_network(&record.id)?;
         networks.take_down(&record);
         networks.apply_firewall()?;
+        self.network_event(&record, "destroy", None);
         Ok(())
     }
 
@@ -258,6 +260,7 @@ impl Engine {
             lock(&handle.record)
                 .networks
                 .insert(network.name.clone(), endpoint);
+            self.network_event(&network, "connect", Some(&record.id));
             return self.persist(&handle);
         };
         let used: Vec<u8> = record
@@ -312,6 +315,7 @@ impl Engine {
         lock(&handle.record)
             .networks
             .insert(network.name.clone(), endpoint);
+        self.network_event(&network, "connect", Some(&record.id));
         self.persist(&handle)
     }
 
@@ -357,7 +361,24 @@ impl Engine {
             self.networks.release_endpoint(&record.id, &mut endpoint);
         }
         lock(&handle.record).networks.remove(&network.name);
+        self.network_event(&network, "disconnect", Some(&record.id));
         self.persist(&handle)
+    }
+
+    pub(crate) fn network_event(
+        &self,
+        network: &NetworkRecord,
+        action: &str,
+        container: Option<&str>,
+    ) {
+        let mut attributes = HashMap::from([
+            ("name".to_owned(), network.name.clone()),
+            ("type".to_owned(), network.driver.clone()),
+        ]);
+        if let Some(container) = container {
+            attributes.insert("container".to_owned(), container.to_owned());
+        }
+        self.events.emit("network", action, &network.id, attributes);
     }
 }
 
