@@ -53,7 +53,8 @@ pub async fn create(
 pub async fn list(State(engine): State<AppState>, Query(params): Params) -> ApiResult<Response> {
     let filters = Filters::parse(params.get("filters"))?;
     filters.only(&[
-        "id", "name", "label", "status", "exited", "ancestor", "before", "since",
+        "id", "name", "label", "status", "exited", "ancestor", "before", "since", "health",
+        "network",
     ])?;
     let all = flag(&params, "all") || filters.has("status") || filters.has("exited");
     let limit: Option<usize> = params
@@ -105,6 +106,23 @@ pub async fn list(State(engine): State<AppState>, Query(params): Params) -> ApiR
                 .is_none_or(|wanted| wanted.iter().all(|l| label_matches(&labels, l)))
         })
         .filter(|r| !filters.has("ancestor") || ancestors.contains(&r.image_id))
+        .filter(|r| {
+            filters.allows("health", |v| {
+                let status = r
+                    .health
+                    .as_ref()
+                    .map(|h| h.status.as_str())
+                    .unwrap_or("none");
+                status == v
+            })
+        })
+        .filter(|r| {
+            filters.allows("network", |v| {
+                r.networks
+                    .iter()
+                    .any(|(name, endpoint)| name == v || endpoint.network_id.starts_with(v))
+            })
+        })
         .filter(|r| before.iter().all(|t| r.created < *t) && since.iter().all(|t| r.created > *t))
         .collect();
     if let Some(limit) = limit {
@@ -140,6 +158,15 @@ pub async fn inspect(
         for key in ["IPAddress", "IPPrefixLen", "Gateway", "MacAddress"] {
             value["NetworkSettings"][key] = settings[key].clone();
         }
+    }
+    if let Some(health) = &record.health {
+        value["State"]["Health"] = serde_json::json!({
+            "Status": health.status,
+            "FailingStreak": health.failing_streak,
+            "Log": health.log.iter().map(|r| serde_json::json!({
+                "Start": r.start, "End": r.end, "ExitCode": r.exit_code, "Output": r.output,
+            })).collect::<Vec<_>>(),
+        });
     }
     // Berth's own facts about the container's VM, under a key of its own.
     let memory = (record.state.pid != 0)

@@ -49,7 +49,16 @@ pub fn status_text(record: &ContainerRecord) -> String {
     let state = &record.state;
     match state.status {
         ContainerStatus::Created => "Created".into(),
-        ContainerStatus::Running => format!("Up {}", human_duration(since(&state.started_at))),
+        ContainerStatus::Running => format!(
+            "Up {}{}",
+            human_duration(since(&state.started_at)),
+            match record.health.as_ref().map(|h| h.status.as_str()) {
+                Some("starting") => " (health: starting)",
+                Some("healthy") => " (healthy)",
+                Some("unhealthy") => " (unhealthy)",
+                _ => "",
+            }
+        ),
         ContainerStatus::Paused => {
             format!("Up {} (Paused)", human_duration(since(&state.started_at)))
         }

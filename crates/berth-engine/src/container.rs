@@ -105,6 +105,9 @@ pub struct ContainerRecord {
     /// A user stopped or killed it (restart policies then leave it stopped).
     #[serde(default)]
     pub manually_stopped: bool,
+    /// Its health check's state, if it has a check and has run.
+    #[serde(default)]
+    pub health: Option<crate::health::HealthState>,
 }
 
 impl ContainerRecord {
@@ -176,6 +179,7 @@ mod tests {
             networks: Default::default(),
             ports: Vec::new(),
             manually_stopped: false,
+            health: None,
         };
         assert_eq!(record.vm_shape(256), (1, 256));
         record.host_config.nano_cpus = Some(1_500_000_000);

@@ -307,8 +307,15 @@ impl Engine {
         let networks = self.endpoints_at_create(&body, &mut host_config)?;
         let image = self.resolve_image(&image_ref)?;
         let id = names::new_id();
-        let (config, path, args) =
+        let (mut config, path, args) =
             merge_config(&body, &oci_config::Config::from_image(&image), &id)?;
+        let image_check = self
+            .images
+            .raw_config(&image.id)
+            .ok()
+            .and_then(|raw| raw.pointer("/config/Healthcheck").cloned())
+            .and_then(|check| serde_json::from_value(check).ok());
+        config.healthcheck = crate::health::merge(image_check, body.healthcheck.clone());
 
         // Reserve the name and id before the slow disk work.
         let record = {
@@ -351,6 +358,7 @@ impl Engine {
                 networks,
                 ports: Vec::new(),
                 manually_stopped: false,
+                health: None,
             };
             containers.insert(id.clone(), Arc::new(ContainerHandle::new(record.clone())));
             record

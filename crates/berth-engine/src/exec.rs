@@ -108,6 +108,27 @@ impl ExecTable {
 
 impl Engine {
     /// `POST /containers/{id}/exec`: records an exec instance.
+    /// Kills an exec's process (SIGKILL on its stream).
+    pub(crate) async fn kill_exec(&self, id: &str) {
+        let Ok(exec) = self.exec(id) else { return };
+        if let Ok((_, runtime)) = self.running_handle(&exec.container_id) {
+            let _ = runtime
+                .session
+                .send(
+                    exec.stream,
+                    &HostMessage::Signal {
+                        signal: libc::SIGKILL,
+                    },
+                )
+                .await;
+        }
+    }
+
+    /// Drops an exec instance the engine ran for itself (a health check).
+    pub(crate) fn forget_exec(&self, id: &str) {
+        lock(&self.execs.by_id).remove(id);
+    }
+
     pub fn create_exec(&self, reference: &str, config: ExecConfig) -> Result<String, EngineError> {
         let (handle, _) = self.running_handle(reference)?;
         if lock(&handle.record).state.status == crate::ContainerStatus::Paused {

@@ -24,6 +24,7 @@ mod error;
 pub mod events;
 pub mod exec;
 mod guest_config;
+pub mod health;
 mod lifecycle;
 mod manage;
 mod names;

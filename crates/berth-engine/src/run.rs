@@ -338,6 +338,7 @@ impl Engine {
                 handle.state.send_modify(|state| state.running = true);
                 self.persist(handle)?;
                 self.events.container(&handle.snapshot(), "start", &[]);
+                self.start_health_checks(handle);
                 if let Some(input) = handle.take_stdin() {
                     tokio::spawn(forward_stdin(session, input));
                 }
@@ -441,6 +442,9 @@ impl Engine {
             started,
             already_exited,
         ));
+        if already_exited.is_none() {
+            self.start_health_checks(handle);
+        }
         Ok(())
     }
 

@@ -140,6 +140,7 @@ mod tests {
             networks: Default::default(),
             ports: Vec::new(),
             manually_stopped: false,
+            health: None,
         };
         {
             let store = Store::open(&path).unwrap();

@@ -159,6 +159,21 @@ impl ImageStore {
         self.root.join("blobs").join("sha256")
     }
 
+    /// The image's config blob as JSON, with the fields the OCI model does not carry
+    /// (Docker's `Healthcheck`, for one).
+    pub fn raw_config(&self, id: &str) -> Result<serde_json::Value, ImageError> {
+        let hex = id.strip_prefix("sha256:").unwrap_or(id);
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ImageError::NotFound(id.to_owned()));
+        }
+        let path = self.blobs_dir().join(hex);
+        let bytes = fs::read(&path).map_err(ImageError::io(&path))?;
+        serde_json::from_slice(&bytes).map_err(|e| ImageError::InvalidJson {
+            what: "image config".into(),
+            source: e,
+        })
+    }
+
     fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
     }

@@ -318,15 +318,31 @@ fn append_symlink(builder: &mut tar::Builder<Vec<u8>>, path: &str, target: &str)
 
 /// Writes a docker-archive with one image made of `layers` (each a tar), tagged `tag`.
 pub fn write_archive(path: &Path, tag: &str, layers: &[Vec<u8>], cmd: &[&str]) {
+    write_archive_with(path, tag, layers, cmd, serde_json::json!({}));
+}
+
+/// As [`write_archive`], with more keys in the image's `config` (e.g. `Healthcheck`).
+pub fn write_archive_with(
+    path: &Path,
+    tag: &str,
+    layers: &[Vec<u8>],
+    cmd: &[&str],
+    extra_config: serde_json::Value,
+) {
     let diff_ids: Vec<String> = layers
         .iter()
         .map(|l| format!("sha256:{}", sha256_hex(l)))
         .collect();
+    let mut image_config =
+        serde_json::json!({ "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": cmd });
+    for (key, value) in extra_config.as_object().into_iter().flatten() {
+        image_config[key] = value.clone();
+    }
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
         "created": "2026-01-01T00:00:00Z",
-        "config": { "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": cmd },
+        "config": image_config,
         "rootfs": { "type": "layers", "diff_ids": diff_ids },
         "history": [],
     });
