@@ -35,8 +35,8 @@ mod message;
 pub use frame::{encode_frame, Frame, FrameDecoder, FrameKind, ProtoError, HEADER_AFTER_LEN};
 pub use message::{
     decode_guest_message, decode_host_message, encode_control, GuestMessage, HostMessage,
-    InterfaceSpec, ProcessSpec, ProcessStatus, RebindSpec, SetupSpec, SpawnFailure, TmpfsSpec,
-    RESYNC_MARKER,
+    InterfaceSpec, ProcessInfo, ProcessSpec, ProcessStatus, RebindSpec, SetupSpec, SpawnFailure,
+    TmpfsSpec, RESYNC_MARKER,
 };
 
 /// Version of this protocol. Bumped on any incompatible change.

@@ -143,6 +143,8 @@ pub enum HostMessage {
     Resize { rows: u16, cols: u16 },
     /// Kill every process, flush the disks and power off.
     Shutdown,
+    /// List the container's processes. Answered by `Processes`.
+    ListProcesses,
     /// A new engine took over the channel (the one before it went away while the VM ran).
     /// Answered by [`RESYNC_MARKER`] and then `Reattached`.
     Reattach,
@@ -152,6 +154,28 @@ pub enum HostMessage {
 /// half-sent on the channel (the rest of a frame the agent was writing when it went
 /// away) comes before it, and the new engine skips everything up to it.
 pub const RESYNC_MARKER: &[u8; 16] = b"\0\0\0\0BERTH-RESYNC";
+
+/// One process of the container, as `docker top` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub pid: i32,
+    pub ppid: i32,
+    pub uid: u32,
+    /// The user's name in the container's /etc/passwd, or the uid.
+    pub user: String,
+    /// `R`, `S`, `D`, `Z`, ...
+    pub state: String,
+    /// `pts/0`, or `?`.
+    pub tty: String,
+    /// User and system CPU time, in ticks.
+    pub cpu_ticks: u64,
+    /// Start, in ticks after boot.
+    pub start_ticks: u64,
+    pub vsz_kib: u64,
+    pub rss_kib: u64,
+    /// The command line (or `[name]` without one).
+    pub command: String,
+}
 
 /// A process the agent runs or ran, as `Reattached` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +200,15 @@ pub enum GuestMessage {
     },
     /// `Setup` finished.
     SetupDone,
+    /// Answer to `ListProcesses`.
+    Processes {
+        processes: Vec<ProcessInfo>,
+        /// `/proc/stat`'s `btime`: the guest's boot, seconds since the epoch.
+        boot_time: i64,
+        /// Clock ticks per second of the times below.
+        ticks_per_second: u64,
+        mem_total_kib: u64,
+    },
     /// Answer to `Reattach`: the agent's processes, running and exited (their `Exited`
     /// may have gone to the engine that went away).
     Reattached {
@@ -230,6 +263,19 @@ pub fn decode_guest_message(frame: &Frame) -> Result<GuestMessage, ProtoError> {
         )),
         GuestMessage::Exited { code, .. } if !(0..=255).contains(code) => {
             Err(ProtoError::InvalidField("exited.code is not in 0..=255"))
+        }
+        GuestMessage::Processes { processes, .. }
+            if processes.len() > 4096
+                || processes.iter().any(|p| {
+                    p.command.len() > 4096
+                        || p.state.len() > 4
+                        || p.tty.len() > 32
+                        || p.user.len() > 256
+                }) =>
+        {
+            Err(ProtoError::InvalidField(
+                "processes: too many, or a field too long",
+            ))
         }
         GuestMessage::Reattached { processes, .. } if processes.len() > 4096 => Err(
             ProtoError::InvalidField("reattached lists more than 4096 processes"),

@@ -14,6 +14,7 @@ mod network;
 mod process;
 mod rebind;
 mod serve;
+mod top;
 mod user;
 
 fn main() {

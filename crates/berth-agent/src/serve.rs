@@ -245,6 +245,7 @@ fn handle(
                 },
             ),
         },
+        HostMessage::ListProcesses => channel.send(stream, &crate::top::list()),
         HostMessage::Shutdown | HostMessage::Rebind(_) | HostMessage::Reattach => Ok(()),
     }
 }

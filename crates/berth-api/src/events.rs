@@ -18,7 +18,7 @@ type Params = Query<HashMap<String, String>>;
 
 /// A time as nanoseconds since the epoch, from Docker's forms (`1700000000.123`,
 /// RFC 3339, or a duration before now such as `10m`).
-fn parse_time_nanos(value: &str, now: i64) -> Result<i64, ApiError> {
+pub fn parse_time_nanos(value: &str, now: i64) -> Result<i64, ApiError> {
     if let Some((seconds, fraction)) = value.split_once('.') {
         if let (Ok(seconds), Ok(_)) = (seconds.parse::<i64>(), fraction.parse::<u64>()) {
             let digits: String = fraction

@@ -51,6 +51,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/containers/prune", post(manage::prune))
         .route("/containers/{id}/restart", post(manage::restart))
         .route("/containers/{id}/rename", post(manage::rename))
+        .route("/containers/{id}/top", get(manage::top))
         .route("/containers/{id}/update", post(manage::update))
         .route("/containers/{id}/json", get(containers::inspect))
         .route("/containers/{id}/start", post(containers::start))

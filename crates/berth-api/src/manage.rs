@@ -27,6 +27,17 @@ pub async fn restart(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `GET /containers/{id}/top?ps_args=...`.
+pub async fn top(
+    State(engine): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Params,
+) -> ApiResult<Response> {
+    let ps_args = params.get("ps_args").map(String::as_str).unwrap_or("");
+    let (titles, processes) = engine.top_container(&id, ps_args).await?;
+    Ok(Json(json!({ "Titles": titles, "Processes": processes })).into_response())
+}
+
 /// `POST /containers/{id}/rename?name=NEW`.
 pub async fn rename(
     State(engine): State<AppState>,

@@ -192,6 +192,16 @@ pub(crate) async fn write_and_close(
 }
 
 /// `GET /containers/{id}/logs`.
+/// `since`/`until` as nanoseconds; Docker's `0` means "not set".
+fn time_param(params: &HashMap<String, String>, key: &str) -> Result<Option<i64>, ApiError> {
+    match params.get(key).map(String::as_str) {
+        None | Some("") | Some("0") => Ok(None),
+        Some(value) => {
+            crate::events::parse_time_nanos(value, chrono::Utc::now().timestamp()).map(Some)
+        }
+    }
+}
+
 pub async fn logs(
     State(engine): State<AppState>,
     Path(id): Path<String>,
@@ -204,6 +214,8 @@ pub async fn logs(
             .get("tail")
             .filter(|t| t.as_str() != "all")
             .and_then(|t| t.parse().ok()),
+        since: time_param(&params, "since")?,
+        until: time_param(&params, "until")?,
     };
     if !filter.stdout && !filter.stderr {
         return Err(ApiError::bad_request(
@@ -211,8 +223,11 @@ pub async fn logs(
         ));
     }
     let timestamps = flag(&params, "timestamps");
-    let berth_engine::ContainerLogs { entries, live, tty } =
-        engine.container_logs(&id, &filter, flag(&params, "follow"))?;
+    let berth_engine::ContainerLogs { entries, live, tty } = engine.container_logs(
+        &id,
+        &filter,
+        flag(&params, "follow") && filter.until.is_none(),
+    )?;
     let encoding = Encoding {
         stdout: filter.stdout,
         stderr: filter.stderr,

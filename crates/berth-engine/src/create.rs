@@ -294,12 +294,24 @@ impl Engine {
             .and_then(|l| l.typ.as_deref())
             .is_none_or(str::is_empty)
         {
+            let options = host_config
+                .log_config
+                .as_ref()
+                .and_then(|l| l.config.clone())
+                .unwrap_or_default();
             host_config.log_config = Some(bollard_stubs::models::HostConfigLogConfig {
                 typ: Some("json-file".into()),
-                config: Some(Default::default()),
+                config: Some(options),
             });
         }
         check_supported(&host_config)?;
+        {
+            let log_config = host_config.log_config.clone().unwrap_or_default();
+            crate::output::LogLimits::from_config(
+                log_config.typ.as_deref(),
+                &log_config.config.unwrap_or_default(),
+            )?;
+        }
         crate::restart::validate(
             host_config.restart_policy.as_ref(),
             host_config.auto_remove.unwrap_or(false),

@@ -36,6 +36,7 @@ mod security;
 mod session;
 mod store;
 pub mod template;
+mod top;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -285,7 +285,7 @@ impl Engine {
             capabilities: crate::security::capabilities(&record.host_config)?,
             no_new_privileges: crate::security::no_new_privileges(&record.host_config),
         };
-        let log = LogWriter::open(&dir.join("container.log"))?;
+        let log = self.log_writer(&record)?;
         let (started_sender, started) = oneshot::channel();
         let runtime = Arc::new(Runtime::new(session.clone(), control.clone()));
         *lock(&handle.runtime) = Some(runtime);
@@ -431,7 +431,7 @@ impl Engine {
         self.networks.republish(&mut updated).await;
         lock(&handle.record).ports = updated.ports;
         self.persist(handle)?;
-        let log = LogWriter::open(&self.container_dir(&record.id).join("container.log"))?;
+        let log = self.log_writer(&record)?;
         let (started, _nobody_waits) = oneshot::channel();
         tokio::spawn(serve(
             self.clone(),
@@ -511,6 +511,19 @@ impl Engine {
                 )))
             }
         }
+    }
+
+    /// The container's log, kept as its log options say.
+    fn log_writer(&self, record: &crate::ContainerRecord) -> Result<LogWriter, EngineError> {
+        let log_config = record.host_config.log_config.clone().unwrap_or_default();
+        let limits = crate::output::LogLimits::from_config(
+            log_config.typ.as_deref(),
+            &log_config.config.unwrap_or_default(),
+        )?;
+        LogWriter::open_with(
+            &self.container_dir(&record.id).join("container.log"),
+            limits,
+        )
     }
 
     /// Gives back what a container's run held on its networks.

@@ -184,3 +184,68 @@ fn restart_rename_update_and_prune() {
     assert!(!daemon.docker(&["inspect", &id]).status.success());
     daemon.docker_ok(&["rm", &kept]);
 }
+
+#[test]
+fn logs_rotate_and_select_by_time() {
+    let daemon = shared();
+    let id = daemon.docker_ok(&[
+        "run", "-d", "--log-opt", "max-size=1k", "--log-opt", "max-file=2", "busybox", "sh", "-c",
+        "i=0; while [ $i -lt 200 ]; do echo line-$i; i=$((i+1)); done; echo first-mark; sleep 2; echo second-mark; sleep 300",
+    ]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let logs = loop {
+        let logs = daemon.docker_ok(&["logs", "-t", &id]);
+        if logs.contains("second-mark") {
+            break logs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no second mark: {logs}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    assert!(!logs.contains("line-0\n"), "rotated lines are gone");
+    assert!(logs.contains("line-199"));
+    let dir = daemon.root.join("containers").join(&id);
+    assert!(dir.join("container.log.1").exists());
+    assert!(
+        !dir.join("container.log.2").exists(),
+        "more files than max-file"
+    );
+    // --since and --until, at the second mark's own timestamp.
+    let second_time = logs
+        .lines()
+        .find(|l| l.ends_with("second-mark"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let after = daemon.docker_ok(&["logs", "--since", &second_time, &id]);
+    assert_eq!(after, "second-mark");
+    let before = daemon.docker_ok(&["logs", "--until", &second_time, &id]);
+    assert!(before.ends_with("first-mark"), "{before}");
+    daemon.docker_ok(&["rm", "-f", &id]);
+    let refused = daemon.docker(&["run", "--rm", "--log-driver", "syslog", "busybox", "true"]);
+    assert_eq!(refused.status.code(), Some(125));
+}
+
+#[test]
+fn top_lists_the_containers_processes() {
+    let daemon = shared();
+    let id = daemon.docker_ok(&["run", "-d", "busybox", "sleep", "300"]);
+    let table = daemon.docker_ok(&["top", &id]);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
+    );
+    assert!(
+        lines.any(|l| l.starts_with("root") && l.ends_with("sleep 300")),
+        "{table}"
+    );
+    let aux = daemon.docker_ok(&["top", &id, "aux"]);
+    assert!(aux.lines().next().unwrap().ends_with("COMMAND"), "{aux}");
+    let refused = daemon.docker(&["top", &id, "-o", "pid"]);
+    assert!(!refused.status.success());
+    daemon.docker_ok(&["rm", "-f", &id]);
+}

@@ -1,0 +1,157 @@
+//! `docker top`: the processes of a container, from its agent, in the columns of `ps -ef`
+//! (the default) or `ps aux`.
+
+use std::sync::Arc;
+
+use berth_agent_proto::{GuestMessage, HostMessage, ProcessInfo};
+
+use crate::error::EngineError;
+use crate::Engine;
+
+/// `docker top`'s answer: column titles and rows.
+pub type ProcessTable = (Vec<String>, Vec<Vec<String>>);
+
+fn duration(ticks: u64, per_second: u64) -> String {
+    let seconds = ticks / per_second.max(1);
+    format!(
+        "{:02}:{:02}:{:02}",
+        seconds / 3600,
+        (seconds / 60) % 60,
+        seconds % 60
+    )
+}
+
+fn start_time(process: &ProcessInfo, boot_time: i64, per_second: u64) -> String {
+    let started = boot_time + (process.start_ticks / per_second.max(1)) as i64;
+    chrono::DateTime::from_timestamp(started, 0)
+        .map(|t| t.format("%H:%M").to_string())
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Formats the agent's list as `ps` would with `ps_args`.
+pub fn format(
+    ps_args: &str,
+    processes: &[ProcessInfo],
+    boot_time: i64,
+    per_second: u64,
+    mem_total_kib: u64,
+) -> Result<ProcessTable, EngineError> {
+    let titles = |names: &[&str]| names.iter().map(|s| (*s).to_owned()).collect();
+    match ps_args.trim() {
+        "" | "-ef" | "ef" | "-e -f" => Ok((
+            titles(&["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]),
+            processes
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.user.clone(),
+                        p.pid.to_string(),
+                        p.ppid.to_string(),
+                        "0".into(),
+                        start_time(p, boot_time, per_second),
+                        p.tty.clone(),
+                        duration(p.cpu_ticks, per_second),
+                        p.command.clone(),
+                    ]
+                })
+                .collect(),
+        )),
+        "aux" | "-aux" => Ok((
+            titles(&[
+                "USER", "PID", "%CPU", "%MEM", "VSZ", "RSS", "TTY", "STAT", "START", "TIME",
+                "COMMAND",
+            ]),
+            processes
+                .iter()
+                .map(|p| {
+                    let memory = if mem_total_kib > 0 {
+                        p.rss_kib as f64 * 100.0 / mem_total_kib as f64
+                    } else {
+                        0.0
+                    };
+                    vec![
+                        p.user.clone(),
+                        p.pid.to_string(),
+                        "0.0".into(),
+                        format!("{memory:.1}"),
+                        p.vsz_kib.to_string(),
+                        p.rss_kib.to_string(),
+                        p.tty.clone(),
+                        p.state.clone(),
+                        start_time(p, boot_time, per_second),
+                        duration(p.cpu_ticks, per_second),
+                        p.command.clone(),
+                    ]
+                })
+                .collect(),
+        )),
+        other => Err(EngineError::NotSupported(format!(
+            "ps options {other:?}: Berth's top shows the columns of `ps -ef` (the default) or `ps aux`"
+        ))),
+    }
+}
+
+impl Engine {
+    /// `GET /containers/{id}/top?ps_args=...`.
+    pub async fn top_container(
+        self: &Arc<Self>,
+        reference: &str,
+        ps_args: &str,
+    ) -> Result<ProcessTable, EngineError> {
+        // Check the options before asking the guest.
+        format(ps_args, &[], 0, 100, 0)?;
+        let (handle, _) = self.running_handle(reference)?;
+        match self
+            .agent_request(&handle, HostMessage::ListProcesses)
+            .await?
+        {
+            GuestMessage::Processes {
+                processes,
+                boot_time,
+                ticks_per_second,
+                mem_total_kib,
+            } => format(
+                ps_args,
+                &processes,
+                boot_time,
+                ticks_per_second,
+                mem_total_kib,
+            ),
+            other => Err(EngineError::Agent(format!(
+                "expected a process list, got {other:?}"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_have_ps_columns() {
+        let process = ProcessInfo {
+            pid: 7,
+            ppid: 1,
+            uid: 0,
+            user: "root".into(),
+            state: "S".into(),
+            tty: "?".into(),
+            cpu_ticks: 6100,
+            start_ticks: 0,
+            vsz_kib: 1000,
+            rss_kib: 500,
+            command: "sleep 300".into(),
+        };
+        let (titles, rows) = format("", &[process.clone()], 0, 100, 1000).unwrap();
+        assert_eq!(titles[0], "UID");
+        assert_eq!(
+            rows[0],
+            ["root", "7", "1", "0", "00:00", "?", "00:01:01", "sleep 300"]
+        );
+        let (titles, rows) = format("aux", &[process], 0, 100, 1000).unwrap();
+        assert_eq!(titles.len(), rows[0].len());
+        assert_eq!(rows[0][3], "50.0");
+        assert!(format("-o pid", &[], 0, 100, 0).is_err());
+    }
+}
