@@ -301,14 +301,14 @@ fn entry_nanos(time: &str) -> i64 {
 }
 
 /// Reads the log at `path`, filtered. A missing log is an empty one.
-pub fn read_log(path: &PathBuf, filter: &LogFilter) -> Vec<LogEntry> {
+pub fn read_log(path: &Path, filter: &LogFilter) -> Vec<LogEntry> {
     // Rotated files first, oldest first, then the current one.
     let mut files: Vec<PathBuf> = (1..100)
         .map(|n| rotated(path, n))
         .take_while(|p| p.exists())
         .collect();
     files.reverse();
-    files.push(path.clone());
+    files.push(path.to_path_buf());
     let mut entries: Vec<LogEntry> = files
         .iter()
         .filter_map(|path| File::open(path).ok())

@@ -143,7 +143,7 @@ mod tests {
             rss_kib: 500,
             command: "sleep 300".into(),
         };
-        let (titles, rows) = format("", &[process.clone()], 0, 100, 1000).unwrap();
+        let (titles, rows) = format("", std::slice::from_ref(&process), 0, 100, 1000).unwrap();
         assert_eq!(titles[0], "UID");
         assert_eq!(
             rows[0],
