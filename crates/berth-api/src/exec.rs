@@ -53,6 +53,7 @@ pub async fn start(
         engine.start_exec(&id, start.tty).await?;
         return Ok(StatusCode::OK.into_response());
     }
+    let detach_keys = crate::streams::parse_detach_keys(exec.config.detach_keys.as_deref())?;
     let encoding = Encoding {
         stdout: exec.config.attach_stdout.unwrap_or(true),
         stderr: exec.config.attach_stderr.unwrap_or(true),
@@ -65,6 +66,7 @@ pub async fn start(
             attachment,
             encoding,
             true,
+            detach_keys,
         ));
     }
     // Hijack first, then start, as Docker does: a process that cannot start reports its
@@ -79,7 +81,7 @@ pub async fn start(
             }
         };
         match engine.start_exec(&id, start.tty).await {
-            Ok(attachment) => pump(upgraded, attachment, encoding, true).await,
+            Ok(attachment) => pump(upgraded, attachment, encoding, true, detach_keys).await,
             Err(error) => {
                 let message = format!("{}\r\n", berth_engine::error_chain(&error));
                 write_and_close(upgraded, encoding, &message).await

@@ -86,12 +86,69 @@ pub async fn attach(
         tty: attachment.tty,
     };
     let stdin_once = engine.stdin_once(&id);
+    let detach_keys = parse_detach_keys(params.get("detachKeys").map(String::as_str))?;
     Ok(serve_attachment(
         &mut request,
         attachment,
         encoding,
         stdin_once,
+        detach_keys,
     ))
+}
+
+/// Docker's detach keys (`ctrl-p,ctrl-q` by default): `ctrl-<letter>` or one of
+/// `@[\\]^_`, or a single character, comma-separated.
+pub(crate) fn parse_detach_keys(text: Option<&str>) -> Result<Vec<u8>, ApiError> {
+    let text = text.filter(|t| !t.is_empty()).unwrap_or("ctrl-p,ctrl-q");
+    let mut keys = Vec::new();
+    for key in text.split(',') {
+        let invalid = || ApiError::bad_request(format!("Invalid detach keys ({key}) provided"));
+        match key.strip_prefix("ctrl-") {
+            Some(rest) if rest.len() == 1 => {
+                let c = rest.as_bytes()[0].to_ascii_lowercase();
+                keys.push(match c {
+                    b'a'..=b'z' => c - b'a' + 1,
+                    b'@' => 0,
+                    b'[' => 27,
+                    b'\\' => 28,
+                    b']' => 29,
+                    b'^' => 30,
+                    b'_' => 31,
+                    _ => return Err(invalid()),
+                });
+            }
+            Some(_) => return Err(invalid()),
+            None if key.len() == 1 => keys.push(key.as_bytes()[0]),
+            None => return Err(invalid()),
+        }
+    }
+    Ok(keys)
+}
+
+/// Finds the detach sequence in input: returns how many bytes to forward and whether
+/// the sequence completed. `matched` carries a partial match across reads.
+fn scan_for_detach(keys: &[u8], matched: &mut usize, input: &[u8], forward: &mut Vec<u8>) -> bool {
+    for &byte in input {
+        if byte == keys[*matched] {
+            *matched += 1;
+            if *matched == keys.len() {
+                return true;
+            }
+        } else {
+            // Not the sequence after all: what was held back goes through.
+            forward.extend_from_slice(&keys[..*matched]);
+            *matched = 0;
+            if byte == keys[0] {
+                *matched = 1;
+                if keys.len() == 1 {
+                    return true;
+                }
+            } else {
+                forward.push(byte);
+            }
+        }
+    }
+    false
 }
 
 /// Carries an attachment over the request's connection: upgraded to a raw stream when the
@@ -101,6 +158,7 @@ pub(crate) fn serve_attachment(
     attachment: berth_engine::Attachment,
     encoding: Encoding,
     stdin_once: bool,
+    detach_keys: Vec<u8>,
 ) -> Response {
     let wants_upgrade = request.headers().get(header::UPGRADE).is_some();
     if !wants_upgrade {
@@ -122,7 +180,7 @@ pub(crate) fn serve_attachment(
     let upgrade = hyper::upgrade::on(request);
     tokio::spawn(async move {
         match upgrade.await {
-            Ok(upgraded) => pump(upgraded, attachment, encoding, stdin_once).await,
+            Ok(upgraded) => pump(upgraded, attachment, encoding, stdin_once, detach_keys).await,
             Err(error) => tracing::warn!(%error, "attach upgrade failed"),
         }
     });
@@ -150,16 +208,40 @@ pub(crate) async fn pump(
     attachment: berth_engine::Attachment,
     encoding: Encoding,
     stdin_once: bool,
+    detach_keys: Vec<u8>,
 ) {
     let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
     let mut output = attachment.output;
+    let detached = std::sync::Arc::new(tokio::sync::Notify::new());
     if let Some(stdin) = attachment.stdin {
+        let detached = detached.clone();
         tokio::spawn(async move {
             let mut buffer = vec![0u8; 32 * 1024];
+            let mut matched = 0;
             loop {
                 match reader.read(&mut buffer).await {
                     Ok(0) | Err(_) => break,
-                    Ok(n) => stdin.send(Bytes::copy_from_slice(&buffer[..n])),
+                    Ok(n) => {
+                        let mut forward = Vec::with_capacity(n);
+                        let done = !detach_keys.is_empty()
+                            && scan_for_detach(
+                                &detach_keys,
+                                &mut matched,
+                                &buffer[..n],
+                                &mut forward,
+                            );
+                        if detach_keys.is_empty() {
+                            forward.extend_from_slice(&buffer[..n]);
+                        }
+                        if !forward.is_empty() {
+                            stdin.send(Bytes::from(forward));
+                        }
+                        if done {
+                            // The client lets go; the container runs on.
+                            detached.notify_one();
+                            return;
+                        }
+                    }
                 }
             }
             if stdin_once {
@@ -167,7 +249,12 @@ pub(crate) async fn pump(
             }
         });
     }
-    while let Some(chunk) = output.recv().await {
+    loop {
+        let chunk = tokio::select! {
+            chunk = output.recv() => chunk,
+            _ = detached.notified() => break,
+        };
+        let Some(chunk) = chunk else { break };
         if let Some(bytes) = encoding.encode(chunk.stream, &chunk.data) {
             if writer.write_all(&bytes).await.is_err() {
                 return;

@@ -249,3 +249,37 @@ fn top_lists_the_containers_processes() {
     assert!(!refused.status.success());
     daemon.docker_ok(&["rm", "-f", &id]);
 }
+
+#[test]
+fn detach_keys_let_go_and_leave_the_container_running() {
+    use std::io::{Read, Write};
+    let daemon = shared();
+    let id = daemon.docker_ok(&["run", "-d", "-i", "-t", "busybox", "sh"]);
+    let mut stream = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
+    write!(
+        stream,
+        "POST /containers/{id}/attach?stream=1&stdin=1&stdout=1&stderr=1&detachKeys=ctrl-x,x HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"));
+    stream.write_all(b"echo still-here\n").unwrap();
+    stream.write_all(&[24, b'x']).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut rest = Vec::new();
+    stream
+        .read_to_end(&mut rest)
+        .expect("the daemon closes the connection after the detach keys");
+    assert_eq!(
+        daemon.docker_ok(&["inspect", "-f", "{{.State.Running}}", &id]),
+        "true"
+    );
+    daemon.docker_ok(&["rm", "-f", &id]);
+}
