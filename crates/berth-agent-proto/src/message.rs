@@ -226,8 +226,14 @@ pub enum GuestMessage {
         reason: SpawnFailure,
         message: String,
     },
-    /// The process on the frame's stream ended: its exit code, or the signal that killed it.
-    Exited { code: i32, signal: Option<i32> },
+    /// The process on the frame's stream ended: its exit code, or the signal that killed it,
+    /// and whether the kernel's out-of-memory killer killed it.
+    Exited {
+        code: i32,
+        signal: Option<i32>,
+        #[serde(default)]
+        oom_killed: bool,
+    },
     /// A request failed.
     Error { message: String },
 }
@@ -337,6 +343,7 @@ mod tests {
             &GuestMessage::Exited {
                 code: 300,
                 signal: None,
+                oom_killed: false,
             },
         ));
         assert!(matches!(
@@ -348,6 +355,7 @@ mod tests {
             &GuestMessage::Exited {
                 code: 0,
                 signal: Some(0),
+                oom_killed: false,
             },
         ));
         assert!(decode_guest_message(&bad_signal).is_err());
@@ -356,13 +364,15 @@ mod tests {
             &GuestMessage::Exited {
                 code: 3,
                 signal: None,
+                oom_killed: false,
             },
         ));
         assert_eq!(
             decode_guest_message(&good).unwrap(),
             GuestMessage::Exited {
                 code: 3,
-                signal: None
+                signal: None,
+                oom_killed: false
             }
         );
     }

@@ -33,6 +33,18 @@ pub struct RunningProcess {
     pub pumps: Vec<JoinHandle<()>>,
     /// The container's first process: when it ends, the container ends.
     pub is_init: bool,
+    /// The kernel's count of out-of-memory kills when the process started.
+    pub oom_kills_at_start: u64,
+}
+
+/// How many processes the kernel's out-of-memory killer has killed (`/proc/vmstat`).
+pub fn oom_kills() -> u64 {
+    std::fs::read_to_string("/proc/vmstat")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("oom_kill "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Processes by stream id.
@@ -113,6 +125,7 @@ pub fn spawn(
     channel: &Channel,
     is_init: bool,
 ) -> Result<RunningProcess, SpawnError> {
+    let oom_kills_at_start = oom_kills();
     let program = spec
         .argv
         .first()
@@ -287,6 +300,7 @@ pub fn spawn(
         pty_master,
         pumps,
         is_init,
+        oom_kills_at_start,
     })
 }
 

@@ -436,7 +436,16 @@ fn reap(table: SharedTable, channel: Channel, exits: SharedExits) {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(stream, (code, signal));
-            let _ = channel.send(stream, &GuestMessage::Exited { code, signal });
+            let oom_killed =
+                signal == Some(libc::SIGKILL) && process::oom_kills() > process.oom_kills_at_start;
+            let _ = channel.send(
+                stream,
+                &GuestMessage::Exited {
+                    code,
+                    signal,
+                    oom_killed,
+                },
+            );
         });
     }
 }

@@ -54,7 +54,8 @@ pub enum StartOutcome {
 
 /// How a run ended.
 enum RunEnd {
-    Exited(i32),
+    /// The exit code, and whether the guest's out-of-memory killer ended it.
+    Exited(i32, bool),
     SpawnFailed(SpawnFailure, String),
     Broken(String),
 }
@@ -334,6 +335,7 @@ impl Engine {
                     record.state.started_at = now_rfc3339();
                     record.state.error.clear();
                     record.state.exit_code = 0;
+                    record.state.oom_killed = false;
                 }
                 handle.state.send_modify(|state| state.running = true);
                 self.persist(handle)?;
@@ -552,8 +554,9 @@ impl Engine {
                         .ok()
                 })
                 .unwrap_or_default();
+        let oom_killed = matches!(end, RunEnd::Exited(_, true));
         let (code, error) = match end {
-            RunEnd::Exited(code) => (i64::from(code), String::new()),
+            RunEnd::Exited(code, _) => (i64::from(code), String::new()),
             RunEnd::SpawnFailed(SpawnFailure::NotFound, message) => (127, message),
             RunEnd::SpawnFailed(SpawnFailure::NotExecutable, message) => (126, message),
             RunEnd::SpawnFailed(SpawnFailure::Other, message) => (128, message),
@@ -569,10 +572,14 @@ impl Engine {
             record.state.error = error.clone();
             record.state.finished_at = now_rfc3339();
             record.state.pid = 0;
+            record.state.oom_killed = oom_killed;
             record.auto_remove()
         };
         if let Err(error) = self.persist(handle) {
             tracing::error!(id = %handle.id, error = %error_chain(&error), "recording the container's exit failed");
+        }
+        if oom_killed {
+            self.events.container(&handle.snapshot(), "oom", &[]);
         }
         self.events
             .container(&handle.snapshot(), "die", &[("exitCode", code.to_string())]);
@@ -610,7 +617,7 @@ async fn serve(
     let mut started = Some(started);
     let reattached = handle.runtime().is_some_and(|r| r.reattached);
     let end = if let Some(code) = already_exited {
-        RunEnd::Exited(code)
+        RunEnd::Exited(code, false)
     } else {
         loop {
             let event = tokio::select! {
@@ -649,7 +656,9 @@ async fn serve(
                         }
                         break RunEnd::SpawnFailed(reason, message);
                     }
-                    GuestMessage::Exited { code, .. } => break RunEnd::Exited(code),
+                    GuestMessage::Exited {
+                        code, oom_killed, ..
+                    } => break RunEnd::Exited(code, oom_killed),
                     GuestMessage::Error { message } => {
                         tracing::warn!(id = %handle.id, %message, "agent reported an error")
                     }

@@ -283,3 +283,36 @@ fn detach_keys_let_go_and_leave_the_container_running() {
     );
     daemon.docker_ok(&["rm", "-f", &id]);
 }
+
+#[test]
+fn an_out_of_memory_kill_is_reported() {
+    let daemon = shared();
+    // A shell that keeps growing a string in a 96 MiB VM, until the guest's kernel kills it.
+    let output = daemon.docker(&[
+        "run",
+        "--name",
+        "hungry",
+        "-m",
+        "96m",
+        "busybox",
+        "sh",
+        "-c",
+        "x=0123456789abcdef; while true; do x=$x$x; done",
+    ]);
+    assert_eq!(
+        output.status.code(),
+        Some(137),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        daemon.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.State.OOMKilled}} {{.State.ExitCode}}",
+            "hungry"
+        ]),
+        "true 137"
+    );
+    daemon.docker_ok(&["rm", "hungry"]);
+}
