@@ -131,7 +131,15 @@ pub async fn list(State(engine): State<AppState>, Query(params): Params) -> ApiR
     let networks = engine.networks().list();
     let summaries: Vec<_> = selected
         .iter()
-        .map(|record| convert::container_summary(record, &networks))
+        .map(|record| {
+            let mut summary = convert::container_summary(record, &networks);
+            if flag(&params, "size") {
+                let size = engine.container_disk_usage(&record.id) as i64;
+                summary.size_rw = Some(size);
+                summary.size_root_fs = Some(size);
+            }
+            summary
+        })
         .collect();
     Ok(Json(summaries).into_response())
 }
@@ -140,6 +148,7 @@ pub async fn list(State(engine): State<AppState>, Query(params): Params) -> ApiR
 pub async fn inspect(
     State(engine): State<AppState>,
     Path(id): Path<String>,
+    Query(params): Params,
 ) -> ApiResult<Response> {
     let record = engine.inspect_container(&id)?;
     let log_path = engine
@@ -167,6 +176,11 @@ pub async fn inspect(
                 "Start": r.start, "End": r.end, "ExitCode": r.exit_code, "Output": r.output,
             })).collect::<Vec<_>>(),
         });
+    }
+    if params.get("size").is_some_and(|v| v == "1" || v == "true") {
+        let size = engine.container_disk_usage(&record.id);
+        value["SizeRw"] = serde_json::json!(size);
+        value["SizeRootFs"] = serde_json::json!(size);
     }
     // Berth's own facts about the container's VM, under a key of its own.
     let memory = (record.state.pid != 0)

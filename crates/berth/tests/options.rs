@@ -316,3 +316,31 @@ fn an_out_of_memory_kill_is_reported() {
     );
     daemon.docker_ok(&["rm", "hungry"]);
 }
+
+#[test]
+fn sizes_and_endpoints_berth_does_not_offer() {
+    let daemon = shared();
+    let id = daemon.docker_ok(&["create", "busybox", "true"]);
+    let size: u64 = daemon
+        .docker_ok(&["inspect", "-s", "-f", "{{.SizeRw}}", &id])
+        .parse()
+        .unwrap();
+    assert!(size > 0, "the container's disk takes room");
+    let listed = daemon.docker_ok(&[
+        "ps",
+        "-a",
+        "-s",
+        "--filter",
+        &format!("id={id}"),
+        "--format",
+        "{{.Size}}",
+    ]);
+    assert!(!listed.is_empty() && listed != "0B", "{listed}");
+    daemon.docker_ok(&["rm", &id]);
+    assert_eq!(daemon.docker_ok(&["plugin", "ls", "-q"]), "");
+    let (status, body) = daemon.request("POST", "/build", Some(b"")).unwrap();
+    assert_eq!(status, 501);
+    assert!(String::from_utf8_lossy(&body).contains("cannot build images"));
+    let (status, _) = daemon.request("GET", "/tasks", None).unwrap();
+    assert_eq!(status, 503);
+}
