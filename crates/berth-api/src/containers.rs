@@ -147,6 +147,7 @@ pub async fn list(State(engine): State<AppState>, Query(params): Params) -> ApiR
 /// `GET /containers/{id}/json`.
 pub async fn inspect(
     State(engine): State<AppState>,
+    axum::Extension(version): axum::Extension<crate::version::ApiVersion>,
     Path(id): Path<String>,
     Query(params): Params,
 ) -> ApiResult<Response> {
@@ -161,6 +162,16 @@ pub async fn inspect(
     let networks = engine.networks().list();
     let mut value = serde_json::to_value(convert::container_inspect(&record, log_path, &networks))
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    // Before API 1.44 the container's MAC address was also in its Config.
+    if version < crate::version::ApiVersion(1, 44) {
+        if let Some(mac) = value["NetworkSettings"]["Networks"]
+            .as_object()
+            .and_then(|networks| networks.values().next())
+            .and_then(|endpoint| endpoint.get("MacAddress").cloned())
+        {
+            value["Config"]["MacAddress"] = mac;
+        }
+    }
     // The default network's address also at the top of NetworkSettings, where older
     // clients and scripts (`{{.NetworkSettings.IPAddress}}`) read it.
     if let Some(settings) = value["NetworkSettings"]["Networks"].get("bridge").cloned() {

@@ -2,6 +2,9 @@
 
 use axum::body::Body;
 use axum::extract::{Path, State};
+use axum::Extension;
+
+use crate::version::ApiVersion;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -58,25 +61,43 @@ pub async fn load(State(engine): State<AppState>, body: Body) -> ApiResult<Respo
 }
 
 /// `GET /images/json`.
-pub async fn list(State(engine): State<AppState>) -> ApiResult<Response> {
+pub async fn list(
+    State(engine): State<AppState>,
+    Extension(version): Extension<ApiVersion>,
+) -> ApiResult<Response> {
     let usage = engine.image_usage();
     let mut images = engine.list_images()?;
     images.sort_by_key(|image| std::cmp::Reverse(image.loaded_at));
-    let summaries: Vec<_> = images
-        .iter()
-        .map(|i| convert::image_summary(i, usage.get(&i.id).copied().unwrap_or(0)))
-        .collect();
+    let mut summaries = serde_json::to_value(
+        images
+            .iter()
+            .map(|i| convert::image_summary(i, usage.get(&i.id).copied().unwrap_or(0)))
+            .collect::<Vec<_>>(),
+    )
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    for summary in summaries.as_array_mut().into_iter().flatten() {
+        crate::version::older_image_shape(version, summary);
+    }
     Ok(Json(summaries).into_response())
 }
 
 /// `GET /images/{name}/json` (names contain slashes, so the route takes the rest).
 pub async fn by_name(
     State(engine): State<AppState>,
+    Extension(version): Extension<ApiVersion>,
     Path(rest): Path<String>,
 ) -> ApiResult<Response> {
     if let Some(name) = rest.strip_suffix("/json") {
         let image = engine.resolve_image(name)?;
-        return Ok(Json(convert::image_inspect(&image)).into_response());
+        let mut value = serde_json::to_value(convert::image_inspect(&image))
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        crate::version::older_image_shape(version, &mut value);
+        if version < ApiVersion(1, 45) {
+            // Removed in 1.45; older clients read them.
+            value["Container"] = serde_json::json!("");
+            value["ContainerConfig"] = value["Config"].clone();
+        }
+        return Ok(Json(value).into_response());
     }
     Err(ApiError::new(StatusCode::NOT_FOUND, "page not found"))
 }

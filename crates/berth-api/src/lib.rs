@@ -82,7 +82,10 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/build", any(system::build_unavailable))
         .route("/session", any(system::build_unavailable))
         .route("/plugins", get(system::plugins_list))
-        .route("/plugins/{*rest}", any(system::plugins_unavailable))
+        .route(
+            "/plugins/{*rest}",
+            get(system::plugin_not_found).fallback(system::plugins_unavailable),
+        )
         .route("/swarm", any(system::swarm_unavailable))
         .route("/swarm/{*rest}", any(system::swarm_unavailable))
         .route("/nodes/{*rest}", any(system::swarm_unavailable))

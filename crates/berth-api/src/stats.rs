@@ -11,8 +11,8 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use berth_engine::{ContainerRecord, Engine};
 use bollard_stubs::models::{
-    ContainerBlkioStats, ContainerCpuStats, ContainerCpuUsage, ContainerMemoryStats,
-    ContainerPidsStats, ContainerStatsResponse,
+    ContainerBlkioStatEntry, ContainerBlkioStats, ContainerCpuStats, ContainerCpuUsage,
+    ContainerMemoryStats, ContainerNetworkStats, ContainerPidsStats, ContainerStatsResponse,
 };
 
 use crate::containers::flag;
@@ -34,12 +34,49 @@ fn cpu_stats(record: &ContainerRecord, vcpus: u32) -> ContainerCpuStats {
     }
 }
 
-fn sample(
-    engine: &Engine,
+async fn sample(
+    engine: &std::sync::Arc<Engine>,
     id: &str,
     previous: Option<&ContainerStatsResponse>,
 ) -> ApiResult<ContainerStatsResponse> {
     let record = engine.inspect_container(id)?;
+    let io = engine.container_io(id).await?;
+    let networks: Option<HashMap<String, ContainerNetworkStats>> = io.as_ref().map(|io| {
+        io.interfaces
+            .iter()
+            .map(|i| {
+                (
+                    i.name.clone(),
+                    ContainerNetworkStats {
+                        rx_bytes: Some(i.rx_bytes),
+                        rx_packets: Some(i.rx_packets),
+                        tx_bytes: Some(i.tx_bytes),
+                        tx_packets: Some(i.tx_packets),
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect()
+    });
+    let blkio = io.as_ref().map(|io| {
+        let entry = |op: &str, value: u64| ContainerBlkioStatEntry {
+            major: Some(253),
+            minor: Some(0),
+            op: Some(op.to_owned()),
+            value: Some(value),
+        };
+        ContainerBlkioStats {
+            io_service_bytes_recursive: Some(vec![
+                entry("read", io.block.read_bytes),
+                entry("write", io.block.write_bytes),
+            ]),
+            io_serviced_recursive: Some(vec![
+                entry("read", io.block.read_operations),
+                entry("write", io.block.write_operations),
+            ]),
+            ..Default::default()
+        }
+    });
     let (vcpus, memory_mib) = record.vm_shape(engine.default_memory_mib());
     let running = record.state.status.is_running() && record.state.pid != 0;
     let memory = running
@@ -83,9 +120,9 @@ fn sample(
             ContainerMemoryStats::default()
         }),
         pids_stats: Some(ContainerPidsStats::default()),
-        blkio_stats: Some(ContainerBlkioStats::default()),
+        blkio_stats: Some(blkio.unwrap_or_default()),
         num_procs: Some(0),
-        networks: None,
+        networks,
         storage_stats: None,
     })
 }
@@ -98,12 +135,12 @@ pub async fn stats(
 ) -> ApiResult<Response> {
     let stream = params.get("stream").is_none_or(|_| flag(&params, "stream"));
     let one_shot = flag(&params, "one-shot");
-    let mut first = sample(&engine, &id, None)?;
+    let mut first = sample(&engine, &id, None).await?;
     if !stream {
         if !one_shot {
             // Without one-shot, Docker samples twice so that the CPU delta is meaningful.
             tokio::time::sleep(Duration::from_secs(1)).await;
-            first = sample(&engine, &id, Some(&first))?;
+            first = sample(&engine, &id, Some(&first)).await?;
         }
         let mut body = serde_json::to_vec(&first).unwrap_or_default();
         body.push(b'\n');
@@ -118,7 +155,7 @@ pub async fn stats(
             let current = if first {
                 previous.clone()?
             } else {
-                sample(&engine, &id, previous.as_ref()).ok()?
+                sample(&engine, &id, previous.as_ref()).await.ok()?
             };
             let mut line = serde_json::to_vec(&current).ok()?;
             line.push(b'\n');

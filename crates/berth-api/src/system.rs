@@ -190,6 +190,16 @@ pub async fn plugins_list() -> axum::Json<Vec<serde_json::Value>> {
     axum::Json(Vec::new())
 }
 
+/// `GET /plugins/{name}/json`: there are none (a 404, so that `docker inspect NAME`
+/// goes on to say "No such object").
+pub async fn plugin_not_found(axum::extract::Path(rest): axum::extract::Path<String>) -> ApiError {
+    let name = rest.strip_suffix("/json").unwrap_or(&rest);
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("plugin \"{name}\" not found"),
+    )
+}
+
 /// Any other `/plugins/...` request.
 pub async fn plugins_unavailable() -> ApiError {
     ApiError::new(

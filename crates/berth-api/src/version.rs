@@ -33,6 +33,14 @@ impl ApiVersion {
     }
 }
 
+/// Image summaries and inspect answers before API 1.44 also carry `VirtualSize` (the
+/// same as `Size`).
+pub fn older_image_shape(version: ApiVersion, image: &mut serde_json::Value) {
+    if version < ApiVersion(1, 44) {
+        image["VirtualSize"] = image["Size"].clone();
+    }
+}
+
 /// Splits `/v1.NN/rest` into the version and `/rest`.
 pub fn split_version(path: &str) -> Option<(ApiVersion, &str)> {
     let rest = path.strip_prefix("/v")?;

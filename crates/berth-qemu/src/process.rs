@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use berth_vm::{NicSpec, VmControl, VmError, VmExit};
+use berth_vm::{BlockStats, NicSpec, VmControl, VmError, VmExit};
 use tokio::process::Command;
 use tokio::sync::watch;
 
@@ -192,6 +192,23 @@ impl VmControl for QemuControl {
             .execute("migrate", Some(serde_json::json!({ "uri": uri })))
             .await?;
         monitor.wait_for_migration(Duration::from_secs(60)).await
+    }
+
+    async fn block_stats(&self) -> Result<BlockStats, VmError> {
+        let reply = QmpClient::connect(&self.qmp_socket)
+            .await?
+            .execute("query-blockstats", None)
+            .await?;
+        let mut total = BlockStats::default();
+        for device in reply.as_array().into_iter().flatten() {
+            let stats = &device["stats"];
+            let number = |key: &str| stats[key].as_u64().unwrap_or(0);
+            total.read_bytes += number("rd_bytes");
+            total.write_bytes += number("wr_bytes");
+            total.read_operations += number("rd_operations");
+            total.write_operations += number("wr_operations");
+        }
+        Ok(total)
     }
 
     async fn add_nic(&self, nic: &NicSpec) -> Result<(), VmError> {

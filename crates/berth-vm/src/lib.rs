@@ -42,6 +42,15 @@ pub struct VmSpec {
     pub netns: Option<PathBuf>,
 }
 
+/// Disk I/O of a VM, all its disks together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BlockStats {
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub read_operations: u64,
+    pub write_operations: u64,
+}
+
 /// A virtio-net card backed by a tap device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NicSpec {
@@ -152,6 +161,8 @@ pub trait VmControl: Send + Sync {
     /// Pauses the VM and writes its device and CPU state to `state_file`; RAM stays in
     /// the VM's [`MemoryBacking::SharedFile`]. The VM stays paused.
     async fn snapshot(&self, state_file: &std::path::Path) -> Result<(), VmError>;
+    /// Bytes and requests the VM's disks have read and written.
+    async fn block_stats(&self) -> Result<BlockStats, VmError>;
     /// Hot-plugs a NIC into the running VM.
     async fn add_nic(&self, nic: &NicSpec) -> Result<(), VmError>;
     /// Unplugs a NIC (the guest has let go of it) and closes its tap.

@@ -344,3 +344,49 @@ fn sizes_and_endpoints_berth_does_not_offer() {
     let (status, _) = daemon.request("GET", "/tasks", None).unwrap();
     assert_eq!(status, 503);
 }
+
+#[test]
+fn stats_show_network_and_disk_io() {
+    let daemon = shared();
+    let id = daemon.docker_ok(&[
+        "run", "-d", "busybox", "sh", "-c",
+        "ping -c 3 -i 0.2 $(ip route | awk '/default/ {print $3}'); dd if=/dev/zero of=/written bs=64k count=32; sync; sleep 300",
+    ]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let io = daemon.docker_ok(&[
+            "stats",
+            "--no-stream",
+            "--format",
+            "{{.NetIO}}|{{.BlockIO}}",
+            &id,
+        ]);
+        let (net, block) = io.split_once('|').unwrap();
+        let (_, written) = block.split_once(" / ").unwrap();
+        if !net.starts_with("0B") && !net.ends_with(" 0B") && written.trim() != "0B" {
+            // 32 x 64 KiB written: at least 2 MB on the VM's disk.
+            assert!(written.contains("MB") || written.contains("GB"), "{io}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no I/O seen: {io}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    daemon.docker_ok(&["rm", "-f", &id]);
+}
+
+#[test]
+fn older_api_versions_get_their_shapes() {
+    let daemon = shared();
+    let (status, old) = daemon.request("GET", "/v1.41/images/json", None).unwrap();
+    assert_eq!(status, 200);
+    let old: serde_json::Value = serde_json::from_slice(&old).unwrap();
+    assert!(old[0].get("VirtualSize").is_some(), "{old}");
+    let (_, new) = daemon.request("GET", "/v1.53/images/json", None).unwrap();
+    let new: serde_json::Value = serde_json::from_slice(&new).unwrap();
+    assert!(new[0].get("VirtualSize").is_none(), "{new}");
+    let (_, inspect) = daemon
+        .request("GET", "/v1.43/images/busybox/json", None)
+        .unwrap();
+    let inspect: serde_json::Value = serde_json::from_slice(&inspect).unwrap();
+    assert!(inspect.get("ContainerConfig").is_some() && inspect.get("VirtualSize").is_some());
+}
