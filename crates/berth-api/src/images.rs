@@ -1,7 +1,7 @@
 //! `/images/...` endpoints.
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::Extension;
 
 use crate::version::ApiVersion;
@@ -64,10 +64,48 @@ pub async fn load(State(engine): State<AppState>, body: Body) -> ApiResult<Respo
 pub async fn list(
     State(engine): State<AppState>,
     Extension(version): Extension<ApiVersion>,
+    Query(params): Query<std::collections::HashMap<String, String>>,
 ) -> ApiResult<Response> {
+    let filters = crate::filters::Filters::parse(params.get("filters"))?;
+    filters.only(&["dangling", "label", "reference", "before", "since"])?;
     let usage = engine.image_usage();
     let mut images = engine.list_images()?;
     images.sort_by_key(|image| std::cmp::Reverse(image.loaded_at));
+    let loaded_at = |reference: &str| engine.resolve_image(reference).ok().map(|i| i.loaded_at);
+    let before: Vec<i64> = filters
+        .0
+        .get("before")
+        .into_iter()
+        .flatten()
+        .filter_map(|r| loaded_at(r))
+        .collect();
+    let since: Vec<i64> = filters
+        .0
+        .get("since")
+        .into_iter()
+        .flatten()
+        .filter_map(|r| loaded_at(r))
+        .collect();
+    images.retain(|image| {
+        let labels: std::collections::HashMap<String, String> = image
+            .config
+            .config()
+            .as_ref()
+            .and_then(|c| c.labels().clone())
+            .map(|l| l.into_iter().collect())
+            .unwrap_or_default();
+        filters.allows("dangling", |v| {
+            matches!(v, "true" | "1") == image.repo_tags.is_empty()
+        }) && filters.allows("label", |v| crate::filters::label_matches(&labels, v))
+            && filters.allows("reference", |pattern| {
+                image
+                    .repo_tags
+                    .iter()
+                    .any(|tag| reference_matches(pattern, tag))
+            })
+            && before.iter().all(|t| image.loaded_at < *t)
+            && since.iter().all(|t| image.loaded_at > *t)
+    });
     let mut summaries = serde_json::to_value(
         images
             .iter()
@@ -81,12 +119,34 @@ pub async fn list(
     Ok(Json(summaries).into_response())
 }
 
+/// Docker's `reference` filter: a glob over `name[:tag]` (`busybox`, `tagged/*:v1`); a
+/// pattern without a tag matches any tag.
+fn reference_matches(pattern: &str, tag: &str) -> bool {
+    fn glob(pattern: &[u8], text: &[u8]) -> bool {
+        match (pattern.first(), text.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => {
+                glob(&pattern[1..], text)
+                    || (!text.is_empty() && text[0] != b'/' && glob(pattern, &text[1..]))
+            }
+            (Some(p), Some(t)) if *p == b'?' || p == t => glob(&pattern[1..], &text[1..]),
+            _ => false,
+        }
+    }
+    let (name, _) = tag.rsplit_once(':').unwrap_or((tag, ""));
+    glob(pattern.as_bytes(), tag.as_bytes())
+        || (!pattern.contains(':') && glob(pattern.as_bytes(), name.as_bytes()))
+}
+
 /// `GET /images/{name}/json` (names contain slashes, so the route takes the rest).
 pub async fn by_name(
     State(engine): State<AppState>,
     Extension(version): Extension<ApiVersion>,
     Path(rest): Path<String>,
 ) -> ApiResult<Response> {
+    if let Some(name) = rest.strip_suffix("/history") {
+        return history(&engine, name).await;
+    }
     if let Some(name) = rest.strip_suffix("/json") {
         let image = engine.resolve_image(name)?;
         let mut value = serde_json::to_value(convert::image_inspect(&image))
@@ -102,10 +162,101 @@ pub async fn by_name(
     Err(ApiError::new(StatusCode::NOT_FOUND, "page not found"))
 }
 
+/// `GET /images/{name}/history`, `POST /images/{name}/tag`, `DELETE /images/{name}`:
+/// image names contain slashes, so these routes take the rest of the path.
+pub async fn history(engine: &AppState, name: &str) -> ApiResult<Response> {
+    let entries: Vec<serde_json::Value> = engine
+        .image_history(name)?
+        .into_iter()
+        .map(|e| {
+            json!({
+                "Id": e.id, "Created": e.created, "CreatedBy": e.created_by,
+                "Tags": if e.tags.is_empty() { serde_json::Value::Null } else { json!(e.tags) },
+                "Size": e.size, "Comment": e.comment,
+            })
+        })
+        .collect();
+    Ok(Json(entries).into_response())
+}
+
+/// `POST /images/{name}/tag?repo=&tag=`.
+pub async fn post_by_name(
+    State(engine): State<AppState>,
+    Path(rest): Path<String>,
+    Query(params): Query<std::collections::HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let Some(name) = rest.strip_suffix("/tag") else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "page not found"));
+    };
+    let repo = params
+        .get("repo")
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| ApiError::bad_request("repository name (repo) is required"))?;
+    engine.tag_image(name, repo, params.get("tag").map(String::as_str))?;
+    Ok(StatusCode::CREATED.into_response())
+}
+
+fn removals(steps: Vec<berth_engine::images::Removal>) -> Vec<serde_json::Value> {
+    steps
+        .into_iter()
+        .map(|step| match step {
+            berth_engine::images::Removal::Untagged(name) => json!({ "Untagged": name }),
+            berth_engine::images::Removal::Deleted(id) => json!({ "Deleted": id }),
+        })
+        .collect()
+}
+
+/// `DELETE /images/{name}?force=`.
+pub async fn remove(
+    State(engine): State<AppState>,
+    Path(name): Path<String>,
+    Query(params): Query<std::collections::HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let force = crate::containers::flag(&params, "force");
+    let steps = engine.remove_image(&name, force)?;
+    Ok(Json(removals(steps)).into_response())
+}
+
+/// `POST /images/prune` (filter `dangling=false` prunes every unused image).
+pub async fn prune(
+    State(engine): State<AppState>,
+    Query(params): Query<std::collections::HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let filters = crate::filters::Filters::parse(params.get("filters"))?;
+    filters.only(&["dangling"])?;
+    let all = filters
+        .0
+        .get("dangling")
+        .is_some_and(|values| values.iter().any(|v| v == "false" || v == "0"));
+    let (steps, reclaimed) = engine.prune_images(all)?;
+    Ok(
+        Json(json!({ "ImagesDeleted": removals(steps), "SpaceReclaimed": reclaimed }))
+            .into_response(),
+    )
+}
+
 /// `POST /images/create` (pull): no registry client yet.
 pub async fn pull() -> ApiError {
     ApiError::new(
         StatusCode::NOT_IMPLEMENTED,
         "Berth cannot pull images from registries yet: make an archive with `docker save` or `skopeo copy ... docker-archive:` and run `docker load -i FILE`",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_patterns_match_as_dockers_do() {
+        assert!(reference_matches("busybox", "busybox:latest"));
+        assert!(reference_matches("busybox:latest", "busybox:latest"));
+        assert!(!reference_matches("busybox:1", "busybox:latest"));
+        assert!(reference_matches("tagged/*", "tagged/one:v1"));
+        assert!(
+            !reference_matches("tagged*", "tagged/one:v1"),
+            "* does not cross /"
+        );
+        assert!(reference_matches("*:v?", "alpine:v1"));
+    }
 }

@@ -45,7 +45,13 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/images/load", post(images::load))
         .route("/images/json", get(images::list))
         .route("/images/create", post(images::pull))
-        .route("/images/{*rest}", get(images::by_name))
+        .route("/images/prune", post(images::prune))
+        .route(
+            "/images/{*rest}",
+            get(images::by_name)
+                .post(images::post_by_name)
+                .delete(images::remove),
+        )
         .route("/containers/create", post(containers::create))
         .route("/containers/json", get(containers::list))
         .route("/containers/prune", post(manage::prune))

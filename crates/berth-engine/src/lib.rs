@@ -25,6 +25,7 @@ pub mod events;
 pub mod exec;
 mod guest_config;
 pub mod health;
+pub mod images;
 pub mod io_stats;
 mod lifecycle;
 mod manage;

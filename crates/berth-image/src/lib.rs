@@ -26,6 +26,7 @@ pub mod error;
 mod ext4;
 mod flatten;
 pub mod reference;
+mod remove;
 pub mod store;
 
 pub use error::ImageError;

@@ -53,9 +53,9 @@ use crate::flatten;
 use crate::reference;
 
 /// Image id → JSON [`ImageRecord`].
-const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
+pub(crate) const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 /// Canonical reference → image id.
-const TAGS: TableDefinition<&str, &str> = TableDefinition::new("tags");
+pub(crate) const TAGS: TableDefinition<&str, &str> = TableDefinition::new("tags");
 
 /// An image known to the store.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,8 +87,8 @@ pub struct LoadedImage {
 /// The image store. Cheap to share behind an `Arc`; all methods take `&self` and are
 /// safe to call from several threads (they block: call them off async executors).
 pub struct ImageStore {
-    root: PathBuf,
-    db: Arc<Database>,
+    pub(crate) root: PathBuf,
+    pub(crate) db: Arc<Database>,
     /// One lock per image id, held while that image's rootfs is being built.
     builds: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
@@ -155,7 +155,7 @@ impl ImageStore {
         Ok(store)
     }
 
-    fn blobs_dir(&self) -> PathBuf {
+    pub(crate) fn blobs_dir(&self) -> PathBuf {
         self.root.join("blobs").join("sha256")
     }
 

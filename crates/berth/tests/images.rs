@@ -70,3 +70,84 @@ fn unknown_image_cannot_be_run() {
         stderr(&output)
     );
 }
+
+/// An image of its own for these tests (other tests use busybox): busybox's layer
+/// with one more file, so it has its own id, and a history.
+fn own_image(tag: &str, marker: &str) {
+    let daemon = shared();
+    let archive = scratch().join(format!("{marker}.tar"));
+    let mut extra = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(marker.len() as u64);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    extra
+        .append_data(&mut header, "marker", marker.as_bytes())
+        .unwrap();
+    common::write_archive_with(
+        &archive,
+        tag,
+        &[common::busybox_layer(), extra.into_inner().unwrap()],
+        &["cat", "/marker"],
+        serde_json::json!({}),
+    );
+    daemon.docker_ok(&["load", "-i", archive.to_str().unwrap()]);
+}
+
+#[test]
+fn tag_rmi_history_and_prune_follow_docker() {
+    let daemon = shared();
+    own_image("tagged/one:v1", "rmi-marker");
+    let id = daemon.docker_ok(&["image", "inspect", "-f", "{{.Id}}", "tagged/one:v1"]);
+    daemon.docker_ok(&["tag", "tagged/one:v1", "tagged/two:latest"]);
+    let tags = daemon.docker_ok(&["image", "inspect", "-f", "{{json .RepoTags}}", &id]);
+    assert!(
+        tags.contains("tagged/one:v1") && tags.contains("tagged/two:latest"),
+        "{tags}"
+    );
+    let history = daemon.docker_ok(&["history", "--format", "{{.ID}} {{.Size}}", "tagged/two"]);
+    assert!(
+        history.lines().next().unwrap().starts_with(&id[7..19]),
+        "{history}"
+    );
+
+    // By id, with two names: refused unless forced.
+    let refused = daemon.docker(&["rmi", &id[7..19]]);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("referenced in multiple repositories"));
+    // By name, with two names: only that name goes.
+    assert_eq!(
+        daemon.docker_ok(&["rmi", "tagged/two"]),
+        "Untagged: tagged/two:latest"
+    );
+    // In use by a container: refused, then untagged only with -f (the container keeps it).
+    let user = daemon.docker_ok(&["create", "tagged/one:v1"]);
+    let in_use = daemon.docker(&["rmi", "tagged/one:v1"]);
+    assert!(!in_use.status.success());
+    assert!(stderr(&in_use).contains("is using its referenced image"));
+    assert_eq!(
+        daemon.docker_ok(&["rmi", "-f", "tagged/one:v1"]),
+        "Untagged: tagged/one:v1"
+    );
+    assert_eq!(daemon.docker_ok(&["start", "-a", &user]), "rmi-marker");
+    // Dangling and unused once the container goes: prune deletes it and its files.
+    daemon.docker_ok(&["rm", &user]);
+    let dangling = daemon.docker_ok(&["images", "-q", "--no-trunc", "--filter", "dangling=true"]);
+    assert!(dangling.contains(&id), "{dangling}");
+    let pruned = daemon.docker_ok(&["image", "prune", "-f"]);
+    assert!(pruned.contains(&id), "{pruned}");
+    assert!(!daemon.docker(&["image", "inspect", &id]).status.success());
+    let blob = daemon.root.join("images/blobs/sha256").join(&id[7..]);
+    assert!(!blob.exists(), "the config blob is left");
+    // busybox, which other containers use, is still there.
+    daemon.docker_ok(&["image", "inspect", "busybox"]);
+
+    // A plain rmi of an unused image deletes it.
+    own_image("tagged/three:v1", "rmi-three");
+    let removed = daemon.docker_ok(&["rmi", "tagged/three:v1"]);
+    assert!(
+        removed.starts_with("Untagged: tagged/three:v1\nDeleted: sha256:"),
+        "{removed}"
+    );
+}

@@ -19,7 +19,7 @@ struct Outside {
 
 impl Outside {
     fn start() -> Outside {
-        let name = format!("berth-test-outside-{}", std::process::id());
+        let name = format!("berth-test-{}-outside", std::process::id());
         let host_link = format!("bto{}", std::process::id() % 100_000);
         let ip = |args: &[&str]| {
             let output = Command::new("ip").args(args).output().unwrap();

@@ -41,8 +41,11 @@ impl Daemon {
             .append(true)
             .open(root.with_extension("log"))
             .unwrap();
+        // The test process's pid is in the name: namespaces of processes that are gone
+        // are cleared by the next test binary (see `remove_stale_namespaces`).
         let netns = format!(
-            "berth-test-{}",
+            "berth-test-{}-{}",
+            std::process::id(),
             &hex::encode(Sha256::digest(root.display().to_string().as_bytes()))[..12]
         );
         let mut command = Command::new(BERTH);
@@ -237,15 +240,24 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Test binaries run one after another: namespaces of test daemons from earlier
-/// binaries (the shared daemon is never dropped) are deleted when the next one starts.
+/// Namespaces of test daemons whose test process is gone (the shared daemon is never
+/// dropped) are deleted when the next test binary starts; those of running test
+/// processes (another test run on the same machine) are left alone.
 fn remove_stale_namespaces() {
     let Ok(entries) = std::fs::read_dir("/run/netns") else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("berth-test-") {
+        let Some(rest) = name.strip_prefix("berth-test-") else {
+            continue;
+        };
+        let owner = rest
+            .split('-')
+            .next()
+            .and_then(|pid| pid.parse::<u32>().ok());
+        let alive = owner.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
             let _ = Command::new("ip").args(["netns", "delete", &name]).output();
         }
     }

@@ -1,0 +1,221 @@
+//! Image verbs over the image store: `tag`, `rmi`, `image prune` and `history`, with
+//! Docker's rules for images that containers use.
+
+use std::collections::HashMap;
+
+use crate::error::EngineError;
+use crate::Engine;
+
+/// One step of a removal, as `docker rmi` prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    Untagged(String),
+    Deleted(String),
+}
+
+/// One entry of `docker history`, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub id: String,
+    pub created: i64,
+    pub created_by: String,
+    pub tags: Vec<String>,
+    pub size: u64,
+    pub comment: String,
+}
+
+fn short(id: &str) -> &str {
+    let hex = id.strip_prefix("sha256:").unwrap_or(id);
+    &hex[..12.min(hex.len())]
+}
+
+impl Engine {
+    /// `POST /images/{name}/tag?repo=&tag=`.
+    pub fn tag_image(
+        &self,
+        source: &str,
+        repo: &str,
+        tag: Option<&str>,
+    ) -> Result<String, EngineError> {
+        let image = self.images.resolve(source)?;
+        let target = match tag.filter(|t| !t.is_empty()) {
+            Some(tag) => format!("{repo}:{tag}"),
+            None => repo.to_owned(),
+        };
+        let shown = self.images.tag(&image.id, &target)?;
+        self.events.emit(
+            "image",
+            "tag",
+            &image.id,
+            HashMap::from([("name".to_owned(), shown.clone())]),
+        );
+        Ok(shown)
+    }
+
+    /// `DELETE /images/{name}`: untags, and deletes the image once nothing names or
+    /// uses it, as Docker does.
+    pub fn remove_image(&self, reference: &str, force: bool) -> Result<Vec<Removal>, EngineError> {
+        let image = self.images.resolve(reference)?;
+        let users: Vec<_> = self
+            .list_containers()
+            .into_iter()
+            .filter(|c| c.image_id == image.id)
+            .collect();
+        let running = users.iter().find(|c| c.state.status.is_running());
+        let named = berth_image::reference::normalize(reference)
+            .ok()
+            .map(|r| r.familiar())
+            .filter(|name| image.repo_tags.contains(name));
+        let mut steps = Vec::new();
+        let untag = |name: &str, steps: &mut Vec<Removal>| -> Result<(), EngineError> {
+            self.images.untag(name)?;
+            self.events.emit(
+                "image",
+                "untag",
+                &image.id,
+                HashMap::from([("name".to_owned(), name.to_owned())]),
+            );
+            steps.push(Removal::Untagged(name.to_owned()));
+            Ok(())
+        };
+        if let Some(name) = named {
+            if image.repo_tags.len() > 1 {
+                untag(&name, &mut steps)?;
+                return Ok(steps);
+            }
+            if let Some(user) = users.first() {
+                if !force {
+                    return Err(EngineError::Conflict(format!(
+                        "conflict: unable to remove repository reference \"{reference}\" (must force) - container {} is using its referenced image {}",
+                        &user.id[..12],
+                        short(&image.id)
+                    )));
+                }
+                // The container keeps its image, untagged.
+                untag(&name, &mut steps)?;
+                return Ok(steps);
+            }
+        } else {
+            if let Some(user) = running {
+                return Err(EngineError::Conflict(format!(
+                    "conflict: unable to delete {} (cannot be forced) - image is being used by running container {}",
+                    short(&image.id),
+                    &user.id[..12]
+                )));
+            }
+            if let Some(user) = users.first() {
+                if !force {
+                    return Err(EngineError::Conflict(format!(
+                        "conflict: unable to delete {} (must be forced) - image is being used by stopped container {}",
+                        short(&image.id),
+                        &user.id[..12]
+                    )));
+                }
+                for name in &image.repo_tags {
+                    untag(name, &mut steps)?;
+                }
+                return Ok(steps);
+            }
+            if image.repo_tags.len() > 1 && !force {
+                return Err(EngineError::Conflict(format!(
+                    "conflict: unable to delete {} (must be forced) - image is referenced in multiple repositories",
+                    short(&image.id)
+                )));
+            }
+        }
+        for name in self.images.delete(&image.id)? {
+            steps.push(Removal::Untagged(name));
+        }
+        self.events
+            .emit("image", "delete", &image.id, HashMap::new());
+        steps.push(Removal::Deleted(image.id));
+        Ok(steps)
+    }
+
+    /// `POST /images/prune`: deletes images no container uses — only untagged ones
+    /// unless `all`. Returns what was done and the bytes freed.
+    pub fn prune_images(&self, all: bool) -> Result<(Vec<Removal>, u64), EngineError> {
+        let usage = self.image_usage();
+        let mut steps = Vec::new();
+        let before = self.images_disk_usage();
+        for image in self.images.list()? {
+            if usage.contains_key(&image.id) || (!all && !image.repo_tags.is_empty()) {
+                continue;
+            }
+            for name in self.images.delete(&image.id)? {
+                steps.push(Removal::Untagged(name));
+            }
+            self.events
+                .emit("image", "delete", &image.id, HashMap::new());
+            steps.push(Removal::Deleted(image.id));
+        }
+        let after = self.images_disk_usage();
+        Ok((steps, before.saturating_sub(after)))
+    }
+
+    fn images_disk_usage(&self) -> u64 {
+        fn walk(path: &std::path::Path) -> u64 {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::read_dir(path)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|entry| match entry.file_type() {
+                    Ok(kind) if kind.is_dir() => walk(&entry.path()),
+                    _ => entry.metadata().map(|m| m.blocks() * 512).unwrap_or(0),
+                })
+                .sum()
+        }
+        walk(&self.config.root.join("images"))
+    }
+
+    /// `GET /images/{name}/history`.
+    pub fn image_history(&self, reference: &str) -> Result<Vec<HistoryEntry>, EngineError> {
+        let image = self.images.resolve(reference)?;
+        let raw = self.images.raw_config(&image.id)?;
+        let history = raw["history"].as_array().cloned().unwrap_or_default();
+        let layer_sizes: Vec<u64> = image
+            .diff_ids
+            .iter()
+            .map(|d| self.images.layer_size(d))
+            .collect();
+        let mut layers = layer_sizes.into_iter();
+        let mut entries: Vec<HistoryEntry> = history
+            .iter()
+            .map(|entry| {
+                let empty = entry["empty_layer"].as_bool().unwrap_or(false);
+                HistoryEntry {
+                    id: "<missing>".into(),
+                    created: entry["created"]
+                        .as_str()
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                        .map(|t| t.timestamp())
+                        .unwrap_or(0),
+                    created_by: entry["created_by"].as_str().unwrap_or("").to_owned(),
+                    tags: Vec::new(),
+                    size: if empty { 0 } else { layers.next().unwrap_or(0) },
+                    comment: entry["comment"].as_str().unwrap_or("").to_owned(),
+                }
+            })
+            .collect();
+        if entries.is_empty() {
+            // An image without history: one entry per layer.
+            entries = layers
+                .map(|size| HistoryEntry {
+                    id: "<missing>".into(),
+                    created: 0,
+                    created_by: String::new(),
+                    tags: Vec::new(),
+                    size,
+                    comment: String::new(),
+                })
+                .collect();
+        }
+        entries.reverse();
+        if let Some(top) = entries.first_mut() {
+            top.id = image.id.clone();
+            top.tags = image.repo_tags.clone();
+        }
+        Ok(entries)
+    }
+}
