@@ -147,6 +147,9 @@ pub async fn by_name(
     if let Some(name) = rest.strip_suffix("/history") {
         return history(&engine, name).await;
     }
+    if let Some(name) = rest.strip_suffix("/get") {
+        return save(&engine, vec![name.to_owned()]).await;
+    }
     if let Some(name) = rest.strip_suffix("/json") {
         let image = engine.resolve_image(name)?;
         let mut value = serde_json::to_value(convert::image_inspect(&image))
@@ -177,6 +180,106 @@ pub async fn history(engine: &AppState, name: &str) -> ApiResult<Response> {
         })
         .collect();
     Ok(Json(entries).into_response())
+}
+
+/// `GET /images/get?names=...` and `GET /images/{name}/get`: a `docker save` archive,
+/// written to a spool file under the daemon's root, then streamed.
+pub async fn save(engine: &AppState, names: Vec<String>) -> ApiResult<Response> {
+    if names.is_empty() {
+        return Err(ApiError::bad_request("no image names given"));
+    }
+    let spool_dir = engine.root().join("tmp");
+    tokio::fs::create_dir_all(&spool_dir)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let spool = tempfile::NamedTempFile::new_in(&spool_dir)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    engine
+        .save_images(names, spool.path().to_path_buf())
+        .await?;
+    // Open it before the name goes: the stream reads the unlinked file.
+    let file = tokio::fs::File::open(spool.path())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    drop(spool);
+    let stream = tokio_util::io::ReaderStream::new(file);
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-tar")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// `GET /images/get?names=a&names=b`.
+pub async fn save_many(
+    State(engine): State<AppState>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> ApiResult<Response> {
+    let names: Vec<String> = query
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(key, _)| *key == "names")
+        .filter_map(|(_, value)| percent_decode(value))
+        .collect();
+    save(&engine, names).await
+}
+
+/// Decodes `%XX` escapes and `+` in a query value.
+fn percent_decode(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `GET /system/df`: images (with how many containers use each), containers (with the
+/// size of their own disks), no volumes and no build cache.
+pub async fn system_df(State(engine): State<AppState>) -> ApiResult<Response> {
+    let usage = engine.image_usage();
+    let images = engine.list_images()?;
+    let layers_size: u64 = images.iter().map(|i| i.size).sum();
+    let image_rows: Vec<_> = images
+        .iter()
+        .map(|i| convert::image_summary(i, usage.get(&i.id).copied().unwrap_or(0)))
+        .collect();
+    let networks = engine.networks().list();
+    let containers: Vec<_> = engine
+        .list_containers()
+        .iter()
+        .map(|record| {
+            let mut summary = convert::container_summary(record, &networks);
+            let size = engine.container_disk_usage(&record.id) as i64;
+            summary.size_rw = Some(size);
+            summary.size_root_fs = Some(size);
+            summary
+        })
+        .collect();
+    Ok(Json(json!({
+        "LayersSize": layers_size,
+        "Images": image_rows,
+        "Containers": containers,
+        "Volumes": [],
+        "BuildCache": [],
+    }))
+    .into_response())
 }
 
 /// `POST /images/{name}/tag?repo=&tag=`.

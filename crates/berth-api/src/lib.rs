@@ -46,6 +46,8 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/images/json", get(images::list))
         .route("/images/create", post(images::pull))
         .route("/images/prune", post(images::prune))
+        .route("/images/get", get(images::save_many))
+        .route("/system/df", get(images::system_df))
         .route(
             "/images/{*rest}",
             get(images::by_name)

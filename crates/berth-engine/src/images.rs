@@ -169,6 +169,33 @@ impl Engine {
         walk(&self.config.root.join("images"))
     }
 
+    /// `docker save`: writes the named images as one archive at `out`.
+    pub async fn save_images(
+        self: &std::sync::Arc<Self>,
+        names: Vec<String>,
+        out: std::path::PathBuf,
+    ) -> Result<(), EngineError> {
+        let mut images = Vec::new();
+        for name in &names {
+            let image = self.images.resolve(name)?;
+            let tag = berth_image::reference::normalize(name)
+                .ok()
+                .map(|r| r.familiar())
+                .filter(|tag| image.repo_tags.contains(tag));
+            images.push((image, tag.into_iter().collect::<Vec<_>>()));
+        }
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::create(&out).map_err(EngineError::io(&out))?;
+            engine
+                .images
+                .save_docker_archive(&images, std::io::BufWriter::new(file))
+                .map_err(EngineError::from)
+        })
+        .await
+        .map_err(|e| EngineError::Agent(format!("saving images panicked: {e}")))?
+    }
+
     /// `GET /images/{name}/history`.
     pub fn image_history(&self, reference: &str) -> Result<Vec<HistoryEntry>, EngineError> {
         let image = self.images.resolve(reference)?;

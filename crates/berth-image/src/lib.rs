@@ -27,6 +27,7 @@ mod ext4;
 mod flatten;
 pub mod reference;
 mod remove;
+mod save;
 pub mod store;
 
 pub use error::ImageError;

@@ -151,3 +151,72 @@ fn tag_rmi_history_and_prune_follow_docker() {
         "{removed}"
     );
 }
+
+#[test]
+fn save_and_load_round_trip_several_images() {
+    let daemon = shared();
+    own_image("saved/first:v1", "saved-first");
+    own_image("saved/second:v2", "saved-second");
+    let archive = scratch().join("saved.tar");
+    let _ = std::fs::remove_file(&archive);
+    daemon.docker_ok(&[
+        "save",
+        "-o",
+        archive.to_str().unwrap(),
+        "saved/first:v1",
+        "saved/second:v2",
+    ]);
+    // Another tool reads it.
+    let inspected = Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!(
+            "docker-archive:{}:saved/second:v2",
+            archive.display()
+        ))
+        .output()
+        .expect("skopeo");
+    assert!(
+        inspected.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspected.stderr)
+    );
+    daemon.docker_ok(&["rmi", "saved/first:v1", "saved/second:v2"]);
+    assert!(!daemon
+        .docker(&["image", "inspect", "saved/first:v1"])
+        .status
+        .success());
+    let loaded = daemon.docker_ok(&["load", "-i", archive.to_str().unwrap()]);
+    assert!(
+        loaded.contains("saved/first:v1") && loaded.contains("saved/second:v2"),
+        "{loaded}"
+    );
+    assert_eq!(
+        daemon.docker_ok(&["run", "--rm", "saved/second:v2"]),
+        "saved-second"
+    );
+    daemon.docker_ok(&["rmi", "saved/first:v1", "saved/second:v2"]);
+}
+
+#[test]
+fn system_df_counts_images_and_containers() {
+    let daemon = shared();
+    let id = daemon.docker_ok(&["create", "busybox", "true"]);
+    let df = daemon.docker_ok(&[
+        "system",
+        "df",
+        "--format",
+        "{{.Type}} {{.TotalCount}} {{.Active}}",
+    ]);
+    let images = df.lines().find(|l| l.starts_with("Images")).unwrap();
+    let total: u32 = images.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(total >= 1, "{df}");
+    let containers = df.lines().find(|l| l.starts_with("Containers")).unwrap();
+    let count: u32 = containers
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(count >= 1, "{df}");
+    daemon.docker_ok(&["rm", &id]);
+}
