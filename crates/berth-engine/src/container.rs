@@ -145,6 +145,19 @@ impl ContainerRecord {
     }
 }
 
+/// A record as an old daemon stored it (no network fields), for unit tests elsewhere.
+#[cfg(test)]
+pub(crate) fn test_record(config: serde_json::Value) -> ContainerRecord {
+    serde_json::from_value(serde_json::json!({
+        "id": "a".repeat(64), "name": "x", "created": "", "image_ref": "", "image_id": "",
+        "config": config, "host_config": {}, "path": "sh", "args": [],
+        "state": {"status": "created", "pid": 0, "exit_code": 0, "error": "",
+                  "started_at": "", "finished_at": "", "oom_killed": false},
+        "restart_count": 0
+    }))
+    .expect("a valid record")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

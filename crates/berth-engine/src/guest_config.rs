@@ -86,14 +86,7 @@ mod tests {
     use bollard_stubs::models::HostConfig;
 
     fn record(host: HostConfig) -> ContainerRecord {
-        let mut record: ContainerRecord = serde_json::from_value(serde_json::json!({
-            "id": "a".repeat(64), "name": "x", "created": "", "image_ref": "", "image_id": "",
-            "config": {}, "host_config": {}, "path": "sh", "args": [],
-            "state": {"status": "created", "pid": 0, "exit_code": 0, "error": "",
-                      "started_at": "", "finished_at": "", "oom_killed": false},
-            "restart_count": 0
-        }))
-        .unwrap();
+        let mut record: ContainerRecord = crate::container::test_record(serde_json::json!({}));
         record.host_config = host;
         record
     }

@@ -70,6 +70,14 @@ pub enum AgentEvent {
 }
 
 impl AgentReader {
+    fn new(reader: OwnedReadHalf) -> Self {
+        Self {
+            reader,
+            decoder: FrameDecoder::new(),
+            buffer: vec![0u8; 64 * 1024],
+        }
+    }
+
     /// The next event; `Ok(None)` when the agent closed the channel.
     pub async fn next_event(&mut self) -> Result<Option<AgentEvent>, EngineError> {
         loop {
@@ -152,11 +160,7 @@ pub async fn reattach(
     let session = AgentSession {
         writer: Mutex::new(writer),
     };
-    let mut reader = AgentReader {
-        reader,
-        decoder: FrameDecoder::new(),
-        buffer: vec![0u8; 64 * 1024],
-    };
+    let mut reader = AgentReader::new(reader);
     session.send(AGENT_STREAM, &HostMessage::Reattach).await?;
     let resync = async {
         let mut seen: Vec<u8> = Vec::new();
@@ -217,11 +221,7 @@ pub async fn handshake(
     timeout: Duration,
 ) -> Result<(AgentSession, AgentReader, String), EngineError> {
     let (reader, writer) = stream.into_split();
-    let mut reader = AgentReader {
-        reader,
-        decoder: FrameDecoder::new(),
-        buffer: vec![0u8; 64 * 1024],
-    };
+    let mut reader = AgentReader::new(reader);
     match reader.expect_message(AGENT_STREAM, timeout, "waiting for the VM to boot").await? {
         GuestMessage::Hello { protocol, kernel } if protocol == PROTOCOL_VERSION => {
             Ok((AgentSession { writer: Mutex::new(writer) }, reader, kernel))
@@ -247,11 +247,7 @@ pub async fn rebind(
     let session = AgentSession {
         writer: Mutex::new(writer),
     };
-    let mut reader = AgentReader {
-        reader,
-        decoder: FrameDecoder::new(),
-        buffer: vec![0u8; 64 * 1024],
-    };
+    let mut reader = AgentReader::new(reader);
     session
         .send(AGENT_STREAM, &HostMessage::Rebind(spec))
         .await?;

@@ -76,9 +76,13 @@ pub fn apply(
     bridges: &[BridgeRule],
     uplink: Option<&str>,
 ) -> Result<(), NetError> {
-    let text = ruleset(bridges, uplink);
-    let mut child = namespace
-        .command("nft")
+    load_ruleset(namespace.command("nft"), &ruleset(bridges, uplink))
+}
+
+/// Loads a ruleset with `nft -f -` (atomically: all of it or none); `nft` is a command
+/// already set up to run where the rules belong (Berth's namespace, or the host).
+pub(crate) fn load_ruleset(mut nft: std::process::Command, text: &str) -> Result<(), NetError> {
+    let mut child = nft
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())

@@ -10,9 +10,8 @@
 //! `ip berth-nat-<hash>` masquerading the namespace's link address to whatever address
 //! the host leaves by. Container addresses never appear outside the namespace.
 
-use std::io::Write;
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use crate::netns::{run_checked, Namespace};
 use crate::{NetError, Subnet};
@@ -57,28 +56,7 @@ pub fn host_ruleset(table: &str, uplink: &Uplink) -> String {
 }
 
 fn nft_host(text: &str) -> Result<(), NetError> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| NetError::Io("running nft".into(), e))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(text.as_bytes())
-            .map_err(|e| NetError::Io("writing the nft ruleset".into(), e))?;
-    }
-    let output = child
-        .wait_with_output()
-        .map_err(|e| NetError::Io("running nft".into(), e))?;
-    if !output.status.success() {
-        return Err(NetError::Command {
-            command: "nft -f - (host)".into(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        });
-    }
-    Ok(())
+    crate::firewall::load_ruleset(Command::new("nft"), text)
 }
 
 /// Sets the uplink up (idempotent).

@@ -3,17 +3,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{busybox_layer, scratch, shared, write_archive_with};
-
-fn eventually(what: &str, test: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !test() {
-        assert!(Instant::now() < deadline, "never: {what}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
+use common::{busybox_layer, eventually, scratch, shared, write_archive_with};
 
 #[test]
 fn health_checks_report_failure_and_recovery() {

@@ -5,32 +5,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{busybox_archive, Daemon};
-
-fn http_get(port: u16) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(stream, "GET /hostname HTTP/1.0\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.trim().to_owned())
-}
-
-fn eventually(what: &str, test: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !test() {
-        assert!(Instant::now() < deadline, "never: {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+use common::{busybox_archive, eventually, http_get_once, Daemon};
 
 fn alive(pid: i32) -> bool {
     // SAFETY: kill with signal 0 only checks that the process exists.
@@ -80,7 +57,7 @@ fn containers_outlive_a_killed_daemon_and_are_taken_over() {
         .and_then(|p| p.trim().parse().ok())
         .expect("a published port");
     eventually("the web server answers", || {
-        http_get(port).as_deref() == Some("survivor")
+        http_get_once(port, "/hostname").is_ok_and(|b| b.trim() == "survivor")
     });
     let pid: i32 = daemon
         .docker_ok(&["inspect", "-f", "{{.State.Pid}}", "web"])
@@ -102,7 +79,7 @@ fn containers_outlive_a_killed_daemon_and_are_taken_over() {
     assert_eq!(state, format!("running {pid}"));
     assert_eq!(daemon.docker_ok(&["exec", "web", "hostname"]), "survivor");
     eventually("the published port answers again", || {
-        http_get(port).as_deref() == Some("survivor")
+        http_get_once(port, "/hostname").is_ok_and(|b| b.trim() == "survivor")
     });
     assert_eq!(
         daemon.docker_ok(&[

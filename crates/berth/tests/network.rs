@@ -8,38 +8,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
 
-use common::{busybox_archive, Daemon};
-
-/// `GET path` on 127.0.0.1:port; returns the body. Retries for a while: a container's
-/// server may not listen yet right after `docker run -d` returns (as with Docker).
-fn http_get(port: u16, path: &str) -> String {
-    let mut last_error = None;
-    for _ in 0..50 {
-        match try_http_get(port, path) {
-            Ok(body) if !body.is_empty() => return body,
-            Ok(_) => {}
-            Err(error) => last_error = Some(error),
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("GET {path} on port {port} failed: {last_error:?}");
-}
-
-fn try_http_get(port: u16, path: &str) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    Ok(response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default())
-}
+use common::{busybox_archive, http_get, Daemon};
 
 /// A resolver on 127.0.0.1 that answers every A query with 10.1.2.3 (and every other
 /// query with no records): the upstream the test daemon forwards unknown names to.

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::{busybox_archive, Daemon};
@@ -24,19 +22,6 @@ fn wait_for(daemon: &Daemon, name: &str, format: &str, done: impl Fn(&str) -> bo
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-fn http_get(port: u16) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(stream, "GET /hostname HTTP/1.0\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.trim().to_owned())
 }
 
 #[test]
@@ -169,17 +154,7 @@ fn restart_policies_apply_between_runs_and_across_daemon_restarts() {
         .next()
         .and_then(|p| p.trim().parse().ok())
         .expect("a published port");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let body = loop {
-        if let Some(body) = http_get(port).filter(|b| !b.is_empty()) {
-            break body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the published port never answered"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let body = common::http_get(port, "/hostname").trim().to_owned();
     assert_eq!(body, "kept");
     assert_eq!(
         daemon.docker_ok(&["inspect", "-f", "{{.State.Status}}", "parked"]),

@@ -334,14 +334,7 @@ mod tests {
 
     #[test]
     fn network_mode_default_is_the_bridge_network() {
-        let mut record: ContainerRecord = serde_json::from_value(serde_json::json!({
-            "id": "a".repeat(64), "name": "x", "created": "", "image_ref": "", "image_id": "",
-            "config": {}, "host_config": {}, "path": "sh", "args": [],
-            "state": {"status": "created", "pid": 0, "exit_code": 0, "error": "",
-                      "started_at": "", "finished_at": "", "oom_killed": false},
-            "restart_count": 0
-        }))
-        .unwrap();
+        let mut record: ContainerRecord = crate::container::test_record(serde_json::json!({}));
         assert!(
             record.networks.is_empty(),
             "old records read with no networks"

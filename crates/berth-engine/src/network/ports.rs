@@ -237,15 +237,9 @@ mod tests {
 
     #[test]
     fn publish_all_adds_exposed_ports_without_bindings() {
-        let mut record: ContainerRecord = serde_json::from_value(serde_json::json!({
-            "id": "a".repeat(64), "name": "x", "created": "", "image_ref": "", "image_id": "",
-            "config": {"ExposedPorts": {"80/tcp": {}, "53/udp": {}}}, "host_config": {},
-            "path": "sh", "args": [],
-            "state": {"status": "created", "pid": 0, "exit_code": 0, "error": "",
-                      "started_at": "", "finished_at": "", "oom_killed": false},
-            "restart_count": 0
-        }))
-        .unwrap();
+        let mut record: ContainerRecord = crate::container::test_record(
+            serde_json::json!({"ExposedPorts": {"80/tcp": {}, "53/udp": {}}}),
+        );
         assert!(requested_bindings(&record).unwrap().is_empty());
         record.host_config.publish_all_ports = Some(true);
         record.host_config.port_bindings = Some(

@@ -430,3 +430,41 @@ pub fn stdout(output: &Output) -> String {
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+/// One `GET path` on 127.0.0.1:port (HTTP/1.0); returns the body.
+pub fn http_get_once(port: u16, path: &str) -> std::io::Result<String> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default())
+}
+
+/// `GET path` on 127.0.0.1:port, retried for up to 30 s (a container's server may not
+/// listen yet right after `docker run -d` returns, as with Docker); returns the body.
+pub fn http_get(port: u16, path: &str) -> String {
+    let mut last = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        match http_get_once(port, path) {
+            Ok(body) if !body.is_empty() => return body,
+            Ok(_) => {}
+            Err(error) => last = Some(error),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("GET {path} on port {port} failed: {last:?}");
+}
+
+/// Polls `test` until it holds, for up to 60 s.
+pub fn eventually(what: &str, test: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !test() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
