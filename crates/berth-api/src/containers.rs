@@ -54,7 +54,7 @@ pub async fn list(State(engine): State<AppState>, Query(params): Params) -> ApiR
     let filters = Filters::parse(params.get("filters"))?;
     filters.only(&[
         "id", "name", "label", "status", "exited", "ancestor", "before", "since", "health",
-        "network",
+        "volume", "network",
     ])?;
     let all = flag(&params, "all") || filters.has("status") || filters.has("exited");
     let limit: Option<usize> = params
@@ -106,6 +106,8 @@ pub async fn list(State(engine): State<AppState>, Query(params): Params) -> ApiR
                 .is_none_or(|wanted| wanted.iter().all(|l| label_matches(&labels, l)))
         })
         .filter(|r| !filters.has("ancestor") || ancestors.contains(&r.image_id))
+        // No container has volumes yet: a volume filter matches none.
+        .filter(|_| !filters.has("volume"))
         .filter(|r| {
             filters.allows("health", |v| {
                 let status = r

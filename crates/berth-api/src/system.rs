@@ -138,6 +138,17 @@ pub async fn info(State(engine): State<AppState>) -> Json<SystemInfo> {
                     .clone()
                     .unwrap_or_else(|| "not fetched yet".into()),
             ],
+            vec![
+                "Network namespace".into(),
+                engine.networks().namespace().name().to_owned(),
+            ],
+            vec![
+                "Outbound NAT".into(),
+                match engine.networks().outbound_nat() {
+                    Some((link, subnet)) => format!("on ({link}, {subnet})"),
+                    None => "off".into(),
+                },
+            ],
         ]),
         docker_root_dir: Some(info.root.display().to_string()),
         kernel_version: Some(kernel_release()),

@@ -107,6 +107,9 @@ fn outbound_nat_reaches_out_masqueraded_and_internal_networks_do_not() {
         "an internal network reached out"
     );
 
+    let info = daemon.docker_ok(&["info", "--format", "{{json .DriverStatus}}"]);
+    assert!(info.contains("\"Outbound NAT\",\"on ("), "{info}");
+
     // A clean stop takes the host's side of the NAT away.
     daemon.stop();
     let tables = Command::new("nft")

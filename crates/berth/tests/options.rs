@@ -338,6 +338,16 @@ fn sizes_and_endpoints_berth_does_not_offer() {
     assert!(!listed.is_empty() && listed != "0B", "{listed}");
     daemon.docker_ok(&["rm", &id]);
     assert_eq!(daemon.docker_ok(&["plugin", "ls", "-q"]), "");
+    // No container has volumes yet.
+    assert_eq!(
+        daemon.docker_ok(&["ps", "-a", "-q", "--filter", "volume=data"]),
+        ""
+    );
+    let info = daemon.docker_ok(&["info", "--format", "{{json .DriverStatus}}"]);
+    assert!(
+        info.contains(&format!("[\"Network namespace\",\"{}\"]", daemon.netns)),
+        "{info}"
+    );
     let (status, body) = daemon.request("POST", "/build", Some(b"")).unwrap();
     assert_eq!(status, 501);
     assert!(String::from_utf8_lossy(&body).contains("cannot build images"));
