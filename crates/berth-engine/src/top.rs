@@ -85,10 +85,102 @@ pub fn format(
                 })
                 .collect(),
         )),
-        other => Err(EngineError::NotSupported(format!(
-            "ps options {other:?}: Berth's top shows the columns of `ps -ef` (the default) or `ps aux`"
-        ))),
+        other => match other
+            .strip_prefix("-o ")
+            .or_else(|| other.strip_prefix("o "))
+            .or_else(|| other.strip_prefix("-o"))
+        {
+            Some(list) => columns(list.trim(), processes, boot_time, per_second, mem_total_kib),
+            None => Err(EngineError::NotSupported(format!(
+                "ps options {other:?}: Berth's top shows the columns of `ps -ef` (the default), `ps aux`, or `ps -o FIELD,...`"
+            ))),
+        },
     }
+}
+
+/// `ps -o FIELD,...` with the fields ps knows that Berth can fill in.
+fn columns(
+    list: &str,
+    processes: &[ProcessInfo],
+    boot_time: i64,
+    per_second: u64,
+    mem_total_kib: u64,
+) -> Result<ProcessTable, EngineError> {
+    let fields: Vec<&str> = list
+        .split([',', ' '])
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .collect();
+    let title = |field: &str| -> Result<&'static str, EngineError> {
+        Ok(match field {
+            "pid" => "PID",
+            "ppid" => "PPID",
+            "uid" => "UID",
+            "user" | "euser" => "USER",
+            "comm" | "ucomm" => "COMMAND",
+            "args" | "cmd" | "command" => "COMMAND",
+            "stat" | "s" | "state" => "STAT",
+            "rss" | "rssize" => "RSS",
+            "vsz" | "vsize" => "VSZ",
+            "time" | "cputime" => "TIME",
+            "tty" | "tt" => "TT",
+            "stime" | "start" => "STIME",
+            "%mem" | "pmem" => "%MEM",
+            "%cpu" | "pcpu" => "%CPU",
+            other => {
+                return Err(EngineError::NotSupported(format!(
+                    "ps field {other:?}: Berth's top knows pid, ppid, uid, user, comm, args, stat, rss, vsz, time, tty, stime, %mem, %cpu"
+                )))
+            }
+        })
+    };
+    let titles: Vec<String> = fields
+        .iter()
+        .map(|f| title(f).map(str::to_owned))
+        .collect::<Result<_, _>>()?;
+    if !fields.contains(&"pid") {
+        return Err(EngineError::InvalidArgument(
+            "Couldn't find PID field in ps output".into(),
+        ));
+    }
+    let rows = processes
+        .iter()
+        .map(|p| {
+            fields
+                .iter()
+                .map(|field| match *field {
+                    "pid" => p.pid.to_string(),
+                    "ppid" => p.ppid.to_string(),
+                    "uid" => p.uid.to_string(),
+                    "user" | "euser" => p.user.clone(),
+                    "comm" | "ucomm" => p
+                        .command
+                        .split_whitespace()
+                        .next()
+                        .and_then(|c| c.rsplit('/').next())
+                        .unwrap_or("")
+                        .to_owned(),
+                    "args" | "cmd" | "command" => p.command.clone(),
+                    "stat" | "s" | "state" => p.state.clone(),
+                    "rss" | "rssize" => p.rss_kib.to_string(),
+                    "vsz" | "vsize" => p.vsz_kib.to_string(),
+                    "time" | "cputime" => duration(p.cpu_ticks, per_second),
+                    "tty" | "tt" => p.tty.clone(),
+                    "stime" | "start" => start_time(p, boot_time, per_second),
+                    "%mem" | "pmem" => format!(
+                        "{:.1}",
+                        if mem_total_kib > 0 {
+                            p.rss_kib as f64 * 100.0 / mem_total_kib as f64
+                        } else {
+                            0.0
+                        }
+                    ),
+                    _ => "0.0".to_owned(),
+                })
+                .collect()
+        })
+        .collect();
+    Ok((titles, rows))
 }
 
 impl Engine {
@@ -149,9 +241,21 @@ mod tests {
             rows[0],
             ["root", "7", "1", "0", "00:00", "?", "00:01:01", "sleep 300"]
         );
-        let (titles, rows) = format("aux", &[process], 0, 100, 1000).unwrap();
+        let (titles, rows) = format("aux", std::slice::from_ref(&process), 0, 100, 1000).unwrap();
         assert_eq!(titles.len(), rows[0].len());
         assert_eq!(rows[0][3], "50.0");
-        assert!(format("-o pid", &[], 0, 100, 0).is_err());
+        let (titles, rows) = format(
+            "-o pid,comm,rss",
+            std::slice::from_ref(&process),
+            0,
+            100,
+            1000,
+        )
+        .unwrap();
+        assert_eq!(titles, ["PID", "COMMAND", "RSS"]);
+        assert_eq!(rows[0], ["7", "sleep", "500"]);
+        assert!(format("-o comm", &[], 0, 100, 0).is_err(), "no PID column");
+        assert!(format("-o pid,wchan", &[], 0, 100, 0).is_err());
+        assert!(format("-x", &[], 0, 100, 0).is_err());
     }
 }

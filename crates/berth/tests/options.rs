@@ -245,7 +245,14 @@ fn top_lists_the_containers_processes() {
     );
     let aux = daemon.docker_ok(&["top", &id, "aux"]);
     assert!(aux.lines().next().unwrap().ends_with("COMMAND"), "{aux}");
-    let refused = daemon.docker(&["top", &id, "-o", "pid"]);
+    let custom = daemon.docker_ok(&["top", &id, "-o", "pid,comm"]);
+    let mut rows = custom.lines();
+    assert_eq!(
+        rows.next().unwrap().split_whitespace().collect::<Vec<_>>(),
+        ["PID", "COMMAND"]
+    );
+    assert!(rows.any(|l| l.ends_with("sleep")), "{custom}");
+    let refused = daemon.docker(&["top", &id, "-o", "pid,wchan"]);
     assert!(!refused.status.success());
     daemon.docker_ok(&["rm", "-f", &id]);
 }
