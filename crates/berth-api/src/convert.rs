@@ -330,15 +330,20 @@ fn image_created(image: &ImageRecord) -> Option<String> {
     image.config.created().clone()
 }
 
-/// One row of `GET /images/json`.
-pub fn image_summary(image: &ImageRecord, containers: usize) -> ImageSummary {
-    let labels = image
+/// An image's labels (from its config).
+pub fn image_labels(image: &ImageRecord) -> HashMap<String, String> {
+    image
         .config
         .config()
         .as_ref()
         .and_then(|c| c.labels().clone())
         .map(|l| l.into_iter().collect())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// One row of `GET /images/json`.
+pub fn image_summary(image: &ImageRecord, containers: usize) -> ImageSummary {
+    let labels = image_labels(image);
     ImageSummary {
         id: image.id.clone(),
         parent_id: String::new(),

@@ -71,29 +71,19 @@ pub async fn list(
     let usage = engine.image_usage();
     let mut images = engine.list_images()?;
     images.sort_by_key(|image| std::cmp::Reverse(image.loaded_at));
-    let loaded_at = |reference: &str| engine.resolve_image(reference).ok().map(|i| i.loaded_at);
-    let before: Vec<i64> = filters
-        .0
-        .get("before")
-        .into_iter()
-        .flatten()
-        .filter_map(|r| loaded_at(r))
-        .collect();
-    let since: Vec<i64> = filters
-        .0
-        .get("since")
-        .into_iter()
-        .flatten()
-        .filter_map(|r| loaded_at(r))
-        .collect();
+    // `before` and `since` name images; they select by load time.
+    let loaded_at = |key: &str| -> Vec<i64> {
+        filters
+            .0
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|r| engine.resolve_image(r).ok().map(|i| i.loaded_at))
+            .collect()
+    };
+    let (before, since) = (loaded_at("before"), loaded_at("since"));
     images.retain(|image| {
-        let labels: std::collections::HashMap<String, String> = image
-            .config
-            .config()
-            .as_ref()
-            .and_then(|c| c.labels().clone())
-            .map(|l| l.into_iter().collect())
-            .unwrap_or_default();
+        let labels = convert::image_labels(image);
         filters.allows("dangling", |v| {
             matches!(v, "true" | "1") == image.repo_tags.is_empty()
         }) && filters.allows("label", |v| crate::filters::label_matches(&labels, v))

@@ -138,13 +138,10 @@ pub async fn info(State(engine): State<AppState>) -> Json<SystemInfo> {
                     .clone()
                     .unwrap_or_else(|| "not fetched yet".into()),
             ],
-            vec![
-                "Network namespace".into(),
-                engine.networks().namespace().name().to_owned(),
-            ],
+            vec!["Network namespace".into(), info.netns.clone()],
             vec![
                 "Outbound NAT".into(),
-                match engine.networks().outbound_nat() {
+                match &info.outbound_nat {
                     Some((link, subnet)) => format!("on ({link}, {subnet})"),
                     None => "off".into(),
                 },

@@ -96,6 +96,10 @@ pub struct EngineInfo {
     pub guest_kernel: Option<String>,
     /// Memory of all running container VMs.
     pub vm_memory: berth_vm::ProcessMemory,
+    /// The network namespace that holds container networks.
+    pub netns: String,
+    /// Outbound NAT, when on: the host's end of the uplink and the link subnet.
+    pub outbound_nat: Option<(String, berth_net::Subnet)>,
 }
 
 /// Standard input for a container's process, from attached clients.
@@ -450,6 +454,8 @@ impl Engine {
                 .filter(|r| r.state.status.is_running() && r.state.pid != 0)
                 .filter_map(|r| berth_vm::process_memory(r.state.pid))
                 .fold(berth_vm::ProcessMemory::default(), |total, m| total + m),
+            netns: self.networks.namespace().name().to_owned(),
+            outbound_nat: self.networks.outbound_nat(),
         }
     }
 

@@ -106,14 +106,6 @@ pub(crate) fn load_ruleset(mut nft: std::process::Command, text: &str) -> Result
     Ok(())
 }
 
-/// Removes Berth's table.
-pub fn clear(namespace: &Namespace) {
-    let _ = namespace
-        .command("nft")
-        .args(["delete", "table", "inet", "berth"])
-        .output();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

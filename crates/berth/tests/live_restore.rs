@@ -50,12 +50,7 @@ fn containers_outlive_a_killed_daemon_and_are_taken_over() {
         "-c",
         "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.3; done",
     ]);
-    let port: u16 = daemon
-        .docker_ok(&["port", "web", "80/tcp"])
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.trim().parse().ok())
-        .expect("a published port");
+    let port = common::published_port(&daemon, "web");
     eventually("the web server answers", || {
         http_get_once(port, "/hostname").is_ok_and(|b| b.trim() == "survivor")
     });

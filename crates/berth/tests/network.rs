@@ -10,7 +10,7 @@ mod common;
 
 use std::net::TcpStream;
 
-use common::{busybox_archive, http_get, Daemon};
+use common::{busybox_archive, http_get, published_port, Daemon};
 
 /// A resolver on 127.0.0.1 that answers every A query with 10.1.2.3 (and every other
 /// query with no records): the upstream the test daemon forwards unknown names to.
@@ -58,15 +58,6 @@ impl Drop for FakeResolver {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn published_port(daemon: &Daemon, container: &str) -> u16 {
-    let line = daemon.docker_ok(&["port", container, "80/tcp"]);
-    line.lines()
-        .next()
-        .and_then(|l| l.rsplit(':').next())
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no port in {line:?}"))
 }
 
 #[test]

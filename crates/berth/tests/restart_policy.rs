@@ -148,12 +148,7 @@ fn restart_policies_apply_between_runs_and_across_daemon_restarts() {
     wait_for(&daemon, "looper", "{{.State.Status}}", |v| {
         v == "running" || v == "restarting"
     });
-    let port: u16 = daemon
-        .docker_ok(&["port", "server", "80/tcp"])
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.trim().parse().ok())
-        .expect("a published port");
+    let port = common::published_port(&daemon, "server");
     let body = common::http_get(port, "/hostname").trim().to_owned();
     assert_eq!(body, "kept");
     assert_eq!(

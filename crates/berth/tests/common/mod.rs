@@ -460,6 +460,16 @@ pub fn http_get(port: u16, path: &str) -> String {
     panic!("GET {path} on port {port} failed: {last:?}");
 }
 
+/// The host port `docker port CONTAINER 80/tcp` names.
+pub fn published_port(daemon: &Daemon, container: &str) -> u16 {
+    let line = daemon.docker_ok(&["port", container, "80/tcp"]);
+    line.lines()
+        .next()
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"))
+}
+
 /// Polls `test` until it holds, for up to 60 s.
 pub fn eventually(what: &str, test: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
