@@ -3,7 +3,8 @@
 # e2fsprogs (mkfs.ext4 -d builds root filesystems), busybox-static (the tests' image),
 # skopeo (the tests make archives with it as another tool would), python3-docker (docker-py,
 # a second real Docker API client for the tests), iproute2 and nftables (container networks:
-# bridges, taps and filtering in Berth's own network namespace).
+# bridges, taps and filtering in Berth's own network namespace), docker-registry (the
+# tests pull from and push to a real registry on 127.0.0.1).
 # The guest kernel is not installed: Berth fetches Debian's package into its cache.
 set -euo pipefail
 need=()
@@ -15,6 +16,7 @@ command -v skopeo >/dev/null || need+=(skopeo)
 /usr/bin/python3 -c 'import docker' 2>/dev/null || need+=(python3-docker)
 command -v ip >/dev/null || need+=(iproute2)
 command -v nft >/dev/null || need+=(nftables)
+command -v docker-registry >/dev/null || need+=(docker-registry)
 # Berth resolves and downloads the guest kernel with apt on first use: the package lists
 # must be current then (an old list can name a kernel the archive no longer has).
 cache=${BERTH_CACHE:-/var/cache/berth}
@@ -26,5 +28,11 @@ fi
 if [ ${#need[@]} -gt 0 ]; then
     echo "berth setup: installing ${need[*]}" >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# Installing Debian 12's qemu-system-x86 removes a newer qemu-utils from backports (their
+# versions conflict): bring qemu-img back in the matching version.
+if ! command -v qemu-img >/dev/null; then
+    echo "berth setup: installing qemu-utils" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-utils >/dev/null
 fi
 command -v docker >/dev/null || echo "berth setup: note: the docker CLI is not installed; Berth serves any Docker API client" >&2

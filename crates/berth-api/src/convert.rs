@@ -348,7 +348,7 @@ pub fn image_summary(image: &ImageRecord, containers: usize) -> ImageSummary {
         id: image.id.clone(),
         parent_id: String::new(),
         repo_tags: image.repo_tags.clone(),
-        repo_digests: Vec::new(),
+        repo_digests: image.repo_digests.clone(),
         created: image_created(image)
             .and_then(|t| parse_time(&t))
             .map(|t| t.timestamp())
@@ -379,7 +379,7 @@ pub fn image_inspect(image: &ImageRecord) -> ImageInspect {
     ImageInspect {
         id: Some(image.id.clone()),
         repo_tags: Some(image.repo_tags.clone()),
-        repo_digests: Some(Vec::new()),
+        repo_digests: Some(image.repo_digests.clone()),
         comment: Some(String::new()),
         created: image_created(image),
         author: Some(image.config.author().clone().unwrap_or_default()),

@@ -36,7 +36,9 @@ impl From<EngineError> for ApiError {
             EngineError::NoSuchContainer(_)
             | EngineError::NoSuchImage(_)
             | EngineError::NoSuchExec(_)
-            | EngineError::NoSuchNetwork(_) => StatusCode::NOT_FOUND,
+            | EngineError::NoSuchNetwork(_)
+            | EngineError::NotFound(_) => StatusCode::NOT_FOUND,
+            EngineError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             EngineError::Conflict(_) => StatusCode::CONFLICT,
             EngineError::Forbidden(_) => StatusCode::FORBIDDEN,
             EngineError::InvalidArgument(_) | EngineError::StartFailed(_) => {

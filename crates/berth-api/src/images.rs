@@ -277,7 +277,11 @@ pub async fn post_by_name(
     State(engine): State<AppState>,
     Path(rest): Path<String>,
     Query(params): Query<std::collections::HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
+    if let Some(name) = rest.strip_suffix("/push") {
+        return crate::registry::push(engine, name, &params, &headers).await;
+    }
     let Some(name) = rest.strip_suffix("/tag") else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "page not found"));
     };
@@ -328,12 +332,16 @@ pub async fn prune(
     )
 }
 
-/// `POST /images/create` (pull): no registry client yet.
-pub async fn pull() -> ApiError {
-    ApiError::new(
+/// `POST /images/create?fromSrc=-` (`docker import`): not yet.
+pub async fn import(
+    _engine: AppState,
+    _params: std::collections::HashMap<String, String>,
+    _body: Body,
+) -> ApiResult<Response> {
+    Err(ApiError::new(
         StatusCode::NOT_IMPLEMENTED,
-        "Berth cannot pull images from registries yet: make an archive with `docker save` or `skopeo copy ... docker-archive:` and run `docker load -i FILE`",
-    )
+        "Berth cannot import root filesystem tarballs yet: make an image archive and run `docker load -i FILE`",
+    ))
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod filters;
 pub mod images;
 pub mod manage;
 pub mod networks;
+pub mod registry;
 pub mod stats;
 pub mod streams;
 pub mod system;
@@ -44,7 +45,8 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/info", get(system::info))
         .route("/images/load", post(images::load))
         .route("/images/json", get(images::list))
-        .route("/images/create", post(images::pull))
+        .route("/images/create", post(registry::create))
+        .route("/auth", post(registry::auth))
         .route("/images/prune", post(images::prune))
         .route("/images/get", get(images::save_many))
         .route("/system/df", get(images::system_df))

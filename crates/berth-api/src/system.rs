@@ -5,7 +5,8 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bollard_stubs::models::{
-    Runtime, SystemInfo, SystemVersion, SystemVersionComponents, SystemVersionPlatform,
+    IndexInfo, RegistryServiceConfig, Runtime, SystemInfo, SystemVersion, SystemVersionComponents,
+    SystemVersionPlatform,
 };
 
 use crate::error::ApiError;
@@ -171,6 +172,8 @@ pub async fn info(State(engine): State<AppState>) -> Json<SystemInfo> {
                 runtime("boot each VM from scratch"),
             ),
         ])),
+        registry_config: Some(registry_config(engine.registry_options())),
+        index_server_address: Some("https://index.docker.io/v1/".into()),
         logging_driver: Some("json-file".into()),
         cgroup_driver: Some(bollard_stubs::models::SystemInfoCgroupDriverEnum::NONE),
         cgroup_version: Some(bollard_stubs::models::SystemInfoCgroupVersionEnum::_2),
@@ -221,4 +224,45 @@ pub async fn swarm_unavailable() -> ApiError {
         StatusCode::SERVICE_UNAVAILABLE,
         "This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again.",
     )
+}
+
+/// `RegistryConfig` of `docker info`: what the CLI prints as "Insecure Registries" and
+/// "Registry Mirrors". Loopback is always insecure (plain HTTP), as with dockerd.
+fn registry_config(options: &berth_engine::registry::RegistryOptions) -> RegistryServiceConfig {
+    let mut cidrs = vec!["127.0.0.0/8".to_owned(), "::1/128".to_owned()];
+    let mut index_configs = std::collections::HashMap::new();
+    for entry in &options.insecure {
+        if entry.contains('/') {
+            cidrs.push(entry.clone());
+        } else {
+            index_configs.insert(
+                entry.clone(),
+                IndexInfo {
+                    name: Some(entry.clone()),
+                    mirrors: Some(Vec::new()),
+                    secure: Some(false),
+                    official: Some(false),
+                },
+            );
+        }
+    }
+    let mirrors: Vec<String> = options
+        .mirrors
+        .iter()
+        .map(|m| format!("{}/", m.trim_end_matches('/')))
+        .collect();
+    index_configs.insert(
+        "docker.io".into(),
+        IndexInfo {
+            name: Some("docker.io".into()),
+            mirrors: Some(mirrors.clone()),
+            secure: Some(true),
+            official: Some(true),
+        },
+    );
+    RegistryServiceConfig {
+        insecure_registry_cidrs: Some(cidrs),
+        index_configs: Some(index_configs),
+        mirrors: Some(mirrors),
+    }
 }

@@ -21,6 +21,12 @@ pub enum EngineError {
     /// No image by that reference.
     #[error("No such image: {0}")]
     NoSuchImage(String),
+    /// Something else that does not exist (a registry manifest, a local tag to push).
+    #[error("{0}")]
+    NotFound(String),
+    /// A registry refused the credentials.
+    #[error("{0}")]
+    Unauthorized(String),
     /// A request that conflicts with the container's state or another container.
     #[error("{0}")]
     Conflict(String),
@@ -84,16 +90,7 @@ impl From<berth_vm::VmError> for EngineError {
 }
 
 /// Prints an error with its whole chain of causes, for logs and API messages.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use berth_image::error_chain;
 
 impl From<berth_net::NetError> for EngineError {
     fn from(error: berth_net::NetError) -> Self {

@@ -32,6 +32,7 @@ mod manage;
 mod names;
 pub mod network;
 mod output;
+pub mod registry;
 mod restart;
 mod run;
 mod security;
@@ -80,6 +81,8 @@ pub struct EngineConfig {
     /// Where Berth's DNS servers forward names they do not know (empty: the host's
     /// resolvers from /etc/resolv.conf).
     pub dns_upstreams: Vec<std::net::SocketAddr>,
+    /// Registry mirrors and insecure registries (daemon.json).
+    pub registry: berth_image::RegistryOptions,
 }
 
 /// Facts for `docker info` and `docker version`.

@@ -9,7 +9,7 @@
 //!   `oci-layout`) plus `manifest.json` pointing into `blobs/`;
 //! * skopeo: `<hex>.tar` layers, `<hex>.json` config, `manifest.json`, `repositories`.
 //!
-//! The archive itself may be gzip-compressed. Layers may be plain tar or gzip; zstd,
+//! The archive itself may be gzip-compressed. Layers may be plain tar, gzip or zstd;
 //! bzip2 and xz layers are refused with [`ImageError::Unsupported`].
 //!
 //! Contract and safety: the archive is untrusted. Because `manifest.json` may come
@@ -100,10 +100,15 @@ fn open_decompressed(path: &Path, what: &str) -> Result<Box<dyn Read>, ImageErro
     match detect_compression(&magic) {
         Compression::None => Ok(Box::new(reader)),
         Compression::Gzip => Ok(Box::new(MultiGzDecoder::new(reader))),
+        Compression::Zstd => {
+            let decoder = ruzstd::decoding::StreamingDecoder::new(reader).map_err(|e| {
+                ImageError::InvalidArchive(format!("{what}: bad zstd frame header: {e}"))
+            })?;
+            Ok(Box::new(decoder))
+        }
         other => Err(ImageError::Unsupported(format!(
-            "{what} is {} compressed; only uncompressed and gzip are supported",
+            "{what} is {} compressed; only uncompressed, gzip and zstd are supported",
             match other {
-                Compression::Zstd => "zstd",
                 Compression::Bzip2 => "bzip2",
                 _ => "xz",
             }
@@ -282,6 +287,8 @@ pub(crate) struct PreparedImage {
     pub(crate) size: u64,
     /// Normalised RepoTags (each with a tag, none with a digest).
     pub(crate) tags: Vec<Reference>,
+    /// `name@sha256:<manifest digest>` of the registry manifests it was pulled by.
+    pub(crate) repo_digests: Vec<String>,
 }
 
 /// The result of [`prepare`]: images plus blobs staged for the store.
@@ -397,6 +404,7 @@ pub(crate) fn prepare(
             diff_ids,
             size,
             tags,
+            repo_digests: Vec::new(),
         });
     }
     Ok(prepared)
@@ -431,7 +439,7 @@ pub(crate) fn import_layer(
 }
 
 /// Writes `bytes` to a new file at `path` and fsyncs it.
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
     let mut file = File::create_new(path).map_err(ImageError::io(path))?;
     file.write_all(bytes).map_err(ImageError::io(path))?;
     file.sync_all().map_err(ImageError::io(path))

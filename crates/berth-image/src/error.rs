@@ -64,6 +64,36 @@ pub enum ImageError {
         #[source]
         source: serde_json::Error,
     },
+    /// The registry has no manifest (or no repository) by that name. Holds the reference.
+    #[error("manifest for {0} not found: manifest unknown")]
+    ManifestUnknown(String),
+    /// The registry refused to serve the repository (missing or wrong credentials, or no
+    /// such repository on a registry that does not say which).
+    #[error("pull access denied for {0}, repository does not exist or may require 'docker login'")]
+    PullAccessDenied(String),
+    /// The registry refused the credentials (or their absence) for a push or a login.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// Talking to a registry failed (connection, protocol, or an error it answered with).
+    #[error("registry {registry}")]
+    Registry {
+        /// The registry host (`127.0.0.1:5000`, `docker.io`).
+        registry: String,
+        /// What the client library reported.
+        #[source]
+        source: Box<oci_client::errors::OciDistributionError>,
+    },
+    /// A registry answered with something that breaks the distribution protocol (a
+    /// manifest of an unknown kind, a layer count that disagrees with the config).
+    #[error("registry {registry} sent an invalid {what}: {detail}")]
+    BadRegistryResponse {
+        /// The registry host.
+        registry: String,
+        /// What was invalid (`manifest`, `image config`).
+        what: String,
+        /// Why.
+        detail: String,
+    },
     /// mkfs.ext4 failed; holds its exit status and stderr.
     #[error("building the ext4 root filesystem failed: {0}")]
     Mkfs(String),

@@ -10,6 +10,7 @@
 //!
 //! * [`store`]: the [`ImageStore`], its on-disk layout and the database tables;
 //! * [`reference`]: the image reference parsing and Docker's normalisation;
+//! * [`registry`]: pull, push and login over the OCI distribution API;
 //! * `archive`: reading and verifying docker-archive tarballs;
 //! * `flatten`: applying layer tars (with OCI whiteouts) onto a directory, safely;
 //! * `ext4`: building the ext4 image with `mkfs.ext4 -d`;
@@ -26,13 +27,63 @@ pub mod error;
 mod ext4;
 mod flatten;
 pub mod reference;
+pub mod registry;
 mod remove;
 mod save;
 pub mod store;
 
 pub use error::ImageError;
 pub use reference::Reference;
+pub use registry::{Credentials, RegistryOptions};
 pub use store::{ImageRecord, ImageStore, LoadedImage};
+
+/// One step of a pull or push, in the terms of Docker's JSON progress messages: a status
+/// (`Pulling fs layer`, `Pushed`, `Digest: sha256:…`) for a layer (`id`, the first 12 hex
+/// digits of its digest) or for the whole operation (`id` `None`), with byte counts while
+/// data moves (`Downloading`, `Extracting`, `Pushing`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    /// The layer (or the tag, for a pull's first line); `None` for the whole operation.
+    pub id: Option<String>,
+    /// What is happening.
+    pub status: String,
+    /// Bytes done so far, while data moves.
+    pub current: Option<u64>,
+    /// Bytes in all, when known.
+    pub total: Option<u64>,
+}
+
+impl Progress {
+    pub(crate) fn status(id: Option<String>, status: String) -> Self {
+        Self {
+            id,
+            status,
+            current: None,
+            total: None,
+        }
+    }
+
+    pub(crate) fn bytes(id: &str, action: &str, current: u64, total: Option<u64>) -> Self {
+        Self {
+            id: Some(id.to_owned()),
+            status: action.to_owned(),
+            current: Some(current),
+            total,
+        }
+    }
+}
+
+/// An error with its whole chain of causes (`a: b: c`), for logs and API messages.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
 
 #[cfg(test)]
 mod tests {

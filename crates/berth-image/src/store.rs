@@ -30,7 +30,8 @@
 //! # Resolution
 //!
 //! [`ImageStore::resolve`] follows Docker's order: a full id (`sha256:<64 hex>` or 64 bare
-//! hex digits); then a name (normalised: `busybox` = `docker.io/library/busybox:latest`);
+//! hex digits); then a name (normalised: `busybox` = `docker.io/library/busybox:latest`;
+//! `name@sha256:…` finds the image whose RepoDigests hold it);
 //! then a unique id prefix of any length (bare hex, or `sha256:` + hex). Anything else,
 //! and an ambiguous prefix (as Docker), is [`ImageError::NotFound`].
 
@@ -73,6 +74,10 @@ pub struct ImageRecord {
     pub size: u64,
     /// When the image was first loaded, unix seconds.
     pub loaded_at: i64,
+    /// `name@sha256:<hex>` of the registry manifests this image was pulled by or pushed
+    /// as (Docker's RepoDigests), sorted.
+    #[serde(default)]
+    pub repo_digests: Vec<String>,
 }
 
 /// An image a load brought in.
@@ -102,7 +107,7 @@ impl std::fmt::Debug for ImageStore {
 }
 
 /// A directory under `tmp/` removed (recursively, best effort) when dropped.
-struct StagingDir(PathBuf);
+pub(crate) struct StagingDir(pub(crate) PathBuf);
 
 impl Drop for StagingDir {
     fn drop(&mut self) {
@@ -179,7 +184,7 @@ impl ImageStore {
     }
 
     /// A fresh, empty staging directory `tmp/<kind>-<random>`.
-    fn staging(&self, kind: &str) -> Result<StagingDir, ImageError> {
+    pub(crate) fn staging(&self, kind: &str) -> Result<StagingDir, ImageError> {
         let path = self
             .tmp_dir()
             .join(format!("{kind}-{:016x}", rand::random::<u64>()));
@@ -196,9 +201,26 @@ impl ImageStore {
         progress: &mut dyn FnMut(&str),
     ) -> Result<Vec<LoadedImage>, ImageError> {
         let staging = self.staging("load")?;
-        let blobs_dir = self.blobs_dir();
-        let prepared = archive::prepare(archive, &staging.0, &blobs_dir, progress)?;
+        let prepared = archive::prepare(archive, &staging.0, &self.blobs_dir(), progress)?;
+        let loaded = self.commit(&prepared)?;
+        for image in &loaded {
+            if image.tags.is_empty() {
+                progress(&format!("Loaded image ID: {}", image.id));
+            }
+            for tag in &image.tags {
+                progress(&format!("Loaded image: {tag}"));
+            }
+        }
+        Ok(loaded)
+    }
 
+    /// Moves staged blobs into the store and records the images, their tags and repo
+    /// digests in one transaction (so a failure leaves at most unreferenced blobs).
+    pub(crate) fn commit(
+        &self,
+        prepared: &archive::Prepared,
+    ) -> Result<Vec<LoadedImage>, ImageError> {
+        let blobs_dir = self.blobs_dir();
         for (hex, staged) in &prepared.blobs {
             let dest = blobs_dir.join(hex);
             fs::rename(staged, &dest).map_err(ImageError::io(&dest))?;
@@ -217,22 +239,30 @@ impl ImageStore {
             let mut images = txn.open_table(IMAGES)?;
             let mut tags = txn.open_table(TAGS)?;
             for image in &prepared.images {
-                if images.get(image.id.as_str())?.is_none() {
-                    let record = ImageRecord {
-                        id: image.id.clone(),
-                        repo_tags: Vec::new(),
-                        config: image.config.clone(),
-                        diff_ids: image.diff_ids.clone(),
-                        size: image.size,
-                        loaded_at,
-                    };
-                    let json =
-                        serde_json::to_vec(&record).map_err(|source| ImageError::Record {
-                            id: image.id.clone(),
-                            source,
-                        })?;
-                    images.insert(image.id.as_str(), json.as_slice())?;
+                let existing = match images.get(image.id.as_str())? {
+                    Some(json) => Some(decode_record(&image.id, json.value())?),
+                    None => None,
+                };
+                let mut record = existing.unwrap_or_else(|| ImageRecord {
+                    id: image.id.clone(),
+                    repo_tags: Vec::new(),
+                    config: image.config.clone(),
+                    diff_ids: image.diff_ids.clone(),
+                    size: image.size,
+                    loaded_at,
+                    repo_digests: Vec::new(),
+                });
+                for digest in &image.repo_digests {
+                    if !record.repo_digests.contains(digest) {
+                        record.repo_digests.push(digest.clone());
+                    }
                 }
+                record.repo_digests.sort();
+                let json = serde_json::to_vec(&record).map_err(|source| ImageError::Record {
+                    id: image.id.clone(),
+                    source,
+                })?;
+                images.insert(image.id.as_str(), json.as_slice())?;
                 for tag in &image.tags {
                     tags.insert(tag.canonical().as_str(), image.id.as_str())?;
                 }
@@ -247,16 +277,35 @@ impl ImageStore {
             }
         }
         txn.commit()?;
-
-        for image in &loaded {
-            if image.tags.is_empty() {
-                progress(&format!("Loaded image ID: {}", image.id));
-            }
-            for tag in &image.tags {
-                progress(&format!("Loaded image: {tag}"));
-            }
-        }
         Ok(loaded)
+    }
+
+    /// Adds `repo_digest` (`name@sha256:<hex>`) to the image's RepoDigests.
+    pub(crate) fn add_repo_digest(&self, id: &str, repo_digest: &str) -> Result<(), ImageError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut images = txn.open_table(IMAGES)?;
+            let mut record = match images.get(id)? {
+                Some(json) => decode_record(id, json.value())?,
+                None => return Err(ImageError::NotFound(id.to_owned())),
+            };
+            if !record.repo_digests.iter().any(|d| d == repo_digest) {
+                record.repo_digests.push(repo_digest.to_owned());
+                record.repo_digests.sort();
+            }
+            let json = serde_json::to_vec(&record).map_err(|source| ImageError::Record {
+                id: id.to_owned(),
+                source,
+            })?;
+            images.insert(id, json.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Whether the store holds the blob `sha256:<hex>` (a config or an uncompressed layer).
+    pub(crate) fn has_blob(&self, digest: &str) -> bool {
+        parse_sha256(digest).is_some_and(|hex| self.blobs_dir().join(hex).is_file())
     }
 
     /// All images, newest first, with their current tags.
@@ -301,8 +350,26 @@ impl ImageStore {
             None if reference.len() == 64 && is_lower_hex(reference) => {
                 Some(format!("sha256:{reference}"))
             }
-            // A name.
+            // A name by digest: the image pulled (or pushed) by that manifest.
             None => match reference::normalize(reference) {
+                Ok(name) if name.digest.is_some() => {
+                    let wanted = format!(
+                        "{}@{}",
+                        name.familiar_name(),
+                        name.digest.as_deref().unwrap_or_default()
+                    );
+                    let mut found = None;
+                    for row in images.iter()? {
+                        let (id, json) = row?;
+                        let record = decode_record(id.value(), json.value())?;
+                        if record.repo_digests.contains(&wanted) {
+                            found = Some(record.id);
+                            break;
+                        }
+                    }
+                    found
+                }
+                // A name by tag.
                 Ok(name) => tags
                     .get(name.canonical().as_str())?
                     .map(|id| id.value().to_owned()),
@@ -634,7 +701,7 @@ mod tests {
         assert_eq!(fs::read_dir(store.blobs_dir()).expect("blobs").count(), 0);
         assert_eq!(fs::read_dir(store.tmp_dir()).expect("tmp").count(), 0);
 
-        // zstd layers are refused clearly.
+        // A broken zstd layer is refused clearly.
         let zstd = [0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0].to_vec();
         fs::write(
             &archive,
@@ -643,9 +710,13 @@ mod tests {
         .expect("write archive");
         let result = store.load_docker_archive(&archive, &mut |_| {});
         assert!(
-            matches!(result, Err(ImageError::Unsupported(_))),
+            matches!(
+                result,
+                Err(ImageError::InvalidArchive(_) | ImageError::Io { .. })
+            ),
             "{result:?}"
         );
+        assert!(store.list().expect("list").is_empty());
 
         // Not an archive at all.
         let junk = tmp.path().join("junk.tar");

@@ -45,6 +45,17 @@ pub struct DaemonArgs {
     /// they do not know to, as dockerd's `--dns`. Default: the host's /etc/resolv.conf.
     #[arg(long = "dns", value_parser = parse_resolver)]
     pub dns: Vec<std::net::SocketAddr>,
+    /// A configuration file in the format of Docker's daemon.json; Berth applies its
+    /// `registry-mirrors`, `insecure-registries` and `dns` keys.
+    #[arg(long = "config-file", visible_alias = "config")]
+    pub config_file: Option<PathBuf>,
+    /// A registry mirror URL for Docker Hub names (repeatable), tried before Docker Hub.
+    #[arg(long = "registry-mirror")]
+    pub registry_mirrors: Vec<String>,
+    /// A registry (host[:port] or CIDR; repeatable) spoken to over plain HTTP.
+    /// Registries on 127.0.0.0/8 always are.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
 }
 
 fn parse_resolver(text: &str) -> Result<std::net::SocketAddr, String> {
@@ -63,7 +74,25 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
     runtime.block_on(serve(args))
 }
 
-async fn serve(args: DaemonArgs) -> anyhow::Result<()> {
+async fn serve(mut args: DaemonArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.config_file {
+        let file = super::daemon_json::read(path)?;
+        // Flags win over the file, as with dockerd (which refuses a conflict instead).
+        if args.registry_mirrors.is_empty() {
+            args.registry_mirrors = file.registry_mirrors;
+        }
+        if args.insecure_registries.is_empty() {
+            args.insecure_registries = file.insecure_registries;
+        }
+        if args.dns.is_empty() {
+            args.dns = file
+                .dns
+                .iter()
+                .map(|text| parse_resolver(text).map_err(anyhow::Error::msg))
+                .collect::<anyhow::Result<_>>()
+                .with_context(|| format!("the dns key of {}", path.display()))?;
+        }
+    }
     let backend = Arc::new(QemuBackend::new(args.qemu.clone()));
     tracing::info!(
         backend = "qemu",
@@ -79,6 +108,10 @@ async fn serve(args: DaemonArgs) -> anyhow::Result<()> {
         netns: args.netns.clone(),
         outbound_nat: args.outbound_nat.then_some(args.nat_link),
         dns_upstreams: args.dns.clone(),
+        registry: berth_image::RegistryOptions {
+            mirrors: args.registry_mirrors.clone(),
+            insecure: args.insecure_registries.clone(),
+        },
     })
     .await
     .with_context(|| format!("opening Berth's state in {}", args.root.display()))?;

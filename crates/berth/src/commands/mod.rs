@@ -2,5 +2,6 @@
 
 pub mod bench;
 pub mod daemon;
+mod daemon_json;
 pub mod guest;
 pub mod template;

@@ -60,15 +60,9 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        // SAFETY: prctl takes no pointers; it runs in the child before exec. The daemon
-        // then dies with the test process (the parent thread is the spawner thread,
-        // which lives as long as the process).
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
+        // The daemon dies with the test process (the parent thread is the spawner
+        // thread, which lives as long as the process).
+        die_with_parent_thread(&mut command);
         let child = command.spawn().expect("starting berth daemon");
         let daemon = Daemon {
             root: root.to_path_buf(),
@@ -260,6 +254,17 @@ fn remove_stale_namespaces() {
         if !alive {
             let _ = Command::new("ip").args(["netns", "delete", &name]).output();
         }
+    }
+}
+
+/// Makes the child get SIGTERM when the thread that spawns it ends.
+pub fn die_with_parent_thread(command: &mut Command) {
+    // SAFETY: prctl takes no pointers; it runs in the child between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
     }
 }
 

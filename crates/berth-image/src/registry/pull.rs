@@ -1,0 +1,481 @@
+//! `docker pull`: resolve the manifest (picking linux/amd64 from a manifest list or OCI
+//! index), fetch the config and the layers not already stored, verify each, and record the
+//! image with its tag and repo digest in one transaction.
+//!
+//! Progress is reported as Docker reports it (`Pulling fs layer`, `Downloading`, `Verifying
+//! Checksum`, `Download complete`, `Extracting`, `Pull complete`, `Already exists`, keyed by
+//! the first 12 hex digits of the layer's digest), through a callback; the API layer turns
+//! it into Docker's JSON progress messages. The first report is sent only once the
+//! manifest is resolved, so that a caller can still answer an unknown image with an HTTP
+//! error instead of a stream.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use futures_util::StreamExt;
+use serde::Deserialize;
+
+use super::{
+    is_denied, is_not_found, Credentials, Descriptor, Endpoint, RegistryOptions, TagOrDigest,
+    DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, MAX_MANIFEST_SIZE, OCI_INDEX, OCI_MANIFEST,
+};
+use crate::archive::{self, write_synced, MAX_JSON_SIZE};
+use crate::digest::{parse_sha256, sha256_digest};
+use crate::error::ImageError;
+use crate::reference::Reference;
+use crate::store::ImageStore;
+use crate::Progress;
+
+/// What a pull brought.
+#[derive(Debug, Clone)]
+pub struct PullOutcome {
+    /// `sha256:<hex>` image id.
+    pub id: String,
+    /// Digest of the manifest (or manifest list) the reference named.
+    pub digest: String,
+    /// The image and all its layers were already in the store.
+    pub up_to_date: bool,
+}
+
+/// A manifest, an image index or a Docker manifest list: the fields Berth reads.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawManifest {
+    #[serde(default)]
+    schema_version: Option<i64>,
+    #[serde(default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    manifests: Option<Vec<IndexEntry>>,
+    #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+}
+
+#[derive(Debug, Deserialize)]
+struct IndexEntry {
+    digest: String,
+    #[serde(default)]
+    platform: Option<Platform>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Platform {
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    os: String,
+}
+
+/// A resolved image manifest.
+struct Resolved {
+    endpoint: Endpoint,
+    /// The digest of what the reference names (the list's, for a manifest list).
+    digest: String,
+    config: Descriptor,
+    layers: Vec<Descriptor>,
+}
+
+const ACCEPTED: [&str; 4] = [
+    DOCKER_MANIFEST,
+    OCI_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    OCI_INDEX,
+];
+
+/// Pulls `reference` into `store`. `progress` gets Docker's progress steps; none is sent
+/// before the manifest is found. Runs blocking store work with `block_in_place`, so it
+/// must run on a multi-threaded tokio runtime.
+pub async fn pull(
+    store: &ImageStore,
+    options: &RegistryOptions,
+    reference: &Reference,
+    credentials: &Credentials,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<PullOutcome, ImageError> {
+    let tag_or_digest = match (&reference.digest, &reference.tag) {
+        (Some(digest), _) => TagOrDigest::Digest(digest.clone()),
+        (None, Some(tag)) => TagOrDigest::Tag(tag.clone()),
+        (None, None) => TagOrDigest::Tag(crate::reference::DEFAULT_TAG.to_owned()),
+    };
+    let endpoints = options.endpoints(reference);
+    let mut last_error = None;
+    let mut resolved = None;
+    for endpoint in endpoints {
+        let client = endpoint.client();
+        match resolve(&client, &endpoint, reference, &tag_or_digest, credentials).await {
+            Ok(found) => {
+                resolved = Some((client, found));
+                break;
+            }
+            Err(error) => {
+                tracing::warn!(registry = %endpoint.host, error = %crate::error_chain(&error), "pull: endpoint failed, trying the next");
+                last_error = Some(error);
+            }
+        }
+    }
+    let Some((client, resolved)) = resolved else {
+        return Err(last_error.unwrap_or_else(|| ImageError::ManifestUnknown(reference.familiar())));
+    };
+    fetch(
+        store,
+        &client,
+        reference,
+        &tag_or_digest,
+        resolved,
+        progress,
+    )
+    .await
+}
+
+/// Fetches the manifest the reference names on `endpoint`, following a manifest list.
+async fn resolve(
+    client: &oci_client::Client,
+    endpoint: &Endpoint,
+    reference: &Reference,
+    tag_or_digest: &TagOrDigest,
+    credentials: &Credentials,
+) -> Result<Resolved, ImageError> {
+    let auth = credentials.to_registry_auth();
+    let map_error = |error: oci_client::errors::OciDistributionError| {
+        if is_not_found(&error) {
+            ImageError::ManifestUnknown(reference.familiar())
+        } else if is_denied(&error) {
+            ImageError::PullAccessDenied(reference.familiar_name())
+        } else {
+            endpoint.error(error)
+        }
+    };
+    let top_ref = endpoint.reference(&reference.path, tag_or_digest);
+    let (bytes, _) = client
+        .pull_manifest_raw(&top_ref, &auth, &ACCEPTED)
+        .await
+        .map_err(map_error)?;
+    let digest = checked_manifest_digest(endpoint, &bytes, tag_or_digest)?;
+    let mut manifest = parse_manifest(endpoint, &bytes)?;
+
+    if let Some(entries) = manifest.manifests.take() {
+        let entry = entries
+            .iter()
+            .find(|entry| {
+                entry
+                    .platform
+                    .as_ref()
+                    .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
+            })
+            .ok_or_else(|| {
+                ImageError::Unsupported(format!(
+                    "no matching manifest for linux/amd64 in the manifest list entries of {}",
+                    reference.familiar()
+                ))
+            })?;
+        let by_digest = TagOrDigest::Digest(entry.digest.clone());
+        let child_ref = endpoint.reference(&reference.path, &by_digest);
+        let (bytes, _) = client
+            .pull_manifest_raw(&child_ref, &auth, &[DOCKER_MANIFEST, OCI_MANIFEST])
+            .await
+            .map_err(map_error)?;
+        checked_manifest_digest(endpoint, &bytes, &by_digest)?;
+        manifest = parse_manifest(endpoint, &bytes)?;
+        if manifest.manifests.is_some() {
+            return Err(bad(
+                endpoint,
+                "manifest",
+                "a manifest list inside a manifest list",
+            ));
+        }
+    }
+    let config = manifest
+        .config
+        .ok_or_else(|| bad(endpoint, "manifest", "it has no config descriptor"))?;
+    for descriptor in std::iter::once(&config).chain(&manifest.layers) {
+        if parse_sha256(&descriptor.digest).is_none() || descriptor.size < 0 {
+            return Err(bad(
+                endpoint,
+                "manifest",
+                &format!("bad descriptor {:?}", descriptor.digest),
+            ));
+        }
+    }
+    Ok(Resolved {
+        endpoint: endpoint.clone(),
+        digest,
+        config,
+        layers: manifest.layers,
+    })
+}
+
+fn bad(endpoint: &Endpoint, what: &str, detail: &str) -> ImageError {
+    ImageError::BadRegistryResponse {
+        registry: endpoint.host.clone(),
+        what: what.to_owned(),
+        detail: detail.to_owned(),
+    }
+}
+
+/// The sha256 of a manifest's bytes, which must equal the digest it was asked for by.
+fn checked_manifest_digest(
+    endpoint: &Endpoint,
+    bytes: &[u8],
+    asked: &TagOrDigest,
+) -> Result<String, ImageError> {
+    if bytes.len() > MAX_MANIFEST_SIZE {
+        return Err(bad(endpoint, "manifest", "it is larger than 4 MiB"));
+    }
+    let digest = sha256_digest(bytes);
+    if let TagOrDigest::Digest(expected) = asked {
+        if *expected != digest {
+            return Err(ImageError::DigestMismatch {
+                expected: expected.clone(),
+                actual: digest,
+            });
+        }
+    }
+    Ok(digest)
+}
+
+fn parse_manifest(endpoint: &Endpoint, bytes: &[u8]) -> Result<RawManifest, ImageError> {
+    let manifest: RawManifest =
+        serde_json::from_slice(bytes).map_err(|e| bad(endpoint, "manifest", &e.to_string()))?;
+    if manifest.schema_version == Some(1) {
+        return Err(ImageError::Unsupported(
+            "Docker image manifest schema 1 (pushed by Docker before 1.10): push the image again with a newer client".into(),
+        ));
+    }
+    if let Some(kind) = &manifest.media_type {
+        if !ACCEPTED.contains(&kind.as_str()) {
+            return Err(bad(
+                endpoint,
+                "manifest",
+                &format!("unknown media type {kind}"),
+            ));
+        }
+    }
+    Ok(manifest)
+}
+
+/// The short id Docker's progress shows for a blob.
+pub(crate) fn short_id(digest: &str) -> String {
+    let hex = parse_sha256(digest).unwrap_or(digest);
+    hex.get(..12).unwrap_or(hex).to_owned()
+}
+
+/// Reports Docker's `Status:` line and builds the outcome.
+async fn fetch(
+    store: &ImageStore,
+    client: &oci_client::Client,
+    reference: &Reference,
+    tag_or_digest: &TagOrDigest,
+    resolved: Resolved,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<PullOutcome, ImageError> {
+    let endpoint = &resolved.endpoint;
+    let blob_ref = endpoint.reference(&reference.path, tag_or_digest);
+    let shown_tag = match tag_or_digest {
+        TagOrDigest::Tag(tag) => tag.clone(),
+        TagOrDigest::Digest(digest) => digest.clone(),
+    };
+    progress(Progress::status(
+        Some(shown_tag),
+        format!("Pulling from {}", reference.path),
+    ));
+
+    if resolved.config.size as u64 > MAX_JSON_SIZE {
+        return Err(bad(endpoint, "image config", "it is larger than 16 MiB"));
+    }
+    let mut config_bytes = Vec::new();
+    client
+        .pull_blob(&blob_ref, &resolved.config.to_oci(), &mut config_bytes)
+        .await
+        .map_err(|e| endpoint.error(e))?;
+    let id = sha256_digest(&config_bytes);
+    if id != resolved.config.digest {
+        return Err(ImageError::DigestMismatch {
+            expected: resolved.config.digest.clone(),
+            actual: id,
+        });
+    }
+    let config: oci_spec::image::ImageConfiguration = serde_json::from_slice(&config_bytes)
+        .map_err(|source| ImageError::InvalidJson {
+            what: format!("image config {id}"),
+            source,
+        })?;
+    let diff_ids = config.rootfs().diff_ids().clone();
+    if diff_ids.len() != resolved.layers.len() {
+        return Err(bad(
+            endpoint,
+            "image",
+            &format!(
+                "its manifest lists {} layers but its config {}",
+                resolved.layers.len(),
+                diff_ids.len()
+            ),
+        ));
+    }
+    for diff_id in &diff_ids {
+        if parse_sha256(diff_id).is_none() {
+            return Err(bad(
+                endpoint,
+                "image config",
+                &format!("bad diff id {diff_id:?}"),
+            ));
+        }
+    }
+
+    let staging = store.staging("pull")?;
+    let mut prepared = archive::Prepared::default();
+    let already_had_image = store.resolve(&id).is_ok();
+    let missing: Vec<usize> = (0..diff_ids.len())
+        .filter(|&i| !store.has_blob(&diff_ids[i]))
+        .collect();
+    for (i, layer) in resolved.layers.iter().enumerate() {
+        let status = if missing.contains(&i) {
+            "Pulling fs layer"
+        } else {
+            "Already exists"
+        };
+        progress(Progress::status(
+            Some(short_id(&layer.digest)),
+            status.into(),
+        ));
+    }
+    for &i in &missing {
+        let layer = &resolved.layers[i];
+        let diff_id = &diff_ids[i];
+        let Some(diff_hex) = parse_sha256(diff_id) else {
+            continue;
+        };
+        if prepared.blobs.iter().any(|(hex, _)| hex == diff_hex) {
+            // The same layer twice in one image: fetched once.
+            continue;
+        }
+        let short = short_id(&layer.digest);
+        let compressed = staging.0.join(format!("layer-{i}"));
+        download(
+            client,
+            &blob_ref,
+            endpoint,
+            layer,
+            &compressed,
+            &short,
+            progress,
+        )
+        .await?;
+        progress(Progress::status(
+            Some(short.clone()),
+            "Verifying Checksum".into(),
+        ));
+        progress(Progress::status(
+            Some(short.clone()),
+            "Download complete".into(),
+        ));
+        progress(Progress::bytes(
+            &short,
+            "Extracting",
+            0,
+            Some(layer.size as u64),
+        ));
+        let dest = staging.0.join(diff_hex);
+        tokio::task::block_in_place(|| {
+            archive::import_layer(
+                &compressed,
+                &dest,
+                diff_id,
+                &format!("layer {}", layer.digest),
+            )
+        })?;
+        let _ = fs::remove_file(&compressed);
+        progress(Progress::status(Some(short), "Pull complete".into()));
+        prepared.blobs.push((diff_hex.to_owned(), dest));
+    }
+
+    let mut size = 0u64;
+    for diff_id in &diff_ids {
+        let hex = parse_sha256(diff_id).unwrap_or_default();
+        let path = match prepared.blobs.iter().find(|(h, _)| h == hex) {
+            Some((_, staged)) => staged.clone(),
+            None => store.blobs_dir().join(hex),
+        };
+        size += fs::metadata(&path).map_err(ImageError::io(&path))?.len();
+    }
+    if !store.has_blob(&id) {
+        let path = staging.0.join("config");
+        write_synced(&path, &config_bytes)?;
+        prepared
+            .blobs
+            .push((parse_sha256(&id).unwrap_or_default().to_owned(), path));
+    }
+    let tags = match tag_or_digest {
+        TagOrDigest::Tag(_) => vec![reference.clone()],
+        TagOrDigest::Digest(_) => Vec::new(),
+    };
+    prepared.images.push(archive::PreparedImage {
+        id: id.clone(),
+        config,
+        diff_ids,
+        size,
+        tags,
+        repo_digests: vec![format!("{}@{}", reference.familiar_name(), resolved.digest)],
+    });
+    let up_to_date = already_had_image && missing.is_empty();
+    tokio::task::block_in_place(|| store.commit(&prepared))?;
+    for &i in &missing {
+        // A cache for later pushes: failing to write it costs an upload, nothing more.
+        if let Err(error) =
+            super::push::remember_layer(store, &prepared.images[0].diff_ids[i], &resolved.layers[i])
+        {
+            tracing::warn!(error = %crate::error_chain(&error), "could not remember a layer's compressed digest");
+        }
+    }
+    progress(Progress::status(
+        None,
+        format!("Digest: {}", resolved.digest),
+    ));
+    Ok(PullOutcome {
+        id,
+        digest: resolved.digest,
+        up_to_date,
+    })
+}
+
+/// Streams one blob into `dest`, reporting `Downloading` progress about every 256 KiB.
+/// The client verifies the digest as the stream ends.
+async fn download(
+    client: &oci_client::Client,
+    blob_ref: &oci_client::Reference,
+    endpoint: &Endpoint,
+    layer: &Descriptor,
+    dest: &Path,
+    short: &str,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<(), ImageError> {
+    let total = u64::try_from(layer.size).ok();
+    let mut stream = client
+        .pull_blob_stream(blob_ref, &layer.to_oci())
+        .await
+        .map_err(|e| endpoint.error(e))?;
+    let mut file =
+        std::io::BufWriter::new(fs::File::create_new(dest).map_err(ImageError::io(dest))?);
+    let mut current = 0u64;
+    let mut reported = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| endpoint.error(e.into()))?;
+        current += chunk.len() as u64;
+        if total.is_some_and(|total| current > total) {
+            return Err(bad(
+                endpoint,
+                "layer",
+                &format!("{} is longer than its descriptor says", layer.digest),
+            ));
+        }
+        file.write_all(&chunk).map_err(ImageError::io(dest))?;
+        if current - reported >= 256 * 1024 || Some(current) == total {
+            progress(Progress::bytes(short, "Downloading", current, total));
+            reported = current;
+        }
+    }
+    file.flush().map_err(ImageError::io(dest))?;
+    Ok(())
+}
