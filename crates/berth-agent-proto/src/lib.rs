@@ -36,11 +36,11 @@ pub use frame::{encode_frame, Frame, FrameDecoder, FrameKind, ProtoError, HEADER
 pub use message::{
     decode_guest_message, decode_host_message, encode_control, GuestMessage, HostMessage,
     InterfaceSpec, ProcessInfo, ProcessSpec, ProcessStatus, RebindSpec, SetupSpec, SpawnFailure,
-    TmpfsSpec, RESYNC_MARKER,
+    TmpfsSpec, VolumeMount, RESYNC_MARKER,
 };
 
 /// Version of this protocol. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Largest value of the length field (1 MiB plus the header).
 pub const MAX_FRAME_LEN: u32 = (1 << 20) + HEADER_AFTER_LEN;
 /// Largest data payload a sender puts in one frame.

@@ -39,6 +39,23 @@ pub struct SetupSpec {
     /// kernel is the container's own.
     #[serde(default)]
     pub sysctls: Vec<(String, String)>,
+    /// Volumes: ext4 disks to mount inside the container root, found by serial.
+    #[serde(default)]
+    pub volumes: Vec<VolumeMount>,
+}
+
+/// A volume's disk and where it goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMount {
+    /// The disk's serial (`/sys/block/<dev>/serial`); the host hot-plugs or boots the
+    /// disk with it.
+    pub serial: String,
+    /// Absolute path inside the container.
+    pub target: String,
+    /// Mount read-only (`:ro`).
+    pub read_only: bool,
+    /// A new volume: copy what the image has at `target` into it first, as Docker does.
+    pub populate: bool,
 }
 
 /// A tmpfs mount.

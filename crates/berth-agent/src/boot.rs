@@ -13,7 +13,7 @@ use berth_agent_proto::PORT_NAME;
 /// `_IO(0x12, 97)`: flush a block device's buffer cache.
 const BLKFLSBUF: libc::c_ulong = 0x1261;
 
-fn mount_fs(
+pub(crate) fn mount_fs(
     source: &str,
     target: &str,
     fstype: &str,

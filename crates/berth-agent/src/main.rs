@@ -16,6 +16,7 @@ mod rebind;
 mod serve;
 mod top;
 mod user;
+mod volumes;
 
 fn main() {
     if let Err(error) = run() {

@@ -309,6 +309,7 @@ fn setup(spec: &SetupSpec) -> io::Result<()> {
     for tmpfs in &spec.tmpfs {
         mount_tmpfs(tmpfs)?;
     }
+    crate::volumes::mount_all(&spec.volumes)?;
     if spec.read_only {
         nix::mount::mount(
             None::<&str>,

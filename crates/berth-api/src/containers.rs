@@ -106,8 +106,11 @@ pub async fn list(State(engine): State<AppState>, Query(params): Params) -> ApiR
                 .is_none_or(|wanted| wanted.iter().all(|l| label_matches(&labels, l)))
         })
         .filter(|r| !filters.has("ancestor") || ancestors.contains(&r.image_id))
-        // No container has volumes yet: a volume filter matches none.
-        .filter(|_| !filters.has("volume"))
+        .filter(|r| {
+            filters.allows("volume", |v| {
+                r.mounts.iter().any(|m| m.volume == v || m.target == v)
+            })
+        })
         .filter(|r| {
             filters.allows("health", |v| {
                 let status = r
@@ -164,6 +167,10 @@ pub async fn inspect(
     let networks = engine.networks().list();
     let mut value = serde_json::to_value(convert::container_inspect(&record, log_path, &networks))
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    value["Mounts"] = serde_json::to_value(convert::mount_points(&record, |name| {
+        engine.volume_disk(name).display().to_string()
+    }))
+    .unwrap_or_default();
     // Before API 1.44 the container's MAC address was also in its Config.
     if version < crate::version::ApiVersion(1, 44) {
         if let Some(mac) = value["NetworkSettings"]["Networks"]
@@ -331,6 +338,8 @@ pub async fn remove(
     Path(id): Path<String>,
     Query(params): Params,
 ) -> ApiResult<StatusCode> {
-    engine.remove_container(&id, flag(&params, "force")).await?;
+    engine
+        .remove_container_and_volumes(&id, flag(&params, "force"), flag(&params, "v"))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -268,7 +268,7 @@ pub fn container_summary(record: &ContainerRecord, networks: &[NetworkRecord]) -
         network_settings: Some(ContainerSummaryNetworkSettings {
             networks: Some(endpoints(record, networks)),
         }),
-        mounts: Some(Vec::new()),
+        mounts: Some(mount_points(record, |_| String::new())),
         ..Default::default()
     }
 }
@@ -314,7 +314,7 @@ pub fn container_inspect(
         process_label: Some(String::new()),
         app_armor_profile: Some(String::new()),
         host_config: Some(record.host_config.clone()),
-        mounts: Some(Vec::new()),
+        mounts: Some(mount_points(record, |_| String::new())),
         config: Some(record.config.clone()),
         network_settings: Some(NetworkSettings {
             networks: Some(endpoints(record, networks)),
@@ -393,6 +393,27 @@ pub fn image_inspect(image: &ImageRecord) -> ImageInspect {
         }),
         ..Default::default()
     }
+}
+
+/// A container's volumes as Docker's `Mounts`; `source` gives a volume's disk file.
+pub fn mount_points(
+    record: &ContainerRecord,
+    source: impl Fn(&str) -> String,
+) -> Vec<bollard_stubs::models::MountPoint> {
+    record
+        .mounts
+        .iter()
+        .map(|mount| bollard_stubs::models::MountPoint {
+            typ: Some("volume".into()),
+            name: Some(mount.volume.clone()),
+            source: Some(source(&mount.volume)),
+            destination: Some(mount.target.clone()),
+            driver: Some("local".into()),
+            mode: Some(if mount.read_only { "ro" } else { "" }.into()),
+            rw: Some(!mount.read_only),
+            propagation: Some(String::new()),
+        })
+        .collect()
 }
 
 #[cfg(test)]

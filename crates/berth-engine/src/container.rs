@@ -108,6 +108,9 @@ pub struct ContainerRecord {
     /// Its health check's state, if it has a check and has run.
     #[serde(default)]
     pub health: Option<crate::health::HealthState>,
+    /// Volumes, in the order their disks are attached.
+    #[serde(default)]
+    pub mounts: Vec<crate::volumes::MountRecord>,
 }
 
 impl ContainerRecord {
@@ -193,6 +196,7 @@ mod tests {
             ports: Vec::new(),
             manually_stopped: false,
             health: None,
+            mounts: Vec::new(),
         };
         assert_eq!(record.vm_shape(256), (1, 256));
         record.host_config.nano_cpus = Some(1_500_000_000);

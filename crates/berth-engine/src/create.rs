@@ -34,13 +34,6 @@ fn check_supported(host: &HostConfig) -> Result<(), EngineError> {
             )));
         }
     }
-    if host.binds.as_ref().is_some_and(|b| !b.is_empty())
-        || host.mounts.as_ref().is_some_and(|m| !m.is_empty())
-    {
-        return Err(EngineError::NotSupported(
-            "Berth does not support volumes or bind mounts yet: each container runs in its own VM, whose disks are its own".into(),
-        ));
-    }
     let publishes = host.port_bindings.as_ref().is_some_and(|p| !p.is_empty())
         || host.publish_all_ports == Some(true);
     if publishes && host.network_mode.as_deref() == Some(crate::network::NONE_NETWORK) {
@@ -74,7 +67,10 @@ fn check_supported(host: &HostConfig) -> Result<(), EngineError> {
         );
     }
     if host.volumes_from.as_ref().is_some_and(|v| !v.is_empty()) {
-        return refused("--volumes-from", "volumes are not supported yet");
+        return refused(
+            "--volumes-from",
+            "a volume's disk is attached to one container's VM at a time; name the volumes with -v",
+        );
     }
     if host.links.as_ref().is_some_and(|l| !l.is_empty()) {
         return refused(
@@ -319,8 +315,24 @@ impl Engine {
         let networks = self.endpoints_at_create(&body, &mut host_config)?;
         let image = self.resolve_image(&image_ref)?;
         let id = names::new_id();
-        let (mut config, path, args) =
-            merge_config(&body, &oci_config::Config::from_image(&image), &id)?;
+        let image_config = oci_config::Config::from_image(&image);
+        let (mut config, path, args) = merge_config(&body, &image_config, &id)?;
+        let requested_volumes: Vec<String> = body
+            .volumes
+            .iter()
+            .flat_map(|v| v.iter().cloned())
+            .collect();
+        let image_volumes: Vec<String> = image
+            .config
+            .config()
+            .as_ref()
+            .and_then(|c| c.volumes().clone())
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let mounts = self
+            .mounts_at_create(&host_config, &requested_volumes, &image_volumes)
+            .await?;
         let image_check = self
             .images
             .raw_config(&image.id)
@@ -371,6 +383,7 @@ impl Engine {
                 ports: Vec::new(),
                 manually_stopped: false,
                 health: None,
+                mounts,
             };
             containers.insert(id.clone(), Arc::new(ContainerHandle::new(record.clone())));
             record
@@ -539,7 +552,7 @@ mod tests {
     #[test]
     fn unsupported_options_are_refused() {
         let host = HostConfig {
-            binds: Some(vec!["/tmp:/tmp".into()]),
+            devices: Some(vec![Default::default()]),
             ..Default::default()
         };
         assert!(matches!(

@@ -40,6 +40,7 @@ mod session;
 mod store;
 pub mod template;
 mod top;
+pub mod volumes;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -260,6 +261,9 @@ pub struct Engine {
     /// Set when the daemon shuts down: nothing is restarted from then on.
     shutting_down: std::sync::atomic::AtomicBool,
     events: events::EventLog,
+    volumes: Mutex<HashMap<String, volumes::VolumeRecord>>,
+    /// Held while a volume is made or removed.
+    volume_lock: tokio::sync::Mutex<()>,
 }
 
 /// The runtime that clones each container's VM from a template (the default).
@@ -313,6 +317,11 @@ impl Engine {
                 store.put(&record)?;
             }
         }
+        let volumes = store
+            .all_volumes()?
+            .into_iter()
+            .map(|v| (v.name.clone(), v))
+            .collect();
         let templates = template::TemplateManager::new(
             config.exec_root.join("templates"),
             Some(networks.clone()),
@@ -328,6 +337,8 @@ impl Engine {
             networks,
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             events: events::EventLog::default(),
+            volumes: Mutex::new(volumes),
+            volume_lock: tokio::sync::Mutex::new(()),
         });
         engine.take_over(live).await;
         Ok(engine)

@@ -334,6 +334,18 @@ impl Engine {
 
     /// `DELETE /containers/{id}`.
     pub async fn remove_container(&self, reference: &str, force: bool) -> Result<(), EngineError> {
+        self.remove_container_and_volumes(reference, force, false)
+            .await
+    }
+
+    /// `DELETE /containers/{id}?v=1` (and `--rm`): also removes the container's anonymous
+    /// volumes when `volumes` is set.
+    pub async fn remove_container_and_volumes(
+        &self,
+        reference: &str,
+        force: bool,
+        volumes: bool,
+    ) -> Result<(), EngineError> {
         let handle = self.lookup(reference)?;
         if handle.runtime().is_some() {
             if !force {
@@ -358,6 +370,10 @@ impl Engine {
         lock(&self.containers).remove(&handle.id);
         self.events.container(&handle.snapshot(), "destroy", &[]);
         handle.state.send_modify(|state| state.removed = true);
+        if volumes {
+            let mounts = handle.snapshot().mounts;
+            self.remove_anonymous_volumes(&mounts).await;
+        }
         Ok(())
     }
 

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_agent_proto::{
-    FrameKind, GuestMessage, HostMessage, ProcessSpec, SetupSpec, SpawnFailure, AGENT_STREAM,
+    FrameKind, GuestMessage, HostMessage, ProcessSpec, SetupSpec, SpawnFailure, VolumeMount,
+    AGENT_STREAM,
 };
 use berth_vm::{DiskFormat, DiskSpec, VmControl, VmSpec};
 use bytes::Bytes;
@@ -110,7 +111,7 @@ impl Engine {
                         let engine = self.clone();
                         let id = handle.id.clone();
                         tokio::spawn(async move {
-                            let _ = engine.remove_container(&id, true).await;
+                            let _ = engine.remove_container_and_volumes(&id, true, true).await;
                         });
                     }
                 }
@@ -170,17 +171,32 @@ impl Engine {
             engine: self.clone(),
             handle: Some(handle.clone()),
         };
+        self.check_volumes_free(&record.id, &record.mounts)?;
+        // Volume disks: in the VM from boot, or hot-plugged into a clone (whose devices
+        // must match its template's when it is restored).
+        let volume_disks: Vec<DiskSpec> = record
+            .mounts
+            .iter()
+            .enumerate()
+            .map(|(index, mount)| DiskSpec {
+                path: self.volume_disk(&mount.volume),
+                format: DiskFormat::Raw,
+                read_only: mount.read_only,
+                serial: Some(volume_serial(index)),
+                pci_slot: Some(berth_vm::FIRST_VOLUME_SLOT + index as u8),
+            })
+            .collect();
+        let mut disks = vec![DiskSpec::new(dir.join("rootfs.qcow2"), DiskFormat::Qcow2)];
+        if !clone {
+            disks.extend(volume_disks.iter().cloned());
+        }
         let spec = VmSpec {
             name: record.id.clone(),
             vcpus,
             memory_mib,
             kernel: guest.kernel.clone(),
             initramfs: guest.initramfs.clone(),
-            disks: vec![DiskSpec {
-                path: dir.join("rootfs.qcow2"),
-                format: DiskFormat::Qcow2,
-                read_only: false,
-            }],
+            disks,
             run_dir: run_dir.clone(),
             memory: match &template {
                 Some(template) => MemoryBacking::PrivateFile(template.memory_file()),
@@ -203,6 +219,11 @@ impl Engine {
         let control: Arc<dyn VmControl> = Arc::from(vm.control);
         let mut hello_at = Duration::ZERO;
         let prepared = async {
+            if clone {
+                for disk in &volume_disks {
+                    control.add_disk(disk).await?;
+                }
+            }
             let mut setup = SetupSpec {
                 hostname: record
                     .config
@@ -219,8 +240,20 @@ impl Engine {
                 tmpfs: Vec::new(),
                 shm_size: 0,
                 sysctls: Vec::new(),
+                volumes: Vec::new(),
             };
             crate::guest_config::apply(&record, &plan, &mut setup)?;
+            setup.volumes = record
+                .mounts
+                .iter()
+                .enumerate()
+                .map(|(index, mount)| VolumeMount {
+                    serial: volume_serial(index),
+                    target: mount.target.clone(),
+                    read_only: mount.read_only,
+                    populate: mount.populate,
+                })
+                .collect();
             let (session, mut reader) = if clone {
                 let mut entropy = vec![0u8; 64];
                 rand::rngs::OsRng.fill_bytes(&mut entropy);
@@ -593,7 +626,7 @@ impl Engine {
             let engine = self.clone();
             let id = handle.id.clone();
             tokio::spawn(async move {
-                if let Err(error) = engine.remove_container(&id, true).await {
+                if let Err(error) = engine.remove_container_and_volumes(&id, true, true).await {
                     tracing::warn!(%id, error = %error_chain(&error), "auto-remove failed");
                 }
             });
@@ -787,4 +820,9 @@ async fn forward_stdin(
             break;
         }
     }
+}
+
+/// The disk serial of a container's `index`th volume, which the agent looks for.
+fn volume_serial(index: usize) -> String {
+    format!("berth-vol-{index}")
 }

@@ -16,6 +16,7 @@ use crate::network::NetworkRecord;
 
 const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
 const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
+const VOLUMES: TableDefinition<&str, &[u8]> = TableDefinition::new("volumes");
 
 fn db_error(error: impl std::fmt::Display) -> EngineError {
     EngineError::Store(error.to_string())
@@ -34,6 +35,7 @@ impl Store {
         let txn = db.begin_write().map_err(db_error)?;
         txn.open_table(CONTAINERS).map_err(db_error)?;
         txn.open_table(NETWORKS).map_err(db_error)?;
+        txn.open_table(VOLUMES).map_err(db_error)?;
         txn.commit().map_err(db_error)?;
         Ok(Self { db: Arc::new(db) })
     }
@@ -66,6 +68,18 @@ impl Store {
 
     pub fn all_networks(&self) -> Result<Vec<NetworkRecord>, EngineError> {
         self.all_json(NETWORKS)
+    }
+
+    pub fn put_volume(&self, record: &crate::volumes::VolumeRecord) -> Result<(), EngineError> {
+        self.put_json(VOLUMES, &record.name, record)
+    }
+
+    pub fn delete_volume(&self, name: &str) -> Result<(), EngineError> {
+        self.delete_key(VOLUMES, name)
+    }
+
+    pub fn all_volumes(&self) -> Result<Vec<crate::volumes::VolumeRecord>, EngineError> {
+        self.all_json(VOLUMES)
     }
 
     fn put_json<T: serde::Serialize>(
@@ -141,6 +155,7 @@ mod tests {
             ports: Vec::new(),
             manually_stopped: false,
             health: None,
+            mounts: Vec::new(),
         };
         {
             let store = Store::open(&path).unwrap();

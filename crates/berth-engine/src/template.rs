@@ -299,11 +299,7 @@ impl TemplateManager {
             memory_mib: shape.memory_mib,
             kernel: guest.kernel.clone(),
             initramfs: guest.initramfs.clone(),
-            disks: vec![DiskSpec {
-                path: placeholder,
-                format: DiskFormat::Qcow2,
-                read_only: false,
-            }],
+            disks: vec![DiskSpec::new(placeholder, DiskFormat::Qcow2)],
             run_dir: run_dir.clone(),
             memory: MemoryBacking::SharedFile(dir.join("memory")),
             restore_from: None,

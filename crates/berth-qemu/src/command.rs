@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use berth_agent_proto::PORT_NAME;
-use berth_vm::{Accelerator, DiskFormat, MemoryBacking, NicSpec, VmSpec};
+use berth_vm::{Accelerator, DiskFormat, DiskSpec, MemoryBacking, NicSpec, VmSpec};
 
 /// Kernel command line: serial console, quiet, power off on panic, and no probing of
 /// hardware the VM does not have.
@@ -87,7 +87,7 @@ pub fn qemu_arguments(
             if disk.read_only { ",readonly=on" } else { "" }
         ));
         args.push("-device".into());
-        args.push(format!("virtio-blk-pci,drive=disk{index}"));
+        args.push(disk_device(disk, &format!("disk{index}")));
     }
     for nic in &spec.nics {
         let (netdev, device) = nic_options(nic);
@@ -153,10 +153,31 @@ fn escape_option(value: &str) -> String {
     value.replace(',', ",,")
 }
 
+/// A disk serial as QEMU gets it: letters, digits and `-`, at most 20 (the virtio-blk
+/// ID field's size), so that it needs no escaping.
+pub(crate) fn clean_serial(serial: &str) -> String {
+    serial
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(20)
+        .collect()
+}
+
+/// The `-device` options of a virtio-blk disk whose drive is `drive`.
+pub(crate) fn disk_device(disk: &DiskSpec, drive: &str) -> String {
+    let mut device = format!("virtio-blk-pci,drive={drive}");
+    if let Some(serial) = disk.serial.as_deref().map(clean_serial) {
+        device.push_str(&format!(",serial={serial}"));
+    }
+    if let Some(slot) = disk.pci_slot {
+        device.push_str(&format!(",addr={slot:#04x}"));
+    }
+    device
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use berth_vm::DiskSpec;
     use std::path::PathBuf;
 
     #[test]
@@ -167,11 +188,10 @@ mod tests {
             memory_mib: 512,
             kernel: "/k/vmlinuz".into(),
             initramfs: "/k/initrd".into(),
-            disks: vec![DiskSpec {
-                path: PathBuf::from("/d/a,b.qcow2"),
-                format: DiskFormat::Qcow2,
-                read_only: false,
-            }],
+            disks: vec![DiskSpec::new(
+                PathBuf::from("/d/a,b.qcow2"),
+                DiskFormat::Qcow2,
+            )],
             run_dir: "/run/x".into(),
             memory: MemoryBacking::Anonymous,
             restore_from: None,

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use berth_vm::{BlockStats, NicSpec, VmControl, VmError, VmExit};
+use berth_vm::{BlockStats, DiskFormat, DiskSpec, NicSpec, VmControl, VmError, VmExit};
 use tokio::process::Command;
 use tokio::sync::watch;
 
@@ -235,6 +235,44 @@ impl VmControl for QemuControl {
         if let Err(error) = added {
             let _ = monitor
                 .execute("netdev_del", Some(serde_json::json!({ "id": netdev_id })))
+                .await;
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    async fn add_disk(&self, disk: &DiskSpec) -> Result<(), VmError> {
+        let slot = disk
+            .pci_slot
+            .ok_or_else(|| VmError::Monitor("a hot-plugged disk needs a PCI slot".into()))?;
+        let node = format!("hotdisk{slot}");
+        let mut monitor = QmpClient::connect(&self.qmp_socket).await?;
+        let driver = match disk.format {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        };
+        monitor
+            .execute(
+                "blockdev-add",
+                Some(serde_json::json!({
+                    "driver": driver, "node-name": node, "read-only": disk.read_only,
+                    "file": { "driver": "file", "filename": disk.path },
+                })),
+            )
+            .await?;
+        let mut device = serde_json::json!({
+            "driver": "virtio-blk-pci", "id": format!("{node}-dev"), "drive": node,
+            "addr": format!("{slot:#04x}"),
+        });
+        if let Some(serial) = disk.serial.as_deref() {
+            device["serial"] = serde_json::json!(crate::command::clean_serial(serial));
+        }
+        if let Err(error) = monitor.execute("device_add", Some(device)).await {
+            let _ = monitor
+                .execute(
+                    "blockdev-del",
+                    Some(serde_json::json!({ "node-name": node })),
+                )
                 .await;
             return Err(error);
         }

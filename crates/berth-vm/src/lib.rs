@@ -86,7 +86,31 @@ pub struct DiskSpec {
     pub path: PathBuf,
     pub format: DiskFormat,
     pub read_only: bool,
+    /// The serial number the guest reads in `/sys/block/<dev>/serial` (at most 20
+    /// bytes): how the agent finds a volume's disk whatever the guest named it.
+    pub serial: Option<String>,
+    /// PCI slot on bus 0; `None`: the backend picks one. Volumes take
+    /// [`FIRST_VOLUME_SLOT`] onwards, so that they never meet the NICs' slots.
+    pub pci_slot: Option<u8>,
 }
+
+impl DiskSpec {
+    /// A disk with neither serial nor fixed slot (a container's root disk).
+    pub fn new(path: PathBuf, format: DiskFormat) -> Self {
+        Self {
+            path,
+            format,
+            read_only: false,
+            serial: None,
+            pci_slot: None,
+        }
+    }
+}
+
+/// The PCI slot of a VM's first volume disk; volume `n` is in slot `FIRST_VOLUME_SLOT + n`.
+pub const FIRST_VOLUME_SLOT: u8 = 0x10;
+/// Most volumes one VM can have.
+pub const MAX_VOLUMES: usize = 8;
 
 /// How a disk file is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +191,8 @@ pub trait VmControl: Send + Sync {
     async fn add_nic(&self, nic: &NicSpec) -> Result<(), VmError>;
     /// Unplugs a NIC (the guest has let go of it) and closes its tap.
     async fn remove_nic(&self, nic: &NicSpec) -> Result<(), VmError>;
+    /// Hot-plugs a disk (a volume) into the running VM, in `disk.pci_slot`.
+    async fn add_disk(&self, disk: &DiskSpec) -> Result<(), VmError>;
 }
 
 /// A way of running VMs.

@@ -1,0 +1,146 @@
+//! Volumes: ext4 disks the host attached (at boot, or hot-plugged into a clone), found by
+//! their serial number and mounted inside the container root before its process runs.
+//!
+//! A new volume (`populate`, not read-only) first receives what the image has at the
+//! mount point, as Docker copies an image's content into an empty volume: the copy keeps owners, modes,
+//! times of regular files, directories and symlinks, and recreates device nodes, FIFOs
+//! and sockets. Paths are checked so that a mount point never leaves the container root,
+//! even through a symlink in the image.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use berth_agent_proto::VolumeMount;
+use nix::mount::MsFlags;
+
+use crate::boot::mount_fs;
+use crate::process::CONTAINER_ROOT;
+
+/// How long a hot-plugged disk may take to appear in the guest.
+const DEVICE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Mounts each volume at its target inside the container root.
+pub fn mount_all(volumes: &[VolumeMount]) -> io::Result<()> {
+    for (index, volume) in volumes.iter().enumerate() {
+        mount_one(index, volume)?;
+    }
+    Ok(())
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, message)
+}
+
+fn mount_one(index: usize, volume: &VolumeMount) -> io::Result<()> {
+    if !volume.target.starts_with('/') || volume.target.split('/').any(|part| part == "..") {
+        return Err(invalid(format!("invalid volume path {:?}", volume.target)));
+    }
+    let device = find_by_serial(&volume.serial)?;
+    let target = format!("{CONTAINER_ROOT}{}", volume.target);
+    fs::create_dir_all(&target)?;
+    // A symlink in the image must not carry the mount out of the container root.
+    let resolved = fs::canonicalize(&target)?;
+    if !resolved.starts_with(CONTAINER_ROOT) {
+        return Err(invalid(format!(
+            "volume path {} leads outside the container",
+            volume.target
+        )));
+    }
+    let device = device.display().to_string();
+    // A read-only volume's disk is read-only in the VM too: nothing can be copied in.
+    if volume.populate && !volume.read_only {
+        let staging = format!("/run/berth-volume-{index}");
+        fs::create_dir_all(&staging)?;
+        mount_fs(&device, &staging, "ext4", MsFlags::empty(), None)?;
+        let copied = if is_empty_volume(Path::new(&staging))? {
+            copy_tree(&resolved, Path::new(&staging))
+        } else {
+            Ok(())
+        };
+        nix::mount::umount(staging.as_str()).map_err(io::Error::from)?;
+        copied?;
+    }
+    // On a read-only disk ext4 cannot replay its journal: `noload` mounts without it
+    // (a volume whose last user's VM died mid-write then shows its last committed state
+    // minus the journal's tail).
+    let (flags, data) = if volume.read_only {
+        (MsFlags::MS_RDONLY, Some("noload"))
+    } else {
+        (MsFlags::empty(), None)
+    };
+    mount_fs(
+        &device,
+        &resolved.display().to_string(),
+        "ext4",
+        flags,
+        data,
+    )
+}
+
+/// `/dev/vdX` whose `/sys/block/vdX/serial` is `serial`, waiting for a hot-plugged disk.
+fn find_by_serial(serial: &str) -> io::Result<PathBuf> {
+    let deadline = Instant::now() + DEVICE_TIMEOUT;
+    loop {
+        for entry in fs::read_dir("/sys/block")? {
+            let entry = entry?;
+            let found = fs::read_to_string(entry.path().join("serial"))
+                .map(|text| text.trim() == serial)
+                .unwrap_or(false);
+            let device = Path::new("/dev").join(entry.file_name());
+            if found && device.exists() {
+                return Ok(device);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("the volume disk {serial} did not appear"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A freshly made ext4 filesystem holds only `lost+found`.
+fn is_empty_volume(root: &Path) -> io::Result<bool> {
+    Ok(fs::read_dir(root)?
+        .filter_map(Result::ok)
+        .all(|entry| entry.file_name() == "lost+found"))
+}
+
+/// Copies the tree under `from` into `to` (an existing directory), keeping metadata.
+fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    let meta = fs::symlink_metadata(from)?;
+    copy_metadata(to, &meta)?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let source = entry.path();
+        let dest = to.join(entry.file_name());
+        let meta = fs::symlink_metadata(&source)?;
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            fs::create_dir(&dest)?;
+            copy_tree(&source, &dest)?;
+        } else if kind.is_symlink() {
+            symlink(fs::read_link(&source)?, &dest)?;
+            std::os::unix::fs::lchown(&dest, Some(meta.uid()), Some(meta.gid()))?;
+        } else if kind.is_file() {
+            fs::copy(&source, &dest)?;
+            copy_metadata(&dest, &meta)?;
+        } else {
+            let mode = nix::sys::stat::Mode::from_bits_truncate(meta.mode());
+            let kind = nix::sys::stat::SFlag::from_bits_truncate(meta.mode());
+            nix::sys::stat::mknod(&dest, kind, mode, meta.rdev()).map_err(io::Error::from)?;
+            copy_metadata(&dest, &meta)?;
+        }
+    }
+    Ok(())
+}
+
+fn copy_metadata(path: &Path, meta: &fs::Metadata) -> io::Result<()> {
+    std::os::unix::fs::chown(path, Some(meta.uid()), Some(meta.gid()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(meta.mode() & 0o7777))
+}
