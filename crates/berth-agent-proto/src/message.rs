@@ -123,6 +123,11 @@ pub struct ProcessSpec {
     /// `no_new_privs`: set-user-id programs and file capabilities give nothing.
     #[serde(default)]
     pub no_new_privileges: bool,
+    /// Run the agent's own helper (`argv[0]` names the operation's program, e.g.
+    /// `berth-archive`), chrooted in the container, instead of a program of the image:
+    /// for `docker cp`, which must work in images without a shell or tar.
+    #[serde(default)]
+    pub agent_helper: bool,
 }
 
 /// Why a process could not be started. The engine maps these to Docker's 126/127.
@@ -347,6 +352,7 @@ mod tests {
             rlimits: vec![(7, 1024, 2048)],
             capabilities: Some(vec![0, 5]),
             no_new_privileges: true,
+            agent_helper: false,
         });
         let frame = decode_one(&encode_control(3, &spawn));
         assert_eq!(frame.stream, 3);

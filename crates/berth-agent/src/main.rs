@@ -8,6 +8,7 @@
 //! If the engine goes away (its end of the channel closes), the agent and the container's
 //! processes go on; a new engine takes over with `Reattach`.
 
+mod archive;
 mod boot;
 mod channel;
 mod network;
@@ -19,6 +20,12 @@ mod user;
 mod volumes;
 
 fn main() {
+    // The agent's binary also serves as the helper for `docker cp`, run chrooted in the
+    // container under another name.
+    let args: Vec<String> = std::env::args().collect();
+    if args.first().map(String::as_str) == Some(archive::HELPER_NAME) {
+        std::process::exit(archive::main(&args));
+    }
     if let Err(error) = run() {
         eprintln!("berth-agent: fatal: {error}");
     }

@@ -142,7 +142,15 @@ pub fn spawn(
     std::fs::create_dir_all(&host_cwd)
         .map_err(|e| SpawnError::other(format!("creating working directory {}: {e}", spec.cwd)))?;
 
-    let mut command = Command::new(program);
+    let mut command = if spec.agent_helper {
+        // The agent's own binary, reached through /proc (mounted in the container root)
+        // after the chroot; `argv[0]` tells it which helper to be.
+        let mut command = Command::new("/proc/self/exe");
+        command.arg0(program);
+        command
+    } else {
+        Command::new(program)
+    };
     command.args(&spec.argv[1..]).env_clear();
     let mut has_home = false;
     for pair in &spec.env {

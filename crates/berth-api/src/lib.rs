@@ -6,6 +6,7 @@
 //! become Docker's `{"message": ...}` bodies in one place ([`error`]). This layer knows
 //! nothing about VMs: it speaks to `berth-engine` only.
 
+pub mod archive;
 pub mod containers;
 pub mod convert;
 pub mod error;
@@ -76,6 +77,10 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/containers/{id}/logs", get(streams::logs))
         .route("/containers/{id}/stats", get(stats::stats))
         .route("/containers/{id}", delete(containers::remove))
+        .route(
+            "/containers/{id}/archive",
+            get(archive::get).head(archive::head).put(archive::put),
+        )
         .route("/containers/{id}/exec", post(exec::create))
         .route("/exec/{id}/start", post(exec::start))
         .route("/exec/{id}/json", get(exec::inspect))

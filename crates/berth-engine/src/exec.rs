@@ -22,6 +22,8 @@ pub struct ExecHandle {
     pub container_id: String,
     pub config: ExecConfig,
     pub stream: u32,
+    /// Runs the agent's own helper (`docker cp`), not a program of the image; no events.
+    pub(crate) helper: bool,
     pub hub: OutputHub,
     pub(crate) state: watch::Sender<ExecState>,
     started: Mutex<Option<oneshot::Sender<Result<i32, String>>>>,
@@ -130,6 +132,15 @@ impl Engine {
     }
 
     pub fn create_exec(&self, reference: &str, config: ExecConfig) -> Result<String, EngineError> {
+        self.create_exec_as(reference, config, false)
+    }
+
+    pub(crate) fn create_exec_as(
+        &self,
+        reference: &str,
+        config: ExecConfig,
+        helper: bool,
+    ) -> Result<String, EngineError> {
         let (handle, _) = self.running_handle(reference)?;
         if lock(&handle.record).state.status == crate::ContainerStatus::Paused {
             return Err(EngineError::Conflict(format!(
@@ -146,16 +157,19 @@ impl Engine {
         let stream = self.execs.next_stream.fetch_add(1, Ordering::Relaxed) + 2;
         let id = names::new_id();
         let command_line = config.cmd.clone().unwrap_or_default().join(" ");
-        self.events.container(
-            &handle.snapshot(),
-            &format!("exec_create: {command_line}"),
-            &[("execID", id.clone())],
-        );
+        if !helper {
+            self.events.container(
+                &handle.snapshot(),
+                &format!("exec_create: {command_line}"),
+                &[("execID", id.clone())],
+            );
+        }
         let exec = Arc::new(ExecHandle {
             id: id.clone(),
             container_id: handle.id.clone(),
             config,
             stream,
+            helper,
             hub: OutputHub::default(),
             state: watch::channel(ExecState::default()).0,
             started: Mutex::new(None),
@@ -197,7 +211,7 @@ impl Engine {
             env.retain(|existing| existing.split('=').next() != Some(key));
             env.push(pair.clone());
         }
-        let spec = ProcessSpec {
+        let mut spec = ProcessSpec {
             argv: config.cmd.clone().unwrap_or_default(),
             env,
             cwd: config
@@ -226,7 +240,15 @@ impl Engine {
                 crate::security::capabilities(&record.host_config)?
             },
             no_new_privileges: crate::security::no_new_privileges(&record.host_config),
+            agent_helper: exec.helper,
         };
+        if exec.helper {
+            // Berth's own helper: as root, with every capability, in `/`.
+            spec.user = String::new();
+            spec.capabilities = None;
+            spec.no_new_privileges = false;
+            spec.cwd = "/".into();
+        }
         let output = exec.hub.subscribe();
         let (started_sender, started) = oneshot::channel();
         *lock(&exec.started) = Some(started_sender);
@@ -235,6 +257,7 @@ impl Engine {
             .send(exec.stream, &HostMessage::Spawn(spec))
             .await?;
         match started.await {
+            Ok(Ok(_pid)) if exec.helper => {}
             Ok(Ok(_pid)) => {
                 let command_line = config.cmd.clone().unwrap_or_default().join(" ");
                 self.events.container(

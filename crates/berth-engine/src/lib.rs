@@ -18,7 +18,9 @@
 //! and under the exec root (`/run/berth` by default), `vms/<first 24 hex of the id>/`:
 //! the running VM's sockets, console log and QEMU log.
 
+mod archive;
 mod container;
+mod copy_vm;
 mod create;
 mod error;
 pub mod events;

@@ -32,6 +32,22 @@ pub struct OutputChunk {
     pub data: Bytes,
 }
 
+impl OutputChunk {
+    /// Output the agent sent in a frame of `kind` (stderr frames are stderr, the rest
+    /// stdout).
+    pub(crate) fn from_agent(kind: berth_agent_proto::FrameKind, data: Vec<u8>) -> Self {
+        let stream = if kind == berth_agent_proto::FrameKind::Stderr {
+            OutputStream::Stderr
+        } else {
+            OutputStream::Stdout
+        };
+        Self {
+            stream,
+            data: Bytes::from(data),
+        }
+    }
+}
+
 /// Fans output out to the clients attached to a container.
 #[derive(Default)]
 pub struct OutputHub {

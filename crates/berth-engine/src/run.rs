@@ -5,16 +5,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_agent_proto::{
-    FrameKind, GuestMessage, HostMessage, ProcessSpec, SetupSpec, SpawnFailure, VolumeMount,
-    AGENT_STREAM,
+    GuestMessage, HostMessage, ProcessSpec, SetupSpec, SpawnFailure, VolumeMount, AGENT_STREAM,
 };
 use berth_vm::{DiskFormat, DiskSpec, VmControl, VmSpec};
-use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::container::ContainerStatus;
 use crate::error::{error_chain, EngineError};
-use crate::output::{LogWriter, OutputChunk, OutputStream};
+use crate::output::{LogWriter, OutputChunk};
 use crate::session::{handshake, rebind, AgentEvent, AgentReader, AgentSession, MAIN_STREAM};
 use crate::template::Shape;
 use crate::RUNTIME_CLONE;
@@ -318,6 +316,7 @@ impl Engine {
             rlimits: crate::security::rlimits(&record.host_config)?,
             capabilities: crate::security::capabilities(&record.host_config)?,
             no_new_privileges: crate::security::no_new_privileges(&record.host_config),
+            agent_helper: false,
         };
         let log = self.log_writer(&record)?;
         let (started_sender, started) = oneshot::channel();
@@ -663,15 +662,7 @@ async fn serve(
                     kind,
                     data,
                 })) => {
-                    let stream = if kind == FrameKind::Stderr {
-                        OutputStream::Stderr
-                    } else {
-                        OutputStream::Stdout
-                    };
-                    let chunk = OutputChunk {
-                        stream,
-                        data: Bytes::from(data),
-                    };
+                    let chunk = OutputChunk::from_agent(kind, data);
                     handle.hub.record_and_publish(&chunk, || log.write(&chunk));
                 }
                 Ok(Some(AgentEvent::Message {
@@ -723,15 +714,7 @@ async fn serve(
                 Ok(Some(AgentEvent::Output { stream, kind, data })) => {
                     match engine.execs.by_stream(&handle.id, stream) {
                         Some(exec) => {
-                            let stream = if kind == FrameKind::Stderr {
-                                OutputStream::Stderr
-                            } else {
-                                OutputStream::Stdout
-                            };
-                            exec.hub.publish(&OutputChunk {
-                                stream,
-                                data: Bytes::from(data),
-                            });
+                            exec.hub.publish(&OutputChunk::from_agent(kind, data));
                         }
                         None if reattached => {} // an exec the engine before this one ran
                         None => {
@@ -750,11 +733,16 @@ async fn serve(
                             }
                             GuestMessage::Exited { code, .. } => {
                                 exec.finish(i64::from(code));
-                                engine.events.container(
-                                    &handle.snapshot(),
-                                    "exec_die",
-                                    &[("execID", exec.id.clone()), ("exitCode", code.to_string())],
-                                );
+                                if !exec.helper {
+                                    engine.events.container(
+                                        &handle.snapshot(),
+                                        "exec_die",
+                                        &[
+                                            ("execID", exec.id.clone()),
+                                            ("exitCode", code.to_string()),
+                                        ],
+                                    );
+                                }
                             }
                             GuestMessage::Error { message } => {
                                 tracing::warn!(id = %handle.id, stream, %message, "agent reported an error for an exec")

@@ -1,0 +1,289 @@
+//! `berth-archive`: the helper behind `docker cp`. The agent runs its own binary under this
+//! name as a process chrooted in the container root (see `process::spawn`), so paths
+//! resolve as the container sees them and nothing it does can reach outside that root.
+//!
+//! Operations (`argv[1]`), on `argv[2]`, a path in the container:
+//!
+//! * `stat`: one JSON line on stdout, Docker's `PathStat` (`name`, `size`, `mode` as a Go
+//!   `FileMode`, `mtime` in RFC 3339, `linkTarget`). The path's parents are resolved
+//!   (symlinks followed); the last component is not.
+//! * `read`: the path's stat (as `stat` writes it, one line), then a tar of the path: entries named from the path's last component
+//!   (`dir/…` for a directory, `./…` for `dir/.`, as Docker names them), owners, modes
+//!   and times kept, symlinks stored as symlinks, device nodes and FIFOs as such.
+//! * `write`: a tar from stdin extracted into the path, which must be a directory.
+//!   Entries with `..` are refused by the tar reader, and links are never followed out
+//!   of the target (and out of the chroot there is nothing to reach).
+//!
+//! Exit status: 0 on success; 2 when the path does not exist (stderr starts with
+//! `not found:`); 3 when the write target is not a directory; 4 when extracting the
+//! archive fails (a hostile or broken archive); 1 otherwise.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// The program name the agent runs this helper under.
+pub const HELPER_NAME: &str = "berth-archive";
+
+/// Runs the helper; returns the process's exit status.
+pub fn main(args: &[String]) -> i32 {
+    let (Some(op), Some(path)) = (args.get(1), args.get(2)) else {
+        eprintln!("usage: {HELPER_NAME} stat|read|write PATH");
+        return 1;
+    };
+    let result = match op.as_str() {
+        "stat" => stat(path),
+        "read" => read(path),
+        "write" => write(path),
+        other => Err(io::Error::other(format!("unknown operation {other}"))),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            eprintln!("not found: {path}");
+            2
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotADirectory => {
+            eprintln!("not a directory: {path}");
+            3
+        }
+        Err(error) if op == "write" => {
+            eprintln!("{error}");
+            4
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            1
+        }
+    }
+}
+
+/// The path with its parent resolved (symlinks followed inside the chroot).
+fn resolve(path: &str) -> io::Result<PathBuf> {
+    let path = Path::new(path);
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let parent = fs::canonicalize(if parent.as_os_str().is_empty() {
+        Path::new("/")
+    } else {
+        parent
+    })?;
+    Ok(match path.file_name() {
+        Some(name) => parent.join(name),
+        // `/`, or a path ending in `/.` or `..`.
+        None => fs::canonicalize(path)?,
+    })
+}
+
+/// Go's `os.FileMode` bits for a file's type and permissions.
+fn go_file_mode(meta: &fs::Metadata) -> u32 {
+    let mode = meta.mode();
+    let mut go = mode & 0o777;
+    let kind = mode & libc::S_IFMT;
+    go |= match kind {
+        libc::S_IFDIR => 1 << 31,
+        libc::S_IFLNK => 1 << 27,
+        libc::S_IFIFO => 1 << 25,
+        libc::S_IFSOCK => 1 << 24,
+        libc::S_IFBLK => 1 << 26,
+        libc::S_IFCHR => (1 << 26) | (1 << 21),
+        _ => 0,
+    };
+    if mode & libc::S_ISUID != 0 {
+        go |= 1 << 23;
+    }
+    if mode & libc::S_ISGID != 0 {
+        go |= 1 << 22;
+    }
+    if mode & libc::S_ISVTX != 0 {
+        go |= 1 << 20;
+    }
+    go
+}
+
+fn stat(path: &str) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    write_stat(path, &mut out)?;
+    out.flush()
+}
+
+/// Writes the path's stat as one JSON line.
+fn write_stat(path: &str, out: &mut impl Write) -> io::Result<()> {
+    let resolved = resolve(path)?;
+    let meta = fs::symlink_metadata(&resolved)?;
+    let link_target = if meta.file_type().is_symlink() {
+        fs::read_link(&resolved)?.display().to_string()
+    } else {
+        String::new()
+    };
+    let name = resolved
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "/".into());
+    let mtime = chrono_free_rfc3339(meta.mtime());
+    let stat = serde_json::json!({
+        "name": name,
+        "size": meta.size(),
+        "mode": go_file_mode(&meta),
+        "mtime": mtime,
+        "linkTarget": link_target,
+    });
+    writeln!(out, "{stat}")
+}
+
+/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (civil-from-days, proleptic Gregorian).
+fn chrono_free_rfc3339(seconds: i64) -> String {
+    let days = seconds.div_euclid(86_400);
+    let secs = seconds.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+fn read(path: &str) -> io::Result<()> {
+    let contents_only = path.ends_with("/.");
+    let resolved = resolve(path)?;
+    fs::symlink_metadata(&resolved)?;
+    // Entry names as Docker writes them: from the path's last component, or `.` for
+    // `dir/.` (then `./file`, which the CLI rebases onto the destination's name).
+    let name = if contents_only {
+        ".".to_owned()
+    } else {
+        resolved
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| ".".into())
+    };
+    let stdout = io::stdout().lock();
+    let mut out = io::BufWriter::with_capacity(1 << 16, stdout);
+    write_stat(path, &mut out)?;
+    append_tree(&mut out, &resolved, &name)?;
+    // Two empty blocks end a tar.
+    out.write_all(&[0u8; 1024])?;
+    out.flush()
+}
+
+/// Writes `path` (not following a final symlink) and, for a directory, everything
+/// under it, as tar entries named `name`, `name/child`, ...
+fn append_tree(out: &mut impl Write, path: &Path, name: &str) -> io::Result<()> {
+    let meta = fs::symlink_metadata(path)?;
+    let kind = meta.file_type();
+    let mut header = tar::Header::new_gnu();
+    header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+    if kind.is_symlink() {
+        let target = fs::read_link(path)?;
+        let target = target.as_os_str().as_encoded_bytes();
+        if target.len() >= 100 {
+            write_long(out, b'K', target)?;
+        }
+        let short = &target[..target.len().min(99)];
+        let link = &mut header.as_old_mut().linkname;
+        link.fill(0);
+        link[..short.len()].copy_from_slice(short);
+    }
+    let entry_name = if kind.is_dir() {
+        format!("{name}/")
+    } else {
+        name.to_owned()
+    };
+    write_header(out, &mut header, entry_name.as_bytes())?;
+    if kind.is_file() {
+        let mut file = fs::File::open(path)?;
+        let copied = io::copy(&mut (&mut file).take(meta.len()), out)?;
+        if copied != meta.len() {
+            return Err(io::Error::other(format!(
+                "{} shrank while being read",
+                path.display()
+            )));
+        }
+        pad(out, copied)?;
+    } else if kind.is_dir() {
+        let mut children: Vec<_> = fs::read_dir(path)?.collect::<Result<_, _>>()?;
+        children.sort_by_key(|entry| entry.file_name());
+        for child in children {
+            let child_name = format!("{name}/{}", child.file_name().to_string_lossy());
+            append_tree(out, &child.path(), &child_name)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `header` with the entry name `name`, raw (the tar crate would drop a leading
+/// `./`); a name of 100 bytes or more goes first in a GNU long-name entry.
+fn write_header(out: &mut impl Write, header: &mut tar::Header, name: &[u8]) -> io::Result<()> {
+    if name.len() >= 100 {
+        write_long(out, b'L', name)?;
+    }
+    let short = &name[..name.len().min(99)];
+    let field = &mut header.as_old_mut().name;
+    field.fill(0);
+    field[..short.len()].copy_from_slice(short);
+    header.set_cksum();
+    out.write_all(header.as_bytes())
+}
+
+/// A GNU `././@LongLink` entry of type `kind` (`L` name, `K` link target).
+fn write_long(out: &mut impl Write, kind: u8, value: &[u8]) -> io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    let field = &mut header.as_old_mut().name;
+    field[..13].copy_from_slice(b"././@LongLink");
+    header.set_mode(0o644);
+    header.set_size(value.len() as u64 + 1);
+    header.set_entry_type(tar::EntryType::new(kind));
+    header.set_cksum();
+    out.write_all(header.as_bytes())?;
+    out.write_all(value)?;
+    out.write_all(&[0])?;
+    pad(out, value.len() as u64 + 1)
+}
+
+/// Zeroes up to the next 512-byte block.
+fn pad(out: &mut impl Write, written: u64) -> io::Result<()> {
+    let rest = (512 - written % 512) % 512;
+    out.write_all(&vec![0u8; rest as usize])
+}
+
+fn write(path: &str) -> io::Result<()> {
+    let resolved = fs::canonicalize(path)?;
+    if !fs::metadata(&resolved)?.is_dir() {
+        return Err(io::Error::from(io::ErrorKind::NotADirectory));
+    }
+    let mut archive = tar::Archive::new(io::stdin().lock());
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_preserve_mtime(true);
+    archive.set_overwrite(true);
+    archive.set_unpack_xattrs(false);
+    archive.unpack(&resolved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_modes_are_written_as_docker_reads_them() {
+        assert_eq!(chrono_free_rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(chrono_free_rfc3339(1_767_225_600), "2026-01-01T00:00:00Z");
+        assert_eq!(chrono_free_rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = fs::metadata(dir.path()).expect("metadata");
+        assert_eq!(
+            go_file_mode(&meta) >> 31,
+            1,
+            "directories have Go's ModeDir bit"
+        );
+    }
+}

@@ -1,0 +1,328 @@
+//! `docker cp`: the archive API (`HEAD`, `GET` and `PUT /containers/{id}/archive`).
+//!
+//! The container's files are read and written inside its own VM, never by the host's
+//! kernel: the agent runs its `berth-archive` helper chrooted in the container root (an
+//! exec on a stream of its own; see `berth-agent`'s `archive` module) and the tar
+//! crosses the agent channel as the helper's standard input or output. Paths are the
+//! container's (a relative path is taken from `/`). A hostile archive meets the tar
+//! reader's checks inside the guest and a chroot that has nothing of the host in it.
+//!
+//! For a stopped container the helper runs in a VM booted on its disk for the copy (see
+//! `copy_vm`): the host never opens a container's filesystem, which is untrusted.
+
+use std::sync::Arc;
+
+use bollard_stubs::models::ExecConfig;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+
+use crate::copy_vm::HelperRun;
+use crate::output::{OutputChunk, OutputStream};
+use crate::{Engine, EngineError, StdinEvent};
+use tokio::sync::oneshot;
+
+/// Exit status of the helper for a path that does not exist.
+const NOT_FOUND: i64 = 2;
+/// Exit status of the helper for a write target that is not a directory.
+const NOT_A_DIRECTORY: i64 = 3;
+/// Exit status of the helper when the archive to extract is refused or broken.
+const BAD_ARCHIVE: i64 = 4;
+/// Largest stat answer read from the guest.
+const MAX_STAT_LEN: usize = 64 * 1024;
+
+fn container_path(path: &str) -> Result<String, EngineError> {
+    if path.is_empty() {
+        return Err(EngineError::InvalidArgument("path is required".into()));
+    }
+    if path.contains('\0') {
+        return Err(EngineError::InvalidArgument(
+            "path contains a NUL byte".into(),
+        ));
+    }
+    Ok(if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("/{path}")
+    })
+}
+
+impl Engine {
+    /// Runs `berth-archive OP PATH` in the container's VM, or, for a stopped container,
+    /// in a VM booted on its disk for the purpose.
+    async fn start_archive_helper(
+        self: &Arc<Self>,
+        reference: &str,
+        op: &str,
+        path: &str,
+        stdin: bool,
+    ) -> Result<HelperRun, EngineError> {
+        let handle = self.lookup(reference)?;
+        let argv = vec!["berth-archive".to_owned(), op.to_owned(), path.to_owned()];
+        if handle.runtime().is_none() {
+            return self.run_helper_in_copy_vm(handle, argv, stdin).await;
+        }
+        let config = ExecConfig {
+            cmd: Some(argv),
+            attach_stdin: Some(stdin),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let id = self.create_exec_as(&handle.id, config, true)?;
+        let exec = self.exec(&id)?;
+        let attachment = self.start_exec(&id, Some(false)).await?;
+        let (exit_sender, exit) = oneshot::channel();
+        tokio::spawn(async move {
+            let mut state = exec.state.subscribe();
+            let code = loop {
+                if let Some(code) = state.borrow().exit_code {
+                    break code;
+                }
+                if state.changed().await.is_err() {
+                    break -1;
+                }
+            };
+            let _ = exit_sender.send(code);
+        });
+        Ok(HelperRun {
+            output: attachment.output,
+            stdin: attachment.stdin.map(|sink| sink.sender),
+            exit,
+        })
+    }
+
+    fn helper_error(path: &str, reference: &str, code: i64, stderr: &str) -> EngineError {
+        match code {
+            NOT_FOUND => EngineError::NotFound(format!(
+                "Could not find the file {path} in container {reference}"
+            )),
+            NOT_A_DIRECTORY => {
+                EngineError::InvalidArgument(format!("extraction point is not a directory: {path}"))
+            }
+            BAD_ARCHIVE => EngineError::InvalidArgument(format!(
+                "extracting the archive into {path} failed: {}",
+                stderr.trim().chars().take(1000).collect::<String>()
+            )),
+            _ => EngineError::Agent(format!(
+                "copying {path}: {}",
+                stderr.trim().chars().take(1000).collect::<String>()
+            )),
+        }
+    }
+
+    /// `HEAD /containers/{id}/archive`: Docker's PathStat of `path`, as JSON.
+    pub async fn stat_container_path(
+        self: &Arc<Self>,
+        reference: &str,
+        path: &str,
+    ) -> Result<serde_json::Value, EngineError> {
+        let path = container_path(path)?;
+        let mut run = self
+            .start_archive_helper(reference, "stat", &path, false)
+            .await?;
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        while let Some(OutputChunk { stream, data }) = run.output.recv().await {
+            let sink = match stream {
+                OutputStream::Stdout => &mut stdout,
+                OutputStream::Stderr => &mut stderr,
+            };
+            if sink.len() + data.len() > MAX_STAT_LEN {
+                return Err(EngineError::Agent(
+                    "the guest's stat answer is too long".into(),
+                ));
+            }
+            sink.extend_from_slice(&data);
+        }
+        let code = run.exit.await.unwrap_or(-1);
+        if code != 0 {
+            return Err(Self::helper_error(
+                &path,
+                reference,
+                code,
+                &String::from_utf8_lossy(&stderr),
+            ));
+        }
+        parse_stat(&stdout)
+    }
+
+    /// `GET /containers/{id}/archive`: the stat of `path` and a tar of it, streamed.
+    /// An error after the stream began ends it early (the client sees a short tar).
+    pub async fn read_container_archive(
+        self: &Arc<Self>,
+        reference: &str,
+        path: &str,
+    ) -> Result<
+        (
+            serde_json::Value,
+            impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+        ),
+        EngineError,
+    > {
+        let path = container_path(path)?;
+        let mut run = self
+            .start_archive_helper(reference, "read", &path, false)
+            .await?;
+        // The helper writes the stat line first, then the tar.
+        let mut head = Vec::new();
+        let mut stderr = Vec::new();
+        let newline = loop {
+            match run.output.recv().await {
+                Some(OutputChunk {
+                    stream: OutputStream::Stdout,
+                    data,
+                }) => {
+                    head.extend_from_slice(&data);
+                    if let Some(at) = head.iter().position(|&b| b == b'\n') {
+                        break at;
+                    }
+                    if head.len() > MAX_STAT_LEN {
+                        return Err(EngineError::Agent(
+                            "the guest's stat answer is too long".into(),
+                        ));
+                    }
+                }
+                Some(OutputChunk { data, .. }) => {
+                    if stderr.len() < MAX_STAT_LEN {
+                        stderr.extend_from_slice(&data);
+                    }
+                }
+                None => {
+                    let code = run.exit.await.unwrap_or(-1);
+                    return Err(Self::helper_error(
+                        &path,
+                        reference,
+                        code,
+                        &String::from_utf8_lossy(&stderr),
+                    ));
+                }
+            }
+        };
+        let stat = parse_stat(&head[..newline])?;
+        let first = Bytes::copy_from_slice(&head[newline + 1..]);
+        let rest = futures_util::stream::unfold(
+            (run.output, Some(run.exit), stderr),
+            |(mut output, mut exit, mut stderr)| async move {
+                loop {
+                    match output.recv().await {
+                        Some(OutputChunk {
+                            stream: OutputStream::Stdout,
+                            data,
+                        }) => return Some((Ok(data), (output, exit, stderr))),
+                        Some(OutputChunk { data, .. }) => {
+                            if stderr.len() < MAX_STAT_LEN {
+                                stderr.extend_from_slice(&data);
+                            }
+                        }
+                        None => {
+                            let code = match exit.take() {
+                                Some(exit) => exit.await.unwrap_or(-1),
+                                None => return None,
+                            };
+                            if code == 0 {
+                                return None;
+                            }
+                            let message = String::from_utf8_lossy(&stderr).trim().to_owned();
+                            tracing::warn!(code, %message, "reading an archive from a container failed");
+                            return Some((
+                                Err(std::io::Error::other(message)),
+                                (output, None, Vec::new()),
+                            ));
+                        }
+                    }
+                }
+            },
+        )
+        .take_while(|item| {
+            let go_on = item.is_ok();
+            async move { go_on }
+        });
+        let stream = futures_util::stream::once(async move { Ok(first) })
+            .filter(|item: &Result<Bytes, std::io::Error>| {
+                let keep = item.as_ref().map_or(true, |b| !b.is_empty());
+                async move { keep }
+            })
+            .chain(rest);
+        Ok((stat, stream))
+    }
+
+    /// `PUT /containers/{id}/archive`: extracts the tar `body` into the directory `path`.
+    pub async fn write_container_archive<S, E>(
+        self: &Arc<Self>,
+        reference: &str,
+        path: &str,
+        body: S,
+    ) -> Result<(), EngineError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display,
+    {
+        let path = container_path(path)?;
+        let mut run = self
+            .start_archive_helper(reference, "write", &path, true)
+            .await?;
+        let stdin = run
+            .stdin
+            .take()
+            .ok_or_else(|| EngineError::Agent("the copy helper has no input".into()))?;
+        let mut body = body;
+        let mut stderr = Vec::new();
+        let mut body_done = false;
+        let mut body_error = None;
+        loop {
+            tokio::select! {
+                chunk = body.next(), if !body_done => match chunk {
+                    Some(Ok(data)) => {
+                        let _ = stdin.send(StdinEvent::Data(data));
+                    }
+                    Some(Err(error)) => {
+                        body_error = Some(error.to_string());
+                        body_done = true;
+                        let _ = stdin.send(StdinEvent::Close);
+                    }
+                    None => {
+                        body_done = true;
+                        let _ = stdin.send(StdinEvent::Close);
+                    }
+                },
+                chunk = run.output.recv() => match chunk {
+                    Some(OutputChunk { data, .. }) => {
+                        if stderr.len() < MAX_STAT_LEN {
+                            stderr.extend_from_slice(&data);
+                        }
+                    }
+                    None => break,
+                },
+            }
+        }
+        let code = run.exit.await.unwrap_or(-1);
+        if let Some(error) = body_error {
+            return Err(EngineError::InvalidArgument(format!(
+                "reading the archive from the request: {error}"
+            )));
+        }
+        if code != 0 {
+            return Err(Self::helper_error(
+                &path,
+                reference,
+                code,
+                &String::from_utf8_lossy(&stderr),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Docker's PathStat from the helper's JSON line. The guest is untrusted: only the
+/// fields Docker defines pass, typed.
+fn parse_stat(line: &[u8]) -> Result<serde_json::Value, EngineError> {
+    let stat: serde_json::Value = serde_json::from_slice(line)
+        .map_err(|e| EngineError::Agent(format!("the guest's stat answer is not JSON: {e}")))?;
+    Ok(serde_json::json!({
+        "name": stat["name"].as_str().unwrap_or_default(),
+        "size": stat["size"].as_i64().unwrap_or(0),
+        "mode": stat["mode"].as_u64().unwrap_or(0),
+        "mtime": stat["mtime"].as_str().unwrap_or_default(),
+        "linkTarget": stat["linkTarget"].as_str().unwrap_or_default(),
+    }))
+}

@@ -1,0 +1,180 @@
+//! `docker cp` both ways, with running and stopped containers, and hostile archives.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::{scratch, shared, stderr};
+
+/// A tar entry written raw (the tar crate would refuse or clean these names).
+fn raw_entry(tar: &mut Vec<u8>, name: &str, kind: u8, link: &str, data: &[u8]) {
+    let mut header = tar::Header::new_gnu();
+    header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    header.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_size(data.len() as u64);
+    header.set_entry_type(tar::EntryType::new(kind));
+    header.set_cksum();
+    tar.extend_from_slice(header.as_bytes());
+    tar.extend_from_slice(data);
+    tar.resize(tar.len().div_ceil(512) * 512, 0);
+}
+
+#[test]
+fn copy_in_and_out_of_a_running_container() {
+    let daemon = shared();
+    let id = daemon.docker_ok(&["run", "-d", "busybox", "sleep", "600"]);
+    let dir = scratch().join("cp-running");
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("sub/file.txt"), "in the tree\n").unwrap();
+    std::fs::set_permissions(
+        tree.join("sub/file.txt"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("sub/file.txt", tree.join("link")).unwrap();
+
+    daemon.docker_ok(&["cp", tree.to_str().unwrap(), &format!("{id}:/srv")]);
+    let listed = daemon.docker_ok(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "cat /srv/link; stat -c %a /srv/sub/file.txt",
+    ]);
+    assert_eq!(listed, "in the tree\n640");
+
+    // Out again: the whole directory, then only its contents (`dir/.`).
+    daemon.docker_ok(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "echo made-inside > /srv/sub/new.txt",
+    ]);
+    let back = dir.join("back");
+    daemon.docker_ok(&["cp", &format!("{id}:/srv"), back.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(back.join("sub/new.txt")).unwrap(),
+        "made-inside\n"
+    );
+    assert_eq!(
+        std::fs::read_link(back.join("link")).unwrap().to_str(),
+        Some("sub/file.txt")
+    );
+    let contents = dir.join("contents");
+    std::fs::create_dir_all(&contents).unwrap();
+    daemon.docker_ok(&[
+        "cp",
+        &format!("{id}:/srv/sub/."),
+        contents.to_str().unwrap(),
+    ]);
+    assert!(contents.join("new.txt").is_file());
+    assert!(contents.join("file.txt").is_file());
+
+    let missing = daemon.docker(&["cp", &format!("{id}:/no/such/path"), dir.to_str().unwrap()]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("Could not find the file"),
+        "{}",
+        stderr(&missing)
+    );
+    daemon.docker_ok(&["rm", "-f", &id]);
+}
+
+#[test]
+fn copy_into_a_created_container_and_out_of_an_exited_one() {
+    let daemon = shared();
+    let dir = scratch().join("cp-stopped");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("app.conf");
+    std::fs::write(&config, "setting=42\n").unwrap();
+    let id = daemon.docker_ok(&["create", "busybox", "cat", "/etc/app.conf"]);
+    daemon.docker_ok(&[
+        "cp",
+        config.to_str().unwrap(),
+        &format!("{id}:/etc/app.conf"),
+    ]);
+    let printed = daemon.docker_ok(&["start", "-a", &id]);
+    assert_eq!(printed, "setting=42");
+
+    let built = daemon.docker_ok(&[
+        "run",
+        "-d",
+        "busybox",
+        "sh",
+        "-c",
+        "mkdir /out && echo artifact > /out/result.txt",
+    ]);
+    daemon.docker_ok(&["wait", &built]);
+    let out = dir.join("out");
+    daemon.docker_ok(&["cp", &format!("{built}:/out"), out.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("result.txt")).unwrap(),
+        "artifact\n"
+    );
+    // The copy VMs are gone; the containers are as they were.
+    let state = daemon.docker_ok(&["inspect", "-f", "{{.State.Status}}", &built]);
+    assert_eq!(state, "exited");
+    daemon.docker_ok(&["rm", &id, &built]);
+}
+
+#[test]
+fn hostile_archives_never_write_outside_the_target() {
+    let daemon = shared();
+    let id = daemon.docker_ok(&["run", "-d", "busybox", "sleep", "600"]);
+    daemon.docker_ok(&["exec", &id, "mkdir", "-p", "/target"]);
+    let mut tar = Vec::new();
+    raw_entry(&mut tar, "../../escaped-dotdot", b'0', "", b"evil\n");
+    raw_entry(&mut tar, "/escaped-absolute", b'0', "", b"evil\n");
+    raw_entry(&mut tar, "fine.txt", b'0', "", b"fine\n");
+    raw_entry(&mut tar, "to-etc", b'2', "/etc", b"");
+    raw_entry(&mut tar, "to-etc/evil-through-link", b'0', "", b"evil\n");
+    tar.extend_from_slice(&[0u8; 1024]);
+    let (status, body) = daemon
+        .request(
+            "PUT",
+            &format!("/containers/{id}/archive?path=/target"),
+            Some(&tar),
+        )
+        .unwrap();
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("message"));
+    let outside = daemon.docker(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "ls /escaped-dotdot /escaped-absolute /etc/evil-through-link /target/../escaped-dotdot",
+    ]);
+    assert!(
+        !outside.status.success(),
+        "something was written outside /target"
+    );
+    let inside = daemon.docker_ok(&["exec", &id, "cat", "/target/fine.txt"]);
+    assert_eq!(inside, "fine");
+    // Into a file, not a directory: refused.
+    let (status, _) = daemon
+        .request(
+            "PUT",
+            &format!("/containers/{id}/archive?path=/target/fine.txt"),
+            Some(&tar),
+        )
+        .unwrap();
+    assert_eq!(status, 400);
+    // Garbage is an error, and the container keeps serving.
+    let (status, _) = daemon
+        .request(
+            "PUT",
+            &format!("/containers/{id}/archive?path=/target"),
+            Some(b"this is not a tar archive at all, not even close........"),
+        )
+        .unwrap();
+    assert_eq!(status, 400);
+    daemon.docker_ok(&["exec", &id, "true"]);
+    daemon.docker_ok(&["rm", "-f", &id]);
+}
