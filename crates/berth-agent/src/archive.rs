@@ -10,6 +10,8 @@
 //! * `read`: the path's stat (as `stat` writes it, one line), then a tar of the path: entries named from the path's last component
 //!   (`dir/…` for a directory, `./…` for `dir/.`, as Docker names them), owners, modes
 //!   and times kept, symlinks stored as symlinks, device nodes and FIFOs as such.
+//! * `export`: a tar of the whole container root (`docker export`), other filesystems
+//!   mounted in it left out.
 //! * `write`: a tar from stdin extracted into the path, which must be a directory.
 //!   Entries with `..` are refused by the tar reader, and links are never followed out
 //!   of the target (and out of the chroot there is nothing to reach).
@@ -36,6 +38,7 @@ pub fn main(args: &[String]) -> i32 {
         "stat" => stat(path),
         "read" => read(path),
         "write" => write(path),
+        "export" => export(path),
         other => Err(io::Error::other(format!("unknown operation {other}"))),
     };
     match result {
@@ -169,19 +172,48 @@ fn read(path: &str) -> io::Result<()> {
     let stdout = io::stdout().lock();
     let mut out = io::BufWriter::with_capacity(1 << 16, stdout);
     write_stat(path, &mut out)?;
-    append_tree(&mut out, &resolved, &name)?;
+    append_tree(&mut out, &resolved, &name, None)?;
     // Two empty blocks end a tar.
     out.write_all(&[0u8; 1024])?;
     out.flush()
 }
 
+/// `docker export`: the whole root filesystem of the container (the path given is `/`),
+/// entries named without a leading `/` or `./`, as dockerd writes them. Other filesystems
+/// mounted in it (/proc, /sys, /dev, volumes, tmpfs, the bind-mounted /etc/hosts) appear
+/// as their mount points only, empty.
+fn export(path: &str) -> io::Result<()> {
+    let root = fs::canonicalize(path)?;
+    let root_dev = fs::symlink_metadata(&root)?.dev();
+    let stdout = io::stdout().lock();
+    let mut out = io::BufWriter::with_capacity(1 << 16, stdout);
+    let mut children: Vec<_> = fs::read_dir(&root)?.collect::<Result<_, _>>()?;
+    children.sort_by_key(|entry| entry.file_name());
+    for child in children {
+        let name = child.file_name().to_string_lossy().into_owned();
+        append_tree(&mut out, &child.path(), &name, Some(root_dev))?;
+    }
+    out.write_all(&[0u8; 1024])?;
+    out.flush()
+}
+
 /// Writes `path` (not following a final symlink) and, for a directory, everything
-/// under it, as tar entries named `name`, `name/child`, ...
-fn append_tree(out: &mut impl Write, path: &Path, name: &str) -> io::Result<()> {
+/// under it, as tar entries named `name`, `name/child`, ... With `one_filesystem`, what
+/// lies on another device is written as an empty entry and not entered.
+fn append_tree(
+    out: &mut impl Write,
+    path: &Path,
+    name: &str,
+    one_filesystem: Option<u64>,
+) -> io::Result<()> {
     let meta = fs::symlink_metadata(path)?;
     let kind = meta.file_type();
+    let foreign = one_filesystem.is_some_and(|dev| meta.dev() != dev);
     let mut header = tar::Header::new_gnu();
     header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+    if foreign && kind.is_file() {
+        header.set_size(0);
+    }
     if kind.is_symlink() {
         let target = fs::read_link(path)?;
         let target = target.as_os_str().as_encoded_bytes();
@@ -199,6 +231,9 @@ fn append_tree(out: &mut impl Write, path: &Path, name: &str) -> io::Result<()> 
         name.to_owned()
     };
     write_header(out, &mut header, entry_name.as_bytes())?;
+    if foreign {
+        return Ok(());
+    }
     if kind.is_file() {
         let mut file = fs::File::open(path)?;
         let copied = io::copy(&mut (&mut file).take(meta.len()), out)?;
@@ -214,7 +249,7 @@ fn append_tree(out: &mut impl Write, path: &Path, name: &str) -> io::Result<()> 
         children.sort_by_key(|entry| entry.file_name());
         for child in children {
             let child_name = format!("{name}/{}", child.file_name().to_string_lossy());
-            append_tree(out, &child.path(), &child_name)?;
+            append_tree(out, &child.path(), &child_name, one_filesystem)?;
         }
     }
     Ok(())

@@ -78,3 +78,14 @@ pub async fn put(
         .await?;
     Ok(StatusCode::OK.into_response())
 }
+
+/// `GET /containers/{id}/export`.
+pub async fn export(State(engine): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let tar = engine.export_container(&id).await?;
+    let mut response = Body::from_stream(tar).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-tar"),
+    );
+    Ok(response)
+}

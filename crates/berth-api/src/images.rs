@@ -16,33 +16,10 @@ use crate::convert;
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 
-/// `POST /images/load`: a `docker save` archive in the body. The body is spooled to a
-/// temporary file under the daemon's root before it is read (archives list their
-/// manifest anywhere, and a file keeps memory flat).
+/// `POST /images/load`: a `docker save` archive in the body, spooled to a file first
+/// (archives list their manifest anywhere).
 pub async fn load(State(engine): State<AppState>, body: Body) -> ApiResult<Response> {
-    let spool_dir = engine.root().join("tmp");
-    tokio::fs::create_dir_all(&spool_dir)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let spool = tempfile::NamedTempFile::new_in(&spool_dir)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let mut file = tokio::fs::File::from_std(
-        spool
-            .reopen()
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
-    );
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
-        file.write_all(&chunk)
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    }
-    file.flush()
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    drop(file);
+    let spool = spool(&engine, body).await?;
     let (loaded, _steps) = engine.load_images(spool.path().to_path_buf()).await?;
     let mut text = String::new();
     for image in loaded {
@@ -332,16 +309,70 @@ pub async fn prune(
     )
 }
 
-/// `POST /images/create?fromSrc=-` (`docker import`): not yet.
-pub async fn import(
-    _engine: AppState,
-    _params: std::collections::HashMap<String, String>,
-    _body: Body,
-) -> ApiResult<Response> {
-    Err(ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "Berth cannot import root filesystem tarballs yet: make an image archive and run `docker load -i FILE`",
-    ))
+/// Spools a request body to a temporary file under the daemon's root (archives are read
+/// more than once, and a file keeps memory flat).
+async fn spool(engine: &AppState, body: Body) -> ApiResult<tempfile::NamedTempFile> {
+    let internal =
+        |e: std::io::Error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    let spool_dir = engine.root().join("tmp");
+    tokio::fs::create_dir_all(&spool_dir)
+        .await
+        .map_err(internal)?;
+    let spool = tempfile::NamedTempFile::new_in(&spool_dir).map_err(internal)?;
+    let mut file = tokio::fs::File::from_std(spool.reopen().map_err(internal)?);
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+        file.write_all(&chunk).await.map_err(internal)?;
+    }
+    file.flush().await.map_err(internal)?;
+    Ok(spool)
+}
+
+/// `POST /images/create?fromSrc=-&repo=&tag=&message=&changes=...` (`docker import`):
+/// the body is a root filesystem tarball. `changes` repeats, so the raw query is parsed.
+pub async fn import(engine: AppState, query: Option<String>, body: Body) -> ApiResult<Response> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+            .map_err(|e| ApiError::bad_request(format!("bad query: {e}")))?;
+    let value = |key: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    if value("fromSrc") != "-" {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "Berth imports from the request body only (docker import FILE, or - for stdin); it does not download from URLs",
+        ));
+    }
+    let changes: Vec<String> = pairs
+        .iter()
+        .filter(|(k, v)| k == "changes" && !v.is_empty())
+        .map(|(_, v)| v.clone())
+        .collect();
+    let repo = value("repo");
+    let reference = (!repo.is_empty()).then(|| match value("tag") {
+        tag if tag.is_empty() => repo.clone(),
+        tag => format!("{repo}:{tag}"),
+    });
+    let spooled = spool(&engine, body).await?;
+    let id = engine
+        .import_image(
+            spooled.path().to_path_buf(),
+            changes,
+            value("message"),
+            reference,
+        )
+        .await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{}\r\n", json!({ "status": id })),
+    )
+        .into_response())
 }
 
 #[cfg(test)]

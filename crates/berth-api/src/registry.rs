@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::{Query, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -225,11 +225,12 @@ fn reporter(sender: &mpsc::UnboundedSender<Message>) -> impl Fn(Progress) + Send
 pub async fn create(
     State(engine): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     if params.get("fromSrc").is_some_and(|s| !s.is_empty()) {
-        return crate::images::import(engine, params, body).await;
+        return crate::images::import(engine, query, body).await;
     }
     let from = params
         .get("fromImage")

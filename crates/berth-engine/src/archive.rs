@@ -200,43 +200,7 @@ impl Engine {
         };
         let stat = parse_stat(&head[..newline])?;
         let first = Bytes::copy_from_slice(&head[newline + 1..]);
-        let rest = futures_util::stream::unfold(
-            (run.output, Some(run.exit), stderr),
-            |(mut output, mut exit, mut stderr)| async move {
-                loop {
-                    match output.recv().await {
-                        Some(OutputChunk {
-                            stream: OutputStream::Stdout,
-                            data,
-                        }) => return Some((Ok(data), (output, exit, stderr))),
-                        Some(OutputChunk { data, .. }) => {
-                            if stderr.len() < MAX_STAT_LEN {
-                                stderr.extend_from_slice(&data);
-                            }
-                        }
-                        None => {
-                            let code = match exit.take() {
-                                Some(exit) => exit.await.unwrap_or(-1),
-                                None => return None,
-                            };
-                            if code == 0 {
-                                return None;
-                            }
-                            let message = String::from_utf8_lossy(&stderr).trim().to_owned();
-                            tracing::warn!(code, %message, "reading an archive from a container failed");
-                            return Some((
-                                Err(std::io::Error::other(message)),
-                                (output, None, Vec::new()),
-                            ));
-                        }
-                    }
-                }
-            },
-        )
-        .take_while(|item| {
-            let go_on = item.is_ok();
-            async move { go_on }
-        });
+        let rest = helper_stdout(run.output, run.exit, stderr);
         let stream = futures_util::stream::once(async move { Ok(first) })
             .filter(|item: &Result<Bytes, std::io::Error>| {
                 let keep = item.as_ref().map_or(true, |b| !b.is_empty());
@@ -244,6 +208,18 @@ impl Engine {
             })
             .chain(rest);
         Ok((stat, stream))
+    }
+
+    /// `GET /containers/{id}/export`: the container's whole filesystem as a tar, streamed.
+    pub async fn export_container(
+        self: &Arc<Self>,
+        reference: &str,
+    ) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static, EngineError>
+    {
+        let run = self
+            .start_archive_helper(reference, "export", "/", false)
+            .await?;
+        Ok(helper_stdout(run.output, run.exit, Vec::new()))
     }
 
     /// `PUT /containers/{id}/archive`: extracts the tar `body` into the directory `path`.
@@ -325,4 +301,46 @@ fn parse_stat(line: &[u8]) -> Result<serde_json::Value, EngineError> {
         "mtime": stat["mtime"].as_str().unwrap_or_default(),
         "linkTarget": stat["linkTarget"].as_str().unwrap_or_default(),
     }))
+}
+
+/// The rest of a helper's stdout as a byte stream; a helper that fails ends the stream
+/// with an error (the client sees a short archive), after logging why.
+fn helper_stdout(
+    output: tokio::sync::mpsc::UnboundedReceiver<OutputChunk>,
+    exit: oneshot::Receiver<i64>,
+    stderr: Vec<u8>,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    futures_util::stream::unfold(
+        (output, Some(exit), stderr),
+        |(mut output, mut exit, mut stderr)| async move {
+            loop {
+                match output.recv().await {
+                    Some(OutputChunk {
+                        stream: OutputStream::Stdout,
+                        data,
+                    }) => return Some((Ok(data), (output, exit, stderr))),
+                    Some(OutputChunk { data, .. }) => {
+                        if stderr.len() < MAX_STAT_LEN {
+                            stderr.extend_from_slice(&data);
+                        }
+                    }
+                    None => {
+                        let code = match exit.take() {
+                            Some(exit) => exit.await.unwrap_or(-1),
+                            None => return None,
+                        };
+                        if code == 0 {
+                            return None;
+                        }
+                        let message = String::from_utf8_lossy(&stderr).trim().to_owned();
+                        tracing::warn!(code, %message, "reading an archive from a container failed");
+                        return Some((
+                            Err(std::io::Error::other(message)),
+                            (output, None, Vec::new()),
+                        ));
+                    }
+                }
+            }
+        },
+    )
 }

@@ -501,6 +501,36 @@ impl Engine {
         .map_err(|e| EngineError::Agent(format!("image load panicked: {e}")))?
     }
 
+    /// `docker import`: the root filesystem tarball at `source` becomes a one-layer image.
+    pub async fn import_image(
+        self: &Arc<Self>,
+        source: PathBuf,
+        changes: Vec<String>,
+        message: String,
+        reference: Option<String>,
+    ) -> Result<String, EngineError> {
+        let tag = reference
+            .as_deref()
+            .map(berth_image::reference::normalize)
+            .transpose()?;
+        let engine = self.clone();
+        let id = tokio::task::spawn_blocking(move || {
+            engine
+                .images
+                .import_rootfs(&source, &changes, &message, tag.as_ref())
+        })
+        .await
+        .map_err(|e| EngineError::Agent(format!("image import panicked: {e}")))??;
+        let name = reference.unwrap_or_else(|| id.clone());
+        self.events.emit(
+            "image",
+            "import",
+            &id,
+            std::collections::HashMap::from([("name".to_owned(), name)]),
+        );
+        Ok(id)
+    }
+
     pub fn list_images(&self) -> Result<Vec<ImageRecord>, EngineError> {
         Ok(self.images.list()?)
     }

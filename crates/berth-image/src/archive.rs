@@ -87,7 +87,7 @@ fn detect_compression(magic: &[u8]) -> Compression {
 }
 
 /// Opens `path` and returns a reader of its decompressed content (plain or gzip).
-fn open_decompressed(path: &Path, what: &str) -> Result<Box<dyn Read>, ImageError> {
+pub(crate) fn open_decompressed(path: &Path, what: &str) -> Result<Box<dyn Read>, ImageError> {
     let mut file = File::open(path).map_err(ImageError::io(path))?;
     let mut magic = Vec::with_capacity(6);
     (&mut file)
@@ -241,7 +241,7 @@ impl StagedArchive {
 }
 
 /// Copies `reader` (named `from` in errors) into `out` (named `to`); returns the count.
-fn copy_stream(
+pub(crate) fn copy_stream(
     reader: &mut dyn Read,
     from: &Path,
     out: &mut dyn Write,

@@ -26,6 +26,7 @@ mod digest;
 pub mod error;
 mod ext4;
 mod flatten;
+mod import;
 pub mod reference;
 pub mod registry;
 mod remove;

@@ -178,3 +178,62 @@ fn hostile_archives_never_write_outside_the_target() {
     daemon.docker_ok(&["exec", &id, "true"]);
     daemon.docker_ok(&["rm", "-f", &id]);
 }
+
+#[test]
+fn export_then_import_round_trip() {
+    let daemon = shared();
+    let id = daemon.docker_ok(&[
+        "run",
+        "-d",
+        "busybox",
+        "sh",
+        "-c",
+        "echo exported-marker > /marker",
+    ]);
+    daemon.docker_ok(&["wait", &id]);
+    let dir = scratch().join("export");
+    std::fs::create_dir_all(&dir).unwrap();
+    let tarball = dir.join("rootfs.tar");
+    daemon.docker_ok(&["export", "-o", tarball.to_str().unwrap(), &id]);
+    let mut names = Vec::new();
+    let mut archive = tar::Archive::new(std::fs::File::open(&tarball).unwrap());
+    for entry in archive.entries().unwrap() {
+        let entry = entry.unwrap();
+        names.push(entry.path().unwrap().display().to_string());
+    }
+    assert!(names.iter().any(|n| n == "bin/busybox"), "{names:?}");
+    assert!(names.iter().any(|n| n == "marker"), "{names:?}");
+    // Mounted filesystems are left out: /proc is there, empty.
+    assert!(
+        names.iter().any(|n| n == "proc" || n == "proc/"),
+        "{names:?}"
+    );
+    assert!(!names.iter().any(|n| n.starts_with("proc/1")), "{names:?}");
+
+    let imported = daemon.docker_ok(&[
+        "import",
+        "--change",
+        r#"CMD ["cat", "/marker"]"#,
+        "--change",
+        "ENV IMPORTED=yes",
+        tarball.to_str().unwrap(),
+        "local/imported:1",
+    ]);
+    assert!(imported.starts_with("sha256:"), "{imported}");
+    let ran = daemon.docker_ok(&["run", "--rm", "local/imported:1"]);
+    assert_eq!(ran, "exported-marker");
+    let env = daemon.docker_ok(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{json .Config.Env}}",
+        "local/imported:1",
+    ]);
+    assert!(env.contains("IMPORTED=yes"), "{env}");
+    let garbage = dir.join("garbage.tar");
+    std::fs::write(&garbage, b"not a tarball").unwrap();
+    let refused = daemon.docker(&["import", garbage.to_str().unwrap(), "local/garbage:1"]);
+    assert!(!refused.status.success());
+    daemon.docker_ok(&["rm", &id]);
+    daemon.docker_ok(&["rmi", "local/imported:1"]);
+}
