@@ -207,11 +207,31 @@ fn append_tree(
     one_filesystem: Option<u64>,
 ) -> io::Result<()> {
     let meta = fs::symlink_metadata(path)?;
-    let kind = meta.file_type();
     let foreign = one_filesystem.is_some_and(|dev| meta.dev() != dev);
+    append_entry(out, path, &meta, name, foreign)?;
+    if meta.is_dir() && !foreign {
+        let mut children: Vec<_> = fs::read_dir(path)?.collect::<Result<_, _>>()?;
+        children.sort_by_key(|entry| entry.file_name());
+        for child in children {
+            let child_name = format!("{name}/{}", child.file_name().to_string_lossy());
+            append_tree(out, &child.path(), &child_name, one_filesystem)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes one tar entry for `path` (its content too, for a regular file, unless `empty`).
+pub(crate) fn append_entry(
+    out: &mut impl Write,
+    path: &Path,
+    meta: &fs::Metadata,
+    name: &str,
+    empty: bool,
+) -> io::Result<()> {
+    let kind = meta.file_type();
     let mut header = tar::Header::new_gnu();
-    header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
-    if foreign && kind.is_file() {
+    header.set_metadata_in_mode(meta, tar::HeaderMode::Complete);
+    if empty && kind.is_file() {
         header.set_size(0);
     }
     if kind.is_symlink() {
@@ -231,10 +251,7 @@ fn append_tree(
         name.to_owned()
     };
     write_header(out, &mut header, entry_name.as_bytes())?;
-    if foreign {
-        return Ok(());
-    }
-    if kind.is_file() {
+    if kind.is_file() && !empty {
         let mut file = fs::File::open(path)?;
         let copied = io::copy(&mut (&mut file).take(meta.len()), out)?;
         if copied != meta.len() {
@@ -244,20 +261,17 @@ fn append_tree(
             )));
         }
         pad(out, copied)?;
-    } else if kind.is_dir() {
-        let mut children: Vec<_> = fs::read_dir(path)?.collect::<Result<_, _>>()?;
-        children.sort_by_key(|entry| entry.file_name());
-        for child in children {
-            let child_name = format!("{name}/{}", child.file_name().to_string_lossy());
-            append_tree(out, &child.path(), &child_name, one_filesystem)?;
-        }
     }
     Ok(())
 }
 
 /// Writes `header` with the entry name `name`, raw (the tar crate would drop a leading
 /// `./`); a name of 100 bytes or more goes first in a GNU long-name entry.
-fn write_header(out: &mut impl Write, header: &mut tar::Header, name: &[u8]) -> io::Result<()> {
+pub(crate) fn write_header(
+    out: &mut impl Write,
+    header: &mut tar::Header,
+    name: &[u8],
+) -> io::Result<()> {
     if name.len() >= 100 {
         write_long(out, b'L', name)?;
     }
@@ -285,7 +299,7 @@ fn write_long(out: &mut impl Write, kind: u8, value: &[u8]) -> io::Result<()> {
 }
 
 /// Zeroes up to the next 512-byte block.
-fn pad(out: &mut impl Write, written: u64) -> io::Result<()> {
+pub(crate) fn pad(out: &mut impl Write, written: u64) -> io::Result<()> {
     let rest = (512 - written % 512) % 512;
     out.write_all(&vec![0u8; rest as usize])
 }

@@ -10,6 +10,7 @@
 
 mod archive;
 mod boot;
+mod changes;
 mod channel;
 mod network;
 mod process;
@@ -23,8 +24,10 @@ fn main() {
     // The agent's binary also serves as the helper for `docker cp`, run chrooted in the
     // container under another name.
     let args: Vec<String> = std::env::args().collect();
-    if args.first().map(String::as_str) == Some(archive::HELPER_NAME) {
-        std::process::exit(archive::main(&args));
+    match args.first().map(String::as_str) {
+        Some(archive::HELPER_NAME) => std::process::exit(archive::main(&args)),
+        Some(changes::HELPER_NAME) => std::process::exit(changes::main(&args)),
+        _ => {}
     }
     if let Err(error) = run() {
         eprintln!("berth-agent: fatal: {error}");

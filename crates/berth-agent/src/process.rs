@@ -194,7 +194,10 @@ pub fn spawn(
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
     }
 
-    let root = cstring(CONTAINER_ROOT)?;
+    // The changes helper compares the container root with its image's: it alone runs
+    // outside the container root.
+    let outside = spec.agent_helper && program == crate::changes::HELPER_NAME;
+    let root = cstring(if outside { "/" } else { CONTAINER_ROOT })?;
     let cwd = cstring(&spec.cwd)?;
     let (uid, gid, tty) = (identity.uid, identity.gid, spec.tty);
     let no_new_privileges = spec.no_new_privileges;

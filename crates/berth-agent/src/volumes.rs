@@ -54,7 +54,7 @@ fn mount_one(index: usize, volume: &VolumeMount) -> io::Result<()> {
     if volume.populate && !volume.read_only {
         let staging = format!("/run/berth-volume-{index}");
         fs::create_dir_all(&staging)?;
-        mount_fs(&device, &staging, "ext4", MsFlags::empty(), None)?;
+        mount_when_ready(&device, &staging, MsFlags::empty(), None)?;
         let copied = if is_empty_volume(Path::new(&staging))? {
             copy_tree(&resolved, Path::new(&staging))
         } else {
@@ -71,17 +71,31 @@ fn mount_one(index: usize, volume: &VolumeMount) -> io::Result<()> {
     } else {
         (MsFlags::empty(), None)
     };
-    mount_fs(
-        &device,
-        &resolved.display().to_string(),
-        "ext4",
-        flags,
-        data,
-    )
+    mount_when_ready(&device, &resolved.display().to_string(), flags, data)
+}
+
+/// Mounts the ext4 disk `device` at `target`, retrying for a while: a disk hot-plugged a
+/// moment ago may show its device node before it can be opened (ENXIO).
+pub(crate) fn mount_when_ready(
+    device: &str,
+    target: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> io::Result<()> {
+    let deadline = Instant::now() + DEVICE_TIMEOUT;
+    loop {
+        match mount_fs(device, target, "ext4", flags, data) {
+            Ok(()) => return Ok(()),
+            Err(error) if error.to_string().contains("ENXIO") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 /// `/dev/vdX` whose `/sys/block/vdX/serial` is `serial`, waiting for a hot-plugged disk.
-fn find_by_serial(serial: &str) -> io::Result<PathBuf> {
+pub(crate) fn find_by_serial(serial: &str) -> io::Result<PathBuf> {
     let deadline = Instant::now() + DEVICE_TIMEOUT;
     loop {
         for entry in fs::read_dir("/sys/block")? {

@@ -89,3 +89,55 @@ pub async fn export(State(engine): State<AppState>, Path(id): Path<String>) -> A
     );
     Ok(response)
 }
+
+/// `GET /containers/{id}/changes`: `docker diff`.
+pub async fn changes(
+    State(engine): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let changes = engine.container_changes(&id).await?;
+    Ok(axum::Json(changes).into_response())
+}
+
+/// `POST /commit?container=&repo=&tag=&comment=&author=&pause=&changes=...` (`changes`
+/// repeats, so the raw query is parsed).
+pub async fn commit(
+    State(engine): State<AppState>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> ApiResult<Response> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+            .map_err(|e| ApiError::bad_request(format!("bad query: {e}")))?;
+    let value = |key: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let container = value("container");
+    if container.is_empty() {
+        return Err(ApiError::bad_request("container is required"));
+    }
+    let repo = value("repo");
+    let options = berth_engine::changes::CommitOptions {
+        reference: (!repo.is_empty()).then(|| match value("tag") {
+            tag if tag.is_empty() => repo.clone(),
+            tag => format!("{repo}:{tag}"),
+        }),
+        comment: value("comment"),
+        author: value("author"),
+        changes: pairs
+            .iter()
+            .filter(|(k, v)| k == "changes" && !v.is_empty())
+            .map(|(_, v)| v.clone())
+            .collect(),
+        pause: !matches!(value("pause").as_str(), "0" | "false"),
+    };
+    let id = engine.commit_container(&container, options).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(serde_json::json!({ "Id": id })),
+    )
+        .into_response())
+}

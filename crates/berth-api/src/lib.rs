@@ -82,6 +82,8 @@ pub fn router(engine: Arc<Engine>) -> Router {
             get(archive::get).head(archive::head).put(archive::put),
         )
         .route("/containers/{id}/export", get(archive::export))
+        .route("/containers/{id}/changes", get(archive::changes))
+        .route("/commit", post(archive::commit))
         .route("/containers/{id}/exec", post(exec::create))
         .route("/exec/{id}/start", post(exec::start))
         .route("/exec/{id}/json", get(exec::inspect))

@@ -56,10 +56,42 @@ impl Engine {
         path: &str,
         stdin: bool,
     ) -> Result<HelperRun, EngineError> {
-        let handle = self.lookup(reference)?;
         let argv = vec!["berth-archive".to_owned(), op.to_owned(), path.to_owned()];
-        if handle.runtime().is_none() {
-            return self.run_helper_in_copy_vm(handle, argv, stdin).await;
+        self.start_helper(reference, argv, stdin, false).await
+    }
+
+    /// Runs one of the agent's helpers (`argv[0]` names it) in the container's VM, or in
+    /// a copy VM when the container is stopped; with `base_disk`, the image's root
+    /// filesystem is attached to that VM first (read-only, serial `berth-base`).
+    pub(crate) async fn start_helper(
+        self: &Arc<Self>,
+        reference: &str,
+        argv: Vec<String>,
+        stdin: bool,
+        base_disk: bool,
+    ) -> Result<HelperRun, EngineError> {
+        let handle = self.lookup(reference)?;
+        let base = if base_disk {
+            Some(self.base_disk_spec(&handle.snapshot().image_id)?)
+        } else {
+            None
+        };
+        let Some(runtime) = handle.runtime() else {
+            return self
+                .run_helper_in_copy_vm(handle, argv, stdin, base.into_iter().collect())
+                .await;
+        };
+        if let Some(base) = base {
+            let mut attached = runtime.base_disk.lock().await;
+            if !*attached {
+                match runtime.control.add_disk(&base).await {
+                    Ok(()) => {}
+                    // Attached by an engine before this one (live restore).
+                    Err(error) if error.to_string().contains("Duplicate") => {}
+                    Err(error) => return Err(error.into()),
+                }
+                *attached = true;
+            }
         }
         let config = ExecConfig {
             cmd: Some(argv),

@@ -39,6 +39,7 @@ impl Engine {
         handle: Arc<ContainerHandle>,
         args: Vec<String>,
         with_stdin: bool,
+        extra_disks: Vec<DiskSpec>,
     ) -> Result<HelperRun, EngineError> {
         let (ready_sender, ready) = oneshot::channel();
         let engine = self.clone();
@@ -53,7 +54,13 @@ impl Engine {
                 return;
             }
             engine
-                .copy_vm_run(&handle.snapshot(), args, with_stdin, ready_sender)
+                .copy_vm_run(
+                    &handle.snapshot(),
+                    args,
+                    with_stdin,
+                    extra_disks,
+                    ready_sender,
+                )
                 .await;
         });
         ready
@@ -68,6 +75,7 @@ impl Engine {
         record: &crate::ContainerRecord,
         args: Vec<String>,
         with_stdin: bool,
+        extra_disks: Vec<DiskSpec>,
         ready: oneshot::Sender<Result<HelperRun, EngineError>>,
     ) {
         let run_dir = self
@@ -75,7 +83,9 @@ impl Engine {
             .exec_root
             .join("vms")
             .join(format!("cp-{}", &record.id[..12]));
-        let booted = self.copy_vm_boot(record, &run_dir, args, with_stdin).await;
+        let booted = self
+            .copy_vm_boot(record, &run_dir, args, with_stdin, extra_disks)
+            .await;
         let (session, mut reader, control) = match booted {
             Ok(parts) => parts,
             Err(error) => {
@@ -150,6 +160,7 @@ impl Engine {
         run_dir: &std::path::Path,
         args: Vec<String>,
         with_stdin: bool,
+        extra_disks: Vec<DiskSpec>,
     ) -> Result<
         (
             Arc<crate::session::AgentSession>,
@@ -167,10 +178,12 @@ impl Engine {
             memory_mib: self.config.default_memory_mib,
             kernel: guest.kernel.clone(),
             initramfs: guest.initramfs.clone(),
-            disks: vec![DiskSpec::new(
+            disks: std::iter::once(DiskSpec::new(
                 self.container_dir(&record.id).join("rootfs.qcow2"),
                 DiskFormat::Qcow2,
-            )],
+            ))
+            .chain(extra_disks)
+            .collect(),
             run_dir: run_dir.to_path_buf(),
             memory: MemoryBacking::Anonymous,
             restore_from: None,

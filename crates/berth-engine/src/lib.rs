@@ -19,6 +19,7 @@
 //! the running VM's sockets, console log and QEMU log.
 
 mod archive;
+pub mod changes;
 mod container;
 mod copy_vm;
 mod create;
@@ -161,6 +162,9 @@ pub(crate) struct Runtime {
     /// Taken over from an engine before this one: the agent may report on exec streams
     /// this engine never knew (they are ignored).
     pub reattached: bool,
+    /// Whether the image's root filesystem disk is attached (for `docker diff`/`commit`);
+    /// held while it is being attached.
+    pub base_disk: tokio::sync::Mutex<bool>,
 }
 
 impl Runtime {
@@ -171,6 +175,7 @@ impl Runtime {
             agent_reply: Mutex::new(None),
             agent_request: tokio::sync::Mutex::new(()),
             reattached: false,
+            base_disk: tokio::sync::Mutex::new(false),
         }
     }
 }

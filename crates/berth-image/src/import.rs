@@ -1,4 +1,4 @@
-//! `docker import`: a root filesystem tarball (plain, gzip or zstd) becomes an image of
+//! `docker import` and `docker commit`: a root filesystem tarball (plain, gzip or zstd) becomes an image of
 //! one layer, with a config made from Dockerfile-style `changes` (`CMD`, `ENTRYPOINT`,
 //! `ENV`, `EXPOSE`, `LABEL`, `USER`, `WORKDIR`, `VOLUME`, `STOPSIGNAL`), as dockerd does.
 //!
@@ -9,7 +9,7 @@
 
 use std::fs::File;
 use std::io::BufWriter;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
@@ -100,6 +100,40 @@ fn apply_change(config: &mut Map<String, Value>, change: &str) -> Result<(), Ima
     Ok(())
 }
 
+/// Decompresses (plain, gzip or zstd) the layer at `source` into `staging/layer.tar`
+/// while hashing it, and reads every header once to refuse what is not a tar. Returns
+/// the staged file, its diff id and size.
+fn stage_layer(
+    source: &Path,
+    staging: &Path,
+    what: &str,
+    may_be_empty: bool,
+) -> Result<(PathBuf, String, u64), ImageError> {
+    let layer = staging.join("layer.tar");
+    let mut reader = open_decompressed(source, what)?;
+    let file = File::create_new(&layer).map_err(ImageError::io(&layer))?;
+    let mut writer = HashingWriter::new(BufWriter::with_capacity(1 << 16, file));
+    copy_stream(&mut reader, source, &mut writer, &layer)?;
+    let (buffered, diff_id, size) = writer.finish();
+    let file = buffered
+        .into_inner()
+        .map_err(|e| ImageError::io(&layer)(e.into_error()))?;
+    file.sync_all().map_err(ImageError::io(&layer))?;
+    drop(file);
+    let not_tar =
+        |e: std::io::Error| ImageError::InvalidArchive(format!("{what} is not a tar archive: {e}"));
+    let mut check = tar::Archive::new(File::open(&layer).map_err(ImageError::io(&layer))?);
+    let mut entries = 0usize;
+    for entry in check.entries().map_err(not_tar)? {
+        entry.map_err(not_tar)?;
+        entries += 1;
+    }
+    if entries == 0 && !may_be_empty {
+        return Err(ImageError::InvalidArchive(format!("{what} has no entries")));
+    }
+    Ok((layer, diff_id, size))
+}
+
 impl ImageStore {
     /// Imports the root filesystem tarball at `source` as a one-layer image, tagged `tag`.
     /// Returns the image id.
@@ -118,35 +152,9 @@ impl ImageStore {
         for change in changes {
             apply_change(&mut config, change)?;
         }
-
         let staging = self.staging("import")?;
-        let layer = staging.0.join("layer.tar");
-        let mut reader = open_decompressed(source, "the imported tarball")?;
-        let file = File::create_new(&layer).map_err(ImageError::io(&layer))?;
-        let mut writer = HashingWriter::new(BufWriter::with_capacity(1 << 16, file));
-        copy_stream(&mut reader, source, &mut writer, &layer)?;
-        let (buffered, diff_id, size) = writer.finish();
-        let file = buffered
-            .into_inner()
-            .map_err(|e| ImageError::io(&layer)(e.into_error()))?;
-        file.sync_all().map_err(ImageError::io(&layer))?;
-        drop(file);
-        // Refuse what is not a tar before anything is recorded.
-        let mut check = tar::Archive::new(File::open(&layer).map_err(ImageError::io(&layer))?);
-        let mut entries = 0usize;
-        for entry in check
-            .entries()
-            .map_err(|e| ImageError::InvalidArchive(format!("not a tar archive: {e}")))?
-        {
-            entry.map_err(|e| ImageError::InvalidArchive(format!("not a tar archive: {e}")))?;
-            entries += 1;
-        }
-        if entries == 0 {
-            return Err(ImageError::InvalidArchive(
-                "the imported tarball has no entries".into(),
-            ));
-        }
-
+        let (layer, diff_id, size) =
+            stage_layer(source, &staging.0, "the imported tarball", false)?;
         let now = chrono_now();
         let image_config = json!({
             "architecture": "amd64",
@@ -159,32 +167,96 @@ impl ImageStore {
                 "comment": if message.is_empty() { "Imported from -" } else { message },
             }],
         });
-        let config_bytes =
-            serde_json::to_vec(&image_config).map_err(|source| ImageError::InvalidJson {
-                what: "the imported image's config".into(),
-                source,
-            })?;
+        self.record_new_image(&staging.0, &image_config, layer, &diff_id, size, tag)
+    }
+
+    /// `docker commit`: a new image made of `parent`'s layers and the layer at `layer`
+    /// (an uncompressed tar of the container's changes), with `container_config` (the
+    /// container's Docker config) and `changes` applied as its config.
+    #[allow(clippy::too_many_arguments)]
+    pub fn commit_layer(
+        &self,
+        parent: &str,
+        layer: &Path,
+        container_config: Value,
+        changes: &[String],
+        comment: &str,
+        author: &str,
+        tag: Option<&Reference>,
+    ) -> Result<String, ImageError> {
+        let parent = self.resolve(parent)?;
+        let mut image_config = self.raw_config(&parent.id)?;
+        let mut config = match container_config {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
+        for change in changes {
+            apply_change(&mut config, change)?;
+        }
+        let staging = self.staging("commit")?;
+        let (layer, diff_id, size) =
+            stage_layer(layer, &staging.0, "the container's changes", true)?;
+        let now = chrono_now();
+        image_config["config"] = Value::Object(config);
+        image_config["created"] = json!(now);
+        image_config["author"] = json!(author);
+        image_config["rootfs"]["type"] = json!("layers");
+        match image_config["rootfs"]["diff_ids"].as_array_mut() {
+            Some(ids) => ids.push(json!(diff_id)),
+            None => image_config["rootfs"]["diff_ids"] = json!([diff_id]),
+        }
+        let history = json!({
+            "created": now, "author": author, "comment": comment, "created_by": "docker commit",
+        });
+        match image_config["history"].as_array_mut() {
+            Some(entries) => entries.push(history),
+            None => image_config["history"] = json!([history]),
+        }
+        let size = parent.size + size;
+        self.record_new_image(&staging.0, &image_config, layer, &diff_id, size, tag)
+    }
+
+    /// Stages the config of a new image whose top layer is staged at `layer` and records
+    /// the image (one transaction). Returns the image id.
+    fn record_new_image(
+        &self,
+        staging: &Path,
+        image_config: &Value,
+        layer: PathBuf,
+        diff_id: &str,
+        size: u64,
+        tag: Option<&Reference>,
+    ) -> Result<String, ImageError> {
+        let invalid = |source| ImageError::InvalidJson {
+            what: "the new image's config".into(),
+            source,
+        };
+        let config_bytes = serde_json::to_vec(image_config).map_err(invalid)?;
         let id = sha256_digest(&config_bytes);
-        let parsed =
-            serde_json::from_slice(&config_bytes).map_err(|source| ImageError::InvalidJson {
-                what: "the imported image's config".into(),
-                source,
-            })?;
-        let config_path = staging.0.join("config.json");
+        let parsed = serde_json::from_slice(&config_bytes).map_err(invalid)?;
+        let config_path = staging.join("config.json");
         write_synced(&config_path, &config_bytes)?;
         let mut prepared = archive::Prepared::default();
-        let diff_hex = parse_sha256(&diff_id).unwrap_or_default().to_owned();
-        if !self.has_blob(&diff_id) {
+        if !self.has_blob(diff_id) {
+            let diff_hex = parse_sha256(diff_id).unwrap_or_default().to_owned();
             prepared.blobs.push((diff_hex, layer));
         }
         prepared.blobs.push((
             parse_sha256(&id).unwrap_or_default().to_owned(),
             config_path,
         ));
+        let diff_ids = image_config["rootfs"]["diff_ids"]
+            .as_array()
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|d| d.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
         prepared.images.push(archive::PreparedImage {
             id: id.clone(),
             config: parsed,
-            diff_ids: vec![diff_id],
+            diff_ids,
             size,
             tags: tag.cloned().into_iter().collect(),
             repo_digests: Vec::new(),

@@ -111,6 +111,8 @@ impl DiskSpec {
 pub const FIRST_VOLUME_SLOT: u8 = 0x10;
 /// Most volumes one VM can have.
 pub const MAX_VOLUMES: usize = 8;
+/// The PCI slot of the image's root filesystem when it is attached for `docker diff`.
+pub const BASE_DISK_SLOT: u8 = FIRST_VOLUME_SLOT + MAX_VOLUMES as u8;
 
 /// How a disk file is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

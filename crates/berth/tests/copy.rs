@@ -237,3 +237,74 @@ fn export_then_import_round_trip() {
     daemon.docker_ok(&["rm", &id]);
     daemon.docker_ok(&["rmi", "local/imported:1"]);
 }
+
+#[test]
+fn diff_and_commit_see_what_the_container_changed() {
+    let daemon = shared();
+    let id = daemon.docker_ok(&[
+        "run",
+        "-d",
+        "busybox",
+        "sh",
+        "-c",
+        "echo new > /added.txt; rm /bin/vi; mkdir -p /root/dir && echo x > /root/dir/f; sleep 600",
+    ]);
+    common::eventually("the container made its changes", || {
+        daemon
+            .docker(&["exec", &id, "test", "-f", "/root/dir/f"])
+            .status
+            .success()
+    });
+    let diff = daemon.docker_ok(&["diff", &id]);
+    let lines: Vec<&str> = diff.lines().collect();
+    for expected in [
+        "A /added.txt",
+        "C /bin",
+        "D /bin/vi",
+        "C /root",
+        "A /root/dir",
+        "A /root/dir/f",
+    ] {
+        assert!(
+            lines.contains(&expected),
+            "{expected} missing from:\n{diff}"
+        );
+    }
+    // Berth's own files and the mounted filesystems are not the container's changes.
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("/proc") || l.contains("/etc/hosts")),
+        "{diff}"
+    );
+
+    let committed = daemon.docker_ok(&[
+        "commit",
+        "-c",
+        r#"CMD ["cat", "/added.txt"]"#,
+        "-m",
+        "with changes",
+        &id,
+        "local/committed:1",
+    ]);
+    assert!(committed.starts_with("sha256:"), "{committed}");
+    daemon.docker_ok(&["rm", "-f", &id]);
+    assert_eq!(
+        daemon.docker_ok(&["run", "--rm", "local/committed:1"]),
+        "new"
+    );
+    let deleted = daemon.docker(&["run", "--rm", "local/committed:1", "ls", "/bin/vi"]);
+    assert!(
+        !deleted.status.success(),
+        "the whiteout should hide /bin/vi"
+    );
+    let history = daemon.docker_ok(&["history", "--format", "{{.Comment}}", "local/committed:1"]);
+    assert!(history.lines().next() == Some("with changes"), "{history}");
+
+    // A stopped container's changes are read too.
+    let stopped = daemon.docker_ok(&["run", "-d", "busybox", "sh", "-c", "echo z > /z"]);
+    daemon.docker_ok(&["wait", &stopped]);
+    assert_eq!(daemon.docker_ok(&["diff", &stopped]), "A /z");
+    daemon.docker_ok(&["rm", &stopped]);
+    daemon.docker_ok(&["rmi", "local/committed:1"]);
+}
