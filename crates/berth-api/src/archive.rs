@@ -105,34 +105,17 @@ pub async fn commit(
     State(engine): State<AppState>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> ApiResult<Response> {
-    let pairs: Vec<(String, String)> =
-        serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
-            .map_err(|e| ApiError::bad_request(format!("bad query: {e}")))?;
-    let value = |key: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
-    let container = value("container");
+    let query = crate::filters::QueryPairs::parse(query.as_deref())?;
+    let container = query.get("container");
     if container.is_empty() {
         return Err(ApiError::bad_request("container is required"));
     }
-    let repo = value("repo");
     let options = berth_engine::changes::CommitOptions {
-        reference: (!repo.is_empty()).then(|| match value("tag") {
-            tag if tag.is_empty() => repo.clone(),
-            tag => format!("{repo}:{tag}"),
-        }),
-        comment: value("comment"),
-        author: value("author"),
-        changes: pairs
-            .iter()
-            .filter(|(k, v)| k == "changes" && !v.is_empty())
-            .map(|(_, v)| v.clone())
-            .collect(),
-        pause: !matches!(value("pause").as_str(), "0" | "false"),
+        reference: query.reference(),
+        comment: query.get("comment"),
+        author: query.get("author"),
+        changes: query.all("changes"),
+        pause: !matches!(query.get("pause").as_str(), "0" | "false"),
     };
     let id = engine.commit_container(&container, options).await?;
     Ok((

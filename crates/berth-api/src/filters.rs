@@ -63,6 +63,44 @@ pub fn label_matches(labels: &HashMap<String, String>, filter: &str) -> bool {
     }
 }
 
+/// A query string whose keys may repeat (`changes=...&changes=...`), which a map drops.
+pub struct QueryPairs(Vec<(String, String)>);
+
+impl QueryPairs {
+    pub fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
+        serde_urlencoded::from_str(raw.unwrap_or(""))
+            .map(Self)
+            .map_err(|e| ApiError::bad_request(format!("bad query: {e}")))
+    }
+
+    /// The first value of `key`, or "".
+    pub fn get(&self, key: &str) -> String {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every non-empty value of `key`, in order.
+    pub fn all(&self, key: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(k, v)| k == key && !v.is_empty())
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// `repo[:tag]` from the `repo` and `tag` keys, if a repo is given.
+    pub fn reference(&self) -> Option<String> {
+        let repo = self.get("repo");
+        (!repo.is_empty()).then(|| match self.get("tag") {
+            tag if tag.is_empty() => repo.clone(),
+            tag => format!("{repo}:{tag}"),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

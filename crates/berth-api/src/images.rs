@@ -333,39 +333,20 @@ async fn spool(engine: &AppState, body: Body) -> ApiResult<tempfile::NamedTempFi
 /// `POST /images/create?fromSrc=-&repo=&tag=&message=&changes=...` (`docker import`):
 /// the body is a root filesystem tarball. `changes` repeats, so the raw query is parsed.
 pub async fn import(engine: AppState, query: Option<String>, body: Body) -> ApiResult<Response> {
-    let pairs: Vec<(String, String)> =
-        serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
-            .map_err(|e| ApiError::bad_request(format!("bad query: {e}")))?;
-    let value = |key: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
-    if value("fromSrc") != "-" {
+    let query = crate::filters::QueryPairs::parse(query.as_deref())?;
+    if query.get("fromSrc") != "-" {
         return Err(ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
             "Berth imports from the request body only (docker import FILE, or - for stdin); it does not download from URLs",
         ));
     }
-    let changes: Vec<String> = pairs
-        .iter()
-        .filter(|(k, v)| k == "changes" && !v.is_empty())
-        .map(|(_, v)| v.clone())
-        .collect();
-    let repo = value("repo");
-    let reference = (!repo.is_empty()).then(|| match value("tag") {
-        tag if tag.is_empty() => repo.clone(),
-        tag => format!("{repo}:{tag}"),
-    });
     let spooled = spool(&engine, body).await?;
     let id = engine
         .import_image(
             spooled.path().to_path_buf(),
-            changes,
-            value("message"),
-            reference,
+            query.all("changes"),
+            query.get("message"),
+            query.reference(),
         )
         .await?;
     Ok((

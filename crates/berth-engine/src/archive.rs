@@ -149,33 +149,20 @@ impl Engine {
         path: &str,
     ) -> Result<serde_json::Value, EngineError> {
         let path = container_path(path)?;
-        let mut run = self
+        let result = self
             .start_archive_helper(reference, "stat", &path, false)
+            .await?
+            .collect(MAX_STAT_LEN, "stat answer")
             .await?;
-        let mut stdout = Vec::new();
-        let mut stderr = Vec::new();
-        while let Some(OutputChunk { stream, data }) = run.output.recv().await {
-            let sink = match stream {
-                OutputStream::Stdout => &mut stdout,
-                OutputStream::Stderr => &mut stderr,
-            };
-            if sink.len() + data.len() > MAX_STAT_LEN {
-                return Err(EngineError::Agent(
-                    "the guest's stat answer is too long".into(),
-                ));
-            }
-            sink.extend_from_slice(&data);
-        }
-        let code = run.exit.await.unwrap_or(-1);
-        if code != 0 {
+        if result.code != 0 {
             return Err(Self::helper_error(
                 &path,
                 reference,
-                code,
-                &String::from_utf8_lossy(&stderr),
+                result.code,
+                &String::from_utf8_lossy(&result.stderr),
             ));
         }
-        parse_stat(&stdout)
+        parse_stat(&result.stdout)
     }
 
     /// `GET /containers/{id}/archive`: the stat of `path` and a tar of it, streamed.

@@ -61,28 +61,18 @@ impl Engine {
         reference: &str,
     ) -> Result<Vec<Change>, EngineError> {
         let argv = vec!["berth-changes".to_owned(), "diff".to_owned()];
-        let mut run = self.start_helper(reference, argv, false, true).await?;
-        let mut stdout = Vec::new();
-        let mut stderr = Vec::new();
-        while let Some(OutputChunk { stream, data }) = run.output.recv().await {
-            let sink = match stream {
-                OutputStream::Stdout => &mut stdout,
-                OutputStream::Stderr => &mut stderr,
-            };
-            if sink.len() + data.len() > MAX_DIFF_LEN {
-                return Err(EngineError::Agent(
-                    "the guest's change list is too long".into(),
-                ));
-            }
-            sink.extend_from_slice(&data);
-        }
-        let code = run.exit.await.unwrap_or(-1);
-        if code != 0 {
+        let result = self
+            .start_helper(reference, argv, false, true)
+            .await?
+            .collect(MAX_DIFF_LEN, "change list")
+            .await?;
+        if result.code != 0 {
             return Err(EngineError::Agent(format!(
                 "listing the container's changes failed: {}",
-                String::from_utf8_lossy(&stderr).trim()
+                String::from_utf8_lossy(&result.stderr).trim()
             )));
         }
+        let stdout = result.stdout;
         // The guest is untrusted: each line must be a change with an absolute path.
         let mut changes = Vec::new();
         for line in stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {

@@ -32,6 +32,40 @@ pub(crate) struct HelperRun {
     pub exit: oneshot::Receiver<i64>,
 }
 
+/// All a helper wrote and its exit code.
+pub(crate) struct HelperResult {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub code: i64,
+}
+
+impl HelperRun {
+    /// Reads the helper's output to its end (at most `limit` bytes of each stream: the
+    /// guest is untrusted) and waits for its exit code.
+    pub async fn collect(mut self, limit: usize, what: &str) -> Result<HelperResult, EngineError> {
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        while let Some(OutputChunk { stream, data }) = self.output.recv().await {
+            let sink = match stream {
+                OutputStream::Stdout => &mut stdout,
+                OutputStream::Stderr => &mut stderr,
+            };
+            if sink.len() + data.len() > limit {
+                return Err(EngineError::Agent(format!(
+                    "the guest's {what} is too long"
+                )));
+            }
+            sink.extend_from_slice(&data);
+        }
+        let code = self.exit.await.unwrap_or(-1);
+        Ok(HelperResult {
+            stdout,
+            stderr,
+            code,
+        })
+    }
+}
+
 impl Engine {
     /// Boots a VM on the stopped container's disk and runs `berth-archive ARGS` in it.
     pub(crate) async fn run_helper_in_copy_vm(
