@@ -218,7 +218,7 @@ fn percent_decode(value: &str) -> Option<String> {
 }
 
 /// `GET /system/df`: images (with how many containers use each), containers (with the
-/// size of their own disks), no volumes and no build cache.
+/// size of their own disks), volumes (their disks) and no build cache.
 pub async fn system_df(State(engine): State<AppState>) -> ApiResult<Response> {
     let usage = engine.image_usage();
     let images = engine.list_images()?;
@@ -243,7 +243,7 @@ pub async fn system_df(State(engine): State<AppState>) -> ApiResult<Response> {
         "LayersSize": layers_size,
         "Images": image_rows,
         "Containers": containers,
-        "Volumes": [],
+        "Volumes": crate::volumes::all_with_usage(&engine),
         "BuildCache": [],
     }))
     .into_response())

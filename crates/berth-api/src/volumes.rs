@@ -48,6 +48,15 @@ fn volume_json(engine: &AppState, volume: &VolumeRecord, usage: bool) -> Value {
     value
 }
 
+/// Every volume with its usage (`docker system df`).
+pub fn all_with_usage(engine: &AppState) -> Vec<Value> {
+    engine
+        .list_volumes()
+        .iter()
+        .map(|v| volume_json(engine, v, true))
+        .collect()
+}
+
 /// `POST /volumes/create`.
 pub async fn create(
     State(engine): State<AppState>,

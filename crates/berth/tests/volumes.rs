@@ -16,6 +16,8 @@ fn volume_data_outlives_containers_and_the_daemon() {
     daemon.docker_ok(&["volume", "create", "--label", "team=blue", "data"]);
     let listed = daemon.docker_ok(&["volume", "ls", "--format", "{{.Name}} {{.Driver}}"]);
     assert!(listed.lines().any(|l| l == "data local"), "{listed}");
+    let df = daemon.docker_ok(&["system", "df", "--format", "{{.Type}} {{.TotalCount}}"]);
+    assert!(df.lines().any(|l| l == "Local Volumes 1"), "{df}");
     let labels = daemon.docker_ok(&["volume", "inspect", "-f", "{{json .Labels}}", "data"]);
     assert!(labels.contains("\"team\":\"blue\""), "{labels}");
 
