@@ -253,6 +253,16 @@ impl Engine {
         E: std::fmt::Display,
     {
         let path = container_path(path)?;
+        let record = self.lookup(reference)?.snapshot();
+        // As Docker: a read-only root takes files only into its writable volumes.
+        let into_volume = record.mounts.iter().any(|m| {
+            !m.read_only && (path == m.target || path.starts_with(&format!("{}/", m.target)))
+        });
+        if record.host_config.readonly_rootfs == Some(true) && !into_volume {
+            return Err(EngineError::Forbidden(
+                "container rootfs is marked read-only".into(),
+            ));
+        }
         let mut run = self
             .start_archive_helper(reference, "write", &path, true)
             .await?;

@@ -117,6 +117,21 @@ fn copy_into_a_created_container_and_out_of_an_exited_one() {
         std::fs::read_to_string(out.join("result.txt")).unwrap(),
         "artifact\n"
     );
+    // A read-only root takes no files (checked before any VM is booted).
+    let read_only = daemon.docker_ok(&["create", "--read-only", "busybox", "true"]);
+    let mut tar = Vec::new();
+    raw_entry(&mut tar, "file", b'0', "", b"x\n");
+    tar.extend_from_slice(&[0u8; 1024]);
+    let (status, body) = daemon
+        .request(
+            "PUT",
+            &format!("/containers/{read_only}/archive?path=/etc"),
+            Some(&tar),
+        )
+        .unwrap();
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("read-only"));
+    daemon.docker_ok(&["rm", &read_only]);
     // The copy VMs are gone; the containers are as they were.
     let state = daemon.docker_ok(&["inspect", "-f", "{{.State.Status}}", &built]);
     assert_eq!(state, "exited");
