@@ -4,9 +4,9 @@
 //!
 //! Operations (`argv[1]`), on `argv[2]`, a path in the container:
 //!
-//! * `stat`: one JSON line on stdout, Docker's `PathStat` (`name`, `size`, `mode` as a Go
-//!   `FileMode`, `mtime` in RFC 3339, `linkTarget`). The path's parents are resolved
-//!   (symlinks followed); the last component is not.
+//! * `stat`: one JSON line on stdout: `name`, `size`, `mode` (the Unix `st_mode`), `mtime`
+//!   (Unix seconds), `link_target`. The path's parents are resolved (symlinks followed);
+//!   the last component is not. (The engine turns this into Docker's PathStat.)
 //! * `read`: the path's stat (as `stat` writes it, one line), then a tar of the path: entries named from the path's last component
 //!   (`dir/…` for a directory, `./…` for `dir/.`, as Docker names them), owners, modes
 //!   and times kept, symlinks stored as symlinks, device nodes and FIFOs as such.
@@ -78,32 +78,6 @@ fn resolve(path: &str) -> io::Result<PathBuf> {
     })
 }
 
-/// Go's `os.FileMode` bits for a file's type and permissions.
-fn go_file_mode(meta: &fs::Metadata) -> u32 {
-    let mode = meta.mode();
-    let mut go = mode & 0o777;
-    let kind = mode & libc::S_IFMT;
-    go |= match kind {
-        libc::S_IFDIR => 1 << 31,
-        libc::S_IFLNK => 1 << 27,
-        libc::S_IFIFO => 1 << 25,
-        libc::S_IFSOCK => 1 << 24,
-        libc::S_IFBLK => 1 << 26,
-        libc::S_IFCHR => (1 << 26) | (1 << 21),
-        _ => 0,
-    };
-    if mode & libc::S_ISUID != 0 {
-        go |= 1 << 23;
-    }
-    if mode & libc::S_ISGID != 0 {
-        go |= 1 << 22;
-    }
-    if mode & libc::S_ISVTX != 0 {
-        go |= 1 << 20;
-    }
-    go
-}
-
 fn stat(path: &str) -> io::Result<()> {
     let mut out = io::stdout().lock();
     write_stat(path, &mut out)?;
@@ -123,36 +97,14 @@ fn write_stat(path: &str, out: &mut impl Write) -> io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "/".into());
-    let mtime = chrono_free_rfc3339(meta.mtime());
     let stat = serde_json::json!({
         "name": name,
         "size": meta.size(),
-        "mode": go_file_mode(&meta),
-        "mtime": mtime,
-        "linkTarget": link_target,
+        "mode": meta.mode(),
+        "mtime": meta.mtime(),
+        "link_target": link_target,
     });
     writeln!(out, "{stat}")
-}
-
-/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (civil-from-days, proleptic Gregorian).
-fn chrono_free_rfc3339(seconds: i64) -> String {
-    let days = seconds.div_euclid(86_400);
-    let secs = seconds.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
 }
 
 fn read(path: &str) -> io::Result<()> {
@@ -316,23 +268,4 @@ fn write(path: &str) -> io::Result<()> {
     archive.set_overwrite(true);
     archive.set_unpack_xattrs(false);
     archive.unpack(&resolved)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times_and_modes_are_written_as_docker_reads_them() {
-        assert_eq!(chrono_free_rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(chrono_free_rfc3339(1_767_225_600), "2026-01-01T00:00:00Z");
-        assert_eq!(chrono_free_rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let meta = fs::metadata(dir.path()).expect("metadata");
-        assert_eq!(
-            go_file_mode(&meta) >> 31,
-            1,
-            "directories have Go's ModeDir bit"
-        );
-    }
 }

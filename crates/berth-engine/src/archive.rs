@@ -318,18 +318,44 @@ impl Engine {
     }
 }
 
-/// Docker's PathStat from the helper's JSON line. The guest is untrusted: only the
-/// fields Docker defines pass, typed.
+/// Docker's PathStat from the helper's JSON line (Unix mode and seconds): the mode as
+/// Go's `os.FileMode`, the time in RFC 3339. The guest is untrusted: only these fields
+/// pass, typed.
 fn parse_stat(line: &[u8]) -> Result<serde_json::Value, EngineError> {
     let stat: serde_json::Value = serde_json::from_slice(line)
         .map_err(|e| EngineError::Agent(format!("the guest's stat answer is not JSON: {e}")))?;
+    let mode = stat["mode"].as_u64().unwrap_or(0) as u32;
+    let mtime = chrono::DateTime::from_timestamp(stat["mtime"].as_i64().unwrap_or(0), 0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     Ok(serde_json::json!({
         "name": stat["name"].as_str().unwrap_or_default(),
         "size": stat["size"].as_i64().unwrap_or(0),
-        "mode": stat["mode"].as_u64().unwrap_or(0),
-        "mtime": stat["mtime"].as_str().unwrap_or_default(),
-        "linkTarget": stat["linkTarget"].as_str().unwrap_or_default(),
+        "mode": go_file_mode(mode),
+        "mtime": mtime,
+        "linkTarget": stat["link_target"].as_str().unwrap_or_default(),
     }))
+}
+
+/// Go's `os.FileMode` bits (what the Docker CLI reads) for a Unix `st_mode`.
+fn go_file_mode(mode: u32) -> u32 {
+    const S_IFMT: u32 = 0o170_000;
+    let mut go = mode & 0o777;
+    go |= match mode & S_IFMT {
+        0o040_000 => 1 << 31,               // directory
+        0o120_000 => 1 << 27,               // symlink
+        0o010_000 => 1 << 25,               // named pipe
+        0o140_000 => 1 << 24,               // socket
+        0o060_000 => 1 << 26,               // block device
+        0o020_000 => (1 << 26) | (1 << 21), // character device
+        _ => 0,
+    };
+    for (unix, go_bit) in [(0o4000, 1 << 23), (0o2000, 1 << 22), (0o1000, 1 << 20)] {
+        if mode & unix != 0 {
+            go |= go_bit;
+        }
+    }
+    go
 }
 
 /// The rest of a helper's stdout as a byte stream; a helper that fails ends the stream
@@ -372,4 +398,23 @@ fn helper_stdout(
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_stats_become_dockers_path_stat() {
+        let stat = parse_stat(
+            br#"{"name":"etc","size":4096,"mode":16877,"mtime":1767225600,"link_target":"","extra":"dropped"}"#,
+        )
+        .expect("parses");
+        assert_eq!(stat["mode"], (1u64 << 31) | 0o755);
+        assert_eq!(stat["mtime"], "2026-01-01T00:00:00Z");
+        assert!(stat.get("extra").is_none());
+        assert_eq!(go_file_mode(0o104_755), (1 << 23) | 0o755);
+        assert_eq!(go_file_mode(0o120_777), (1 << 27) | 0o777);
+        assert!(parse_stat(b"not json").is_err());
+    }
 }
