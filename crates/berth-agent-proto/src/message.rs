@@ -6,7 +6,7 @@ use crate::frame::{encode_frame, Frame, FrameKind, ProtoError};
 use crate::MAX_CONTROL_LEN;
 
 /// How the guest sets itself up before it runs a container's process.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Default, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SetupSpec {
     /// The container's hostname.
     pub hostname: String,

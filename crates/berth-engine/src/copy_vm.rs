@@ -231,16 +231,7 @@ impl Engine {
             let setup = SetupSpec {
                 hostname: record.config.hostname.clone().unwrap_or_default(),
                 root_device: "/dev/vda".into(),
-                interfaces: Vec::new(),
-                nameservers: Vec::new(),
-                dns_search: Vec::new(),
-                dns_options: Vec::new(),
-                extra_hosts: Vec::new(),
-                read_only: false,
-                tmpfs: Vec::new(),
-                shm_size: 0,
-                sysctls: Vec::new(),
-                volumes: Vec::new(),
+                ..Default::default()
             };
             session
                 .send(AGENT_STREAM, &HostMessage::Setup(setup))

@@ -231,14 +231,7 @@ impl Engine {
                 root_device: "/dev/vda".into(),
                 interfaces: plan.boot_interface.iter().cloned().collect(),
                 nameservers: plan.nameservers.clone(),
-                dns_search: Vec::new(),
-                dns_options: Vec::new(),
-                extra_hosts: Vec::new(),
-                read_only: false,
-                tmpfs: Vec::new(),
-                shm_size: 0,
-                sysctls: Vec::new(),
-                volumes: Vec::new(),
+                ..Default::default()
             };
             crate::guest_config::apply(&record, &plan, &mut setup)?;
             setup.volumes = record

@@ -23,6 +23,18 @@ fn raw_entry(tar: &mut Vec<u8>, name: &str, kind: u8, link: &str, data: &[u8]) {
     tar.resize(tar.len().div_ceil(512) * 512, 0);
 }
 
+/// `PUT /containers/{id}/archive?path=PATH` with `tar`: the status and body.
+fn put_archive(daemon: &common::Daemon, id: &str, path: &str, tar: &[u8]) -> (u16, String) {
+    let (status, body) = daemon
+        .request(
+            "PUT",
+            &format!("/containers/{id}/archive?path={path}"),
+            Some(tar),
+        )
+        .unwrap();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
 #[test]
 fn copy_in_and_out_of_a_running_container() {
     let daemon = shared();
@@ -122,15 +134,9 @@ fn copy_into_a_created_container_and_out_of_an_exited_one() {
     let mut tar = Vec::new();
     raw_entry(&mut tar, "file", b'0', "", b"x\n");
     tar.extend_from_slice(&[0u8; 1024]);
-    let (status, body) = daemon
-        .request(
-            "PUT",
-            &format!("/containers/{read_only}/archive?path=/etc"),
-            Some(&tar),
-        )
-        .unwrap();
-    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
-    assert!(String::from_utf8_lossy(&body).contains("read-only"));
+    let (status, body) = put_archive(daemon, &read_only, "/etc", &tar);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("read-only"));
     daemon.docker_ok(&["rm", &read_only]);
     // The copy VMs are gone; the containers are as they were.
     let state = daemon.docker_ok(&["inspect", "-f", "{{.State.Status}}", &built]);
@@ -150,15 +156,9 @@ fn hostile_archives_never_write_outside_the_target() {
     raw_entry(&mut tar, "to-etc", b'2', "/etc", b"");
     raw_entry(&mut tar, "to-etc/evil-through-link", b'0', "", b"evil\n");
     tar.extend_from_slice(&[0u8; 1024]);
-    let (status, body) = daemon
-        .request(
-            "PUT",
-            &format!("/containers/{id}/archive?path=/target"),
-            Some(&tar),
-        )
-        .unwrap();
-    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
-    assert!(String::from_utf8_lossy(&body).contains("message"));
+    let (status, body) = put_archive(daemon, &id, "/target", &tar);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("message"));
     let outside = daemon.docker(&[
         "exec",
         &id,
@@ -173,22 +173,15 @@ fn hostile_archives_never_write_outside_the_target() {
     let inside = daemon.docker_ok(&["exec", &id, "cat", "/target/fine.txt"]);
     assert_eq!(inside, "fine");
     // Into a file, not a directory: refused.
-    let (status, _) = daemon
-        .request(
-            "PUT",
-            &format!("/containers/{id}/archive?path=/target/fine.txt"),
-            Some(&tar),
-        )
-        .unwrap();
+    let (status, _) = put_archive(daemon, &id, "/target/fine.txt", &tar);
     assert_eq!(status, 400);
     // Garbage is an error, and the container keeps serving.
-    let (status, _) = daemon
-        .request(
-            "PUT",
-            &format!("/containers/{id}/archive?path=/target"),
-            Some(b"this is not a tar archive at all, not even close........"),
-        )
-        .unwrap();
+    let (status, _) = put_archive(
+        daemon,
+        &id,
+        "/target",
+        b"this is not a tar archive at all, not even close........",
+    );
     assert_eq!(status, 400);
     daemon.docker_ok(&["exec", &id, "true"]);
     daemon.docker_ok(&["rm", "-f", &id]);
