@@ -22,6 +22,9 @@ enum Command {
     Template(commands::template::TemplateArgs),
     /// Benchmarks, measured side by side in one run against a running daemon.
     Bench(commands::bench::BenchArgs),
+    /// Run a command in the KVM lab: a software-emulated VM with AMD SVM, KVM loaded and
+    /// Berth inside (how Berth's own VMM is tested on hosts without VMX/SVM).
+    Lab(commands::lab::LabArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,5 +41,6 @@ fn main() -> anyhow::Result<()> {
         Command::Guest(args) => commands::guest::run(args),
         Command::Template(args) => commands::template::run(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::Lab(args) => commands::lab::run(args),
     }
 }

@@ -4,4 +4,5 @@ pub mod bench;
 pub mod daemon;
 mod daemon_json;
 pub mod guest;
+pub mod lab;
 pub mod template;

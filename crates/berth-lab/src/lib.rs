@@ -1,0 +1,207 @@
+//! The KVM lab: where Berth's own VMM is tested on machines without VMX or SVM.
+//!
+//! QEMU's TCG with `-cpu max` gives its guest AMD SVM, and Debian's `kvm-amd` works in
+//! that guest. [`run`] boots such a guest ("the lab") with the same Debian kernel that
+//! container VMs boot, from an initramfs made for the run ([`image`]): busybox, the KVM
+//! modules, this `berth` binary and the programs it calls (with their shared libraries),
+//! the docker CLI, the guest kernel and initramfs for the VMs inside, and any extra files.
+//! The lab's `/init` ([`INIT_SCRIPT`]) loads the modules, runs the command and powers off.
+//!
+//! Streams: the command's stdout and stderr go to the lab's first serial port, which is
+//! this process's stdout (raw: no line-ending translation). The kernel's console is the
+//! second serial port, written to `console.log` in the run directory; the init script
+//! ends it with a line `berth-lab-exit=N`, N being the command's exit status, which
+//! [`run`] returns. Timings inside the lab are emulated: compare ratios measured side by
+//! side inside one lab run, never absolute figures.
+
+pub mod image;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `/init` of the lab.
+pub const INIT_SCRIPT: &str = include_str!("init.sh");
+
+/// The marker line the init script writes after the command ends.
+const EXIT_MARKER: &str = "berth-lab-exit=";
+
+/// Errors of a lab run.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("preparing the guest kernel failed")]
+    Guest(#[from] berth_guest::GuestError),
+    #[error("I/O error on {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Missing(String),
+    #[error("starting {program} failed (install it with `scripts/setup.sh`)")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the lab did not finish within {0:?}; its console log:\n{1}")]
+    Timeout(Duration, String),
+    #[error("the lab ended without running the command to its end; its console log:\n{0}")]
+    NoExitStatus(String),
+}
+
+impl LabError {
+    pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
+        move |source| Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// One lab run.
+#[derive(Debug, Clone)]
+pub struct LabSpec {
+    /// Berth's cache (guest kernel and initramfs), as for `berth daemon --cache`.
+    pub cache: PathBuf,
+    /// The lab VM's memory.
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    /// Extra files: (host path, absolute path in the lab).
+    pub files: Vec<(PathBuf, String)>,
+    /// The command and its arguments, run by the lab's shell.
+    pub command: Vec<String>,
+    pub timeout: Duration,
+    /// The QEMU binary.
+    pub qemu: String,
+    /// Where the run's files go (lab initramfs, console log); removed afterwards unless
+    /// `keep` is set.
+    pub work_dir: PathBuf,
+    pub keep: bool,
+}
+
+/// What a lab run ended with.
+#[derive(Debug, Clone)]
+pub struct LabOutcome {
+    /// The command's exit status inside the lab.
+    pub status: i32,
+    /// The lab kernel's console (module loading, the init script's own lines).
+    pub console: String,
+    pub elapsed: Duration,
+}
+
+/// Boots the lab, runs `spec.command` in it, and returns its exit status. The command's
+/// output is written to this process's stdout as it comes.
+pub fn run(spec: &LabSpec, progress: &dyn Fn(&str)) -> Result<LabOutcome, LabError> {
+    let guest = berth_guest::prepare(&spec.cache, progress)?;
+    std::fs::create_dir_all(&spec.work_dir).map_err(LabError::io(&spec.work_dir))?;
+    let run_dir = tempfile::Builder::new()
+        .prefix("lab-")
+        .tempdir_in(&spec.work_dir)
+        .map_err(LabError::io(&spec.work_dir))?;
+    let initramfs = run_dir.path().join("lab.cpio");
+    progress("building the lab's initramfs");
+    image::build(&guest, spec, &initramfs)?;
+    let console_path = run_dir.path().join("console.log");
+    progress("booting the lab (TCG with AMD SVM)");
+    let started = Instant::now();
+    let mut child = Command::new(&spec.qemu)
+        .args(qemu_arguments(
+            spec,
+            &guest.kernel,
+            &initramfs,
+            &console_path,
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|source| LabError::Spawn {
+            program: spec.qemu.clone(),
+            source,
+        })?;
+    let deadline = started + spec.timeout;
+    let timed_out = loop {
+        match child.try_wait().map_err(LabError::io(&console_path))? {
+            Some(_) => break false,
+            None if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break true;
+            }
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let console = std::fs::read_to_string(&console_path).unwrap_or_default();
+    if spec.keep {
+        let kept = run_dir.keep();
+        progress(&format!("lab files kept in {}", kept.display()));
+    }
+    if timed_out {
+        return Err(LabError::Timeout(spec.timeout, console));
+    }
+    let status = exit_status(&console).ok_or_else(|| LabError::NoExitStatus(console.clone()))?;
+    Ok(LabOutcome {
+        status,
+        console,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// The command's exit status from the lab's console log.
+fn exit_status(console: &str) -> Option<i32> {
+    console
+        .lines()
+        .rev()
+        .find_map(|line| line.trim().strip_prefix(EXIT_MARKER)?.parse().ok())
+}
+
+fn qemu_arguments(spec: &LabSpec, kernel: &Path, initramfs: &Path, console: &Path) -> Vec<String> {
+    vec![
+        "-accel".into(),
+        "tcg".into(),
+        "-M".into(),
+        "pc".into(),
+        // `max` includes SVM: KVM works inside.
+        "-cpu".into(),
+        "max".into(),
+        "-smp".into(),
+        spec.vcpus.to_string(),
+        "-m".into(),
+        format!("{}M", spec.memory_mib),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-display".into(),
+        "none".into(),
+        "-no-reboot".into(),
+        "-kernel".into(),
+        kernel.display().to_string(),
+        "-initrd".into(),
+        initramfs.display().to_string(),
+        "-append".into(),
+        "console=ttyS1 quiet panic=-1 8250.nr_uarts=2 random.trust_cpu=on".into(),
+        // ttyS0: the command's output, to our stdout.
+        "-serial".into(),
+        "stdio".into(),
+        // ttyS1: the kernel console and the exit marker.
+        "-serial".into(),
+        format!("file:{}", console.display()),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_status_is_the_last_marker() {
+        assert_eq!(exit_status("boot\nberth-lab-exit=3\n"), Some(3));
+        assert_eq!(
+            exit_status("berth-lab-exit=0\nberth-lab-exit=127\r\n"),
+            Some(127)
+        );
+        assert_eq!(exit_status("boot\nKernel panic\n"), None);
+        assert_eq!(exit_status("berth-lab-exit=x\n"), None);
+    }
+}

@@ -1,0 +1,71 @@
+//! `berth lab -- COMMAND...`: run a command in the KVM lab (see `berth-lab`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct LabArgs {
+    /// Berth's cache (guest kernel and initramfs).
+    #[arg(long, default_value = "/var/cache/berth")]
+    pub cache: PathBuf,
+    /// The lab VM's memory in MiB.
+    #[arg(long, default_value_t = 4096)]
+    pub memory: u32,
+    /// The lab VM's vCPUs.
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+    /// Copy a host file into the lab: HOST_PATH:LAB_PATH (repeatable).
+    #[arg(long = "file", value_parser = parse_file)]
+    pub files: Vec<(PathBuf, String)>,
+    /// Give up (and kill the lab) after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    pub timeout: u64,
+    /// The QEMU binary that runs the lab.
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    pub qemu: String,
+    /// Where the lab's run files go.
+    #[arg(long, default_value = "/var/tmp/berth-lab")]
+    pub work_dir: PathBuf,
+    /// Keep the run's files (initramfs, console log) and say where.
+    #[arg(long)]
+    pub keep: bool,
+    /// Print the lab kernel's console log after the command.
+    #[arg(long)]
+    pub console: bool,
+    /// The command to run inside the lab, after `--`.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+fn parse_file(text: &str) -> Result<(PathBuf, String), String> {
+    let (host, inside) = text.split_once(':').ok_or("expected HOST_PATH:LAB_PATH")?;
+    if !inside.starts_with('/') {
+        return Err("the lab path must be absolute".into());
+    }
+    Ok((PathBuf::from(host), inside.to_owned()))
+}
+
+/// Runs the lab and exits with the command's status.
+pub fn run(args: LabArgs) -> anyhow::Result<()> {
+    let spec = berth_lab::LabSpec {
+        cache: args.cache,
+        memory_mib: args.memory,
+        vcpus: args.cpus,
+        files: args.files,
+        command: args.command,
+        timeout: Duration::from_secs(args.timeout),
+        qemu: args.qemu,
+        work_dir: args.work_dir,
+        keep: args.keep,
+    };
+    let outcome = berth_lab::run(&spec, &|step| eprintln!("berth lab: {step}"))?;
+    if args.console {
+        eprintln!("{}", outcome.console);
+    }
+    eprintln!(
+        "berth lab: exit status {} after {:.1} s",
+        outcome.status,
+        outcome.elapsed.as_secs_f64()
+    );
+    std::process::exit(outcome.status);
+}
