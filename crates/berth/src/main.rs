@@ -25,6 +25,8 @@ enum Command {
     /// Run a command in the KVM lab: a software-emulated VM with AMD SVM, KVM loaded and
     /// Berth inside (how Berth's own VMM is tested on hosts without VMX/SVM).
     Lab(commands::lab::LabArgs),
+    /// Run one VM on Berth's own KVM VMM (started by the daemon's `kvm` backend).
+    Vmm(commands::vmm::VmmArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,5 +44,6 @@ fn main() -> anyhow::Result<()> {
         Command::Template(args) => commands::template::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Lab(args) => commands::lab::run(args),
+        Command::Vmm(args) => commands::vmm::run(args),
     }
 }

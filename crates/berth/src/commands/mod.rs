@@ -6,3 +6,4 @@ mod daemon_json;
 pub mod guest;
 pub mod lab;
 pub mod template;
+pub mod vmm;

@@ -1,0 +1,67 @@
+//! Berth's own VMM: one KVM virtual machine per process, on the rust-vmm crates.
+//!
+//! `berth vmm --config FILE` runs [`run`] with a [`VmmConfig`]. The machine is small on
+//! purpose: RAM ([`memory`], [`layout`]), the boot vCPU started in 64-bit mode at the
+//! kernel's entry ([`boot`]), KVM's in-kernel PIC, IOAPIC, LAPICs and PIT, a 16550 UART
+//! for the console, the keyboard controller's reset line, and PCI bus 0 with virtio 1.x
+//! functions ([`devices`], [`virtio`]). No ACPI and no firmware: the kernel boots
+//! directly and finds its devices by scanning PCI.
+//!
+//! Threads: one per vCPU ([`vcpu`]), one per active virtio device (its worker), and the
+//! main thread, which waits for the VM to end and exits the process with a status that
+//! says why (0: the guest reset or powered off, 1: a failure, printed on stderr).
+
+pub mod boot;
+pub mod config;
+pub mod devices;
+pub mod layout;
+pub mod memory;
+pub mod vcpu;
+pub mod virtio;
+mod vm;
+
+use std::path::{Path, PathBuf};
+
+pub use config::VmmConfig;
+pub use vcpu::VmExitReason;
+pub use vm::run;
+
+/// Errors setting up or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("KVM: {what} failed")]
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("I/O error on {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("guest memory: {0}")]
+    Memory(String),
+    #[error("boot: {0}")]
+    Boot(String),
+    #[error("device: {0}")]
+    Device(String),
+    #[error("eventfd")]
+    Eventfd(#[source] std::io::Error),
+    #[error("starting a vCPU thread failed")]
+    Thread(#[source] std::io::Error),
+}
+
+impl VmmError {
+    pub(crate) fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Self {
+        move |source| Self::Kvm { what, source }
+    }
+
+    pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
+        move |source| Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}

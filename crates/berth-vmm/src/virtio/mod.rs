@@ -1,0 +1,107 @@
+//! Virtio devices over PCI ([`pci`], the virtio 1.x "modern" transport with MSI-X).
+//!
+//! A device ([`VirtioDevice`]) says what it offers (type, queues, features, config
+//! space) and is handed its queues when the driver sets DRIVER_OK. From then on a worker
+//! thread of the device serves the queues: KVM signals a queue's eventfd when the guest
+//! writes its notify address (an ioeventfd, so the vCPU does not leave the kernel), and
+//! the worker raises the queue's MSI-X vector through [`Interrupt`].
+//!
+//! Everything read from guest memory goes through virtio-queue's descriptor chain
+//! walking and vm-memory's bounds-checked accessors: an address, length or index from
+//! the guest outside its memory is an error of that request, never a host access.
+
+pub mod console;
+pub mod msix;
+pub mod pci;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use kvm_ioctls::VmFd;
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use msix::MsixTable;
+
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+pub const DEVICE_TYPE_CONSOLE: u16 = 3;
+
+/// ISR bits (read by drivers that do not use MSI-X).
+pub const ISR_QUEUE: u8 = 1;
+pub const ISR_CONFIG: u8 = 2;
+
+/// Raises interrupts of one virtio function.
+#[derive(Clone)]
+pub struct Interrupt {
+    vm: Arc<VmFd>,
+    msix: Arc<Mutex<MsixTable>>,
+    isr: Arc<AtomicU8>,
+}
+
+impl Interrupt {
+    pub fn new(vm: Arc<VmFd>, msix: Arc<Mutex<MsixTable>>, isr: Arc<AtomicU8>) -> Self {
+        Self { vm, msix, isr }
+    }
+
+    fn raise(&self, vector: u16, isr_bit: u8) {
+        self.isr.fetch_or(isr_bit, Ordering::SeqCst);
+        let message = self
+            .msix
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .trigger(vector);
+        if let Some(message) = message {
+            // A failed signal loses one interrupt; the driver's next kick recovers it.
+            let _ = self.vm.signal_msi(message);
+        }
+    }
+
+    /// A queue has used buffers.
+    pub fn queue(&self, vector: u16) {
+        self.raise(vector, ISR_QUEUE);
+    }
+
+    /// The device's configuration changed.
+    pub fn config(&self, vector: u16) {
+        self.raise(vector, ISR_CONFIG);
+    }
+}
+
+/// A queue the driver set up, as the device gets it on activation.
+pub struct ActiveQueue {
+    pub queue: Queue,
+    /// Signalled by KVM when the guest notifies the queue.
+    pub notify: EventFd,
+    /// The queue's MSI-X vector.
+    pub vector: u16,
+}
+
+/// What the device gets on DRIVER_OK.
+pub struct Activation {
+    pub memory: GuestMemoryMmap,
+    pub queues: Vec<ActiveQueue>,
+    pub interrupt: Interrupt,
+    pub config_vector: u16,
+    /// The features the driver accepted.
+    pub features: u64,
+}
+
+/// One virtio device behind the PCI transport.
+pub trait VirtioDevice: Send {
+    fn device_type(&self) -> u16;
+    /// The PCI class code the function reports.
+    fn pci_class(&self) -> u32;
+    /// Most descriptors each queue may have.
+    fn queue_max_sizes(&self) -> Vec<u16>;
+    /// Offered features (VERSION_1 included).
+    fn features(&self) -> u64;
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        let _ = (offset, data);
+    }
+    /// Starts serving the queues.
+    fn activate(&mut self, activation: Activation) -> Result<(), crate::VmmError>;
+    /// Stops serving and forgets the driver's setup (status 0).
+    fn reset(&mut self);
+}
