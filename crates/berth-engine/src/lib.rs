@@ -395,6 +395,11 @@ impl Engine {
 
     /// Makes sure the template of the default VM shape exists (the daemon calls this at
     /// start, so that the first `docker run` clones rather than waits for a build).
+    /// Whether containers of the default runtime are cloned from templates.
+    pub fn backend_supports_snapshot(&self) -> bool {
+        self.config.backend.supports_snapshot()
+    }
+
     pub async fn prepare_default_template(&self) -> Result<template::Template, EngineError> {
         let guest = self.guest().await?;
         let shape = template::Shape {

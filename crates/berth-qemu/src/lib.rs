@@ -80,7 +80,7 @@ impl VmBackend for QemuBackend {
         let listener = UnixListener::bind(&agent_socket)
             .map_err(|e| VmError::Io("binding the agent socket", e))?;
         let arguments = qemu_arguments(spec, self.accelerator, &agent_socket, &qmp_socket);
-        let vm = process::QemuProcess::spawn(
+        let vm = berth_vm::process::VmProcess::spawn(
             &self.binary,
             &arguments,
             &spec.run_dir.join("qemu.log"),
@@ -148,7 +148,7 @@ impl VmBackend for QemuBackend {
         Ok(RunningVm {
             agent,
             pid,
-            control: Box::new(vm.into_control(qmp_socket)),
+            control: Box::new(process::QemuControl::new(vm, qmp_socket)),
         })
     }
 
@@ -158,7 +158,7 @@ impl VmBackend for QemuBackend {
         let _ = std::fs::remove_file(&agent_socket);
         let listener = UnixListener::bind(&agent_socket)
             .map_err(|e| VmError::Io("binding the agent socket", e))?;
-        let vm = process::QemuProcess::adopt(pid)?;
+        let vm = berth_vm::process::VmProcess::adopt(pid)?;
         // QEMU retries the socket every second (`reconnect=1`).
         let agent = tokio::select! {
             accepted = tokio::time::timeout(REATTACH_TIMEOUT, listener.accept()) => match accepted {
@@ -173,7 +173,7 @@ impl VmBackend for QemuBackend {
         Ok(RunningVm {
             agent,
             pid,
-            control: Box::new(vm.into_control(qmp_socket)),
+            control: Box::new(process::QemuControl::new(vm, qmp_socket)),
         })
     }
 }

@@ -1,135 +1,18 @@
-//! The QEMU process: spawning, reaping, and the [`VmControl`] the engine holds.
+//! The [`VmControl`] the engine holds for a QEMU process: QMP for everything but waiting.
 
-use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use berth_vm::process::VmProcess;
 use berth_vm::{BlockStats, DiskFormat, DiskSpec, NicSpec, VmControl, VmError, VmExit};
-use tokio::process::Command;
-use tokio::sync::watch;
 
 use crate::qmp::QmpClient;
 
-/// A QEMU process whose exit is published on a watch channel by a reaper task.
-pub struct QemuProcess {
-    pid: u32,
-    exit: watch::Receiver<Option<VmExit>>,
-}
-
-impl QemuProcess {
-    /// Starts QEMU with its output going to `log`. QEMU gets its own process group, so a
-    /// Ctrl-C aimed at the daemon does not reach it: the daemon stops its VMs itself.
-    ///
-    /// With `netns`, QEMU runs in that network namespace (where its taps are): the
-    /// namespace is entered between fork and exec.
-    pub fn spawn(
-        binary: &Path,
-        arguments: &[String],
-        log: &Path,
-        netns: Option<&Path>,
-    ) -> Result<Self, VmError> {
-        let log_file = File::create(log).map_err(|e| VmError::Io("creating qemu.log", e))?;
-        let log_clone = log_file
-            .try_clone()
-            .map_err(|e| VmError::Io("creating qemu.log", e))?;
-        let mut command = Command::new(binary);
-        if let Some(path) = netns {
-            let namespace =
-                File::open(path).map_err(|e| VmError::Io("opening the network namespace", e))?;
-            // SAFETY: the hook only calls setns (async-signal-safe) on a descriptor that
-            // the closure owns and that stays open until the child execs.
-            unsafe {
-                command.pre_exec(move || {
-                    if libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let mut child = command
-            .args(arguments)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log_file))
-            .stderr(Stdio::from(log_clone))
-            .process_group(0)
-            .kill_on_drop(false)
-            .spawn()
-            .map_err(VmError::Spawn)?;
-        let pid = child
-            .id()
-            .ok_or_else(|| VmError::ExitedEarly("no pid".into()))?;
-        let (sender, exit) = watch::channel(None);
-        tokio::spawn(async move {
-            let status = child.wait().await;
-            let code = status.ok().and_then(|status| status.code());
-            let _ = sender.send(Some(VmExit { code }));
-        });
-        Ok(Self { pid, exit })
-    }
-
-    /// Takes over a QEMU process that another engine started (it is not our child: its
-    /// end is seen through a pidfd, its exit status is not known).
-    pub fn adopt(pid: u32) -> Result<Self, VmError> {
-        // SAFETY: pidfd_open takes a pid and flags, no pointers; the descriptor it
-        // returns is owned by the OwnedFd below.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-        if fd < 0 {
-            return Err(VmError::Io(
-                "opening the VM process",
-                std::io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: fd was just returned by pidfd_open and nothing else owns it.
-        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
-        // SAFETY: the OwnedFd is a valid pidfd that AsyncFd owns from here on; nothing
-        // else closes or replaces it.
-        let watched = unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)
-        }
-        .map_err(|e| VmError::Io("watching the VM process", e.into()))?;
-        let (sender, exit) = watch::channel(None);
-        tokio::spawn(async move {
-            // A pidfd becomes readable when its process ends.
-            let _ = watched.readable().await;
-            let _ = sender.send(Some(VmExit { code: None }));
-        });
-        Ok(Self { pid, exit })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    /// Resolves when the process has ended.
-    pub async fn exited(&self) -> VmExit {
-        let mut exit = self.exit.clone();
-        let result = match exit.wait_for(Option::is_some).await {
-            Ok(value) => value.clone().unwrap_or(VmExit { code: None }),
-            Err(_) => VmExit { code: None },
-        };
-        result
-    }
-
-    /// Kills the process and waits for it.
-    pub async fn kill_now(&self) -> VmExit {
-        if self.exit.borrow().is_none() {
-            // SAFETY: kill takes no pointers. The pid is our child's and is reaped only by
-            // the reaper task, which publishes the exit right after; a reaped pid is not
-            // signalled (checked just above), save for that short window.
-            unsafe {
-                libc::kill(self.pid as i32, libc::SIGKILL);
-            }
-        }
-        self.exited().await
-    }
-
-    pub fn into_control(self, qmp_socket: PathBuf) -> QemuControl {
-        QemuControl {
-            process: self,
+impl QemuControl {
+    pub fn new(process: VmProcess, qmp_socket: PathBuf) -> Self {
+        Self {
+            process,
             qmp_socket,
         }
     }
@@ -137,7 +20,7 @@ impl QemuProcess {
 
 /// [`VmControl`] for a QEMU process.
 pub struct QemuControl {
-    process: QemuProcess,
+    process: VmProcess,
     qmp_socket: PathBuf,
 }
 

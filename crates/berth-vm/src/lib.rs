@@ -10,6 +10,8 @@
 //! it a unix socket that the engine side listens on and the VM process connects to, so
 //! that nothing the guest writes is lost while the VM boots.
 
+pub mod process;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -204,6 +206,11 @@ pub trait VmBackend: Send + Sync {
     fn name(&self) -> &'static str;
     /// How this backend executes guest code on this host.
     fn accelerator(&self) -> Accelerator;
+    /// Whether [`VmControl::snapshot`] and [`VmSpec::restore_from`] work: without them
+    /// the engine cold-boots every VM (no templates, no clones).
+    fn supports_snapshot(&self) -> bool {
+        true
+    }
     /// Boots a VM and returns once its process runs and the agent channel is connected.
     async fn boot(&self, spec: &VmSpec) -> Result<RunningVm, VmError>;
     /// Takes over a VM that an engine before this one started (process `pid`, files in

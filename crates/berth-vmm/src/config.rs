@@ -21,4 +21,26 @@ pub struct VmmConfig {
     /// The agent channel: a unix socket the engine listens on; the VMM connects to it
     /// and reconnects whenever it is closed.
     pub agent_socket: PathBuf,
+    /// virtio-blk disks, each in its own PCI slot.
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+}
+
+/// One virtio-blk disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub format: DiskFormat,
+    pub read_only: bool,
+    /// What the guest reads as the disk's serial (at most 20 bytes).
+    pub serial: Option<String>,
+    pub pci_slot: u8,
+}
+
+/// How a disk file is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    Raw,
+    Qcow2,
 }

@@ -39,10 +39,7 @@ pub fn ram_ranges(memory: u64) -> Vec<(u64, u64)> {
     if memory <= MMIO_GAP_START {
         vec![(0, memory)]
     } else {
-        vec![
-            (0, MMIO_GAP_START),
-            (MMIO_GAP_END, memory - MMIO_GAP_START),
-        ]
+        vec![(0, MMIO_GAP_START), (MMIO_GAP_END, memory - MMIO_GAP_START)]
     }
 }
 

@@ -11,9 +11,11 @@
 //! main thread, which waits for the VM to end and exits the process with a status that
 //! says why (0: the guest reset or powered off, 1: a failure, printed on stderr).
 
+pub mod backend;
 pub mod boot;
 pub mod config;
 pub mod devices;
+pub mod disk;
 pub mod layout;
 pub mod memory;
 pub mod vcpu;

@@ -22,7 +22,9 @@ use acpi_tables::aml::{
 };
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{self, AccessSize, GAS};
-use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -77,7 +79,8 @@ impl Aml for PciHostBridge {
             (IOAPIC_START - 1) as u32,
             None,
         );
-        let resources = ResourceTemplate::new(vec![&bus, &config_ports, &io_below, &io_above, &mmio]);
+        let resources =
+            ResourceTemplate::new(vec![&bus, &config_ports, &io_below, &io_above, &mmio]);
         let hid = EISAName::new("PNP0A03");
         let hid_name = Name::new("_HID".into(), &hid);
         let uid = Name::new("_UID".into(), &zero);
@@ -104,7 +107,15 @@ pub fn build(vcpus: u8) -> Vec<(u64, Vec<u8>)> {
         .flag(Flags::HwReducedAcpi)
         .flag(Flags::ResetRegSup)
         .dsdt_64(DSDT_START);
-    let port = |address: u16| GAS::new(gas::AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, u64::from(address));
+    let port = |address: u16| {
+        GAS::new(
+            gas::AddressSpace::SystemIo,
+            8,
+            0,
+            AccessSize::ByteAccess,
+            u64::from(address),
+        )
+    };
     fadt.sleep_control_reg = port(SLEEP_CONTROL_PORT);
     fadt.sleep_status_reg = port(SLEEP_CONTROL_PORT);
     fadt.reset_reg = port(I8042_COMMAND_PORT);
@@ -172,7 +183,10 @@ mod tests {
         let (_, rsdp) = &tables[0];
         assert_eq!(&rsdp[..8], b"RSD PTR ");
         assert!(sums_to_zero(&rsdp[..20]));
-        assert_eq!(u64::from_le_bytes(rsdp[24..32].try_into().unwrap()), XSDT_START);
+        assert_eq!(
+            u64::from_le_bytes(rsdp[24..32].try_into().unwrap()),
+            XSDT_START
+        );
         for (_, table) in &tables[1..] {
             let length = u32::from_le_bytes(table[4..8].try_into().unwrap()) as usize;
             assert_eq!(length, table.len(), "{:?}", &table[..4]);
@@ -188,6 +202,9 @@ mod tests {
         assert_eq!(&fadt[..4], b"FACP");
         let flags = u32::from_le_bytes(fadt[112..116].try_into().unwrap());
         assert_ne!(flags & (1 << 20), 0, "hardware-reduced");
-        assert_eq!(u64::from_le_bytes(fadt[140..148].try_into().unwrap()), DSDT_START);
+        assert_eq!(
+            u64::from_le_bytes(fadt[140..148].try_into().unwrap()),
+            DSDT_START
+        );
     }
 }

@@ -136,8 +136,15 @@ pub fn configure_common(
     vcpu.set_cpuid2(&cpuid_for(supported, index, count))
         .map_err(VmmError::kvm("set CPUID"))?;
     if std::env::var_os("BERTH_VMM_DEBUG_CPUID").is_some() {
-        for entry in vcpu.get_cpuid2(256).map_err(VmmError::kvm("get CPUID"))?.as_slice() {
-            eprintln!("cpuid {:#x}/{:#x}: {:#x} {:#x} {:#x} {:#x}", entry.function, entry.index, entry.eax, entry.ebx, entry.ecx, entry.edx);
+        for entry in vcpu
+            .get_cpuid2(256)
+            .map_err(VmmError::kvm("get CPUID"))?
+            .as_slice()
+        {
+            eprintln!(
+                "cpuid {:#x}/{:#x}: {:#x} {:#x} {:#x} {:#x}",
+                entry.function, entry.index, entry.eax, entry.ebx, entry.ecx, entry.edx
+            );
         }
         let sregs = vcpu.get_sregs().map_err(VmmError::kvm("get sregs"))?;
         eprintln!("apic_base {:#x}", sregs.apic_base);

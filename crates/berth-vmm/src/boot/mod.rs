@@ -53,13 +53,8 @@ pub fn load(
     cmdline_text: &str,
 ) -> Result<BootEntry, VmmError> {
     let mut kernel = File::open(kernel_path).map_err(VmmError::io(kernel_path))?;
-    let loaded = BzImage::load(
-        memory,
-        None,
-        &mut kernel,
-        Some(GuestAddress(HIMEM_START)),
-    )
-    .map_err(|e| VmmError::Boot(format!("loading {}: {e}", kernel_path.display())))?;
+    let loaded = BzImage::load(memory, None, &mut kernel, Some(GuestAddress(HIMEM_START)))
+        .map_err(|e| VmmError::Boot(format!("loading {}: {e}", kernel_path.display())))?;
 
     let initramfs = std::fs::read(initramfs_path).map_err(VmmError::io(initramfs_path))?;
     let low_ram_end = memory_bytes.min(MMIO_GAP_START);
@@ -104,7 +99,11 @@ pub fn load(
     params.acpi_rsdp_addr = rsdp;
     let mut e820 = vec![
         (0, EBDA_START, E820_RAM),
-        (acpi::RSDP_START, acpi::ACPI_END - acpi::RSDP_START, E820_RESERVED),
+        (
+            acpi::RSDP_START,
+            acpi::ACPI_END - acpi::RSDP_START,
+            E820_RESERVED,
+        ),
     ];
     for (start, size) in ram_ranges(memory_bytes) {
         if start == 0 {

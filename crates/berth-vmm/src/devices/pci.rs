@@ -332,7 +332,13 @@ mod tests {
     #[test]
     fn bar_sizing_and_moving_follow_the_protocol() {
         let mut root = PciRoot::new();
-        root.add(2, Box::new(Dummy(ConfigSpace::new(0x1af4, 0x1043, 0x078000, 1, 0x8000), vec![])));
+        root.add(
+            2,
+            Box::new(Dummy(
+                ConfigSpace::new(0x1af4, 0x1043, 0x078000, 1, 0x8000),
+                vec![],
+            )),
+        );
         select(&mut root, 2, REG_BAR0 as u32);
         let placed = read32(&mut root);
         assert_eq!(placed as u64 & !0xf, PCI_MMIO_START + 2 * PCI_MMIO_WINDOW);

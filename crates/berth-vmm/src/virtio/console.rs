@@ -29,7 +29,9 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{ActiveQueue, Activation, Interrupt, VirtioDevice, DEVICE_TYPE_CONSOLE, VIRTIO_F_VERSION_1};
+use super::{
+    Activation, ActiveQueue, Interrupt, VirtioDevice, DEVICE_TYPE_CONSOLE, VIRTIO_F_VERSION_1,
+};
 use crate::VmmError;
 
 const VIRTIO_CONSOLE_F_MULTIPORT: u64 = 1 << 1;
@@ -245,7 +247,8 @@ impl Worker {
     fn host_connection_changed(&mut self) {
         if self.port_ready {
             let open = u16::from(self.socket.is_some());
-            self.control_out.push_back(control_message(PORT_OPEN, open, &[]));
+            self.control_out
+                .push_back(control_message(PORT_OPEN, open, &[]));
         }
     }
 
@@ -303,7 +306,8 @@ impl Worker {
             let value = u16::from_le_bytes([header[6], header[7]]);
             match event {
                 DEVICE_READY if value == 1 => {
-                    self.control_out.push_back(control_message(DEVICE_ADD, 0, &[]));
+                    self.control_out
+                        .push_back(control_message(DEVICE_ADD, 0, &[]));
                 }
                 PORT_READY if id == 0 && value == 1 => {
                     self.port_ready = true;
@@ -311,7 +315,8 @@ impl Worker {
                     self.control_out
                         .push_back(control_message(PORT_NAME, 0, name.as_bytes()));
                     let open = u16::from(self.socket.is_some());
-                    self.control_out.push_back(control_message(PORT_OPEN, open, &[]));
+                    self.control_out
+                        .push_back(control_message(PORT_OPEN, open, &[]));
                 }
                 // The guest opening or closing its end, and anything unknown: nothing
                 // for the host to do.
@@ -344,7 +349,10 @@ impl Worker {
             };
             let written = if index == CONTROL_RECEIVE {
                 let message = self.control_out.pop_front().unwrap_or_default();
-                writer.write_all(&message).map(|()| message.len()).unwrap_or(0)
+                writer
+                    .write_all(&message)
+                    .map(|()| message.len())
+                    .unwrap_or(0)
             } else {
                 let room = writer.available_bytes().min(self.to_guest.len());
                 let bytes: Vec<u8> = self.to_guest.drain(..room).collect();

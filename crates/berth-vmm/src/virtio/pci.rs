@@ -24,7 +24,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::msix::{MsixTable, NO_VECTOR};
-use super::{ActiveQueue, Activation, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{Activation, ActiveQueue, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::devices::pci::{
     ConfigSpace, PciFunction, REG_CAPABILITIES, REG_STATUS, REG_SUBSYSTEM_VENDOR,
     STATUS_CAPABILITIES_LIST,
@@ -204,7 +204,9 @@ impl VirtioPciFunction {
         let mut value = value;
         if value & STATUS_FEATURES_OK != 0 && self.status & STATUS_FEATURES_OK == 0 {
             let offered = self.device.features();
-            if self.driver_features & !offered != 0 || self.driver_features & VIRTIO_F_VERSION_1 == 0 {
+            if self.driver_features & !offered != 0
+                || self.driver_features & VIRTIO_F_VERSION_1 == 0
+            {
                 value &= !STATUS_FEATURES_OK;
             }
         }
@@ -212,7 +214,10 @@ impl VirtioPciFunction {
         self.status = value;
         if activate {
             if let Err(error) = self.activate() {
-                eprintln!("berth vmm: virtio device {} failed to start: {error}", self.device.device_type());
+                eprintln!(
+                    "berth vmm: virtio device {} failed to start: {error}",
+                    self.device.device_type()
+                );
                 self.status |= STATUS_NEEDS_RESET;
             }
         }
@@ -376,9 +381,10 @@ impl PciFunction for VirtioPciFunction {
             control = (control & !(MSIX_ENABLE | MSIX_FUNCTION_MASK))
                 | (u16::from(high) << 8 & (MSIX_ENABLE | MSIX_FUNCTION_MASK));
             self.config.set_u16(CAP_MSIX + 2, control);
-            let released = self
-                .msix()
-                .set_control(control & MSIX_ENABLE != 0, control & MSIX_FUNCTION_MASK != 0);
+            let released = self.msix().set_control(
+                control & MSIX_ENABLE != 0,
+                control & MSIX_FUNCTION_MASK != 0,
+            );
             self.deliver(released);
         }
     }
@@ -392,12 +398,12 @@ impl PciFunction for VirtioPciFunction {
                 data.fill(0);
                 data[0] = value;
             }
-            DEVICE_CONFIG_OFFSET..0x3000 => self
-                .device
-                .read_config(offset - DEVICE_CONFIG_OFFSET, data),
-            MSIX_TABLE_OFFSET..MSIX_PBA_OFFSET => self
-                .msix()
-                .read_table(offset - MSIX_TABLE_OFFSET, data),
+            DEVICE_CONFIG_OFFSET..0x3000 => {
+                self.device.read_config(offset - DEVICE_CONFIG_OFFSET, data)
+            }
+            MSIX_TABLE_OFFSET..MSIX_PBA_OFFSET => {
+                self.msix().read_table(offset - MSIX_TABLE_OFFSET, data)
+            }
             MSIX_PBA_OFFSET..0x6000 => self.msix().read_pba(offset - MSIX_PBA_OFFSET, data),
             _ => data.fill(0),
         }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use berth_engine::{Engine, EngineConfig};
 use berth_qemu::QemuBackend;
+use berth_vm::VmBackend;
 
 #[derive(clap::Args)]
 pub struct DaemonArgs {
@@ -27,6 +28,12 @@ pub struct DaemonArgs {
     /// The QEMU system emulator to run VMs with.
     #[arg(long, default_value = "qemu-system-x86_64")]
     pub qemu: PathBuf,
+    /// Which VMM runs container VMs: `kvm` (Berth's own, needs hardware virtualization;
+    /// no networking, snapshots or hot-plug yet), `qemu` (KVM where hardware
+    /// virtualization works, software emulation otherwise), or `auto` (`qemu` until the
+    /// built-in VMM does everything QEMU does for Berth).
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
     /// The network namespace (an `ip netns` name) that holds container networks: their
     /// bridges, taps, DNS servers and addresses never appear on the host's interfaces.
     /// Created if missing.
@@ -93,10 +100,10 @@ async fn serve(mut args: DaemonArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("the dns key of {}", path.display()))?;
         }
     }
-    let backend = Arc::new(QemuBackend::new(args.qemu.clone()));
+    let backend = choose_backend(args.backend, &args.qemu)?;
     tracing::info!(
-        backend = "qemu",
-        accelerator = berth_vm::VmBackend::accelerator(&*backend).name(),
+        backend = backend.name(),
+        accelerator = backend.accelerator().name(),
         "VM backend"
     );
     let engine = Engine::open(EngineConfig {
@@ -130,7 +137,9 @@ async fn serve(mut args: DaemonArgs) -> anyhow::Result<()> {
                     return;
                 }
             }
-            if let Err(error) = engine.prepare_default_template().await {
+            if !engine.backend_supports_snapshot() {
+                tracing::info!("this backend takes no snapshots: every container VM boots cold");
+            } else if let Err(error) = engine.prepare_default_template().await {
                 tracing::error!(error = %berth_engine::error_chain(&error), "building the default VM template failed; containers will build it on first start");
             }
             engine.start_with_daemon().await;
@@ -167,4 +176,34 @@ async fn serve(mut args: DaemonArgs) -> anyhow::Result<()> {
     let _ = stop_api.send(());
     let _ = std::fs::remove_file(&args.socket);
     Ok(())
+}
+
+/// The `--backend` choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    Auto,
+    Kvm,
+    Qemu,
+}
+
+fn choose_backend(
+    choice: BackendChoice,
+    qemu: &std::path::Path,
+) -> anyhow::Result<Arc<dyn VmBackend>> {
+    let hardware = berth_vm::hardware_kvm_available();
+    let kvm = || -> anyhow::Result<Arc<dyn VmBackend>> {
+        let binary = std::env::current_exe().context("finding the berth binary for `berth vmm`")?;
+        Ok(Arc::new(berth_vmm::backend::KvmBackend::new(binary)))
+    };
+    match choice {
+        BackendChoice::Kvm if !hardware => anyhow::bail!(
+            "--backend kvm needs hardware virtualization (VMX or SVM in /proc/cpuinfo and a usable /dev/kvm); use --backend qemu or auto"
+        ),
+        BackendChoice::Kvm => kvm(),
+        // The built-in VMM has no networking, snapshots or hot-plug yet: `auto` keeps
+        // QEMU, which has them, on every host until it does.
+        BackendChoice::Auto | BackendChoice::Qemu => {
+            Ok(Arc::new(QemuBackend::new(qemu.to_path_buf())))
+        }
+    }
 }

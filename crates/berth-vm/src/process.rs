@@ -1,0 +1,130 @@
+//! A VM process (QEMU, or `berth vmm`): spawning it, adopting one a previous engine
+//! started, and waiting for or killing it. Backends build their [`crate::VmControl`]
+//! on it.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::Path;
+use std::process::Stdio;
+
+use tokio::process::Command;
+use tokio::sync::watch;
+
+use crate::{VmError, VmExit};
+
+/// A VM process whose exit is published on a watch channel by a reaper task.
+pub struct VmProcess {
+    pid: u32,
+    exit: watch::Receiver<Option<VmExit>>,
+}
+
+impl VmProcess {
+    /// Starts `binary` with its output going to `log`. The VM process gets its own
+    /// process group, so a Ctrl-C aimed at the daemon does not reach it: the daemon stops
+    /// its VMs itself.
+    ///
+    /// With `netns`, the process runs in that network namespace (where its taps are):
+    /// the namespace is entered between fork and exec.
+    pub fn spawn(
+        binary: &Path,
+        arguments: &[String],
+        log: &Path,
+        netns: Option<&Path>,
+    ) -> Result<Self, VmError> {
+        let log_file =
+            File::create(log).map_err(|e| VmError::Io("creating the VM process log", e))?;
+        let log_clone = log_file
+            .try_clone()
+            .map_err(|e| VmError::Io("creating the VM process log", e))?;
+        let mut command = Command::new(binary);
+        if let Some(path) = netns {
+            let namespace =
+                File::open(path).map_err(|e| VmError::Io("opening the network namespace", e))?;
+            // SAFETY: the hook only calls setns (async-signal-safe) on a descriptor that
+            // the closure owns and that stays open until the child execs.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
+            .args(arguments)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log_file))
+            .stderr(Stdio::from(log_clone))
+            .process_group(0)
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(VmError::Spawn)?;
+        let pid = child
+            .id()
+            .ok_or_else(|| VmError::ExitedEarly("no pid".into()))?;
+        let (sender, exit) = watch::channel(None);
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let code = status.ok().and_then(|status| status.code());
+            let _ = sender.send(Some(VmExit { code }));
+        });
+        Ok(Self { pid, exit })
+    }
+
+    /// Takes over a VM process that another engine started (it is not our child: its
+    /// end is seen through a pidfd, its exit status is not known).
+    pub fn adopt(pid: u32) -> Result<Self, VmError> {
+        // SAFETY: pidfd_open takes a pid and flags, no pointers; the descriptor it
+        // returns is owned by the OwnedFd below.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return Err(VmError::Io(
+                "opening the VM process",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: fd was just returned by pidfd_open and nothing else owns it.
+        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+        // SAFETY: the OwnedFd is a valid pidfd that AsyncFd owns from here on; nothing
+        // else closes or replaces it.
+        let watched = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| VmError::Io("watching the VM process", e.into()))?;
+        let (sender, exit) = watch::channel(None);
+        tokio::spawn(async move {
+            // A pidfd becomes readable when its process ends.
+            let _ = watched.readable().await;
+            let _ = sender.send(Some(VmExit { code: None }));
+        });
+        Ok(Self { pid, exit })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Resolves when the process has ended.
+    pub async fn exited(&self) -> VmExit {
+        let mut exit = self.exit.clone();
+        let result = match exit.wait_for(Option::is_some).await {
+            Ok(value) => value.clone().unwrap_or(VmExit { code: None }),
+            Err(_) => VmExit { code: None },
+        };
+        result
+    }
+
+    /// Kills the process and waits for it.
+    pub async fn kill_now(&self) -> VmExit {
+        if self.exit.borrow().is_none() {
+            // SAFETY: kill takes no pointers. The pid is our child's and is reaped only by
+            // the reaper task, which publishes the exit right after; a reaped pid is not
+            // signalled (checked just above), save for that short window.
+            unsafe {
+                libc::kill(self.pid as i32, libc::SIGKILL);
+            }
+        }
+        self.exited().await
+    }
+}

@@ -1,0 +1,227 @@
+//! The engine's side of the built-in VMM: a [`VmBackend`] that runs each VM as a
+//! `berth vmm --config FILE` process (this same binary).
+//!
+//! Files in the VM's run directory: `vmm.json` (the [`VmmConfig`]), `agent.sock` (the
+//! engine listens, the VMM connects and reconnects), `console.log`, `vmm.log` (the VMM
+//! process's own stderr).
+//!
+//! Not yet supported here, and refused with an error that says so: snapshots (so the
+//! engine cold-boots every container on this backend), restoring, and hot-plugging
+//! NICs and disks.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use berth_vm::process::VmProcess;
+use berth_vm::{
+    Accelerator, BlockStats, DiskSpec, MemoryBacking, NicSpec, RunningVm, VmBackend, VmControl,
+    VmError, VmExit, VmSpec,
+};
+use tokio::net::UnixListener;
+
+use crate::config::{DiskConfig, DiskFormat, VmmConfig};
+
+/// How long a VMM process gets to connect the agent channel.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a running VM gets to reconnect to a new engine.
+const REATTACH_TIMEOUT: Duration = Duration::from_secs(10);
+/// The guest's command line (the VMM adds its own part, see `boot::VMM_CMDLINE`).
+pub const GUEST_CMDLINE: &str = "console=ttyS0 quiet random.trust_cpu=on";
+/// PCI slot of the first disk the engine did not place.
+const FIRST_FREE_DISK_SLOT: u8 = 0x04;
+
+/// Runs VMs on Berth's own VMM.
+pub struct KvmBackend {
+    /// The `berth` binary that has the `vmm` subcommand.
+    binary: PathBuf,
+}
+
+impl KvmBackend {
+    pub fn new(binary: PathBuf) -> Self {
+        Self { binary }
+    }
+}
+
+fn unsupported(what: &str) -> VmError {
+    VmError::Monitor(format!("{what} is not supported by the kvm backend yet"))
+}
+
+fn vmm_config(spec: &VmSpec, agent_socket: &Path) -> Result<VmmConfig, VmError> {
+    if spec.restore_from.is_some() || spec.memory != MemoryBacking::Anonymous {
+        return Err(unsupported("restoring a snapshot"));
+    }
+    if !spec.nics.is_empty() {
+        return Err(unsupported("a network card"));
+    }
+    let vcpus = u8::try_from(spec.vcpus)
+        .map_err(|_| VmError::Monitor(format!("{} vCPUs is too many", spec.vcpus)))?;
+    let mut next_slot = FIRST_FREE_DISK_SLOT;
+    let disks = spec
+        .disks
+        .iter()
+        .map(|disk| {
+            let pci_slot = disk.pci_slot.unwrap_or_else(|| {
+                let slot = next_slot;
+                next_slot += 1;
+                slot
+            });
+            DiskConfig {
+                path: disk.path.clone(),
+                format: match disk.format {
+                    berth_vm::DiskFormat::Raw => DiskFormat::Raw,
+                    berth_vm::DiskFormat::Qcow2 => DiskFormat::Qcow2,
+                },
+                read_only: disk.read_only,
+                serial: disk.serial.clone(),
+                pci_slot,
+            }
+        })
+        .collect();
+    Ok(VmmConfig {
+        vcpus,
+        memory_mib: spec.memory_mib,
+        kernel: spec.kernel.clone(),
+        initramfs: spec.initramfs.clone(),
+        cmdline: GUEST_CMDLINE.into(),
+        console_log: spec.run_dir.join("console.log"),
+        agent_socket: agent_socket.to_path_buf(),
+        disks,
+    })
+}
+
+async fn accept_agent(
+    listener: &UnixListener,
+    vm: &VmProcess,
+    timeout: Duration,
+    log: &Path,
+) -> Result<tokio::net::UnixStream, VmError> {
+    tokio::select! {
+        accepted = tokio::time::timeout(timeout, listener.accept()) => match accepted {
+            Ok(Ok((stream, _))) => Ok(stream),
+            Ok(Err(error)) => {
+                vm.kill_now().await;
+                Err(VmError::Io("accepting the agent connection", error))
+            }
+            Err(_) => {
+                vm.kill_now().await;
+                Err(VmError::Timeout("connect its agent channel", timeout))
+            }
+        },
+        exit = vm.exited() => {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            Err(VmError::ExitedEarly(format!("status {:?}: {}", exit.code, log.trim())))
+        }
+    }
+}
+
+#[async_trait]
+impl VmBackend for KvmBackend {
+    fn name(&self) -> &'static str {
+        "kvm"
+    }
+
+    fn accelerator(&self) -> Accelerator {
+        Accelerator::Kvm
+    }
+
+    fn supports_snapshot(&self) -> bool {
+        false
+    }
+
+    async fn boot(&self, spec: &VmSpec) -> Result<RunningVm, VmError> {
+        let agent_socket = spec.run_dir.join("agent.sock");
+        let _ = std::fs::remove_file(&agent_socket);
+        let config = vmm_config(spec, &agent_socket)?;
+        let config_path = spec.run_dir.join("vmm.json");
+        let text = serde_json::to_vec_pretty(&config)
+            .map_err(|e| VmError::Io("writing vmm.json", std::io::Error::other(e)))?;
+        std::fs::write(&config_path, text).map_err(|e| VmError::Io("writing vmm.json", e))?;
+        let listener = UnixListener::bind(&agent_socket)
+            .map_err(|e| VmError::Io("binding the agent socket", e))?;
+        let log = spec.run_dir.join("vmm.log");
+        let arguments = vec![
+            "vmm".to_owned(),
+            "--config".to_owned(),
+            config_path.display().to_string(),
+        ];
+        let vm = VmProcess::spawn(&self.binary, &arguments, &log, spec.netns.as_deref())?;
+        let agent = accept_agent(&listener, &vm, CONNECT_TIMEOUT, &log).await?;
+        drop(listener);
+        let _ = std::fs::remove_file(&agent_socket);
+        let pid = vm.pid();
+        Ok(RunningVm {
+            agent,
+            pid,
+            control: Box::new(VmmControl { process: vm }),
+        })
+    }
+
+    async fn reattach(&self, pid: u32, run_dir: &Path) -> Result<RunningVm, VmError> {
+        let agent_socket = run_dir.join("agent.sock");
+        let _ = std::fs::remove_file(&agent_socket);
+        let listener = UnixListener::bind(&agent_socket)
+            .map_err(|e| VmError::Io("binding the agent socket", e))?;
+        let vm = VmProcess::adopt(pid)?;
+        let agent =
+            accept_agent(&listener, &vm, REATTACH_TIMEOUT, &run_dir.join("vmm.log")).await?;
+        drop(listener);
+        let _ = std::fs::remove_file(&agent_socket);
+        Ok(RunningVm {
+            agent,
+            pid,
+            control: Box::new(VmmControl { process: vm }),
+        })
+    }
+}
+
+/// [`VmControl`] of a `berth vmm` process.
+struct VmmControl {
+    process: VmProcess,
+}
+
+#[async_trait]
+impl VmControl for VmmControl {
+    async fn shut_down(&self, grace: Duration) -> VmExit {
+        match tokio::time::timeout(grace, self.process.exited()).await {
+            Ok(exit) => exit,
+            Err(_) => self.kill().await,
+        }
+    }
+
+    async fn kill(&self) -> VmExit {
+        self.process.kill_now().await
+    }
+
+    async fn wait(&self) -> VmExit {
+        self.process.exited().await
+    }
+
+    async fn pause(&self) -> Result<(), VmError> {
+        Err(unsupported("pausing"))
+    }
+
+    async fn resume(&self) -> Result<(), VmError> {
+        Err(unsupported("resuming"))
+    }
+
+    async fn snapshot(&self, _state_file: &Path) -> Result<(), VmError> {
+        Err(unsupported("a snapshot"))
+    }
+
+    async fn block_stats(&self) -> Result<BlockStats, VmError> {
+        Ok(BlockStats::default())
+    }
+
+    async fn add_nic(&self, _nic: &NicSpec) -> Result<(), VmError> {
+        Err(unsupported("hot-plugging a network card"))
+    }
+
+    async fn remove_nic(&self, _nic: &NicSpec) -> Result<(), VmError> {
+        Err(unsupported("unplugging a network card"))
+    }
+
+    async fn add_disk(&self, _disk: &DiskSpec) -> Result<(), VmError> {
+        Err(unsupported("hot-plugging a disk"))
+    }
+}
