@@ -7,16 +7,18 @@
 //! /bin/busybox                   static; `--install` makes the applets at boot
 //! /usr/local/bin/berth           this binary
 //! /usr/local/bin/docker          the docker CLI, when the host has one
-//! <program paths>                mkfs.ext4, debugfs, qemu-img, ip, nft where present,
-//!                                at their host paths
+//! /usr/local/bin/<program>       mkfs.ext4, debugfs, qemu-img, ip, nft where present
+//!                                (ahead of busybox's applets in PATH)
 //! <library paths>                every shared library those programs load (ldd), at
 //!                                their host paths
-//! /lib/modules/lab/<m>.ko, order the KVM modules (kvm-amd and kvm-intel with their
-//!                                dependencies), in load order
+//! /lib/modules/lab/<m>.ko, order the KVM and network modules with their
+//!                                dependencies, in load order
 //! /var/cache/berth/...           the guest kernel, the modules its VMs load and the
 //!                                guest initramfs, laid out as in Berth's cache, so
 //!                                that `berth` inside finds them without fetching
 //! /lab/command                   the command, shell-quoted
+//! /lab/daemon-args               the lab daemon's arguments, shell-quoted (if any)
+//! /lab/images/<n>.tar            image archives the daemon loads
 //! <extra files>                  `--file HOST:LAB` of `berth lab`
 //! ```
 
@@ -34,8 +36,21 @@ use crate::{LabError, LabSpec, INIT_SCRIPT};
 /// Programs the daemon calls, included with their libraries when the host has them.
 const DAEMON_PROGRAMS: &[&str] = &["mkfs.ext4", "debugfs", "qemu-img", "ip", "nft"];
 
-/// Modules the lab loads: KVM for either vendor (only the one the CPU has loads).
-const LAB_MODULES: &[&str] = &["kvm_amd"];
+/// Modules the lab loads: KVM (AMD's: the lab's CPU is TCG's `max`, with SVM), and what
+/// the daemon's networks use (taps, bridges, veth, nftables with NAT).
+const LAB_MODULES: &[&str] = &[
+    "kvm_amd",
+    "tun",
+    "bridge",
+    "veth",
+    "nf_tables",
+    "nft_chain_nat",
+    "nft_masq",
+    "nft_nat",
+    "nft_ct",
+    "nft_fib_inet",
+    "nft_reject_inet",
+];
 
 /// Where the lab's `berth` finds its cache.
 const LAB_CACHE: &str = "var/cache/berth";
@@ -113,8 +128,13 @@ pub fn build(guest: &GuestImage, spec: &LabSpec, out: &Path) -> Result<(), LabEr
         }
         for name in DAEMON_PROGRAMS {
             if let Some(path) = find_program(name) {
-                let inside = path.display().to_string();
-                add_program(&mut image, &path, &inside, &mut libraries)?;
+                // Ahead of busybox's applets of the same name (`ip`) in PATH.
+                add_program(
+                    &mut image,
+                    &path,
+                    &format!("usr/local/bin/{name}"),
+                    &mut libraries,
+                )?;
             }
         }
         for library in &libraries {
@@ -125,6 +145,15 @@ pub fn build(guest: &GuestImage, spec: &LabSpec, out: &Path) -> Result<(), LabEr
         add_guest_cache(&mut image, guest, spec)?;
         for (host, inside) in &spec.files {
             image.host_file(host, inside)?;
+        }
+        for (index, archive) in spec.images.iter().enumerate() {
+            image.host_file(archive, &format!("lab/images/{index}.tar"))?;
+        }
+        if let Some(arguments) = &spec.daemon_args {
+            let words: Vec<String> = arguments.iter().map(|word| shell_quote(word)).collect();
+            image
+                .file("lab/daemon-args", 0o644, words.join(" ").as_bytes())
+                .map_err(LabError::io(out))?;
         }
         let command = spec
             .command

@@ -16,10 +16,33 @@ while read -r module; do
     insmod "/lib/modules/lab/$module" || echo "berth-lab: insmod $module failed"
 done < /lib/modules/lab/order
 stty -F /dev/ttyS0 raw -echo
+export HOME=/root
 echo "berth-lab: ready, /dev/kvm: $(test -c /dev/kvm && echo yes || echo no)"
+if [ -f /lab/daemon-args ]; then
+    # Berth's daemon on the built-in VMM, its API where the docker CLI looks by default.
+    mkdir -p /var/run
+    eval "berth daemon $(cat /lab/daemon-args) --socket /var/run/docker.sock" > /lab/daemon.log 2>&1 &
+    waited=0
+    daemon=$!
+    until [ -S /var/run/docker.sock ] || [ $waited -ge 600 ] || ! kill -0 $daemon 2> /dev/null; do
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    for image in /lab/images/*.tar; do
+        [ -f "$image" ] && docker load -q -i "$image" > /dev/null 2>> /lab/daemon.log
+    done
+    echo "berth-lab: daemon up"
+fi
 cd /root
 /bin/sh /lab/command < /dev/null > /dev/ttyS0 2>&1
 status=$?
+if [ -f /lab/daemon-args ]; then
+    echo "berth-lab: daemon log:"
+    tail -n 60 /lab/daemon.log
+    for log in /run/berth/vms/*/console.log /run/berth/vms/*/vmm.log; do
+        [ -f "$log" ] && { echo "berth-lab: $log:"; tail -n 30 "$log"; }
+    done
+fi
 echo "berth-lab-exit=$status"
 sync
 poweroff -f

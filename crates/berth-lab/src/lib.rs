@@ -5,7 +5,10 @@
 //! container VMs boot, from an initramfs made for the run ([`image`]): busybox, the KVM
 //! modules, this `berth` binary and the programs it calls (with their shared libraries),
 //! the docker CLI, the guest kernel and initramfs for the VMs inside, and any extra files.
-//! The lab's `/init` ([`INIT_SCRIPT`]) loads the modules, runs the command and powers off.
+//! The lab's `/init` ([`INIT_SCRIPT`]) loads the modules, starts `berth daemon` (by
+//! default with `--backend kvm`) on `/var/run/docker.sock`, loads the given image
+//! archives into it, runs the command and powers off; when a daemon ran, its log and the
+//! VMs' logs follow on the console.
 //!
 //! Streams: the command's stdout and stderr go to the lab's first serial port, which is
 //! this process's stdout (raw: no line-ending translation). The kernel's console is the
@@ -70,6 +73,12 @@ pub struct LabSpec {
     pub vcpus: u32,
     /// Extra files: (host path, absolute path in the lab).
     pub files: Vec<(PathBuf, String)>,
+    /// Image archives (`docker save` format) loaded into the lab's daemon before the
+    /// command runs.
+    pub images: Vec<PathBuf>,
+    /// Arguments of the `berth daemon` the lab starts before the command (its socket is
+    /// `/var/run/docker.sock`); `None`: no daemon.
+    pub daemon_args: Option<Vec<String>>,
     /// The command and its arguments, run by the lab's shell.
     pub command: Vec<String>,
     pub timeout: Duration,

@@ -6,8 +6,8 @@
 //! process's own stderr).
 //!
 //! Not yet supported here, and refused with an error that says so: snapshots (so the
-//! engine cold-boots every container on this backend), restoring, and hot-plugging
-//! NICs and disks.
+//! engine cold-boots every container on this backend), restoring, pausing, and
+//! hot-plugging NICs and disks.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,7 +20,7 @@ use berth_vm::{
 };
 use tokio::net::UnixListener;
 
-use crate::config::{DiskConfig, DiskFormat, VmmConfig};
+use crate::config::{DiskConfig, DiskFormat, NicConfig, VmmConfig};
 
 /// How long a VMM process gets to connect the agent channel.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -50,9 +50,6 @@ fn unsupported(what: &str) -> VmError {
 fn vmm_config(spec: &VmSpec, agent_socket: &Path) -> Result<VmmConfig, VmError> {
     if spec.restore_from.is_some() || spec.memory != MemoryBacking::Anonymous {
         return Err(unsupported("restoring a snapshot"));
-    }
-    if !spec.nics.is_empty() {
-        return Err(unsupported("a network card"));
     }
     let vcpus = u8::try_from(spec.vcpus)
         .map_err(|_| VmError::Monitor(format!("{} vCPUs is too many", spec.vcpus)))?;
@@ -87,6 +84,15 @@ fn vmm_config(spec: &VmSpec, agent_socket: &Path) -> Result<VmmConfig, VmError> 
         console_log: spec.run_dir.join("console.log"),
         agent_socket: agent_socket.to_path_buf(),
         disks,
+        nics: spec
+            .nics
+            .iter()
+            .map(|nic| NicConfig {
+                tap: nic.tap.clone(),
+                mac: nic.mac.clone(),
+                pci_slot: nic.pci_slot,
+            })
+            .collect(),
     })
 }
 

@@ -24,6 +24,19 @@ pub struct VmmConfig {
     /// virtio-blk disks, each in its own PCI slot.
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
+    /// virtio-net cards, each in its own PCI slot.
+    #[serde(default)]
+    pub nics: Vec<NicConfig>,
+}
+
+/// One virtio-net card on a tap.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NicConfig {
+    /// The tap's name in the VMM process's network namespace.
+    pub tap: String,
+    /// `xx:xx:xx:xx:xx:xx`.
+    pub mac: String,
+    pub pci_slot: u8,
 }
 
 /// One virtio-blk disk.

@@ -10,10 +10,13 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::boot;
 use crate::devices::pci::PciRoot;
 use crate::devices::serial::{SerialPort, SERIAL_IRQ};
+use crate::devices::tap::Tap;
 use crate::devices::{i8042, Devices};
 use crate::layout::KVM_TSS_ADDRESS;
 use crate::vcpu::{self, VmExitReason};
+use crate::virtio::block::{Block, BlockCounters};
 use crate::virtio::console::Console;
+use crate::virtio::net::{parse_mac, Net, NetCounters};
 use crate::virtio::pci::VirtioPciFunction;
 use crate::{memory, VmmConfig, VmmError};
 
@@ -67,6 +70,38 @@ pub fn run(config: &VmmConfig) -> Result<VmExitReason, VmmError> {
             guest_memory.clone(),
         )?),
     );
+    for disk in &config.disks {
+        let image = crate::disk::open(&disk.path, disk.format, disk.read_only)
+            .map_err(VmmError::io(&disk.path))?;
+        let block = Block::new(
+            image,
+            disk.read_only,
+            disk.serial.as_deref(),
+            Arc::new(BlockCounters::default()),
+        );
+        pci.add(
+            disk.pci_slot,
+            Box::new(VirtioPciFunction::new(
+                Box::new(block),
+                vm.clone(),
+                guest_memory.clone(),
+            )?),
+        );
+    }
+    for nic in &config.nics {
+        let mac = parse_mac(&nic.mac)
+            .ok_or_else(|| VmmError::Device(format!("bad MAC address {:?}", nic.mac)))?;
+        let tap = Tap::open(&nic.tap).map_err(|e| VmmError::Device(e.to_string()))?;
+        let net = Net::new(tap, mac, Arc::new(NetCounters::default()));
+        pci.add(
+            nic.pci_slot,
+            Box::new(VirtioPciFunction::new(
+                Box::new(net),
+                vm.clone(),
+                guest_memory.clone(),
+            )?),
+        );
+    }
     let devices = Arc::new(Devices {
         serial: Mutex::new(SerialPort::new(serial_interrupt, console_log)),
         i8042: i8042::ResetLine,

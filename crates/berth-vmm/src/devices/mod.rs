@@ -9,6 +9,7 @@
 pub mod i8042;
 pub mod pci;
 pub mod serial;
+pub mod tap;
 
 use std::sync::Mutex;
 

@@ -10,8 +10,10 @@
 //! walking and vm-memory's bounds-checked accessors: an address, length or index from
 //! the guest outside its memory is an error of that request, never a host access.
 
+pub mod block;
 pub mod console;
 pub mod msix;
+pub mod net;
 pub mod pci;
 
 use std::sync::atomic::{AtomicU8, Ordering};

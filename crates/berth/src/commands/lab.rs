@@ -1,4 +1,5 @@
-//! `berth lab -- COMMAND...`: run a command in the KVM lab (see `berth-lab`).
+//! `berth lab -- COMMAND...`: run a command in the KVM lab (see `berth-lab`), against a
+//! `berth daemon --backend kvm` started inside it.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,6 +18,15 @@ pub struct LabArgs {
     /// Copy a host file into the lab: HOST_PATH:LAB_PATH (repeatable).
     #[arg(long = "file", value_parser = parse_file)]
     pub files: Vec<(PathBuf, String)>,
+    /// Load this image archive (`docker save` format) into the lab's daemon (repeatable).
+    #[arg(long = "image")]
+    pub images: Vec<PathBuf>,
+    /// Start no daemon in the lab.
+    #[arg(long)]
+    pub no_daemon: bool,
+    /// An argument for the lab's `berth daemon` (repeatable; default: `--backend kvm`).
+    #[arg(long = "daemon-arg", allow_hyphen_values = true)]
+    pub daemon_args: Vec<String>,
     /// Give up (and kill the lab) after this many seconds.
     #[arg(long, default_value_t = 900)]
     pub timeout: u64,
@@ -52,6 +62,14 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
         memory_mib: args.memory,
         vcpus: args.cpus,
         files: args.files,
+        images: args.images,
+        daemon_args: (!args.no_daemon).then(|| {
+            if args.daemon_args.is_empty() {
+                vec!["--backend".to_owned(), "kvm".to_owned()]
+            } else {
+                args.daemon_args.clone()
+            }
+        }),
         command: args.command,
         timeout: Duration::from_secs(args.timeout),
         qemu: args.qemu,
