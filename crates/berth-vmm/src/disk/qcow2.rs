@@ -125,7 +125,7 @@ impl Qcow2Disk {
             )));
         }
         let check_table = |offset: u64, bytes: u64, what: &str| -> io::Result<()> {
-            if offset % cluster_size != 0
+            if !offset.is_multiple_of(cluster_size)
                 || offset.checked_add(bytes).is_none_or(|end| end > file_size)
             {
                 return Err(invalid(format!("the {what} lies outside the image")));
@@ -208,7 +208,9 @@ impl Qcow2Disk {
     /// A cluster offset read from the image, checked.
     fn checked_cluster(&self, entry: u64, what: &str) -> io::Result<u64> {
         let offset = entry & OFFSET_MASK;
-        if offset % self.cluster_size() != 0 || offset + self.cluster_size() > self.next_cluster {
+        if !offset.is_multiple_of(self.cluster_size())
+            || offset + self.cluster_size() > self.next_cluster
+        {
             return Err(invalid(format!(
                 "{what} points outside the image ({offset:#x})"
             )));

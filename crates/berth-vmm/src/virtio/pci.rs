@@ -346,7 +346,7 @@ impl VirtioPciFunction {
             0x20..=0x37 => {
                 if let Some(setup) = self.selected_queue() {
                     let queue = &mut setup.queue;
-                    let (low_part, high_part) = if offset % 8 == 0 {
+                    let (low_part, high_part) = if offset.is_multiple_of(8) {
                         (Some(low), (data.len() == 8).then_some((value >> 32) as u32))
                     } else {
                         (None, Some(low))

@@ -1,0 +1,75 @@
+//! Berth's own VMM, end to end, in the KVM lab: `berth lab` boots a TCG VM with AMD SVM,
+//! starts `berth daemon --backend kvm` in it, and the real docker CLI runs containers
+//! there, each in a `berth vmm` process on KVM.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+
+use common::{busybox_archive, stderr, stdout, BERTH};
+
+/// Runs `script` in the lab and returns its exit status and its `key=value` lines.
+fn lab(script: &str) -> (i32, HashMap<String, String>, String) {
+    let output = Command::new(BERTH)
+        .args(["lab", "--image"])
+        .arg(busybox_archive())
+        .args(["--", "sh", "-c", script])
+        .output()
+        .expect("berth lab runs");
+    let text = stdout(&output);
+    let values = text
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(key, value)| (key.to_owned(), value.trim().to_owned()))
+        .collect();
+    let code = output.status.code().unwrap_or(-1);
+    (
+        code,
+        values,
+        format!("stdout:\n{text}\nstderr:\n{}", stderr(&output)),
+    )
+}
+
+#[test]
+fn containers_run_on_the_built_in_vmm_in_the_lab() {
+    let script = r#"
+echo "release=$(docker run --rm busybox uname -r)"
+docker run --rm busybox sh -c "exit 3"; echo "exit=$?"
+docker run -d --name first busybox sh -c "echo hello-log; sleep 600" > /dev/null
+docker run -d --name second busybox sleep 600 > /dev/null
+echo "exec=$(docker exec first echo in-vm)"
+echo "logs=$(docker logs first)"
+echo "random1=$(docker exec first head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+echo "random2=$(docker exec second head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+echo "hostname1=$(docker exec first hostname)"
+echo "hostname2=$(docker exec second hostname)"
+peer=$(docker inspect -f '{{.NetworkSettings.IPAddress}}' second)
+docker exec first ping -c 1 -W 10 "$peer" > /dev/null && echo "ping=ok"
+echo "backend=$(docker info --format '{{json .DriverStatus}}')"
+echo "vmms=$(ps -o args | grep -c '^[/a-z]*berth vmm --config')"
+docker rm -f first second > /dev/null
+echo "left=$(ps -o args | grep -c '^[/a-z]*berth vmm --config')"
+exit 7
+"#;
+    let (code, values, all) = lab(script);
+    let value = |key: &str| values.get(key).map(String::as_str).unwrap_or("");
+    assert_eq!(code, 7, "the lab returns the command's status\n{all}");
+    assert!(value("release").ends_with("-cloud-amd64"), "{all}");
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_ne!(value("release"), host.trim(), "{all}");
+    assert_eq!(value("exit"), "3", "{all}");
+    assert_eq!(value("exec"), "in-vm", "{all}");
+    assert_eq!(value("logs"), "hello-log", "{all}");
+    assert_eq!(value("random1").len(), 32, "{all}");
+    assert_ne!(value("random1"), value("random2"), "{all}");
+    assert_ne!(value("hostname1"), value("hostname2"), "{all}");
+    assert_eq!(value("ping"), "ok", "VM to VM over the bridge\n{all}");
+    assert!(value("backend").contains("kvm"), "{all}");
+    assert_eq!(
+        value("vmms"),
+        "2",
+        "one VMM process per running container\n{all}"
+    );
+    assert_eq!(value("left"), "0", "{all}");
+}
