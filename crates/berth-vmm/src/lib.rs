@@ -7,6 +7,8 @@
 //! functions ([`devices`], [`virtio`]). No ACPI and no firmware: the kernel boots
 //! directly and finds its devices by scanning PCI.
 //!
+//! Once the VM is built, every thread runs under a system call filter ([`seccomp`]).
+//!
 //! Threads: one per vCPU ([`vcpu`]), one per active virtio device (its worker), and the
 //! main thread, which waits for the VM to end and exits the process with a status that
 //! says why (0: the guest reset or powered off, 1: a failure, printed on stderr).
@@ -18,6 +20,7 @@ pub mod devices;
 pub mod disk;
 pub mod layout;
 pub mod memory;
+pub mod seccomp;
 pub mod vcpu;
 pub mod virtio;
 mod vm;
@@ -53,6 +56,8 @@ pub enum VmmError {
     Eventfd(#[source] std::io::Error),
     #[error("starting a vCPU thread failed")]
     Thread(#[source] std::io::Error),
+    #[error("the system call filter: {0}")]
+    Seccomp(String),
 }
 
 impl VmmError {

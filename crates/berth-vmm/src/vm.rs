@@ -132,6 +132,7 @@ pub fn run(config: &VmmConfig) -> Result<VmExitReason, VmmError> {
             .map_err(VmmError::Thread)?;
     }
     drop(exits);
+    crate::seccomp::apply()?;
     Ok(exit_reasons
         .recv()
         .unwrap_or_else(|_| VmExitReason::Failed("every vCPU thread ended".into())))
