@@ -18,6 +18,7 @@ pub mod boot;
 pub mod config;
 pub mod devices;
 pub mod disk;
+pub mod fuzzing;
 pub mod layout;
 pub mod memory;
 pub mod seccomp;

@@ -168,6 +168,32 @@ struct Worker {
     stop: EventFd,
 }
 
+/// Serves the requests in `queue` once, on the calling thread, over `disk`: what the
+/// worker does on each notification (the fuzzing harness drives it this way). Returns
+/// how many requests it served.
+pub fn serve_once(
+    memory: GuestMemoryMmap,
+    queue: virtio_queue::Queue,
+    disk: Box<dyn DiskImage>,
+    read_only: bool,
+) -> Result<usize, VmmError> {
+    let mut worker = Worker {
+        memory,
+        queue: ActiveQueue {
+            queue,
+            notify: EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::Eventfd)?,
+            vector: 0,
+        },
+        interrupt: Interrupt::detached(2),
+        disk,
+        read_only,
+        serial: *b"fuzzing-serial-01234",
+        counters: Arc::new(BlockCounters::default()),
+        stop: EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::Eventfd)?,
+    };
+    Ok(worker.serve())
+}
+
 impl Worker {
     fn run(&mut self) {
         let Ok(epoll) = Epoll::new() else {
@@ -185,7 +211,7 @@ impl Worker {
         );
         let mut events = vec![EpollEvent::default(); 2];
         // Requests may already be waiting (a driver that kicked before activation).
-        self.serve();
+        let _ = self.serve();
         loop {
             let count = match epoll.wait(-1, &mut events) {
                 Ok(count) => count,
@@ -200,22 +226,22 @@ impl Worker {
                     }
                 }
             }
-            self.serve();
+            let _ = self.serve();
         }
     }
 
-    fn serve(&mut self) {
+    fn serve(&mut self) -> usize {
         // The worker's own handle on guest memory (regions are shared, not copied), so
         // that request buffers can borrow it while the worker changes its state.
         let memory = self.memory.clone();
-        let mut used = false;
+        let mut served = 0;
         while let Some(chain) = self.queue.queue.pop_descriptor_chain(&memory) {
             let head = chain.head_index();
             let written = self.handle(&memory, chain);
             let _ = self.queue.queue.add_used(&memory, head, written);
-            used = true;
+            served += 1;
         }
-        if used
+        if served > 0
             && self
                 .queue
                 .queue
@@ -224,6 +250,7 @@ impl Worker {
         {
             self.interrupt.queue(self.queue.vector);
         }
+        served
     }
 
     /// Serves one request; returns how many bytes it wrote into the chain.

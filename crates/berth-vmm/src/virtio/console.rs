@@ -158,6 +158,43 @@ fn control_message(event: u16, value: u16, extra: &[u8]) -> Vec<u8> {
     message
 }
 
+/// Serves the console's queues once, on the calling thread, with no host connection:
+/// control messages, receive buffers and (while disconnected) no transmit. `host_bytes`
+/// are pending for the guest, as if the host had sent them. Used by the fuzzing harness.
+pub fn serve_once(
+    memory: GuestMemoryMmap,
+    queues: Vec<virtio_queue::Queue>,
+    host_bytes: &[u8],
+) -> Result<(), VmmError> {
+    let mut active = Vec::new();
+    for queue in queues {
+        active.push(ActiveQueue {
+            queue,
+            notify: EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::Eventfd)?,
+            vector: 0,
+        });
+    }
+    if active.len() != 4 {
+        return Err(VmmError::Device("the console has 4 queues".into()));
+    }
+    let mut worker = Worker {
+        memory,
+        queues: active,
+        interrupt: Interrupt::detached(5),
+        port_name: "berth.agent".into(),
+        socket_path: PathBuf::new(),
+        socket: None,
+        to_guest: host_bytes.iter().copied().collect(),
+        control_out: VecDeque::new(),
+        port_ready: false,
+        stop: EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::Eventfd)?,
+    };
+    // Twice: control messages answered in the first round are delivered in the second.
+    worker.serve_queues();
+    worker.serve_queues();
+    Ok(())
+}
+
 impl Worker {
     fn run(&mut self) {
         let Ok(epoll) = Epoll::new() else {

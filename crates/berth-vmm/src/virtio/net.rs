@@ -147,6 +147,38 @@ struct Worker {
     stop: EventFd,
 }
 
+/// Moves `frames` (each with its header, as read from a tap) into the receive queue and
+/// the transmit queue's frames into `tap`, once, on the calling thread. Used by the
+/// fuzzing harness.
+pub fn serve_once(
+    memory: GuestMemoryMmap,
+    receive: virtio_queue::Queue,
+    transmit: virtio_queue::Queue,
+    tap: Tap,
+    frames: Vec<Vec<u8>>,
+) -> Result<(), VmmError> {
+    let mut queues = Vec::new();
+    for queue in [receive, transmit] {
+        queues.push(ActiveQueue {
+            queue,
+            notify: EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::Eventfd)?,
+            vector: 0,
+        });
+    }
+    let mut worker = Worker {
+        memory,
+        queues,
+        interrupt: Interrupt::detached(3),
+        tap,
+        held: frames.into_iter().take(MAX_HELD_FRAMES).collect(),
+        counters: Arc::new(NetCounters::default()),
+        stop: EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::Eventfd)?,
+    };
+    worker.transmit();
+    worker.deliver();
+    Ok(())
+}
+
 impl Worker {
     fn run(&mut self) {
         let Ok(epoll) = Epoll::new() else {
