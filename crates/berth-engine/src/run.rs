@@ -130,8 +130,12 @@ impl Engine {
         let _ = std::fs::remove_dir_all(&run_dir);
         std::fs::create_dir_all(&run_dir).map_err(EngineError::io(&run_dir))?;
         let (vcpus, memory_mib) = record.vm_shape(self.config.default_memory_mib);
-        // A backend without snapshots cold-boots every runtime's VMs.
-        let clone = record.runtime() == RUNTIME_CLONE && self.config.backend.supports_snapshot();
+        // A backend without snapshots cold-boots every runtime's VMs; one without
+        // hot-plug cold-boots containers with volumes (a clone gets them hot-plugged).
+        let backend = &self.config.backend;
+        let clone = record.runtime() == RUNTIME_CLONE
+            && backend.supports_snapshot()
+            && (record.mounts.is_empty() || backend.supports_hotplug());
         // A clone restores a verified private copy of its template's state; a template
         // found damaged at that point is discarded and built again, once.
         let mut template = None;

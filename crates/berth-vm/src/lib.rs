@@ -211,6 +211,11 @@ pub trait VmBackend: Send + Sync {
     fn supports_snapshot(&self) -> bool {
         true
     }
+    /// Whether [`VmControl::add_disk`] and [`VmControl::add_nic`] work: without them a
+    /// container with volumes boots cold (its disks attached from boot).
+    fn supports_hotplug(&self) -> bool {
+        true
+    }
     /// Boots a VM and returns once its process runs and the agent channel is connected.
     async fn boot(&self, spec: &VmSpec) -> Result<RunningVm, VmError>;
     /// Takes over a VM that an engine before this one started (process `pid`, files in

@@ -2,12 +2,14 @@
 //! `berth vmm --config FILE` process (this same binary).
 //!
 //! Files in the VM's run directory: `vmm.json` (the [`VmmConfig`]), `agent.sock` (the
-//! engine listens, the VMM connects and reconnects), `console.log`, `vmm.log` (the VMM
-//! process's own stderr).
+//! engine listens, the VMM connects and reconnects), `vmm-control.sock` (the VMM
+//! listens: pause, resume, snapshot, disk counters; see `control`), `console.log`,
+//! `vmm.log` (the VMM process's own stderr).
 //!
-//! Not yet supported here, and refused with an error that says so: snapshots (so the
-//! engine cold-boots every container on this backend), restoring, pausing, and
-//! hot-plugging NICs and disks.
+//! Templates map their RAM from a file shared and are snapshotted through the control
+//! socket; clones map the template's file private and restore its state. Not yet
+//! supported, and refused with an error that says so: hot-plugging NICs and disks (so
+//! the engine cold-boots containers with volumes on this backend).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,10 +22,17 @@ use berth_vm::{
 };
 use tokio::net::UnixListener;
 
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
 use crate::config::{DiskConfig, DiskFormat, NicConfig, VmmConfig};
+use crate::control::{ControlRequest, ControlResponse};
 
 /// How long a VMM process gets to connect the agent channel.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the VMM gets to answer on its control socket (a snapshot included).
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The control socket's name in the run directory.
+const CONTROL_SOCKET: &str = "vmm-control.sock";
 /// How long a running VM gets to reconnect to a new engine.
 const REATTACH_TIMEOUT: Duration = Duration::from_secs(10);
 /// The guest's command line (the VMM adds its own part, see `boot::VMM_CMDLINE`).
@@ -48,8 +57,15 @@ fn unsupported(what: &str) -> VmError {
 }
 
 fn vmm_config(spec: &VmSpec, agent_socket: &Path) -> Result<VmmConfig, VmError> {
-    if spec.restore_from.is_some() || spec.memory != MemoryBacking::Anonymous {
-        return Err(unsupported("restoring a snapshot"));
+    let (memory_file, memory_shared) = match &spec.memory {
+        MemoryBacking::Anonymous => (None, false),
+        MemoryBacking::SharedFile(path) => (Some(path.clone()), true),
+        MemoryBacking::PrivateFile(path) => (Some(path.clone()), false),
+    };
+    if spec.restore_from.is_some() && (memory_file.is_none() || memory_shared) {
+        return Err(VmError::Monitor(
+            "a restored VM's RAM must be its template's memory file, mapped private".into(),
+        ));
     }
     let vcpus = u8::try_from(spec.vcpus)
         .map_err(|_| VmError::Monitor(format!("{} vCPUs is too many", spec.vcpus)))?;
@@ -83,6 +99,10 @@ fn vmm_config(spec: &VmSpec, agent_socket: &Path) -> Result<VmmConfig, VmError> 
         cmdline: GUEST_CMDLINE.into(),
         console_log: spec.run_dir.join("console.log"),
         agent_socket: agent_socket.to_path_buf(),
+        memory_file,
+        memory_shared,
+        restore_from: spec.restore_from.clone(),
+        control_socket: Some(spec.run_dir.join(CONTROL_SOCKET)),
         disks,
         nics: spec
             .nics
@@ -131,7 +151,7 @@ impl VmBackend for KvmBackend {
         Accelerator::Kvm
     }
 
-    fn supports_snapshot(&self) -> bool {
+    fn supports_hotplug(&self) -> bool {
         false
     }
 
@@ -159,7 +179,10 @@ impl VmBackend for KvmBackend {
         Ok(RunningVm {
             agent,
             pid,
-            control: Box::new(VmmControl { process: vm }),
+            control: Box::new(VmmControl {
+                process: vm,
+                control_socket: spec.run_dir.join(CONTROL_SOCKET),
+            }),
         })
     }
 
@@ -176,14 +199,46 @@ impl VmBackend for KvmBackend {
         Ok(RunningVm {
             agent,
             pid,
-            control: Box::new(VmmControl { process: vm }),
+            control: Box::new(VmmControl {
+                process: vm,
+                control_socket: run_dir.join(CONTROL_SOCKET),
+            }),
         })
     }
 }
 
-/// [`VmControl`] of a `berth vmm` process.
+/// [`VmControl`] of a `berth vmm` process: its control socket for all but waiting.
 struct VmmControl {
     process: VmProcess,
+    control_socket: PathBuf,
+}
+
+impl VmmControl {
+    async fn request(&self, request: ControlRequest) -> Result<ControlResponse, VmError> {
+        let exchange = async {
+            let mut stream = tokio::net::UnixStream::connect(&self.control_socket).await?;
+            let mut line = serde_json::to_string(&request).map_err(std::io::Error::other)?;
+            line.push('\n');
+            stream.write_all(line.as_bytes()).await?;
+            let mut answer = String::new();
+            tokio::io::BufReader::new(stream)
+                .take(1 << 16)
+                .read_line(&mut answer)
+                .await?;
+            serde_json::from_str::<ControlResponse>(&answer).map_err(std::io::Error::other)
+        };
+        let response = tokio::time::timeout(CONTROL_TIMEOUT, exchange)
+            .await
+            .map_err(|_| VmError::Timeout("answer on its control socket", CONTROL_TIMEOUT))?
+            .map_err(|e| VmError::Io("talking to the VMM's control socket", e))?;
+        if response.ok {
+            Ok(response)
+        } else {
+            Err(VmError::Monitor(
+                response.error.unwrap_or_else(|| "the VMM refused".into()),
+            ))
+        }
+    }
 }
 
 #[async_trait]
@@ -204,19 +259,31 @@ impl VmControl for VmmControl {
     }
 
     async fn pause(&self) -> Result<(), VmError> {
-        Err(unsupported("pausing"))
+        self.request(ControlRequest::Pause).await.map(|_| ())
     }
 
     async fn resume(&self) -> Result<(), VmError> {
-        Err(unsupported("resuming"))
+        self.request(ControlRequest::Resume).await.map(|_| ())
     }
 
-    async fn snapshot(&self, _state_file: &Path) -> Result<(), VmError> {
-        Err(unsupported("a snapshot"))
+    async fn snapshot(&self, state_file: &Path) -> Result<(), VmError> {
+        self.request(ControlRequest::Snapshot {
+            path: state_file.to_path_buf(),
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn block_stats(&self) -> Result<BlockStats, VmError> {
-        Ok(BlockStats::default())
+        let response = self.request(ControlRequest::BlockStats).await?;
+        let [read_bytes, write_bytes, read_operations, write_operations] =
+            response.block_stats.unwrap_or_default();
+        Ok(BlockStats {
+            read_bytes,
+            write_bytes,
+            read_operations,
+            write_operations,
+        })
     }
 
     async fn add_nic(&self, _nic: &NicSpec) -> Result<(), VmError> {

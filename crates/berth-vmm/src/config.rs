@@ -21,6 +21,19 @@ pub struct VmmConfig {
     /// The agent channel: a unix socket the engine listens on; the VMM connects to it
     /// and reconnects whenever it is closed.
     pub agent_socket: PathBuf,
+    /// Guest RAM in this file instead of anonymous memory: mapped shared (a template:
+    /// the guest's writes land in the file) or private (a clone: copy-on-write).
+    #[serde(default)]
+    pub memory_file: Option<PathBuf>,
+    #[serde(default)]
+    pub memory_shared: bool,
+    /// Restore this snapshot (made by the control socket's `snapshot`) instead of
+    /// booting; its RAM is `memory_file`, mapped private.
+    #[serde(default)]
+    pub restore_from: Option<PathBuf>,
+    /// Where the VMM listens for the engine's control requests (see `control`).
+    #[serde(default)]
+    pub control_socket: Option<PathBuf>,
     /// virtio-blk disks, each in its own PCI slot.
     #[serde(default)]
     pub disks: Vec<DiskConfig>,

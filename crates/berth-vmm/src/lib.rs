@@ -16,12 +16,14 @@
 pub mod backend;
 pub mod boot;
 pub mod config;
+pub mod control;
 pub mod devices;
 pub mod disk;
 pub mod fuzzing;
 pub mod layout;
 pub mod memory;
 pub mod seccomp;
+pub mod snapshot;
 pub mod vcpu;
 pub mod virtio;
 mod vm;
@@ -59,6 +61,20 @@ pub enum VmmError {
     Thread(#[source] std::io::Error),
     #[error("the system call filter: {0}")]
     Seccomp(String),
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+}
+
+/// An error with its sources, one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 impl VmmError {

@@ -2,9 +2,10 @@
 //!
 //! Setting up (opening the kernel, disks, taps and /dev/kvm, creating the VM and vCPUs)
 //! happens before the filter; what runs after it (vCPU loops, device workers, the agent
-//! channel's reconnects) needs only the calls below. `ioctl` is limited to KVM's (type
-//! 0xae) and `socket` to unix sockets. Any other call kills the process: a VMM that was
-//! made to do something else is ended, never allowed to.
+//! channel's reconnects, the control socket) needs only the calls below. `ioctl` is
+//! limited to KVM's (type 0xae) and `socket` to unix sockets; only a template's VMM may
+//! open a file (its snapshot). Any other call kills the process: a VMM that was made to
+//! do something else is ended, never allowed to.
 
 use std::collections::BTreeMap;
 
@@ -51,6 +52,7 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_epoll_pwait,
     libc::SYS_eventfd2,
     libc::SYS_connect,
+    libc::SYS_accept4,
     libc::SYS_recvfrom,
     libc::SYS_sendto,
     libc::SYS_recvmsg,
@@ -85,10 +87,21 @@ fn condition(
         .map_err(|e| VmmError::Seccomp(e.to_string()))
 }
 
-/// The filter as a BPF program.
-pub fn filter() -> Result<BpfProgram, VmmError> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        ALLOWED.iter().map(|call| (*call, Vec::new())).collect();
+/// Calls a template VM needs besides, to write its snapshot file.
+const SNAPSHOT_WRITING: &[libc::c_long] = &[libc::SYS_openat, libc::SYS_rename];
+
+/// The filter as a BPF program; `writes_snapshots` for a template's VMM.
+pub fn filter(writes_snapshots: bool) -> Result<BpfProgram, VmmError> {
+    let extra: &[libc::c_long] = if writes_snapshots {
+        SNAPSHOT_WRITING
+    } else {
+        &[]
+    };
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = ALLOWED
+        .iter()
+        .chain(extra)
+        .map(|call| (*call, Vec::new()))
+        .collect();
     let rule =
         |conditions| SeccompRule::new(conditions).map_err(|e| VmmError::Seccomp(e.to_string()));
     rules.insert(
@@ -120,8 +133,8 @@ pub fn filter() -> Result<BpfProgram, VmmError> {
 }
 
 /// Applies the filter to every thread of the process (and so to threads made later).
-pub fn apply() -> Result<(), VmmError> {
-    let program = filter()?;
+pub fn apply(writes_snapshots: bool) -> Result<(), VmmError> {
+    let program = filter(writes_snapshots)?;
     seccompiler::apply_filter_all_threads(&program).map_err(|e| VmmError::Seccomp(e.to_string()))
 }
 
@@ -131,7 +144,8 @@ mod tests {
 
     #[test]
     fn the_filter_compiles_and_kills_by_default() {
-        let program = filter().unwrap();
+        let program = filter(false).unwrap();
+        assert!(filter(true).unwrap().len() > program.len());
         assert!(program.len() > ALLOWED.len());
         // The last instruction of a seccompiler program returns the mismatch action.
         let last = program.last().unwrap();
@@ -145,7 +159,7 @@ mod tests {
         // and exits without returning into the test harness.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
-            let code = match apply() {
+            let code = match apply(false) {
                 // SAFETY: plain system calls; openat is not allowed and must kill us.
                 Ok(()) => unsafe {
                     libc::getpid();

@@ -1,11 +1,17 @@
-//! Putting one VM together and running it to its end.
+//! Putting one VM together (booted or restored from a snapshot), running it to its end,
+//! and the [`Machine`] the control socket pauses, resumes and snapshots.
 
 use std::fs::OpenOptions;
-use std::sync::{mpsc, Arc, Mutex};
+use std::os::unix::net::UnixListener;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::Kvm;
+use kvm_ioctls::{Kvm, VmFd};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::Killable;
 
 use crate::boot;
 use crate::devices::pci::PciRoot;
@@ -13,7 +19,8 @@ use crate::devices::serial::{SerialPort, SERIAL_IRQ};
 use crate::devices::tap::Tap;
 use crate::devices::{i8042, Devices};
 use crate::layout::KVM_TSS_ADDRESS;
-use crate::vcpu::{self, VmExitReason};
+use crate::snapshot::{self, VmState, SNAPSHOT_FORMAT};
+use crate::vcpu::{self, VcpuCommand, VcpuThread, VmExitReason};
 use crate::virtio::block::{Block, BlockCounters};
 use crate::virtio::console::Console;
 use crate::virtio::net::{parse_mac, Net, NetCounters};
@@ -24,8 +31,121 @@ use crate::{memory, VmmConfig, VmmError};
 pub const AGENT_CONSOLE_SLOT: u8 = 0x03;
 /// The agent port's name, as the agent looks for it.
 pub const AGENT_PORT_NAME: &str = "berth.agent";
+/// How long vCPUs get to leave `KVM_RUN` when paused.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Builds the VM of `config`, runs it, and returns why it ended.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A running VM, as the control socket sees it.
+pub struct Machine {
+    vm: Arc<VmFd>,
+    devices: Arc<Devices>,
+    vcpu_commands: Mutex<Vec<Sender<VcpuCommand>>>,
+    vcpu_threads: Vec<JoinHandle<()>>,
+    acks: Mutex<Receiver<u8>>,
+    paused: Mutex<bool>,
+    block_counters: Vec<Arc<BlockCounters>>,
+    vcpu_count: u8,
+    memory_mib: u32,
+}
+
+impl Machine {
+    /// Takes every vCPU out of `KVM_RUN`; returns once all are waiting.
+    pub fn pause(&self) -> Result<(), VmmError> {
+        let mut paused = lock(&self.paused);
+        if *paused {
+            return Ok(());
+        }
+        for commands in lock(&self.vcpu_commands).iter() {
+            let _ = commands.send(VcpuCommand::Pause);
+        }
+        let acks = lock(&self.acks);
+        let mut waiting: Vec<bool> = vec![true; self.vcpu_threads.len()];
+        let deadline = Instant::now() + PAUSE_TIMEOUT;
+        while waiting.iter().any(|w| *w) {
+            if Instant::now() > deadline {
+                return Err(VmmError::Device("vCPUs did not pause in time".into()));
+            }
+            // Kick those still inside KVM_RUN; a kick that lands before they enter it is
+            // repeated on the next round.
+            for (index, thread) in self.vcpu_threads.iter().enumerate() {
+                if waiting[index] {
+                    let _ = thread.kill(vcpu::KICK_SIGNAL());
+                }
+            }
+            while let Ok(index) = acks.recv_timeout(Duration::from_millis(2)) {
+                if let Some(slot) = waiting.get_mut(usize::from(index)) {
+                    *slot = false;
+                }
+            }
+        }
+        *paused = true;
+        Ok(())
+    }
+
+    pub fn resume(&self) -> Result<(), VmmError> {
+        let mut paused = lock(&self.paused);
+        for commands in lock(&self.vcpu_commands).iter() {
+            let _ = commands.send(VcpuCommand::Resume);
+        }
+        *paused = false;
+        Ok(())
+    }
+
+    /// Pauses the VM and writes its state (all but RAM) to `path`. The VM stays paused.
+    pub fn snapshot(&self, path: &std::path::Path) -> Result<(), VmmError> {
+        self.pause()?;
+        let mut vcpus = Vec::new();
+        for commands in lock(&self.vcpu_commands).iter() {
+            let (reply, answer) = mpsc::channel();
+            commands
+                .send(VcpuCommand::Save(reply))
+                .map_err(|_| VmmError::Device("a vCPU thread is gone".into()))?;
+            vcpus.push(
+                answer
+                    .recv()
+                    .map_err(|_| VmmError::Device("a vCPU thread is gone".into()))??,
+            );
+        }
+        let (pic_master, pic_slave, ioapic, pit, clock) = snapshot::save_vm(&self.vm)?;
+        let serial = lock(&self.devices.serial).record();
+        let pci = lock(&self.devices.pci).save()?;
+        let state = VmState {
+            format: SNAPSHOT_FORMAT,
+            vcpu_count: self.vcpu_count,
+            memory_mib: self.memory_mib,
+            vcpus,
+            pic_master,
+            pic_slave,
+            ioapic,
+            pit,
+            clock,
+            serial,
+            pci,
+        };
+        snapshot::write(path, &state)
+    }
+
+    /// Bytes read and written, reads and writes, all disks together.
+    pub fn block_stats(&self) -> [u64; 4] {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.block_counters.iter().fold([0; 4], |sum, counters| {
+            [
+                sum[0] + counters.read_bytes.load(Relaxed),
+                sum[1] + counters.write_bytes.load(Relaxed),
+                sum[2] + counters.read_operations.load(Relaxed),
+                sum[3] + counters.write_operations.load(Relaxed),
+            ]
+        })
+    }
+}
+
+/// Builds the VM of `config` (booting it, or restoring `config.restore_from`), runs it,
+/// and returns why it ended.
 pub fn run(config: &VmmConfig) -> Result<VmExitReason, VmmError> {
     let kvm = Kvm::new().map_err(VmmError::kvm("open /dev/kvm"))?;
     let vm = Arc::new(kvm.create_vm().map_err(VmmError::kvm("create a VM"))?);
@@ -38,19 +158,32 @@ pub fn run(config: &VmmConfig) -> Result<VmExitReason, VmmError> {
         ..Default::default()
     })
     .map_err(VmmError::kvm("create the PIT"))?;
+    let vcpu_count = config.vcpus.max(1);
 
     let memory_bytes = u64::from(config.memory_mib) << 20;
-    let guest_memory = memory::create(config.memory_mib)?;
+    let guest_memory = match &config.memory_file {
+        Some(path) => memory::create_in_file(config.memory_mib, path, config.memory_shared)?,
+        None => memory::create(config.memory_mib)?,
+    };
     memory::register(&vm, &guest_memory)?;
-    let entry = boot::load(
-        &guest_memory,
-        memory_bytes,
-        config.vcpus,
-        &config.kernel,
-        &config.initramfs,
-        &config.cmdline,
-    )?;
-    boot::cpu::write_boot_tables(&guest_memory)?;
+    let mut restored: Option<VmState> = match &config.restore_from {
+        Some(path) => Some(snapshot::load(path, vcpu_count, config.memory_mib)?),
+        None => None,
+    };
+    let entry = if restored.is_none() {
+        let entry = boot::load(
+            &guest_memory,
+            memory_bytes,
+            vcpu_count,
+            &config.kernel,
+            &config.initramfs,
+            &config.cmdline,
+        )?;
+        boot::cpu::write_boot_tables(&guest_memory)?;
+        Some(entry)
+    } else {
+        None
+    };
 
     let console_log = OpenOptions::new()
         .create(true)
@@ -60,6 +193,10 @@ pub fn run(config: &VmmConfig) -> Result<VmExitReason, VmmError> {
     let serial_interrupt = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::Eventfd)?;
     vm.register_irqfd(&serial_interrupt, SERIAL_IRQ)
         .map_err(VmmError::kvm("connect the serial interrupt"))?;
+    let serial = match &restored {
+        Some(state) => SerialPort::restored(serial_interrupt, console_log, &state.serial)?,
+        None => SerialPort::new(serial_interrupt, console_log),
+    };
     let mut pci = PciRoot::new();
     let console = Console::new(AGENT_PORT_NAME, config.agent_socket.clone());
     pci.add(
@@ -70,15 +207,13 @@ pub fn run(config: &VmmConfig) -> Result<VmExitReason, VmmError> {
             guest_memory.clone(),
         )?),
     );
+    let mut block_counters = Vec::new();
     for disk in &config.disks {
         let image = crate::disk::open(&disk.path, disk.format, disk.read_only)
             .map_err(VmmError::io(&disk.path))?;
-        let block = Block::new(
-            image,
-            disk.read_only,
-            disk.serial.as_deref(),
-            Arc::new(BlockCounters::default()),
-        );
+        let counters = Arc::new(BlockCounters::default());
+        block_counters.push(counters.clone());
+        let block = Block::new(image, disk.read_only, disk.serial.as_deref(), counters);
         pci.add(
             disk.pci_slot,
             Box::new(VirtioPciFunction::new(
@@ -102,8 +237,11 @@ pub fn run(config: &VmmConfig) -> Result<VmExitReason, VmmError> {
             )?),
         );
     }
+    if let Some(state) = &restored {
+        snapshot::restore_vm(&vm, state)?;
+    }
     let devices = Arc::new(Devices {
-        serial: Mutex::new(SerialPort::new(serial_interrupt, console_log)),
+        serial: Mutex::new(serial),
         i8042: i8042::ResetLine,
         pci: Mutex::new(pci),
     });
@@ -111,28 +249,73 @@ pub fn run(config: &VmmConfig) -> Result<VmExitReason, VmmError> {
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(VmmError::kvm("read the supported CPUID"))?;
+    let msr_indices = Arc::new(
+        kvm.get_msr_index_list()
+            .map_err(VmmError::kvm("list the MSRs"))?
+            .as_slice()
+            .to_vec(),
+    );
     let (exits, exit_reasons) = mpsc::channel();
+    let (acks_sender, acks) = mpsc::channel();
     let mut vcpus = Vec::new();
-    for index in 0..config.vcpus.max(1) {
+    for index in 0..vcpu_count {
         let vcpu = vm
             .create_vcpu(u64::from(index))
             .map_err(VmmError::kvm("create a vCPU"))?;
-        boot::cpu::configure_common(&vcpu, &supported, index, config.vcpus.max(1))?;
-        if index == 0 {
-            boot::cpu::configure_boot_vcpu(&vcpu, entry.rip)?;
+        boot::cpu::configure_common(&vcpu, &supported, index, vcpu_count)?;
+        match (&restored, entry) {
+            (Some(state), _) => snapshot::restore_vcpu(&vcpu, &state.vcpus[usize::from(index)])?,
+            (None, Some(entry)) if index == 0 => boot::cpu::configure_boot_vcpu(&vcpu, entry.rip)?,
+            _ => {}
         }
         vcpus.push(vcpu);
     }
+    // Devices start serving only now that the vCPUs (their LAPICs above all) are
+    // restored: an interrupt raised earlier would be lost when a LAPIC's state is set.
+    if let Some(state) = restored.as_mut() {
+        lock(&devices.pci).restore(std::mem::take(&mut state.pci))?;
+    }
+    drop(restored);
+    vcpu::install_kick_handler()?;
+    let mut vcpu_commands = Vec::new();
+    let mut vcpu_threads = Vec::new();
     for (index, vcpu) in vcpus.into_iter().enumerate() {
-        let devices = devices.clone();
-        let exits = exits.clone();
-        std::thread::Builder::new()
-            .name(format!("vcpu{index}"))
-            .spawn(move || vcpu::run(vcpu, index as u8, devices, exits))
-            .map_err(VmmError::Thread)?;
+        let (commands_sender, commands) = mpsc::channel();
+        vcpu_commands.push(commands_sender);
+        let thread = VcpuThread {
+            vcpu,
+            index: index as u8,
+            devices: devices.clone(),
+            exits: exits.clone(),
+            commands,
+            acks: acks_sender.clone(),
+            msr_indices: msr_indices.clone(),
+        };
+        vcpu_threads.push(
+            std::thread::Builder::new()
+                .name(format!("vcpu{index}"))
+                .spawn(move || thread.run())
+                .map_err(VmmError::Thread)?,
+        );
     }
     drop(exits);
-    crate::seccomp::apply()?;
+    let machine = Arc::new(Machine {
+        vm,
+        devices,
+        vcpu_commands: Mutex::new(vcpu_commands),
+        vcpu_threads,
+        acks: Mutex::new(acks),
+        paused: Mutex::new(false),
+        block_counters,
+        vcpu_count,
+        memory_mib: config.memory_mib,
+    });
+    if let Some(path) = &config.control_socket {
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path).map_err(VmmError::io(path))?;
+        crate::control::serve(listener, machine.clone())?;
+    }
+    crate::seccomp::apply(config.memory_shared)?;
     Ok(exit_reasons
         .recv()
         .unwrap_or_else(|_| VmExitReason::Failed("every vCPU thread ended".into())))

@@ -8,6 +8,8 @@
 //! `PCI_MMIO_START + slot * PCI_MMIO_WINDOW` and follows the guest if it moves it.
 
 use crate::layout::{PCI_MMIO_START, PCI_MMIO_WINDOW};
+use crate::snapshot::{PciFunctionState, TransportState};
+use crate::VmmError;
 
 const CONFIG_SPACE_SIZE: usize = 256;
 const VENDOR_INTEL: u16 = 0x8086;
@@ -34,6 +36,15 @@ pub trait PciFunction: Send {
     /// A read of `data.len()` bytes at `offset` within BAR0.
     fn bar_read(&mut self, offset: u64, data: &mut [u8]);
     fn bar_write(&mut self, offset: u64, data: &[u8]);
+    /// Beyond configuration space, what a snapshot must keep (virtio functions).
+    fn save(&mut self) -> Result<Option<TransportState>, VmmError> {
+        Ok(None)
+    }
+    /// Takes back what `save` returned (configuration space is already restored).
+    fn restore(&mut self, state: Option<TransportState>) -> Result<(), VmmError> {
+        let _ = state;
+        Ok(())
+    }
 }
 
 /// The 256 bytes of a type-0 header, with BAR0 as a 64-bit memory BAR of `bar_size`.
@@ -79,6 +90,23 @@ impl ConfigSpace {
     /// Where BAR0 is now (0: not placed), and its size.
     pub fn bar(&self) -> (u64, u64) {
         (self.bar_address, self.bar_size)
+    }
+
+    /// The header's bytes and BAR0's address, for a snapshot.
+    pub fn record(&self) -> (Vec<u8>, u64) {
+        (self.bytes.to_vec(), self.bar_address)
+    }
+
+    /// Takes back a [`Self::record`] of a function of the same kind.
+    pub fn restore(&mut self, bytes: &[u8], bar_address: u64) -> Result<(), VmmError> {
+        if bytes.len() != CONFIG_SPACE_SIZE || bytes[..4] != self.bytes[..4] {
+            return Err(VmmError::Snapshot(
+                "a PCI function's saved identity differs from this VM's".into(),
+            ));
+        }
+        self.bytes.copy_from_slice(bytes);
+        self.set_bar_address(bar_address);
+        Ok(())
     }
 
     pub fn set_bar_address(&mut self, address: u64) {
@@ -215,6 +243,51 @@ impl PciRoot {
             .iter_mut()
             .find(|(existing, _)| *existing == slot)
             .map(|(_, function)| (function, register))
+    }
+
+    /// Every function's state, in slot order.
+    pub fn save(&mut self) -> Result<Vec<PciFunctionState>, VmmError> {
+        let mut states = Vec::new();
+        for (slot, function) in &mut self.functions {
+            let (config, bar_address) = function.config().record();
+            states.push(PciFunctionState {
+                slot: *slot,
+                config,
+                bar_address,
+                transport: function.save()?,
+            });
+        }
+        states.sort_by_key(|state| state.slot);
+        Ok(states)
+    }
+
+    /// Restores [`Self::save`]'s states into functions in the same slots.
+    pub fn restore(&mut self, states: Vec<PciFunctionState>) -> Result<(), VmmError> {
+        if states.len() != self.functions.len() {
+            return Err(VmmError::Snapshot(format!(
+                "the snapshot has {} PCI functions, this VM {}",
+                states.len(),
+                self.functions.len()
+            )));
+        }
+        for state in states {
+            let function = self
+                .functions
+                .iter_mut()
+                .find(|(slot, _)| *slot == state.slot)
+                .map(|(_, function)| function)
+                .ok_or_else(|| {
+                    VmmError::Snapshot(format!(
+                        "this VM has no PCI function in slot {}",
+                        state.slot
+                    ))
+                })?;
+            function
+                .config_mut()
+                .restore(&state.config, state.bar_address)?;
+            function.restore(state.transport)?;
+        }
+        Ok(())
     }
 
     /// A read of ports 0xcf8 + `offset`.

@@ -11,15 +11,18 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{Activation, ActiveQueue, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{
+    positions, snapshot_worker, Activation, ActiveQueue, Interrupt, VirtioDevice, WorkerLoop,
+    WorkerThread, VIRTIO_F_VERSION_1,
+};
 use crate::disk::DiskImage;
+use crate::snapshot::{DeviceSnapshot, DeviceState};
 use crate::VmmError;
 
 pub const DEVICE_TYPE_BLOCK: u16 = 2;
@@ -61,7 +64,7 @@ pub struct Block {
     read_only: bool,
     serial: [u8; SERIAL_LENGTH],
     counters: Arc<BlockCounters>,
-    worker: Option<(EventFd, JoinHandle<Box<dyn DiskImage>>)>,
+    worker: Option<WorkerThread<Worker>>,
 }
 
 impl Block {
@@ -125,8 +128,7 @@ impl VirtioDevice for Block {
             self.disk = Some(disk);
             return Err(VmmError::Device("virtio-blk needs its one queue".into()));
         }
-        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::Eventfd)?;
-        let mut worker = Worker {
+        let worker = Worker {
             memory: activation.memory,
             queue: queues.remove(0),
             interrupt: activation.interrupt,
@@ -134,25 +136,19 @@ impl VirtioDevice for Block {
             read_only: self.read_only,
             serial: self.serial,
             counters: self.counters.clone(),
-            stop: stop.try_clone().map_err(VmmError::Eventfd)?,
+            stop: EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::Eventfd)?,
         };
-        let handle = std::thread::Builder::new()
-            .name("virtio-blk".into())
-            .spawn(move || {
-                worker.run();
-                worker.disk
-            })
-            .map_err(|e| VmmError::Device(format!("starting the block worker: {e}")))?;
-        self.worker = Some((stop, handle));
+        self.worker = Some(WorkerThread::spawn("virtio-blk", worker)?);
         Ok(())
     }
 
+    fn save(&mut self) -> Result<DeviceSnapshot, VmmError> {
+        snapshot_worker(&mut self.worker, "virtio-blk")
+    }
+
     fn reset(&mut self) {
-        if let Some((stop, handle)) = self.worker.take() {
-            let _ = stop.write(1);
-            if let Ok(disk) = handle.join() {
-                self.disk = Some(disk);
-            }
+        if let Some(worker) = self.worker.take().and_then(WorkerThread::stop) {
+            self.disk = Some(worker.disk);
         }
     }
 }
@@ -194,8 +190,25 @@ pub fn serve_once(
     Ok(worker.serve())
 }
 
-impl Worker {
+impl WorkerLoop for Worker {
     fn run(&mut self) {
+        self.serve_until_stopped();
+    }
+
+    fn stop_event(&self) -> &EventFd {
+        &self.stop
+    }
+
+    fn snapshot(&self) -> DeviceSnapshot {
+        DeviceSnapshot {
+            state: DeviceState::Block,
+            positions: positions(std::slice::from_ref(&self.queue)),
+        }
+    }
+}
+
+impl Worker {
+    fn serve_until_stopped(&mut self) {
         let Ok(epoll) = Epoll::new() else {
             return;
         };

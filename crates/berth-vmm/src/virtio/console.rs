@@ -21,7 +21,6 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use virtio_queue::QueueT;
@@ -30,8 +29,10 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    Activation, ActiveQueue, Interrupt, VirtioDevice, DEVICE_TYPE_CONSOLE, VIRTIO_F_VERSION_1,
+    positions, snapshot_worker, Activation, ActiveQueue, Interrupt, VirtioDevice, WorkerLoop,
+    WorkerThread, DEVICE_TYPE_CONSOLE, VIRTIO_F_VERSION_1,
 };
+use crate::snapshot::{DeviceSnapshot, DeviceState};
 use crate::VmmError;
 
 const VIRTIO_CONSOLE_F_MULTIPORT: u64 = 1 << 1;
@@ -61,7 +62,7 @@ const TOKEN_SOCKET: u64 = 101;
 pub struct Console {
     port_name: String,
     socket_path: PathBuf,
-    worker: Option<(EventFd, JoinHandle<()>)>,
+    worker: Option<WorkerThread<Worker>>,
 }
 
 impl Console {
@@ -107,31 +108,37 @@ impl VirtioDevice for Console {
                 activation.queues.len()
             )));
         }
-        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::Eventfd)?;
-        let mut worker = Worker {
+        let (port_ready, to_guest, control_out) = match activation.restored {
+            Some(DeviceState::Console {
+                port_ready,
+                to_guest,
+                control_out,
+            }) => (port_ready, to_guest.into(), control_out.into()),
+            _ => (false, VecDeque::new(), VecDeque::new()),
+        };
+        let worker = Worker {
             memory: activation.memory,
             queues: activation.queues,
             interrupt: activation.interrupt,
             port_name: self.port_name.clone(),
             socket_path: self.socket_path.clone(),
             socket: None,
-            to_guest: VecDeque::new(),
-            control_out: VecDeque::new(),
-            port_ready: false,
-            stop: stop.try_clone().map_err(VmmError::Eventfd)?,
+            to_guest,
+            control_out,
+            port_ready,
+            stop: EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::Eventfd)?,
         };
-        let handle = std::thread::Builder::new()
-            .name("virtio-console".into())
-            .spawn(move || worker.run())
-            .map_err(|e| VmmError::Device(format!("starting the console worker: {e}")))?;
-        self.worker = Some((stop, handle));
+        self.worker = Some(WorkerThread::spawn("virtio-console", worker)?);
         Ok(())
     }
 
+    fn save(&mut self) -> Result<DeviceSnapshot, VmmError> {
+        snapshot_worker(&mut self.worker, "virtio-console")
+    }
+
     fn reset(&mut self) {
-        if let Some((stop, handle)) = self.worker.take() {
-            let _ = stop.write(1);
-            let _ = handle.join();
+        if let Some(worker) = self.worker.take() {
+            worker.stop();
         }
     }
 }
@@ -195,8 +202,29 @@ pub fn serve_once(
     Ok(())
 }
 
-impl Worker {
+impl WorkerLoop for Worker {
     fn run(&mut self) {
+        self.serve_until_stopped();
+    }
+
+    fn stop_event(&self) -> &EventFd {
+        &self.stop
+    }
+
+    fn snapshot(&self) -> DeviceSnapshot {
+        DeviceSnapshot {
+            state: DeviceState::Console {
+                port_ready: self.port_ready,
+                to_guest: self.to_guest.iter().copied().collect(),
+                control_out: self.control_out.iter().cloned().collect(),
+            },
+            positions: positions(&self.queues),
+        }
+    }
+}
+
+impl Worker {
+    fn serve_until_stopped(&mut self) {
         let Ok(epoll) = Epoll::new() else {
             eprintln!("berth vmm: console worker: no epoll");
             return;
@@ -215,6 +243,8 @@ impl Worker {
         );
         let mut socket_registered = false;
         let mut events = vec![EpollEvent::default(); 8];
+        // A restored device may have work waiting: serve once before waiting for kicks.
+        self.serve_queues();
         loop {
             if self.socket.is_none() {
                 self.connect();

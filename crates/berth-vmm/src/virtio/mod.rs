@@ -24,7 +24,9 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::snapshot::{DeviceSnapshot, DeviceState};
 use msix::MsixTable;
+use virtio_queue::QueueT;
 
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 pub const DEVICE_TYPE_CONSOLE: u16 = 3;
@@ -103,6 +105,71 @@ pub struct Activation {
     pub config_vector: u16,
     /// The features the driver accepted.
     pub features: u64,
+    /// The device's own state when it is restored from a snapshot.
+    pub restored: Option<DeviceState>,
+}
+
+/// The loop of a device's worker thread.
+pub trait WorkerLoop: Send + 'static {
+    /// Serves until the stop event fires.
+    fn run(&mut self);
+    fn stop_event(&self) -> &EventFd;
+    /// `(next_avail, next_used)` of each queue, and the device's own state.
+    fn snapshot(&self) -> DeviceSnapshot;
+}
+
+/// A device's worker thread, which hands its worker back when stopped (to be restarted
+/// after a snapshot, or to give back the disk or tap on reset).
+pub struct WorkerThread<W: WorkerLoop> {
+    stop: EventFd,
+    handle: std::thread::JoinHandle<W>,
+}
+
+impl<W: WorkerLoop> WorkerThread<W> {
+    pub fn spawn(name: &str, mut worker: W) -> Result<Self, crate::VmmError> {
+        let stop = worker
+            .stop_event()
+            .try_clone()
+            .map_err(crate::VmmError::Eventfd)?;
+        let handle = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                worker.run();
+                worker
+            })
+            .map_err(|e| crate::VmmError::Device(format!("starting the {name} worker: {e}")))?;
+        Ok(Self { stop, handle })
+    }
+
+    /// Stops the worker and returns it (its stop event cleared); `None` if it panicked.
+    pub fn stop(self) -> Option<W> {
+        let _ = self.stop.write(1);
+        let worker = self.handle.join().ok()?;
+        let _ = worker.stop_event().read();
+        Some(worker)
+    }
+}
+
+/// Stops `thread`, records its worker's state and starts it again.
+pub fn snapshot_worker<W: WorkerLoop>(
+    thread: &mut Option<WorkerThread<W>>,
+    name: &str,
+) -> Result<DeviceSnapshot, crate::VmmError> {
+    let worker = thread
+        .take()
+        .and_then(WorkerThread::stop)
+        .ok_or_else(|| crate::VmmError::Device(format!("the {name} worker is gone")))?;
+    let snapshot = worker.snapshot();
+    *thread = Some(WorkerThread::spawn(name, worker)?);
+    Ok(snapshot)
+}
+
+/// Queue positions for a snapshot.
+pub fn positions(queues: &[ActiveQueue]) -> Vec<(u16, u16)> {
+    queues
+        .iter()
+        .map(|queue| (queue.queue.next_avail(), queue.queue.next_used()))
+        .collect()
 }
 
 /// One virtio device behind the PCI transport.
@@ -120,6 +187,9 @@ pub trait VirtioDevice: Send {
     }
     /// Starts serving the queues.
     fn activate(&mut self, activation: Activation) -> Result<(), crate::VmmError>;
+    /// The active device's state and queue positions, for a snapshot (the device goes on
+    /// serving afterwards).
+    fn save(&mut self) -> Result<DeviceSnapshot, crate::VmmError>;
     /// Stops serving and forgets the driver's setup (status 0).
     fn reset(&mut self);
 }

@@ -30,6 +30,32 @@ impl MsixTable {
         }
     }
 
+    pub fn record(&self) -> crate::snapshot::MsixRecord {
+        crate::snapshot::MsixRecord {
+            entries: self.entries.clone(),
+            pending: self.pending.clone(),
+            enabled: self.enabled,
+            function_masked: self.function_masked,
+        }
+    }
+
+    /// Takes a saved table of the same size.
+    pub fn restore(&mut self, record: &crate::snapshot::MsixRecord) -> Result<(), crate::VmmError> {
+        if record.entries.len() != self.entries.len() || record.pending.len() != self.pending.len()
+        {
+            return Err(crate::VmmError::Snapshot(format!(
+                "an MSI-X table of {} vectors cannot take {}",
+                self.entries.len(),
+                record.entries.len()
+            )));
+        }
+        self.entries = record.entries.clone();
+        self.pending = record.pending.clone();
+        self.enabled = record.enabled;
+        self.function_masked = record.function_masked;
+        Ok(())
+    }
+
     pub fn len(&self) -> u16 {
         self.entries.len() as u16
     }

@@ -11,15 +11,18 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{Activation, ActiveQueue, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{
+    positions, snapshot_worker, Activation, ActiveQueue, Interrupt, VirtioDevice, WorkerLoop,
+    WorkerThread, VIRTIO_F_VERSION_1,
+};
 use crate::devices::tap::{Tap, VNET_HEADER_SIZE};
+use crate::snapshot::{DeviceSnapshot, DeviceState};
 use crate::VmmError;
 
 pub const DEVICE_TYPE_NET: u16 = 1;
@@ -49,7 +52,7 @@ pub struct Net {
     mac: [u8; 6],
     tap: Option<Tap>,
     counters: Arc<NetCounters>,
-    worker: Option<(EventFd, JoinHandle<Tap>)>,
+    worker: Option<WorkerThread<Worker>>,
 }
 
 impl Net {
@@ -106,33 +109,26 @@ impl VirtioDevice for Net {
         let Some(tap) = self.tap.take() else {
             return Err(VmmError::Device("the tap is already in use".into()));
         };
-        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::Eventfd)?;
-        let mut worker = Worker {
+        let worker = Worker {
             memory: activation.memory,
             queues: activation.queues,
             interrupt: activation.interrupt,
             tap,
             held: VecDeque::new(),
             counters: self.counters.clone(),
-            stop: stop.try_clone().map_err(VmmError::Eventfd)?,
+            stop: EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::Eventfd)?,
         };
-        let handle = std::thread::Builder::new()
-            .name("virtio-net".into())
-            .spawn(move || {
-                worker.run();
-                worker.tap
-            })
-            .map_err(|e| VmmError::Device(format!("starting the net worker: {e}")))?;
-        self.worker = Some((stop, handle));
+        self.worker = Some(WorkerThread::spawn("virtio-net", worker)?);
         Ok(())
     }
 
+    fn save(&mut self) -> Result<DeviceSnapshot, VmmError> {
+        snapshot_worker(&mut self.worker, "virtio-net")
+    }
+
     fn reset(&mut self) {
-        if let Some((stop, handle)) = self.worker.take() {
-            let _ = stop.write(1);
-            if let Ok(tap) = handle.join() {
-                self.tap = Some(tap);
-            }
+        if let Some(worker) = self.worker.take().and_then(WorkerThread::stop) {
+            self.tap = Some(worker.tap);
         }
     }
 }
@@ -179,8 +175,26 @@ pub fn serve_once(
     Ok(())
 }
 
-impl Worker {
+impl WorkerLoop for Worker {
     fn run(&mut self) {
+        self.serve_until_stopped();
+    }
+
+    fn stop_event(&self) -> &EventFd {
+        &self.stop
+    }
+
+    /// Frames held for the guest are not kept: a restored VM starts with none.
+    fn snapshot(&self) -> DeviceSnapshot {
+        DeviceSnapshot {
+            state: DeviceState::Net,
+            positions: positions(&self.queues),
+        }
+    }
+}
+
+impl Worker {
+    fn serve_until_stopped(&mut self) {
         let Ok(epoll) = Epoll::new() else {
             return;
         };

@@ -29,6 +29,7 @@ use crate::devices::pci::{
     ConfigSpace, PciFunction, REG_CAPABILITIES, REG_STATUS, REG_SUBSYSTEM_VENDOR,
     STATUS_CAPABILITIES_LIST,
 };
+use crate::snapshot::{DeviceState, QueueRecord, TransportState};
 
 const VENDOR_VIRTIO: u16 = 0x1af4;
 const MODERN_DEVICE_BASE: u16 = 0x1040;
@@ -213,7 +214,7 @@ impl VirtioPciFunction {
         let activate = value & STATUS_DRIVER_OK != 0 && !self.active;
         self.status = value;
         if activate {
-            if let Err(error) = self.activate() {
+            if let Err(error) = self.activate(None) {
                 eprintln!(
                     "berth vmm: virtio device {} failed to start: {error}",
                     self.device.device_type()
@@ -223,7 +224,7 @@ impl VirtioPciFunction {
         }
     }
 
-    fn activate(&mut self) -> Result<(), crate::VmmError> {
+    fn activate(&mut self, restored: Option<DeviceState>) -> Result<(), crate::VmmError> {
         let (bar, _) = self.config.bar();
         let mut active_queues = Vec::new();
         for (index, setup) in self.queues.iter().enumerate() {
@@ -255,6 +256,7 @@ impl VirtioPciFunction {
             interrupt: Interrupt::new(self.vm.clone(), self.msix.clone(), self.isr.clone()),
             config_vector: self.config_vector,
             features: self.driver_features,
+            restored,
         })?;
         self.active = true;
         Ok(())
@@ -363,7 +365,110 @@ impl VirtioPciFunction {
     }
 }
 
+impl VirtioPciFunction {
+    fn save_transport(&mut self) -> Result<TransportState, crate::VmmError> {
+        let device = if self.active {
+            Some(self.device.save()?)
+        } else {
+            None
+        };
+        let queues = self
+            .queues
+            .iter()
+            .map(|setup| QueueRecord {
+                size: setup.queue.size(),
+                ready: setup.queue.ready(),
+                desc: setup.queue.desc_table(),
+                avail: setup.queue.avail_ring(),
+                used: setup.queue.used_ring(),
+                vector: setup.vector,
+                next_avail: 0,
+                next_used: 0,
+            })
+            .collect();
+        Ok(TransportState {
+            device_type: self.device.device_type(),
+            device_feature_select: self.device_feature_select,
+            driver_feature_select: self.driver_feature_select,
+            driver_features: self.driver_features,
+            status: self.status,
+            config_generation: self.config_generation,
+            config_vector: self.config_vector,
+            queue_select: self.queue_select,
+            queues,
+            msix: self.msix().record(),
+            isr: self.isr.load(Ordering::SeqCst),
+            device,
+        })
+    }
+
+    fn restore_transport(&mut self, state: TransportState) -> Result<(), crate::VmmError> {
+        if state.device_type != self.device.device_type() || state.queues.len() != self.queues.len()
+        {
+            return Err(crate::VmmError::Snapshot(format!(
+                "a saved virtio device of type {} with {} queues does not fit type {} with {}",
+                state.device_type,
+                state.queues.len(),
+                self.device.device_type(),
+                self.queues.len()
+            )));
+        }
+        self.device_feature_select = state.device_feature_select;
+        self.driver_feature_select = state.driver_feature_select;
+        self.driver_features = state.driver_features;
+        self.config_generation = state.config_generation;
+        self.config_vector = state.config_vector;
+        self.queue_select = state.queue_select;
+        self.msix().restore(&state.msix)?;
+        self.isr.store(state.isr, Ordering::SeqCst);
+        let mut positions = state
+            .device
+            .as_ref()
+            .map(|device| device.positions.clone())
+            .unwrap_or_default()
+            .into_iter();
+        for (setup, record) in self.queues.iter_mut().zip(&state.queues) {
+            let queue = &mut setup.queue;
+            queue.set_size(record.size);
+            queue
+                .set_desc_table_address(Some(record.desc as u32), Some((record.desc >> 32) as u32));
+            queue.set_avail_ring_address(
+                Some(record.avail as u32),
+                Some((record.avail >> 32) as u32),
+            );
+            queue.set_used_ring_address(Some(record.used as u32), Some((record.used >> 32) as u32));
+            queue.set_ready(record.ready);
+            setup.vector = record.vector;
+            if record.ready && state.device.is_some() {
+                let (next_avail, next_used) = positions.next().ok_or_else(|| {
+                    crate::VmmError::Snapshot("a saved queue has no position".into())
+                })?;
+                queue.set_next_avail(next_avail);
+                queue.set_next_used(next_used);
+            }
+        }
+        self.status = state.status;
+        if let Some(device) = state.device {
+            self.activate(Some(device.state))?;
+        }
+        Ok(())
+    }
+}
+
 impl PciFunction for VirtioPciFunction {
+    fn save(&mut self) -> Result<Option<TransportState>, crate::VmmError> {
+        self.save_transport().map(Some)
+    }
+
+    fn restore(&mut self, state: Option<TransportState>) -> Result<(), crate::VmmError> {
+        match state {
+            Some(state) => self.restore_transport(state),
+            None => Err(crate::VmmError::Snapshot(
+                "a virtio function was saved without its transport".into(),
+            )),
+        }
+    }
+
     fn config(&self) -> &ConfigSpace {
         &self.config
     }
