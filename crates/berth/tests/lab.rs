@@ -35,7 +35,9 @@ fn lab(script: &str) -> (i32, HashMap<String, String>, String) {
 fn containers_run_on_the_built_in_vmm_in_the_lab() {
     let script = r#"
 echo "release=$(docker run --rm busybox uname -r)"
+echo "coldboot=$(docker run --rm --runtime berth-coldboot busybox echo cold)"
 docker run --rm busybox sh -c "exit 3"; echo "exit=$?"
+echo "templates=$(berth template ls | tail -n +2 | wc -l)"
 docker run -d --name first busybox sh -c "echo hello-log; sleep 600" > /dev/null
 docker run -d --name second busybox sleep 600 > /dev/null
 echo "exec=$(docker exec first echo in-vm)"
@@ -44,8 +46,12 @@ echo "random1=$(docker exec first head -c 16 /dev/urandom | od -An -tx1 | tr -d 
 echo "random2=$(docker exec second head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 echo "hostname1=$(docker exec first hostname)"
 echo "hostname2=$(docker exec second hostname)"
+echo "mac1=$(docker exec first cat /sys/class/net/eth0/address)"
+echo "mac2=$(docker exec second cat /sys/class/net/eth0/address)"
 peer=$(docker inspect -f '{{.NetworkSettings.IPAddress}}' second)
 docker exec first ping -c 1 -W 10 "$peer" > /dev/null && echo "ping=ok"
+docker pause first > /dev/null && echo "paused=$(docker inspect -f '{{.State.Status}}' first)"
+docker unpause first > /dev/null && echo "unpaused=$(docker exec first echo alive)"
 echo "backend=$(docker info --format '{{json .DriverStatus}}')"
 echo "vmms=$(ps -o args | grep -c '^[/a-z]*berth vmm --config')"
 docker rm -f first second > /dev/null
@@ -58,18 +64,20 @@ exit 7
     assert!(value("release").ends_with("-cloud-amd64"), "{all}");
     let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     assert_ne!(value("release"), host.trim(), "{all}");
+    assert_eq!(value("coldboot"), "cold", "{all}");
     assert_eq!(value("exit"), "3", "{all}");
+    assert_eq!(value("templates"), "1", "clones come from one template\n{all}");
     assert_eq!(value("exec"), "in-vm", "{all}");
     assert_eq!(value("logs"), "hello-log", "{all}");
+    // Two clones of one template: their own entropy, hostname and MAC.
     assert_eq!(value("random1").len(), 32, "{all}");
     assert_ne!(value("random1"), value("random2"), "{all}");
     assert_ne!(value("hostname1"), value("hostname2"), "{all}");
-    assert_eq!(value("ping"), "ok", "VM to VM over the bridge\n{all}");
+    assert_ne!(value("mac1"), value("mac2"), "{all}");
+    assert_eq!(value("ping"), "ok", "clone to clone over the bridge\n{all}");
+    assert_eq!(value("paused"), "paused", "{all}");
+    assert_eq!(value("unpaused"), "alive", "{all}");
     assert!(value("backend").contains("kvm"), "{all}");
-    assert_eq!(
-        value("vmms"),
-        "2",
-        "one VMM process per running container\n{all}"
-    );
+    assert_eq!(value("vmms"), "2", "one VMM process per running container\n{all}");
     assert_eq!(value("left"), "0", "{all}");
 }
