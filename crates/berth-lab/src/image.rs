@@ -20,6 +20,8 @@
 //! /lab/daemon-args               the lab daemon's arguments, shell-quoted (if any)
 //! /lab/images/<n>.tar            image archives the daemon loads
 //! <extra files>                  `--file HOST:LAB` of `berth lab`
+//! qemu-system-x86_64, its BIOS   with `--with-qemu`: QEMU (for side-by-side runs of
+//!   and option ROMs              the qemu backend) and its data directories
 //! ```
 
 use std::collections::BTreeSet;
@@ -35,6 +37,26 @@ use crate::{LabError, LabSpec, INIT_SCRIPT};
 
 /// Programs the daemon calls, included with their libraries when the host has them.
 const DAEMON_PROGRAMS: &[&str] = &["mkfs.ext4", "debugfs", "qemu-img", "ip", "nft"];
+
+/// Where Debian's QEMU finds its BIOS and option ROMs.
+const QEMU_DATA_DIRS: &[&str] = &["/usr/share/qemu", "/usr/share/seabios", "/usr/lib/ipxe/qemu"];
+
+/// The regular files directly in `dir` (symbolic links followed), at the same paths.
+fn add_directory_files<W: std::io::Write>(
+    image: &mut ImageWriter<W>,
+    dir: &Path,
+) -> Result<(), LabError> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_file() {
+            image.host_file(&path, &path.display().to_string())?;
+        }
+    }
+    Ok(())
+}
 
 /// Modules the lab loads: KVM (AMD's: the lab's CPU is TCG's `max`, with SVM), and what
 /// the daemon's networks use (taps, bridges, veth, nftables with NAT).
@@ -135,6 +157,16 @@ pub fn build(guest: &GuestImage, spec: &LabSpec, out: &Path) -> Result<(), LabEr
                     &format!("usr/local/bin/{name}"),
                     &mut libraries,
                 )?;
+            }
+        }
+        if spec.with_qemu {
+            if let Some(qemu) = find_program("qemu-system-x86_64") {
+                // At its own path: QEMU finds its data relative to its executable.
+                let inside = qemu.display().to_string();
+                add_program(&mut image, &qemu, &inside, &mut libraries)?;
+            }
+            for dir in QEMU_DATA_DIRS {
+                add_directory_files(&mut image, Path::new(dir))?;
             }
         }
         for library in &libraries {

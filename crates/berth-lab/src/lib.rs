@@ -76,6 +76,8 @@ pub struct LabSpec {
     /// Image archives (`docker save` format) loaded into the lab's daemon before the
     /// command runs.
     pub images: Vec<PathBuf>,
+    /// Bring QEMU (binary, BIOS, option ROMs) into the lab too.
+    pub with_qemu: bool,
     /// Arguments of the `berth daemon` the lab starts before the command (its socket is
     /// `/var/run/docker.sock`); `None`: no daemon.
     pub daemon_args: Option<Vec<String>>,

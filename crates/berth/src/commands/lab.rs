@@ -21,6 +21,10 @@ pub struct LabArgs {
     /// Load this image archive (`docker save` format) into the lab's daemon (repeatable).
     #[arg(long = "image")]
     pub images: Vec<PathBuf>,
+    /// Bring QEMU into the lab as well (to run `berth daemon --backend qemu` beside the
+    /// built-in VMM, e.g. for `berth bench clone` of both).
+    #[arg(long)]
+    pub with_qemu: bool,
     /// Start no daemon in the lab.
     #[arg(long)]
     pub no_daemon: bool,
@@ -63,6 +67,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
         vcpus: args.cpus,
         files: args.files,
         images: args.images,
+        with_qemu: args.with_qemu,
         daemon_args: (!args.no_daemon).then(|| {
             if args.daemon_args.is_empty() {
                 vec!["--backend".to_owned(), "kvm".to_owned()]
