@@ -87,6 +87,8 @@ pub struct EngineConfig {
     pub dns_upstreams: Vec<std::net::SocketAddr>,
     /// Registry mirrors and insecure registries (daemon.json).
     pub registry: berth_image::RegistryOptions,
+    /// The guest kernel, when not Debian's cloud kernel.
+    pub guest_kernel: Option<berth_guest::CustomKernel>,
 }
 
 /// Facts for `docker info` and `docker version`.
@@ -381,11 +383,14 @@ impl Engine {
     /// very first time). Call early to have it ready before the first container starts.
     pub async fn guest(&self) -> Result<&GuestImage, EngineError> {
         let cache = self.config.cache.clone();
+        let custom = self.config.guest_kernel.clone();
         self.guest
             .get_or_try_init(|| async move {
                 tokio::task::spawn_blocking(move || {
-                    berth_guest::prepare(&cache, &|step| tracing::info!("{step}"))
-                        .map_err(EngineError::Guest)
+                    berth_guest::prepare_with(&cache, custom.as_ref(), &|step| {
+                        tracing::info!("{step}")
+                    })
+                    .map_err(EngineError::Guest)
                 })
                 .await
                 .map_err(|e| EngineError::Agent(format!("guest preparation panicked: {e}")))?
@@ -393,13 +398,13 @@ impl Engine {
             .await
     }
 
-    /// Makes sure the template of the default VM shape exists (the daemon calls this at
-    /// start, so that the first `docker run` clones rather than waits for a build).
     /// Whether containers of the default runtime are cloned from templates.
     pub fn backend_supports_snapshot(&self) -> bool {
         self.config.backend.supports_snapshot()
     }
 
+    /// Makes sure the template of the default VM shape exists (the daemon calls this at
+    /// start, so that the first `docker run` clones rather than waits for a build).
     pub async fn prepare_default_template(&self) -> Result<template::Template, EngineError> {
         let guest = self.guest().await?;
         let shape = template::Shape {

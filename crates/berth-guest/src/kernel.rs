@@ -97,6 +97,20 @@ pub fn resolve_package() -> Result<(String, String), GuestError> {
     Ok((format!("{image}-unsigned"), release))
 }
 
+/// The release (`uname -r`) a bzImage announces: the first word of the version string
+/// its setup header points at (`kernel_version` at 0x20e, relative to 0x200).
+pub fn bzimage_release(image: &[u8]) -> Option<String> {
+    if image.get(0x202..0x206)? != b"HdrS" {
+        return None;
+    }
+    let pointer = u16::from_le_bytes([*image.get(0x20e)?, *image.get(0x20f)?]) as usize;
+    let start = pointer.checked_add(0x200)?;
+    let text = image.get(start..start.checked_add(256)?.min(image.len()))?;
+    let end = text.iter().position(|byte| *byte == 0)?;
+    let version = std::str::from_utf8(&text[..end]).ok()?;
+    version.split_whitespace().next().map(str::to_owned)
+}
+
 /// Returns the cached kernel, fetching it first if there is none.
 pub fn ensure_kernel(cache: &Path, progress: &dyn Fn(&str)) -> Result<CachedKernel, GuestError> {
     let root = cache.join("kernel");
@@ -174,4 +188,21 @@ pub fn ensure_kernel(cache: &Path, progress: &dyn Fn(&str)) -> Result<CachedKern
     fs::rename(&tmp_current, &current).map_err(GuestError::io(&current))?;
     progress(&format!("guest kernel {package}={version} ready"));
     load(&final_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bzimage_release;
+
+    #[test]
+    fn bzimage_release_is_read_from_the_setup_header() {
+        let mut image = vec![0u8; 0x1000];
+        image[0x202..0x206].copy_from_slice(b"HdrS");
+        image[0x20e..0x210].copy_from_slice(&0x300u16.to_le_bytes());
+        let version = b"6.1.0-pvm (builder@host) #1\0";
+        image[0x500..0x500 + version.len()].copy_from_slice(version);
+        assert_eq!(bzimage_release(&image).as_deref(), Some("6.1.0-pvm"));
+        image[0x202] = b'X';
+        assert_eq!(bzimage_release(&image), None);
+    }
 }

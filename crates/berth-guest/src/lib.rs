@@ -59,9 +59,57 @@ impl GuestError {
     }
 }
 
+/// A guest kernel of the operator's choice instead of Debian's cloud kernel (e.g. one
+/// built for PVM hosts, whose KVM runs only PVM-ready guests at native speed).
+#[derive(Debug, Clone)]
+pub struct CustomKernel {
+    /// A bzImage.
+    pub vmlinuz: PathBuf,
+    /// Its modules (`lib/modules/<release>`), where the virtio drivers the agent loads
+    /// are; `None` when they are built into the kernel.
+    pub modules_dir: Option<PathBuf>,
+}
+
 /// Makes sure kernel and initramfs exist under `cache` and returns them. `progress`
 /// receives one line per step that takes time (kernel fetch, initramfs build).
 pub fn prepare(cache: &Path, progress: &dyn Fn(&str)) -> Result<GuestImage, GuestError> {
+    prepare_with(cache, None, progress)
+}
+
+/// [`prepare`], with `custom` as the kernel when given.
+pub fn prepare_with(
+    cache: &Path,
+    custom: Option<&CustomKernel>,
+    progress: &dyn Fn(&str),
+) -> Result<GuestImage, GuestError> {
+    let Some(custom) = custom else {
+        return prepare_debian(cache, progress);
+    };
+    let image = std::fs::read(&custom.vmlinuz).map_err(GuestError::io(&custom.vmlinuz))?;
+    let release = kernel::bzimage_release(&image).ok_or_else(|| {
+        GuestError::Kernel(format!(
+            "{} is not a bzImage with a version string",
+            custom.vmlinuz.display()
+        ))
+    })?;
+    let module_paths = match &custom.modules_dir {
+        Some(dir) => modules::resolve_load_order(dir, GUEST_MODULES)?,
+        None => Vec::new(),
+    };
+    use sha2::{Digest, Sha256};
+    let identity = format!("custom {} {}", release, hex::encode(Sha256::digest(&image)));
+    let built =
+        initramfs::ensure_initramfs(cache, AGENT_BINARY, &module_paths, &identity, progress)?;
+    Ok(GuestImage {
+        kernel: custom.vmlinuz.clone(),
+        initramfs: built.path,
+        kernel_release: release,
+        kernel_package: format!("custom {}", custom.vmlinuz.display()),
+        digest: built.digest,
+    })
+}
+
+fn prepare_debian(cache: &Path, progress: &dyn Fn(&str)) -> Result<GuestImage, GuestError> {
     let kernel = kernel::ensure_kernel(cache, progress)?;
     let module_paths = modules::resolve_load_order(&kernel.modules_dir, GUEST_MODULES)?;
     let built = initramfs::ensure_initramfs(

@@ -39,7 +39,11 @@ use crate::{LabError, LabSpec, INIT_SCRIPT};
 const DAEMON_PROGRAMS: &[&str] = &["mkfs.ext4", "debugfs", "qemu-img", "ip", "nft"];
 
 /// Where Debian's QEMU finds its BIOS and option ROMs.
-const QEMU_DATA_DIRS: &[&str] = &["/usr/share/qemu", "/usr/share/seabios", "/usr/lib/ipxe/qemu"];
+const QEMU_DATA_DIRS: &[&str] = &[
+    "/usr/share/qemu",
+    "/usr/share/seabios",
+    "/usr/lib/ipxe/qemu",
+];
 
 /// The regular files directly in `dir` (symbolic links followed), at the same paths.
 fn add_directory_files<W: std::io::Write>(

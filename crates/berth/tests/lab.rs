@@ -66,7 +66,11 @@ exit 7
     assert_ne!(value("release"), host.trim(), "{all}");
     assert_eq!(value("coldboot"), "cold", "{all}");
     assert_eq!(value("exit"), "3", "{all}");
-    assert_eq!(value("templates"), "1", "clones come from one template\n{all}");
+    assert_eq!(
+        value("templates"),
+        "1",
+        "clones come from one template\n{all}"
+    );
     assert_eq!(value("exec"), "in-vm", "{all}");
     assert_eq!(value("logs"), "hello-log", "{all}");
     // Two clones of one template: their own entropy, hostname and MAC.
@@ -78,6 +82,10 @@ exit 7
     assert_eq!(value("paused"), "paused", "{all}");
     assert_eq!(value("unpaused"), "alive", "{all}");
     assert!(value("backend").contains("kvm"), "{all}");
-    assert_eq!(value("vmms"), "2", "one VMM process per running container\n{all}");
+    assert_eq!(
+        value("vmms"),
+        "2",
+        "one VMM process per running container\n{all}"
+    );
     assert_eq!(value("left"), "0", "{all}");
 }

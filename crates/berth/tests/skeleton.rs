@@ -285,3 +285,41 @@ fn logs_follow_streams_until_the_container_exits() {
     assert_eq!(tail, "three");
     daemon.docker_ok(&["rm", &id]);
 }
+
+#[test]
+fn a_guest_kernel_of_the_operators_choice_is_booted() {
+    // The cached Debian kernel, given as a custom one: the daemon takes its release from
+    // the bzImage and builds an initramfs with the modules from the given directory.
+    let cache = std::path::Path::new("/var/cache/berth/kernel");
+    let current = std::fs::read_to_string(cache.join("current")).expect("kernel cache");
+    let dir = cache.join(current.trim());
+    let vmlinuz = dir.join("vmlinuz");
+    let modules = dir.join("modules");
+    let root = common::scratch().join("custom-kernel");
+    let daemon = common::Daemon::start_with(
+        &root,
+        &[
+            "--guest-kernel",
+            vmlinuz.to_str().unwrap(),
+            "--guest-modules",
+            modules.to_str().unwrap(),
+        ],
+    );
+    daemon.docker_ok(&["load", "-i", common::busybox_archive().to_str().unwrap()]);
+    let release = daemon.docker_ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "berth-coldboot",
+        "busybox",
+        "uname",
+        "-r",
+    ]);
+    assert!(release.ends_with("-cloud-amd64"), "{release}");
+    let info = daemon.docker_ok(&["info", "--format", "{{json .DriverStatus}}"]);
+    assert!(
+        info.contains(&format!("custom {}", vmlinuz.display())),
+        "{info}"
+    );
+    daemon.stop();
+}

@@ -29,11 +29,20 @@ pub struct DaemonArgs {
     #[arg(long, default_value = "qemu-system-x86_64")]
     pub qemu: PathBuf,
     /// Which VMM runs container VMs: `kvm` (Berth's own, needs hardware virtualization;
-    /// no networking, snapshots or hot-plug yet), `qemu` (KVM where hardware
-    /// virtualization works, software emulation otherwise), or `auto` (`qemu` until the
-    /// built-in VMM does everything QEMU does for Berth).
+    /// no hot-plug yet: containers with volumes boot cold, running containers cannot
+    /// join networks), `qemu` (KVM where hardware virtualization works, software
+    /// emulation otherwise), or `auto` (`kvm` where hardware virtualization works,
+    /// else `qemu`).
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
+    /// Boot container VMs with this kernel (a bzImage) instead of Debian's cloud kernel,
+    /// e.g. a PVM-ready one on a PVM host.
+    #[arg(long)]
+    pub guest_kernel: Option<PathBuf>,
+    /// The modules directory of `--guest-kernel` (where its virtio drivers are); leave
+    /// it out when they are built in.
+    #[arg(long, requires = "guest_kernel")]
+    pub guest_modules: Option<PathBuf>,
     /// The network namespace (an `ip netns` name) that holds container networks: their
     /// bridges, taps, DNS servers and addresses never appear on the host's interfaces.
     /// Created if missing.
@@ -119,6 +128,13 @@ async fn serve(mut args: DaemonArgs) -> anyhow::Result<()> {
             mirrors: args.registry_mirrors.clone(),
             insecure: args.insecure_registries.clone(),
         },
+        guest_kernel: args
+            .guest_kernel
+            .clone()
+            .map(|vmlinuz| berth_guest::CustomKernel {
+                vmlinuz,
+                modules_dir: args.guest_modules.clone(),
+            }),
     })
     .await
     .with_context(|| format!("opening Berth's state in {}", args.root.display()))?;
@@ -200,8 +216,7 @@ fn choose_backend(
             "--backend kvm needs hardware virtualization (VMX or SVM in /proc/cpuinfo and a usable /dev/kvm); use --backend qemu or auto"
         ),
         BackendChoice::Kvm => kvm(),
-        // The built-in VMM has no networking, snapshots or hot-plug yet: `auto` keeps
-        // QEMU, which has them, on every host until it does.
+        BackendChoice::Auto if hardware => kvm(),
         BackendChoice::Auto | BackendChoice::Qemu => {
             Ok(Arc::new(QemuBackend::new(qemu.to_path_buf())))
         }
