@@ -152,7 +152,9 @@ impl Qcow2Disk {
         } else {
             if backing_length == 0
                 || backing_length > 1023
-                || backing_offset + backing_length > cluster_size
+                || backing_offset
+                    .checked_add(backing_length)
+                    .is_none_or(|end| end > cluster_size)
             {
                 return Err(invalid("the backing file name is malformed"));
             }
@@ -570,6 +572,29 @@ mod tests {
         let mut back = vec![0u8; pattern.len()];
         disk.read_at(&mut back, 60_000).unwrap();
         assert!(back == pattern);
+    }
+
+    #[test]
+    fn a_backing_name_offset_near_the_top_of_u64_is_refused() {
+        // Found by the qcow2_image fuzz target: offset + length overflowed.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wrap.qcow2");
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            &path.display().to_string(),
+            "16M",
+        ]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[8..16].copy_from_slice(&(u64::MAX - 2).to_be_bytes());
+        bytes[16..20].copy_from_slice(&8u32.to_be_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let error = Qcow2Disk::open(File::open(&path).unwrap(), &path, true)
+            .err()
+            .expect("refused");
+        assert!(error.to_string().contains("backing file name"), "{error}");
     }
 
     #[test]
