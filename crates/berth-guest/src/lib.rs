@@ -18,7 +18,13 @@ use std::path::{Path, PathBuf};
 pub static AGENT_BINARY: &[u8] = include_bytes!(env!("BERTH_AGENT_BINARY"));
 
 /// Modules the agent loads, by name; dependencies are added and ordered automatically.
-pub const GUEST_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "virtio_console", "virtio_net"];
+pub const GUEST_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_console",
+    "virtio_net",
+    "virtio_rng",
+];
 
 /// Everything a VM boots from.
 #[derive(Debug, Clone)]

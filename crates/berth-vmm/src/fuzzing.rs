@@ -97,6 +97,14 @@ pub fn block_requests(data: &[u8]) -> usize {
     .unwrap_or(0)
 }
 
+/// virtio-rng buffers filled from the host. Returns how many requests were served.
+pub fn rng_queue(data: &[u8]) -> usize {
+    let Some((mut queues, memory, _)) = queues_and_memory(data, 1) else {
+        return 0;
+    };
+    crate::virtio::rng::serve_once(memory, queues.remove(0)).unwrap_or(0)
+}
+
 /// virtio-console control and port queues, with what follows guest memory pending from
 /// the host.
 pub fn console_queues(data: &[u8]) {
@@ -268,6 +276,8 @@ mod tests {
             console_queues(&random);
             net_queues(&random);
             served += block_requests(&structured(&mut generator, 1));
+            rng_queue(&random);
+            rng_queue(&structured(&mut generator, 1));
             console_queues(&structured(&mut generator, 4));
             net_queues(&structured(&mut generator, 2));
         }

@@ -69,8 +69,12 @@ pub enum DeviceState {
         to_guest: Vec<u8>,
         control_out: Vec<Vec<u8>>,
     },
-    Block,
+    Block {
+        /// The disk's size when saved: a clone whose disk differs is told so.
+        capacity: u64,
+    },
     Net,
+    Rng,
 }
 
 /// A device's state with the queue positions its worker had reached.

@@ -25,8 +25,11 @@ use crate::virtio::block::{Block, BlockCounters};
 use crate::virtio::console::Console;
 use crate::virtio::net::{parse_mac, Net, NetCounters};
 use crate::virtio::pci::VirtioPciFunction;
+use crate::virtio::rng::Rng;
 use crate::{memory, VmmConfig, VmmError};
 
+/// The PCI slot of the entropy device.
+pub const RNG_SLOT: u8 = 0x02;
 /// The PCI slot of the agent channel.
 pub const AGENT_CONSOLE_SLOT: u8 = 0x03;
 /// The agent port's name, as the agent looks for it.
@@ -203,6 +206,14 @@ pub fn run(config: &VmmConfig) -> Result<VmExitReason, VmmError> {
         AGENT_CONSOLE_SLOT,
         Box::new(VirtioPciFunction::new(
             Box::new(console),
+            vm.clone(),
+            guest_memory.clone(),
+        )?),
+    );
+    pci.add(
+        RNG_SLOT,
+        Box::new(VirtioPciFunction::new(
+            Box::new(Rng::default()),
             vm.clone(),
             guest_memory.clone(),
         )?),

@@ -46,6 +46,7 @@ echo "random1=$(docker exec first head -c 16 /dev/urandom | od -An -tx1 | tr -d 
 echo "random2=$(docker exec second head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 echo "hostname1=$(docker exec first hostname)"
 echo "hostname2=$(docker exec second hostname)"
+echo "rng=$(docker exec first cat /sys/class/misc/hw_random/rng_current)"
 echo "mac1=$(docker exec first cat /sys/class/net/eth0/address)"
 echo "mac2=$(docker exec second cat /sys/class/net/eth0/address)"
 peer=$(docker inspect -f '{{.NetworkSettings.IPAddress}}' second)
@@ -78,6 +79,10 @@ exit 7
     assert_ne!(value("random1"), value("random2"), "{all}");
     assert_ne!(value("hostname1"), value("hostname2"), "{all}");
     assert_ne!(value("mac1"), value("mac2"), "{all}");
+    assert!(
+        value("rng").starts_with("virtio_rng"),
+        "the VMM's entropy device\n{all}"
+    );
     assert_eq!(value("ping"), "ok", "clone to clone over the bridge\n{all}");
     assert_eq!(value("paused"), "paused", "{all}");
     assert_eq!(value("unpaused"), "alive", "{all}");

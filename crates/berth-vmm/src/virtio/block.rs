@@ -146,6 +146,10 @@ impl VirtioDevice for Block {
         snapshot_worker(&mut self.worker, "virtio-blk")
     }
 
+    fn config_changed_since(&self, saved: &DeviceState) -> bool {
+        matches!(saved, DeviceState::Block { capacity } if *capacity != self.capacity)
+    }
+
     fn reset(&mut self) {
         if let Some(worker) = self.worker.take().and_then(WorkerThread::stop) {
             self.disk = Some(worker.disk);
@@ -201,7 +205,9 @@ impl WorkerLoop for Worker {
 
     fn snapshot(&self) -> DeviceSnapshot {
         DeviceSnapshot {
-            state: DeviceState::Block,
+            state: DeviceState::Block {
+                capacity: self.disk.capacity(),
+            },
             positions: positions(std::slice::from_ref(&self.queue)),
         }
     }
@@ -363,5 +369,31 @@ impl Worker {
             }
             _ => (STATUS_UNSUPPORTED, 0),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fuzzing::MemoryDisk;
+
+    #[test]
+    fn a_disk_of_another_size_than_the_snapshots_is_a_config_change() {
+        let block = Block::new(
+            Box::new(MemoryDisk(vec![0; 8192])),
+            false,
+            Some("serial"),
+            Arc::new(BlockCounters::default()),
+        );
+        assert!(!block.config_changed_since(&DeviceState::Block { capacity: 8192 }));
+        assert!(block.config_changed_since(&DeviceState::Block { capacity: 4096 }));
+        assert!(!block.config_changed_since(&DeviceState::Net));
+        let mut config = [0u8; 8];
+        block.read_config(0, &mut config);
+        assert_eq!(
+            u64::from_le_bytes(config),
+            8192 / 512,
+            "capacity in sectors"
+        );
     }
 }

@@ -15,6 +15,7 @@ pub mod console;
 pub mod msix;
 pub mod net;
 pub mod pci;
+pub mod rng;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -192,4 +193,10 @@ pub trait VirtioDevice: Send {
     fn save(&mut self) -> Result<DeviceSnapshot, crate::VmmError>;
     /// Stops serving and forgets the driver's setup (status 0).
     fn reset(&mut self);
+    /// Whether this device's configuration differs from the one `saved` was taken with
+    /// (a clone's disk of another size): the guest then gets a config-change interrupt.
+    fn config_changed_since(&self, saved: &DeviceState) -> bool {
+        let _ = saved;
+        false
+    }
 }

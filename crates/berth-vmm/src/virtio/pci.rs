@@ -449,7 +449,15 @@ impl VirtioPciFunction {
         }
         self.status = state.status;
         if let Some(device) = state.device {
+            let changed = self.device.config_changed_since(&device.state);
             self.activate(Some(device.state))?;
+            if changed {
+                // The backing changed under the guest (a disk of another size): it
+                // rereads the configuration on this interrupt.
+                self.config_generation = self.config_generation.wrapping_add(1);
+                Interrupt::new(self.vm.clone(), self.msix.clone(), self.isr.clone())
+                    .config(self.config_vector);
+            }
         }
         Ok(())
     }

@@ -1,0 +1,6 @@
+//! libFuzzer target: `berth_vmm::fuzzing::rng_queue` (see that module for the input layout).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = berth_vmm::fuzzing::rng_queue(data);
+});
