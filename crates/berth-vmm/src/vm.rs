@@ -26,6 +26,7 @@ use crate::virtio::console::Console;
 use crate::virtio::net::{parse_mac, Net, NetCounters};
 use crate::virtio::pci::VirtioPciFunction;
 use crate::virtio::rng::Rng;
+use crate::virtio::VirtioDevice;
 use crate::{memory, VmmConfig, VmmError};
 
 /// The PCI slot of the entropy device.
@@ -36,6 +37,21 @@ pub const AGENT_CONSOLE_SLOT: u8 = 0x03;
 pub const AGENT_PORT_NAME: &str = "berth.agent";
 /// How long vCPUs get to leave `KVM_RUN` when paused.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Puts `device` on the bus in `slot`, behind its own virtio PCI transport.
+fn add_virtio(
+    pci: &mut PciRoot,
+    slot: u8,
+    device: Box<dyn VirtioDevice>,
+    vm: &Arc<VmFd>,
+    memory: &vm_memory::GuestMemoryMmap,
+) -> Result<(), VmmError> {
+    pci.add(
+        slot,
+        Box::new(VirtioPciFunction::new(device, vm.clone(), memory.clone())?),
+    );
+    Ok(())
+}
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
@@ -202,22 +218,20 @@ pub fn run(config: &VmmConfig) -> Result<VmExitReason, VmmError> {
     };
     let mut pci = PciRoot::new();
     let console = Console::new(AGENT_PORT_NAME, config.agent_socket.clone());
-    pci.add(
+    add_virtio(
+        &mut pci,
         AGENT_CONSOLE_SLOT,
-        Box::new(VirtioPciFunction::new(
-            Box::new(console),
-            vm.clone(),
-            guest_memory.clone(),
-        )?),
-    );
-    pci.add(
+        Box::new(console),
+        &vm,
+        &guest_memory,
+    )?;
+    add_virtio(
+        &mut pci,
         RNG_SLOT,
-        Box::new(VirtioPciFunction::new(
-            Box::new(Rng::default()),
-            vm.clone(),
-            guest_memory.clone(),
-        )?),
-    );
+        Box::new(Rng::default()),
+        &vm,
+        &guest_memory,
+    )?;
     let mut block_counters = Vec::new();
     for disk in &config.disks {
         let image = crate::disk::open(&disk.path, disk.format, disk.read_only)
@@ -225,28 +239,14 @@ pub fn run(config: &VmmConfig) -> Result<VmExitReason, VmmError> {
         let counters = Arc::new(BlockCounters::default());
         block_counters.push(counters.clone());
         let block = Block::new(image, disk.read_only, disk.serial.as_deref(), counters);
-        pci.add(
-            disk.pci_slot,
-            Box::new(VirtioPciFunction::new(
-                Box::new(block),
-                vm.clone(),
-                guest_memory.clone(),
-            )?),
-        );
+        add_virtio(&mut pci, disk.pci_slot, Box::new(block), &vm, &guest_memory)?;
     }
     for nic in &config.nics {
         let mac = parse_mac(&nic.mac)
             .ok_or_else(|| VmmError::Device(format!("bad MAC address {:?}", nic.mac)))?;
         let tap = Tap::open(&nic.tap).map_err(|e| VmmError::Device(e.to_string()))?;
         let net = Net::new(tap, mac, Arc::new(NetCounters::default()));
-        pci.add(
-            nic.pci_slot,
-            Box::new(VirtioPciFunction::new(
-                Box::new(net),
-                vm.clone(),
-                guest_memory.clone(),
-            )?),
-        );
+        add_virtio(&mut pci, nic.pci_slot, Box::new(net), &vm, &guest_memory)?;
     }
     if let Some(state) = &restored {
         snapshot::restore_vm(&vm, state)?;

@@ -8,18 +8,16 @@
 //! or that writes a read-only disk fails with status 1; the device goes on.
 
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    positions, snapshot_worker, Activation, ActiveQueue, Interrupt, VirtioDevice, WorkerLoop,
-    WorkerThread, VIRTIO_F_VERSION_1,
+    positions, serve_one_queue_until_stopped, snapshot_worker, Activation, ActiveQueue, Interrupt,
+    VirtioDevice, WorkerLoop, WorkerThread, VIRTIO_F_VERSION_1,
 };
 use crate::disk::DiskImage;
 use crate::snapshot::{DeviceSnapshot, DeviceState};
@@ -44,9 +42,6 @@ const STATUS_OK: u8 = 0;
 const STATUS_IO_ERROR: u8 = 1;
 const STATUS_UNSUPPORTED: u8 = 2;
 const SERIAL_LENGTH: usize = 20;
-
-const TOKEN_QUEUE: u64 = 0;
-const TOKEN_STOP: u64 = 1;
 
 /// Bytes and requests served, for `docker stats`.
 #[derive(Debug, Default)]
@@ -215,38 +210,12 @@ impl WorkerLoop for Worker {
 
 impl Worker {
     fn serve_until_stopped(&mut self) {
-        let Ok(epoll) = Epoll::new() else {
+        let (Ok(notify), Ok(stop)) = (self.queue.notify.try_clone(), self.stop.try_clone()) else {
             return;
         };
-        let _ = epoll.ctl(
-            ControlOperation::Add,
-            self.queue.notify.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, TOKEN_QUEUE),
-        );
-        let _ = epoll.ctl(
-            ControlOperation::Add,
-            self.stop.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, TOKEN_STOP),
-        );
-        let mut events = vec![EpollEvent::default(); 2];
-        // Requests may already be waiting (a driver that kicked before activation).
-        let _ = self.serve();
-        loop {
-            let count = match epoll.wait(-1, &mut events) {
-                Ok(count) => count,
-                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => return,
-            };
-            for event in &events[..count] {
-                match event.data() {
-                    TOKEN_STOP => return,
-                    _ => {
-                        let _ = self.queue.notify.read();
-                    }
-                }
-            }
+        serve_one_queue_until_stopped(&notify, &stop, || {
             let _ = self.serve();
-        }
+        });
     }
 
     fn serve(&mut self) -> usize {

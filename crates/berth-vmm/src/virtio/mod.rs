@@ -165,6 +165,47 @@ pub fn snapshot_worker<W: WorkerLoop>(
     Ok(snapshot)
 }
 
+/// The loop of a one-queue device's worker: serves what is already waiting, then again
+/// after every notification of `notify`, until `stop` fires.
+pub fn serve_one_queue_until_stopped(notify: &EventFd, stop: &EventFd, mut serve: impl FnMut()) {
+    use std::os::fd::AsRawFd;
+    use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+    const TOKEN_QUEUE: u64 = 0;
+    const TOKEN_STOP: u64 = 1;
+    let Ok(epoll) = Epoll::new() else {
+        return;
+    };
+    for (fd, token) in [
+        (notify.as_raw_fd(), TOKEN_QUEUE),
+        (stop.as_raw_fd(), TOKEN_STOP),
+    ] {
+        let _ = epoll.ctl(
+            ControlOperation::Add,
+            fd,
+            EpollEvent::new(EventSet::IN, token),
+        );
+    }
+    let mut events = vec![EpollEvent::default(); 2];
+    // Requests may already be waiting (a driver that kicked before activation, or a
+    // restored queue).
+    serve();
+    loop {
+        let count = match epoll.wait(-1, &mut events) {
+            Ok(count) => count,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        if events[..count]
+            .iter()
+            .any(|event| event.data() == TOKEN_STOP)
+        {
+            return;
+        }
+        let _ = notify.read();
+        serve();
+    }
+}
+
 /// Queue positions for a snapshot.
 pub fn positions(queues: &[ActiveQueue]) -> Vec<(u16, u16)> {
     queues

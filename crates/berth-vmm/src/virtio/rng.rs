@@ -6,16 +6,14 @@
 //! is returned empty.
 
 use std::io::Write;
-use std::os::fd::AsRawFd;
 
 use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    positions, snapshot_worker, Activation, ActiveQueue, Interrupt, VirtioDevice, WorkerLoop,
-    WorkerThread, VIRTIO_F_VERSION_1,
+    positions, serve_one_queue_until_stopped, snapshot_worker, Activation, ActiveQueue, Interrupt,
+    VirtioDevice, WorkerLoop, WorkerThread, VIRTIO_F_VERSION_1,
 };
 use crate::snapshot::{DeviceSnapshot, DeviceState};
 use crate::VmmError;
@@ -24,9 +22,6 @@ pub const DEVICE_TYPE_RNG: u16 = 4;
 const QUEUE_SIZE: u16 = 64;
 /// Most bytes given for one request.
 pub const MAX_FILL: usize = 4096;
-
-const TOKEN_QUEUE: u64 = 0;
-const TOKEN_STOP: u64 = 1;
 
 /// The entropy device.
 #[derive(Default)]
@@ -106,37 +101,12 @@ struct Worker {
 
 impl WorkerLoop for Worker {
     fn run(&mut self) {
-        let Ok(epoll) = Epoll::new() else {
+        let (Ok(notify), Ok(stop)) = (self.queue.notify.try_clone(), self.stop.try_clone()) else {
             return;
         };
-        for (fd, token) in [
-            (self.queue.notify.as_raw_fd(), TOKEN_QUEUE),
-            (self.stop.as_raw_fd(), TOKEN_STOP),
-        ] {
-            let _ = epoll.ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, token),
-            );
-        }
-        let mut events = vec![EpollEvent::default(); 2];
-        let _ = self.serve();
-        loop {
-            let count = match epoll.wait(-1, &mut events) {
-                Ok(count) => count,
-                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => return,
-            };
-            for event in &events[..count] {
-                match event.data() {
-                    TOKEN_STOP => return,
-                    _ => {
-                        let _ = self.queue.notify.read();
-                    }
-                }
-            }
+        serve_one_queue_until_stopped(&notify, &stop, || {
             let _ = self.serve();
-        }
+        });
     }
 
     fn stop_event(&self) -> &EventFd {
