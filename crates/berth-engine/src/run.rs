@@ -131,11 +131,13 @@ impl Engine {
         std::fs::create_dir_all(&run_dir).map_err(EngineError::io(&run_dir))?;
         let (vcpus, memory_mib) = record.vm_shape(self.config.default_memory_mib);
         // A backend without snapshots cold-boots every runtime's VMs; one without
-        // hot-plug cold-boots containers with volumes (a clone gets them hot-plugged).
+        // hot-plug cold-boots containers with volumes or several networks, whose disks
+        // and NICs it then has from boot (a clone gets them hot-plugged).
         let backend = &self.config.backend;
+        let hotplug = backend.supports_hotplug();
         let clone = record.runtime() == RUNTIME_CLONE
             && backend.supports_snapshot()
-            && (record.mounts.is_empty() || backend.supports_hotplug());
+            && (hotplug || (record.mounts.is_empty() && record.networks.len() <= 1));
         // A clone restores a verified private copy of its template's state; a template
         // found damaged at that point is discarded and built again, once.
         let mut template = None;
@@ -206,7 +208,14 @@ impl Engine {
                 None => MemoryBacking::Anonymous,
             },
             restore_from,
-            nics: vec![plan.boot_nic.clone()],
+            nics: std::iter::once(plan.boot_nic.clone())
+                .chain(
+                    plan.extra
+                        .iter()
+                        .filter(|_| !hotplug)
+                        .map(|(nic, _)| nic.clone()),
+                )
+                .collect(),
             netns: Some(self.networks.namespace_path()),
         };
         let vm = match self.config.backend.boot(&spec).await {
@@ -481,7 +490,7 @@ impl Engine {
     }
 
     /// Connects a started container's VM to its networks: NICs beyond the first are
-    /// plugged and configured, taps go onto their bridges (the guest has its MAC
+    /// plugged (unless the backend had them in the VM from boot) and configured, taps go onto their bridges (the guest has its MAC
     /// addresses by now), names into the networks' DNS, and ports are published.
     async fn connect_started(
         self: &Arc<Self>,
@@ -492,7 +501,10 @@ impl Engine {
             .runtime()
             .ok_or_else(|| EngineError::Agent("the VM ended while starting".into()))?;
         for (nic, interface) in &plan.extra {
-            runtime.control.add_nic(nic).await?;
+            // Without hot-plug the NIC has been in the VM since boot.
+            if self.config.backend.supports_hotplug() {
+                runtime.control.add_nic(nic).await?;
+            }
             match self
                 .agent_request(handle, HostMessage::AddInterface(interface.clone()))
                 .await?

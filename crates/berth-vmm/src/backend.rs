@@ -9,7 +9,9 @@
 //! Templates map their RAM from a file shared and are snapshotted through the control
 //! socket; clones map the template's file private and restore its state. Not yet
 //! supported, and refused with an error that says so: hot-plugging NICs and disks (so
-//! the engine cold-boots containers with volumes on this backend).
+//! the engine cold-boots containers with volumes or several networks, whose disks and
+//! NICs are there from boot; `docker network connect` to a running container is
+//! refused).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -40,6 +40,9 @@ docker run --rm busybox sh -c "exit 3"; echo "exit=$?"
 echo "templates=$(berth template ls | tail -n +2 | wc -l)"
 docker run -d --name first busybox sh -c "echo hello-log; sleep 600" > /dev/null
 docker run -d --name second busybox sleep 600 > /dev/null
+docker network create labnet1 > /dev/null
+docker network create labnet2 > /dev/null
+echo "nics=$(docker run --rm --network labnet1 --network labnet2 busybox sh -c 'ls /sys/class/net | grep -c eth')"
 echo "exec=$(docker exec first echo in-vm)"
 echo "logs=$(docker logs first)"
 echo "random1=$(docker exec first head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
@@ -71,6 +74,11 @@ exit 7
         value("templates"),
         "1",
         "clones come from one template\n{all}"
+    );
+    assert_eq!(
+        value("nics"),
+        "2",
+        "two networks at start: both NICs from boot\n{all}"
     );
     assert_eq!(value("exec"), "in-vm", "{all}");
     assert_eq!(value("logs"), "hello-log", "{all}");
