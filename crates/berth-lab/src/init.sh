@@ -15,6 +15,10 @@ ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
 while read -r module; do
     insmod "/lib/modules/lab/$module" || echo "berth-lab: insmod $module failed"
 done < /lib/modules/lab/order
+# No transparent huge pages in the lab: once, a VM's vCPU thread spun in the lab
+# kernel's KVM (soft lockup) while khugepaged waited on it, collapsing the VM's memory.
+echo never > /sys/kernel/mm/transparent_hugepage/enabled 2> /dev/null
+echo never > /sys/kernel/mm/transparent_hugepage/defrag 2> /dev/null
 stty -F /dev/ttyS0 raw -echo
 export HOME=/root
 echo "berth-lab: ready, /dev/kvm: $(test -c /dev/kvm && echo yes || echo no)"
