@@ -169,8 +169,19 @@ impl Daemon {
             "{method} {path} HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         );
-        stream.write_all(head.as_bytes())?;
-        stream.write_all(body)?;
+        // One write, and a refused write is not the end: the daemon may answer
+        // (say, 403) and close before reading a body it has no use for, as any
+        // HTTP server may; the answer is still there to read.
+        let mut request = head.into_bytes();
+        request.extend_from_slice(body);
+        if let Err(error) = stream.write_all(&request) {
+            if !matches!(
+                error.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ) {
+                return Err(error);
+            }
+        }
         let mut response = Vec::new();
         stream.read_to_end(&mut response)?;
         let text = String::from_utf8_lossy(&response);
