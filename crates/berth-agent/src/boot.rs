@@ -134,8 +134,89 @@ pub fn power_off() -> ! {
     }
 }
 
-/// Mounts the container's root filesystem at /mnt/root with the usual API filesystems.
-/// `shm_size` is /dev/shm's size in bytes (0: 64 MiB).
+/// Where the container's /proc, /sys and /dev wait, mounted and filled at boot, until
+/// [`mount_container_root`] moves them into the container's root.
+const STAGED: &str = "/run/berth/staged";
+
+/// The size of the container's /dev/shm unless the engine asks for another (Docker's).
+const DEFAULT_SHM_SIZE: u64 = 64 << 20;
+
+/// Prepares the container's API filesystems at boot: /proc, /sys, a /dev with its device
+/// nodes, links and /dev/shm. Done once per boot, before the agent says Hello, so that a
+/// clone finds them ready in its template's memory and only moves them into place: every
+/// kernel path a clone runs for the first time costs it time and memory (under TCG, its
+/// translation), and nothing here depends on the container.
+pub fn stage_container_api_filesystems() -> io::Result<()> {
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount_fs("proc", &format!("{STAGED}/proc"), "proc", nodev, None)?;
+    mount_fs("sysfs", &format!("{STAGED}/sys"), "sysfs", nodev, None)?;
+    let dev = format!("{STAGED}/dev");
+    mount_fs(
+        "tmpfs",
+        &dev,
+        "tmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=755,size=65536k"),
+    )?;
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+        ("console", 5, 1),
+    ] {
+        let path = format!("{dev}/{name}");
+        nix::sys::stat::mknod(
+            path.as_str(),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(major, minor),
+        )
+        .map_err(io::Error::from)?;
+    }
+    fs::create_dir_all(format!("{dev}/pts"))?;
+    std::os::unix::fs::symlink("pts/ptmx", format!("{dev}/ptmx"))?;
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(target, format!("{dev}/{link}"))?;
+    }
+    mount_fs(
+        "shm",
+        &format!("{dev}/shm"),
+        "tmpfs",
+        nodev,
+        Some(format!("mode=1777,size={DEFAULT_SHM_SIZE}").as_str()),
+    )?;
+    Ok(())
+}
+
+/// Moves a mount (with the mounts under it) from `source` to `target`.
+fn move_mount(source: &str, target: &str) -> io::Result<()> {
+    fs::create_dir_all(target)?;
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_MOVE,
+        None::<&str>,
+    )
+    .map_err(|errno| {
+        io::Error::new(
+            io::Error::from(errno).kind(),
+            format!("moving {source} to {target}: {errno}"),
+        )
+    })
+}
+
+/// Mounts the container's root filesystem at /mnt/root and moves the API filesystems
+/// staged at boot into it (once: a VM serves one container). `shm_size` is /dev/shm's
+/// size in bytes (0: 64 MiB).
 pub fn mount_container_root(device: &str, shm_size: u64) -> io::Result<()> {
     wait_for_device(device, Duration::from_secs(10))?;
     // A clone's kernel may hold blocks it read from the template's placeholder disk
@@ -156,35 +237,9 @@ pub fn mount_container_root(device: &str, shm_size: u64) -> io::Result<()> {
         MsFlags::empty(),
         Some("noinit_itable"),
     )?;
-    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount_fs("proc", "/mnt/root/proc", "proc", nodev, None)?;
-    mount_fs("sysfs", "/mnt/root/sys", "sysfs", nodev, None)?;
-    mount_fs(
-        "tmpfs",
-        "/mnt/root/dev",
-        "tmpfs",
-        MsFlags::MS_NOSUID,
-        Some("mode=755,size=65536k"),
-    )?;
-    for (name, major, minor) in [
-        ("null", 1, 3),
-        ("zero", 1, 5),
-        ("full", 1, 7),
-        ("random", 1, 8),
-        ("urandom", 1, 9),
-        ("tty", 5, 0),
-        ("console", 5, 1),
-    ] {
-        let path = format!("/mnt/root/dev/{name}");
-        nix::sys::stat::mknod(
-            path.as_str(),
-            nix::sys::stat::SFlag::S_IFCHR,
-            nix::sys::stat::Mode::from_bits_truncate(0o666),
-            nix::sys::stat::makedev(major, minor),
-        )
-        .map_err(io::Error::from)?;
+    for name in ["proc", "sys", "dev"] {
+        move_mount(&format!("{STAGED}/{name}"), &format!("/mnt/root/{name}"))?;
     }
-    fs::create_dir_all("/mnt/root/dev/pts")?;
     mount(
         Some("/dev/pts"),
         "/mnt/root/dev/pts",
@@ -193,27 +248,16 @@ pub fn mount_container_root(device: &str, shm_size: u64) -> io::Result<()> {
         None::<&str>,
     )
     .map_err(io::Error::from)?;
-    std::os::unix::fs::symlink("pts/ptmx", "/mnt/root/dev/ptmx")?;
-    mount_fs(
-        "shm",
-        "/mnt/root/dev/shm",
-        "tmpfs",
-        nodev,
-        Some(
-            format!(
-                "mode=1777,size={}",
-                if shm_size == 0 { 64 << 20 } else { shm_size }
-            )
-            .as_str(),
-        ),
-    )?;
-    for (link, target) in [
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-    ] {
-        std::os::unix::fs::symlink(target, format!("/mnt/root/dev/{link}"))?;
+    if shm_size != 0 && shm_size != DEFAULT_SHM_SIZE {
+        let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        mount(
+            None::<&str>,
+            "/mnt/root/dev/shm",
+            None::<&str>,
+            MsFlags::MS_REMOUNT | nodev,
+            Some(format!("mode=1777,size={shm_size}").as_str()),
+        )
+        .map_err(|errno| io::Error::other(format!("sizing /dev/shm: {errno}")))?;
     }
     Ok(())
 }

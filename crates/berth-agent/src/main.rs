@@ -1,7 +1,8 @@
 //! Berth's agent: PID 1 inside every container VM.
 //!
-//! Boot: mount /proc, /sys and /dev; load the kernel modules listed in
-//! `/lib/modules/order` (the initramfs builder writes them in dependency order); find the
+//! Boot: mount /proc, /sys and /dev; stage the container's own /proc, /sys and /dev;
+//! load the kernel modules listed in `/lib/modules/order` (the initramfs builder writes
+//! them in dependency order); bring the loopback interface up; note which NIC is in which PCI slot; find the
 //! virtio-serial port named [`berth_agent_proto::PORT_NAME`]; say Hello; then serve the
 //! engine's requests (see `berth-agent-proto` for the protocol) until told to shut down.
 //!
@@ -37,7 +38,10 @@ fn main() {
 
 fn run() -> std::io::Result<()> {
     boot::mount_early_filesystems()?;
+    boot::stage_container_api_filesystems()?;
     boot::load_modules()?;
+    network::loopback_up()?;
+    network::remember_boot_nics();
     let port = boot::open_agent_port()?;
     serve::serve(port)
 }

@@ -103,12 +103,15 @@ fn set_flags(socket: &OwnedFd, name: &str, up: bool) -> io::Result<()> {
     )?;
     // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
     let flags = unsafe { ifreq.ifr_ifru.ifru_flags };
-    let flags = if up {
+    let wanted = if up {
         flags | libc::IFF_UP as libc::c_short
     } else {
         flags & !(libc::IFF_UP as libc::c_short)
     };
-    ifreq.ifr_ifru.ifru_flags = flags;
+    if wanted == flags {
+        return Ok(());
+    }
+    ifreq.ifr_ifru.ifru_flags = wanted;
     ioctl(
         socket,
         libc::SIOCSIFFLAGS,
@@ -120,6 +123,68 @@ fn set_flags(socket: &OwnedFd, name: &str, up: bool) -> io::Result<()> {
 /// Brings the loopback interface up.
 pub fn loopback_up() -> io::Result<()> {
     set_flags(&control_socket()?, "lo", true)
+}
+
+/// A NIC present at boot: its PCI slot, the name the kernel gave it, its index.
+struct BootNic {
+    slot: u8,
+    name: String,
+    index: i32,
+}
+
+/// The NICs found by [`remember_boot_nics`], each taken by the first [`configure`] of
+/// its slot.
+static BOOT_NICS: std::sync::Mutex<Vec<BootNic>> = std::sync::Mutex::new(Vec::new());
+
+/// Notes which interface sits in which PCI slot, at boot. A clone's NICs are its
+/// template's, so it finds its interface here instead of walking sysfs (kernel paths a
+/// clone would run for the first time, which under TCG it must first translate).
+/// Best effort: a NIC not found here is looked up in sysfs.
+pub fn remember_boot_nics() {
+    let Ok(entries) = fs::read_dir("/sys/class/net") else {
+        return;
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // .../0000:00:08.0/virtio1 for a virtio NIC: the PCI address is its parent.
+        let Ok(device) = fs::canonicalize(entry.path().join("device")) else {
+            continue;
+        };
+        let slot = device
+            .parent()
+            .and_then(|pci| pci.file_name())
+            .and_then(|pci| pci.to_str())
+            .and_then(|pci| pci.strip_prefix("0000:00:"))
+            .and_then(|rest| rest.strip_suffix(".0"))
+            .and_then(|slot| u8::from_str_radix(slot, 16).ok());
+        let index = fs::read_to_string(entry.path().join("ifindex"))
+            .ok()
+            .and_then(|text| text.trim().parse().ok());
+        if let (Some(slot), Some(index)) = (slot, index) {
+            found.push(BootNic { slot, name, index });
+        }
+    }
+    *BOOT_NICS.lock().unwrap_or_else(|e| e.into_inner()) = found;
+}
+
+/// The boot NIC of `slot`, if it is still the interface the kernel named at boot.
+fn take_boot_nic(socket: &OwnedFd, slot: u8) -> Option<String> {
+    let nic = {
+        let mut nics = BOOT_NICS.lock().unwrap_or_else(|e| e.into_inner());
+        let position = nics.iter().position(|nic| nic.slot == slot)?;
+        nics.swap_remove(position)
+    };
+    let mut ifreq = request(&nic.name).ok()?;
+    ioctl(
+        socket,
+        libc::SIOCGIFINDEX,
+        &mut ifreq,
+        "finding the interface",
+    )
+    .ok()?;
+    // SAFETY: SIOCGIFINDEX filled the index member of the union.
+    (unsafe { ifreq.ifr_ifru.ifru_ifindex } == nic.index).then_some(nic.name)
 }
 
 /// The name of the network interface of the PCI device in `slot`, once it appears.
@@ -194,7 +259,10 @@ pub fn configure(spec: &InterfaceSpec) -> io::Result<()> {
         })
         .transpose()?;
     let socket = control_socket()?;
-    let current = interface_in_slot(spec.pci_slot, Duration::from_secs(10))?;
+    let current = match take_boot_nic(&socket, spec.pci_slot) {
+        Some(name) => name,
+        None => interface_in_slot(spec.pci_slot, Duration::from_secs(10))?,
+    };
     set_flags(&socket, &current, false)?;
     if current != spec.name {
         let mut ifreq = request(&current)?;

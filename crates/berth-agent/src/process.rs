@@ -119,12 +119,19 @@ fn classify_exec_error(program: &str, error: &io::Error) -> SpawnError {
 }
 
 /// Starts `spec` inside the container root, wiring its streams to `channel` on `stream`.
+///
+/// `announce` is called with the process's pid as soon as it has exec'd, before the
+/// threads that carry its output are started: the engine learns that the process runs
+/// without waiting for the agent's bookkeeping, and nothing of its output can reach the
+/// channel before the announcement. Its error is returned only after the process is
+/// wired up, so that a running process is never lost.
 pub fn spawn(
     spec: &ProcessSpec,
     stream: u32,
     channel: &Channel,
     is_init: bool,
-) -> Result<RunningProcess, SpawnError> {
+    announce: impl FnOnce(i32) -> io::Result<()>,
+) -> Result<(RunningProcess, io::Result<()>), SpawnError> {
     let oom_kills_at_start = oom_kills();
     let program = spec
         .argv
@@ -268,6 +275,7 @@ pub fn spawn(
         .spawn()
         .map_err(|error| classify_exec_error(program, &error))?;
     let pid = child.id() as i32;
+    let announced = announce(pid);
     let mut pumps = Vec::new();
     let mut stdin = None;
     if let Some(master) = &pty_master {
@@ -305,14 +313,15 @@ pub fn spawn(
     }
     // The child is reaped by the agent's reaper (waitpid(-1)), not by `Child::wait`.
     drop(child);
-    Ok(RunningProcess {
+    let running = RunningProcess {
         pid,
         stdin,
         pty_master,
         pumps,
         is_init,
         oom_kills_at_start,
-    })
+    };
+    Ok((running, announced))
 }
 
 /// Applies a terminal size to a process's terminal.

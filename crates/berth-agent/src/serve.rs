@@ -183,12 +183,12 @@ fn handle(
                     },
                 );
             }
-            match process::spawn(&spec, stream, channel, !*spawned_any) {
-                Ok(running) => {
+            let announce = |pid| channel.send(stream, &GuestMessage::Started { pid });
+            match process::spawn(&spec, stream, channel, !*spawned_any, announce) {
+                Ok((running, announced)) => {
                     *spawned_any = true;
-                    let pid = running.pid;
                     processes.insert(stream, running);
-                    channel.send(stream, &GuestMessage::Started { pid })
+                    announced
                 }
                 Err(error) => channel.send(
                     stream,
@@ -256,7 +256,6 @@ fn setup(spec: &SetupSpec) -> io::Result<()> {
         set_sysctl(key, value)?;
     }
     nix::unistd::sethostname(&spec.hostname).map_err(io::Error::from)?;
-    network::loopback_up()?;
     for interface in &spec.interfaces {
         network::configure(interface)?;
     }

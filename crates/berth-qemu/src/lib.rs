@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use berth_vm::{Accelerator, RunningVm, VmBackend, VmError, VmSpec};
+use berth_vm::{Accelerator, MemoryBacking, RunningVm, VmBackend, VmError, VmSpec};
 use tokio::net::UnixListener;
 
 pub use command::qemu_arguments;
@@ -80,11 +80,20 @@ impl VmBackend for QemuBackend {
         let listener = UnixListener::bind(&agent_socket)
             .map_err(|e| VmError::Io("binding the agent socket", e))?;
         let arguments = qemu_arguments(spec, self.accelerator, &agent_socket, &qmp_socket);
+        // A snapshot to restore is handed to QEMU open, as its descriptor 3.
+        let state = spec
+            .restore_from
+            .as_ref()
+            .map(std::fs::File::open)
+            .transpose()
+            .map_err(|e| VmError::Io("opening the snapshot to restore", e))?;
         let vm = berth_vm::process::VmProcess::spawn(
             &self.binary,
             &arguments,
             &spec.run_dir.join("qemu.log"),
             spec.netns.as_deref(),
+            matches!(spec.memory, MemoryBacking::PrivateFile(_)),
+            state,
         )?;
         let agent = tokio::select! {
             accepted = tokio::time::timeout(CONNECT_TIMEOUT, listener.accept()) => match accepted {
@@ -108,7 +117,7 @@ impl VmBackend for QemuBackend {
         let restore_from = spec.restore_from.clone();
         let status = async {
             let mut monitor = qmp::QmpClient::connect(&qmp_socket).await?;
-            if let Some(state) = &restore_from {
+            if restore_from.is_some() {
                 // The capability must be on for the incoming side too, or QEMU refuses a
                 // stream made with it.
                 monitor.ignore_shared_memory().await?;
@@ -120,7 +129,7 @@ impl VmBackend for QemuBackend {
                         Some(serde_json::json!({ "announce-rounds": 0 })),
                     )
                     .await?;
-                let uri = format!("exec:cat {}", qmp::shell_quote(state));
+                let uri = format!("fd:{}", berth_vm::process::PASSED_FD);
                 monitor
                     .execute("migrate-incoming", Some(serde_json::json!({ "uri": uri })))
                     .await?;

@@ -26,17 +26,16 @@ pub struct QmpClient {
 impl QmpClient {
     /// Connects (retrying briefly while QEMU creates the socket) and negotiates capabilities.
     pub async fn connect(path: &Path) -> Result<Self, VmError> {
-        let mut attempts = 0;
+        // QEMU makes the socket a little after it starts (after the agent's channel):
+        // retried often, since every clone waits here.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         let stream = loop {
             match UnixStream::connect(path).await {
                 Ok(stream) => break stream,
-                Err(error) if attempts >= 50 => {
+                Err(error) if tokio::time::Instant::now() > deadline => {
                     return Err(VmError::Io("connecting to QMP", error))
                 }
-                Err(_) => {
-                    attempts += 1;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
             }
         };
         let mut client = Self {
@@ -129,7 +128,7 @@ impl QmpClient {
             if tokio::time::Instant::now() > deadline {
                 return Err(VmError::Timeout("finish its snapshot", timeout));
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 

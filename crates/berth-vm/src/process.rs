@@ -12,6 +12,9 @@ use tokio::sync::watch;
 
 use crate::{VmError, VmExit};
 
+/// The descriptor number a file given to [`VmProcess::spawn`] has in the VM process.
+pub const PASSED_FD: i32 = 3;
+
 /// A VM process whose exit is published on a watch channel by a reaper task.
 pub struct VmProcess {
     pid: u32,
@@ -25,11 +28,21 @@ impl VmProcess {
     ///
     /// With `netns`, the process runs in that network namespace (where its taps are):
     /// the namespace is entered between fork and exec.
+    ///
+    /// With `passed`, that file is the process's descriptor [`PASSED_FD`] (for QEMU, the
+    /// snapshot it restores, read through `fd:3` without a helper process).
+    ///
+    /// With `small_pages`, the process gets no transparent huge pages
+    /// (`PR_SET_THP_DISABLE`, kept across exec): for a clone, whose memory is its
+    /// template's at page granularity, a huge page would make it own 2 MiB where it
+    /// wrote 4 KiB (QEMU asks for huge pages for guest RAM and its translation cache).
     pub fn spawn(
         binary: &Path,
         arguments: &[String],
         log: &Path,
         netns: Option<&Path>,
+        small_pages: bool,
+        passed: Option<File>,
     ) -> Result<Self, VmError> {
         let log_file =
             File::create(log).map_err(|e| VmError::Io("creating the VM process log", e))?;
@@ -37,19 +50,38 @@ impl VmProcess {
             .try_clone()
             .map_err(|e| VmError::Io("creating the VM process log", e))?;
         let mut command = Command::new(binary);
-        if let Some(path) = netns {
-            let namespace =
-                File::open(path).map_err(|e| VmError::Io("opening the network namespace", e))?;
-            // SAFETY: the hook only calls setns (async-signal-safe) on a descriptor that
-            // the closure owns and that stays open until the child execs.
-            unsafe {
-                command.pre_exec(move || {
+        let namespace = netns
+            .map(File::open)
+            .transpose()
+            .map_err(|e| VmError::Io("opening the network namespace", e))?;
+        // SAFETY: the hook only makes async-signal-safe system calls (setns, prctl, dup2,
+        // fcntl) on descriptors that the closure owns and that stay open until the child
+        // execs.
+        unsafe {
+            command.pre_exec(move || {
+                if let Some(namespace) = &namespace {
                     if libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
-                    Ok(())
-                });
-            }
+                }
+                if let Some(file) = &passed {
+                    // dup2 leaves the copy open across exec; a descriptor that already
+                    // is PASSED_FD only needs its close-on-exec flag taken off.
+                    let fd = file.as_raw_fd();
+                    let kept = if fd == PASSED_FD {
+                        libc::fcntl(fd, libc::F_SETFD, 0)
+                    } else {
+                        libc::dup2(fd, PASSED_FD)
+                    };
+                    if kept < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if small_pages && libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
         let mut child = command
             .args(arguments)

@@ -173,7 +173,14 @@ impl VmBackend for KvmBackend {
             "--config".to_owned(),
             config_path.display().to_string(),
         ];
-        let vm = VmProcess::spawn(&self.binary, &arguments, &log, spec.netns.as_deref())?;
+        let vm = VmProcess::spawn(
+            &self.binary,
+            &arguments,
+            &log,
+            spec.netns.as_deref(),
+            matches!(spec.memory, MemoryBacking::PrivateFile(_)),
+            None,
+        )?;
         let agent = accept_agent(&listener, &vm, CONNECT_TIMEOUT, &log).await?;
         drop(listener);
         let _ = std::fs::remove_file(&agent_socket);
