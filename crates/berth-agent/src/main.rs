@@ -2,7 +2,7 @@
 //!
 //! Boot: mount /proc, /sys and /dev; stage the container's own /proc, /sys and /dev;
 //! load the kernel modules listed in `/lib/modules/order` (the initramfs builder writes
-//! them in dependency order); bring the loopback interface up; note which NIC is in which PCI slot; find the
+//! them in dependency order); bring the loopback interface up; ready the NICs (see `network::prepare_boot_nics`); find the
 //! virtio-serial port named [`berth_agent_proto::PORT_NAME`]; say Hello; then serve the
 //! engine's requests (see `berth-agent-proto` for the protocol) until told to shut down.
 //!
@@ -41,7 +41,7 @@ fn run() -> std::io::Result<()> {
     boot::stage_container_api_filesystems()?;
     boot::load_modules()?;
     network::loopback_up()?;
-    network::remember_boot_nics();
+    network::prepare_boot_nics();
     let port = boot::open_agent_port()?;
     serve::serve(port)
 }

@@ -1,5 +1,5 @@
 //! Network interfaces inside the guest: find a NIC by PCI slot, rename it, give it its
-//! MAC address and IPv4 address, bring it up, and add the default route.
+//! MAC address and IPv4 address, bring it up (IPv6 off), and add the default route.
 //!
 //! Done with the kernel's classic `SIOC*` interface ioctls on a datagram socket. They
 //! are stable, need no netlink message building, and keep the agent a small static binary
@@ -136,11 +136,15 @@ struct BootNic {
 /// its slot.
 static BOOT_NICS: std::sync::Mutex<Vec<BootNic>> = std::sync::Mutex::new(Vec::new());
 
-/// Notes which interface sits in which PCI slot, at boot. A clone's NICs are its
-/// template's, so it finds its interface here instead of walking sysfs (kernel paths a
-/// clone would run for the first time, which under TCG it must first translate).
-/// Best effort: a NIC not found here is looked up in sysfs.
-pub fn remember_boot_nics() {
+/// Readies the NICs present at boot: notes which interface sits in which PCI slot, turns
+/// IPv6 off on it (Berth's networks are IPv4; as Docker does for such networks) and
+/// brings it up, without an address. A clone's NICs are its template's, so the clone
+/// finds its interface here, up, and only gives it its MAC and address: it skips the
+/// sysfs walk and the bring-up (kernel paths a clone would run for the first time,
+/// which under TCG it must first translate). With IPv6 off before the interface is up,
+/// no link-local address is ever made from the template's MAC, so clones share none.
+/// Best effort: a NIC not ready here is found in sysfs and brought up by [`configure`].
+pub fn prepare_boot_nics() {
     let Ok(entries) = fs::read_dir("/sys/class/net") else {
         return;
     };
@@ -162,10 +166,25 @@ pub fn remember_boot_nics() {
             .ok()
             .and_then(|text| text.trim().parse().ok());
         if let (Some(slot), Some(index)) = (slot, index) {
-            found.push(BootNic { slot, name, index });
+            let up = disable_ipv6(&name).is_ok()
+                && control_socket()
+                    .and_then(|socket| set_flags(&socket, &name, true))
+                    .is_ok();
+            if up {
+                found.push(BootNic { slot, name, index });
+            }
         }
     }
     *BOOT_NICS.lock().unwrap_or_else(|e| e.into_inner()) = found;
+}
+
+/// Turns IPv6 off on interface `name` (a kernel without IPv6 has nothing to turn off).
+fn disable_ipv6(name: &str) -> io::Result<()> {
+    request(name)?;
+    match fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1") {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
 }
 
 /// The boot NIC of `slot`, if it is still the interface the kernel named at boot.
@@ -259,11 +278,20 @@ pub fn configure(spec: &InterfaceSpec) -> io::Result<()> {
         })
         .transpose()?;
     let socket = control_socket()?;
-    let current = match take_boot_nic(&socket, spec.pci_slot) {
-        Some(name) => name,
-        None => interface_in_slot(spec.pci_slot, Duration::from_secs(10))?,
+    // A boot NIC that already has its name is up (IPv6 off): its MAC can change live.
+    let (current, ready) = match take_boot_nic(&socket, spec.pci_slot) {
+        Some(name) => {
+            let ready = name == spec.name;
+            (name, ready)
+        }
+        None => (
+            interface_in_slot(spec.pci_slot, Duration::from_secs(10))?,
+            false,
+        ),
     };
-    set_flags(&socket, &current, false)?;
+    if !ready {
+        set_flags(&socket, &current, false)?;
+    }
     if current != spec.name {
         let mut ifreq = request(&current)?;
         let wanted = request(&spec.name)?;
@@ -307,7 +335,10 @@ pub fn configure(spec: &InterfaceSpec) -> io::Result<()> {
         &mut ifreq,
         "setting the netmask",
     )?;
-    set_flags(&socket, name, true)?;
+    if !ready {
+        disable_ipv6(name)?;
+        set_flags(&socket, name, true)?;
+    }
     if let Some(gateway) = gateway {
         let device =
             CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use berth_agent_proto::{
     decode_host_message, FrameDecoder, FrameKind, GuestMessage, HostMessage, ProcessStatus,
-    SetupSpec, AGENT_STREAM, PROTOCOL_VERSION, RESYNC_MARKER,
+    SetupSpec, SpawnFailure, AGENT_STREAM, PROTOCOL_VERSION, RESYNC_MARKER,
 };
 use nix::sys::wait::{waitpid, WaitStatus};
 
@@ -53,6 +53,10 @@ pub fn serve(port: File) -> io::Result<()> {
     let mut decoder = FrameDecoder::new();
     let mut buffer = vec![0u8; 64 * 1024];
     let mut spawned_any = false;
+    // Why this VM must run nothing for the container: a failed rebind (a clone without
+    // its own entropy and clock) or a failed setup. The engine sends the container's
+    // process right behind its setup, without waiting for the answer; it gets refused.
+    let mut unfit: Option<String> = None;
     loop {
         let n = match reader.read(&mut buffer) {
             // No host on the other end (yet, or any more): wait for one. Whatever part
@@ -132,14 +136,24 @@ pub fn serve(port: File) -> io::Result<()> {
                                 kernel: kernel.clone(),
                                 steps,
                             },
-                            Err(error) => GuestMessage::Error {
-                                message: format!("rebind: {error}"),
-                            },
+                            Err(error) => {
+                                unfit = Some(format!("the clone could not rebind: {error}"));
+                                GuestMessage::Error {
+                                    message: format!("rebind: {error}"),
+                                }
+                            }
                         };
                         channel.send(frame.stream, &reply)?;
                         continue;
                     }
-                    handle(message, frame.stream, &channel, &table, &mut spawned_any)?;
+                    handle(
+                        message,
+                        frame.stream,
+                        &channel,
+                        &table,
+                        &mut spawned_any,
+                        &mut unfit,
+                    )?;
                 }
                 FrameKind::Stdout | FrameKind::Stderr => {
                     channel.send(
@@ -160,17 +174,34 @@ fn handle(
     channel: &Channel,
     table: &SharedTable,
     spawned_any: &mut bool,
+    unfit: &mut Option<String>,
 ) -> io::Result<()> {
     match message {
-        HostMessage::Setup(spec) => match setup(&spec) {
-            Ok(()) => channel.send(stream, &GuestMessage::SetupDone),
-            Err(error) => channel.send(
-                stream,
-                &GuestMessage::Error {
-                    message: error.to_string(),
-                },
-            ),
-        },
+        HostMessage::Setup(spec) => {
+            let result = match unfit.as_ref() {
+                Some(reason) => Err(io::Error::other(reason.clone())),
+                None => setup(&spec),
+            };
+            match result {
+                Ok(()) => channel.send(stream, &GuestMessage::SetupDone),
+                Err(error) => {
+                    unfit.get_or_insert_with(|| format!("the container's setup failed: {error}"));
+                    channel.send(
+                        stream,
+                        &GuestMessage::Error {
+                            message: error.to_string(),
+                        },
+                    )
+                }
+            }
+        }
+        HostMessage::Spawn(_) if unfit.is_some() => channel.send(
+            stream,
+            &GuestMessage::SpawnFailed {
+                reason: SpawnFailure::Other,
+                message: unfit.clone().unwrap_or_default(),
+            },
+        ),
         HostMessage::Spawn(spec) => {
             // Hold the table while spawning so the reaper cannot see the exit of a process
             // that is not registered yet.

@@ -218,6 +218,27 @@ impl Engine {
                 .collect(),
             netns: Some(self.networks.namespace_path()),
         };
+        // The container's process, checked before any VM is booted.
+        let process = ProcessSpec {
+            argv: std::iter::once(record.path.clone())
+                .chain(record.args.iter().cloned())
+                .collect(),
+            env: record.config.env.clone().unwrap_or_default(),
+            cwd: record
+                .config
+                .working_dir
+                .clone()
+                .filter(|w| !w.is_empty())
+                .unwrap_or_else(|| "/".into()),
+            user: record.config.user.clone().unwrap_or_default(),
+            tty: record.tty(),
+            stdin: record.config.open_stdin.unwrap_or(false),
+            tty_size: None,
+            rlimits: crate::security::rlimits(&record.host_config)?,
+            capabilities: crate::security::capabilities(&record.host_config)?,
+            no_new_privileges: crate::security::no_new_privileges(&record.host_config),
+            agent_helper: false,
+        };
         let vm = match self.config.backend.boot(&spec).await {
             Ok(vm) => vm,
             Err(error) => {
@@ -229,7 +250,20 @@ impl Engine {
         };
         let vm_up = begun.elapsed();
         let control: Arc<dyn VmControl> = Arc::from(vm.control);
+        // Without networks to connect after setup, the host side of the container's
+        // network is made ready first and its process is sent right behind the setup:
+        // the agent starts it as soon as setup is done (and refuses it if setup failed),
+        // which spares a round trip to the guest.
+        let pipelined = plan.extra.is_empty();
+        if pipelined {
+            if let Err(error) = self.activate_networks(handle, &plan).await {
+                control.kill().await;
+                return Err(error);
+            }
+        }
+        let mut follow = Vec::new();
         let mut hello_at = Duration::ZERO;
+        let mut rebound = false;
         let prepared = async {
             if clone {
                 for disk in &volume_disks {
@@ -259,6 +293,10 @@ impl Engine {
                     populate: mount.populate,
                 })
                 .collect();
+            follow.push((AGENT_STREAM, HostMessage::Setup(setup)));
+            if pipelined {
+                follow.push((MAIN_STREAM, HostMessage::Spawn(process.clone())));
+            }
             let (session, mut reader) = if clone {
                 let mut entropy = vec![0u8; 64];
                 rand::rngs::OsRng.fill_bytes(&mut entropy);
@@ -269,17 +307,18 @@ impl Engine {
                     entropy,
                     realtime: (now.as_secs() as i64, now.subsec_nanos()),
                 };
-                let then = Some(HostMessage::Setup(setup));
-                let (session, reader, _steps) = rebind(vm.agent, spec, then, SETUP_TIMEOUT).await?;
+                let (session, reader, _steps) =
+                    rebind(vm.agent, spec, std::mem::take(&mut follow), SETUP_TIMEOUT).await?;
                 (session, reader)
             } else {
                 let (session, reader, _kernel) = handshake(vm.agent, BOOT_TIMEOUT).await?;
-                session
-                    .send(AGENT_STREAM, &HostMessage::Setup(setup))
-                    .await?;
+                for (stream, message) in std::mem::take(&mut follow) {
+                    session.send(stream, &message).await?;
+                }
                 (session, reader)
             };
             hello_at = begun.elapsed();
+            rebound = true;
             match reader
                 .expect_message(AGENT_STREAM, SETUP_TIMEOUT, "setting the guest up")
                 .await?
@@ -297,7 +336,10 @@ impl Engine {
             Ok(parts) => parts,
             Err(error) => {
                 control.kill().await;
-                if let Some(template) = &template {
+                // A clone that did not come up to its agent's answer condemns its
+                // template; a setup that failed (a bad sysctl, a volume) is the
+                // container's own.
+                if let (Some(template), false) = (&template, rebound) {
                     self.templates.discard(template).await;
                 }
                 return Err(error);
@@ -305,26 +347,6 @@ impl Engine {
         };
         let setup_done = begun.elapsed();
         let session = Arc::new(session);
-        let process = ProcessSpec {
-            argv: std::iter::once(record.path.clone())
-                .chain(record.args.iter().cloned())
-                .collect(),
-            env: record.config.env.clone().unwrap_or_default(),
-            cwd: record
-                .config
-                .working_dir
-                .clone()
-                .filter(|w| !w.is_empty())
-                .unwrap_or_else(|| "/".into()),
-            user: record.config.user.clone().unwrap_or_default(),
-            tty: record.tty(),
-            stdin: record.config.open_stdin.unwrap_or(false),
-            tty_size: None,
-            rlimits: crate::security::rlimits(&record.host_config)?,
-            capabilities: crate::security::capabilities(&record.host_config)?,
-            no_new_privileges: crate::security::no_new_privileges(&record.host_config),
-            agent_helper: false,
-        };
         let log = self.log_writer(&record)?;
         let (started_sender, started) = oneshot::channel();
         let runtime = Arc::new(Runtime::new(session.clone(), control.clone()));
@@ -340,18 +362,20 @@ impl Engine {
         ));
         // From here the serve task owns the run, and gives the networks back when it ends.
         release_on_failure.handle = None;
-        if let Err(error) = self.connect_started(handle, &plan).await {
-            control.kill().await;
-            return Err(error);
+        if !pipelined {
+            let connected = async {
+                self.connect_extra_nics(handle, &plan).await?;
+                self.activate_networks(handle, &plan).await?;
+                session
+                    .send(MAIN_STREAM, &HostMessage::Spawn(process))
+                    .await
+            };
+            if let Err(error) = connected.await {
+                control.kill().await;
+                return Err(error);
+            }
         }
         let networked = begun.elapsed();
-        if let Err(error) = session
-            .send(MAIN_STREAM, &HostMessage::Spawn(process))
-            .await
-        {
-            control.kill().await;
-            return Err(error);
-        }
         match started.await {
             Ok(Ok(_guest_pid)) => {
                 // Where a start's time goes: the VM process and its devices, the guest's
@@ -492,7 +516,9 @@ impl Engine {
     /// Connects a started container's VM to its networks: NICs beyond the first are
     /// plugged (unless the backend had them in the VM from boot) and configured, taps go onto their bridges (the guest has its MAC
     /// addresses by now), names into the networks' DNS, and ports are published.
-    async fn connect_started(
+    /// Plugs in and configures a starting container's networks beyond the first (the
+    /// agent must be serving: after setup).
+    async fn connect_extra_nics(
         self: &Arc<Self>,
         handle: &Arc<ContainerHandle>,
         plan: &crate::network::NetworkPlan,
@@ -518,6 +544,16 @@ impl Engine {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The host side of a starting container's networks: taps on their bridges, names
+    /// in the networks' DNS, published ports. Done before its process is sent.
+    async fn activate_networks(
+        self: &Arc<Self>,
+        handle: &Arc<ContainerHandle>,
+        plan: &crate::network::NetworkPlan,
+    ) -> Result<(), EngineError> {
         let mut record = handle.snapshot();
         self.networks.activate(&record, &plan.attach)?;
         for endpoint in record.networks.values().filter(|e| e.ip.is_some()) {

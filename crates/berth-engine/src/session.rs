@@ -234,13 +234,14 @@ pub async fn handshake(
 }
 
 /// Gives a restored clone its identity: sends `Rebind` (first message on the channel) and
-/// waits for `Rebound`, which names the steps the agent took. `then` is sent right after
-/// `Rebind`, without waiting: the agent handles requests in order, so it travels while
-/// the agent rebinds, and its answer follows `Rebound`.
+/// waits for `Rebound`, which names the steps the agent took. `then` (stream, message
+/// pairs) is sent right after `Rebind`, without waiting: the agent handles requests in
+/// order, so it travels while the agent rebinds, and its answers follow `Rebound` (a
+/// clone that could not rebind refuses them).
 pub async fn rebind(
     stream: UnixStream,
     spec: berth_agent_proto::RebindSpec,
-    then: Option<HostMessage>,
+    then: Vec<(u32, HostMessage)>,
     timeout: Duration,
 ) -> Result<(AgentSession, AgentReader, Vec<String>), EngineError> {
     let (reader, writer) = stream.into_split();
@@ -251,8 +252,8 @@ pub async fn rebind(
     session
         .send(AGENT_STREAM, &HostMessage::Rebind(spec))
         .await?;
-    if let Some(next) = then {
-        session.send(AGENT_STREAM, &next).await?;
+    for (stream, message) in then {
+        session.send(stream, &message).await?;
     }
     match reader
         .expect_message(AGENT_STREAM, timeout, "giving the clone its identity")
@@ -338,7 +339,7 @@ mod tests {
             .write_all(&encode_control(AGENT_STREAM, &partial))
             .await
             .unwrap();
-        let error = rebind(host, rebind_spec(), None, Duration::from_secs(2))
+        let error = rebind(host, rebind_spec(), Vec::new(), Duration::from_secs(2))
             .await
             .err()
             .unwrap();
@@ -354,9 +355,10 @@ mod tests {
             .write_all(&encode_control(AGENT_STREAM, &full))
             .await
             .unwrap();
-        let (_session, _reader, steps) = rebind(host, rebind_spec(), None, Duration::from_secs(2))
-            .await
-            .unwrap();
+        let (_session, _reader, steps) =
+            rebind(host, rebind_spec(), Vec::new(), Duration::from_secs(2))
+                .await
+                .unwrap();
         assert_eq!(steps.len(), 3);
         // What the host sent first is the Rebind with the entropy.
         let mut decoder = FrameDecoder::new();

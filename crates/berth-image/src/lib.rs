@@ -27,6 +27,7 @@ pub mod error;
 mod ext4;
 mod flatten;
 mod import;
+mod mount_points;
 pub mod reference;
 pub mod registry;
 mod remove;

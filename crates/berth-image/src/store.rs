@@ -443,6 +443,7 @@ impl ImageStore {
         fs::create_dir(&tree).map_err(ImageError::io(&tree))?;
         fs::set_permissions(&tree, Permissions::from_mode(0o755)).map_err(ImageError::io(&tree))?;
         flatten::flatten(&layers, &tree)?;
+        crate::mount_points::add_mount_points(&tree)?;
 
         let built = staging.0.join("rootfs.ext4");
         ext4::build_ext4(&tree, &built)?;

@@ -239,3 +239,37 @@ fn templates_are_reused_per_shape() {
     );
     assert!(templates.exists());
 }
+
+#[test]
+fn a_container_whose_setup_fails_runs_nothing() {
+    // The engine sends the container's process right behind its setup; when the setup
+    // fails in the guest, the agent must refuse it. A sysctl the guest kernel does not
+    // have fails the setup after the root filesystem is mounted.
+    let daemon = shared();
+    for runtime in ["berth", "berth-coldboot"] {
+        let id = daemon.docker_ok(&[
+            "create",
+            "--runtime",
+            runtime,
+            "--sysctl",
+            "net.core.no_such_knob=1",
+            "busybox",
+            "sh",
+            "-c",
+            "echo ran > /ran",
+        ]);
+        let start = daemon.docker(&["start", &id]);
+        assert!(!start.status.success(), "{runtime}: start must fail");
+        assert!(
+            stderr(&start).contains("no_such_knob"),
+            "{runtime}: {}",
+            stderr(&start)
+        );
+        let copied = daemon.docker(&["cp", &format!("{id}:/ran"), "-"]);
+        assert!(
+            !copied.status.success(),
+            "{runtime}: the container's process ran after its setup failed"
+        );
+        daemon.docker_ok(&["rm", &id]);
+    }
+}
