@@ -206,6 +206,19 @@ impl TemplateManager {
         Ok(removed)
     }
 
+    /// Removes this backend's templates made from another guest (kernel, initramfs,
+    /// agent) than `guest_digest`: no start can use them again, and each holds its RAM
+    /// file on disk. Clones running from one keep its memory mapped (the file lives on
+    /// until they end) and restored from their own copy of its state.
+    fn remove_outdated(&self, guest_digest: &str, backend: &str) {
+        for template in self.list() {
+            if template.record.backend == backend && template.record.guest_digest != guest_digest {
+                tracing::info!(key = %template.record.key, "removing a template of an older guest");
+                let _ = std::fs::remove_dir_all(&template.dir);
+            }
+        }
+    }
+
     fn check(&self, dir: &Path, key: &str) -> Option<Template> {
         let record: TemplateRecord =
             serde_json::from_str(&std::fs::read_to_string(dir.join("template.json")).ok()?).ok()?;
@@ -272,7 +285,8 @@ impl TemplateManager {
         let result = self.build(backend, guest, shape, &key, &dir).await;
         match &result {
             Ok(_) => {
-                tracing::info!(%key, ms = started.elapsed().as_millis() as u64, "VM template ready")
+                tracing::info!(%key, ms = started.elapsed().as_millis() as u64, "VM template ready");
+                self.remove_outdated(&guest.digest, backend.name());
             }
             Err(_) => {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -451,5 +465,40 @@ mod tests {
         assert_eq!(manager.list().len(), 1);
         assert_eq!(manager.remove("k").unwrap(), 1);
         assert!(manager.list().is_empty());
+    }
+
+    #[test]
+    fn templates_of_an_older_guest_are_removed_others_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let manager = TemplateManager::new(root.path().to_path_buf(), None);
+        for (key, digest, backend) in [
+            ("old", "d-old", "qemu"),
+            ("new", "d-new", "qemu"),
+            ("other-backend", "d-old", "kvm"),
+        ] {
+            let dir = root.path().join(key);
+            std::fs::create_dir_all(&dir).unwrap();
+            let record = TemplateRecord {
+                key: key.into(),
+                shape: Shape {
+                    vcpus: 1,
+                    memory_mib: 256,
+                },
+                guest_digest: digest.into(),
+                backend: backend.into(),
+                state_sha256: String::new(),
+                memory_bytes: 0,
+                created: "now".into(),
+            };
+            std::fs::write(
+                dir.join("template.json"),
+                serde_json::to_vec(&record).unwrap(),
+            )
+            .unwrap();
+        }
+        manager.remove_outdated("d-new", "qemu");
+        let mut left: Vec<String> = manager.list().into_iter().map(|t| t.record.key).collect();
+        left.sort();
+        assert_eq!(left, ["new", "other-backend"]);
     }
 }
