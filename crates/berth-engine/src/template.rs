@@ -64,6 +64,9 @@ pub struct TemplateRecord {
     pub created: String,
 }
 
+/// How long a template VM idles after its agent's Hello before it is snapshotted.
+const TEMPLATE_SETTLE: Duration = Duration::from_millis(1500);
+
 /// A usable template.
 #[derive(Debug, Clone)]
 pub struct Template {
@@ -348,8 +351,12 @@ impl TemplateManager {
             // Keep the channel open while snapshotting: the guest must see its host connected.
             let (_session, _reader, _kernel) =
                 handshake(vm.agent, Duration::from_secs(120)).await?;
-            // Let the agent settle into its read of the channel.
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Let the guest finish what its boot left pending (the agent settling into
+            // its read of the channel, the kernel's deferred work such as the NIC's
+            // link-state event, up to a second after it came up) before the snapshot:
+            // whatever is still pending then, every clone would do again, and under TCG
+            // translate again. Paid once per template.
+            tokio::time::sleep(TEMPLATE_SETTLE).await;
             control
                 .snapshot(&dir.join("state"))
                 .await
