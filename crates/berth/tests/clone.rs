@@ -93,10 +93,17 @@ fn runtimes_are_listed_and_unknown_ones_refused() {
 
 #[test]
 fn idle_clones_report_memory_and_leave_nothing_behind() {
+    // The density check, small: five idle clones at once, each answering exec.
     let daemon = shared();
-    let ids: Vec<String> = (0..3)
+    let ids: Vec<String> = (0..5)
         .map(|_| daemon.docker_ok(&["run", "-d", "busybox", "sleep", "3600"]))
         .collect();
+    for id in &ids {
+        assert_eq!(
+            daemon.docker_ok(&["exec", id, "cat", "/etc/hostname"]),
+            id[..12]
+        );
+    }
     for id in &ids {
         let memory = daemon.docker_ok(&[
             "inspect",
@@ -134,6 +141,13 @@ fn idle_clones_report_memory_and_leave_nothing_behind() {
         .iter()
         .map(|id| daemon.docker_ok(&["inspect", "-f", "{{.State.Pid}}", id]))
         .collect();
+    let links = daemon.ip_in_namespace(&["-o", "link", "show"]);
+    for id in &ids {
+        assert!(
+            links.contains(&format!("bt{}", &id[..12])),
+            "a running clone has its tap: {links}"
+        );
+    }
     let mut args = vec!["rm", "-f"];
     args.extend(ids.iter().map(String::as_str));
     daemon.docker_ok(&args);
@@ -143,6 +157,13 @@ fn idle_clones_report_memory_and_leave_nothing_behind() {
         assert!(
             !daemon.root.join("containers").join(id).exists(),
             "files of {id} left behind"
+        );
+    }
+    let links = daemon.ip_in_namespace(&["-o", "link", "show"]);
+    for id in &ids {
+        assert!(
+            !links.contains(&format!("bt{}", &id[..12])),
+            "tap of {id} left behind: {links}"
         );
     }
 }
