@@ -30,6 +30,15 @@ pub enum EngineError {
     /// A request that conflicts with the container's state or another container.
     #[error("{0}")]
     Conflict(String),
+    /// The container's state does not allow the verb (see `container::state`).
+    #[error("{}", refusal.message(id))]
+    Refused {
+        id: String,
+        refusal: crate::container::Refusal,
+    },
+    /// The engine tried a state change its lifecycle table forbids.
+    #[error("internal error")]
+    IllegalTransition(#[from] crate::container::state::IllegalTransition),
     /// A request that is understood but not allowed (e.g. removing a predefined network).
     #[error("{0}")]
     Forbidden(String),
@@ -63,6 +72,14 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// The container `id`'s state refuses a verb.
+    pub(crate) fn refused(id: &str) -> impl FnOnce(crate::container::Refusal) -> Self + '_ {
+        move |refusal| Self::Refused {
+            id: id.to_owned(),
+            refusal,
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| Self::Io { path, source }

@@ -12,6 +12,7 @@ use berth_agent_proto::{HostMessage, ProcessSpec, SpawnFailure};
 use bollard_stubs::models::ExecConfig;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::container::ContainerStatus;
 use crate::error::EngineError;
 use crate::output::OutputHub;
 use crate::{lock, names, Attachment, Engine, StdinEvent, StdinSink};
@@ -113,7 +114,9 @@ impl Engine {
     /// Kills an exec's process (SIGKILL on its stream).
     pub(crate) async fn kill_exec(&self, id: &str) {
         let Ok(exec) = self.exec(id) else { return };
-        if let Ok((_, runtime)) = self.running_handle(&exec.container_id) {
+        if let Ok((_, runtime)) =
+            self.running_handle(&exec.container_id, ContainerStatus::can_use_vm)
+        {
             let _ = runtime
                 .session
                 .send(
@@ -141,13 +144,7 @@ impl Engine {
         config: ExecConfig,
         helper: bool,
     ) -> Result<String, EngineError> {
-        let (handle, _) = self.running_handle(reference)?;
-        if lock(&handle.record).state.status == crate::ContainerStatus::Paused {
-            return Err(EngineError::Conflict(format!(
-                "Container {} is paused, unpause the container before exec",
-                handle.id
-            )));
-        }
+        let (handle, _) = self.running_handle(reference, ContainerStatus::can_exec)?;
         if config.cmd.as_ref().is_none_or(|cmd| cmd.is_empty()) {
             return Err(EngineError::InvalidArgument(
                 "No exec command specified".into(),
@@ -200,7 +197,8 @@ impl Engine {
             )));
         }
         exec.state.send_modify(|s| s.started = true);
-        let (container, runtime) = self.running_handle(&exec.container_id)?;
+        let (container, runtime) =
+            self.running_handle(&exec.container_id, ContainerStatus::can_exec)?;
         let record = container.snapshot();
         let config = &exec.config;
         let tty = tty_override.or(config.tty).unwrap_or(false);
@@ -295,7 +293,7 @@ impl Engine {
     /// `POST /exec/{id}/resize`.
     pub async fn resize_exec(&self, id: &str, rows: u16, cols: u16) -> Result<(), EngineError> {
         let exec = self.exec(id)?;
-        let (_, runtime) = self.running_handle(&exec.container_id)?;
+        let (_, runtime) = self.running_handle(&exec.container_id, ContainerStatus::can_use_vm)?;
         runtime
             .session
             .send(exec.stream, &HostMessage::Resize { rows, cols })

@@ -51,18 +51,19 @@ use std::sync::{Arc, Mutex};
 
 use berth_guest::GuestImage;
 use berth_vm::VmBackend;
-use tokio::sync::{mpsc, watch, OnceCell};
+use tokio::sync::OnceCell;
 
 pub use berth_image::{ImageRecord, LoadedImage};
 pub use berth_vm::{host_cpu_nanos, process_cpu_nanos, process_memory, ProcessMemory};
-pub use container::{ContainerRecord, ContainerStatus, StateRecord, ZERO_TIME};
+pub use container::{
+    Attachment, ContainerRecord, ContainerStatus, Refusal, StateRecord, StdinSink, ZERO_TIME,
+};
 pub use error::{error_chain, EngineError};
 pub use lifecycle::{ContainerLogs, WaitCondition, WaitOutcome};
 pub use output::{LogEntry, LogFilter, OutputChunk, OutputStream};
 pub use run::StartOutcome;
 
-use output::OutputHub;
-use session::AgentSession;
+pub(crate) use container::{ContainerHandle, LifecycleState, Runtime, StdinEvent};
 use store::Store;
 
 /// How the engine is set up.
@@ -109,141 +110,6 @@ pub struct EngineInfo {
     pub netns: String,
     /// Outbound NAT, when on: the host's end of the uplink and the link subnet.
     pub outbound_nat: Option<(String, berth_net::Subnet)>,
-}
-
-/// Standard input for a container's process, from attached clients.
-#[derive(Debug)]
-pub(crate) enum StdinEvent {
-    Data(bytes::Bytes),
-    Close,
-}
-
-/// Where attached clients' input goes.
-#[derive(Clone)]
-pub struct StdinSink {
-    pub(crate) sender: mpsc::UnboundedSender<StdinEvent>,
-}
-
-impl StdinSink {
-    pub fn send(&self, data: bytes::Bytes) {
-        let _ = self.sender.send(StdinEvent::Data(data));
-    }
-
-    /// No more input: closes the process's standard input.
-    pub fn close(&self) {
-        let _ = self.sender.send(StdinEvent::Close);
-    }
-}
-
-/// An attached client's view of a container.
-pub struct Attachment {
-    pub output: mpsc::UnboundedReceiver<OutputChunk>,
-    pub stdin: Option<StdinSink>,
-    pub tty: bool,
-}
-
-/// The lifecycle facts waiters watch.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct LifecycleState {
-    pub exits: u64,
-    pub running: bool,
-    pub removed: bool,
-    pub exit_code: i64,
-    pub error: Option<String>,
-}
-
-/// What a running container's VM offers the engine.
-pub(crate) struct Runtime {
-    pub session: Arc<AgentSession>,
-    pub control: Arc<dyn berth_vm::VmControl>,
-    /// Where the serve task delivers the agent's answer to the one pending request on
-    /// the agent's own stream (see [`Engine::agent_request`]).
-    pub agent_reply: Mutex<Option<tokio::sync::oneshot::Sender<berth_agent_proto::GuestMessage>>>,
-    /// Held while a request on the agent's stream is pending.
-    pub agent_request: tokio::sync::Mutex<()>,
-    /// Taken over from an engine before this one: the agent may report on exec streams
-    /// this engine never knew (they are ignored).
-    pub reattached: bool,
-    /// Whether the image's root filesystem disk is attached (for `docker diff`/`commit`);
-    /// held while it is being attached.
-    pub base_disk: tokio::sync::Mutex<bool>,
-}
-
-impl Runtime {
-    pub fn new(session: Arc<AgentSession>, control: Arc<dyn berth_vm::VmControl>) -> Self {
-        Self {
-            session,
-            control,
-            agent_reply: Mutex::new(None),
-            agent_request: tokio::sync::Mutex::new(()),
-            reattached: false,
-            base_disk: tokio::sync::Mutex::new(false),
-        }
-    }
-}
-
-/// One container in memory.
-pub(crate) struct ContainerHandle {
-    pub id: String,
-    pub record: Mutex<ContainerRecord>,
-    pub hub: OutputHub,
-    /// Serialises start, stop and remove.
-    pub lifecycle: tokio::sync::Mutex<()>,
-    pub runtime: Mutex<Option<Arc<Runtime>>>,
-    pub state: watch::Sender<LifecycleState>,
-    /// The delay before the last restart (restart policies double it).
-    pub restart_delay: Mutex<Option<std::time::Duration>>,
-    stdin: Mutex<(
-        mpsc::UnboundedSender<StdinEvent>,
-        Option<mpsc::UnboundedReceiver<StdinEvent>>,
-    )>,
-}
-
-impl ContainerHandle {
-    pub fn new(record: ContainerRecord) -> Self {
-        let initial = LifecycleState {
-            exits: 0,
-            running: false,
-            removed: false,
-            exit_code: record.state.exit_code,
-            error: (!record.state.error.is_empty()).then(|| record.state.error.clone()),
-        };
-        let (sender, receiver) = mpsc::unbounded_channel();
-        Self {
-            id: record.id.clone(),
-            record: Mutex::new(record),
-            hub: OutputHub::default(),
-            lifecycle: tokio::sync::Mutex::new(()),
-            runtime: Mutex::new(None),
-            state: watch::channel(initial).0,
-            restart_delay: Mutex::new(None),
-            stdin: Mutex::new((sender, Some(receiver))),
-        }
-    }
-
-    pub fn snapshot(&self) -> ContainerRecord {
-        lock(&self.record).clone()
-    }
-
-    pub fn runtime(&self) -> Option<Arc<Runtime>> {
-        lock(&self.runtime).clone()
-    }
-
-    pub fn stdin_sink(&self) -> StdinSink {
-        StdinSink {
-            sender: lock(&self.stdin).0.clone(),
-        }
-    }
-
-    /// Takes the input queue for a run; the next run gets a fresh one.
-    pub fn take_stdin(&self) -> Option<mpsc::UnboundedReceiver<StdinEvent>> {
-        lock(&self.stdin).1.take()
-    }
-
-    pub fn reset_stdin(&self) {
-        let (sender, receiver) = mpsc::unbounded_channel();
-        *lock(&self.stdin) = (sender, Some(receiver));
-    }
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -294,17 +160,14 @@ impl Engine {
         let mut containers = HashMap::new();
         // Containers whose VMs outlived the daemon before this one: taken over below.
         let mut live = Vec::new();
-        for mut record in store.all()? {
+        // Containers recorded as running whose VMs are gone: recorded as exited below.
+        let mut lost = Vec::new();
+        for record in store.all()? {
             if record.state.status.is_running() && lifecycle::vm_is_alive(&record) {
                 live.push(record.id.clone());
             } else if record.state.status.is_running() {
                 lifecycle::kill_stale_vm(&record);
-                record.state.status = ContainerStatus::Exited;
-                record.state.exit_code = 255;
-                record.state.error = "the daemon stopped while the container was running".into();
-                record.state.finished_at = now_rfc3339();
-                record.state.pid = 0;
-                store.put(&record)?;
+                lost.push(record.id.clone());
             }
             containers.insert(record.id.clone(), Arc::new(ContainerHandle::new(record)));
         }
@@ -349,6 +212,15 @@ impl Engine {
             volumes: Mutex::new(volumes),
             volume_lock: tokio::sync::Mutex::new(()),
         });
+        for id in lost {
+            let handle = engine.lookup(&id)?;
+            let lost = container::Transition::Exited {
+                code: 255,
+                error: "the daemon stopped while the container was running".into(),
+                oom_killed: false,
+            };
+            engine.transition(&handle, lost)?;
+        }
         engine.take_over(live).await;
         Ok(engine)
     }

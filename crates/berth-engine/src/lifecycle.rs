@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use berth_agent_proto::HostMessage;
 
-use crate::container::{ContainerRecord, ContainerStatus};
+use crate::container::state::{RemoveAction, StopAction};
+use crate::container::{ContainerRecord, ContainerStatus, Refusal, Transition};
 use crate::error::EngineError;
 use crate::output::{read_log, LogEntry, LogFilter, OutputChunk};
 use crate::session::MAIN_STREAM;
@@ -142,7 +143,7 @@ impl Engine {
                 status_code: s.exit_code,
                 error: s.error.clone(),
             };
-            if condition == WaitCondition::NotRunning && !initial.running {
+            if condition == WaitCondition::NotRunning && !initial.status.has_vm() {
                 return outcome(&initial);
             }
             loop {
@@ -164,51 +165,42 @@ impl Engine {
         })
     }
 
-    /// The container and its running VM, or the conflict Docker reports.
+    /// The container and its VM, if its state allows the verb that `check` stands for
+    /// (one of [`ContainerStatus`]'s `can_*`), or Docker's refusal.
     pub(crate) fn running_handle(
         &self,
         reference: &str,
+        check: fn(ContainerStatus) -> Result<(), Refusal>,
     ) -> Result<(Arc<ContainerHandle>, Arc<crate::Runtime>), EngineError> {
         let handle = self.lookup(reference)?;
         let runtime = handle
-            .runtime()
-            .filter(|_| lock(&handle.record).state.status.is_running())
-            .ok_or_else(|| {
-                EngineError::Conflict(format!("Container {} is not running", handle.id))
-            })?;
+            .runtime_for(check)
+            .map_err(EngineError::refused(&handle.id))?;
         Ok((handle, runtime))
     }
 
     /// `POST /containers/{id}/pause`: the container's VM stops running (its vCPUs halt).
     pub async fn pause_container(&self, reference: &str) -> Result<(), EngineError> {
-        let (handle, runtime) = self.running_handle(reference)?;
+        let (handle, runtime) = self.running_handle(reference, ContainerStatus::can_pause)?;
         let _guard = handle.lifecycle.lock().await;
-        if lock(&handle.record).state.status == ContainerStatus::Paused {
-            return Err(EngineError::Conflict(format!(
-                "Container {} is already paused",
-                handle.id
-            )));
-        }
+        handle
+            .status()
+            .can_pause()
+            .map_err(EngineError::refused(&handle.id))?;
         runtime.control.pause().await?;
-        lock(&handle.record).state.status = ContainerStatus::Paused;
-        self.events.container(&handle.snapshot(), "pause", &[]);
-        self.persist(&handle)
+        self.transition(&handle, Transition::Paused)
     }
 
     /// `POST /containers/{id}/unpause`.
     pub async fn unpause_container(&self, reference: &str) -> Result<(), EngineError> {
-        let (handle, runtime) = self.running_handle(reference)?;
+        let (handle, runtime) = self.running_handle(reference, ContainerStatus::can_unpause)?;
         let _guard = handle.lifecycle.lock().await;
-        if lock(&handle.record).state.status != ContainerStatus::Paused {
-            return Err(EngineError::Conflict(format!(
-                "Container {} is not paused",
-                handle.id
-            )));
-        }
+        handle
+            .status()
+            .can_unpause()
+            .map_err(EngineError::refused(&handle.id))?;
         runtime.control.resume().await?;
-        lock(&handle.record).state.status = ContainerStatus::Running;
-        self.events.container(&handle.snapshot(), "unpause", &[]);
-        self.persist(&handle)
+        self.transition(&handle, Transition::Unpaused { announced: true })
     }
 
     /// Runs a paused container's VM again, so that it can act on a signal.
@@ -217,10 +209,9 @@ impl Engine {
         handle: &ContainerHandle,
         runtime: &crate::Runtime,
     ) -> Result<(), EngineError> {
-        if lock(&handle.record).state.status == ContainerStatus::Paused {
+        if handle.status() == ContainerStatus::Paused {
             runtime.control.resume().await?;
-            lock(&handle.record).state.status = ContainerStatus::Running;
-            self.persist(handle)?;
+            self.transition(handle, Transition::Unpaused { announced: false })?;
         }
         Ok(())
     }
@@ -228,7 +219,7 @@ impl Engine {
     /// `POST /containers/{id}/kill`.
     pub async fn kill_container(&self, reference: &str, signal: &str) -> Result<(), EngineError> {
         let signal = parse_signal(if signal.is_empty() { "SIGKILL" } else { signal })?;
-        let (handle, runtime) = self.running_handle(reference)?;
+        let (handle, runtime) = self.running_handle(reference, ContainerStatus::can_kill)?;
         lock(&handle.record).manually_stopped = true;
         self.events.container(
             &handle.snapshot(),
@@ -268,19 +259,17 @@ impl Engine {
         timeout: Option<i64>,
     ) -> Result<bool, EngineError> {
         let handle = self.lookup(reference)?;
-        {
-            let mut record = lock(&handle.record);
-            // The daemon stopping its containers at shutdown is not a user's stop.
-            if !self.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
-                record.manually_stopped = true;
-            }
-            if record.state.status == ContainerStatus::Restarting {
-                // Between runs: the pending restart is cancelled.
-                record.state.status = ContainerStatus::Exited;
-                drop(record);
-                self.persist(&handle)?;
+        // The daemon stopping its containers at shutdown is not a user's stop.
+        if !self.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+            lock(&handle.record).manually_stopped = true;
+        }
+        match handle.status().can_stop() {
+            Err(_) => return Ok(false),
+            Ok(StopAction::CancelRestart) => {
+                self.transition(&handle, Transition::RestartEnded)?;
                 return Ok(true);
             }
+            Ok(StopAction::EndRun) => {}
         }
         let Some(runtime) = handle.runtime() else {
             return Ok(false);
@@ -347,29 +336,40 @@ impl Engine {
         volumes: bool,
     ) -> Result<(), EngineError> {
         let handle = self.lookup(reference)?;
-        if handle.runtime().is_some() {
-            if !force {
-                return Err(EngineError::Conflict(format!(
-                    "You cannot remove a running container {}. Stop the container before attempting removal or force remove",
-                    handle.id
-                )));
-            }
+        let action = handle
+            .status()
+            .can_remove(force)
+            .map_err(EngineError::refused(&handle.id))?;
+        if handle.runtime().is_some() && !force {
+            // A start under way: its VM exists already.
+            return Err(EngineError::refused(&handle.id)(Refusal::RunningRemove));
+        }
+        if action == RemoveAction::StopFirst || handle.runtime().is_some() {
             self.stop_container(&handle.id, Some(0)).await?;
         }
         let _guard = handle.lifecycle.lock().await;
         if lock(&self.containers).get(&handle.id).is_none() {
             return Ok(()); // removed meanwhile (auto-remove)
         }
-        lock(&handle.record).state.status = ContainerStatus::Removing;
+        self.transition(&handle, Transition::Removing)?;
         let _ = std::fs::remove_dir_all(self.vm_dir(&handle.id));
         let dir = self.container_dir(&handle.id);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(EngineError::io(&dir))?;
+        let deleted = std::fs::remove_dir_all(&dir)
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            })
+            .map_err(EngineError::io(&dir))
+            .and_then(|()| self.store.delete(&handle.id));
+        if let Err(error) = deleted {
+            let failed = Transition::RemovalFailed {
+                error: crate::error_chain(&error),
+            };
+            self.transition(&handle, failed)?;
+            return Err(error);
         }
-        self.store.delete(&handle.id)?;
         lock(&self.containers).remove(&handle.id);
-        self.events.container(&handle.snapshot(), "destroy", &[]);
-        handle.state.send_modify(|state| state.removed = true);
+        self.transition(&handle, Transition::Removed)?;
         if volumes {
             let mounts = handle.snapshot().mounts;
             self.remove_anonymous_volumes(&mounts).await;
@@ -385,14 +385,11 @@ impl Engine {
     ) -> Result<Attachment, EngineError> {
         let handle = self.lookup(reference)?;
         let record = handle.snapshot();
-        if !matches!(
-            record.state.status,
-            ContainerStatus::Created | ContainerStatus::Running
-        ) {
-            return Err(EngineError::Conflict(
-                "You cannot attach to a stopped container, start it first".into(),
-            ));
-        }
+        record
+            .state
+            .status
+            .can_attach()
+            .map_err(EngineError::refused(&handle.id))?;
         let output = handle.hub.subscribe();
         let stdin =
             (with_stdin && record.config.open_stdin.unwrap_or(false)).then(|| handle.stdin_sink());
@@ -440,7 +437,7 @@ impl Engine {
         rows: u16,
         cols: u16,
     ) -> Result<(), EngineError> {
-        let (_, runtime) = self.running_handle(reference)?;
+        let (_, runtime) = self.running_handle(reference, ContainerStatus::can_use_vm)?;
         runtime
             .session
             .send(MAIN_STREAM, &HostMessage::Resize { rows, cols })

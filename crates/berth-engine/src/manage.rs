@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use bollard_stubs::models::ContainerUpdateBody;
 
-use crate::container::{ContainerRecord, ContainerStatus};
+use crate::container::ContainerRecord;
 use crate::error::EngineError;
 use crate::{lock, names, Engine};
 
@@ -105,10 +105,12 @@ impl Engine {
         }
         let shape_change = set(update.memory).is_some() || set(update.nano_cpus).is_some();
         let mut record = lock(&handle.record);
-        if shape_change && record.state.status.is_running() {
-            return Err(EngineError::Conflict(
-                "the memory and vCPUs of a running container's VM cannot change: stop the container, update it, and start it again".into(),
-            ));
+        if shape_change {
+            record
+                .state
+                .status
+                .can_change_shape()
+                .map_err(EngineError::refused(&handle.id))?;
         }
         if let Some(memory) = set(update.memory) {
             if memory < 6 * 1024 * 1024 {
@@ -141,11 +143,7 @@ impl Engine {
         let mut removed = Vec::new();
         let mut reclaimed = 0;
         for record in self.list_containers() {
-            if !matches!(
-                record.state.status,
-                ContainerStatus::Created | ContainerStatus::Exited | ContainerStatus::Dead
-            ) || keep(&record)
-            {
+            if record.state.status.can_remove(false).is_err() || keep(&record) {
                 continue;
             }
             let size = self.container_disk_usage(&record.id);

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bollard_stubs::models::RestartPolicyNameEnum;
 
-use crate::container::{ContainerRecord, ContainerStatus, ZERO_TIME};
+use crate::container::{ContainerRecord, ContainerStatus, Transition, ZERO_TIME};
 use crate::error::{error_chain, EngineError};
 use crate::{lock, ContainerHandle, Engine};
 
@@ -132,7 +132,7 @@ impl Engine {
             return false;
         }
         let delay = {
-            let mut record = lock(&handle.record);
+            let record = lock(&handle.record);
             let policy = Policy::of(&record);
             if record.auto_remove()
                 || !policy.restarts_after(
@@ -143,13 +143,15 @@ impl Engine {
             {
                 return false;
             }
-            record.state.status = ContainerStatus::Restarting;
             let mut last = lock(&handle.restart_delay);
             let delay = next_delay(*last, run_lasted);
             *last = Some(delay);
             delay
         };
-        let _ = self.persist(handle);
+        if let Err(error) = self.transition(handle, Transition::RestartScheduled) {
+            tracing::warn!(id = %handle.id, error = %error_chain(&error), "scheduling a restart failed");
+            return false;
+        }
         let engine = self.clone();
         let handle = handle.clone();
         tokio::spawn(async move {
@@ -162,15 +164,16 @@ impl Engine {
     /// The delayed part of a restart: starts the container unless it was stopped or
     /// removed meanwhile, or the daemon is shutting down.
     async fn restart_now(self: &Arc<Self>, handle: &Arc<ContainerHandle>) {
+        if handle.status() != ContainerStatus::Restarting {
+            return;
+        }
+        if let Err(error) = self.transition(handle, Transition::RestartEnded) {
+            tracing::warn!(id = %handle.id, error = %error_chain(&error), "ending a restart's wait failed");
+            return;
+        }
         {
             let mut record = lock(&handle.record);
-            if record.state.status != ContainerStatus::Restarting {
-                return;
-            }
-            record.state.status = ContainerStatus::Exited;
             if record.manually_stopped || self.shutting_down.load(Ordering::SeqCst) {
-                drop(record);
-                let _ = self.persist(handle);
                 return;
             }
             record.restart_count += 1;
@@ -195,7 +198,7 @@ impl Engine {
             .into_iter()
             .filter(|handle| {
                 let record = lock(&handle.record);
-                record.state.status.can_start()
+                record.state.status.can_start().is_ok()
                     && record.state.started_at != ZERO_TIME
                     && Policy::of(&record).starts_with_daemon(record.manually_stopped)
             })

@@ -10,13 +10,13 @@ use berth_agent_proto::{
 use berth_vm::{DiskFormat, DiskSpec, VmControl, VmSpec};
 use tokio::sync::oneshot;
 
-use crate::container::ContainerStatus;
+use crate::container::{Refusal, Transition};
 use crate::error::{error_chain, EngineError};
 use crate::output::{LogWriter, OutputChunk};
 use crate::session::{handshake, rebind, AgentEvent, AgentReader, AgentSession, MAIN_STREAM};
 use crate::template::Shape;
 use crate::RUNTIME_CLONE;
-use crate::{lock, now_rfc3339, ContainerHandle, Engine, Runtime, StdinEvent};
+use crate::{lock, ContainerHandle, Engine, Runtime, StdinEvent};
 use berth_agent_proto::RebindSpec;
 use berth_vm::MemoryBacking;
 use rand::RngCore;
@@ -81,15 +81,10 @@ impl Engine {
         handle: &Arc<ContainerHandle>,
     ) -> Result<StartOutcome, EngineError> {
         let _guard = handle.lifecycle.lock().await;
-        let status = lock(&handle.record).state.status;
-        if status.is_running() {
-            return Ok(StartOutcome::AlreadyRunning);
-        }
-        if !status.can_start() {
-            return Err(EngineError::Conflict(format!(
-                "cannot start a container that is {}",
-                status.as_str()
-            )));
+        match handle.status().can_start() {
+            Ok(()) => {}
+            Err(Refusal::AlreadyRunning) => return Ok(StartOutcome::AlreadyRunning),
+            Err(refusal) => return Err(EngineError::refused(&handle.id)(refusal)),
         }
         match self.boot_and_spawn(handle).await {
             Ok(()) => Ok(StartOutcome::Started),
@@ -97,13 +92,13 @@ impl Engine {
                 if !matches!(error, EngineError::StartFailed(_)) {
                     // The run task records spawn failures (and auto-removes) itself;
                     // everything else is recorded here.
-                    let mut record = lock(&handle.record);
-                    record.state.error = error_chain(&error);
-                    record.state.exit_code = 128;
-                    let auto_remove = record.auto_remove();
-                    drop(record);
-                    let _ = self.persist(handle);
-                    if auto_remove {
+                    let failed = Transition::StartFailed {
+                        error: error_chain(&error),
+                    };
+                    if let Err(error) = self.transition(handle, failed) {
+                        tracing::warn!(id = %handle.id, error = %error_chain(&error), "recording a failed start failed");
+                    }
+                    if handle.snapshot().auto_remove() {
                         // As Docker does: a `--rm` container that fails to start is removed
                         // (a client waiting for its removal would wait forever otherwise).
                         let engine = self.clone();
@@ -350,7 +345,7 @@ impl Engine {
         let log = self.log_writer(&record)?;
         let (started_sender, started) = oneshot::channel();
         let runtime = Arc::new(Runtime::new(session.clone(), control.clone()));
-        *lock(&handle.runtime) = Some(runtime);
+        handle.attach_runtime(runtime);
         tokio::spawn(serve(
             self.clone(),
             handle.clone(),
@@ -391,18 +386,7 @@ impl Engine {
                     process_started_ms = begun.elapsed().as_millis() as u64,
                     "container started"
                 );
-                {
-                    let mut record = lock(&handle.record);
-                    record.state.status = ContainerStatus::Running;
-                    record.state.pid = vm.pid;
-                    record.state.started_at = now_rfc3339();
-                    record.state.error.clear();
-                    record.state.exit_code = 0;
-                    record.state.oom_killed = false;
-                }
-                handle.state.send_modify(|state| state.running = true);
-                self.persist(handle)?;
-                self.events.container(&handle.snapshot(), "start", &[]);
+                self.transition(handle, Transition::Started { pid: vm.pid })?;
                 self.start_health_checks(handle);
                 if let Some(input) = handle.take_stdin() {
                     tokio::spawn(forward_stdin(session, input));
@@ -435,20 +419,26 @@ impl Engine {
                     }
                     Err(error) => {
                         tracing::warn!(id = %handle.id, error = %error_chain(&error), "could not take over the container's VM; stopping it");
-                        *lock(&handle.runtime) = None;
+                        handle.detach_runtime();
                         let mut record = handle.snapshot();
                         crate::lifecycle::kill_stale_vm(&record);
                         engine.networks.release(&mut record);
-                        record.state.status = ContainerStatus::Exited;
-                        record.state.exit_code = 255;
-                        record.state.error = format!(
-                            "the daemon restarted and could not take over the VM: {}",
-                            error_chain(&error)
-                        );
-                        record.state.finished_at = now_rfc3339();
-                        record.state.pid = 0;
-                        *lock(&handle.record) = record;
-                        let _ = engine.persist(&handle);
+                        {
+                            let mut current = lock(&handle.record);
+                            current.networks = record.networks;
+                            current.ports = record.ports;
+                        }
+                        let lost = Transition::Exited {
+                            code: 255,
+                            error: format!(
+                                "the daemon restarted and could not take over the VM: {}",
+                                error_chain(&error)
+                            ),
+                            oom_killed: false,
+                        };
+                        if let Err(error) = engine.transition(&handle, lost) {
+                            tracing::warn!(id = %handle.id, error = %error_chain(&error), "recording the lost container failed");
+                        }
                     }
                 }
             }));
@@ -489,8 +479,8 @@ impl Engine {
         let session = Arc::new(session);
         let mut runtime = Runtime::new(session, control.clone());
         runtime.reattached = true;
-        *lock(&handle.runtime) = Some(Arc::new(runtime));
-        handle.state.send_modify(|state| state.running = true);
+        handle.attach_runtime(Arc::new(runtime));
+        self.transition(handle, Transition::Reattached)?;
         let mut updated = handle.snapshot();
         self.networks.restore(&updated);
         self.networks.republish(&mut updated).await;
@@ -641,33 +631,22 @@ impl Engine {
             RunEnd::Broken(message) => (255, message),
         };
         handle.hub.close();
-        *lock(&handle.runtime) = None;
+        handle.detach_runtime();
         handle.reset_stdin();
-        let auto_remove = {
-            let mut record = lock(&handle.record);
-            record.state.status = ContainerStatus::Exited;
-            record.state.exit_code = code;
-            record.state.error = error.clone();
-            record.state.finished_at = now_rfc3339();
-            record.state.pid = 0;
-            record.state.oom_killed = oom_killed;
-            record.auto_remove()
+        // A run that never reached its process's start was never `running`.
+        let exited = if handle.status().has_vm() {
+            Transition::Exited {
+                code,
+                error,
+                oom_killed,
+            }
+        } else {
+            Transition::RunFailed { code, error }
         };
-        if let Err(error) = self.persist(handle) {
+        if let Err(error) = self.transition(handle, exited) {
             tracing::error!(id = %handle.id, error = %error_chain(&error), "recording the container's exit failed");
         }
-        if oom_killed {
-            self.events.container(&handle.snapshot(), "oom", &[]);
-        }
-        self.events
-            .container(&handle.snapshot(), "die", &[("exitCode", code.to_string())]);
-        handle.state.send_modify(|state| {
-            state.exits += 1;
-            state.running = false;
-            state.exit_code = code;
-            state.error = (!error.is_empty()).then_some(error);
-        });
-        if auto_remove {
+        if handle.snapshot().auto_remove() {
             let engine = self.clone();
             let id = handle.id.clone();
             tokio::spawn(async move {

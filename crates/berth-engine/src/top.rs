@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use berth_agent_proto::{GuestMessage, HostMessage, ProcessInfo};
 
+use crate::container::ContainerStatus;
 use crate::error::EngineError;
 use crate::Engine;
 
@@ -192,7 +193,7 @@ impl Engine {
     ) -> Result<ProcessTable, EngineError> {
         // Check the options before asking the guest.
         format(ps_args, &[], 0, 100, 0)?;
-        let (handle, _) = self.running_handle(reference)?;
+        let (handle, _) = self.running_handle(reference, ContainerStatus::can_use_vm)?;
         match self
             .agent_request(&handle, HostMessage::ListProcesses)
             .await?

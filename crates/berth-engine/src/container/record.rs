@@ -1,48 +1,13 @@
-//! A container's persistent record and the lifecycle rules over it.
+//! A container's persistent record.
 //!
-//! The record is what `docker inspect` and `docker ps` read; it is stored as JSON in the
-//! state database (see [`crate::store`]) after every change. Configuration uses the
-//! Docker API's own models, so what a client sent is what it reads back.
+//! The record is what `docker inspect` and `docker ps` read; it is stored in the state
+//! database (see [`crate::store`]) after every change. Only the transition function
+//! ([`crate::Engine::transition`]) changes its `state`.
 
 use bollard_stubs::models::{ContainerConfig, HostConfig};
 use serde::{Deserialize, Serialize};
 
-/// Docker's container states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ContainerStatus {
-    Created,
-    Running,
-    Paused,
-    Restarting,
-    Removing,
-    Exited,
-    Dead,
-}
-
-impl ContainerStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Created => "created",
-            Self::Running => "running",
-            Self::Paused => "paused",
-            Self::Restarting => "restarting",
-            Self::Removing => "removing",
-            Self::Exited => "exited",
-            Self::Dead => "dead",
-        }
-    }
-
-    /// A container in this state can be started.
-    pub fn can_start(self) -> bool {
-        matches!(self, Self::Created | Self::Exited)
-    }
-
-    /// The container has a VM that runs (or is paused).
-    pub fn is_running(self) -> bool {
-        matches!(self, Self::Running | Self::Paused | Self::Restarting)
-    }
-}
+use super::state::ContainerStatus;
 
 /// The `State` part of a container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,19 +129,6 @@ pub(crate) fn test_record(config: serde_json::Value) -> ContainerRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn state_guards() {
-        assert!(ContainerStatus::Created.can_start());
-        assert!(ContainerStatus::Exited.can_start());
-        assert!(!ContainerStatus::Running.can_start());
-        assert!(ContainerStatus::Paused.is_running());
-        assert!(!ContainerStatus::Dead.is_running());
-        assert_eq!(
-            serde_json::to_string(&ContainerStatus::Exited).unwrap(),
-            "\"exited\""
-        );
-    }
 
     #[test]
     fn vm_shape_rounds_up() {
