@@ -7,7 +7,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use berth_engine::{error_chain, EngineError};
+use berth_engine::{error_chain, EngineError, ErrorKind};
 use serde_json::json;
 
 /// An error as the Docker API reports it.
@@ -32,20 +32,14 @@ impl ApiError {
 
 impl From<EngineError> for ApiError {
     fn from(error: EngineError) -> Self {
-        let status = match &error {
-            EngineError::NoSuchContainer(_)
-            | EngineError::NoSuchImage(_)
-            | EngineError::NoSuchExec(_)
-            | EngineError::NoSuchNetwork(_)
-            | EngineError::NotFound(_) => StatusCode::NOT_FOUND,
-            EngineError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            EngineError::Conflict(_) => StatusCode::CONFLICT,
-            EngineError::Forbidden(_) => StatusCode::FORBIDDEN,
-            EngineError::InvalidArgument(_) | EngineError::StartFailed(_) => {
-                StatusCode::BAD_REQUEST
-            }
-            EngineError::NotSupported(_) => StatusCode::NOT_IMPLEMENTED,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        let status = match error.kind() {
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
+            ErrorKind::NotSupported => StatusCode::NOT_IMPLEMENTED,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %error_chain(&error), "request failed");

@@ -183,6 +183,7 @@ pub async fn info(State(engine): State<AppState>) -> Json<SystemInfo> {
         live_restore_enabled: Some(false),
         isolation: None,
         security_options: Some(vec!["name=vm-isolation".into()]),
+        warnings: Some(info.warnings.clone()),
         ..Default::default()
     })
 }

@@ -16,6 +16,7 @@ use bollard_stubs::models::ExecConfig;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
+use crate::agent::AgentError;
 use crate::copy_vm::HelperRun;
 use crate::output::{OutputChunk, OutputStream};
 use crate::{Engine, EngineError, StdinEvent};
@@ -87,7 +88,7 @@ impl Engine {
                 match runtime.control.add_disk(&base).await {
                     Ok(()) => {}
                     // Attached by an engine before this one (live restore).
-                    Err(error) if error.to_string().contains("Duplicate") => {}
+                    Err(berth_vm::VmError::AlreadyAttached(_)) => {}
                     Err(error) => return Err(error.into()),
                 }
                 *attached = true;
@@ -135,10 +136,14 @@ impl Engine {
                 "extracting the archive into {path} failed: {}",
                 stderr.trim().chars().take(1000).collect::<String>()
             )),
-            _ => EngineError::Agent(format!(
-                "copying {path}: {}",
-                stderr.trim().chars().take(1000).collect::<String>()
-            )),
+            _ => AgentError::HelperFailed {
+                during: "copying",
+                stderr: format!(
+                    "{path}: {}",
+                    stderr.trim().chars().take(1000).collect::<String>()
+                ),
+            }
+            .into(),
         }
     }
 
@@ -196,9 +201,7 @@ impl Engine {
                         break at;
                     }
                     if head.len() > MAX_STAT_LEN {
-                        return Err(EngineError::Agent(
-                            "the guest's stat answer is too long".into(),
-                        ));
+                        return Err(AgentError::TooLong("stat answer").into());
                     }
                 }
                 Some(OutputChunk { data, .. }) => {
@@ -269,7 +272,7 @@ impl Engine {
         let stdin = run
             .stdin
             .take()
-            .ok_or_else(|| EngineError::Agent("the copy helper has no input".into()))?;
+            .ok_or(AgentError::VmEnded("before the copy helper took its input"))?;
         let mut body = body;
         let mut stderr = Vec::new();
         let mut body_done = false;
@@ -322,8 +325,11 @@ impl Engine {
 /// Go's `os.FileMode`, the time in RFC 3339. The guest is untrusted: only these fields
 /// pass, typed.
 fn parse_stat(line: &[u8]) -> Result<serde_json::Value, EngineError> {
-    let stat: serde_json::Value = serde_json::from_slice(line)
-        .map_err(|e| EngineError::Agent(format!("the guest's stat answer is not JSON: {e}")))?;
+    let stat: serde_json::Value =
+        serde_json::from_slice(line).map_err(|source| AgentError::Malformed {
+            what: "stat answer",
+            source,
+        })?;
     let mode = stat["mode"].as_u64().unwrap_or(0) as u32;
     let mtime = chrono::DateTime::from_timestamp(stat["mtime"].as_i64().unwrap_or(0), 0)
         .unwrap_or_default()

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use berth_vm::{DiskFormat, DiskSpec};
 use tokio::io::AsyncWriteExt;
 
+use crate::agent::AgentError;
 use crate::output::{OutputChunk, OutputStream};
 use crate::{Engine, EngineError};
 
@@ -67,24 +68,29 @@ impl Engine {
             .collect(MAX_DIFF_LEN, "change list")
             .await?;
         if result.code != 0 {
-            return Err(EngineError::Agent(format!(
-                "listing the container's changes failed: {}",
-                String::from_utf8_lossy(&result.stderr).trim()
-            )));
+            return Err(AgentError::HelperFailed {
+                during: "listing the container's changes",
+                stderr: String::from_utf8_lossy(&result.stderr).trim().to_owned(),
+            }
+            .into());
         }
         let stdout = result.stdout;
         // The guest is untrusted: each line must be a change with an absolute path.
         let mut changes = Vec::new();
         for line in stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let value: serde_json::Value = serde_json::from_slice(line)
-                .map_err(|e| EngineError::Agent(format!("bad change from the guest: {e}")))?;
+            let value: serde_json::Value =
+                serde_json::from_slice(line).map_err(|source| AgentError::Malformed {
+                    what: "change",
+                    source,
+                })?;
             let path = value["Path"].as_str().unwrap_or_default();
             let kind = value["Kind"].as_u64().unwrap_or(u64::MAX);
             if !path.starts_with('/') || kind > 2 {
-                return Err(EngineError::Agent(format!(
-                    "bad change from the guest: {}",
-                    String::from_utf8_lossy(line)
-                )));
+                return Err(AgentError::Invalid {
+                    what: "change",
+                    value: String::from_utf8_lossy(line).into_owned(),
+                }
+                .into());
             }
             changes.push(Change {
                 path: path.to_owned(),
@@ -141,7 +147,7 @@ impl Engine {
             )
         })
         .await
-        .map_err(|e| EngineError::Agent(format!("commit panicked: {e}")))??;
+        .map_err(EngineError::panicked("commit"))??;
         self.events
             .container(&record, "commit", &[("comment", comment)]);
         Ok(id)
@@ -173,10 +179,11 @@ impl Engine {
         file.flush().await.map_err(EngineError::io(spool.path()))?;
         let code = run.exit.await.unwrap_or(-1);
         if code != 0 {
-            return Err(EngineError::Agent(format!(
-                "reading the container's changes failed: {}",
-                String::from_utf8_lossy(&stderr).trim()
-            )));
+            return Err(AgentError::HelperFailed {
+                during: "reading the container's changes",
+                stderr: String::from_utf8_lossy(&stderr).trim().to_owned(),
+            }
+            .into());
         }
         Ok(spool)
     }

@@ -16,8 +16,8 @@ use berth_vm::{DiskFormat, DiskSpec, MemoryBacking, VmSpec};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::agent::{handshake, AgentError, AgentEvent};
 use crate::output::{OutputChunk, OutputStream};
-use crate::session::{handshake, AgentEvent};
 use crate::{ContainerHandle, Engine, EngineError, StdinEvent};
 
 /// The stream the helper runs on (any id but the agent's).
@@ -42,7 +42,11 @@ pub(crate) struct HelperResult {
 impl HelperRun {
     /// Reads the helper's output to its end (at most `limit` bytes of each stream: the
     /// guest is untrusted) and waits for its exit code.
-    pub async fn collect(mut self, limit: usize, what: &str) -> Result<HelperResult, EngineError> {
+    pub async fn collect(
+        mut self,
+        limit: usize,
+        what: &'static str,
+    ) -> Result<HelperResult, EngineError> {
         let mut stdout = Vec::new();
         let mut stderr = Vec::new();
         while let Some(OutputChunk { stream, data }) = self.output.recv().await {
@@ -51,9 +55,7 @@ impl HelperRun {
                 OutputStream::Stderr => &mut stderr,
             };
             if sink.len() + data.len() > limit {
-                return Err(EngineError::Agent(format!(
-                    "the guest's {what} is too long"
-                )));
+                return Err(AgentError::TooLong(what).into());
             }
             sink.extend_from_slice(&data);
         }
@@ -99,7 +101,7 @@ impl Engine {
         });
         ready
             .await
-            .map_err(|_| EngineError::Agent("the copy VM's task ended early".into()))?
+            .map_err(|_| AgentError::VmEnded("before the copy VM was ready"))?
     }
 
     /// Boots the copy VM, hands the helper's streams to `ready`, and serves them until the
@@ -197,8 +199,8 @@ impl Engine {
         extra_disks: Vec<DiskSpec>,
     ) -> Result<
         (
-            Arc<crate::session::AgentSession>,
-            crate::session::AgentReader,
+            Arc<crate::agent::AgentSession>,
+            crate::agent::AgentReader,
             Arc<dyn berth_vm::VmControl>,
         ),
         EngineError,
@@ -242,9 +244,9 @@ impl Engine {
             {
                 GuestMessage::SetupDone => {}
                 other => {
-                    return Err(EngineError::Agent(format!(
-                        "expected setup_done, got {other:?}"
-                    )))
+                    return Err(
+                        AgentError::unexpected("mounting the container's disk", &other).into(),
+                    )
                 }
             }
             let process = ProcessSpec {

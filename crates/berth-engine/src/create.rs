@@ -392,7 +392,7 @@ impl Engine {
         let result = self
             .prepare_disk(&record, &image)
             .await
-            .and_then(|()| self.store.put(&record));
+            .and_then(|()| Ok(self.store.put(&record)?));
         if let Err(error) = result {
             lock(&self.containers).remove(&id);
             let _ = std::fs::remove_dir_all(self.container_dir(&id));
@@ -484,7 +484,7 @@ impl Engine {
         let image = image.clone();
         let (base, _size) = tokio::task::spawn_blocking(move || engine.images.rootfs(&image))
             .await
-            .map_err(|e| EngineError::Agent(format!("rootfs build panicked: {e}")))??;
+            .map_err(EngineError::panicked("rootfs build"))??;
         // Every container disk has one virtual size, the size its VM's template saw.
         crate::template::create_container_disk(&dir.join("rootfs.qcow2"), Some(&base))?;
         Ok(())

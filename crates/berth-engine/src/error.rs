@@ -51,16 +51,28 @@ pub enum EngineError {
     /// The container's process could not be started (e.g. executable not found).
     #[error("failed to create task for container: {0}")]
     StartFailed(String),
+    /// The image store failed.
     #[error("image store error")]
     Image(#[source] berth_image::ImageError),
     #[error("VM error")]
     Vm(#[source] berth_vm::VmError),
     #[error("preparing the guest kernel and initramfs failed")]
     Guest(#[source] berth_guest::GuestError),
-    #[error("the container's agent misbehaved: {0}")]
-    Agent(String),
-    #[error("state database error: {0}")]
-    Store(String),
+    /// The container's agent (the guest) failed or misbehaved.
+    #[error("the container's agent failed")]
+    Agent(#[from] crate::agent::AgentError),
+    /// A template's state file differs from what was recorded when it was made.
+    #[error("template {key} changed while in use (state sha256 {digest})")]
+    TemplateChanged { key: String, digest: String },
+    /// Work handed to a blocking thread panicked.
+    #[error("{what} panicked")]
+    Panicked {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    #[error("state database error")]
+    Store(#[from] crate::state::StoreError),
     #[error("I/O error on {path}")]
     Io {
         path: PathBuf,
@@ -71,7 +83,56 @@ pub enum EngineError {
     Command { what: String, detail: String },
 }
 
+/// What kind of failure an error is: the API layer turns kinds into status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    NotFound,
+    Unauthorized,
+    /// The request conflicts with a container's state or another object.
+    Conflict,
+    Forbidden,
+    InvalidArgument,
+    /// Something Berth does not do.
+    NotSupported,
+    /// Berth's own failure, or its host's, or a guest's.
+    Internal,
+}
+
 impl EngineError {
+    /// The error's kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::NoSuchContainer(_)
+            | Self::NoSuchImage(_)
+            | Self::NoSuchExec(_)
+            | Self::NoSuchNetwork(_)
+            | Self::NotFound(_) => ErrorKind::NotFound,
+            Self::Unauthorized(_) => ErrorKind::Unauthorized,
+            Self::Conflict(_) | Self::Refused { .. } => ErrorKind::Conflict,
+            Self::Forbidden(_) => ErrorKind::Forbidden,
+            Self::InvalidArgument(_) | Self::StartFailed(_) => ErrorKind::InvalidArgument,
+            Self::NotSupported(_) | Self::Vm(berth_vm::VmError::Unsupported(_)) => {
+                ErrorKind::NotSupported
+            }
+            Self::Network(_)
+            | Self::IllegalTransition(_)
+            | Self::Image(_)
+            | Self::Vm(_)
+            | Self::Guest(_)
+            | Self::Agent(_)
+            | Self::TemplateChanged { .. }
+            | Self::Panicked { .. }
+            | Self::Store(_)
+            | Self::Io { .. }
+            | Self::Command { .. } => ErrorKind::Internal,
+        }
+    }
+
+    /// A blocking task's panic, as an error.
+    pub(crate) fn panicked(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> Self {
+        move |source| Self::Panicked { what, source }
+    }
+
     /// The container `id`'s state refuses a verb.
     pub(crate) fn refused(id: &str) -> impl FnOnce(crate::container::Refusal) -> Self + '_ {
         move |refusal| Self::Refused {

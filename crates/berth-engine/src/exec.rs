@@ -12,6 +12,7 @@ use berth_agent_proto::{HostMessage, ProcessSpec, SpawnFailure};
 use bollard_stubs::models::ExecConfig;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::agent::AgentError;
 use crate::container::ContainerStatus;
 use crate::error::EngineError;
 use crate::output::OutputHub;
@@ -265,7 +266,7 @@ impl Engine {
                 );
             }
             Ok(Err(message)) => return Err(EngineError::StartFailed(message)),
-            Err(_) => return Err(EngineError::Agent("the exec's container stopped".into())),
+            Err(_) => return Err(AgentError::VmEnded("before the exec started").into()),
         }
         let stdin = if with_stdin {
             let (sender, mut receiver) = mpsc::unbounded_channel::<StdinEvent>();
@@ -297,6 +298,7 @@ impl Engine {
         runtime
             .session
             .send(exec.stream, &HostMessage::Resize { rows, cols })
-            .await
+            .await?;
+        Ok(())
     }
 }

@@ -193,7 +193,7 @@ impl Engine {
                 .map_err(EngineError::from)
         })
         .await
-        .map_err(|e| EngineError::Agent(format!("saving images panicked: {e}")))?
+        .map_err(EngineError::panicked("saving images"))?
     }
 
     /// `GET /images/{name}/history`.

@@ -18,6 +18,7 @@
 //! and under the exec root (`/run/berth` by default), `vms/<first 24 hex of the id>/`:
 //! the running VM's sockets, console log and QEMU log.
 
+mod agent;
 mod archive;
 pub mod changes;
 mod container;
@@ -39,8 +40,7 @@ pub mod registry;
 mod restart;
 mod run;
 mod security;
-mod session;
-mod store;
+mod state;
 pub mod template;
 mod top;
 pub mod volumes;
@@ -58,13 +58,13 @@ pub use berth_vm::{host_cpu_nanos, process_cpu_nanos, process_memory, ProcessMem
 pub use container::{
     Attachment, ContainerRecord, ContainerStatus, Refusal, StateRecord, StdinSink, ZERO_TIME,
 };
-pub use error::{error_chain, EngineError};
+pub use error::{error_chain, EngineError, ErrorKind};
 pub use lifecycle::{ContainerLogs, WaitCondition, WaitOutcome};
 pub use output::{LogEntry, LogFilter, OutputChunk, OutputStream};
 pub use run::StartOutcome;
 
 pub(crate) use container::{ContainerHandle, LifecycleState, Runtime, StdinEvent};
-use store::Store;
+use state::Store;
 
 /// How the engine is set up.
 pub struct EngineConfig {
@@ -110,6 +110,9 @@ pub struct EngineInfo {
     pub netns: String,
     /// Outbound NAT, when on: the host's end of the uplink and the link subnet.
     pub outbound_nat: Option<(String, berth_net::Subnet)>,
+    /// What an operator should know (`docker info` prints them): records of the state
+    /// database that did not parse and were set aside.
+    pub warnings: Vec<String>,
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -265,7 +268,7 @@ impl Engine {
                     .map_err(EngineError::Guest)
                 })
                 .await
-                .map_err(|e| EngineError::Agent(format!("guest preparation panicked: {e}")))?
+                .map_err(EngineError::panicked("guest preparation"))?
             })
             .await
     }
@@ -333,7 +336,7 @@ impl Engine {
 
     pub(crate) fn persist(&self, handle: &ContainerHandle) -> Result<(), EngineError> {
         let record = handle.snapshot();
-        self.store.put(&record)
+        Ok(self.store.put(&record)?)
     }
 
     pub fn info(&self) -> EngineInfo {
@@ -359,6 +362,28 @@ impl Engine {
                 .fold(berth_vm::ProcessMemory::default(), |total, m| total + m),
             netns: self.networks.namespace().name().to_owned(),
             outbound_nat: self.networks.outbound_nat(),
+            warnings: self.state_warnings(),
+        }
+    }
+
+    /// Records set aside in the state database's quarantine, as warnings.
+    fn state_warnings(&self) -> Vec<String> {
+        match self.store.quarantined() {
+            Ok(records) => records
+                .into_iter()
+                .map(|q| {
+                    format!(
+                        "WARNING: a {} record ({}) in the state database does not parse and was set aside in its quarantine table: {}",
+                        q.table.trim_end_matches('s'),
+                        q.key,
+                        q.reason
+                    )
+                })
+                .collect(),
+            Err(error) => vec![format!(
+                "WARNING: the state database's quarantine cannot be read: {}",
+                error_chain(&error)
+            )],
         }
     }
 
@@ -385,7 +410,7 @@ impl Engine {
             Ok((loaded, steps))
         })
         .await
-        .map_err(|e| EngineError::Agent(format!("image load panicked: {e}")))?
+        .map_err(EngineError::panicked("image load"))?
     }
 
     /// `docker import`: the root filesystem tarball at `source` becomes a one-layer image.
@@ -407,7 +432,7 @@ impl Engine {
                 .import_rootfs(&source, &changes, &message, tag.as_ref())
         })
         .await
-        .map_err(|e| EngineError::Agent(format!("image import panicked: {e}")))??;
+        .map_err(EngineError::panicked("image import"))??;
         let name = reference.unwrap_or_else(|| id.clone());
         self.events.emit(
             "image",

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use berth_agent_proto::HostMessage;
 
+use crate::agent::MAIN_STREAM;
 use crate::container::state::{RemoveAction, StopAction};
 use crate::container::{ContainerRecord, ContainerStatus, Refusal, Transition};
 use crate::error::EngineError;
 use crate::output::{read_log, LogEntry, LogFilter, OutputChunk};
-use crate::session::MAIN_STREAM;
 use crate::{lock, Attachment, ContainerHandle, Engine};
 
 /// `docker wait --condition`.
@@ -360,7 +360,7 @@ impl Engine {
                 _ => Err(e),
             })
             .map_err(EngineError::io(&dir))
-            .and_then(|()| self.store.delete(&handle.id));
+            .and_then(|()| Ok(self.store.delete(&handle.id)?));
         if let Err(error) = deleted {
             let failed = Transition::RemovalFailed {
                 error: crate::error_chain(&error),
@@ -441,7 +441,8 @@ impl Engine {
         runtime
             .session
             .send(MAIN_STREAM, &HostMessage::Resize { rows, cols })
-            .await
+            .await?;
+        Ok(())
     }
 }
 

@@ -10,10 +10,12 @@ use berth_agent_proto::{
 use berth_vm::{DiskFormat, DiskSpec, VmControl, VmSpec};
 use tokio::sync::oneshot;
 
+use crate::agent::{
+    handshake, rebind, AgentError, AgentEvent, AgentReader, AgentSession, MAIN_STREAM,
+};
 use crate::container::{Refusal, Transition};
 use crate::error::{error_chain, EngineError};
 use crate::output::{LogWriter, OutputChunk};
-use crate::session::{handshake, rebind, AgentEvent, AgentReader, AgentSession, MAIN_STREAM};
 use crate::template::Shape;
 use crate::RUNTIME_CLONE;
 use crate::{lock, ContainerHandle, Engine, Runtime, StdinEvent};
@@ -319,12 +321,12 @@ impl Engine {
                 .await?
             {
                 GuestMessage::SetupDone => Ok((session, reader)),
-                GuestMessage::Error { message } => {
-                    Err(EngineError::Agent(format!("guest setup failed: {message}")))
+                GuestMessage::Error { message } => Err(AgentError::GuestFailed {
+                    during: "setting the guest up".into(),
+                    message,
                 }
-                other => Err(EngineError::Agent(format!(
-                    "expected setup_done, got {other:?}"
-                ))),
+                .into()),
+                other => Err(AgentError::unexpected("setting the guest up", &other).into()),
             }
         };
         let (session, reader) = match prepared.await {
@@ -363,7 +365,8 @@ impl Engine {
                 self.activate_networks(handle, &plan).await?;
                 session
                     .send(MAIN_STREAM, &HostMessage::Spawn(process))
-                    .await
+                    .await?;
+                Ok::<(), EngineError>(())
             };
             if let Err(error) = connected.await {
                 control.kill().await;
@@ -394,9 +397,7 @@ impl Engine {
                 Ok(())
             }
             Ok(Err(message)) => Err(EngineError::StartFailed(message)),
-            Err(_) => Err(EngineError::Agent(
-                "the VM ended before the process started".into(),
-            )),
+            Err(_) => Err(AgentError::VmEnded("before the process started").into()),
         }
     }
 
@@ -459,21 +460,23 @@ impl Engine {
             .reattach(record.state.pid, &self.vm_dir(&record.id))
             .await?;
         let control: Arc<dyn VmControl> = Arc::from(vm.control);
-        let taken = crate::session::reattach(vm.agent, SETUP_TIMEOUT).await;
+        let taken = crate::agent::reattach(vm.agent, SETUP_TIMEOUT).await;
         let (session, reader, processes) = match taken {
             Ok(parts) => parts,
             Err(error) => {
                 control.kill().await;
-                return Err(error);
+                return Err(error.into());
             }
         };
         let already_exited = match processes.iter().find(|p| p.stream == MAIN_STREAM) {
             Some(process) => process.exit.map(|(code, _)| code),
             None => {
                 control.kill().await;
-                return Err(EngineError::Agent(
-                    "the agent reports no container process".into(),
-                ));
+                return Err(AgentError::Invalid {
+                    what: "process list",
+                    value: "no container process".into(),
+                }
+                .into());
             }
         };
         let session = Arc::new(session);
@@ -515,7 +518,7 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let runtime = handle
             .runtime()
-            .ok_or_else(|| EngineError::Agent("the VM ended while starting".into()))?;
+            .ok_or(AgentError::VmEnded("while starting"))?;
         for (nic, interface) in &plan.extra {
             // Without hot-plug the NIC has been in the VM since boot.
             if self.config.backend.supports_hotplug() {
@@ -527,10 +530,8 @@ impl Engine {
             {
                 GuestMessage::InterfaceReady { .. } => {}
                 other => {
-                    return Err(EngineError::Agent(format!(
-                        "configuring {}: {other:?}",
-                        interface.name
-                    )))
+                    let during = format!("configuring {}", interface.name);
+                    return Err(AgentError::unexpected(during, &other).into());
                 }
             }
         }
@@ -565,20 +566,22 @@ impl Engine {
     ) -> Result<GuestMessage, EngineError> {
         let runtime = handle
             .runtime()
-            .ok_or_else(|| EngineError::Conflict("the container is not running".into()))?;
+            .ok_or_else(|| EngineError::refused(&handle.id)(Refusal::NotRunning))?;
         let _one_at_a_time = runtime.agent_request.lock().await;
         let (sender, answer) = oneshot::channel();
         *lock(&runtime.agent_reply) = Some(sender);
         runtime.session.send(AGENT_STREAM, &message).await?;
         match tokio::time::timeout(AGENT_REQUEST_TIMEOUT, answer).await {
-            Ok(Ok(GuestMessage::Error { message })) => Err(EngineError::Agent(message)),
+            Ok(Ok(GuestMessage::Error { message })) => Err(AgentError::Guest(message).into()),
             Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(EngineError::Agent("the VM ended before answering".into())),
+            Ok(Err(_)) => Err(AgentError::VmEnded("before the agent answered").into()),
             Err(_) => {
                 lock(&runtime.agent_reply).take();
-                Err(EngineError::Agent(format!(
-                    "the agent did not answer within {AGENT_REQUEST_TIMEOUT:?}"
-                )))
+                Err(AgentError::Timeout {
+                    during: "answering a request".into(),
+                    after: AGENT_REQUEST_TIMEOUT,
+                }
+                .into())
             }
         }
     }

@@ -33,9 +33,9 @@ use berth_vm::{DiskFormat, DiskSpec, MemoryBacking, VmBackend, VmSpec};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::agent::handshake;
 use crate::error::EngineError;
 use crate::lock;
-use crate::session::handshake;
 
 /// Every container disk and template placeholder has this virtual size, so that a clone's
 /// disk matches the capacity its template's guest saw (qcow2 files are sparse: it costs
@@ -91,10 +91,10 @@ impl Template {
         std::fs::copy(self.state_file(), &copy).map_err(EngineError::io(self.state_file()))?;
         let digest = sha256_file(&copy).map_err(EngineError::io(&copy))?;
         if digest != self.record.state_sha256 {
-            return Err(EngineError::Agent(format!(
-                "template {} changed while in use (state sha256 {digest})",
-                self.record.key
-            )));
+            return Err(EngineError::TemplateChanged {
+                key: self.record.key.clone(),
+                digest,
+            });
         }
         Ok(copy)
     }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use berth_agent_proto::{GuestMessage, HostMessage, ProcessInfo};
 
+use crate::agent::AgentError;
 use crate::container::ContainerStatus;
 use crate::error::EngineError;
 use crate::Engine;
@@ -210,9 +211,7 @@ impl Engine {
                 ticks_per_second,
                 mem_total_kib,
             ),
-            other => Err(EngineError::Agent(format!(
-                "expected a process list, got {other:?}"
-            ))),
+            other => Err(AgentError::unexpected("listing processes", &other).into()),
         }
     }
 }

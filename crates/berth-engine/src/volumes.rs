@@ -202,7 +202,7 @@ impl Engine {
         };
         if let Err(error) = self.store.put_volume(&record) {
             let _ = std::fs::remove_dir_all(&dir);
-            return Err(error);
+            return Err(error.into());
         }
         lock(&self.volumes).insert(name.clone(), record.clone());
         self.events.emit(

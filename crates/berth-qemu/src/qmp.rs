@@ -63,7 +63,8 @@ impl QmpClient {
         .map_err(|_| VmError::Timeout("answer on QMP", REPLY_TIMEOUT))?
         .map_err(|e| VmError::Io("reading QMP", e))?;
         if read == 0 {
-            return Err(VmError::Monitor("QMP connection closed".into()));
+            // QEMU closes its monitor only when it exits.
+            return Err(VmError::Gone);
         }
         serde_json::from_str(&line).map_err(|e| VmError::Monitor(format!("bad QMP message: {e}")))
     }
@@ -91,6 +92,12 @@ impl QmpClient {
                 continue;
             }
             if let Some(error) = message.get("error") {
+                let description = error["desc"].as_str().unwrap_or_default();
+                // QEMU's wording for an id in use ("Duplicate device ID ...", "Duplicate
+                // node name"): only this backend knows it.
+                if description.starts_with("Duplicate") {
+                    return Err(VmError::AlreadyAttached(description.to_owned()));
+                }
                 return Err(VmError::Monitor(format!("{command}: {error}")));
             }
             if let Some(value) = message.get("return") {

@@ -154,6 +154,16 @@ pub enum VmError {
     ExitedEarly(String),
     #[error("VM monitor error: {0}")]
     Monitor(String),
+    /// The backend cannot do this (the engine chooses another way, or refuses).
+    #[error("{0} is not supported by this VM backend")]
+    Unsupported(&'static str),
+    /// A device with that id is in the VM already (attached by an engine before this
+    /// one, say).
+    #[error("the VM has that device already: {0}")]
+    AlreadyAttached(String),
+    /// The VM process has ended.
+    #[error("the VM is gone")]
+    Gone,
 }
 
 /// A VM that was started.

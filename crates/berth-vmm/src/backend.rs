@@ -54,10 +54,6 @@ impl KvmBackend {
     }
 }
 
-fn unsupported(what: &str) -> VmError {
-    VmError::Monitor(format!("{what} is not supported by the kvm backend yet"))
-}
-
 fn vmm_config(spec: &VmSpec, agent_socket: &Path) -> Result<VmmConfig, VmError> {
     let (memory_file, memory_shared) = match &spec.memory {
         MemoryBacking::Anonymous => (None, false),
@@ -296,14 +292,14 @@ impl VmControl for VmmControl {
     }
 
     async fn add_nic(&self, _nic: &NicSpec) -> Result<(), VmError> {
-        Err(unsupported("hot-plugging a network card"))
+        Err(VmError::Unsupported("hot-plugging a network card"))
     }
 
     async fn remove_nic(&self, _nic: &NicSpec) -> Result<(), VmError> {
-        Err(unsupported("unplugging a network card"))
+        Err(VmError::Unsupported("unplugging a network card"))
     }
 
     async fn add_disk(&self, _disk: &DiskSpec) -> Result<(), VmError> {
-        Err(unsupported("hot-plugging a disk"))
+        Err(VmError::Unsupported("hot-plugging a disk"))
     }
 }

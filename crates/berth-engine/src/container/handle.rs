@@ -7,9 +7,9 @@ use tokio::sync::{mpsc, watch};
 
 use super::record::ContainerRecord;
 use super::state::{ContainerStatus, Refusal};
+use crate::agent::AgentSession;
 use crate::lock;
 use crate::output::{OutputChunk, OutputHub};
-use crate::session::AgentSession;
 
 /// Standard input for a container's process, from attached clients.
 #[derive(Debug)]

@@ -102,6 +102,6 @@ impl Engine {
                 _ => {}
             }
         });
-        persisted
+        Ok(persisted?)
     }
 }

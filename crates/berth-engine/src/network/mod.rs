@@ -32,7 +32,7 @@ use berth_net::{firewall, links, Namespace, Subnet};
 use serde::{Deserialize, Serialize};
 
 use crate::error::EngineError;
-use crate::store::Store;
+use crate::state::Store;
 use crate::{lock, now_rfc3339};
 
 pub use berth_net::proxy::Protocol;

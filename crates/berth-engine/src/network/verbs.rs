@@ -9,6 +9,7 @@ use berth_agent_proto::{GuestMessage, HostMessage};
 use berth_net::{ipam, Subnet};
 
 use super::{validate_mac, EndpointRecord, NetworkRecord, Networks, NONE_NETWORK};
+use crate::agent::AgentError;
 use crate::error::EngineError;
 use crate::{lock, now_rfc3339, ContainerRecord, Engine};
 
@@ -161,6 +162,7 @@ impl Engine {
         let stored = networks
             .store
             .put_network(&record)
+            .map_err(EngineError::from)
             .and_then(|()| networks.apply_firewall());
         if let Err(error) = stored {
             networks.take_down(&record);
@@ -291,9 +293,7 @@ impl Engine {
             {
                 GuestMessage::InterfaceReady { .. } => {}
                 other => {
-                    return Err(EngineError::Agent(format!(
-                        "configuring the new NIC: {other:?}"
-                    )))
+                    return Err(AgentError::unexpected("configuring the new NIC", &other).into())
                 }
             }
             let mut updated = record.clone();
@@ -350,7 +350,7 @@ impl Engine {
                 .await?
             {
                 GuestMessage::InterfaceRemoved { .. } => {}
-                other => return Err(EngineError::Agent(format!("releasing the NIC: {other:?}"))),
+                other => return Err(AgentError::unexpected("releasing the NIC", &other).into()),
             }
             let nic = berth_vm::NicSpec {
                 tap: berth_net::links::tap_name(&record.id, index),

@@ -2,7 +2,7 @@
 //!
 //! Everything read here comes from the guest and is untrusted: frames go through
 //! `berth-agent-proto`'s bounded decoder and validating message decoder, and anything
-//! unexpected ends the session with [`EngineError::Agent`] rather than a panic.
+//! unexpected ends the session with an [`AgentError`] rather than a panic.
 
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::Mutex;
 
-use crate::error::EngineError;
+use super::AgentError;
 
 /// The stream id of a container's main process.
 pub const MAIN_STREAM: u32 = 1;
@@ -27,19 +27,16 @@ pub struct AgentSession {
 }
 
 impl AgentSession {
-    async fn write(&self, bytes: &[u8]) -> Result<(), EngineError> {
+    async fn write(&self, bytes: &[u8]) -> Result<(), AgentError> {
         let mut writer = self.writer.lock().await;
-        writer
-            .write_all(bytes)
-            .await
-            .map_err(|e| EngineError::Agent(format!("writing to the agent: {e}")))
+        writer.write_all(bytes).await.map_err(AgentError::Write)
     }
 
-    pub async fn send(&self, stream: u32, message: &HostMessage) -> Result<(), EngineError> {
+    pub async fn send(&self, stream: u32, message: &HostMessage) -> Result<(), AgentError> {
         self.write(&encode_control(stream, message)).await
     }
 
-    pub async fn send_stdin(&self, stream: u32, data: &[u8]) -> Result<(), EngineError> {
+    pub async fn send_stdin(&self, stream: u32, data: &[u8]) -> Result<(), AgentError> {
         for chunk in data.chunks(MAX_DATA_CHUNK) {
             self.write(&encode_frame(stream, FrameKind::Stdin, chunk))
                 .await?;
@@ -79,18 +76,18 @@ impl AgentReader {
     }
 
     /// The next event; `Ok(None)` when the agent closed the channel.
-    pub async fn next_event(&mut self) -> Result<Option<AgentEvent>, EngineError> {
+    pub async fn next_event(&mut self) -> Result<Option<AgentEvent>, AgentError> {
         loop {
             match self.decoder.next_frame() {
                 Ok(Some(frame)) => return classify(frame).map(Some),
                 Ok(None) => {}
-                Err(error) => return Err(EngineError::Agent(error.to_string())),
+                Err(error) => return Err(AgentError::Protocol(error)),
             }
             let n = self
                 .reader
                 .read(&mut self.buffer)
                 .await
-                .map_err(|e| EngineError::Agent(format!("reading from the agent: {e}")))?;
+                .map_err(AgentError::Read)?;
             if n == 0 {
                 return Ok(None);
             }
@@ -104,34 +101,30 @@ impl AgentReader {
         stream: u32,
         timeout: Duration,
         what: &str,
-    ) -> Result<GuestMessage, EngineError> {
+    ) -> Result<GuestMessage, AgentError> {
         let wait = async {
             match self.next_event().await? {
-                None => Err(EngineError::Agent(format!(
-                    "the agent closed its channel while {what}"
-                ))),
+                None => Err(AgentError::Closed(what.to_owned())),
                 Some(AgentEvent::Message {
                     stream: got,
                     message,
                 }) if got == stream => Ok(message),
-                Some(other) => Err(EngineError::Agent(format!(
-                    "unexpected {other:?} while {what}"
-                ))),
+                Some(other) => Err(AgentError::unexpected(what, &other)),
             }
         };
-        tokio::time::timeout(timeout, wait).await.map_err(|_| {
-            EngineError::Agent(format!(
-                "no answer from the agent within {timeout:?} while {what}"
-            ))
-        })?
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| AgentError::Timeout {
+                during: what.to_owned(),
+                after: timeout,
+            })?
     }
 }
 
-fn classify(frame: Frame) -> Result<AgentEvent, EngineError> {
+fn classify(frame: Frame) -> Result<AgentEvent, AgentError> {
     match frame.kind {
         FrameKind::Control => {
-            let message =
-                decode_guest_message(&frame).map_err(|e| EngineError::Agent(e.to_string()))?;
+            let message = decode_guest_message(&frame).map_err(AgentError::Protocol)?;
             Ok(AgentEvent::Message {
                 stream: frame.stream,
                 message,
@@ -142,7 +135,7 @@ fn classify(frame: Frame) -> Result<AgentEvent, EngineError> {
             kind: frame.kind,
             data: frame.payload,
         }),
-        FrameKind::Stdin => Err(EngineError::Agent("the agent sent a stdin frame".into())),
+        FrameKind::Stdin => Err(AgentError::StdinFrame),
     }
 }
 
@@ -155,7 +148,7 @@ const MAX_RESYNC_SKIP: usize = 8 << 20;
 pub async fn reattach(
     stream: UnixStream,
     timeout: Duration,
-) -> Result<(AgentSession, AgentReader, Vec<ProcessStatus>), EngineError> {
+) -> Result<(AgentSession, AgentReader, Vec<ProcessStatus>), AgentError> {
     let (reader, writer) = stream.into_split();
     let session = AgentSession {
         writer: Mutex::new(writer),
@@ -170,11 +163,9 @@ pub async fn reattach(
                 .reader
                 .read(&mut reader.buffer)
                 .await
-                .map_err(|e| EngineError::Agent(format!("reading from the agent: {e}")))?;
+                .map_err(AgentError::Read)?;
             if n == 0 {
-                return Err(EngineError::Agent(
-                    "the agent closed its channel while reattaching".into(),
-                ));
+                return Err(AgentError::Closed("reattaching".into()));
             }
             seen.extend_from_slice(&reader.buffer[..n]);
             if let Some(at) = seen
@@ -189,15 +180,16 @@ pub async fn reattach(
             skipped += seen.len() - keep;
             seen.drain(..seen.len() - keep);
             if skipped > MAX_RESYNC_SKIP {
-                return Err(EngineError::Agent(
-                    "the agent did not resynchronise its channel".into(),
-                ));
+                return Err(AgentError::NoResync);
             }
         }
     };
     tokio::time::timeout(timeout, resync)
         .await
-        .map_err(|_| EngineError::Agent("no answer from the agent while reattaching".into()))??;
+        .map_err(|_| AgentError::Timeout {
+            during: "reattaching".into(),
+            after: timeout,
+        })??;
     match reader
         .expect_message(AGENT_STREAM, timeout, "reattaching")
         .await?
@@ -206,12 +198,11 @@ pub async fn reattach(
             protocol,
             processes,
         } if protocol == PROTOCOL_VERSION => Ok((session, reader, processes)),
-        GuestMessage::Reattached { protocol, .. } => Err(EngineError::Agent(format!(
-            "agent speaks protocol {protocol}, the engine speaks {PROTOCOL_VERSION}"
-        ))),
-        other => Err(EngineError::Agent(format!(
-            "expected reattached, got {other:?}"
-        ))),
+        GuestMessage::Reattached { protocol, .. } => Err(AgentError::Version {
+            got: protocol,
+            expected: PROTOCOL_VERSION,
+        }),
+        other => Err(AgentError::unexpected("reattaching", &other)),
     }
 }
 
@@ -219,17 +210,25 @@ pub async fn reattach(
 pub async fn handshake(
     stream: UnixStream,
     timeout: Duration,
-) -> Result<(AgentSession, AgentReader, String), EngineError> {
+) -> Result<(AgentSession, AgentReader, String), AgentError> {
     let (reader, writer) = stream.into_split();
     let mut reader = AgentReader::new(reader);
-    match reader.expect_message(AGENT_STREAM, timeout, "waiting for the VM to boot").await? {
-        GuestMessage::Hello { protocol, kernel } if protocol == PROTOCOL_VERSION => {
-            Ok((AgentSession { writer: Mutex::new(writer) }, reader, kernel))
-        }
-        GuestMessage::Hello { protocol, .. } => Err(EngineError::Agent(format!(
-            "agent speaks protocol {protocol}, the engine speaks {PROTOCOL_VERSION}: rebuild the initramfs"
-        ))),
-        other => Err(EngineError::Agent(format!("expected hello, got {other:?}"))),
+    match reader
+        .expect_message(AGENT_STREAM, timeout, "waiting for the VM to boot")
+        .await?
+    {
+        GuestMessage::Hello { protocol, kernel } if protocol == PROTOCOL_VERSION => Ok((
+            AgentSession {
+                writer: Mutex::new(writer),
+            },
+            reader,
+            kernel,
+        )),
+        GuestMessage::Hello { protocol, .. } => Err(AgentError::Version {
+            got: protocol,
+            expected: PROTOCOL_VERSION,
+        }),
+        other => Err(AgentError::unexpected("waiting for hello", &other)),
     }
 }
 
@@ -243,7 +242,7 @@ pub async fn rebind(
     spec: berth_agent_proto::RebindSpec,
     then: Vec<(u32, HostMessage)>,
     timeout: Duration,
-) -> Result<(AgentSession, AgentReader, Vec<String>), EngineError> {
+) -> Result<(AgentSession, AgentReader, Vec<String>), AgentError> {
     let (reader, writer) = stream.into_split();
     let session = AgentSession {
         writer: Mutex::new(writer),
@@ -264,22 +263,20 @@ pub async fn rebind(
         } if protocol == PROTOCOL_VERSION => {
             for required in ["entropy", "reseed", "clock"] {
                 if !steps.iter().any(|step| step == required) {
-                    return Err(EngineError::Agent(format!(
-                        "the clone did not confirm its {required} step"
-                    )));
+                    return Err(AgentError::RebindStep(required.to_owned()));
                 }
             }
             Ok((session, reader, steps))
         }
-        GuestMessage::Rebound { protocol, .. } => Err(EngineError::Agent(format!(
-            "clone's agent speaks protocol {protocol}, the engine {PROTOCOL_VERSION}"
-        ))),
-        GuestMessage::Error { message } => Err(EngineError::Agent(format!(
-            "the clone could not rebind: {message}"
-        ))),
-        other => Err(EngineError::Agent(format!(
-            "expected rebound, got {other:?}"
-        ))),
+        GuestMessage::Rebound { protocol, .. } => Err(AgentError::Version {
+            got: protocol,
+            expected: PROTOCOL_VERSION,
+        }),
+        GuestMessage::Error { message } => Err(AgentError::GuestFailed {
+            during: "rebinding the clone".into(),
+            message,
+        }),
+        other => Err(AgentError::unexpected("rebinding the clone", &other)),
     }
 }
 
@@ -292,7 +289,7 @@ mod tests {
         let (host, mut guest) = UnixStream::pair().unwrap();
         guest.write_all(&[0xff; 64]).await.unwrap();
         let result = handshake(host, Duration::from_secs(2)).await;
-        assert!(matches!(result, Err(EngineError::Agent(_))));
+        assert!(matches!(result, Err(AgentError::Protocol(_))));
     }
 
     #[tokio::test]

@@ -1,0 +1,11 @@
+//! The engine's end of a VM's agent channel (berth-agent-proto over a unix socket):
+//! the handshakes (boot, rebind of a clone, reattach after a daemon restart), requests,
+//! and validated frames, with the errors a guest can cause.
+
+mod error;
+mod session;
+
+pub use error::AgentError;
+pub use session::{
+    handshake, reattach, rebind, AgentEvent, AgentReader, AgentSession, MAIN_STREAM,
+};
