@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Sender};
 use std::thread::JoinHandle;
 
@@ -138,6 +138,37 @@ pub fn spawn(
         .first()
         .ok_or_else(|| SpawnError::other("no command specified"))?;
     let identity = user::resolve(CONTAINER_ROOT, &spec.user).map_err(SpawnError::other)?;
+    create_working_directory(spec)?;
+
+    let mut command = container_command(spec, program, &identity);
+    let pty_master = attach_stdio(&mut command, spec)?;
+    let setup = ChildSetup::prepare(spec, program, &identity)?;
+    install_child_setup(&mut command, setup);
+
+    let mut child = command
+        .spawn()
+        .map_err(|error| classify_exec_error(program, &error))?;
+    let pid = child.id() as i32;
+    let announced = announce(pid);
+    let streams = match &pty_master {
+        Some(master) => pump_terminal(master, spec.stdin, channel, stream)?,
+        None => pump_pipes(&mut child, channel, stream),
+    };
+    // The child is reaped by the agent's reaper (waitpid(-1)), not by `Child::wait`.
+    drop(child);
+    let running = RunningProcess {
+        pid,
+        stdin: streams.stdin,
+        pty_master,
+        pumps: streams.pumps,
+        is_init,
+        oom_kills_at_start,
+    };
+    Ok((running, announced))
+}
+
+/// Checks that the working directory is absolute and creates it if it is missing.
+fn create_working_directory(spec: &ProcessSpec) -> Result<(), SpawnError> {
     if !spec.cwd.starts_with('/') {
         return Err(SpawnError::other(format!(
             "the working directory '{}' is invalid, it needs to be an absolute path",
@@ -147,8 +178,11 @@ pub fn spawn(
     // Docker creates a missing working directory.
     let host_cwd = format!("{CONTAINER_ROOT}{}", spec.cwd);
     std::fs::create_dir_all(&host_cwd)
-        .map_err(|e| SpawnError::other(format!("creating working directory {}: {e}", spec.cwd)))?;
+        .map_err(|e| SpawnError::other(format!("creating working directory {}: {e}", spec.cwd)))
+}
 
+/// Builds the command for `program` with its arguments and a clean environment from `spec`.
+fn container_command(spec: &ProcessSpec, program: &str, identity: &user::Identity) -> Command {
     let mut command = if spec.agent_helper {
         // The agent's own binary, reached through /proc (mounted in the container root)
         // after the chroot; `argv[0]` tells it which helper to be.
@@ -168,60 +202,100 @@ pub fn spawn(
     if !has_home {
         command.env("HOME", &identity.home);
     }
+    command
+}
 
-    let mut pty_master = None;
-    if spec.tty {
-        let size = spec.tty_size.map(|(rows, cols)| nix::pty::Winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        });
-        let pty = nix::pty::openpty(size.as_ref(), None)
-            .map_err(|e| SpawnError::other(format!("openpty: {e}")))?;
-        let slave: OwnedFd = pty.slave;
-        command.stdin(Stdio::from(
-            slave
-                .try_clone()
-                .map_err(|e| SpawnError::other(e.to_string()))?,
-        ));
-        command.stdout(Stdio::from(
-            slave
-                .try_clone()
-                .map_err(|e| SpawnError::other(e.to_string()))?,
-        ));
-        command.stderr(Stdio::from(slave));
-        pty_master = Some(File::from(pty.master));
-    } else {
+/// Connects the standard streams to a new terminal or to pipes; returns the terminal's master.
+fn attach_stdio(command: &mut Command, spec: &ProcessSpec) -> Result<Option<File>, SpawnError> {
+    if !spec.tty {
         command.stdin(if spec.stdin {
             Stdio::piped()
         } else {
             Stdio::null()
         });
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        return Ok(None);
     }
+    let size = spec.tty_size.map(|(rows, cols)| nix::pty::Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    });
+    let pty = nix::pty::openpty(size.as_ref(), None)
+        .map_err(|e| SpawnError::other(format!("openpty: {e}")))?;
+    let slave: OwnedFd = pty.slave;
+    command.stdin(Stdio::from(
+        slave
+            .try_clone()
+            .map_err(|e| SpawnError::other(e.to_string()))?,
+    ));
+    command.stdout(Stdio::from(
+        slave
+            .try_clone()
+            .map_err(|e| SpawnError::other(e.to_string()))?,
+    ));
+    command.stderr(Stdio::from(slave));
+    Ok(Some(File::from(pty.master)))
+}
 
-    // The changes helper compares the container root with its image's: it alone runs
-    // outside the container root.
-    let outside = spec.agent_helper && program == crate::changes::HELPER_NAME;
-    let root = cstring(if outside { "/" } else { CONTAINER_ROOT })?;
-    let cwd = cstring(&spec.cwd)?;
-    let (uid, gid, tty) = (identity.uid, identity.gid, spec.tty);
-    let no_new_privileges = spec.no_new_privileges;
-    // Capabilities to drop from the bounding set, and limits, prepared before the fork.
+/// Everything the child applies to itself between fork and exec, prepared before the fork.
+struct ChildSetup {
+    root: CString,
+    cwd: CString,
+    uid: u32,
+    gid: u32,
+    tty: bool,
+    no_new_privileges: bool,
+    /// Capabilities to drop from the bounding set.
+    dropped: Vec<libc::c_ulong>,
+    /// Resource limits to set, by resource.
+    limits: Vec<(u32, libc::rlimit)>,
+}
+
+impl ChildSetup {
+    /// Collects the root, working directory, identity, capabilities and limits for `spec`.
+    fn prepare(
+        spec: &ProcessSpec,
+        program: &str,
+        identity: &user::Identity,
+    ) -> Result<Self, SpawnError> {
+        // The changes helper compares the container root with its image's: it alone runs
+        // outside the container root.
+        let outside = spec.agent_helper && program == crate::changes::HELPER_NAME;
+        let root = cstring(if outside { "/" } else { CONTAINER_ROOT })?;
+        let cwd = cstring(&spec.cwd)?;
+        Ok(Self {
+            root,
+            cwd,
+            uid: identity.uid,
+            gid: identity.gid,
+            tty: spec.tty,
+            no_new_privileges: spec.no_new_privileges,
+            dropped: capabilities_to_drop(spec),
+            limits: resource_limits(spec),
+        })
+    }
+}
+
+/// The capabilities outside `spec.capabilities` (none when it keeps them all).
+fn capabilities_to_drop(spec: &ProcessSpec) -> Vec<libc::c_ulong> {
     let last_capability: u8 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|text| text.trim().parse().ok())
         .unwrap_or(40);
-    let dropped: Vec<libc::c_ulong> = match &spec.capabilities {
+    match &spec.capabilities {
         None => Vec::new(),
         Some(kept) => (0..=last_capability)
             .filter(|cap| !kept.contains(cap))
             .map(libc::c_ulong::from)
             .collect(),
-    };
-    let limits: Vec<(u32, libc::rlimit)> = spec
-        .rlimits
+    }
+}
+
+/// The resource limits of `spec` in the form `setrlimit` takes.
+fn resource_limits(spec: &ProcessSpec) -> Vec<(u32, libc::rlimit)> {
+    spec.rlimits
         .iter()
         .map(|(resource, soft, hard)| {
             (
@@ -232,7 +306,21 @@ pub fn spawn(
                 },
             )
         })
-        .collect();
+        .collect()
+}
+
+/// Makes the child start a session, take its terminal, enter its root and drop privileges.
+fn install_child_setup(command: &mut Command, setup: ChildSetup) {
+    let ChildSetup {
+        root,
+        cwd,
+        uid,
+        gid,
+        tty,
+        no_new_privileges,
+        dropped,
+        limits,
+    } = setup;
     // SAFETY: the hook runs in the child between fork and exec; it only makes
     // async-signal-safe system calls on values prepared before the fork.
     unsafe {
@@ -270,58 +358,63 @@ pub fn spawn(
             Ok(())
         });
     }
+}
 
-    let mut child = command
-        .spawn()
-        .map_err(|error| classify_exec_error(program, &error))?;
-    let pid = child.id() as i32;
-    let announced = announce(pid);
-    let mut pumps = Vec::new();
-    let mut stdin = None;
-    if let Some(master) = &pty_master {
-        let reader = master
-            .try_clone()
-            .map_err(|e| SpawnError::other(e.to_string()))?;
-        pumps.push(pump(reader, channel.clone(), stream, FrameKind::Stdout));
-        if spec.stdin {
-            stdin = Some(stdin_feeder(
-                master
-                    .try_clone()
-                    .map_err(|e| SpawnError::other(e.to_string()))?,
-            ));
-        }
+/// The threads that carry a started process's streams.
+struct StreamThreads {
+    /// Threads copying output to the channel.
+    pumps: Vec<JoinHandle<()>>,
+    /// Feeds standard input, when the process reads it.
+    stdin: Option<Sender<Option<Vec<u8>>>>,
+}
+
+/// Copies the terminal's output to the channel and, if `with_stdin`, feeds it input.
+fn pump_terminal(
+    master: &File,
+    with_stdin: bool,
+    channel: &Channel,
+    stream: u32,
+) -> Result<StreamThreads, SpawnError> {
+    let reader = master
+        .try_clone()
+        .map_err(|e| SpawnError::other(e.to_string()))?;
+    let pumps = vec![pump(reader, channel.clone(), stream, FrameKind::Stdout)];
+    let stdin = if with_stdin {
+        Some(stdin_feeder(
+            master
+                .try_clone()
+                .map_err(|e| SpawnError::other(e.to_string()))?,
+        ))
     } else {
-        if let Some(out) = child.stdout.take() {
-            pumps.push(pump(
-                File::from(OwnedFd::from(out)),
-                channel.clone(),
-                stream,
-                FrameKind::Stdout,
-            ));
-        }
-        if let Some(err) = child.stderr.take() {
-            pumps.push(pump(
-                File::from(OwnedFd::from(err)),
-                channel.clone(),
-                stream,
-                FrameKind::Stderr,
-            ));
-        }
-        if let Some(input) = child.stdin.take() {
-            stdin = Some(stdin_feeder(File::from(OwnedFd::from(input))));
-        }
-    }
-    // The child is reaped by the agent's reaper (waitpid(-1)), not by `Child::wait`.
-    drop(child);
-    let running = RunningProcess {
-        pid,
-        stdin,
-        pty_master,
-        pumps,
-        is_init,
-        oom_kills_at_start,
+        None
     };
-    Ok((running, announced))
+    Ok(StreamThreads { pumps, stdin })
+}
+
+/// Copies the child's piped output to the channel and feeds its piped input.
+fn pump_pipes(child: &mut Child, channel: &Channel, stream: u32) -> StreamThreads {
+    let mut pumps = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        pumps.push(pump(
+            File::from(OwnedFd::from(out)),
+            channel.clone(),
+            stream,
+            FrameKind::Stdout,
+        ));
+    }
+    if let Some(err) = child.stderr.take() {
+        pumps.push(pump(
+            File::from(OwnedFd::from(err)),
+            channel.clone(),
+            stream,
+            FrameKind::Stderr,
+        ));
+    }
+    let stdin = child
+        .stdin
+        .take()
+        .map(|input| stdin_feeder(File::from(OwnedFd::from(input))));
+    StreamThreads { pumps, stdin }
 }
 
 /// Applies a terminal size to a process's terminal.

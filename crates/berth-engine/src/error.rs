@@ -71,8 +71,9 @@ pub enum EngineError {
         #[source]
         source: tokio::task::JoinError,
     },
+    /// The state database failed (boxed: redb's errors are large).
     #[error("state database error")]
-    Store(#[from] crate::state::StoreError),
+    Store(#[source] Box<crate::state::StoreError>),
     #[error("I/O error on {path}")]
     Io {
         path: PathBuf,
@@ -158,6 +159,12 @@ impl From<berth_image::ImageError> for EngineError {
             | berth_image::ImageError::UnsafePath(_) => Self::InvalidArgument(error_chain(&error)),
             other => Self::Image(other),
         }
+    }
+}
+
+impl From<crate::state::StoreError> for EngineError {
+    fn from(error: crate::state::StoreError) -> Self {
+        Self::Store(Box::new(error))
     }
 }
 

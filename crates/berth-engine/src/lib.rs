@@ -38,8 +38,8 @@ pub mod network;
 mod output;
 pub mod registry;
 mod restart;
-mod run;
 mod security;
+mod start;
 mod state;
 pub mod template;
 mod top;
@@ -61,7 +61,7 @@ pub use container::{
 pub use error::{error_chain, EngineError, ErrorKind};
 pub use lifecycle::{ContainerLogs, WaitCondition, WaitOutcome};
 pub use output::{LogEntry, LogFilter, OutputChunk, OutputStream};
-pub use run::StartOutcome;
+pub use start::StartOutcome;
 
 pub(crate) use container::{ContainerHandle, LifecycleState, Runtime, StdinEvent};
 use state::Store;

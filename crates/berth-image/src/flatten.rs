@@ -109,162 +109,146 @@ impl Flattener {
         let entries = archive.entries().map_err(ImageError::io(layer))?;
         for entry in entries {
             let mut entry = entry.map_err(ImageError::io(layer))?;
-            let raw_path = entry.path().map_err(ImageError::io(layer))?.into_owned();
-            let components = sanitize(&raw_path)?;
-            let pax = read_pax(&mut entry, layer)?;
-            let header = entry.header();
-            let kind = header.entry_type();
-            if matches!(
-                kind,
-                EntryType::XGlobalHeader
-                    | EntryType::XHeader
-                    | EntryType::GNULongName
-                    | EntryType::GNULongLink
-            ) {
-                continue;
+            self.apply_entry(&mut entry, layer, &mut unpacked)?;
+        }
+        Ok(())
+    }
+
+    /// Applies one tar entry of `layer`: the root's metadata, a whiteout, or an entry
+    /// created inside the root (and then recorded in `unpacked`).
+    fn apply_entry<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        layer: &Path,
+        unpacked: &mut HashSet<PathBuf>,
+    ) -> Result<(), ImageError> {
+        let raw_path = entry.path().map_err(ImageError::io(layer))?.into_owned();
+        let components = sanitize(&raw_path)?;
+        let pax = read_pax(entry, layer)?;
+        let header = entry.header();
+        let kind = header.entry_type();
+        if matches!(
+            kind,
+            EntryType::XGlobalHeader
+                | EntryType::XHeader
+                | EntryType::GNULongName
+                | EntryType::GNULongLink
+        ) {
+            return Ok(());
+        }
+        let meta = entry_meta(header, pax, &raw_path, layer)?;
+        let dev = device_number(header, kind, layer)?;
+
+        let Some((name, parents)) = components.split_last() else {
+            // The tree's root itself ("./"): only its mode and mtime matter.
+            if kind == EntryType::Directory {
+                set_mode(&self.root, meta.mode)?;
+                self.dir_times.insert(self.root.clone(), meta.mtime);
             }
-            let meta = entry_meta(header, pax, &raw_path, layer)?;
-            let dev = match kind {
-                EntryType::Char | EntryType::Block => {
-                    let major = header.device_major().map_err(ImageError::io(layer))?;
-                    let minor = header.device_minor().map_err(ImageError::io(layer))?;
-                    makedev(u64::from(major.unwrap_or(0)), u64::from(minor.unwrap_or(0)))
-                }
-                _ => 0,
-            };
+            return Ok(());
+        };
 
-            let Some((name, parents)) = components.split_last() else {
-                // The tree's root itself ("./"): only its mode and mtime matter.
-                if kind == EntryType::Directory {
-                    set_mode(&self.root, meta.mode)?;
-                    self.dir_times.insert(self.root.clone(), meta.mtime);
-                }
-                continue;
-            };
+        if let Some(whiteout) = name.as_bytes().strip_prefix(WHITEOUT_PREFIX) {
+            return self.apply_whiteout(whiteout, parents, &raw_path, layer, unpacked);
+        }
 
-            if let Some(whiteout) = name.as_bytes().strip_prefix(WHITEOUT_PREFIX) {
-                if whiteout == WHITEOUT_OPAQUE {
-                    if let Some(dir) = self.resolve_dir(parents, false, &mut unpacked)? {
-                        clear_lower(&dir, &unpacked)?;
-                    }
-                } else if whiteout.starts_with(WHITEOUT_META_PREFIX) {
-                    tracing::debug!(path = %raw_path.display(), "ignoring whiteout metadata entry");
-                } else {
-                    if whiteout.is_empty() || whiteout == b"." || whiteout == b".." {
-                        return Err(ImageError::UnsafePath(format!(
-                            "{}: whiteout of {:?}",
-                            layer.display(),
-                            raw_path
-                        )));
-                    }
-                    if let Some(dir) = self.resolve_dir(parents, false, &mut unpacked)? {
-                        remove_any(&dir.join(OsStr::from_bytes(whiteout)))?;
-                    }
-                }
-                continue;
+        let Some(parent) = self.resolve_dir(parents, true, unpacked)? else {
+            return Err(ImageError::InvalidArchive(format!(
+                "{}: cannot create the parent of {}",
+                layer.display(),
+                raw_path.display()
+            )));
+        };
+        let target = parent.join(name);
+        match kind {
+            EntryType::Directory => self.create_or_update_dir(&target, &meta)?,
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                create_file(entry, &target, &meta)?;
             }
+            EntryType::Symlink => {
+                let link = link_name(entry, "symlink", &raw_path, layer)?;
+                create_symlink(&link, &target, &meta)?;
+            }
+            EntryType::Link => {
+                let link = link_name(entry, "hard link", &raw_path, layer)?;
+                self.create_hard_link(&link, &target, layer, unpacked)?;
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                create_node(kind, &target, &meta, dev)?;
+            }
+            other => {
+                tracing::debug!(path = %raw_path.display(), kind = ?other, "skipping unsupported tar entry type");
+                return Ok(());
+            }
+        }
+        mark_unpacked(unpacked, &self.root, &target);
+        Ok(())
+    }
 
-            let Some(parent) = self.resolve_dir(parents, true, &mut unpacked)? else {
-                return Err(ImageError::InvalidArchive(format!(
-                    "{}: cannot create the parent of {}",
+    /// Applies the whiteout entry `<parents>/.wh.<whiteout>`: an opaque marker clears what
+    /// lower layers put in the directory, other `.wh..wh.*` names are ignored, and any other
+    /// whiteout removes the sibling it names.
+    fn apply_whiteout(
+        &self,
+        whiteout: &[u8],
+        parents: &[OsString],
+        raw_path: &Path,
+        layer: &Path,
+        unpacked: &mut HashSet<PathBuf>,
+    ) -> Result<(), ImageError> {
+        if whiteout == WHITEOUT_OPAQUE {
+            if let Some(dir) = self.resolve_dir(parents, false, unpacked)? {
+                clear_lower(&dir, unpacked)?;
+            }
+        } else if whiteout.starts_with(WHITEOUT_META_PREFIX) {
+            tracing::debug!(path = %raw_path.display(), "ignoring whiteout metadata entry");
+        } else {
+            if whiteout.is_empty() || whiteout == b"." || whiteout == b".." {
+                return Err(ImageError::UnsafePath(format!(
+                    "{}: whiteout of {:?}",
                     layer.display(),
-                    raw_path.display()
+                    raw_path
                 )));
-            };
-            let target = parent.join(name);
-            match kind {
-                EntryType::Directory => {
-                    match fs::symlink_metadata(&target) {
-                        Ok(existing) if existing.is_dir() => {}
-                        Ok(_) => {
-                            remove_any(&target)?;
-                            make_dir(&target)?;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => make_dir(&target)?,
-                        Err(e) => return Err(ImageError::io(&target)(e)),
-                    }
-                    set_owner(&target, &meta)?;
-                    set_mode(&target, meta.mode)?;
-                    set_xattrs(&target, &meta.xattrs);
-                    self.dir_times.insert(target.clone(), meta.mtime);
-                }
-                EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                    remove_any(&target)?;
-                    let mut file = OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o600)
-                        .custom_flags(libc::O_NOFOLLOW)
-                        .open(&target)
-                        .map_err(ImageError::io(&target))?;
-                    io::copy(&mut entry, &mut file).map_err(ImageError::io(&target))?;
-                    drop(file);
-                    set_owner(&target, &meta)?;
-                    set_mode(&target, meta.mode)?;
-                    set_xattrs(&target, &meta.xattrs);
-                    set_mtime(&target, meta.mtime)?;
-                }
-                EntryType::Symlink => {
-                    let link = entry
-                        .link_name()
-                        .map_err(ImageError::io(layer))?
-                        .ok_or_else(|| {
-                            ImageError::InvalidArchive(format!(
-                                "{}: symlink {} has no target",
-                                layer.display(),
-                                raw_path.display()
-                            ))
-                        })?
-                        .into_owned();
-                    remove_any(&target)?;
-                    std::os::unix::fs::symlink(&link, &target).map_err(ImageError::io(&target))?;
-                    set_owner(&target, &meta)?;
-                    set_xattrs(&target, &meta.xattrs);
-                    set_mtime(&target, meta.mtime)?;
-                }
-                EntryType::Link => {
-                    let link = entry
-                        .link_name()
-                        .map_err(ImageError::io(layer))?
-                        .ok_or_else(|| {
-                            ImageError::InvalidArchive(format!(
-                                "{}: hard link {} has no target",
-                                layer.display(),
-                                raw_path.display()
-                            ))
-                        })?
-                        .into_owned();
-                    let source = self.resolve_link_target(&link, layer, &mut unpacked)?;
-                    if source != target {
-                        remove_any(&target)?;
-                        fs::hard_link(&source, &target).map_err(ImageError::io(&target))?;
-                    }
-                }
-                EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                    let flag = match kind {
-                        EntryType::Char => SFlag::S_IFCHR,
-                        EntryType::Block => SFlag::S_IFBLK,
-                        _ => SFlag::S_IFIFO,
-                    };
-                    remove_any(&target)?;
-                    mknod(
-                        &target,
-                        flag,
-                        Mode::from_bits_truncate(meta.mode & 0o777),
-                        dev,
-                    )
-                    .map_err(|errno| ImageError::io(&target)(io::Error::from(errno)))?;
-                    set_owner(&target, &meta)?;
-                    set_mode(&target, meta.mode)?;
-                    set_xattrs(&target, &meta.xattrs);
-                    set_mtime(&target, meta.mtime)?;
-                }
-                other => {
-                    tracing::debug!(path = %raw_path.display(), kind = ?other, "skipping unsupported tar entry type");
-                    continue;
-                }
             }
-            mark_unpacked(&mut unpacked, &self.root, &target);
+            if let Some(dir) = self.resolve_dir(parents, false, unpacked)? {
+                remove_any(&dir.join(OsStr::from_bytes(whiteout)))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `target` a directory with `meta`: an existing directory keeps its contents,
+    /// anything else there is replaced. Its mtime is applied by [`Self::finish`].
+    fn create_or_update_dir(&mut self, target: &Path, meta: &Meta) -> Result<(), ImageError> {
+        match fs::symlink_metadata(target) {
+            Ok(existing) if existing.is_dir() => {}
+            Ok(_) => {
+                remove_any(target)?;
+                make_dir(target)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => make_dir(target)?,
+            Err(e) => return Err(ImageError::io(target)(e)),
+        }
+        set_owner(target, meta)?;
+        set_mode(target, meta.mode)?;
+        set_xattrs(target, &meta.xattrs);
+        self.dir_times.insert(target.to_path_buf(), meta.mtime);
+        Ok(())
+    }
+
+    /// Replaces whatever is at `target` with a hard link to the tree's `link` (resolved
+    /// inside the root by [`Self::resolve_link_target`]); a link to itself is left alone.
+    fn create_hard_link(
+        &self,
+        link: &Path,
+        target: &Path,
+        layer: &Path,
+        unpacked: &mut HashSet<PathBuf>,
+    ) -> Result<(), ImageError> {
+        let source = self.resolve_link_target(link, layer, unpacked)?;
+        if source != target {
+            remove_any(target)?;
+            fs::hard_link(&source, target).map_err(ImageError::io(target))?;
         }
         Ok(())
     }
@@ -488,6 +472,99 @@ fn entry_meta(
         mtime,
         xattrs: pax.xattrs,
     })
+}
+
+/// The device number of a character or block device entry; 0 for any other kind.
+fn device_number(
+    header: &tar::Header,
+    kind: EntryType,
+    layer: &Path,
+) -> Result<libc::dev_t, ImageError> {
+    Ok(match kind {
+        EntryType::Char | EntryType::Block => {
+            let major = header.device_major().map_err(ImageError::io(layer))?;
+            let minor = header.device_minor().map_err(ImageError::io(layer))?;
+            makedev(u64::from(major.unwrap_or(0)), u64::from(minor.unwrap_or(0)))
+        }
+        _ => 0,
+    })
+}
+
+/// The target of a link entry; `what` (`symlink` or `hard link`) names it in the error
+/// when it has none.
+fn link_name<R: Read>(
+    entry: &tar::Entry<'_, R>,
+    what: &str,
+    raw_path: &Path,
+    layer: &Path,
+) -> Result<PathBuf, ImageError> {
+    Ok(entry
+        .link_name()
+        .map_err(ImageError::io(layer))?
+        .ok_or_else(|| {
+            ImageError::InvalidArchive(format!(
+                "{}: {what} {} has no target",
+                layer.display(),
+                raw_path.display()
+            ))
+        })?
+        .into_owned())
+}
+
+/// Replaces whatever is at `target` with a new regular file holding `contents`, never
+/// following a symlink there, and applies `meta`.
+fn create_file(contents: &mut impl Read, target: &Path, meta: &Meta) -> Result<(), ImageError> {
+    remove_any(target)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(target)
+        .map_err(ImageError::io(target))?;
+    io::copy(contents, &mut file).map_err(ImageError::io(target))?;
+    drop(file);
+    set_owner(target, meta)?;
+    set_mode(target, meta.mode)?;
+    set_xattrs(target, &meta.xattrs);
+    set_mtime(target, meta.mtime)
+}
+
+/// Replaces whatever is at `target` with a symlink to `link` and applies `meta` (but the
+/// mode, which a symlink does not have).
+fn create_symlink(link: &Path, target: &Path, meta: &Meta) -> Result<(), ImageError> {
+    remove_any(target)?;
+    std::os::unix::fs::symlink(link, target).map_err(ImageError::io(target))?;
+    set_owner(target, meta)?;
+    set_xattrs(target, &meta.xattrs);
+    set_mtime(target, meta.mtime)
+}
+
+/// Replaces whatever is at `target` with a character device, block device (`dev`) or
+/// FIFO, as `kind` says, and applies `meta`.
+fn create_node(
+    kind: EntryType,
+    target: &Path,
+    meta: &Meta,
+    dev: libc::dev_t,
+) -> Result<(), ImageError> {
+    let flag = match kind {
+        EntryType::Char => SFlag::S_IFCHR,
+        EntryType::Block => SFlag::S_IFBLK,
+        _ => SFlag::S_IFIFO,
+    };
+    remove_any(target)?;
+    mknod(
+        target,
+        flag,
+        Mode::from_bits_truncate(meta.mode & 0o777),
+        dev,
+    )
+    .map_err(|errno| ImageError::io(target)(io::Error::from(errno)))?;
+    set_owner(target, meta)?;
+    set_mode(target, meta.mode)?;
+    set_xattrs(target, &meta.xattrs);
+    set_mtime(target, meta.mtime)
 }
 
 /// Records `path` and its ancestors up to `root` as created by the current layer.

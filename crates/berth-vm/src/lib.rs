@@ -1,7 +1,7 @@
 //! The interface between Berth's engine and its VM backends.
 //!
 //! A backend ([`VmBackend`]) turns a [`VmSpec`] into a running VM: a separate process
-//! (QEMU, or later Berth's own VMM) whose guest runs Berth's agent. What the engine gets
+//! (QEMU, or Berth's own VMM, `berth-vmm`) whose guest runs Berth's agent. What the engine gets
 //! back is a [`RunningVm`]: the host end of the agent channel, the VM's process id, and a
 //! [`VmControl`] to power it off, kill it, or wait for it to end. The engine never sees
 //! how a backend starts its VMs; a backend never sees a container or a Docker type.

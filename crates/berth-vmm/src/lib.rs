@@ -4,8 +4,10 @@
 //! purpose: RAM ([`memory`], [`layout`]), the boot vCPU started in 64-bit mode at the
 //! kernel's entry ([`boot`]), KVM's in-kernel PIC, IOAPIC, LAPICs and PIT, a 16550 UART
 //! for the console, the keyboard controller's reset line, and PCI bus 0 with virtio 1.x
-//! functions ([`devices`], [`virtio`]). No ACPI and no firmware: the kernel boots
-//! directly and finds its devices by scanning PCI.
+//! functions ([`devices`], [`virtio`]). No firmware: the kernel boots directly; ACPI
+//! tables that Berth writes ([`boot`]'s `acpi`: MADT, FADT, DSDT) describe the CPUs,
+//! the PCI host bridge and soft-off, because Debian's kernel finds its LAPICs (and so
+//! MSI) only through ACPI. Devices are found by scanning PCI bus 0.
 //!
 //! Once the VM is built, every thread runs under a system call filter ([`seccomp`]).
 //!
@@ -19,6 +21,9 @@ pub mod config;
 pub mod control;
 pub mod devices;
 pub mod disk;
+/// Harnesses over what guests and disk images feed the VMM: built for the unit tests and
+/// for the cargo-fuzz targets in `fuzz/` (feature `fuzzing`), never into `berth`.
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod layout;
 pub mod memory;

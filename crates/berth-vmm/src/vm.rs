@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
@@ -167,87 +167,22 @@ impl Machine {
 /// and returns why it ended.
 pub fn run(config: &VmmConfig) -> Result<VmExitReason, VmmError> {
     let kvm = Kvm::new().map_err(VmmError::kvm("open /dev/kvm"))?;
-    let vm = Arc::new(kvm.create_vm().map_err(VmmError::kvm("create a VM"))?);
-    vm.set_tss_address(KVM_TSS_ADDRESS as usize)
-        .map_err(VmmError::kvm("set the TSS address"))?;
-    vm.create_irq_chip()
-        .map_err(VmmError::kvm("create the interrupt controllers"))?;
-    vm.create_pit2(kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    })
-    .map_err(VmmError::kvm("create the PIT"))?;
+    let vm = create_vm(&kvm)?;
     let vcpu_count = config.vcpus.max(1);
 
-    let memory_bytes = u64::from(config.memory_mib) << 20;
-    let guest_memory = match &config.memory_file {
-        Some(path) => memory::create_in_file(config.memory_mib, path, config.memory_shared)?,
-        None => memory::create(config.memory_mib)?,
-    };
-    memory::register(&vm, &guest_memory)?;
+    let guest_memory = create_guest_memory(config, &vm)?;
     let mut restored: Option<VmState> = match &config.restore_from {
         Some(path) => Some(snapshot::load(path, vcpu_count, config.memory_mib)?),
         None => None,
     };
     let entry = if restored.is_none() {
-        let entry = boot::load(
-            &guest_memory,
-            memory_bytes,
-            vcpu_count,
-            &config.kernel,
-            &config.initramfs,
-            &config.cmdline,
-        )?;
-        boot::cpu::write_boot_tables(&guest_memory)?;
-        Some(entry)
+        Some(load_guest_kernel(config, &guest_memory, vcpu_count)?)
     } else {
         None
     };
 
-    let console_log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&config.console_log)
-        .map_err(VmmError::io(&config.console_log))?;
-    let serial_interrupt = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::Eventfd)?;
-    vm.register_irqfd(&serial_interrupt, SERIAL_IRQ)
-        .map_err(VmmError::kvm("connect the serial interrupt"))?;
-    let serial = match &restored {
-        Some(state) => SerialPort::restored(serial_interrupt, console_log, &state.serial)?,
-        None => SerialPort::new(serial_interrupt, console_log),
-    };
-    let mut pci = PciRoot::new();
-    let console = Console::new(AGENT_PORT_NAME, config.agent_socket.clone());
-    add_virtio(
-        &mut pci,
-        AGENT_CONSOLE_SLOT,
-        Box::new(console),
-        &vm,
-        &guest_memory,
-    )?;
-    add_virtio(
-        &mut pci,
-        RNG_SLOT,
-        Box::new(Rng::default()),
-        &vm,
-        &guest_memory,
-    )?;
-    let mut block_counters = Vec::new();
-    for disk in &config.disks {
-        let image = crate::disk::open(&disk.path, disk.format, disk.read_only)
-            .map_err(VmmError::io(&disk.path))?;
-        let counters = Arc::new(BlockCounters::default());
-        block_counters.push(counters.clone());
-        let block = Block::new(image, disk.read_only, disk.serial.as_deref(), counters);
-        add_virtio(&mut pci, disk.pci_slot, Box::new(block), &vm, &guest_memory)?;
-    }
-    for nic in &config.nics {
-        let mac = parse_mac(&nic.mac)
-            .ok_or_else(|| VmmError::Device(format!("bad MAC address {:?}", nic.mac)))?;
-        let tap = Tap::open(&nic.tap).map_err(|e| VmmError::Device(e.to_string()))?;
-        let net = Net::new(tap, mac, Arc::new(NetCounters::default()));
-        add_virtio(&mut pci, nic.pci_slot, Box::new(net), &vm, &guest_memory)?;
-    }
+    let serial = create_serial(config, &vm, restored.as_ref())?;
+    let (pci, block_counters) = create_pci_devices(config, &vm, &guest_memory)?;
     if let Some(state) = &restored {
         snapshot::restore_vm(&vm, state)?;
     }
@@ -268,19 +203,7 @@ pub fn run(config: &VmmConfig) -> Result<VmExitReason, VmmError> {
     );
     let (exits, exit_reasons) = mpsc::channel();
     let (acks_sender, acks) = mpsc::channel();
-    let mut vcpus = Vec::new();
-    for index in 0..vcpu_count {
-        let vcpu = vm
-            .create_vcpu(u64::from(index))
-            .map_err(VmmError::kvm("create a vCPU"))?;
-        boot::cpu::configure_common(&vcpu, &supported, index, vcpu_count)?;
-        match (&restored, entry) {
-            (Some(state), _) => snapshot::restore_vcpu(&vcpu, &state.vcpus[usize::from(index)])?,
-            (None, Some(entry)) if index == 0 => boot::cpu::configure_boot_vcpu(&vcpu, entry.rip)?,
-            _ => {}
-        }
-        vcpus.push(vcpu);
-    }
+    let vcpus = create_vcpus(&vm, &supported, vcpu_count, restored.as_ref(), entry)?;
     // Devices start serving only now that the vCPUs (their LAPICs above all) are
     // restored: an interrupt raised earlier would be lost when a LAPIC's state is set.
     if let Some(state) = restored.as_mut() {
@@ -288,33 +211,13 @@ pub fn run(config: &VmmConfig) -> Result<VmExitReason, VmmError> {
     }
     drop(restored);
     vcpu::install_kick_handler()?;
-    let mut vcpu_commands = Vec::new();
-    let mut vcpu_threads = Vec::new();
-    for (index, vcpu) in vcpus.into_iter().enumerate() {
-        let (commands_sender, commands) = mpsc::channel();
-        vcpu_commands.push(commands_sender);
-        let thread = VcpuThread {
-            vcpu,
-            index: index as u8,
-            devices: devices.clone(),
-            exits: exits.clone(),
-            commands,
-            acks: acks_sender.clone(),
-            msr_indices: msr_indices.clone(),
-        };
-        vcpu_threads.push(
-            std::thread::Builder::new()
-                .name(format!("vcpu{index}"))
-                .spawn(move || thread.run())
-                .map_err(VmmError::Thread)?,
-        );
-    }
+    let started = start_vcpu_threads(vcpus, &devices, &exits, &acks_sender, &msr_indices)?;
     drop(exits);
     let machine = Arc::new(Machine {
         vm,
         devices,
-        vcpu_commands: Mutex::new(vcpu_commands),
-        vcpu_threads,
+        vcpu_commands: Mutex::new(started.commands),
+        vcpu_threads: started.threads,
         acks: Mutex::new(acks),
         paused: Mutex::new(false),
         block_counters,
@@ -330,4 +233,178 @@ pub fn run(config: &VmmConfig) -> Result<VmExitReason, VmmError> {
     Ok(exit_reasons
         .recv()
         .unwrap_or_else(|_| VmExitReason::Failed("every vCPU thread ended".into())))
+}
+
+/// Creates the VM with its TSS, in-kernel interrupt controllers and PIT.
+fn create_vm(kvm: &Kvm) -> Result<Arc<VmFd>, VmmError> {
+    let vm = Arc::new(kvm.create_vm().map_err(VmmError::kvm("create a VM"))?);
+    vm.set_tss_address(KVM_TSS_ADDRESS as usize)
+        .map_err(VmmError::kvm("set the TSS address"))?;
+    vm.create_irq_chip()
+        .map_err(VmmError::kvm("create the interrupt controllers"))?;
+    vm.create_pit2(kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    })
+    .map_err(VmmError::kvm("create the PIT"))?;
+    Ok(vm)
+}
+
+/// Allocates the guest's RAM (anonymous, or in `config.memory_file`) and gives it to `vm`.
+fn create_guest_memory(
+    config: &VmmConfig,
+    vm: &VmFd,
+) -> Result<vm_memory::GuestMemoryMmap, VmmError> {
+    let guest_memory = match &config.memory_file {
+        Some(path) => memory::create_in_file(config.memory_mib, path, config.memory_shared)?,
+        None => memory::create(config.memory_mib)?,
+    };
+    memory::register(vm, &guest_memory)?;
+    Ok(guest_memory)
+}
+
+/// Loads kernel, initramfs and boot tables into fresh guest memory; returns the entry.
+fn load_guest_kernel(
+    config: &VmmConfig,
+    guest_memory: &vm_memory::GuestMemoryMmap,
+    vcpu_count: u8,
+) -> Result<boot::BootEntry, VmmError> {
+    let memory_bytes = u64::from(config.memory_mib) << 20;
+    let entry = boot::load(
+        guest_memory,
+        memory_bytes,
+        vcpu_count,
+        &config.kernel,
+        &config.initramfs,
+        &config.cmdline,
+    )?;
+    boot::cpu::write_boot_tables(guest_memory)?;
+    Ok(entry)
+}
+
+/// Creates the serial port logging to `config.console_log`, restored from `restored` if any.
+fn create_serial(
+    config: &VmmConfig,
+    vm: &VmFd,
+    restored: Option<&VmState>,
+) -> Result<SerialPort, VmmError> {
+    let console_log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&config.console_log)
+        .map_err(VmmError::io(&config.console_log))?;
+    let serial_interrupt = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::Eventfd)?;
+    vm.register_irqfd(&serial_interrupt, SERIAL_IRQ)
+        .map_err(VmmError::kvm("connect the serial interrupt"))?;
+    Ok(match restored {
+        Some(state) => SerialPort::restored(serial_interrupt, console_log, &state.serial)?,
+        None => SerialPort::new(serial_interrupt, console_log),
+    })
+}
+
+/// Puts the agent console, the entropy device, the disks and the NICs on a new PCI bus;
+/// returns it with the disks' counters.
+fn create_pci_devices(
+    config: &VmmConfig,
+    vm: &Arc<VmFd>,
+    guest_memory: &vm_memory::GuestMemoryMmap,
+) -> Result<(PciRoot, Vec<Arc<BlockCounters>>), VmmError> {
+    let mut pci = PciRoot::new();
+    let console = Console::new(AGENT_PORT_NAME, config.agent_socket.clone());
+    add_virtio(
+        &mut pci,
+        AGENT_CONSOLE_SLOT,
+        Box::new(console),
+        vm,
+        guest_memory,
+    )?;
+    add_virtio(
+        &mut pci,
+        RNG_SLOT,
+        Box::new(Rng::default()),
+        vm,
+        guest_memory,
+    )?;
+    let mut block_counters = Vec::new();
+    for disk in &config.disks {
+        let image = crate::disk::open(&disk.path, disk.format, disk.read_only)
+            .map_err(VmmError::io(&disk.path))?;
+        let counters = Arc::new(BlockCounters::default());
+        block_counters.push(counters.clone());
+        let block = Block::new(image, disk.read_only, disk.serial.as_deref(), counters);
+        add_virtio(&mut pci, disk.pci_slot, Box::new(block), vm, guest_memory)?;
+    }
+    for nic in &config.nics {
+        let mac = parse_mac(&nic.mac)
+            .ok_or_else(|| VmmError::Device(format!("bad MAC address {:?}", nic.mac)))?;
+        let tap = Tap::open(&nic.tap).map_err(|e| VmmError::Device(e.to_string()))?;
+        let net = Net::new(tap, mac, Arc::new(NetCounters::default()));
+        add_virtio(&mut pci, nic.pci_slot, Box::new(net), vm, guest_memory)?;
+    }
+    Ok((pci, block_counters))
+}
+
+/// Creates and configures the vCPUs: restored from `restored`, or the first at `entry`.
+fn create_vcpus(
+    vm: &VmFd,
+    supported: &CpuId,
+    vcpu_count: u8,
+    restored: Option<&VmState>,
+    entry: Option<boot::BootEntry>,
+) -> Result<Vec<VcpuFd>, VmmError> {
+    let mut vcpus = Vec::new();
+    for index in 0..vcpu_count {
+        let vcpu = vm
+            .create_vcpu(u64::from(index))
+            .map_err(VmmError::kvm("create a vCPU"))?;
+        boot::cpu::configure_common(&vcpu, supported, index, vcpu_count)?;
+        match (restored, entry) {
+            (Some(state), _) => snapshot::restore_vcpu(&vcpu, &state.vcpus[usize::from(index)])?,
+            (None, Some(entry)) if index == 0 => boot::cpu::configure_boot_vcpu(&vcpu, entry.rip)?,
+            _ => {}
+        }
+        vcpus.push(vcpu);
+    }
+    Ok(vcpus)
+}
+
+/// The vCPU threads of a VM and the senders of their commands, by vCPU index.
+struct VcpuThreads {
+    commands: Vec<Sender<VcpuCommand>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Runs each vCPU on its own thread; returns the threads and the senders of their commands.
+fn start_vcpu_threads(
+    vcpus: Vec<VcpuFd>,
+    devices: &Arc<Devices>,
+    exits: &Sender<VmExitReason>,
+    acks: &Sender<u8>,
+    msr_indices: &Arc<Vec<u32>>,
+) -> Result<VcpuThreads, VmmError> {
+    let mut vcpu_commands = Vec::new();
+    let mut vcpu_threads = Vec::new();
+    for (index, vcpu) in vcpus.into_iter().enumerate() {
+        let (commands_sender, commands) = mpsc::channel();
+        vcpu_commands.push(commands_sender);
+        let thread = VcpuThread {
+            vcpu,
+            index: index as u8,
+            devices: devices.clone(),
+            exits: exits.clone(),
+            commands,
+            acks: acks.clone(),
+            msr_indices: msr_indices.clone(),
+        };
+        vcpu_threads.push(
+            std::thread::Builder::new()
+                .name(format!("vcpu{index}"))
+                .spawn(move || thread.run())
+                .map_err(VmmError::Thread)?,
+        );
+    }
+    Ok(VcpuThreads {
+        commands: vcpu_commands,
+        threads: vcpu_threads,
+    })
 }

@@ -3,6 +3,7 @@
 //! and validated frames, with the errors a guest can cause.
 
 mod error;
+mod request;
 mod session;
 
 pub use error::AgentError;

@@ -7,9 +7,9 @@
 //!
 //! A container's endpoints are recorded on the container ([`EndpointRecord`], by network
 //! name). Addresses are given when the container starts and given back when its run
-//! ends, as Docker does; which addresses are taken is kept in memory only, because after
-//! a daemon restart no container is running (it would otherwise be rebuilt from the
-//! running containers' records).
+//! ends, as Docker does; which addresses are taken is kept in memory, and rebuilt when
+//! the daemon starts from the records of the containers whose VMs outlived the daemon
+//! before it and are taken over (live restore); the others' addresses are given back.
 //!
 //! Each endpoint of a running container is one NIC of its VM: a virtio-net card in PCI
 //! slot `FIRST_NIC_SLOT + n` backed by the tap `bt<id>n`, attached to the network's

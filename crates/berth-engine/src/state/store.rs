@@ -30,14 +30,9 @@ pub enum StoreError {
         #[source]
         source: redb::DatabaseError,
     },
-    #[error("a state database transaction failed")]
-    Transaction(#[from] redb::TransactionError),
-    #[error("a state database table failed")]
-    Table(#[from] redb::TableError),
-    #[error("state database storage failed")]
-    Storage(#[from] redb::StorageError),
-    #[error("committing to the state database failed")]
-    Commit(#[from] redb::CommitError),
+    /// A transaction, table, storage or commit failure (boxed: redb's errors are large).
+    #[error("the state database failed")]
+    Database(#[source] Box<redb::Error>),
     #[error("encoding a {table} record failed")]
     Encode {
         table: &'static str,
@@ -49,6 +44,23 @@ pub enum StoreError {
     #[error("the state database's schema version {0:?} is not a number")]
     BadVersion(String),
 }
+
+macro_rules! from_redb {
+    ($($error:ty),*) => {$(
+        impl From<$error> for StoreError {
+            fn from(error: $error) -> Self {
+                Self::Database(Box::new(error.into()))
+            }
+        }
+    )*};
+}
+
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
 
 /// A record set aside because it did not parse.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,7 +11,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -262,7 +262,28 @@ pub(crate) fn short_id(digest: &str) -> String {
     hex.get(..12).unwrap_or(hex).to_owned()
 }
 
-/// Reports Docker's `Status:` line and builds the outcome.
+/// Where one pull fetches its blobs from, and where it reports their progress.
+struct BlobSource<'a> {
+    client: &'a oci_client::Client,
+    endpoint: &'a Endpoint,
+    /// The pulled reference on `endpoint`, which blob requests go through.
+    blob_ref: oci_client::Reference,
+    progress: &'a (dyn Fn(Progress) + Send + Sync),
+}
+
+/// An image config fetched from the registry and checked against its manifest.
+struct FetchedConfig {
+    /// The config blob as the registry sent it.
+    bytes: Vec<u8>,
+    /// `sha256:<hex>` of `bytes`: the image id.
+    id: String,
+    config: oci_spec::image::ImageConfiguration,
+    /// The config's diff ids: one per manifest layer, each a sha256 digest.
+    diff_ids: Vec<String>,
+}
+
+/// Fetches the config and the missing layers of `resolved`, records the image, reports
+/// Docker's `Status:` line and builds the outcome.
 async fn fetch(
     store: &ImageStore,
     client: &oci_client::Client,
@@ -271,8 +292,12 @@ async fn fetch(
     resolved: Resolved,
     progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<PullOutcome, ImageError> {
-    let endpoint = &resolved.endpoint;
-    let blob_ref = endpoint.reference(&reference.path, tag_or_digest);
+    let source = BlobSource {
+        client,
+        endpoint: &resolved.endpoint,
+        blob_ref: resolved.endpoint.reference(&reference.path, tag_or_digest),
+        progress,
+    };
     let shown_tag = match tag_or_digest {
         TagOrDigest::Tag(tag) => tag.clone(),
         TagOrDigest::Digest(digest) => digest.clone(),
@@ -281,84 +306,142 @@ async fn fetch(
         Some(shown_tag),
         format!("Pulling from {}", reference.path),
     ));
-
-    if resolved.config.size as u64 > MAX_JSON_SIZE {
-        return Err(bad(endpoint, "image config", "it is larger than 16 MiB"));
-    }
-    let mut config_bytes = Vec::new();
-    client
-        .pull_blob(&blob_ref, &resolved.config.to_oci(), &mut config_bytes)
-        .await
-        .map_err(|e| endpoint.error(e))?;
-    let id = sha256_digest(&config_bytes);
-    if id != resolved.config.digest {
-        return Err(ImageError::DigestMismatch {
-            expected: resolved.config.digest.clone(),
-            actual: id,
-        });
-    }
-    let config: oci_spec::image::ImageConfiguration = serde_json::from_slice(&config_bytes)
-        .map_err(|source| ImageError::InvalidJson {
-            what: format!("image config {id}"),
-            source,
-        })?;
-    let diff_ids = config.rootfs().diff_ids().clone();
-    if diff_ids.len() != resolved.layers.len() {
-        return Err(bad(
-            endpoint,
-            "image",
-            &format!(
-                "its manifest lists {} layers but its config {}",
-                resolved.layers.len(),
-                diff_ids.len()
-            ),
-        ));
-    }
-    for diff_id in &diff_ids {
-        if parse_sha256(diff_id).is_none() {
-            return Err(bad(
-                endpoint,
-                "image config",
-                &format!("bad diff id {diff_id:?}"),
-            ));
-        }
-    }
+    let FetchedConfig {
+        bytes: config_bytes,
+        id,
+        config,
+        diff_ids,
+    } = source
+        .fetch_config(&resolved.config, resolved.layers.len())
+        .await?;
 
     let staging = store.staging("pull")?;
     let mut prepared = archive::Prepared::default();
     let already_had_image = store.resolve(&id).is_ok();
-    let missing: Vec<usize> = (0..diff_ids.len())
-        .filter(|&i| !store.has_blob(&diff_ids[i]))
-        .collect();
-    for (i, layer) in resolved.layers.iter().enumerate() {
-        let status = if missing.contains(&i) {
-            "Pulling fs layer"
-        } else {
-            "Already exists"
-        };
-        progress(Progress::status(
-            Some(short_id(&layer.digest)),
-            status.into(),
-        ));
-    }
-    for &i in &missing {
-        let layer = &resolved.layers[i];
-        let diff_id = &diff_ids[i];
-        let Some(diff_hex) = parse_sha256(diff_id) else {
-            continue;
-        };
-        if prepared.blobs.iter().any(|(hex, _)| hex == diff_hex) {
-            // The same layer twice in one image: fetched once.
-            continue;
+    let missing = missing_layers(store, &diff_ids);
+    report_layer_presence(&resolved.layers, &missing, progress);
+    source
+        .fetch_missing_layers(
+            &resolved.layers,
+            &diff_ids,
+            &missing,
+            &staging.0,
+            &mut prepared.blobs,
+        )
+        .await?;
+
+    let size = image_size(store, &diff_ids, &prepared.blobs)?;
+    stage_config(store, &staging.0, &id, &config_bytes, &mut prepared.blobs)?;
+    prepared.images.push(archive::PreparedImage {
+        id: id.clone(),
+        config,
+        diff_ids,
+        size,
+        tags: pulled_tags(reference, tag_or_digest),
+        repo_digests: vec![format!("{}@{}", reference.familiar_name(), resolved.digest)],
+    });
+    let up_to_date = already_had_image && missing.is_empty();
+    tokio::task::block_in_place(|| store.commit(&prepared))?;
+    remember_pulled_layers(
+        store,
+        &prepared.images[0].diff_ids,
+        &resolved.layers,
+        &missing,
+    );
+    progress(Progress::status(
+        None,
+        format!("Digest: {}", resolved.digest),
+    ));
+    Ok(PullOutcome {
+        id,
+        digest: resolved.digest,
+        up_to_date,
+    })
+}
+
+impl BlobSource<'_> {
+    /// Fetches the image config `descriptor` names, checking its size, digest and diff ids.
+    async fn fetch_config(
+        &self,
+        descriptor: &Descriptor,
+        layer_count: usize,
+    ) -> Result<FetchedConfig, ImageError> {
+        let endpoint = self.endpoint;
+        if descriptor.size as u64 > MAX_JSON_SIZE {
+            return Err(bad(endpoint, "image config", "it is larger than 16 MiB"));
         }
+        let mut bytes = Vec::new();
+        self.client
+            .pull_blob(&self.blob_ref, &descriptor.to_oci(), &mut bytes)
+            .await
+            .map_err(|e| endpoint.error(e))?;
+        let id = sha256_digest(&bytes);
+        if id != descriptor.digest {
+            return Err(ImageError::DigestMismatch {
+                expected: descriptor.digest.clone(),
+                actual: id,
+            });
+        }
+        let config: oci_spec::image::ImageConfiguration =
+            serde_json::from_slice(&bytes).map_err(|source| ImageError::InvalidJson {
+                what: format!("image config {id}"),
+                source,
+            })?;
+        let diff_ids = config.rootfs().diff_ids().clone();
+        check_diff_ids(endpoint, &diff_ids, layer_count)?;
+        Ok(FetchedConfig {
+            bytes,
+            id,
+            config,
+            diff_ids,
+        })
+    }
+
+    /// Fetches each layer in `missing` (a layer listed twice only once) into `staging`
+    /// and adds it to `blobs`.
+    async fn fetch_missing_layers(
+        &self,
+        layers: &[Descriptor],
+        diff_ids: &[String],
+        missing: &[usize],
+        staging: &Path,
+        blobs: &mut Vec<(String, PathBuf)>,
+    ) -> Result<(), ImageError> {
+        for &i in missing {
+            let layer = &layers[i];
+            let diff_id = &diff_ids[i];
+            let Some(diff_hex) = parse_sha256(diff_id) else {
+                continue;
+            };
+            if blobs.iter().any(|(hex, _)| hex == diff_hex) {
+                // The same layer twice in one image: fetched once.
+                continue;
+            }
+            let compressed = staging.join(format!("layer-{i}"));
+            let dest = staging.join(diff_hex);
+            self.fetch_layer(layer, diff_id, &compressed, &dest).await?;
+            blobs.push((diff_hex.to_owned(), dest));
+        }
+        Ok(())
+    }
+
+    /// Downloads `layer` to `compressed`, then verifies it against `diff_id` and unpacks it
+    /// into `dest`, reporting Docker's steps from `Downloading` to `Pull complete`.
+    async fn fetch_layer(
+        &self,
+        layer: &Descriptor,
+        diff_id: &str,
+        compressed: &Path,
+        dest: &Path,
+    ) -> Result<(), ImageError> {
+        let progress = self.progress;
         let short = short_id(&layer.digest);
-        let compressed = staging.0.join(format!("layer-{i}"));
         download(
-            client,
-            &blob_ref,
-            endpoint,
+            self.client,
+            &self.blob_ref,
+            self.endpoint,
             layer,
-            &compressed,
+            compressed,
             &short,
             progress,
         )
@@ -377,67 +460,131 @@ async fn fetch(
             0,
             Some(layer.size as u64),
         ));
-        let dest = staging.0.join(diff_hex);
         tokio::task::block_in_place(|| {
             archive::import_layer(
-                &compressed,
-                &dest,
+                compressed,
+                dest,
                 diff_id,
                 &format!("layer {}", layer.digest),
             )
         })?;
-        let _ = fs::remove_file(&compressed);
+        let _ = fs::remove_file(compressed);
         progress(Progress::status(Some(short), "Pull complete".into()));
-        prepared.blobs.push((diff_hex.to_owned(), dest));
+        Ok(())
     }
+}
 
+/// Checks that a config's diff ids match the manifest's `layer_count` layers one for one
+/// and are all sha256 digests.
+fn check_diff_ids(
+    endpoint: &Endpoint,
+    diff_ids: &[String],
+    layer_count: usize,
+) -> Result<(), ImageError> {
+    if diff_ids.len() != layer_count {
+        return Err(bad(
+            endpoint,
+            "image",
+            &format!(
+                "its manifest lists {} layers but its config {}",
+                layer_count,
+                diff_ids.len()
+            ),
+        ));
+    }
+    for diff_id in diff_ids {
+        if parse_sha256(diff_id).is_none() {
+            return Err(bad(
+                endpoint,
+                "image config",
+                &format!("bad diff id {diff_id:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The indices of the layers whose diff id the store does not hold yet.
+fn missing_layers(store: &ImageStore, diff_ids: &[String]) -> Vec<usize> {
+    (0..diff_ids.len())
+        .filter(|&i| !store.has_blob(&diff_ids[i]))
+        .collect()
+}
+
+/// Reports each layer as `Pulling fs layer` if it is in `missing`, else `Already exists`.
+fn report_layer_presence(
+    layers: &[Descriptor],
+    missing: &[usize],
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) {
+    for (i, layer) in layers.iter().enumerate() {
+        let status = if missing.contains(&i) {
+            "Pulling fs layer"
+        } else {
+            "Already exists"
+        };
+        progress(Progress::status(
+            Some(short_id(&layer.digest)),
+            status.into(),
+        ));
+    }
+}
+
+/// The image's uncompressed size: its layers' sizes, each where it is staged or stored.
+fn image_size(
+    store: &ImageStore,
+    diff_ids: &[String],
+    staged: &[(String, PathBuf)],
+) -> Result<u64, ImageError> {
     let mut size = 0u64;
-    for diff_id in &diff_ids {
+    for diff_id in diff_ids {
         let hex = parse_sha256(diff_id).unwrap_or_default();
-        let path = match prepared.blobs.iter().find(|(h, _)| h == hex) {
+        let path = match staged.iter().find(|(h, _)| h == hex) {
             Some((_, staged)) => staged.clone(),
             None => store.blobs_dir().join(hex),
         };
         size += fs::metadata(&path).map_err(ImageError::io(&path))?.len();
     }
-    if !store.has_blob(&id) {
-        let path = staging.0.join("config");
-        write_synced(&path, &config_bytes)?;
-        prepared
-            .blobs
-            .push((parse_sha256(&id).unwrap_or_default().to_owned(), path));
+    Ok(size)
+}
+
+/// Stages the config blob `id` into `staging` and `blobs`, unless the store holds it.
+fn stage_config(
+    store: &ImageStore,
+    staging: &Path,
+    id: &str,
+    config_bytes: &[u8],
+    blobs: &mut Vec<(String, PathBuf)>,
+) -> Result<(), ImageError> {
+    if !store.has_blob(id) {
+        let path = staging.join("config");
+        write_synced(&path, config_bytes)?;
+        blobs.push((parse_sha256(id).unwrap_or_default().to_owned(), path));
     }
-    let tags = match tag_or_digest {
+    Ok(())
+}
+
+/// The tags a pull records: the reference when it names a tag, none for a digest.
+fn pulled_tags(reference: &Reference, tag_or_digest: &TagOrDigest) -> Vec<Reference> {
+    match tag_or_digest {
         TagOrDigest::Tag(_) => vec![reference.clone()],
         TagOrDigest::Digest(_) => Vec::new(),
-    };
-    prepared.images.push(archive::PreparedImage {
-        id: id.clone(),
-        config,
-        diff_ids,
-        size,
-        tags,
-        repo_digests: vec![format!("{}@{}", reference.familiar_name(), resolved.digest)],
-    });
-    let up_to_date = already_had_image && missing.is_empty();
-    tokio::task::block_in_place(|| store.commit(&prepared))?;
-    for &i in &missing {
+    }
+}
+
+/// Remembers the compressed digest of each layer in `missing`; failures are only logged.
+fn remember_pulled_layers(
+    store: &ImageStore,
+    diff_ids: &[String],
+    layers: &[Descriptor],
+    missing: &[usize],
+) {
+    for &i in missing {
         // A cache for later pushes: failing to write it costs an upload, nothing more.
-        if let Err(error) =
-            super::push::remember_layer(store, &prepared.images[0].diff_ids[i], &resolved.layers[i])
-        {
+        if let Err(error) = super::push::remember_layer(store, &diff_ids[i], &layers[i]) {
             tracing::warn!(error = %crate::error_chain(&error), "could not remember a layer's compressed digest");
         }
     }
-    progress(Progress::status(
-        None,
-        format!("Digest: {}", resolved.digest),
-    ));
-    Ok(PullOutcome {
-        id,
-        digest: resolved.digest,
-        up_to_date,
-    })
 }
 
 /// Streams one blob into `dest`, reporting `Downloading` progress about every 256 KiB.

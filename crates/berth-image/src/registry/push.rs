@@ -9,12 +9,13 @@
 
 use std::fs;
 use std::io::{BufReader, BufWriter};
+use std::path::Path;
 
 use futures_util::TryStreamExt;
 use redb::TableDefinition;
 
 use super::{
-    is_denied, Credentials, Descriptor, RegistryOptions, TagOrDigest, DOCKER_CONFIG,
+    is_denied, Credentials, Descriptor, Endpoint, RegistryOptions, TagOrDigest, DOCKER_CONFIG,
     DOCKER_LAYER_GZIP, DOCKER_MANIFEST,
 };
 use crate::digest::{parse_sha256, sha256_digest, HashingWriter};
@@ -61,6 +62,14 @@ fn known_layer(store: &ImageStore, diff_id: &str) -> Option<Descriptor> {
     serde_json::from_slice(row.value()).ok()
 }
 
+/// The repository a push uploads to, with the client that talks to its registry.
+struct PushTarget {
+    client: oci_client::Client,
+    endpoint: Endpoint,
+    /// The pushed reference (by tag) on `endpoint`.
+    target: oci_client::Reference,
+}
+
 /// Pushes the local image `reference` (which has a tag) to its registry.
 pub async fn push(
     store: &ImageStore,
@@ -88,18 +97,21 @@ pub async fn push(
         ..endpoint.client_config()
     });
     let target = endpoint.reference(&reference.path, &TagOrDigest::Tag(tag.clone()));
-    let auth = credentials.to_registry_auth();
-    let map_error = |error: oci_client::errors::OciDistributionError| {
-        if is_denied(&error) {
-            ImageError::Unauthorized("authentication required".into())
-        } else {
-            endpoint.error(error)
-        }
+    let push_target = PushTarget {
+        client,
+        endpoint,
+        target,
     };
-    client
-        .auth(&target, &auth, oci_client::RegistryOperation::Push)
+    let auth = credentials.to_registry_auth();
+    push_target
+        .client
+        .auth(
+            &push_target.target,
+            &auth,
+            oci_client::RegistryOperation::Push,
+        )
         .await
-        .map_err(map_error)?;
+        .map_err(|e| push_target.map_error(e))?;
     progress(Progress::status(
         None,
         format!(
@@ -117,22 +129,62 @@ pub async fn push(
     let staging = store.staging("push")?;
     let mut layers = Vec::with_capacity(image.diff_ids.len());
     for (i, diff_id) in image.diff_ids.iter().enumerate() {
+        let layer = push_target
+            .push_layer(store, &staging.0, i, diff_id, progress)
+            .await?;
+        layers.push(layer);
+    }
+    let config_size = push_target.push_config(store, &image.id).await?;
+    let (digest, size) = push_target
+        .push_manifest(&image.id, config_size, &layers)
+        .await?;
+    store.add_repo_digest(
+        &image.id,
+        &format!("{}@{digest}", reference.familiar_name()),
+    )?;
+    progress(Progress::status(
+        None,
+        format!("{tag}: digest: {digest} size: {size}"),
+    ));
+    Ok(PushOutcome { tag, digest, size })
+}
+
+impl PushTarget {
+    /// The error for a failed registry request: `Unauthorized` when access was denied.
+    fn map_error(&self, error: oci_client::errors::OciDistributionError) -> ImageError {
+        if is_denied(&error) {
+            ImageError::Unauthorized("authentication required".into())
+        } else {
+            self.endpoint.error(error)
+        }
+    }
+
+    /// Pushes layer `diff_id` (the image's `index`th), unless the registry already has the
+    /// compressed blob remembered for it; returns the layer's descriptor.
+    async fn push_layer(
+        &self,
+        store: &ImageStore,
+        staging: &Path,
+        index: usize,
+        diff_id: &str,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> Result<Descriptor, ImageError> {
         let short = super::pull::short_id(diff_id);
         if let Some(known) = known_layer(store, diff_id) {
-            if client
-                .blob_exists(&target, &known.digest)
+            if self
+                .client
+                .blob_exists(&self.target, &known.digest)
                 .await
-                .map_err(map_error)?
+                .map_err(|e| self.map_error(e))?
             {
                 progress(Progress::status(Some(short), "Layer already exists".into()));
-                layers.push(known);
-                continue;
+                return Ok(known);
             }
         }
         let hex = parse_sha256(diff_id)
             .ok_or_else(|| ImageError::InvalidArchive(format!("bad diff id {diff_id:?}")))?;
         let source = store.blobs_dir().join(hex);
-        let compressed = staging.0.join(format!("layer-{i}.tar.gz"));
+        let compressed = staging.join(format!("layer-{index}.tar.gz"));
         let (digest, size) = tokio::task::block_in_place(|| gzip(&source, &compressed))?;
         let descriptor = Descriptor {
             media_type: DOCKER_LAYER_GZIP.to_owned(),
@@ -145,64 +197,72 @@ pub async fn push(
             .map_err(ImageError::io(&compressed))?;
         let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
             .map_err(oci_client::errors::OciDistributionError::from);
-        client
-            .push_blob_stream(&target, stream, &descriptor.digest, Some(size))
+        self.client
+            .push_blob_stream(&self.target, stream, &descriptor.digest, Some(size))
             .await
-            .map_err(map_error)?;
+            .map_err(|e| self.map_error(e))?;
         let _ = fs::remove_file(&compressed);
         progress(Progress::bytes(&short, "Pushing", size, Some(size)));
         progress(Progress::status(Some(short), "Pushed".into()));
         remember_layer(store, diff_id, &descriptor)?;
-        layers.push(descriptor);
+        Ok(descriptor)
     }
 
-    let config_hex = parse_sha256(&image.id)
-        .ok_or_else(|| ImageError::InvalidArchive(format!("bad image id {:?}", image.id)))?;
-    let config_path = store.blobs_dir().join(config_hex);
-    let config_bytes = fs::read(&config_path).map_err(ImageError::io(&config_path))?;
-    if !client
-        .blob_exists(&target, &image.id)
-        .await
-        .map_err(map_error)?
-    {
-        client
-            .push_blob(&target, config_bytes.clone(), &image.id)
+    /// Pushes the stored config blob of image `id` unless the registry has it; returns its
+    /// size in bytes.
+    async fn push_config(&self, store: &ImageStore, id: &str) -> Result<usize, ImageError> {
+        let config_hex = parse_sha256(id)
+            .ok_or_else(|| ImageError::InvalidArchive(format!("bad image id {id:?}")))?;
+        let config_path = store.blobs_dir().join(config_hex);
+        let config_bytes = fs::read(&config_path).map_err(ImageError::io(&config_path))?;
+        if !self
+            .client
+            .blob_exists(&self.target, id)
             .await
-            .map_err(map_error)?;
+            .map_err(|e| self.map_error(e))?
+        {
+            self.client
+                .push_blob(&self.target, config_bytes.clone(), id)
+                .await
+                .map_err(|e| self.map_error(e))?;
+        }
+        Ok(config_bytes.len())
     }
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": DOCKER_MANIFEST,
-        "config": {
-            "mediaType": DOCKER_CONFIG,
-            "size": config_bytes.len(),
-            "digest": image.id,
-        },
-        "layers": layers,
-    });
-    let body = serde_json::to_vec(&manifest).map_err(|source| ImageError::Record {
-        id: image.id.clone(),
-        source,
-    })?;
-    let digest = sha256_digest(&body);
-    let size = body.len();
-    client
-        .push_manifest_raw(
-            &target,
-            body,
-            reqwest::header::HeaderValue::from_static(DOCKER_MANIFEST),
-        )
-        .await
-        .map_err(map_error)?;
-    store.add_repo_digest(
-        &image.id,
-        &format!("{}@{digest}", reference.familiar_name()),
-    )?;
-    progress(Progress::status(
-        None,
-        format!("{tag}: digest: {digest} size: {size}"),
-    ));
-    Ok(PushOutcome { tag, digest, size })
+
+    /// Pushes a Docker schema 2 manifest of config `id` and `layers` under the target's
+    /// tag; returns the manifest's digest and size in bytes.
+    async fn push_manifest(
+        &self,
+        id: &str,
+        config_size: usize,
+        layers: &[Descriptor],
+    ) -> Result<(String, usize), ImageError> {
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": DOCKER_MANIFEST,
+            "config": {
+                "mediaType": DOCKER_CONFIG,
+                "size": config_size,
+                "digest": id,
+            },
+            "layers": layers,
+        });
+        let body = serde_json::to_vec(&manifest).map_err(|source| ImageError::Record {
+            id: id.to_owned(),
+            source,
+        })?;
+        let digest = sha256_digest(&body);
+        let size = body.len();
+        self.client
+            .push_manifest_raw(
+                &self.target,
+                body,
+                reqwest::header::HeaderValue::from_static(DOCKER_MANIFEST),
+            )
+            .await
+            .map_err(|e| self.map_error(e))?;
+        Ok((digest, size))
+    }
 }
 
 /// Gzips `source` into `dest`; returns the compressed blob's digest and size.

@@ -1,0 +1,110 @@
+//! Bringing a new VM's guest up to a mounted root: a clone is given its identity
+//! (entropy, clock: `Rebind`), a cold boot is waited for (`Hello`); then the guest is
+//! set up (`Setup`: disk, hostname, first NIC, volumes). The setup, and the container's
+//! process when nothing has to be connected after the setup, travel behind the first
+//! message without waiting for its answer.
+
+use std::time::{Duration, Instant};
+
+use berth_agent_proto::{GuestMessage, HostMessage, RebindSpec, AGENT_STREAM};
+use rand::RngCore;
+use tokio::net::UnixStream;
+
+use super::plan::StartPlan;
+use crate::agent::{handshake, rebind, AgentError, AgentReader, AgentSession, MAIN_STREAM};
+use crate::error::EngineError;
+
+/// How long a VM gets from process start to the agent's Hello. Generous: under software
+/// emulation on a loaded host a boot can take many seconds.
+pub(super) const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+pub(super) const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A guest that answered its setup.
+pub(super) struct GuestUp {
+    pub session: AgentSession,
+    pub reader: AgentReader,
+    /// When the agent first answered (Hello or Rebound).
+    pub answered_at: Duration,
+}
+
+/// Why a guest did not come up, and whether its agent ever answered (a clone whose
+/// agent never answered condemns its template; a failed setup is the container's own).
+pub(super) struct GuestFailure {
+    pub error: EngineError,
+    pub agent_answered: bool,
+}
+
+/// Rebinds or waits for the guest, then sets it up (and sends the process when
+/// `plan.pipelined()`).
+pub(super) async fn bring_up(
+    plan: &StartPlan,
+    agent: UnixStream,
+    begun: Instant,
+) -> Result<GuestUp, GuestFailure> {
+    let failed = |agent_answered| {
+        move |error: EngineError| GuestFailure {
+            error,
+            agent_answered,
+        }
+    };
+    let mut follow = vec![(
+        AGENT_STREAM,
+        HostMessage::Setup(plan.setup_spec().map_err(failed(false))?),
+    )];
+    if plan.pipelined() {
+        follow.push((MAIN_STREAM, HostMessage::Spawn(plan.process.clone())));
+    }
+    let (session, mut reader) = if plan.is_clone() {
+        let (session, reader, _steps) = rebind(agent, rebind_spec(), follow, SETUP_TIMEOUT)
+            .await
+            .map_err(|e| failed(false)(e.into()))?;
+        (session, reader)
+    } else {
+        let (session, reader, _kernel) = handshake(agent, BOOT_TIMEOUT)
+            .await
+            .map_err(|e| failed(false)(e.into()))?;
+        for (stream, message) in follow {
+            session
+                .send(stream, &message)
+                .await
+                .map_err(|e| failed(true)(e.into()))?;
+        }
+        (session, reader)
+    };
+    let answered_at = begun.elapsed();
+    const SETTING_UP: &str = "setting the guest up";
+    let answer = reader
+        .expect_message(AGENT_STREAM, SETUP_TIMEOUT, SETTING_UP)
+        .await
+        .map_err(|e| failed(true)(e.into()))?;
+    match answer {
+        GuestMessage::SetupDone => Ok(GuestUp {
+            session,
+            reader,
+            answered_at,
+        }),
+        GuestMessage::Error { message } => Err(failed(true)(
+            AgentError::GuestFailed {
+                during: SETTING_UP.into(),
+                message,
+            }
+            .into(),
+        )),
+        other => Err(failed(true)(
+            AgentError::unexpected(SETTING_UP, &other).into(),
+        )),
+    }
+}
+
+/// A clone's new identity: fresh entropy from the host and the host's clock.
+fn rebind_spec() -> RebindSpec {
+    let mut entropy = vec![0u8; 64];
+    rand::rngs::OsRng.fill_bytes(&mut entropy);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    RebindSpec {
+        entropy,
+        realtime: (now.as_secs() as i64, now.subsec_nanos()),
+    }
+}

@@ -1,0 +1,293 @@
+//! `docker start` as a pipeline of small steps, each in its own function:
+//!
+//! 1. **plan** ([`plan`]): clone or cold boot, template, shape, disks, NICs, process;
+//!    takes the run's network leases;
+//! 2. **boot or restore** the VM (the backend);
+//! 3. **host networks** (taps, DNS names, published ports) when the process is sent
+//!    behind the setup;
+//! 4. **guest up** ([`guest`]): rebind or Hello, then setup (and the process);
+//! 5. **serve** ([`serve`]): the task that owns the run from here to its end;
+//! 6. **connect** more NICs and send the process, when it was not sent behind the setup;
+//! 7. **started**: the agent reports the process started: the `Started` transition.
+//!
+//! A failure before step 5 is undone in one place ([`StartRollback`]): the VM killed,
+//! a template that never answered discarded, the network leases given back. From step 5
+//! on, the serve task owns the run and gives everything back when it ends.
+
+mod finish;
+mod guest;
+mod networks;
+mod plan;
+mod reattach;
+mod serve;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_agent_proto::HostMessage;
+use berth_vm::VmControl;
+use tokio::sync::oneshot;
+
+use crate::agent::{AgentError, AgentSession, MAIN_STREAM};
+use crate::container::{Refusal, Transition};
+use crate::error::{error_chain, EngineError};
+use crate::output::LogWriter;
+use crate::template::Template;
+use crate::{lock, ContainerHandle, Engine, Runtime};
+
+/// What `start` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartOutcome {
+    Started,
+    /// The container was already running (Docker answers 304).
+    AlreadyRunning,
+}
+
+/// What a failed start must undo, gathered as the steps make it.
+#[derive(Default)]
+struct StartRollback {
+    /// The run's network leases (and whatever was activated on them).
+    networks: bool,
+    /// The VM, once booted or restored.
+    vm: Option<Arc<dyn VmControl>>,
+    /// The template of a clone whose agent never answered.
+    condemned_template: Option<Template>,
+}
+
+/// Where a start's time went, for the log.
+struct StartTimings {
+    begun: Instant,
+    template_ready: Duration,
+    vm_up: Duration,
+    agent_answered: Duration,
+    setup_done: Duration,
+    networked: Duration,
+}
+
+impl Engine {
+    /// Starts a created or exited container and returns once its process runs.
+    pub async fn start_container(
+        self: &Arc<Self>,
+        reference: &str,
+    ) -> Result<StartOutcome, EngineError> {
+        let handle = self.lookup(reference)?;
+        {
+            // A user's start: the restart policy applies again from here.
+            let mut record = lock(&handle.record);
+            record.manually_stopped = false;
+            *lock(&handle.restart_delay) = None;
+        }
+        self.start_run(&handle).await
+    }
+
+    /// Starts a container's next run (a user's start, a restart, or the daemon's).
+    pub(crate) async fn start_run(
+        self: &Arc<Self>,
+        handle: &Arc<ContainerHandle>,
+    ) -> Result<StartOutcome, EngineError> {
+        let _guard = handle.lifecycle.lock().await;
+        match handle.status().can_start() {
+            Ok(()) => {}
+            Err(Refusal::AlreadyRunning) => return Ok(StartOutcome::AlreadyRunning),
+            Err(refusal) => return Err(EngineError::refused(&handle.id)(refusal)),
+        }
+        match self.boot_and_spawn(handle).await {
+            Ok(()) => Ok(StartOutcome::Started),
+            Err(error) => {
+                if !matches!(error, EngineError::StartFailed(_)) {
+                    // The run task records spawn failures (and auto-removes) itself;
+                    // everything else is recorded here.
+                    let failed = Transition::StartFailed {
+                        error: error_chain(&error),
+                    };
+                    if let Err(error) = self.transition(handle, failed) {
+                        tracing::warn!(id = %handle.id, error = %error_chain(&error), "recording a failed start failed");
+                    }
+                    if handle.snapshot().auto_remove() {
+                        // As Docker does: a `--rm` container that fails to start is removed
+                        // (a client waiting for its removal would wait forever otherwise).
+                        let engine = self.clone();
+                        let id = handle.id.clone();
+                        tokio::spawn(async move {
+                            let _ = engine.remove_container_and_volumes(&id, true, true).await;
+                        });
+                    }
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Runs the start pipeline; undoes what it made if a step before serving fails.
+    async fn boot_and_spawn(
+        self: &Arc<Self>,
+        handle: &Arc<ContainerHandle>,
+    ) -> Result<(), EngineError> {
+        let mut rollback = StartRollback::default();
+        match self.start_steps(handle, &mut rollback).await {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                self.roll_back(handle, rollback).await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Undoes a failed start's steps, in reverse.
+    async fn roll_back(&self, handle: &ContainerHandle, rollback: StartRollback) {
+        if let Some(vm) = rollback.vm {
+            vm.kill().await;
+        }
+        if let Some(template) = rollback.condemned_template {
+            self.templates.discard(&template).await;
+        }
+        if rollback.networks {
+            self.release_networks(handle);
+        }
+    }
+
+    async fn start_steps(
+        self: &Arc<Self>,
+        handle: &Arc<ContainerHandle>,
+        rollback: &mut StartRollback,
+    ) -> Result<(), EngineError> {
+        let begun = Instant::now();
+        let guest = self.guest().await?.clone();
+        let run_dir = self.vm_dir(&handle.id);
+        let _ = std::fs::remove_dir_all(&run_dir);
+        std::fs::create_dir_all(&run_dir).map_err(EngineError::io(&run_dir))?;
+        // 1. plan
+        let plan = self.plan_start(handle, &guest).await?;
+        rollback.networks = true;
+        let template_ready = begun.elapsed();
+        // 2. boot or restore
+        let hotplug = self.config.backend.supports_hotplug();
+        let spec = plan.vm_spec(self, &guest, hotplug);
+        let vm = match self.config.backend.boot(&spec).await {
+            Ok(vm) => vm,
+            Err(error) => {
+                rollback.condemned_template = plan.template.clone();
+                return Err(error.into());
+            }
+        };
+        let vm_pid = vm.pid;
+        let control: Arc<dyn VmControl> = Arc::from(vm.control);
+        rollback.vm = Some(control.clone());
+        let vm_up = begun.elapsed();
+        // 3. host networks first, when the process travels behind the setup
+        if plan.pipelined() {
+            self.activate_networks(handle, &plan.network).await?;
+        }
+        // 4. guest up (a clone's volumes are hot-plugged before it rebinds)
+        if plan.is_clone() {
+            for disk in &plan.volume_disks {
+                if let Err(error) = control.add_disk(disk).await {
+                    rollback.condemned_template = plan.template.clone();
+                    return Err(error.into());
+                }
+            }
+        }
+        let up = match guest::bring_up(&plan, vm.agent, begun).await {
+            Ok(up) => up,
+            Err(failure) => {
+                if !failure.agent_answered {
+                    rollback.condemned_template = plan.template.clone();
+                }
+                return Err(failure.error);
+            }
+        };
+        let setup_done = begun.elapsed();
+        // 5. serve: from here the serve task owns the run and its networks
+        let log = self.log_writer(&plan.record)?;
+        let session = Arc::new(up.session);
+        let (started_sender, started) = oneshot::channel();
+        handle.attach_runtime(Arc::new(Runtime::new(session.clone(), control.clone())));
+        tokio::spawn(serve::serve(
+            self.clone(),
+            handle.clone(),
+            serve::ServedRun {
+                reader: up.reader,
+                log,
+                control: control.clone(),
+                started: started_sender,
+                already_exited: None,
+            },
+        ));
+        rollback.networks = false;
+        // 6. connect, and send the process if it did not travel with the setup
+        if !plan.pipelined() {
+            self.connect_and_spawn(handle, &plan, &session).await?;
+        }
+        // The serve task ends the VM from here, whatever happens.
+        rollback.vm = None;
+        let timings = StartTimings {
+            begun,
+            template_ready,
+            vm_up,
+            agent_answered: up.answered_at,
+            setup_done,
+            networked: begun.elapsed(),
+        };
+        // 7. started
+        match started.await {
+            Ok(Ok(_guest_pid)) => {
+                timings.log(&plan.record);
+                self.transition(handle, Transition::Started { pid: vm_pid })?;
+                self.start_health_checks(handle);
+                if let Some(input) = handle.take_stdin() {
+                    tokio::spawn(serve::forward_stdin(session, input));
+                }
+                Ok(())
+            }
+            Ok(Err(message)) => Err(EngineError::StartFailed(message)),
+            Err(_) => Err(AgentError::VmEnded("before the process started").into()),
+        }
+    }
+
+    /// Step 6: NICs beyond the first, the host side of the networks, then the process.
+    async fn connect_and_spawn(
+        self: &Arc<Self>,
+        handle: &Arc<ContainerHandle>,
+        plan: &plan::StartPlan,
+        session: &AgentSession,
+    ) -> Result<(), EngineError> {
+        self.connect_extra_nics(handle, &plan.network).await?;
+        self.activate_networks(handle, &plan.network).await?;
+        session
+            .send(MAIN_STREAM, &HostMessage::Spawn(plan.process.clone()))
+            .await?;
+        Ok(())
+    }
+
+    /// The container's log, kept as its log options say.
+    fn log_writer(&self, record: &crate::ContainerRecord) -> Result<LogWriter, EngineError> {
+        let log_config = record.host_config.log_config.clone().unwrap_or_default();
+        let limits = crate::output::LogLimits::from_config(
+            log_config.typ.as_deref(),
+            &log_config.config.unwrap_or_default(),
+        )?;
+        LogWriter::open_with(
+            &self.container_dir(&record.id).join("container.log"),
+            limits,
+        )
+    }
+}
+
+impl StartTimings {
+    /// Where a start's time went: the template, the VM process and its devices, the
+    /// guest's boot (or rebind) to the agent's answer, the setup, the networks, the
+    /// process's start.
+    fn log(&self, record: &crate::ContainerRecord) {
+        tracing::info!(
+            id = %&record.id[..12],
+            runtime = record.runtime(),
+            template_ms = self.template_ready.as_millis() as u64,
+            vm_process_ms = self.vm_up.as_millis() as u64,
+            agent_hello_ms = self.agent_answered.as_millis() as u64,
+            setup_done_ms = self.setup_done.as_millis() as u64,
+            networks_ms = self.networked.as_millis() as u64,
+            process_started_ms = self.begun.elapsed().as_millis() as u64,
+            "container started"
+        );
+    }
+}

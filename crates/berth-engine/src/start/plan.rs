@@ -1,0 +1,229 @@
+//! The first step of a start: what the run will be, decided before anything is made
+//! but the network leases: clone or cold boot (and from which template), the VM's
+//! shape, disks and NICs, and the container's process.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use berth_agent_proto::{ProcessSpec, SetupSpec, VolumeMount};
+use berth_guest::GuestImage;
+use berth_vm::{DiskFormat, DiskSpec, MemoryBacking, VmSpec};
+
+use crate::container::{ContainerHandle, ContainerRecord};
+use crate::error::{error_chain, EngineError};
+use crate::network::NetworkPlan;
+use crate::template::{Shape, Template};
+use crate::{lock, Engine, RUNTIME_CLONE};
+
+/// What a start will make.
+pub(super) struct StartPlan {
+    /// The record as the start began.
+    pub record: ContainerRecord,
+    /// The template a clone restores (`None`: a cold boot).
+    pub template: Option<Template>,
+    /// A verified private copy of the template's state (clones only).
+    pub restore_from: Option<PathBuf>,
+    pub network: NetworkPlan,
+    /// The container's volumes as disks: in the VM from boot, or hot-plugged into a clone.
+    pub volume_disks: Vec<DiskSpec>,
+    pub process: ProcessSpec,
+}
+
+impl StartPlan {
+    pub fn is_clone(&self) -> bool {
+        self.template.is_some()
+    }
+
+    /// Whether the process travels right behind the setup (no networks to connect
+    /// after setup): spares a round trip to the guest.
+    pub fn pipelined(&self) -> bool {
+        self.network.extra.is_empty()
+    }
+
+    /// The VM to boot or restore.
+    pub fn vm_spec(&self, engine: &Engine, guest: &GuestImage, hotplug: bool) -> VmSpec {
+        let record = &self.record;
+        let (vcpus, memory_mib) = record.vm_shape(engine.config.default_memory_mib);
+        let mut disks = vec![DiskSpec::new(
+            engine.container_dir(&record.id).join("rootfs.qcow2"),
+            DiskFormat::Qcow2,
+        )];
+        if !self.is_clone() {
+            disks.extend(self.volume_disks.iter().cloned());
+        }
+        let extra_nics = self
+            .network
+            .extra
+            .iter()
+            .filter(|_| !hotplug)
+            .map(|(nic, _)| nic.clone());
+        VmSpec {
+            name: record.id.clone(),
+            vcpus,
+            memory_mib,
+            kernel: guest.kernel.clone(),
+            initramfs: guest.initramfs.clone(),
+            disks,
+            run_dir: engine.vm_dir(&record.id),
+            memory: match &self.template {
+                Some(template) => MemoryBacking::PrivateFile(template.memory_file()),
+                None => MemoryBacking::Anonymous,
+            },
+            restore_from: self.restore_from.clone(),
+            nics: std::iter::once(self.network.boot_nic.clone())
+                .chain(extra_nics)
+                .collect(),
+            netns: Some(engine.networks.namespace_path()),
+        }
+    }
+
+    /// The guest's setup: hostname, root disk, first interface, DNS, volumes and the
+    /// container's own settings.
+    pub fn setup_spec(&self) -> Result<SetupSpec, EngineError> {
+        let record = &self.record;
+        let mut setup = SetupSpec {
+            hostname: record
+                .config
+                .hostname
+                .clone()
+                .unwrap_or_else(|| record.id[..12].to_owned()),
+            root_device: "/dev/vda".into(),
+            interfaces: self.network.boot_interface.iter().cloned().collect(),
+            nameservers: self.network.nameservers.clone(),
+            ..Default::default()
+        };
+        crate::guest_config::apply(record, &self.network, &mut setup)?;
+        setup.volumes = record
+            .mounts
+            .iter()
+            .enumerate()
+            .map(|(index, mount)| VolumeMount {
+                serial: volume_serial(index),
+                target: mount.target.clone(),
+                read_only: mount.read_only,
+                populate: mount.populate,
+            })
+            .collect();
+        Ok(setup)
+    }
+}
+
+impl Engine {
+    /// Plans a start. Takes the run's network leases last: a failure before them leaves
+    /// nothing to undo; after them, the caller gives them back.
+    pub(super) async fn plan_start(
+        self: &Arc<Self>,
+        handle: &Arc<ContainerHandle>,
+        guest: &GuestImage,
+    ) -> Result<StartPlan, EngineError> {
+        let record = handle.snapshot();
+        let process = process_spec(&record)?;
+        self.check_volumes_free(&record.id, &record.mounts)?;
+        let volume_disks = self.volume_disks(&record);
+        let (template, restore_from) = match self.wants_clone(&record) {
+            true => {
+                let (template, state) = self.usable_template(&record, guest).await?;
+                (Some(template), Some(state))
+            }
+            false => (None, None),
+        };
+        let network = {
+            let mut planned = handle.snapshot();
+            let plan = self.networks.plan_start(&mut planned)?;
+            lock(&handle.record).networks = planned.networks;
+            plan
+        };
+        Ok(StartPlan {
+            record,
+            template,
+            restore_from,
+            network,
+            volume_disks,
+            process,
+        })
+    }
+
+    /// Whether the container's VM is cloned: the default runtime, on a backend with
+    /// snapshots. A backend without hot-plug cold-boots containers with volumes or
+    /// several networks, whose disks and NICs it then has from boot.
+    fn wants_clone(&self, record: &ContainerRecord) -> bool {
+        let backend = &self.config.backend;
+        record.runtime() == RUNTIME_CLONE
+            && backend.supports_snapshot()
+            && (backend.supports_hotplug()
+                || (record.mounts.is_empty() && record.networks.len() <= 1))
+    }
+
+    /// The template of the container's shape and a verified private copy of its state;
+    /// a template found damaged is discarded and built again, once.
+    async fn usable_template(
+        &self,
+        record: &ContainerRecord,
+        guest: &GuestImage,
+    ) -> Result<(Template, PathBuf), EngineError> {
+        let (vcpus, memory_mib) = record.vm_shape(self.config.default_memory_mib);
+        let shape = Shape { vcpus, memory_mib };
+        let run_dir = self.vm_dir(&record.id);
+        let mut attempt = 0;
+        loop {
+            let candidate = self
+                .templates
+                .get_or_build(&*self.config.backend, guest, shape)
+                .await?;
+            match candidate.verified_state_copy(&run_dir) {
+                Ok(state) => return Ok((candidate, state)),
+                Err(error) if attempt == 0 => {
+                    tracing::warn!(error = %error_chain(&error), "template unusable; rebuilding it");
+                    self.templates.discard(&candidate).await;
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// The container's volumes as disks, in the PCI slots their order gives them.
+    fn volume_disks(&self, record: &ContainerRecord) -> Vec<DiskSpec> {
+        record
+            .mounts
+            .iter()
+            .enumerate()
+            .map(|(index, mount)| DiskSpec {
+                path: self.volume_disk(&mount.volume),
+                format: DiskFormat::Raw,
+                read_only: mount.read_only,
+                serial: Some(volume_serial(index)),
+                pci_slot: Some(berth_vm::FIRST_VOLUME_SLOT + index as u8),
+            })
+            .collect()
+    }
+}
+
+/// The container's process, checked before any VM is booted.
+fn process_spec(record: &ContainerRecord) -> Result<ProcessSpec, EngineError> {
+    Ok(ProcessSpec {
+        argv: std::iter::once(record.path.clone())
+            .chain(record.args.iter().cloned())
+            .collect(),
+        env: record.config.env.clone().unwrap_or_default(),
+        cwd: record
+            .config
+            .working_dir
+            .clone()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into()),
+        user: record.config.user.clone().unwrap_or_default(),
+        tty: record.tty(),
+        stdin: record.config.open_stdin.unwrap_or(false),
+        tty_size: None,
+        rlimits: crate::security::rlimits(&record.host_config)?,
+        capabilities: crate::security::capabilities(&record.host_config)?,
+        no_new_privileges: crate::security::no_new_privileges(&record.host_config),
+        agent_helper: false,
+    })
+}
+
+/// The disk serial of a container's `index`th volume, which the agent looks for.
+fn volume_serial(index: usize) -> String {
+    format!("berth-vol-{index}")
+}

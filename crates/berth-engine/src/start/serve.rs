@@ -1,0 +1,251 @@
+//! The task that owns a running container's run: it copies the main process's output
+//! to the log and to attached clients, hands exec output and answers to the agent's
+//! requests to their owners, and ends the run when the process exits, the agent breaks
+//! the protocol or the VM dies; then it powers the VM off and records the end.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_agent_proto::{GuestMessage, HostMessage, AGENT_STREAM};
+use berth_vm::VmControl;
+use tokio::sync::oneshot;
+
+use super::finish::RunEnd;
+use crate::agent::{AgentEvent, AgentReader, AgentSession, MAIN_STREAM};
+use crate::error::error_chain;
+use crate::output::{LogWriter, OutputChunk};
+use crate::{lock, ContainerHandle, Engine, StdinEvent};
+
+/// What the serve task takes over from the start (or from a reattach).
+pub(super) struct ServedRun {
+    pub reader: AgentReader,
+    pub log: LogWriter,
+    pub control: Arc<dyn VmControl>,
+    /// Told when the process has started (its guest pid), or why it did not.
+    pub started: oneshot::Sender<Result<i32, String>>,
+    /// The process had exited already (found so on a reattach).
+    pub already_exited: Option<i32>,
+}
+
+/// Serves a running container until its run ends, then powers the VM off and records
+/// the end.
+pub(super) async fn serve(engine: Arc<Engine>, handle: Arc<ContainerHandle>, run: ServedRun) {
+    let ServedRun {
+        mut reader,
+        log,
+        control,
+        started,
+        already_exited,
+    } = run;
+    let reattached = handle.runtime().is_some_and(|r| r.reattached);
+    let mut served = Served {
+        engine: engine.clone(),
+        handle: handle.clone(),
+        log,
+        started: Some(started),
+        reattached,
+    };
+    let end = match already_exited {
+        Some(code) => RunEnd::Exited(code, false),
+        None => served.until_end(&mut reader, &*control).await,
+    };
+    if let RunEnd::Broken(reason) = &end {
+        tracing::warn!(id = %handle.id, %reason, "container run ended abnormally");
+        if let Some(sender) = served.started.take() {
+            let _ = sender.send(Err(reason.clone()));
+        }
+    }
+    if let Some(runtime) = handle.runtime() {
+        let _ = runtime
+            .session
+            .send(AGENT_STREAM, &HostMessage::Shutdown)
+            .await;
+    }
+    engine.execs.container_stopped(&handle.id);
+    let stopping = Instant::now();
+    control.shut_down(Duration::from_secs(5)).await;
+    tracing::info!(id = %&handle.id[..12], vm_teardown_ms = stopping.elapsed().as_millis() as u64, "container's VM is gone");
+    engine.finish_run(&handle, end);
+}
+
+/// A run being served.
+struct Served {
+    engine: Arc<Engine>,
+    handle: Arc<ContainerHandle>,
+    log: LogWriter,
+    started: Option<oneshot::Sender<Result<i32, String>>>,
+    /// Taken over from an engine before this one: the agent may report on exec streams
+    /// this engine never knew (they are ignored).
+    reattached: bool,
+}
+
+impl Served {
+    /// Reads the agent until the run ends.
+    async fn until_end(&mut self, reader: &mut AgentReader, control: &dyn VmControl) -> RunEnd {
+        loop {
+            let event = tokio::select! {
+                event = reader.next_event() => event,
+                _ = control.wait() => {
+                    return RunEnd::Broken("the container's VM stopped unexpectedly".into())
+                }
+            };
+            let end = match event {
+                Ok(Some(event)) => self.on_event(event),
+                Ok(None) => {
+                    // A closed channel usually means the VM itself is gone; say which.
+                    let vm_gone = tokio::time::timeout(Duration::from_secs(1), control.wait())
+                        .await
+                        .is_ok();
+                    Some(RunEnd::Broken(if vm_gone {
+                        "the container's VM stopped unexpectedly".into()
+                    } else {
+                        "the container's agent closed its channel".into()
+                    }))
+                }
+                Err(error) => Some(RunEnd::Broken(error_chain(&error))),
+            };
+            if let Some(end) = end {
+                return end;
+            }
+        }
+    }
+
+    /// One event from the agent; `Some` when it ends the run.
+    fn on_event(&mut self, event: AgentEvent) -> Option<RunEnd> {
+        match event {
+            AgentEvent::Output {
+                stream: MAIN_STREAM,
+                kind,
+                data,
+            } => {
+                let chunk = OutputChunk::from_agent(kind, data);
+                let log = &mut self.log;
+                self.handle
+                    .hub
+                    .record_and_publish(&chunk, || log.write(&chunk));
+                None
+            }
+            AgentEvent::Message {
+                stream: MAIN_STREAM,
+                message,
+            } => self.on_main_message(message),
+            AgentEvent::Message {
+                stream: AGENT_STREAM,
+                message,
+            } => self.on_agent_message(message),
+            AgentEvent::Output { stream, kind, data } => {
+                match self.engine.execs.by_stream(&self.handle.id, stream) {
+                    Some(exec) => {
+                        exec.hub.publish(&OutputChunk::from_agent(kind, data));
+                        None
+                    }
+                    None if self.reattached => None, // an exec the engine before this one ran
+                    None => Some(RunEnd::Broken(format!(
+                        "the agent sent output on unknown stream {stream}"
+                    ))),
+                }
+            }
+            AgentEvent::Message { stream, message } => self.on_exec_message(stream, message),
+        }
+    }
+
+    /// A message about the container's own process.
+    fn on_main_message(&mut self, message: GuestMessage) -> Option<RunEnd> {
+        match message {
+            GuestMessage::Started { pid } => {
+                if let Some(sender) = self.started.take() {
+                    let _ = sender.send(Ok(pid));
+                }
+                None
+            }
+            GuestMessage::SpawnFailed { reason, message } => {
+                if let Some(sender) = self.started.take() {
+                    let _ = sender.send(Err(message.clone()));
+                }
+                Some(RunEnd::SpawnFailed(reason, message))
+            }
+            GuestMessage::Exited {
+                code, oom_killed, ..
+            } => Some(RunEnd::Exited(code, oom_killed)),
+            GuestMessage::Error { message } => {
+                tracing::warn!(id = %self.handle.id, %message, "agent reported an error");
+                None
+            }
+            other => Some(RunEnd::Broken(format!(
+                "the agent sent an unexpected {other:?}"
+            ))),
+        }
+    }
+
+    /// A message on the agent's own stream: the answer to the pending request.
+    fn on_agent_message(&mut self, message: GuestMessage) -> Option<RunEnd> {
+        let waiting = self
+            .handle
+            .runtime()
+            .and_then(|runtime| lock(&runtime.agent_reply).take());
+        match (waiting, message) {
+            (Some(sender), message) => {
+                let _ = sender.send(message);
+                None
+            }
+            (None, GuestMessage::Error { message }) => {
+                tracing::warn!(id = %self.handle.id, %message, "agent reported an error");
+                None
+            }
+            (None, other) => Some(RunEnd::Broken(format!(
+                "the agent sent an unrequested {other:?}"
+            ))),
+        }
+    }
+
+    /// A message about an exec's process.
+    fn on_exec_message(&mut self, stream: u32, message: GuestMessage) -> Option<RunEnd> {
+        let Some(exec) = self.engine.execs.by_stream(&self.handle.id, stream) else {
+            if self.reattached {
+                return None;
+            }
+            return Some(RunEnd::Broken(format!(
+                "the agent sent {message:?} on unknown stream {stream}"
+            )));
+        };
+        match message {
+            GuestMessage::Started { pid } => exec.on_started(pid),
+            GuestMessage::SpawnFailed { reason, message } => exec.on_spawn_failed(reason, message),
+            GuestMessage::Exited { code, .. } => {
+                exec.finish(i64::from(code));
+                if !exec.helper {
+                    self.engine.events.container(
+                        &self.handle.snapshot(),
+                        "exec_die",
+                        &[("execID", exec.id.clone()), ("exitCode", code.to_string())],
+                    );
+                }
+            }
+            GuestMessage::Error { message } => {
+                tracing::warn!(id = %self.handle.id, stream, %message, "agent reported an error for an exec")
+            }
+            other => {
+                return Some(RunEnd::Broken(format!(
+                    "the agent sent an unexpected {other:?} for an exec"
+                )))
+            }
+        }
+        None
+    }
+}
+
+/// Copies attached clients' input to the container's process.
+pub(super) async fn forward_stdin(
+    session: Arc<AgentSession>,
+    mut input: tokio::sync::mpsc::UnboundedReceiver<StdinEvent>,
+) {
+    while let Some(event) = input.recv().await {
+        let sent = match event {
+            StdinEvent::Data(data) => session.send_stdin(MAIN_STREAM, &data).await,
+            StdinEvent::Close => session.send(MAIN_STREAM, &HostMessage::CloseStdin).await,
+        };
+        if sent.is_err() {
+            break;
+        }
+    }
+}
