@@ -70,15 +70,7 @@ impl Engine {
                 ))
             })
             .collect();
-        let namespace = self.networks.namespace().clone();
-        let net_dev = tokio::task::spawn_blocking(move || {
-            // /proc/thread-self/net is the namespace of the reading thread.
-            namespace.run(|| std::fs::read_to_string("/proc/thread-self/net/dev"))
-        })
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
+        let net_dev = self.networks.host().net_dev().await.unwrap_or_default();
         let mut interfaces: Vec<InterfaceStats> = taps
             .into_iter()
             .filter_map(|(name, tap)| {

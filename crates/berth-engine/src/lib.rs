@@ -42,6 +42,8 @@ mod security;
 mod start;
 mod state;
 pub mod template;
+#[cfg(test)]
+mod testing;
 mod top;
 pub mod volumes;
 
@@ -154,6 +156,16 @@ impl Engine {
     /// the daemon last stopped: those whose VMs still run (the daemon was killed, not
     /// stopped) are taken over; the others are recorded as exited.
     pub async fn open(config: EngineConfig) -> Result<Arc<Self>, EngineError> {
+        let host = network::NamespaceHost::ensure(&config.netns)?;
+        Self::open_with(config, Arc::new(host)).await
+    }
+
+    /// [`Engine::open`] over another host side of the networks than Berth's network
+    /// namespace (the engine's unit tests give it one that records what it is asked).
+    pub async fn open_with(
+        config: EngineConfig,
+        host: Arc<dyn network::HostNetwork>,
+    ) -> Result<Arc<Self>, EngineError> {
         let root = config.root.clone();
         for dir in [root.clone(), root.join("containers")] {
             std::fs::create_dir_all(&dir).map_err(EngineError::io(&dir))?;
@@ -175,7 +187,7 @@ impl Engine {
             containers.insert(record.id.clone(), Arc::new(ContainerHandle::new(record)));
         }
         let networks = Arc::new(network::Networks::open(
-            &config.netns,
+            host,
             store.clone(),
             &live,
             config.outbound_nat,
@@ -360,7 +372,7 @@ impl Engine {
                 .filter(|r| r.state.status.is_running() && r.state.pid != 0)
                 .filter_map(|r| berth_vm::process_memory(r.state.pid))
                 .fold(berth_vm::ProcessMemory::default(), |total, m| total + m),
-            netns: self.networks.namespace().name().to_owned(),
+            netns: self.networks.host().name().to_owned(),
             outbound_nat: self.networks.outbound_nat(),
             warnings: self.state_warnings(),
         }

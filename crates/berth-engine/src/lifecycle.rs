@@ -351,6 +351,13 @@ impl Engine {
         if lock(&self.containers).get(&handle.id).is_none() {
             return Ok(()); // removed meanwhile (auto-remove)
         }
+        // A start that held the lifecycle may have finished meanwhile: its run ends too.
+        if handle.runtime().is_some() || handle.status().has_vm() {
+            if !force {
+                return Err(EngineError::refused(&handle.id)(Refusal::RunningRemove));
+            }
+            self.stop_container(&handle.id, Some(0)).await?;
+        }
         self.transition(&handle, Transition::Removing)?;
         let _ = std::fs::remove_dir_all(self.vm_dir(&handle.id));
         let dir = self.container_dir(&handle.id);

@@ -12,3 +12,6 @@ pub(crate) use handle::{ContainerHandle, LifecycleState, Runtime, StdinEvent};
 pub(crate) use record::test_record;
 pub use record::{ContainerRecord, StateRecord, ZERO_TIME};
 pub use state::{ContainerStatus, Refusal, Transition};
+
+#[cfg(test)]
+mod tests;

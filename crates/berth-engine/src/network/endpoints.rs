@@ -74,7 +74,7 @@ impl Networks {
         endpoint.network_id = network.id.clone();
         let slot = FIRST_NIC_SLOT + index as u8;
         let tap = links::tap_name(container_id, index);
-        links::create_tap(&self.namespace, &tap)?;
+        self.host.create_tap(&tap)?;
         let Some((subnet, gateway)) = network.subnet.zip(network.gateway) else {
             // `none`: a card the guest leaves down, on a tap attached to nothing.
             endpoint.nic_slot = Some(slot);
@@ -233,7 +233,7 @@ impl Networks {
         attach: &[(String, String)],
     ) -> Result<(), EngineError> {
         for (tap, bridge) in attach {
-            links::attach_tap(&self.namespace, tap, bridge)?;
+            self.host.attach_tap(tap, bridge)?;
         }
         let mut live = lock(&self.live);
         for endpoint in record.networks.values() {
@@ -282,7 +282,7 @@ impl Networks {
         drop(live);
         if let Some(slot) = endpoint.nic_slot.take() {
             let index = usize::from(slot.saturating_sub(FIRST_NIC_SLOT));
-            let _ = links::delete_link(&self.namespace, &links::tap_name(container_id, index));
+            let _ = self.host.delete_link(&links::tap_name(container_id, index));
         }
         endpoint.mac.clear();
         endpoint.endpoint_id.clear();
@@ -296,9 +296,9 @@ impl Networks {
         }
         lock(&self.live).published.remove(&id);
         record.ports.clear();
-        if let Ok(stale) = links::links_with_prefix(&self.namespace, &format!("bt{}", &id[..12])) {
+        if let Ok(stale) = self.host.links_with_prefix(&format!("bt{}", &id[..12])) {
             for tap in stale {
-                let _ = links::delete_link(&self.namespace, &tap);
+                let _ = self.host.delete_link(&tap);
             }
         }
     }
@@ -306,7 +306,7 @@ impl Networks {
     /// The tap and NIC a template VM boots with (clones have one in the same slot).
     pub fn template_nic(&self, key: &str) -> Result<NicSpec, EngineError> {
         let tap = format!("btt{}", &key[..12.min(key.len())]);
-        links::create_tap(&self.namespace, &tap)?;
+        self.host.create_tap(&tap)?;
         Ok(NicSpec {
             tap,
             mac: "02:42:00:00:00:01".into(),
@@ -315,7 +315,7 @@ impl Networks {
     }
 
     pub fn remove_tap(&self, tap: &str) {
-        let _ = links::delete_link(&self.namespace, tap);
+        let _ = self.host.delete_link(tap);
     }
 
     /// Whether any container holds an endpoint on this network while running.

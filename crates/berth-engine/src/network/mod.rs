@@ -19,6 +19,7 @@
 //! a tap attached to nothing, and the guest leaves it down.
 
 mod endpoints;
+mod host;
 mod ports;
 mod verbs;
 
@@ -26,9 +27,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use berth_net::dns::{DnsServer, Resolver};
+use berth_net::dns::Resolver;
 use berth_net::firewall::BridgeRule;
-use berth_net::{firewall, links, Namespace, Subnet};
+use berth_net::Subnet;
 use serde::{Deserialize, Serialize};
 
 use crate::error::EngineError;
@@ -37,6 +38,7 @@ use crate::{lock, now_rfc3339};
 
 pub use berth_net::proxy::Protocol;
 pub use endpoints::NetworkPlan;
+pub use host::{HostNetwork, HostTask, NamespaceHost};
 pub use ports::PortRecord;
 pub use verbs::{ConnectRequest, CreateNetwork};
 
@@ -116,18 +118,18 @@ pub struct EndpointRecord {
 struct LiveState {
     records: HashMap<String, NetworkRecord>,
     /// Per network id: its DNS server.
-    dns: HashMap<String, DnsServer>,
+    dns: HashMap<String, HostTask>,
     /// Per network id: taken addresses and who holds them.
     allocations: HashMap<String, HashMap<Ipv4Addr, String>>,
     /// Per network id, per container id: the names it answers to and its address.
     names: HashMap<String, HashMap<String, (Vec<String>, Ipv4Addr)>>,
     /// Per container id: its published ports' relays.
-    published: HashMap<String, Vec<berth_net::proxy::PublishedPort>>,
+    published: HashMap<String, Vec<HostTask>>,
 }
 
 /// The daemon's networks.
 pub struct Networks {
-    namespace: Namespace,
+    host: Arc<dyn HostNetwork>,
     store: Store,
     upstreams: Vec<SocketAddr>,
     resolver: Arc<Resolver>,
@@ -143,17 +145,16 @@ impl Networks {
     /// Taps left by an earlier daemon are removed, except those of the containers in
     /// `live` (whose VMs still run and are being taken over).
     pub fn open(
-        namespace_name: &str,
+        host: Arc<dyn HostNetwork>,
         store: Store,
         live: &[String],
         outbound_nat: Option<Subnet>,
         dns_upstreams: Vec<SocketAddr>,
     ) -> Result<Self, EngineError> {
-        let namespace = Namespace::ensure(namespace_name)?;
         let uplink = match outbound_nat {
-            Some(link) => Some(berth_net::uplink::ensure(&namespace, link)?),
+            Some(link) => Some(host.ensure_uplink(link)?),
             None => {
-                berth_net::uplink::remove(&namespace)?;
+                host.remove_uplink()?;
                 None
             }
         };
@@ -161,14 +162,14 @@ impl Networks {
             .iter()
             .map(|id| format!("bt{}", &id[..12.min(id.len())]))
             .collect();
-        for stale in links::links_with_prefix(&namespace, "bt")? {
+        for stale in host.links_with_prefix("bt")? {
             if kept.iter().any(|prefix| stale.starts_with(prefix.as_str())) {
                 continue;
             }
-            let _ = links::delete_link(&namespace, &stale);
+            let _ = host.delete_link(&stale);
         }
         let networks = Self {
-            namespace,
+            host,
             store,
             upstreams: if dns_upstreams.is_empty() {
                 berth_net::dns::host_resolvers()
@@ -216,11 +217,12 @@ impl Networks {
 
     /// The namespace's pinned path, where VM processes run.
     pub fn namespace_path(&self) -> std::path::PathBuf {
-        self.namespace.path().to_path_buf()
+        self.host.path()
     }
 
-    pub fn namespace(&self) -> &Namespace {
-        &self.namespace
+    /// The host side: the namespace and what runs in it.
+    pub fn host(&self) -> &dyn HostNetwork {
+        &*self.host
     }
 
     /// Creates a network's bridge and starts its DNS server.
@@ -234,22 +236,20 @@ impl Networks {
                 record.name
             )));
         };
-        links::ensure_bridge(&self.namespace, &record.bridge, gateway, subnet.prefix())?;
-        let server = DnsServer::start(
-            &self.namespace,
-            gateway,
-            self.resolver.clone(),
-            self.upstreams.clone(),
-        )
-        .map_err(|e| {
-            EngineError::Network(berth_net::NetError::Io(
-                format!(
-                    "starting the DNS server of network {} on {gateway}:53",
-                    record.name
-                ),
-                e,
-            ))
-        })?;
+        self.host
+            .ensure_bridge(&record.bridge, gateway, subnet.prefix())?;
+        let server = self
+            .host
+            .start_dns(gateway, self.resolver.clone(), self.upstreams.clone())
+            .map_err(|e| {
+                EngineError::Network(berth_net::NetError::Io(
+                    format!(
+                        "starting the DNS server of network {} on {gateway}:53",
+                        record.name
+                    ),
+                    e,
+                ))
+            })?;
         lock(&self.live).dns.insert(record.id.clone(), server);
         Ok(())
     }
@@ -268,7 +268,7 @@ impl Networks {
             })
             .collect();
         let uplink = self.uplink.as_ref().map(|_| berth_net::uplink::UPLINK);
-        firewall::apply(&self.namespace, &rules, uplink)?;
+        self.host.apply_firewall(&rules, uplink)?;
         Ok(())
     }
 
@@ -276,7 +276,7 @@ impl Networks {
     /// goes. (A killed daemon leaves it for its successor.)
     pub fn shut_down(&self) {
         if self.uplink.is_some() {
-            if let Err(error) = berth_net::uplink::remove(&self.namespace) {
+            if let Err(error) = self.host.remove_uplink() {
                 tracing::warn!(error = %crate::error_chain(&error), "removing outbound NAT failed");
             }
         }

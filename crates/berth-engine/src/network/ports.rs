@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use berth_net::proxy::{self, Protocol};
+use berth_net::proxy::Protocol;
 use serde::{Deserialize, Serialize};
 
 use super::Networks;
@@ -134,15 +134,16 @@ impl Networks {
             let Ok(host_ip) = port.host_ip.parse::<IpAddr>() else {
                 continue;
             };
-            match proxy::publish(
-                self.namespace(),
-                port.protocol,
-                SocketAddr::new(host_ip, port.host_port),
-                SocketAddr::new(IpAddr::V4(target), port.container_port),
-            )
-            .await
+            match self
+                .host
+                .publish(
+                    port.protocol,
+                    SocketAddr::new(host_ip, port.host_port),
+                    SocketAddr::new(IpAddr::V4(target), port.container_port),
+                )
+                .await
             {
-                Ok(relay) => {
+                Ok((_, relay)) => {
                     relays.push(relay);
                     kept.push(port);
                 }
@@ -177,13 +178,14 @@ impl Networks {
             let mut last_error = None;
             let mut published = None;
             for port in low..=high {
-                match proxy::publish(
-                    self.namespace(),
-                    binding.protocol,
-                    SocketAddr::new(binding.host_ip, port),
-                    container,
-                )
-                .await
+                match self
+                    .host
+                    .publish(
+                        binding.protocol,
+                        SocketAddr::new(binding.host_ip, port),
+                        container,
+                    )
+                    .await
                 {
                     Ok(relay) => {
                         published = Some(relay);
@@ -192,7 +194,7 @@ impl Networks {
                     Err(error) => last_error = Some(error),
                 }
             }
-            let Some(relay) = published else {
+            let Some((listening, relay)) = published else {
                 let error = last_error.map(|e| e.to_string()).unwrap_or_default();
                 return Err(EngineError::InvalidArgument(format!(
                     "failed to bind host port {}:{}-{}/{}: {error}",
@@ -206,7 +208,7 @@ impl Networks {
                 container_port: binding.container_port,
                 protocol: binding.protocol,
                 host_ip: binding.host_ip.to_string(),
-                host_port: relay.host.port(),
+                host_port: listening.port(),
             });
             relays.push(relay);
         }

@@ -392,7 +392,7 @@ impl Networks {
         live.allocations.remove(&record.id);
         drop(live);
         if !record.bridge.is_empty() {
-            let _ = berth_net::links::delete_link(&self.namespace, &record.bridge);
+            let _ = self.host.delete_link(&record.bridge);
         }
     }
 }

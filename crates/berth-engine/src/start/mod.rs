@@ -291,3 +291,6 @@ impl StartTimings {
         );
     }
 }
+
+#[cfg(test)]
+mod tests;

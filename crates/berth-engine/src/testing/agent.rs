@@ -1,0 +1,200 @@
+//! A scripted agent: it speaks berth-agent-proto as Berth's agent does, and does what
+//! the container's command line says:
+//!
+//! | argv                 | what the "process" does                                   |
+//! |----------------------|-----------------------------------------------------------|
+//! | `exit N`             | starts, writes `bye` to stdout, exits with N               |
+//! | `sleep`              | starts and runs until a signal (exit 128 + signal)         |
+//! | `ignore-term`        | like `sleep`, but only SIGKILL ends it                     |
+//! | `missing`            | is not found (spawn fails: 127)                            |
+//! | `crash-vm`           | starts, then its VM dies                                   |
+//! | `garbage`            | starts, then the agent writes bytes that are no frame     |
+//!
+//! A container whose hostname is `bad-setup` fails its guest setup.
+//!
+//! Exec processes (streams 2 and up) start and exit 0 at once. The VM ends when the
+//! agent is told to shut down, and the agent stops when its VM ends.
+
+use std::sync::Arc;
+
+use berth_agent_proto::{
+    decode_host_message, encode_control, encode_frame, FrameDecoder, FrameKind, GuestMessage,
+    HostMessage, SpawnFailure, AGENT_STREAM, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+use super::backend::FakeVm;
+use crate::agent::MAIN_STREAM;
+
+/// The main process's state.
+#[derive(Default)]
+struct Main {
+    running: bool,
+    ignores_term: bool,
+    /// The VM dies once the process's start has been reported.
+    crash: bool,
+}
+
+/// Serves one VM's agent channel until the VM ends or the engine shuts it down.
+pub(crate) async fn serve(mut stream: UnixStream, cold_boot: bool, vm: Arc<FakeVm>) {
+    if cold_boot {
+        let hello = GuestMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            kernel: "6.1.0-test".into(),
+        };
+        if stream
+            .write_all(&encode_control(AGENT_STREAM, &hello))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    let mut decoder = FrameDecoder::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut main = Main::default();
+    loop {
+        let read = tokio::select! {
+            read = stream.read(&mut buffer) => read,
+            _ = vm.until_ended() => return,
+        };
+        let Ok(n) = read else { break };
+        if n == 0 {
+            break;
+        }
+        decoder.push(&buffer[..n]);
+        while let Ok(Some(frame)) = decoder.next_frame() {
+            if frame.kind != FrameKind::Control {
+                continue;
+            }
+            let Ok(message) = decode_host_message(&frame) else {
+                continue;
+            };
+            let answers = answer(frame.stream, message, &mut main, &vm);
+            for bytes in answers {
+                if stream.write_all(&bytes).await.is_err() {
+                    vm.end();
+                    return;
+                }
+            }
+            if main.crash {
+                // After the engine has read the start: then the VM is gone.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                vm.end();
+            }
+            if vm.has_ended() {
+                return;
+            }
+        }
+    }
+    vm.end();
+}
+
+fn control(stream: u32, message: GuestMessage) -> Vec<u8> {
+    encode_control(stream, &message)
+}
+
+/// What the agent sends back for one message.
+fn answer(stream: u32, message: HostMessage, main: &mut Main, vm: &FakeVm) -> Vec<Vec<u8>> {
+    match message {
+        HostMessage::Rebind(_) => vec![control(
+            AGENT_STREAM,
+            GuestMessage::Rebound {
+                protocol: PROTOCOL_VERSION,
+                kernel: "6.1.0-test".into(),
+                steps: vec!["entropy".into(), "reseed".into(), "clock".into()],
+            },
+        )],
+        HostMessage::Setup(setup) if setup.hostname == "bad-setup" => vec![control(
+            AGENT_STREAM,
+            GuestMessage::Error {
+                message: "mounting the root filesystem failed (scripted)".into(),
+            },
+        )],
+        HostMessage::Setup(_) => vec![control(AGENT_STREAM, GuestMessage::SetupDone)],
+        HostMessage::Spawn(process) if stream == MAIN_STREAM => spawn_main(&process.argv, main),
+        HostMessage::Spawn(_) => vec![
+            control(stream, GuestMessage::Started { pid: 200 }),
+            control(
+                stream,
+                GuestMessage::Exited {
+                    code: 0,
+                    signal: None,
+                    oom_killed: false,
+                },
+            ),
+        ],
+        HostMessage::Signal { signal } if stream == MAIN_STREAM && main.running => {
+            if main.ignores_term && signal != libc::SIGKILL {
+                return Vec::new();
+            }
+            main.running = false;
+            vec![control(
+                MAIN_STREAM,
+                GuestMessage::Exited {
+                    code: 128 + signal,
+                    signal: Some(signal),
+                    oom_killed: false,
+                },
+            )]
+        }
+        HostMessage::Shutdown => {
+            vm.end();
+            Vec::new()
+        }
+        HostMessage::Signal { .. } | HostMessage::CloseStdin | HostMessage::Resize { .. } => {
+            Vec::new()
+        }
+        other => vec![control(
+            stream,
+            GuestMessage::Error {
+                message: format!("the scripted agent does not do {other:?}"),
+            },
+        )],
+    }
+}
+
+/// The container's process, as its command line says.
+fn spawn_main(argv: &[String], main: &mut Main) -> Vec<Vec<u8>> {
+    let started = control(MAIN_STREAM, GuestMessage::Started { pid: 100 });
+    match argv.first().map(String::as_str) {
+        Some("missing") => vec![control(
+            MAIN_STREAM,
+            GuestMessage::SpawnFailed {
+                reason: SpawnFailure::NotFound,
+                message: "exec: \"missing\": executable file not found in $PATH".into(),
+            },
+        )],
+        Some("exit") => {
+            let code = argv.get(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+            vec![
+                started,
+                encode_frame(MAIN_STREAM, FrameKind::Stdout, b"bye\n"),
+                control(
+                    MAIN_STREAM,
+                    GuestMessage::Exited {
+                        code,
+                        signal: None,
+                        oom_killed: false,
+                    },
+                ),
+            ]
+        }
+        Some("crash-vm") => {
+            main.running = true;
+            main.crash = true;
+            vec![started]
+        }
+        Some("garbage") => vec![started, vec![0xff; 64]],
+        Some("ignore-term") => {
+            main.running = true;
+            main.ignores_term = true;
+            vec![started]
+        }
+        _ => {
+            main.running = true;
+            vec![started]
+        }
+    }
+}
