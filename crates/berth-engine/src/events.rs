@@ -10,8 +10,8 @@ use std::sync::Mutex;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::container::ContainerRecord;
 use crate::lock;
+use crate::records::ContainerRecord;
 
 /// How many past events are kept.
 pub const KEPT_EVENTS: usize = 1024;

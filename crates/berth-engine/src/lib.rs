@@ -19,33 +19,26 @@
 //! the running VM's sockets, console log and QEMU log.
 
 mod agent;
-mod archive;
-pub mod changes;
 mod container;
-mod copy_vm;
-mod create;
 mod error;
 pub mod events;
-pub mod exec;
-mod guest_config;
-pub mod health;
+mod files;
 pub mod images;
-pub mod io_stats;
-mod lifecycle;
-mod manage;
-mod names;
 pub mod network;
-mod output;
-pub mod registry;
-mod restart;
-mod security;
+mod process;
+mod records;
 mod start;
 mod state;
-pub mod template;
 #[cfg(test)]
 mod testing;
-mod top;
-pub mod volumes;
+mod vm;
+
+// The modules the API layer names, at the paths it has always named them by.
+pub use container::health;
+pub use files::{changes, volumes};
+pub use images::registry;
+pub use process::{exec, io_stats};
+pub use vm::template;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -57,12 +50,12 @@ use tokio::sync::OnceCell;
 
 pub use berth_image::{ImageRecord, LoadedImage};
 pub use berth_vm::{host_cpu_nanos, process_cpu_nanos, process_memory, ProcessMemory};
+pub use container::lifecycle::{ContainerLogs, WaitCondition, WaitOutcome};
 pub use container::{
     Attachment, ContainerRecord, ContainerStatus, Refusal, StateRecord, StdinSink, ZERO_TIME,
 };
 pub use error::{error_chain, EngineError, ErrorKind};
-pub use lifecycle::{ContainerLogs, WaitCondition, WaitOutcome};
-pub use output::{LogEntry, LogFilter, OutputChunk, OutputStream};
+pub use process::output::{LogEntry, LogFilter, OutputChunk, OutputStream};
 pub use start::StartOutcome;
 
 pub(crate) use container::{ContainerHandle, LifecycleState, Runtime, StdinEvent};
@@ -178,10 +171,10 @@ impl Engine {
         // Containers recorded as running whose VMs are gone: recorded as exited below.
         let mut lost = Vec::new();
         for record in store.all()? {
-            if record.state.status.is_running() && lifecycle::vm_is_alive(&record) {
+            if record.state.status.is_running() && container::lifecycle::vm_is_alive(&record) {
                 live.push(record.id.clone());
             } else if record.state.status.is_running() {
-                lifecycle::kill_stale_vm(&record);
+                container::lifecycle::kill_stale_vm(&record);
                 lost.push(record.id.clone());
             }
             containers.insert(record.id.clone(), Arc::new(ContainerHandle::new(record)));

@@ -5,11 +5,11 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
 
-use super::record::ContainerRecord;
 use super::state::{ContainerStatus, Refusal};
 use crate::agent::AgentSession;
 use crate::lock;
-use crate::output::{OutputChunk, OutputHub};
+use crate::process::output::{OutputChunk, OutputHub};
+use crate::records::ContainerRecord;
 
 /// Standard input for a container's process, from attached clients.
 #[derive(Debug)]

@@ -1,17 +1,24 @@
-//! Containers: the persistent record, the lifecycle table, the in-memory handle, and the
-//! one transition function that changes a container's state.
+//! Containers: their records' lifecycle table, the in-memory handle, the one transition
+//! function that changes a container's state, and the verbs over them (create, stop,
+//! kill, pause, remove, wait, attach, logs, restart, rename, update, prune), with the
+//! settings a container's guest gets (security, guest configuration, health checks).
 
+mod agent_request;
+mod create;
+pub(crate) mod guest_config;
 mod handle;
-mod record;
+pub mod health;
+pub(crate) mod lifecycle;
+mod manage;
+pub(crate) mod names;
+pub(crate) mod restart;
+pub(crate) mod security;
 pub mod state;
 mod transition;
 
+pub use crate::records::{ContainerRecord, ContainerStatus, StateRecord, ZERO_TIME};
 pub use handle::{Attachment, StdinSink};
 pub(crate) use handle::{ContainerHandle, LifecycleState, Runtime, StdinEvent};
-#[cfg(test)]
-pub(crate) use record::test_record;
-pub use record::{ContainerRecord, StateRecord, ZERO_TIME};
-pub use state::{ContainerStatus, Refusal, Transition};
-
+pub use state::{Refusal, Transition};
 #[cfg(test)]
 mod tests;

@@ -22,20 +22,7 @@
 //! changes through [`ContainerStatus::after`], which the engine's one transition
 //! function ([`crate::Engine::transition`]) applies, persists and announces.
 
-use serde::{Deserialize, Serialize};
-
-/// Docker's container states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ContainerStatus {
-    Created,
-    Running,
-    Paused,
-    Restarting,
-    Removing,
-    Exited,
-    Dead,
-}
+pub use crate::records::ContainerStatus;
 
 /// Every status, for tables and tests.
 #[cfg(test)]
@@ -189,29 +176,6 @@ pub enum RemoveAction {
 }
 
 impl ContainerStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Created => "created",
-            Self::Running => "running",
-            Self::Paused => "paused",
-            Self::Restarting => "restarting",
-            Self::Removing => "removing",
-            Self::Exited => "exited",
-            Self::Dead => "dead",
-        }
-    }
-
-    /// Docker counts a restarting container as running (`State.Running`), and so do
-    /// `ps` and `info`: this status belongs to a run, begun or pending.
-    pub fn is_running(self) -> bool {
-        matches!(self, Self::Running | Self::Paused | Self::Restarting)
-    }
-
-    /// The container's VM exists (it runs, or its vCPUs are stopped).
-    pub fn has_vm(self) -> bool {
-        matches!(self, Self::Running | Self::Paused)
-    }
-
     /// `docker start`.
     pub fn can_start(self) -> Result<(), Refusal> {
         match self {

@@ -9,9 +9,9 @@ use berth_net::links;
 use berth_vm::{NicSpec, FIRST_NIC_SLOT, MAX_NICS};
 
 use super::{mac_for, EndpointRecord, NetworkRecord, Networks, DEFAULT_NETWORK};
-use crate::container::ContainerRecord;
 use crate::error::EngineError;
 use crate::lock;
+use crate::records::ContainerRecord;
 
 /// What a container's VM needs for its networks.
 #[derive(Debug, Clone)]
@@ -127,7 +127,7 @@ impl Networks {
             .unwrap_or_else(|| mac_for(address));
         endpoint.ip = Some(address);
         endpoint.mac = mac.clone();
-        endpoint.endpoint_id = crate::names::new_id();
+        endpoint.endpoint_id = crate::container::names::new_id();
         endpoint.nic_slot = Some(slot);
         let gateway_route = (primary && !network.internal).then(|| gateway.to_string());
         Ok(ReadyEndpoint {
@@ -334,7 +334,7 @@ mod tests {
 
     #[test]
     fn network_mode_default_is_the_bridge_network() {
-        let mut record: ContainerRecord = crate::container::test_record(serde_json::json!({}));
+        let mut record: ContainerRecord = crate::records::test_record(serde_json::json!({}));
         assert!(
             record.networks.is_empty(),
             "old records read with no networks"

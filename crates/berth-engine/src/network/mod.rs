@@ -30,88 +30,21 @@ use std::sync::{Arc, Mutex};
 use berth_net::dns::Resolver;
 use berth_net::firewall::BridgeRule;
 use berth_net::Subnet;
-use serde::{Deserialize, Serialize};
 
 use crate::error::EngineError;
 use crate::state::Store;
 use crate::{lock, now_rfc3339};
 
+pub use crate::records::{
+    EndpointRecord, NetworkRecord, PortRecord, DEFAULT_NETWORK, NONE_NETWORK,
+};
 pub use berth_net::proxy::Protocol;
 pub use endpoints::NetworkPlan;
 pub use host::{HostNetwork, HostTask, NamespaceHost};
-pub use ports::PortRecord;
 pub use verbs::{ConnectRequest, CreateNetwork};
 
-/// The default network's name.
-pub const DEFAULT_NETWORK: &str = "bridge";
-/// The network without connectivity.
-pub const NONE_NETWORK: &str = "none";
 /// The default network's bridge.
 const DEFAULT_BRIDGE: &str = "berth0";
-
-/// Everything Berth keeps about a network.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetworkRecord {
-    /// 64 hex digits.
-    pub id: String,
-    pub name: String,
-    /// `bridge`, or `null` for `none`.
-    pub driver: String,
-    pub created: String,
-    /// `None` for the `null` driver.
-    pub subnet: Option<Subnet>,
-    pub gateway: Option<Ipv4Addr>,
-    pub internal: bool,
-    #[serde(default)]
-    pub labels: HashMap<String, String>,
-    #[serde(default)]
-    pub options: HashMap<String, String>,
-    /// The Linux bridge in Berth's namespace (empty for `null`).
-    pub bridge: String,
-}
-
-impl NetworkRecord {
-    /// `bridge` and `none` cannot be removed.
-    pub fn predefined(&self) -> bool {
-        self.name == DEFAULT_NETWORK || self.name == NONE_NETWORK
-    }
-
-    pub fn has_connectivity(&self) -> bool {
-        self.driver == "bridge"
-    }
-
-    /// The network's DNS server serves container names (Docker: user-defined networks).
-    fn resolves_names(&self) -> bool {
-        self.has_connectivity() && self.name != DEFAULT_NETWORK
-    }
-}
-
-/// A container's endpoint on one network.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EndpointRecord {
-    pub network_id: String,
-    /// `--network-alias`.
-    #[serde(default)]
-    pub aliases: Vec<String>,
-    /// `--ip`.
-    #[serde(default)]
-    pub requested_ip: Option<Ipv4Addr>,
-    /// `--mac-address`.
-    #[serde(default)]
-    pub requested_mac: Option<String>,
-    /// While running: 64 hex digits.
-    #[serde(default)]
-    pub endpoint_id: String,
-    /// While running.
-    #[serde(default)]
-    pub ip: Option<Ipv4Addr>,
-    /// While running.
-    #[serde(default)]
-    pub mac: String,
-    /// While running: the PCI slot of the endpoint's NIC.
-    #[serde(default)]
-    pub nic_slot: Option<u8>,
-}
 
 /// Live state of the networks.
 #[derive(Default)]
@@ -186,7 +119,7 @@ impl Networks {
             if !records.iter().any(|r| r.name == name) {
                 let subnet = (driver == "bridge").then(berth_net::ipam::default_bridge_subnet);
                 let record = NetworkRecord {
-                    id: crate::names::new_id(),
+                    id: crate::container::names::new_id(),
                     name: name.to_owned(),
                     driver: driver.to_owned(),
                     created: now_rfc3339(),

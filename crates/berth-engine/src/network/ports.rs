@@ -4,28 +4,12 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use berth_net::proxy::Protocol;
-use serde::{Deserialize, Serialize};
 
 use super::Networks;
-use crate::container::ContainerRecord;
 use crate::error::EngineError;
 use crate::lock;
-
-/// One published port of a running container.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PortRecord {
-    pub container_port: u16,
-    pub protocol: Protocol,
-    pub host_ip: String,
-    pub host_port: u16,
-}
-
-impl PortRecord {
-    /// Docker's key for the container side, `80/tcp`.
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.container_port, self.protocol.as_str())
-    }
-}
+use crate::records::ContainerRecord;
+use crate::records::PortRecord;
 
 /// A binding asked for: container port and protocol, host address, host ports to try.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,7 +223,7 @@ mod tests {
 
     #[test]
     fn publish_all_adds_exposed_ports_without_bindings() {
-        let mut record: ContainerRecord = crate::container::test_record(
+        let mut record: ContainerRecord = crate::records::test_record(
             serde_json::json!({"ExposedPorts": {"80/tcp": {}, "53/udp": {}}}),
         );
         assert!(requested_bindings(&record).unwrap().is_empty());

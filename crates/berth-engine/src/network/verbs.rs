@@ -142,7 +142,7 @@ impl Engine {
             }
             None => subnet.first_host(),
         };
-        let id = crate::names::new_id();
+        let id = crate::container::names::new_id();
         let record = NetworkRecord {
             bridge: format!("br-{}", &id[..12]),
             id,

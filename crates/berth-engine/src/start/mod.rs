@@ -31,8 +31,8 @@ use tokio::sync::oneshot;
 use crate::agent::{AgentError, AgentSession, MAIN_STREAM};
 use crate::container::{Refusal, Transition};
 use crate::error::{error_chain, EngineError};
-use crate::output::LogWriter;
-use crate::template::Template;
+use crate::process::output::LogWriter;
+use crate::vm::template::Template;
 use crate::{lock, ContainerHandle, Engine, Runtime};
 
 /// What `start` did.
@@ -262,7 +262,7 @@ impl Engine {
     /// The container's log, kept as its log options say.
     fn log_writer(&self, record: &crate::ContainerRecord) -> Result<LogWriter, EngineError> {
         let log_config = record.host_config.log_config.clone().unwrap_or_default();
-        let limits = crate::output::LogLimits::from_config(
+        let limits = crate::process::output::LogLimits::from_config(
             log_config.typ.as_deref(),
             &log_config.config.unwrap_or_default(),
         )?;

@@ -12,7 +12,7 @@ use berth_vm::{DiskFormat, DiskSpec, MemoryBacking, VmSpec};
 use crate::container::{ContainerHandle, ContainerRecord};
 use crate::error::{error_chain, EngineError};
 use crate::network::NetworkPlan;
-use crate::template::{Shape, Template};
+use crate::vm::template::{Shape, Template};
 use crate::{lock, Engine, RUNTIME_CLONE};
 
 /// What a start will make.
@@ -92,7 +92,7 @@ impl StartPlan {
             nameservers: self.network.nameservers.clone(),
             ..Default::default()
         };
-        crate::guest_config::apply(record, &self.network, &mut setup)?;
+        crate::container::guest_config::apply(record, &self.network, &mut setup)?;
         setup.volumes = record
             .mounts
             .iter()
@@ -216,9 +216,9 @@ fn process_spec(record: &ContainerRecord) -> Result<ProcessSpec, EngineError> {
         tty: record.tty(),
         stdin: record.config.open_stdin.unwrap_or(false),
         tty_size: None,
-        rlimits: crate::security::rlimits(&record.host_config)?,
-        capabilities: crate::security::capabilities(&record.host_config)?,
-        no_new_privileges: crate::security::no_new_privileges(&record.host_config),
+        rlimits: crate::container::security::rlimits(&record.host_config)?,
+        capabilities: crate::container::security::capabilities(&record.host_config)?,
+        no_new_privileges: crate::container::security::no_new_privileges(&record.host_config),
         agent_helper: false,
     })
 }

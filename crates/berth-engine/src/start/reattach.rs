@@ -34,7 +34,7 @@ impl Engine {
                         tracing::warn!(id = %handle.id, error = %error_chain(&error), "could not take over the container's VM; stopping it");
                         handle.detach_runtime();
                         let mut record = handle.snapshot();
-                        crate::lifecycle::kill_stale_vm(&record);
+                        crate::container::lifecycle::kill_stale_vm(&record);
                         engine.networks.release(&mut record);
                         {
                             let mut current = lock(&handle.record);

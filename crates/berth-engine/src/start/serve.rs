@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use super::finish::RunEnd;
 use crate::agent::{AgentEvent, AgentReader, AgentSession, MAIN_STREAM};
 use crate::error::error_chain;
-use crate::output::{LogWriter, OutputChunk};
+use crate::process::output::{LogWriter, OutputChunk};
 use crate::{lock, ContainerHandle, Engine, StdinEvent};
 
 /// What the serve task takes over from the start (or from a reattach).

@@ -13,9 +13,9 @@ use super::store::{
     quarantine, records, StoreError, CONTAINERS, META, NETWORKS, QUARANTINE, VOLUMES,
 };
 use super::SCHEMA_VERSION;
-use crate::container::ContainerRecord;
-use crate::network::NetworkRecord;
-use crate::volumes::VolumeRecord;
+use crate::records::ContainerRecord;
+use crate::records::NetworkRecord;
+use crate::records::VolumeRecord;
 
 const SCHEMA_KEY: &str = "schema";
 

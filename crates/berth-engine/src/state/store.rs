@@ -6,9 +6,9 @@ use std::sync::Arc;
 use redb::{Database, ReadableTable, TableDefinition};
 
 use super::migrate;
-use crate::container::ContainerRecord;
-use crate::network::NetworkRecord;
-use crate::volumes::VolumeRecord;
+use crate::records::ContainerRecord;
+use crate::records::NetworkRecord;
+use crate::records::VolumeRecord;
 
 pub(super) const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 pub(super) const CONTAINERS: &str = "containers";

@@ -20,7 +20,7 @@ use std::time::Duration;
 pub(crate) use backend::FakeBackend;
 pub(crate) use host::FakeHost;
 
-use crate::container::{ContainerRecord, StateRecord};
+use crate::records::{ContainerRecord, StateRecord};
 use crate::{Engine, EngineConfig};
 
 /// An engine over the test doubles, in a temporary root.
@@ -64,7 +64,7 @@ impl TestEngine {
         argv: &[&str],
         change: impl FnOnce(&mut ContainerRecord),
     ) -> String {
-        let id = crate::names::new_id();
+        let id = crate::container::names::new_id();
         let mut record: ContainerRecord = serde_json::from_value(serde_json::json!({
             "id": id, "name": name, "created": crate::now_rfc3339(),
             "image_ref": "test", "image_id": format!("sha256:{}", "0".repeat(64)),

@@ -1,6 +1,8 @@
 //! Image verbs over the image store: `tag`, `rmi`, `image prune` and `history`, with
 //! Docker's rules for images that containers use.
 
+pub mod registry;
+
 use std::collections::HashMap;
 
 use crate::error::EngineError;

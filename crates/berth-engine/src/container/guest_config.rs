@@ -4,9 +4,9 @@
 
 use berth_agent_proto::{SetupSpec, TmpfsSpec};
 
-use crate::container::ContainerRecord;
 use crate::error::EngineError;
 use crate::network::NetworkPlan;
+use crate::records::ContainerRecord;
 
 /// Fills `setup` from the container's host configuration.
 pub fn apply(
@@ -86,7 +86,7 @@ mod tests {
     use bollard_stubs::models::HostConfig;
 
     fn record(host: HostConfig) -> ContainerRecord {
-        let mut record: ContainerRecord = crate::container::test_record(serde_json::json!({}));
+        let mut record: ContainerRecord = crate::records::test_record(serde_json::json!({}));
         record.host_config = host;
         record
     }

@@ -12,30 +12,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bollard_stubs::models::{ExecConfig, HealthConfig};
-use serde::{Deserialize, Serialize};
 
+pub use crate::records::{HealthResult, HealthState};
 use crate::{lock, now_rfc3339, ContainerHandle, Engine};
 
 /// How many results are kept.
 const KEPT_RESULTS: usize = 5;
 /// How much of a check's output is kept.
 const KEPT_OUTPUT: usize = 4096;
-
-/// What `State.Health` shows.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HealthState {
-    pub status: String,
-    pub failing_streak: i64,
-    pub log: Vec<HealthResult>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HealthResult {
-    pub start: String,
-    pub end: String,
-    pub exit_code: i64,
-    pub output: String,
-}
 
 /// A check's settings with Docker's defaults filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,9 +4,10 @@ use std::sync::Arc;
 
 use bollard_stubs::models::ContainerUpdateBody;
 
-use crate::container::ContainerRecord;
+use crate::container::names;
 use crate::error::EngineError;
-use crate::{lock, names, Engine};
+use crate::records::ContainerRecord;
+use crate::{lock, Engine};
 
 impl Engine {
     /// `POST /containers/{id}/restart`: stop (if running), then start.
@@ -124,7 +125,7 @@ impl Engine {
             record.host_config.nano_cpus = Some(nano_cpus);
         }
         if let Some(policy) = update.restart_policy.filter(|p| p.name.is_some()) {
-            crate::restart::validate(Some(&policy), record.auto_remove())?;
+            crate::container::restart::validate(Some(&policy), record.auto_remove())?;
             record.host_config.restart_policy = Some(policy);
         }
         let snapshot = record.clone();

@@ -16,43 +16,13 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
+pub use crate::records::{MountRecord, VolumeRecord};
 
 use crate::lock;
 use crate::{now_rfc3339, Engine, EngineError};
 
 /// Virtual size of a volume disk unless `docker volume create -o size=...` says otherwise.
 const DEFAULT_VOLUME_SIZE: u64 = 16 << 30;
-
-/// A volume.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VolumeRecord {
-    pub name: String,
-    pub created_at: String,
-    #[serde(default)]
-    pub labels: HashMap<String, String>,
-    #[serde(default)]
-    pub options: HashMap<String, String>,
-    /// Made for a container (`-v /path`, an image's VOLUME) rather than by name.
-    #[serde(default)]
-    pub anonymous: bool,
-}
-
-/// A container's use of a volume.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MountRecord {
-    pub volume: String,
-    /// Absolute path in the container.
-    pub target: String,
-    pub read_only: bool,
-    /// Copy the image's content at `target` into the volume when it is empty.
-    #[serde(default = "yes")]
-    pub populate: bool,
-}
-
-fn yes() -> bool {
-    true
-}
 
 /// Adds a mount, refusing relative and duplicate mount points.
 fn add_mount(mounts: &mut Vec<MountRecord>, mount: MountRecord) -> Result<(), EngineError> {
@@ -132,7 +102,7 @@ impl Engine {
                     "create {name}: \"{name}\" includes invalid characters for a local volume name, only \"[a-zA-Z0-9][a-zA-Z0-9_.-]\" are allowed"
                 )))
             }
-            None => crate::names::new_id(),
+            None => crate::container::names::new_id(),
         };
         let _guard = self.volume_lock.lock().await;
         if let Some(existing) = self.volume(&name) {

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::agent::{handshake, AgentError, AgentEvent};
-use crate::output::{OutputChunk, OutputStream};
+use crate::process::output::{OutputChunk, OutputStream};
 use crate::{ContainerHandle, Engine, EngineError, StdinEvent};
 
 /// The stream the helper runs on (any id but the agent's).

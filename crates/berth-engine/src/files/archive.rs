@@ -17,8 +17,8 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
 use crate::agent::AgentError;
-use crate::copy_vm::HelperRun;
-use crate::output::{OutputChunk, OutputStream};
+use crate::process::output::{OutputChunk, OutputStream};
+use crate::vm::copy_vm::HelperRun;
 use crate::{Engine, EngineError, StdinEvent};
 use tokio::sync::oneshot;
 

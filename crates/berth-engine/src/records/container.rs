@@ -1,13 +1,51 @@
-//! A container's persistent record.
+//! A container's record and its status.
 //!
 //! The record is what `docker inspect` and `docker ps` read; it is stored in the state
-//! database (see [`crate::store`]) after every change. Only the transition function
+//! database (see [`crate::state`]) after every change. Only the transition function
 //! ([`crate::Engine::transition`]) changes its `state`.
 
 use bollard_stubs::models::{ContainerConfig, HostConfig};
 use serde::{Deserialize, Serialize};
 
-use super::state::ContainerStatus;
+use super::{EndpointRecord, HealthState, MountRecord, PortRecord};
+
+/// Docker's container states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerStatus {
+    Created,
+    Running,
+    Paused,
+    Restarting,
+    Removing,
+    Exited,
+    Dead,
+}
+
+impl ContainerStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Restarting => "restarting",
+            Self::Removing => "removing",
+            Self::Exited => "exited",
+            Self::Dead => "dead",
+        }
+    }
+
+    /// Docker counts a restarting container as running (`State.Running`), and so do
+    /// `ps` and `info`: this status belongs to a run, begun or pending.
+    pub fn is_running(self) -> bool {
+        matches!(self, Self::Running | Self::Paused | Self::Restarting)
+    }
+
+    /// The container's VM exists (it runs, or its vCPUs are stopped).
+    pub fn has_vm(self) -> bool {
+        matches!(self, Self::Running | Self::Paused)
+    }
+}
 
 /// The `State` part of a container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,19 +101,19 @@ pub struct ContainerRecord {
     /// The networks the container is connected to, by network name, with its endpoint
     /// on each (addresses are filled in while it runs).
     #[serde(default)]
-    pub networks: std::collections::BTreeMap<String, crate::network::EndpointRecord>,
+    pub networks: std::collections::BTreeMap<String, EndpointRecord>,
     /// Ports published while it runs.
     #[serde(default)]
-    pub ports: Vec<crate::network::PortRecord>,
+    pub ports: Vec<PortRecord>,
     /// A user stopped or killed it (restart policies then leave it stopped).
     #[serde(default)]
     pub manually_stopped: bool,
     /// Its health check's state, if it has a check and has run.
     #[serde(default)]
-    pub health: Option<crate::health::HealthState>,
+    pub health: Option<HealthState>,
     /// Volumes, in the order their disks are attached.
     #[serde(default)]
-    pub mounts: Vec<crate::volumes::MountRecord>,
+    pub mounts: Vec<MountRecord>,
 }
 
 impl ContainerRecord {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use berth_agent_proto::{GuestMessage, HostMessage, AGENT_STREAM};
 use tokio::sync::oneshot;
 
-use super::AgentError;
+use crate::agent::AgentError;
 use crate::container::Refusal;
 use crate::error::EngineError;
 use crate::{lock, ContainerHandle, Engine};

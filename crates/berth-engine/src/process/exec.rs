@@ -13,10 +13,11 @@ use bollard_stubs::models::ExecConfig;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::agent::AgentError;
+use crate::container::names;
 use crate::container::ContainerStatus;
 use crate::error::EngineError;
-use crate::output::OutputHub;
-use crate::{lock, names, Attachment, Engine, StdinEvent, StdinSink};
+use crate::process::output::OutputHub;
+use crate::{lock, Attachment, Engine, StdinEvent, StdinSink};
 
 /// One exec instance.
 pub struct ExecHandle {
@@ -232,13 +233,13 @@ impl Engine {
                 .as_ref()
                 .filter(|s| s.len() == 2)
                 .map(|s| (s[0] as u16, s[1] as u16)),
-            rlimits: crate::security::rlimits(&record.host_config)?,
+            rlimits: crate::container::security::rlimits(&record.host_config)?,
             capabilities: if config.privileged == Some(true) {
                 None
             } else {
-                crate::security::capabilities(&record.host_config)?
+                crate::container::security::capabilities(&record.host_config)?
             },
-            no_new_privileges: crate::security::no_new_privileges(&record.host_config),
+            no_new_privileges: crate::container::security::no_new_privileges(&record.host_config),
             agent_helper: exec.helper,
         };
         if exec.helper {

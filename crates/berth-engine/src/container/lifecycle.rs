@@ -10,7 +10,7 @@ use crate::agent::MAIN_STREAM;
 use crate::container::state::{RemoveAction, StopAction};
 use crate::container::{ContainerRecord, ContainerStatus, Refusal, Transition};
 use crate::error::EngineError;
-use crate::output::{read_log, LogEntry, LogFilter, OutputChunk};
+use crate::process::output::{read_log, LogEntry, LogFilter, OutputChunk};
 use crate::{lock, Attachment, ContainerHandle, Engine};
 
 /// `docker wait --condition`.

@@ -14,7 +14,7 @@ use berth_vm::{DiskFormat, DiskSpec};
 use tokio::io::AsyncWriteExt;
 
 use crate::agent::AgentError;
-use crate::output::{OutputChunk, OutputStream};
+use crate::process::output::{OutputChunk, OutputStream};
 use crate::{Engine, EngineError};
 
 /// Largest `docker diff` answer read from the guest (lines of JSON).

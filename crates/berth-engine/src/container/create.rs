@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 
 use bollard_stubs::models::{ContainerConfig, ContainerCreateBody, EndpointSettings, HostConfig};
 
-use crate::container::{ContainerRecord, StateRecord};
+use crate::container::names;
 use crate::error::EngineError;
-use crate::names;
 use crate::network::{ConnectRequest, EndpointRecord};
+use crate::records::{ContainerRecord, StateRecord};
 use crate::{lock, now_rfc3339, ContainerHandle, Engine};
 
 /// Docker's default PATH for containers whose image sets none.
@@ -121,8 +121,8 @@ fn check_supported(host: &HostConfig) -> Result<(), EngineError> {
             );
         }
     }
-    crate::security::capabilities(host)?;
-    crate::security::rlimits(host)?;
+    crate::container::security::capabilities(host)?;
+    crate::container::security::rlimits(host)?;
     if let Some(mode) = host.network_mode.as_deref() {
         if host.dns.as_ref().is_some_and(|d| !d.is_empty())
             && !matches!(mode, "" | "default" | "bridge" | "none")
@@ -303,12 +303,12 @@ impl Engine {
         check_supported(&host_config)?;
         {
             let log_config = host_config.log_config.clone().unwrap_or_default();
-            crate::output::LogLimits::from_config(
+            crate::process::output::LogLimits::from_config(
                 log_config.typ.as_deref(),
                 &log_config.config.unwrap_or_default(),
             )?;
         }
-        crate::restart::validate(
+        crate::container::restart::validate(
             host_config.restart_policy.as_ref(),
             host_config.auto_remove.unwrap_or(false),
         )?;
@@ -339,7 +339,7 @@ impl Engine {
             .ok()
             .and_then(|raw| raw.pointer("/config/Healthcheck").cloned())
             .and_then(|check| serde_json::from_value(check).ok());
-        config.healthcheck = crate::health::merge(image_check, body.healthcheck.clone());
+        config.healthcheck = crate::container::health::merge(image_check, body.healthcheck.clone());
 
         // Reserve the name and id before the slow disk work.
         let record = {
@@ -486,7 +486,7 @@ impl Engine {
             .await
             .map_err(EngineError::panicked("rootfs build"))??;
         // Every container disk has one virtual size, the size its VM's template saw.
-        crate::template::create_container_disk(&dir.join("rootfs.qcow2"), Some(&base))?;
+        crate::vm::template::create_container_disk(&dir.join("rootfs.qcow2"), Some(&base))?;
         Ok(())
     }
 }

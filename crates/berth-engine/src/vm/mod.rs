@@ -1,0 +1,6 @@
+//! VMs the engine makes besides a container's own run: templates (booted once and
+//! snapshotted, cloned by starts) and the short-lived copy VM that reads or writes a
+//! stopped container's disk.
+
+pub(crate) mod copy_vm;
+pub mod template;
