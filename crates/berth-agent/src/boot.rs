@@ -1,4 +1,9 @@
 //! Early boot: filesystems, kernel modules, the agent's port, and power-off.
+//!
+//! [`CONTAINER_ROOT`] is defined here, beside [`mount_container_root`] that mounts it:
+//! `boot` uses no other module of the agent, so `process`, `volumes`, `changes` and the
+//! others that work in the container root can all take the path from here without
+//! depending on each other.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -9,6 +14,9 @@ use std::time::{Duration, Instant};
 use nix::mount::{mount, MsFlags};
 
 use berth_agent_proto::PORT_NAME;
+
+/// Where container root filesystems are mounted.
+pub const CONTAINER_ROOT: &str = "/mnt/root";
 
 /// `_IO(0x12, 97)`: flush a block device's buffer cache.
 const BLKFLSBUF: libc::c_ulong = 0x1261;

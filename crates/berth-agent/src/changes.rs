@@ -23,7 +23,7 @@ use std::path::Path;
 use nix::mount::MsFlags;
 
 use crate::archive::{append_entry, pad, write_header};
-use crate::process::CONTAINER_ROOT;
+use crate::boot::CONTAINER_ROOT;
 
 /// The program name the agent runs this helper under.
 pub const HELPER_NAME: &str = "berth-changes";

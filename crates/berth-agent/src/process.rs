@@ -16,11 +16,9 @@ use std::thread::JoinHandle;
 
 use berth_agent_proto::{FrameKind, ProcessSpec, SpawnFailure};
 
+use crate::boot::CONTAINER_ROOT;
 use crate::channel::Channel;
 use crate::user;
-
-/// Where container root filesystems are mounted.
-pub const CONTAINER_ROOT: &str = "/mnt/root";
 
 /// A running process the agent reports on.
 pub struct RunningProcess {

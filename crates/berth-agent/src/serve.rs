@@ -12,8 +12,9 @@ use berth_agent_proto::{
 };
 use nix::sys::wait::{waitpid, WaitStatus};
 
+use crate::boot::CONTAINER_ROOT;
 use crate::channel::Channel;
-use crate::process::{self, ProcessTable, CONTAINER_ROOT};
+use crate::process::{self, ProcessTable};
 use crate::{boot, network};
 
 type SharedTable = Arc<Mutex<ProcessTable>>;

@@ -35,7 +35,7 @@ fn tty_name(tty_nr: u64) -> String {
 
 /// uid -> name, from the container's /etc/passwd.
 fn user_names() -> std::collections::HashMap<u32, String> {
-    fs::read_to_string(format!("{}/etc/passwd", crate::process::CONTAINER_ROOT))
+    fs::read_to_string(format!("{}/etc/passwd", crate::boot::CONTAINER_ROOT))
         .unwrap_or_default()
         .lines()
         .filter_map(|line| {

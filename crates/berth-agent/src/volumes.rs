@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 use berth_agent_proto::VolumeMount;
 use nix::mount::MsFlags;
 
-use crate::boot::mount_fs;
-use crate::process::CONTAINER_ROOT;
+use crate::boot::{mount_fs, CONTAINER_ROOT};
 
 /// How long a hot-plugged disk may take to appear in the guest.
 const DEVICE_TIMEOUT: Duration = Duration::from_secs(20);

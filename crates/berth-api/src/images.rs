@@ -8,13 +8,16 @@ use crate::version::ApiVersion;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures_util::StreamExt;
 use serde_json::json;
-use tokio::io::AsyncWriteExt;
 
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
+use crate::import::spool;
 use crate::AppState;
+
+// `docker import` lives in `crate::import` (which `registry` uses too); re-exported here,
+// where it used to be, so that `images::import` keeps working.
+pub use crate::import::import;
 
 /// `POST /images/load`: a `docker save` archive in the body, spooled to a file first
 /// (archives list their manifest anywhere).
@@ -307,53 +310,6 @@ pub async fn prune(
         Json(json!({ "ImagesDeleted": removals(steps), "SpaceReclaimed": reclaimed }))
             .into_response(),
     )
-}
-
-/// Spools a request body to a temporary file under the daemon's root (archives are read
-/// more than once, and a file keeps memory flat).
-async fn spool(engine: &AppState, body: Body) -> ApiResult<tempfile::NamedTempFile> {
-    let internal =
-        |e: std::io::Error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-    let spool_dir = engine.root().join("tmp");
-    tokio::fs::create_dir_all(&spool_dir)
-        .await
-        .map_err(internal)?;
-    let spool = tempfile::NamedTempFile::new_in(&spool_dir).map_err(internal)?;
-    let mut file = tokio::fs::File::from_std(spool.reopen().map_err(internal)?);
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
-        file.write_all(&chunk).await.map_err(internal)?;
-    }
-    file.flush().await.map_err(internal)?;
-    Ok(spool)
-}
-
-/// `POST /images/create?fromSrc=-&repo=&tag=&message=&changes=...` (`docker import`):
-/// the body is a root filesystem tarball. `changes` repeats, so the raw query is parsed.
-pub async fn import(engine: AppState, query: Option<String>, body: Body) -> ApiResult<Response> {
-    let query = crate::filters::QueryPairs::parse(query.as_deref())?;
-    if query.get("fromSrc") != "-" {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "Berth imports from the request body only (docker import FILE, or - for stdin); it does not download from URLs",
-        ));
-    }
-    let spooled = spool(&engine, body).await?;
-    let id = engine
-        .import_image(
-            spooled.path().to_path_buf(),
-            query.all("changes"),
-            query.get("message"),
-            query.reference(),
-        )
-        .await?;
-    Ok((
-        [(header::CONTENT_TYPE, "application/json")],
-        format!("{}\r\n", json!({ "status": id })),
-    )
-        .into_response())
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod events;
 pub mod exec;
 pub mod filters;
 pub mod images;
+mod import;
 pub mod manage;
 pub mod networks;
 pub mod registry;

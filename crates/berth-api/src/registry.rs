@@ -220,8 +220,8 @@ fn reporter(sender: &mpsc::UnboundedSender<Message>) -> impl Fn(Progress) + Send
     }
 }
 
-/// `POST /images/create?fromImage=NAME&tag=TAG`: pull. (`fromSrc`, import, is
-/// [`crate::images::import`].)
+/// `POST /images/create?fromImage=NAME&tag=TAG`: pull. (`fromSrc`, import, is handed to
+/// the `import` module.)
 pub async fn create(
     State(engine): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
@@ -230,7 +230,7 @@ pub async fn create(
     body: Body,
 ) -> ApiResult<Response> {
     if params.get("fromSrc").is_some_and(|s| !s.is_empty()) {
-        return crate::images::import(engine, query, body).await;
+        return crate::import::import(engine, query, body).await;
     }
     let from = params
         .get("fromImage")

@@ -61,6 +61,13 @@ pub enum EngineError {
     /// The container's agent (the guest) failed or misbehaved.
     #[error("the container's agent failed")]
     Agent(#[from] crate::agent::AgentError),
+    /// A start failed at a step, for a reason of the engine's, the VM's or the guest's.
+    #[error("{step} failed")]
+    Start {
+        step: crate::start::StartStep,
+        #[source]
+        source: Box<EngineError>,
+    },
     /// A template's state file differs from what was recorded when it was made.
     #[error("template {key} changed while in use (state sha256 {digest})")]
     TemplateChanged { key: String, digest: String },
@@ -115,6 +122,7 @@ impl EngineError {
             Self::NotSupported(_) | Self::Vm(berth_vm::VmError::Unsupported(_)) => {
                 ErrorKind::NotSupported
             }
+            Self::Start { source, .. } => source.kind(),
             Self::Network(_)
             | Self::IllegalTransition(_)
             | Self::Image(_)
@@ -126,6 +134,19 @@ impl EngineError {
             | Self::Store(_)
             | Self::Io { .. }
             | Self::Command { .. } => ErrorKind::Internal,
+        }
+    }
+
+    /// Says which step of a start failed, when the failure is Berth's, its VM's or its
+    /// guest's; a user's error (a conflict, a bad argument, a program not found) is
+    /// reported as it is.
+    pub(crate) fn in_start_step(self, step: crate::start::StartStep) -> Self {
+        match self.kind() {
+            ErrorKind::Internal => Self::Start {
+                step,
+                source: Box::new(self),
+            },
+            _ => self,
         }
     }
 

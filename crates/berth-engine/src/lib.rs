@@ -56,7 +56,7 @@ pub use container::{
 };
 pub use error::{error_chain, EngineError, ErrorKind};
 pub use process::output::{LogEntry, LogFilter, OutputChunk, OutputStream};
-pub use start::StartOutcome;
+pub use start::{StartOutcome, StartStep};
 
 pub(crate) use container::{ContainerHandle, LifecycleState, Runtime, StdinEvent};
 use state::Store;

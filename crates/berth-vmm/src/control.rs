@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::vm::Machine;
+use crate::machine::Machine;
 
 /// Longest request line taken.
 pub const MAX_REQUEST: u64 = 4096;

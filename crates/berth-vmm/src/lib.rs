@@ -26,6 +26,7 @@ pub mod disk;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod layout;
+mod machine;
 pub mod memory;
 pub mod seccomp;
 pub mod snapshot;

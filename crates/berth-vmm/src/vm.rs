@@ -1,17 +1,15 @@
 //! Putting one VM together (booted or restored from a snapshot), running it to its end,
-//! and the [`Machine`] the control socket pauses, resumes and snapshots.
+//! and starting the control socket on its [`Machine`] (see [`crate::machine`]).
 
 use std::fs::OpenOptions;
 use std::os::unix::net::UnixListener;
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
-use vmm_sys_util::signal::Killable;
 
 use crate::boot;
 use crate::devices::pci::PciRoot;
@@ -19,7 +17,8 @@ use crate::devices::serial::{SerialPort, SERIAL_IRQ};
 use crate::devices::tap::Tap;
 use crate::devices::{i8042, Devices};
 use crate::layout::KVM_TSS_ADDRESS;
-use crate::snapshot::{self, VmState, SNAPSHOT_FORMAT};
+use crate::machine::{lock, Machine};
+use crate::snapshot::{self, VmState};
 use crate::vcpu::{self, VcpuCommand, VcpuThread, VmExitReason};
 use crate::virtio::block::{Block, BlockCounters};
 use crate::virtio::console::Console;
@@ -35,8 +34,6 @@ pub const RNG_SLOT: u8 = 0x02;
 pub const AGENT_CONSOLE_SLOT: u8 = 0x03;
 /// The agent port's name, as the agent looks for it.
 pub const AGENT_PORT_NAME: &str = "berth.agent";
-/// How long vCPUs get to leave `KVM_RUN` when paused.
-const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Puts `device` on the bus in `slot`, behind its own virtio PCI transport.
 fn add_virtio(
@@ -51,116 +48,6 @@ fn add_virtio(
         Box::new(VirtioPciFunction::new(device, vm.clone(), memory.clone())?),
     );
     Ok(())
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// A running VM, as the control socket sees it.
-pub struct Machine {
-    vm: Arc<VmFd>,
-    devices: Arc<Devices>,
-    vcpu_commands: Mutex<Vec<Sender<VcpuCommand>>>,
-    vcpu_threads: Vec<JoinHandle<()>>,
-    acks: Mutex<Receiver<u8>>,
-    paused: Mutex<bool>,
-    block_counters: Vec<Arc<BlockCounters>>,
-    vcpu_count: u8,
-    memory_mib: u32,
-}
-
-impl Machine {
-    /// Takes every vCPU out of `KVM_RUN`; returns once all are waiting.
-    pub fn pause(&self) -> Result<(), VmmError> {
-        let mut paused = lock(&self.paused);
-        if *paused {
-            return Ok(());
-        }
-        for commands in lock(&self.vcpu_commands).iter() {
-            let _ = commands.send(VcpuCommand::Pause);
-        }
-        let acks = lock(&self.acks);
-        let mut waiting: Vec<bool> = vec![true; self.vcpu_threads.len()];
-        let deadline = Instant::now() + PAUSE_TIMEOUT;
-        while waiting.iter().any(|w| *w) {
-            if Instant::now() > deadline {
-                return Err(VmmError::Device("vCPUs did not pause in time".into()));
-            }
-            // Kick those still inside KVM_RUN; a kick that lands before they enter it is
-            // repeated on the next round.
-            for (index, thread) in self.vcpu_threads.iter().enumerate() {
-                if waiting[index] {
-                    let _ = thread.kill(vcpu::KICK_SIGNAL());
-                }
-            }
-            while let Ok(index) = acks.recv_timeout(Duration::from_millis(2)) {
-                if let Some(slot) = waiting.get_mut(usize::from(index)) {
-                    *slot = false;
-                }
-            }
-        }
-        *paused = true;
-        Ok(())
-    }
-
-    pub fn resume(&self) -> Result<(), VmmError> {
-        let mut paused = lock(&self.paused);
-        for commands in lock(&self.vcpu_commands).iter() {
-            let _ = commands.send(VcpuCommand::Resume);
-        }
-        *paused = false;
-        Ok(())
-    }
-
-    /// Pauses the VM and writes its state (all but RAM) to `path`. The VM stays paused.
-    pub fn snapshot(&self, path: &std::path::Path) -> Result<(), VmmError> {
-        self.pause()?;
-        let mut vcpus = Vec::new();
-        for commands in lock(&self.vcpu_commands).iter() {
-            let (reply, answer) = mpsc::channel();
-            commands
-                .send(VcpuCommand::Save(reply))
-                .map_err(|_| VmmError::Device("a vCPU thread is gone".into()))?;
-            vcpus.push(
-                answer
-                    .recv()
-                    .map_err(|_| VmmError::Device("a vCPU thread is gone".into()))??,
-            );
-        }
-        let (pic_master, pic_slave, ioapic, pit, clock) = snapshot::save_vm(&self.vm)?;
-        let serial = lock(&self.devices.serial).record();
-        let pci = lock(&self.devices.pci).save()?;
-        let state = VmState {
-            format: SNAPSHOT_FORMAT,
-            vcpu_count: self.vcpu_count,
-            memory_mib: self.memory_mib,
-            vcpus,
-            pic_master,
-            pic_slave,
-            ioapic,
-            pit,
-            clock,
-            serial,
-            pci,
-        };
-        snapshot::write(path, &state)
-    }
-
-    /// Bytes read and written, reads and writes, all disks together.
-    pub fn block_stats(&self) -> [u64; 4] {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.block_counters.iter().fold([0; 4], |sum, counters| {
-            [
-                sum[0] + counters.read_bytes.load(Relaxed),
-                sum[1] + counters.write_bytes.load(Relaxed),
-                sum[2] + counters.read_operations.load(Relaxed),
-                sum[3] + counters.write_operations.load(Relaxed),
-            ]
-        })
-    }
 }
 
 /// Builds the VM of `config` (booting it, or restoring `config.restore_from`), runs it,

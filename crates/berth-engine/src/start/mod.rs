@@ -43,9 +43,39 @@ pub enum StartOutcome {
     AlreadyRunning,
 }
 
+/// The steps of a start, for errors: an engine, VM or guest failure says which step it
+/// ended (a user's error, such as a volume in use, is reported as it is).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StartStep {
+    #[default]
+    Plan,
+    Boot,
+    HostNetworks,
+    GuestUp,
+    Serve,
+    Connect,
+    Started,
+}
+
+impl std::fmt::Display for StartStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Plan => "planning the start",
+            Self::Boot => "booting or restoring the container's VM",
+            Self::HostNetworks => "readying the container's networks on the host",
+            Self::GuestUp => "bringing the container's guest up",
+            Self::Serve => "serving the container",
+            Self::Connect => "connecting the container's networks",
+            Self::Started => "starting the container's process",
+        })
+    }
+}
+
 /// What a failed start must undo, gathered as the steps make it.
 #[derive(Default)]
 struct StartRollback {
+    /// The step under way.
+    step: StartStep,
     /// The run's network leases (and whatever was activated on them).
     networks: bool,
     /// The VM, once booted or restored.
@@ -127,8 +157,9 @@ impl Engine {
         match self.start_steps(handle, &mut rollback).await {
             Ok(()) => Ok(()),
             Err(error) => {
+                let step = rollback.step;
                 self.roll_back(handle, rollback).await;
-                Err(error)
+                Err(error.in_start_step(step))
             }
         }
     }
@@ -161,6 +192,7 @@ impl Engine {
         rollback.networks = true;
         let template_ready = begun.elapsed();
         // 2. boot or restore
+        rollback.step = StartStep::Boot;
         let hotplug = self.config.backend.supports_hotplug();
         let spec = plan.vm_spec(self, &guest, hotplug);
         let vm = match self.config.backend.boot(&spec).await {
@@ -175,10 +207,12 @@ impl Engine {
         rollback.vm = Some(control.clone());
         let vm_up = begun.elapsed();
         // 3. host networks first, when the process travels behind the setup
+        rollback.step = StartStep::HostNetworks;
         if plan.pipelined() {
             self.activate_networks(handle, &plan.network).await?;
         }
         // 4. guest up (a clone's volumes are hot-plugged before it rebinds)
+        rollback.step = StartStep::GuestUp;
         if plan.is_clone() {
             for disk in &plan.volume_disks {
                 if let Err(error) = control.add_disk(disk).await {
@@ -198,6 +232,7 @@ impl Engine {
         };
         let setup_done = begun.elapsed();
         // 5. serve: from here the serve task owns the run and its networks
+        rollback.step = StartStep::Serve;
         let log = self.log_writer(&plan.record)?;
         let session = Arc::new(up.session);
         let (started_sender, started) = oneshot::channel();
@@ -215,6 +250,7 @@ impl Engine {
         ));
         rollback.networks = false;
         // 6. connect, and send the process if it did not travel with the setup
+        rollback.step = StartStep::Connect;
         if !plan.pipelined() {
             self.connect_and_spawn(handle, &plan, &session).await?;
         }
@@ -229,6 +265,7 @@ impl Engine {
             networked: begun.elapsed(),
         };
         // 7. started
+        rollback.step = StartStep::Started;
         match started.await {
             Ok(Ok(_guest_pid)) => {
                 timings.log(&plan.record);

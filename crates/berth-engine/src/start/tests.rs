@@ -108,7 +108,16 @@ async fn a_failed_boot_leaves_no_tap_and_no_address() {
         .fail_next_boot
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let error = test.engine.start_container(&id).await.unwrap_err();
-    assert!(matches!(error, EngineError::Vm(_)), "{error:?}");
+    match &error {
+        EngineError::Start { step, source } => {
+            assert_eq!(*step, crate::StartStep::Boot);
+            assert!(matches!(**source, EngineError::Vm(_)), "{source:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        crate::error_chain(&error).starts_with("booting or restoring the container's VM failed")
+    );
     let record = test.engine.inspect_container(&id).unwrap();
     assert_eq!(record.state.status, ContainerStatus::Created);
     assert_eq!(record.state.exit_code, 128);
@@ -128,6 +137,16 @@ async fn a_failed_setup_kills_the_vm_and_gives_the_network_back() {
         record.config.hostname = Some("bad-setup".into());
     });
     let error = test.engine.start_container(&id).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            EngineError::Start {
+                step: crate::StartStep::GuestUp,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
     assert!(
         crate::error_chain(&error).contains("mounting the root filesystem failed"),
         "{}",

@@ -21,6 +21,7 @@
 //! the image config names. Nothing is recorded until every blob of the image is verified
 //! and in place (see [`crate::store`]).
 
+mod layer_digests;
 mod login;
 mod pull;
 mod push;
@@ -33,6 +34,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::Client;
 use serde::{Deserialize, Serialize};
 
+use crate::digest::parse_sha256;
 use crate::error::ImageError;
 use crate::reference::{Reference, DEFAULT_DOMAIN};
 
@@ -239,6 +241,12 @@ impl Descriptor {
             ..Default::default()
         }
     }
+}
+
+/// The short id Docker's progress shows for a blob.
+fn short_id(digest: &str) -> String {
+    let hex = parse_sha256(digest).unwrap_or(digest);
+    hex.get(..12).unwrap_or(hex).to_owned()
 }
 
 /// Whether a registry error means "no such manifest or repository".

@@ -16,9 +16,10 @@ use std::path::{Path, PathBuf};
 use futures_util::StreamExt;
 use serde::Deserialize;
 
+use super::layer_digests::remember_layer;
 use super::{
-    is_denied, is_not_found, Credentials, Descriptor, Endpoint, RegistryOptions, TagOrDigest,
-    DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, MAX_MANIFEST_SIZE, OCI_INDEX, OCI_MANIFEST,
+    is_denied, is_not_found, short_id, Credentials, Descriptor, Endpoint, RegistryOptions,
+    TagOrDigest, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, MAX_MANIFEST_SIZE, OCI_INDEX, OCI_MANIFEST,
 };
 use crate::archive::{self, write_synced, MAX_JSON_SIZE};
 use crate::digest::{parse_sha256, sha256_digest};
@@ -254,12 +255,6 @@ fn parse_manifest(endpoint: &Endpoint, bytes: &[u8]) -> Result<RawManifest, Imag
         }
     }
     Ok(manifest)
-}
-
-/// The short id Docker's progress shows for a blob.
-pub(crate) fn short_id(digest: &str) -> String {
-    let hex = parse_sha256(digest).unwrap_or(digest);
-    hex.get(..12).unwrap_or(hex).to_owned()
 }
 
 /// Where one pull fetches its blobs from, and where it reports their progress.
@@ -581,7 +576,7 @@ fn remember_pulled_layers(
 ) {
     for &i in missing {
         // A cache for later pushes: failing to write it costs an upload, nothing more.
-        if let Err(error) = super::push::remember_layer(store, &diff_ids[i], &layers[i]) {
+        if let Err(error) = remember_layer(store, &diff_ids[i], &layers[i]) {
             tracing::warn!(error = %crate::error_chain(&error), "could not remember a layer's compressed digest");
         }
     }

@@ -12,20 +12,17 @@ use std::io::{BufReader, BufWriter};
 use std::path::Path;
 
 use futures_util::TryStreamExt;
-use redb::TableDefinition;
 
+use super::layer_digests::{known_layer, remember_layer};
 use super::{
-    is_denied, Credentials, Descriptor, Endpoint, RegistryOptions, TagOrDigest, DOCKER_CONFIG,
-    DOCKER_LAYER_GZIP, DOCKER_MANIFEST,
+    is_denied, short_id, Credentials, Descriptor, Endpoint, RegistryOptions, TagOrDigest,
+    DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST,
 };
 use crate::digest::{parse_sha256, sha256_digest, HashingWriter};
 use crate::error::ImageError;
 use crate::reference::Reference;
 use crate::store::ImageStore;
 use crate::Progress;
-
-/// Diff id → JSON [`Descriptor`] of a compressed blob with that content.
-const LAYER_DIGESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("layer_digests");
 
 /// What a push uploaded.
 #[derive(Debug, Clone)]
@@ -36,30 +33,6 @@ pub struct PushOutcome {
     pub digest: String,
     /// The manifest's size in bytes.
     pub size: usize,
-}
-
-/// Remembers that `descriptor` is a compressed form of the layer `diff_id`.
-pub(crate) fn remember_layer(
-    store: &ImageStore,
-    diff_id: &str,
-    descriptor: &Descriptor,
-) -> Result<(), ImageError> {
-    let json = serde_json::to_vec(descriptor).map_err(|source| ImageError::Record {
-        id: diff_id.to_owned(),
-        source,
-    })?;
-    let txn = store.db.begin_write()?;
-    txn.open_table(LAYER_DIGESTS)?
-        .insert(diff_id, json.as_slice())?;
-    txn.commit()?;
-    Ok(())
-}
-
-fn known_layer(store: &ImageStore, diff_id: &str) -> Option<Descriptor> {
-    let txn = store.db.begin_read().ok()?;
-    let table = txn.open_table(LAYER_DIGESTS).ok()?;
-    let row = table.get(diff_id).ok()??;
-    serde_json::from_slice(row.value()).ok()
 }
 
 /// The repository a push uploads to, with the client that talks to its registry.
@@ -121,7 +94,7 @@ pub async fn push(
     ));
     for diff_id in image.diff_ids.iter().rev() {
         progress(Progress::status(
-            Some(super::pull::short_id(diff_id)),
+            Some(short_id(diff_id)),
             "Preparing".into(),
         ));
     }
@@ -169,7 +142,7 @@ impl PushTarget {
         diff_id: &str,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<Descriptor, ImageError> {
-        let short = super::pull::short_id(diff_id);
+        let short = short_id(diff_id);
         if let Some(known) = known_layer(store, diff_id) {
             if self
                 .client
