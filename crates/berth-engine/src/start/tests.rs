@@ -318,3 +318,75 @@ async fn the_process_is_sent_behind_the_setup() {
     test.engine.kill_container(&id, "").await.unwrap();
     assert_eq!(wait_exit(&test, &id).await, 137);
 }
+
+// Clones: these build a template, whose placeholder disk qemu-img makes (no root, no VM).
+
+fn template_state_files(test: &TestEngine) -> Vec<std::path::PathBuf> {
+    let templates = test.root().join("run/templates");
+    std::fs::read_dir(templates)
+        .map(|dirs| {
+            dirs.filter_map(Result::ok)
+                .map(|dir| dir.path().join("state"))
+                .filter(|state| state.exists())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn clones_of_one_shape_share_one_template() {
+    let test = TestEngine::with_backend(crate::testing::FakeBackend::cloning()).await;
+    let a = test.container("a", &["sleep"]);
+    let b = test.container("b", &["sleep"]);
+    test.engine.start_container(&a).await.unwrap();
+    test.engine.start_container(&b).await.unwrap();
+    assert_eq!(*crate::lock(&test.backend.snapshots_taken), 1);
+    let vms = test.backend.container_vms();
+    assert_eq!(vms.len(), 2);
+    assert!(vms.iter().all(|vm| vm.restored));
+    assert_eq!(template_state_files(&test).len(), 1);
+}
+
+#[tokio::test]
+async fn a_damaged_template_is_discarded_and_built_again() {
+    let test = TestEngine::with_backend(crate::testing::FakeBackend::cloning()).await;
+    let a = test.container("a", &["exit", "0"]);
+    test.engine.start_container(&a).await.unwrap();
+    assert_eq!(wait_exit(&test, &a).await, 0);
+    let states = template_state_files(&test);
+    assert_eq!(states.len(), 1);
+    std::fs::write(&states[0], b"tampered").unwrap();
+    let b = test.container("b", &["sleep"]);
+    test.engine.start_container(&b).await.unwrap();
+    assert_eq!(*crate::lock(&test.backend.snapshots_taken), 2);
+    assert_eq!(status(&test, &b), ContainerStatus::Running);
+}
+
+#[tokio::test]
+async fn a_clone_that_never_answers_condemns_its_template() {
+    let test = TestEngine::with_backend(crate::testing::FakeBackend::cloning()).await;
+    let a = test.container("a", &["sleep"]);
+    test.backend
+        .break_next_clone
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let error = test.engine.start_container(&a).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            EngineError::Start {
+                step: crate::StartStep::GuestUp,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(
+        template_state_files(&test).is_empty(),
+        "the template is gone"
+    );
+    assert!(test.host.taps().is_empty(), "{:?}", test.host.taps());
+    // The next start builds a new template and runs.
+    test.engine.start_container(&a).await.unwrap();
+    assert_eq!(*crate::lock(&test.backend.snapshots_taken), 2);
+    assert_eq!(status(&test, &a), ContainerStatus::Running);
+}

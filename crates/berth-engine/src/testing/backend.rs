@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use berth_vm::{
-    Accelerator, BlockStats, DiskSpec, NicSpec, RunningVm, VmBackend, VmControl, VmError, VmExit,
-    VmSpec,
+    Accelerator, BlockStats, DiskSpec, MemoryBacking, NicSpec, RunningVm, VmBackend, VmControl,
+    VmError, VmExit, VmSpec,
 };
 use tokio::net::UnixStream;
 use tokio::sync::watch;
@@ -21,6 +21,8 @@ use crate::lock;
 /// One fake VM.
 pub(crate) struct FakeVm {
     pub name: String,
+    /// Restored from a template's snapshot (a clone) rather than booted.
+    pub restored: bool,
     ended: watch::Sender<bool>,
     pub paused: AtomicBool,
     pub disks_added: Mutex<usize>,
@@ -49,6 +51,8 @@ pub(crate) struct FakeBackend {
     pub vms: Mutex<Vec<Arc<FakeVm>>>,
     /// The next boot fails (as a VM process that exits at once would).
     pub fail_next_boot: AtomicBool,
+    /// The next clone's agent closes its channel at once (a broken template).
+    pub break_next_clone: AtomicBool,
     /// Snapshots taken (template builds).
     pub snapshots_taken: Arc<Mutex<usize>>,
 }
@@ -60,7 +64,16 @@ impl FakeBackend {
             snapshots: false,
             vms: Mutex::new(Vec::new()),
             fail_next_boot: AtomicBool::new(false),
+            break_next_clone: AtomicBool::new(false),
             snapshots_taken: Arc::new(Mutex::new(0)),
+        }
+    }
+
+    /// A backend with snapshots: containers are cloned from templates.
+    pub fn cloning() -> Self {
+        Self {
+            snapshots: true,
+            ..Self::cold()
         }
     }
 
@@ -97,16 +110,28 @@ impl VmBackend for FakeBackend {
         if self.fail_next_boot.swap(false, Ordering::SeqCst) {
             return Err(VmError::ExitedEarly("the scripted boot failure".into()));
         }
+        if let MemoryBacking::SharedFile(path) = &spec.memory {
+            // A template's RAM file, as a backend makes it (sparse).
+            let file = std::fs::File::create(path).map_err(|e| VmError::Io("the RAM file", e))?;
+            file.set_len(u64::from(spec.memory_mib) << 20)
+                .map_err(|e| VmError::Io("the RAM file", e))?;
+        }
         let restored = spec.restore_from.is_some();
         let vm = Arc::new(FakeVm {
             name: spec.name.clone(),
+            restored,
             ended: watch::channel(false).0,
             paused: AtomicBool::new(false),
             disks_added: Mutex::new(0),
         });
         lock(&self.vms).push(vm.clone());
         let (host, guest) = UnixStream::pair().map_err(|e| VmError::Io("a socketpair", e))?;
-        tokio::spawn(agent::serve(guest, !restored, vm.clone()));
+        if restored && self.break_next_clone.swap(false, Ordering::SeqCst) {
+            drop(guest);
+            vm.end();
+        } else {
+            tokio::spawn(agent::serve(guest, !restored, vm.clone()));
+        }
         Ok(RunningVm {
             agent: host,
             pid: 0,

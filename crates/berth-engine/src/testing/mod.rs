@@ -51,6 +51,12 @@ impl TestEngine {
         }
     }
 
+    /// The test's temporary directory (the engine's root is `root/`, its exec root
+    /// `run/`).
+    pub fn root(&self) -> &Path {
+        self._root.path()
+    }
+
     /// Adds a created container running `argv` (see [`agent`] for what the scripted
     /// agent does with it); returns its id.
     pub fn container(&self, name: &str, argv: &[&str]) -> String {
