@@ -171,10 +171,11 @@ impl Engine {
         // Containers recorded as running whose VMs are gone: recorded as exited below.
         let mut lost = Vec::new();
         for record in store.all()? {
-            if record.state.status.is_running() && container::lifecycle::vm_is_alive(&record) {
+            let backend = &config.backend;
+            if record.state.status.is_running() && backend.runs_vm(record.state.pid, &record.id) {
                 live.push(record.id.clone());
             } else if record.state.status.is_running() {
-                container::lifecycle::kill_stale_vm(&record);
+                backend.kill_stale_vm(record.state.pid, &record.id);
                 lost.push(record.id.clone());
             }
             containers.insert(record.id.clone(), Arc::new(ContainerHandle::new(record)));

@@ -231,6 +231,26 @@ pub trait VmBackend: Send + Sync {
     /// Takes over a VM that an engine before this one started (process `pid`, files in
     /// `run_dir`): returns once its agent channel is connected again.
     async fn reattach(&self, pid: u32, run_dir: &std::path::Path) -> Result<RunningVm, VmError>;
+    /// Whether process `pid`, started by an engine before this one, still runs the VM
+    /// named `name` (the pid may have been reused since). Both backends name the VM in
+    /// the process's command line (`berth-NAME`).
+    fn runs_vm(&self, pid: u32, name: &str) -> bool {
+        pid != 0
+            && String::from_utf8_lossy(
+                &std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default(),
+            )
+            .contains(&format!("berth-{name}"))
+    }
+    /// Kills process `pid` if it still runs the VM named `name` (a VM left behind that
+    /// cannot be taken over).
+    fn kill_stale_vm(&self, pid: u32, name: &str) {
+        if self.runs_vm(pid, name) {
+            // SAFETY: kill takes no pointers; the pid was just checked to be this VM's.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        }
+    }
 }
 
 /// True where /dev/kvm gives hardware virtualization: the CPU has VMX or SVM and

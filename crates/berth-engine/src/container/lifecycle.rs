@@ -8,7 +8,7 @@ use berth_agent_proto::HostMessage;
 
 use crate::agent::MAIN_STREAM;
 use crate::container::state::{RemoveAction, StopAction};
-use crate::container::{ContainerRecord, ContainerStatus, Refusal, Transition};
+use crate::container::{ContainerStatus, Refusal, Transition};
 use crate::error::EngineError;
 use crate::process::output::{read_log, LogEntry, LogFilter, OutputChunk};
 use crate::{lock, Attachment, ContainerHandle, Engine};
@@ -96,33 +96,6 @@ pub fn parse_signal(value: &str) -> Result<i32, EngineError> {
         }
     };
     Ok(number)
-}
-
-/// Kills a VM process left from before a daemon restart, if that pid is still one of
-/// this container's QEMU processes (its command line names the container).
-/// Whether the container's VM process (from an engine before this one) still runs.
-pub(crate) fn vm_is_alive(record: &ContainerRecord) -> bool {
-    let pid = record.state.pid;
-    pid != 0
-        && String::from_utf8_lossy(
-            &std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default(),
-        )
-        .contains(&format!("berth-{}", record.id))
-}
-
-pub(crate) fn kill_stale_vm(record: &ContainerRecord) {
-    let pid = record.state.pid;
-    if pid == 0 {
-        return;
-    }
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let marker = format!("berth-{}", record.id);
-    if String::from_utf8_lossy(&cmdline).contains(&marker) {
-        // SAFETY: kill takes no pointers; the pid was just checked to be this container's VM.
-        unsafe {
-            libc::kill(pid as i32, libc::SIGKILL);
-        }
-    }
 }
 
 impl Engine {

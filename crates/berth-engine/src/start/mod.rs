@@ -245,6 +245,7 @@ impl Engine {
                 log,
                 control: control.clone(),
                 started: started_sender,
+                starting_vm_pid: Some(vm_pid),
                 already_exited: None,
             },
         ));
@@ -268,8 +269,8 @@ impl Engine {
         rollback.step = StartStep::Started;
         match started.await {
             Ok(Ok(_guest_pid)) => {
+                // The serve task has recorded the start (and maybe the end already).
                 timings.log(&plan.record);
-                self.transition(handle, Transition::Started { pid: vm_pid })?;
                 self.start_health_checks(handle);
                 if let Some(input) = handle.take_stdin() {
                     tokio::spawn(serve::forward_stdin(session, input));

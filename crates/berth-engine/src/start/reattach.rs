@@ -34,7 +34,10 @@ impl Engine {
                         tracing::warn!(id = %handle.id, error = %error_chain(&error), "could not take over the container's VM; stopping it");
                         handle.detach_runtime();
                         let mut record = handle.snapshot();
-                        crate::container::lifecycle::kill_stale_vm(&record);
+                        engine
+                            .config
+                            .backend
+                            .kill_stale_vm(record.state.pid, &record.id);
                         engine.networks.release(&mut record);
                         {
                             let mut current = lock(&handle.record);
@@ -111,6 +114,7 @@ impl Engine {
                 log,
                 control,
                 started,
+                starting_vm_pid: None,
                 already_exited,
             },
         ));

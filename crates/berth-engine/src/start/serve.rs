@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 
 use super::finish::RunEnd;
 use crate::agent::{AgentEvent, AgentReader, AgentSession, MAIN_STREAM};
+use crate::container::Transition;
 use crate::error::error_chain;
 use crate::process::output::{LogWriter, OutputChunk};
 use crate::{lock, ContainerHandle, Engine, StdinEvent};
@@ -23,6 +24,10 @@ pub(super) struct ServedRun {
     pub control: Arc<dyn VmControl>,
     /// Told when the process has started (its guest pid), or why it did not.
     pub started: oneshot::Sender<Result<i32, String>>,
+    /// For a start: the VM's pid, recorded by the `Started` transition when the agent
+    /// reports the process started. The serve task applies it, before anything that
+    /// ends the run: a process that exits at once is still started first, then exited.
+    pub starting_vm_pid: Option<u32>,
     /// The process had exited already (found so on a reattach).
     pub already_exited: Option<i32>,
 }
@@ -35,6 +40,7 @@ pub(super) async fn serve(engine: Arc<Engine>, handle: Arc<ContainerHandle>, run
         log,
         control,
         started,
+        starting_vm_pid,
         already_exited,
     } = run;
     let reattached = handle.runtime().is_some_and(|r| r.reattached);
@@ -43,6 +49,7 @@ pub(super) async fn serve(engine: Arc<Engine>, handle: Arc<ContainerHandle>, run
         handle: handle.clone(),
         log,
         started: Some(started),
+        starting_vm_pid,
         reattached,
     };
     let end = match already_exited {
@@ -74,6 +81,7 @@ struct Served {
     handle: Arc<ContainerHandle>,
     log: LogWriter,
     started: Option<oneshot::Sender<Result<i32, String>>>,
+    starting_vm_pid: Option<u32>,
     /// Taken over from an engine before this one: the agent may report on exec streams
     /// this engine never knew (they are ignored).
     reattached: bool,
@@ -153,6 +161,12 @@ impl Served {
     fn on_main_message(&mut self, message: GuestMessage) -> Option<RunEnd> {
         match message {
             GuestMessage::Started { pid } => {
+                if let Some(vm_pid) = self.starting_vm_pid.take() {
+                    let started = Transition::Started { pid: vm_pid };
+                    if let Err(error) = self.engine.transition(&self.handle, started) {
+                        tracing::warn!(id = %self.handle.id, error = %error_chain(&error), "recording the start failed");
+                    }
+                }
                 if let Some(sender) = self.started.take() {
                     let _ = sender.send(Ok(pid));
                 }

@@ -390,3 +390,98 @@ async fn a_clone_that_never_answers_condemns_its_template() {
     assert_eq!(*crate::lock(&test.backend.snapshots_taken), 2);
     assert_eq!(status(&test, &a), ContainerStatus::Running);
 }
+
+// Live restore: a daemon killed (its runtime dropped: its tasks vanish, its VMs run on)
+// and a new one opened on the same state.
+
+/// Runs `work` with an engine on its own runtime, then drops the runtime as a killed
+/// daemon's tasks vanish.
+fn with_killed_daemon<T>(
+    test: &crate::testing::TestParts,
+    work: impl AsyncFnOnce(std::sync::Arc<crate::Engine>) -> T,
+) -> T {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let result = runtime.block_on(async {
+        let engine = test.open().await;
+        work(engine).await
+    });
+    drop(runtime);
+    result
+}
+
+#[test]
+fn a_new_daemon_takes_over_a_running_vm() {
+    let test = crate::testing::TestParts::new();
+    let (id, vm_pid) = with_killed_daemon(&test, async |engine| {
+        let id = crate::testing::add_container(&engine, "web", &["sleep"]);
+        engine.start_container(&id).await.unwrap();
+        let record = engine.inspect_container(&id).unwrap();
+        (id, record.state.pid)
+    });
+    let vm = test.backend.last_vm();
+    assert!(!vm.has_ended(), "the VM outlives its daemon");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let engine = test.open().await;
+        let record = engine.inspect_container(&id).unwrap();
+        assert_eq!(record.state.status, ContainerStatus::Running);
+        assert_eq!(record.state.pid, vm_pid);
+        assert!(record.networks.values().any(|e| e.ip.is_some()));
+        assert!(engine.lookup(&id).unwrap().runtime().is_some());
+        // The new daemon serves it: a kill reaches the process, its exit is recorded.
+        engine.kill_container(&id, "").await.unwrap();
+        eventually("the exit is recorded", || {
+            engine.inspect_container(&id).unwrap().state.status == ContainerStatus::Exited
+        })
+        .await;
+        assert_eq!(engine.inspect_container(&id).unwrap().state.exit_code, 137);
+        eventually("the VM is off", || vm.has_ended()).await;
+    });
+}
+
+#[test]
+fn a_taken_over_container_is_stopped_as_before() {
+    let test = crate::testing::TestParts::new();
+    let id = with_killed_daemon(&test, async |engine| {
+        let id = crate::testing::add_container(&engine, "web", &["ignore-term"]);
+        engine.start_container(&id).await.unwrap();
+        id
+    });
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let engine = test.open().await;
+        assert_eq!(
+            engine.inspect_container(&id).unwrap().state.status,
+            ContainerStatus::Running
+        );
+        engine.stop_container(&id, Some(1)).await.unwrap();
+        assert_eq!(engine.inspect_container(&id).unwrap().state.exit_code, 137);
+    });
+}
+
+#[test]
+fn a_vm_that_died_with_its_daemon_is_recorded_as_exited() {
+    let test = crate::testing::TestParts::new();
+    let id = with_killed_daemon(&test, async |engine| {
+        let id = crate::testing::add_container(&engine, "web", &["sleep"]);
+        engine.start_container(&id).await.unwrap();
+        id
+    });
+    test.backend.last_vm().end();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let engine = test.open().await;
+        let record = engine.inspect_container(&id).unwrap();
+        assert_eq!(record.state.status, ContainerStatus::Exited);
+        assert_eq!(record.state.exit_code, 255);
+        assert!(
+            record.state.error.contains("daemon stopped"),
+            "{}",
+            record.state.error
+        );
+        assert!(record.networks.values().all(|e| e.ip.is_none()));
+        assert!(test.host.taps().is_empty(), "{:?}", test.host.taps());
+        // And it starts again.
+        engine.start_container(&id).await.unwrap();
+    });
+}

@@ -17,12 +17,15 @@
 
 use std::sync::Arc;
 
+use std::os::unix::net::UnixStream as StdUnixStream;
+
 use berth_agent_proto::{
     decode_host_message, encode_control, encode_frame, FrameDecoder, FrameKind, GuestMessage,
-    HostMessage, SpawnFailure, AGENT_STREAM, PROTOCOL_VERSION,
+    HostMessage, ProcessStatus, SpawnFailure, AGENT_STREAM, PROTOCOL_VERSION, RESYNC_MARKER,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
+use tokio::sync::mpsc;
 
 use super::backend::FakeVm;
 use crate::agent::MAIN_STREAM;
@@ -31,13 +34,26 @@ use crate::agent::MAIN_STREAM;
 #[derive(Default)]
 struct Main {
     running: bool,
+    /// Its exit code, once it exited.
+    exit: Option<i32>,
     ignores_term: bool,
     /// The VM dies once the process's start has been reported.
     crash: bool,
 }
 
-/// Serves one VM's agent channel until the VM ends or the engine shuts it down.
-pub(crate) async fn serve(mut stream: UnixStream, cold_boot: bool, vm: Arc<FakeVm>) {
+/// Serves one VM's agent channel until the VM ends or the engine shuts it down. When
+/// the engine goes away without a word (a killed daemon), the "processes" run on and
+/// the agent waits for the next engine to reconnect (`reconnects`), as Berth's agent does.
+pub(crate) async fn serve(
+    guest: StdUnixStream,
+    mut reconnects: mpsc::UnboundedReceiver<StdUnixStream>,
+    cold_boot: bool,
+    vm: Arc<FakeVm>,
+) {
+    let Ok(mut stream) = UnixStream::from_std(guest) else {
+        vm.end();
+        return;
+    };
     if cold_boot {
         let hello = GuestMessage::Hello {
             protocol: PROTOCOL_VERSION,
@@ -48,22 +64,37 @@ pub(crate) async fn serve(mut stream: UnixStream, cold_boot: bool, vm: Arc<FakeV
             .await
             .is_err()
         {
+            vm.end();
             return;
         }
     }
+    let mut main = Main::default();
+    while serve_connection(&mut stream, &mut main, &vm).await {
+        let next = tokio::select! {
+            next = reconnects.recv() => next,
+            _ = vm.until_ended() => return,
+        };
+        match next.map(UnixStream::from_std) {
+            Some(Ok(next)) => stream = next,
+            _ => break,
+        }
+    }
+    vm.end();
+}
+
+/// Serves one connection; true when the host went away with the VM still running.
+async fn serve_connection(stream: &mut UnixStream, main: &mut Main, vm: &FakeVm) -> bool {
     let mut decoder = FrameDecoder::new();
     let mut buffer = vec![0u8; 64 * 1024];
-    let mut main = Main::default();
     loop {
         let read = tokio::select! {
             read = stream.read(&mut buffer) => read,
-            _ = vm.until_ended() => return,
+            _ = vm.until_ended() => return false,
         };
-        let Ok(n) = read else { break };
-        if n == 0 {
-            break;
+        match read {
+            Ok(0) | Err(_) => return !vm.has_ended(),
+            Ok(n) => decoder.push(&buffer[..n]),
         }
-        decoder.push(&buffer[..n]);
         while let Ok(Some(frame)) = decoder.next_frame() {
             if frame.kind != FrameKind::Control {
                 continue;
@@ -71,11 +102,9 @@ pub(crate) async fn serve(mut stream: UnixStream, cold_boot: bool, vm: Arc<FakeV
             let Ok(message) = decode_host_message(&frame) else {
                 continue;
             };
-            let answers = answer(frame.stream, message, &mut main, &vm);
-            for bytes in answers {
+            for bytes in answer(frame.stream, message, main, vm) {
                 if stream.write_all(&bytes).await.is_err() {
-                    vm.end();
-                    return;
+                    return !vm.has_ended();
                 }
             }
             if main.crash {
@@ -84,11 +113,10 @@ pub(crate) async fn serve(mut stream: UnixStream, cold_boot: bool, vm: Arc<FakeV
                 vm.end();
             }
             if vm.has_ended() {
-                return;
+                return false;
             }
         }
     }
-    vm.end();
 }
 
 fn control(stream: u32, message: GuestMessage) -> Vec<u8> {
@@ -130,6 +158,7 @@ fn answer(stream: u32, message: HostMessage, main: &mut Main, vm: &FakeVm) -> Ve
                 return Vec::new();
             }
             main.running = false;
+            main.exit = Some(128 + signal);
             vec![control(
                 MAIN_STREAM,
                 GuestMessage::Exited {
@@ -143,6 +172,20 @@ fn answer(stream: u32, message: HostMessage, main: &mut Main, vm: &FakeVm) -> Ve
             vm.end();
             Vec::new()
         }
+        HostMessage::Reattach => vec![
+            RESYNC_MARKER.to_vec(),
+            control(
+                AGENT_STREAM,
+                GuestMessage::Reattached {
+                    protocol: PROTOCOL_VERSION,
+                    processes: vec![ProcessStatus {
+                        stream: MAIN_STREAM,
+                        pid: 100,
+                        exit: main.exit.map(|code| (code, None)),
+                    }],
+                },
+            ),
+        ],
         HostMessage::Signal { .. } | HostMessage::CloseStdin | HostMessage::Resize { .. } => {
             Vec::new()
         }
@@ -168,6 +211,7 @@ fn spawn_main(argv: &[String], main: &mut Main) -> Vec<Vec<u8>> {
         )],
         Some("exit") => {
             let code = argv.get(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+            main.exit = Some(code);
             vec![
                 started,
                 encode_frame(MAIN_STREAM, FrameKind::Stdout, b"bye\n"),

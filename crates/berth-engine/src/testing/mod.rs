@@ -57,10 +57,9 @@ impl TestEngine {
         self._root.path()
     }
 
-    /// Adds a created container running `argv` (see [`agent`] for what the scripted
-    /// agent does with it); returns its id.
+    /// Adds a created container running `argv`; returns its id.
     pub fn container(&self, name: &str, argv: &[&str]) -> String {
-        self.container_with(name, argv, |_| {})
+        add_container(&self.engine, name, argv)
     }
 
     /// [`TestEngine::container`] with changes to its record first.
@@ -70,19 +69,58 @@ impl TestEngine {
         argv: &[&str],
         change: impl FnOnce(&mut ContainerRecord),
     ) -> String {
-        let id = crate::container::names::new_id();
-        let mut record: ContainerRecord = serde_json::from_value(serde_json::json!({
-            "id": id, "name": name, "created": crate::now_rfc3339(),
-            "image_ref": "test", "image_id": format!("sha256:{}", "0".repeat(64)),
-            "config": {"Cmd": argv}, "host_config": {},
-            "path": argv[0], "args": &argv[1..],
-            "state": StateRecord::default(), "restart_count": 0
-        }))
-        .expect("a valid record");
-        change(&mut record);
-        self.engine.add_container_for_test(record);
-        id
+        add_container_with(&self.engine, name, argv, change)
     }
+}
+
+/// The parts of an engine that outlive it (the backend with its VMs, the host side of
+/// the networks, the root), for tests that open one engine after another on them.
+pub(crate) struct TestParts {
+    pub backend: Arc<FakeBackend>,
+    pub host: Arc<FakeHost>,
+    root: tempfile::TempDir,
+}
+
+impl TestParts {
+    pub fn new() -> Self {
+        Self {
+            backend: Arc::new(FakeBackend::cold()),
+            host: Arc::new(FakeHost::default()),
+            root: tempfile::tempdir().expect("a temporary root"),
+        }
+    }
+
+    /// An engine on these parts (as a daemon start).
+    pub async fn open(&self) -> Arc<Engine> {
+        open(self.root.path(), self.backend.clone(), self.host.clone()).await
+    }
+}
+
+/// Adds a created container running `argv` (see [`agent`] for what the scripted agent
+/// does with it) to `engine`; returns its id.
+pub(crate) fn add_container(engine: &Engine, name: &str, argv: &[&str]) -> String {
+    add_container_with(engine, name, argv, |_| {})
+}
+
+/// [`add_container`] with changes to its record first.
+pub(crate) fn add_container_with(
+    engine: &Engine,
+    name: &str,
+    argv: &[&str],
+    change: impl FnOnce(&mut ContainerRecord),
+) -> String {
+    let id = crate::container::names::new_id();
+    let mut record: ContainerRecord = serde_json::from_value(serde_json::json!({
+        "id": id, "name": name, "created": crate::now_rfc3339(),
+        "image_ref": "test", "image_id": format!("sha256:{}", "0".repeat(64)),
+        "config": {"Cmd": argv}, "host_config": {},
+        "path": argv[0], "args": &argv[1..],
+        "state": StateRecord::default(), "restart_count": 0
+    }))
+    .expect("a valid record");
+    change(&mut record);
+    engine.add_container_for_test(record);
+    id
 }
 
 async fn open(root: &Path, backend: Arc<FakeBackend>, host: Arc<FakeHost>) -> Arc<Engine> {
