@@ -8,7 +8,9 @@
 //! 4. **guest up** ([`guest`]): rebind or Hello, then setup (and the process);
 //! 5. **serve** ([`serve`]): the task that owns the run from here to its end;
 //! 6. **connect** more NICs and send the process, when it was not sent behind the setup;
-//! 7. **started**: the agent reports the process started: the `Started` transition.
+//! 7. **started**: the agent reports the process started; the serve task applies the
+//!    `Started` transition (before anything that ends the run, so a process that exits
+//!    at once is started, then exited) and tells the start, which returns.
 //!
 //! A failure before step 5 is undone in one place ([`StartRollback`]): the VM killed,
 //! a template that never answered discarded, the network leases given back. From step 5
