@@ -192,7 +192,23 @@ impl Engine {
     /// `POST /containers/{id}/kill`.
     pub async fn kill_container(&self, reference: &str, signal: &str) -> Result<(), EngineError> {
         let signal = parse_signal(if signal.is_empty() { "SIGKILL" } else { signal })?;
-        let (handle, runtime) = self.running_handle(reference, ContainerStatus::can_kill)?;
+        let handle = self.lookup(reference)?;
+        let action = handle
+            .status()
+            .can_kill()
+            .map_err(EngineError::refused(&handle.id))?;
+        if action == StopAction::CancelRestart {
+            // Between runs, as Docker: no process to signal; the pending restart is off.
+            lock(&handle.record).manually_stopped = true;
+            self.transition(&handle, Transition::RestartEnded)?;
+            let attributes = [("signal", signal.to_string())];
+            self.events
+                .container(&handle.snapshot(), "kill", &attributes);
+            return Ok(());
+        }
+        let runtime = handle
+            .runtime_for(|status| status.can_kill().map(drop))
+            .map_err(EngineError::refused(&handle.id))?;
         lock(&handle.record).manually_stopped = true;
         self.events.container(
             &handle.snapshot(),

@@ -196,11 +196,12 @@ impl ContainerStatus {
         }
     }
 
-    /// `docker kill` (a paused VM is resumed to take the signal).
-    pub fn can_kill(self) -> Result<(), Refusal> {
+    /// `docker kill` (a paused VM is resumed to take the signal; between runs, as
+    /// Docker, the pending restart is cancelled).
+    pub fn can_kill(self) -> Result<StopAction, Refusal> {
         match self {
-            Self::Running | Self::Paused => Ok(()),
-            Self::Restarting => Err(Refusal::Restarting),
+            Self::Running | Self::Paused => Ok(StopAction::EndRun),
+            Self::Restarting => Ok(StopAction::CancelRestart),
             Self::Created | Self::Exited | Self::Dead | Self::Removing => Err(Refusal::NotRunning),
         }
     }
@@ -535,10 +536,10 @@ mod tests {
     }
 
     #[test]
-    fn kill_needs_a_vm() {
-        assert_eq!(Running.can_kill(), Ok(()));
-        assert_eq!(Paused.can_kill(), Ok(()));
-        assert_eq!(Restarting.can_kill(), Err(Refusal::Restarting));
+    fn kill_needs_a_vm_or_cancels_a_restart() {
+        assert_eq!(Running.can_kill(), Ok(StopAction::EndRun));
+        assert_eq!(Paused.can_kill(), Ok(StopAction::EndRun));
+        assert_eq!(Restarting.can_kill(), Ok(StopAction::CancelRestart));
         for status in [Created, Exited, Dead, Removing] {
             assert_eq!(status.can_kill(), Err(Refusal::NotRunning));
         }

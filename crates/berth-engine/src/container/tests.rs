@@ -393,3 +393,27 @@ async fn attach_to_an_exited_container_is_refused() {
     let error = test.engine.attach_container(&id, false).err().unwrap();
     assert_eq!(refusal(error), Refusal::AttachStopped);
 }
+
+#[tokio::test]
+async fn kill_between_restarts_cancels_the_restart() {
+    let test = TestEngine::new().await;
+    let id = test.container_with("c", &["exit", "1"], |record| {
+        record.host_config.restart_policy = Some(bollard_stubs::models::RestartPolicy {
+            name: Some(bollard_stubs::models::RestartPolicyNameEnum::ALWAYS),
+            maximum_retry_count: None,
+        });
+    });
+    test.engine.start_container(&id).await.unwrap();
+    eventually("restarting", || {
+        status(&test, &id) == ContainerStatus::Restarting
+    })
+    .await;
+    test.engine.kill_container(&id, "").await.unwrap();
+    eventually("exited", || status(&test, &id) == ContainerStatus::Exited).await;
+    assert!(test.engine.inspect_container(&id).unwrap().manually_stopped);
+    // No restart follows.
+    let vms = test.backend.container_vms().len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(test.backend.container_vms().len(), vms);
+    assert_eq!(status(&test, &id), ContainerStatus::Exited);
+}
