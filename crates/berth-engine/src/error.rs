@@ -31,9 +31,10 @@ pub enum EngineError {
     #[error("{0}")]
     Conflict(String),
     /// The container's state does not allow the verb (see `container::state`).
-    #[error("{}", refusal.message(id))]
+    #[error("{}", refusal.message(container))]
     Refused {
-        id: String,
+        /// The container as the message names it (its id; `/name` for removals).
+        container: String,
         refusal: crate::container::Refusal,
     },
     /// The engine tried a state change its lifecycle table forbids.
@@ -155,10 +156,10 @@ impl EngineError {
         move |source| Self::Panicked { what, source }
     }
 
-    /// The container `id`'s state refuses a verb.
-    pub(crate) fn refused(id: &str) -> impl FnOnce(crate::container::Refusal) -> Self + '_ {
+    /// The state of the container named `container` refuses a verb.
+    pub(crate) fn refused(container: &str) -> impl FnOnce(crate::container::Refusal) -> Self + '_ {
         move |refusal| Self::Refused {
-            id: id.to_owned(),
+            container: container.to_owned(),
             refusal,
         }
     }

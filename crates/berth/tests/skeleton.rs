@@ -188,6 +188,16 @@ fn kill_stops_a_running_container_with_137() {
     let daemon = shared();
     let id = daemon.docker_ok(&["run", "-d", "busybox", "sleep", "300"]);
     daemon.docker_ok(&["kill", &id]);
+    // As Docker: the kill returns once the container has stopped.
+    assert_eq!(
+        daemon.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.State.ExitCode}}",
+            &id
+        ]),
+        "exited 137"
+    );
     assert_eq!(daemon.docker_ok(&["wait", &id]), "137");
     // A stopped container cannot be killed again; removal works.
     let again = daemon.docker(&["kill", &id]);
@@ -201,13 +211,25 @@ fn kill_stops_a_running_container_with_137() {
 }
 
 #[test]
+fn rm_right_after_wait_removes() {
+    let daemon = shared();
+    for code in ["0", "3"] {
+        let id = daemon.docker_ok(&["run", "-d", "busybox", "sh", "-c", &format!("exit {code}")]);
+        assert_eq!(daemon.docker_ok(&["wait", &id]), code);
+        daemon.docker_ok(&["rm", &id]);
+    }
+}
+
+#[test]
 fn rm_refuses_a_running_container_unless_forced() {
     let daemon = shared();
-    let id = daemon.docker_ok(&["run", "-d", "busybox", "sleep", "300"]);
+    let id = daemon.docker_ok(&["run", "-d", "--name", "busy", "busybox", "sleep", "300"]);
     let refused = daemon.docker(&["rm", &id]);
     assert!(!refused.status.success());
     assert!(
-        stderr(&refused).contains("cannot remove a running container"),
+        stderr(&refused).contains(
+            "cannot remove container \"/busy\": container is running: stop the container before removing or force remove"
+        ),
         "stderr: {}",
         stderr(&refused)
     );

@@ -215,26 +215,28 @@ impl Engine {
             "kill",
             &[("signal", signal.to_string())],
         );
+        let mut state = handle.state.subscribe();
+        let exits = state.borrow().exits;
         self.resume_if_paused(&handle, &runtime).await?;
         runtime
             .session
             .send(MAIN_STREAM, &HostMessage::Signal { signal })
             .await?;
         if signal == libc::SIGKILL {
-            // If the guest does not act on SIGKILL, the VM goes.
-            let mut state = handle.state.subscribe();
-            let exits = state.borrow().exits;
-            tokio::spawn(async move {
-                let exited = tokio::time::timeout(
-                    Duration::from_secs(5),
+            // As Docker, a SIGKILL returns once the run has ended (and is recorded); if
+            // the guest does not act on it, the VM goes.
+            let exited =
+                tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| s.exits > exits))
+                    .await
+                    .is_ok();
+            if !exited {
+                runtime.control.kill().await;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(10),
                     state.wait_for(|s| s.exits > exits),
                 )
-                .await
-                .is_ok();
-                if !exited {
-                    runtime.control.kill().await;
-                }
-            });
+                .await;
+            }
         }
         Ok(())
     }
@@ -325,13 +327,15 @@ impl Engine {
         volumes: bool,
     ) -> Result<(), EngineError> {
         let handle = self.lookup(reference)?;
+        // Docker names the container by its name in these refusals.
+        let shown = format!("/{}", handle.snapshot().name);
         let action = handle
             .status()
             .can_remove(force)
-            .map_err(EngineError::refused(&handle.id))?;
+            .map_err(EngineError::refused(&shown))?;
         if handle.runtime().is_some() && !force {
             // A start under way: its VM exists already.
-            return Err(EngineError::refused(&handle.id)(Refusal::RunningRemove));
+            return Err(EngineError::refused(&shown)(Refusal::RunningRemove));
         }
         if action == RemoveAction::StopFirst || handle.runtime().is_some() {
             self.stop_container(&handle.id, Some(0)).await?;
@@ -343,7 +347,7 @@ impl Engine {
         // A start that held the lifecycle may have finished meanwhile: its run ends too.
         if handle.runtime().is_some() || handle.status().has_vm() {
             if !force {
-                return Err(EngineError::refused(&handle.id)(Refusal::RunningRemove));
+                return Err(EngineError::refused(&shown)(Refusal::RunningRemove));
             }
             self.stop_container(&handle.id, Some(0)).await?;
         }

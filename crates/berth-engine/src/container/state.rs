@@ -114,8 +114,10 @@ pub enum Refusal {
     PausedExec,
     /// A verb that waits for a restarting container to run.
     Restarting,
-    /// Remove without force of a running (or paused) container.
+    /// Remove without force of a running container.
     RunningRemove,
+    /// Remove without force of a paused container.
+    PausedRemove,
     /// Remove without force of a container between restarts.
     RestartingRemove,
     /// A verb on a container that is being removed.
@@ -129,7 +131,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// Docker's wording, for the container `id`.
+    /// Docker's wording, for the container `id` (for removals: `/name`, as Docker).
     pub fn message(self, id: &str) -> String {
         match self {
             Self::AlreadyRunning => format!("Container {id} is already running"),
@@ -143,18 +145,22 @@ impl Refusal {
             Self::Restarting => {
                 format!("Container {id} is restarting, wait until the container is running")
             }
-            Self::RunningRemove => format!(
-                "You cannot remove a running container {id}. Stop the container before attempting removal or force remove"
-            ),
-            Self::RestartingRemove => format!(
-                "You cannot remove a restarting container {id}. Stop the container before attempting removal or force remove"
-            ),
+            Self::RunningRemove => removal_refused(id, "running"),
+            Self::PausedRemove => removal_refused(id, "paused"),
+            Self::RestartingRemove => removal_refused(id, "restarting"),
             Self::BeingRemoved => format!("removal of container {id} is already in progress"),
             Self::Dead => format!("Container {id} is dead and cannot be started"),
             Self::AttachStopped => "You cannot attach to a stopped container, start it first".into(),
             Self::ShapeWhileRunning => "the memory and vCPUs of a running container's VM cannot change: stop the container, update it, and start it again".into(),
         }
     }
+}
+
+/// Docker's refusal to remove a container that is `state`.
+fn removal_refused(name: &str, state: &str) -> String {
+    format!(
+        "cannot remove container \"{name}\": container is {state}: stop the container before removing or force remove"
+    )
 }
 
 /// What a stop does in a state.
@@ -250,7 +256,8 @@ impl ContainerStatus {
         match (self, force) {
             (Self::Created | Self::Exited | Self::Dead, _) => Ok(RemoveAction::Remove),
             (Self::Running | Self::Paused | Self::Restarting, true) => Ok(RemoveAction::StopFirst),
-            (Self::Running | Self::Paused, false) => Err(Refusal::RunningRemove),
+            (Self::Running, false) => Err(Refusal::RunningRemove),
+            (Self::Paused, false) => Err(Refusal::PausedRemove),
             (Self::Restarting, false) => Err(Refusal::RestartingRemove),
             (Self::Removing, _) => Err(Refusal::BeingRemoved),
         }
@@ -585,7 +592,7 @@ mod tests {
             assert_eq!(status.can_remove(true), Ok(RemoveAction::Remove));
         }
         assert_eq!(Running.can_remove(false), Err(Refusal::RunningRemove));
-        assert_eq!(Paused.can_remove(false), Err(Refusal::RunningRemove));
+        assert_eq!(Paused.can_remove(false), Err(Refusal::PausedRemove));
         assert_eq!(Restarting.can_remove(false), Err(Refusal::RestartingRemove));
     }
 
@@ -628,9 +635,10 @@ mod tests {
             Refusal::NotRunning.message(id),
             "Container abc is not running"
         );
-        assert!(Refusal::RunningRemove
-            .message(id)
-            .contains("cannot remove a running container abc"));
+        assert_eq!(
+            Refusal::RunningRemove.message("/web"),
+            "cannot remove container \"/web\": container is running: stop the container before removing or force remove"
+        );
         assert!(Refusal::PausedExec.message(id).contains("unpause"));
     }
 

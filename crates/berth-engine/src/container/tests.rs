@@ -65,11 +65,14 @@ async fn stop_kills_a_process_that_ignores_the_stop_signal() {
 }
 
 #[tokio::test]
-async fn kill_sends_sigkill_by_default() {
+async fn kill_sends_sigkill_by_default_and_returns_once_the_run_ended() {
     let test = TestEngine::new().await;
     let id = running(&test, &["sleep"]).await;
     test.engine.kill_container(&id, "").await.unwrap();
-    assert_eq!(exit_code(&test, &id).await, 137);
+    // Right after the kill, as Docker: exited, 137.
+    let record = test.engine.inspect_container(&id).unwrap();
+    assert_eq!(record.state.status, ContainerStatus::Exited);
+    assert_eq!(record.state.exit_code, 137);
     assert!(test.engine.inspect_container(&id).unwrap().manually_stopped);
 }
 
@@ -126,6 +129,8 @@ async fn pause_twice_is_refused() {
     test.engine.pause_container(&id).await.unwrap();
     let error = test.engine.pause_container(&id).await.unwrap_err();
     assert_eq!(refusal(error), Refusal::AlreadyPaused);
+    let error = test.engine.remove_container(&id, false).await.unwrap_err();
+    assert_eq!(refusal(error), Refusal::PausedRemove);
 }
 
 #[tokio::test]
@@ -194,9 +199,10 @@ async fn removing_a_running_container_needs_force() {
     let test = TestEngine::new().await;
     let id = running(&test, &["sleep"]).await;
     let error = test.engine.remove_container(&id, false).await.unwrap_err();
-    assert!(error
-        .to_string()
-        .contains("cannot remove a running container"));
+    assert_eq!(
+        error.to_string(),
+        "cannot remove container \"/c\": container is running: stop the container before removing or force remove"
+    );
     assert_eq!(refusal(error), Refusal::RunningRemove);
     assert_eq!(status(&test, &id), ContainerStatus::Running);
     test.engine.remove_container(&id, true).await.unwrap();
@@ -244,6 +250,25 @@ async fn removing_a_container_between_restarts_needs_force() {
     assert_eq!(refusal(error), Refusal::RestartingRemove);
     test.engine.remove_container(&id, true).await.unwrap();
     assert!(test.engine.inspect_container(&id).is_err());
+}
+
+#[tokio::test]
+async fn a_container_can_be_removed_as_soon_as_a_wait_returns() {
+    let test = TestEngine::new().await;
+    for round in 0..5 {
+        let id = test.container(&format!("c{round}"), &["sleep"]);
+        test.engine.start_container(&id).await.unwrap();
+        let waiting = test
+            .engine
+            .wait_container(&id, WaitCondition::NotRunning)
+            .unwrap();
+        test.engine.kill_container(&id, "SIGTERM").await.unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap();
+        assert_eq!(outcome.status_code, 128 + libc::SIGTERM as i64);
+        test.engine.remove_container(&id, false).await.unwrap();
+    }
 }
 
 #[tokio::test]
