@@ -78,8 +78,12 @@ pub async fn attach(
     Query(params): Query<HashMap<String, String>>,
     mut request: Request,
 ) -> ApiResult<Response> {
-    let with_stdin = flag(&params, "stdin");
-    let attachment = engine.attach_container(&id, with_stdin)?;
+    let options = berth_engine::AttachOptions {
+        stdin: flag(&params, "stdin"),
+        logs: flag(&params, "logs"),
+        stream: flag(&params, "stream"),
+    };
+    let attachment = engine.attach_container(&id, options)?;
     let encoding = Encoding {
         stdout: flag(&params, "stdout"),
         stderr: flag(&params, "stderr"),

@@ -50,7 +50,7 @@ use tokio::sync::OnceCell;
 
 pub use berth_image::{ImageRecord, LoadedImage};
 pub use berth_vm::{host_cpu_nanos, process_cpu_nanos, process_memory, ProcessMemory};
-pub use container::lifecycle::{ContainerLogs, WaitCondition, WaitOutcome};
+pub use container::lifecycle::{AttachOptions, ContainerLogs, WaitCondition, WaitOutcome};
 pub use container::{
     Attachment, ContainerRecord, ContainerStatus, Refusal, StateRecord, StdinSink, ZERO_TIME,
 };

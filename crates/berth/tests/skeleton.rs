@@ -211,6 +211,22 @@ fn kill_stops_a_running_container_with_137() {
 }
 
 #[test]
+fn start_attach_streams_the_next_run_and_attach_replays_the_log() {
+    let daemon = shared();
+    let id = daemon.docker_ok(&["run", "-d", "busybox", "echo", "again"]);
+    assert_eq!(daemon.docker_ok(&["wait", &id]), "0");
+    // `docker start -a` of an exited container attaches first, then starts.
+    assert_eq!(daemon.docker_ok(&["start", "-a", &id]), "again");
+    // The log of both runs, and the end of the answer: nothing streams after it.
+    let path = format!("/containers/{id}/attach?logs=1&stream=0&stdout=1&stderr=1");
+    let (status, body) = daemon.request("POST", &path, None).unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body[0], 1, "a stdout frame first: {body:?}");
+    assert_eq!(String::from_utf8_lossy(&body).matches("again\n").count(), 2);
+    daemon.docker_ok(&["rm", &id]);
+}
+
+#[test]
 fn rm_right_after_wait_removes() {
     let daemon = shared();
     for code in ["0", "3"] {

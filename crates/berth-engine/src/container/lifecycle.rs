@@ -43,6 +43,17 @@ pub struct ContainerLogs {
     pub tty: bool,
 }
 
+/// What an attach asks for: Docker's `stdin`, `logs` and `stream` parameters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AttachOptions {
+    /// Input from the client goes to the process (if it has `OpenStdin`).
+    pub stdin: bool,
+    /// The log so far comes first.
+    pub logs: bool,
+    /// Output from now on, until the run (the current or the next one) ends.
+    pub stream: bool,
+}
+
 /// What a wait returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WaitOutcome {
@@ -377,11 +388,14 @@ impl Engine {
         Ok(())
     }
 
-    /// `POST /containers/{id}/attach`: output from now on, and input if asked for.
+    /// `POST /containers/{id}/attach`: the log so far (`logs`), output from now until the
+    /// current or next run ends (`stream`), and input if asked for. A container that is
+    /// not running yet, or any more, can be attached to: the stream waits for its next
+    /// run (`docker start -a`).
     pub fn attach_container(
         &self,
         reference: &str,
-        with_stdin: bool,
+        options: AttachOptions,
     ) -> Result<Attachment, EngineError> {
         let handle = self.lookup(reference)?;
         let record = handle.snapshot();
@@ -390,14 +404,60 @@ impl Engine {
             .status
             .can_attach()
             .map_err(EngineError::refused(&handle.id))?;
-        let output = handle.hub.subscribe();
-        let stdin =
-            (with_stdin && record.config.open_stdin.unwrap_or(false)).then(|| handle.stdin_sink());
+        let output = if options.logs {
+            self.replay_then_follow(&handle, options.stream)
+        } else if options.stream {
+            handle.hub.subscribe()
+        } else {
+            // Neither the log nor the stream: nothing to send.
+            tokio::sync::mpsc::unbounded_channel().1
+        };
+        let stdin = (options.stdin && record.config.open_stdin.unwrap_or(false))
+            .then(|| handle.stdin_sink());
         Ok(Attachment {
             output,
             stdin,
             tty: record.tty(),
         })
+    }
+
+    /// The container's log, then (with `follow`) its output from now on, in one stream:
+    /// each chunk once, read and subscribed as one step.
+    fn replay_then_follow(
+        &self,
+        handle: &ContainerHandle,
+        follow: bool,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<OutputChunk> {
+        let path = self.container_dir(&handle.id).join("container.log");
+        let everything = LogFilter {
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        let (entries, live) = if follow {
+            let (entries, live) = handle.hub.subscribe_after(|| read_log(&path, &everything));
+            (entries, Some(live))
+        } else {
+            (read_log(&path, &everything), None)
+        };
+        let (sender, output) = tokio::sync::mpsc::unbounded_channel();
+        for entry in entries {
+            let chunk = OutputChunk {
+                stream: entry.stream,
+                data: entry.data.into(),
+            };
+            let _ = sender.send(chunk);
+        }
+        if let Some(mut live) = live {
+            tokio::spawn(async move {
+                while let Some(chunk) = live.recv().await {
+                    if sender.send(chunk).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        output
     }
 
     /// Whether closing an attached client's input closes the process's (`StdinOnce`).

@@ -124,7 +124,7 @@ pub enum Refusal {
     BeingRemoved,
     /// Start of a container whose removal failed.
     Dead,
-    /// Attach to a container that ran and stopped.
+    /// Attach to a dead container (its removal failed).
     AttachStopped,
     /// A change of the VM's shape while it runs.
     ShapeWhileRunning,
@@ -150,7 +150,7 @@ impl Refusal {
             Self::RestartingRemove => removal_refused(id, "restarting"),
             Self::BeingRemoved => format!("removal of container {id} is already in progress"),
             Self::Dead => format!("Container {id} is dead and cannot be started"),
-            Self::AttachStopped => "You cannot attach to a stopped container, start it first".into(),
+            Self::AttachStopped => format!("Container {id} is dead: remove it"),
             Self::ShapeWhileRunning => "the memory and vCPUs of a running container's VM cannot change: stop the container, update it, and start it again".into(),
         }
     }
@@ -263,14 +263,17 @@ impl ContainerStatus {
         }
     }
 
-    /// `docker attach` (and `start -a`, which attaches before starting).
+    /// `docker attach` (and `start -a`, which attaches before starting). As the Engine
+    /// API, any container but one being removed or dead: a stream waits for the next
+    /// run. (The docker CLI refuses `docker attach` to a stopped or paused container
+    /// itself, before asking.)
     pub fn can_attach(self) -> Result<(), Refusal> {
         match self {
-            Self::Created | Self::Running => Ok(()),
-            Self::Removing => Err(Refusal::BeingRemoved),
-            Self::Paused | Self::Restarting | Self::Exited | Self::Dead => {
-                Err(Refusal::AttachStopped)
+            Self::Created | Self::Running | Self::Paused | Self::Restarting | Self::Exited => {
+                Ok(())
             }
+            Self::Removing => Err(Refusal::BeingRemoved),
+            Self::Dead => Err(Refusal::AttachStopped),
         }
     }
 
@@ -605,11 +608,12 @@ mod tests {
     }
 
     #[test]
-    fn attach_before_or_during_a_run() {
-        assert_eq!(Created.can_attach(), Ok(()));
-        assert_eq!(Running.can_attach(), Ok(()));
-        assert_eq!(Exited.can_attach(), Err(Refusal::AttachStopped));
+    fn attach_to_anything_but_a_container_on_its_way_out() {
+        for status in [Created, Running, Paused, Restarting, Exited] {
+            assert_eq!(status.can_attach(), Ok(()), "{status:?}");
+        }
         assert_eq!(Removing.can_attach(), Err(Refusal::BeingRemoved));
+        assert_eq!(Dead.can_attach(), Err(Refusal::AttachStopped));
     }
 
     #[test]

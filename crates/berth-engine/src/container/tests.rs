@@ -9,7 +9,7 @@ use bollard_stubs::models::{ContainerUpdateBody, ExecConfig};
 
 use super::{ContainerStatus, Refusal};
 use crate::testing::{eventually, TestEngine};
-use crate::{EngineError, ErrorKind, StartOutcome, WaitCondition};
+use crate::{AttachOptions, EngineError, ErrorKind, StartOutcome, WaitCondition};
 
 fn status(test: &TestEngine, id: &str) -> ContainerStatus {
     test.engine.inspect_container(id).unwrap().state.status
@@ -409,14 +409,60 @@ async fn a_paused_container_cannot_be_started() {
 }
 
 #[tokio::test]
-async fn attach_to_an_exited_container_is_refused() {
+async fn an_attach_to_an_exited_container_streams_its_next_run() {
     let test = TestEngine::new().await;
     let id = test.container("c", &["exit", "0"]);
-    assert!(test.engine.attach_container(&id, false).is_ok());
     test.engine.start_container(&id).await.unwrap();
     assert_eq!(exit_code(&test, &id).await, 0);
-    let error = test.engine.attach_container(&id, false).err().unwrap();
-    assert_eq!(refusal(error), Refusal::AttachStopped);
+    // `docker start -a`: attach, then start.
+    let stream = AttachOptions {
+        stream: true,
+        ..Default::default()
+    };
+    let mut attachment = test.engine.attach_container(&id, stream).unwrap();
+    test.engine.start_container(&id).await.unwrap();
+    let chunk = tokio::time::timeout(Duration::from_secs(5), attachment.output.recv())
+        .await
+        .unwrap()
+        .expect("the new run's output");
+    assert_eq!(&chunk.data[..], b"bye\n");
+    // The stream ends with the run.
+    let end = tokio::time::timeout(Duration::from_secs(5), attachment.output.recv())
+        .await
+        .unwrap();
+    assert!(end.is_none());
+}
+
+#[tokio::test]
+async fn an_attach_for_the_logs_alone_returns_them_and_ends() {
+    let test = TestEngine::new().await;
+    let id = test.container("c", &["exit", "0"]);
+    test.engine.start_container(&id).await.unwrap();
+    assert_eq!(exit_code(&test, &id).await, 0);
+    let logs_only = AttachOptions {
+        logs: true,
+        ..Default::default()
+    };
+    let mut attachment = test.engine.attach_container(&id, logs_only).unwrap();
+    let chunk = attachment.output.recv().await.expect("the log");
+    assert_eq!(&chunk.data[..], b"bye\n");
+    assert!(attachment.output.recv().await.is_none());
+}
+
+#[tokio::test]
+async fn an_attach_to_a_container_being_removed_is_refused() {
+    let test = TestEngine::new().await;
+    let id = test.container("c", &["sleep"]);
+    let handle = test.engine.lookup(&id).unwrap();
+    test.engine
+        .transition(&handle, super::Transition::Removing)
+        .unwrap();
+    let error = test
+        .engine
+        .attach_container(&id, AttachOptions::default())
+        .err()
+        .unwrap();
+    assert_eq!(refusal(error), Refusal::BeingRemoved);
 }
 
 #[tokio::test]
