@@ -50,17 +50,19 @@ pub async fn start(
     let mut request = Request::from_parts(parts, axum::body::Body::empty());
     let exec = engine.exec(&id)?;
     if start.detach.unwrap_or(false) {
-        engine.start_exec(&id, start.tty).await?;
+        engine.start_exec(&id).await?;
         return Ok(StatusCode::OK.into_response());
     }
     let detach_keys = crate::streams::parse_detach_keys(exec.config.detach_keys.as_deref())?;
     let encoding = Encoding {
         stdout: exec.config.attach_stdout.unwrap_or(true),
         stderr: exec.config.attach_stderr.unwrap_or(true),
-        tty: start.tty.or(exec.config.tty).unwrap_or(false),
+        // As Docker: the exec's terminal is decided at create; the start's `Tty` only
+        // tells what the client expects.
+        tty: exec.config.tty.unwrap_or(false),
     };
     if request.headers().get(axum::http::header::UPGRADE).is_none() {
-        let attachment = engine.start_exec(&id, start.tty).await?;
+        let attachment = engine.start_exec(&id).await?;
         return Ok(crate::streams::serve_attachment(
             &mut request,
             attachment,
@@ -80,7 +82,7 @@ pub async fn start(
                 return;
             }
         };
-        match engine.start_exec(&id, start.tty).await {
+        match engine.start_exec(&id).await {
             Ok(attachment) => pump(upgraded, attachment, encoding, true, detach_keys).await,
             Err(error) => {
                 let message = format!("{}\r\n", berth_engine::error_chain(&error));

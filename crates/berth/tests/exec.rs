@@ -113,3 +113,33 @@ fn pause_halts_the_vm_and_unpause_resumes_it() {
     );
     daemon.docker_ok(&["rm", &id]);
 }
+
+#[test]
+fn an_execs_terminal_is_decided_at_create_not_at_start() {
+    let daemon = shared();
+    let id = daemon.docker_ok(&["run", "-d", "busybox", "sleep", "60"]);
+    let create = br#"{"Cmd": ["echo", "on a tty"], "Tty": true, "AttachStdout": true}"#;
+    let (status, body) = daemon
+        .request("POST", &format!("/containers/{id}/exec"), Some(create))
+        .unwrap();
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let exec: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let exec_id = exec["Id"].as_str().unwrap();
+    // The start asks for no terminal: as Docker, the exec still has the one it was
+    // created with, and its output comes as a raw stream with a terminal's line ends.
+    let (status, output) = daemon
+        .request(
+            "POST",
+            &format!("/exec/{exec_id}/start"),
+            Some(br#"{"Detach": false, "Tty": false}"#),
+        )
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        output,
+        b"on a tty\r\n",
+        "{}",
+        String::from_utf8_lossy(&output)
+    );
+    daemon.docker_ok(&["rm", "-f", &id]);
+}

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::shared;
+use common::{shared, stderr};
 
 fn output_of(args: &[&str]) -> String {
     shared().docker_ok(args)
@@ -226,6 +226,16 @@ fn logs_rotate_and_select_by_time() {
     daemon.docker_ok(&["rm", "-f", &id]);
     let refused = daemon.docker(&["run", "--rm", "--log-driver", "syslog", "busybox", "true"]);
     assert_eq!(refused.status.code(), Some(125));
+    // A driver nobody has, in Docker's words; max-file alone is accepted, as Docker.
+    let unknown = daemon.docker(&["run", "--rm", "--log-driver", "bogus", "busybox", "true"]);
+    assert_eq!(unknown.status.code(), Some(125));
+    assert!(
+        stderr(&unknown).contains("logger: no log driver named 'bogus' is registered"),
+        "{}",
+        stderr(&unknown)
+    );
+    let id = daemon.docker_ok(&["create", "--log-opt", "max-file=3", "busybox", "true"]);
+    daemon.docker_ok(&["rm", &id]);
 }
 
 #[test]

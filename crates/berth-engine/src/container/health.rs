@@ -169,7 +169,7 @@ impl Engine {
             Err(error) => return failed(crate::error_chain(&error)),
         };
         let outcome = async {
-            let mut attachment = self.start_exec(&id, Some(false)).await?;
+            let mut attachment = self.start_exec(&id).await?;
             let mut output = Vec::new();
             while let Some(chunk) = attachment.output.recv().await {
                 if output.len() < KEPT_OUTPUT {

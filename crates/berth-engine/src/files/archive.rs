@@ -103,7 +103,7 @@ impl Engine {
         };
         let id = self.create_exec_as(&handle.id, config, true)?;
         let exec = self.exec(&id)?;
-        let attachment = self.start_exec(&id, Some(false)).await?;
+        let attachment = self.start_exec(&id).await?;
         let (exit_sender, exit) = oneshot::channel();
         tokio::spawn(async move {
             let mut state = exec.state.subscribe();

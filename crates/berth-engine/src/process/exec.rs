@@ -187,11 +187,7 @@ impl Engine {
 
     /// `POST /exec/{id}/start`: starts the process and returns once it runs, with its
     /// output (and input, if the exec attaches stdin).
-    pub async fn start_exec(
-        &self,
-        id: &str,
-        tty_override: Option<bool>,
-    ) -> Result<Attachment, EngineError> {
+    pub async fn start_exec(&self, id: &str) -> Result<Attachment, EngineError> {
         let exec = self.exec(id)?;
         if exec.snapshot().started {
             return Err(EngineError::Conflict(format!(
@@ -203,7 +199,8 @@ impl Engine {
             self.running_handle(&exec.container_id, ContainerStatus::can_exec)?;
         let record = container.snapshot();
         let config = &exec.config;
-        let tty = tty_override.or(config.tty).unwrap_or(false);
+        // The terminal is the exec's own, decided at create (as Docker).
+        let tty = config.tty.unwrap_or(false);
         let with_stdin = config.attach_stdin.unwrap_or(false);
         let mut env = record.config.env.clone().unwrap_or_default();
         for pair in config.env.iter().flatten() {

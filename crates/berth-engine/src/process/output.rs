@@ -131,7 +131,8 @@ fn parse_size(text: &str) -> Option<u64> {
 
 impl LogLimits {
     /// From `--log-driver` and `--log-opt`: json-file (the default) with `max-size` and
-    /// `max-file`, or `none`. Other drivers and options are refused.
+    /// `max-file`, or `none`. Docker's other drivers are refused with the reason; a name
+    /// Docker does not know either is refused in Docker's words.
     pub fn from_config(
         driver: Option<&str>,
         options: &std::collections::HashMap<String, String>,
@@ -139,9 +140,14 @@ impl LogLimits {
         match driver {
             None | Some("") | Some("json-file") => {}
             Some("none") => return Ok(None),
-            Some(other) => {
+            Some(other) if DOCKER_LOG_DRIVERS.contains(&other) => {
                 return Err(EngineError::NotSupported(format!(
                     "log driver {other:?} is not supported by Berth (json-file or none)"
+                )))
+            }
+            Some(other) => {
+                return Err(EngineError::InvalidArgument(format!(
+                    "logger: no log driver named '{other}' is registered"
                 )))
             }
         }
@@ -171,14 +177,25 @@ impl LogLimits {
                 }
             }
         }
-        if limits.max_files > 1 && limits.max_size.is_none() {
-            return Err(EngineError::InvalidArgument(
-                "max-file cannot be set without max-size".into(),
-            ));
-        }
+        // As Docker: `max-file` without `max-size` is accepted, and means nothing (the
+        // log is never rotated).
         Ok(Some(limits))
     }
 }
+
+/// The log drivers Docker ships, which Berth refuses by name (it keeps json-file logs).
+const DOCKER_LOG_DRIVERS: &[&str] = &[
+    "local",
+    "syslog",
+    "journald",
+    "gelf",
+    "fluentd",
+    "awslogs",
+    "splunk",
+    "etwlogs",
+    "gcplogs",
+    "logentries",
+];
 
 /// The `n`-th rotated file of the log at `path` (`container.log.1` is the newest).
 fn rotated(path: &Path, n: u32) -> PathBuf {
@@ -483,7 +500,17 @@ mod tests {
                 "{key}={value}"
             );
         }
-        assert!(LogLimits::from_config(Some("syslog"), &Default::default()).is_err());
+        let refused = LogLimits::from_config(Some("syslog"), &Default::default()).unwrap_err();
+        assert_eq!(refused.kind(), crate::ErrorKind::NotSupported);
+        let unknown = LogLimits::from_config(Some("bogus"), &Default::default()).unwrap_err();
+        assert_eq!(
+            unknown.to_string(),
+            "logger: no log driver named 'bogus' is registered"
+        );
+        // max-file without max-size: accepted, as Docker.
+        let options = std::collections::HashMap::from([("max-file".into(), "3".into())]);
+        let limits = LogLimits::from_config(None, &options).unwrap().unwrap();
+        assert_eq!(limits.max_size, None);
         assert_eq!(
             LogLimits::from_config(Some("none"), &Default::default()).unwrap(),
             None
