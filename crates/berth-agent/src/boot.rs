@@ -166,23 +166,27 @@ pub fn stage_container_api_filesystems() -> io::Result<()> {
         MsFlags::MS_NOSUID,
         Some("mode=755,size=65536k"),
     )?;
-    for (name, major, minor) in [
-        ("null", 1, 3),
-        ("zero", 1, 5),
-        ("full", 1, 7),
-        ("random", 1, 8),
-        ("urandom", 1, 9),
-        ("tty", 5, 0),
-        ("console", 5, 1),
+    // Docker's modes: anyone may use the common devices (a daemon that dropped root
+    // must write /dev/null); the console only its owner and group.
+    for (name, major, minor, mode) in [
+        ("null", 1, 3, 0o666),
+        ("zero", 1, 5, 0o666),
+        ("full", 1, 7, 0o666),
+        ("random", 1, 8, 0o666),
+        ("urandom", 1, 9, 0o666),
+        ("tty", 5, 0, 0o666),
+        ("console", 5, 1, 0o620),
     ] {
         let path = format!("{dev}/{name}");
         nix::sys::stat::mknod(
             path.as_str(),
             nix::sys::stat::SFlag::S_IFCHR,
-            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::Mode::from_bits_truncate(mode),
             nix::sys::stat::makedev(major, minor),
         )
         .map_err(io::Error::from)?;
+        // mknod's mode passes through the umask: set it as it is meant.
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
     }
     fs::create_dir_all(format!("{dev}/pts"))?;
     std::os::unix::fs::symlink("pts/ptmx", format!("{dev}/ptmx"))?;

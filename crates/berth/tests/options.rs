@@ -79,6 +79,29 @@ fn capabilities_and_limits_are_dockers() {
 }
 
 #[test]
+fn devices_are_usable_by_any_user_as_on_docker() {
+    let devices = output_of(&[
+        "run", "--rm", "-u", "nobody", "busybox", "sh", "-c",
+        "echo x > /dev/null && head -c 4 /dev/urandom > /dev/null && echo wrote; stat -c '%n %A' /dev/null /dev/zero /dev/urandom /dev/tty /dev/shm /dev/pts/ptmx",
+    ]);
+    let lines: Vec<&str> = devices.lines().collect();
+    assert_eq!(lines[0], "wrote", "{devices}");
+    for device in [
+        "/dev/null",
+        "/dev/zero",
+        "/dev/urandom",
+        "/dev/tty",
+        "/dev/pts/ptmx",
+    ] {
+        assert!(
+            lines.contains(&format!("{device} crw-rw-rw-").as_str()),
+            "{device}: {devices}"
+        );
+    }
+    assert!(lines.contains(&"/dev/shm drwxrwxrwt"), "{devices}");
+}
+
+#[test]
 fn filesystem_and_guest_settings_are_applied() {
     let read_only = output_of(&[
         "run", "--rm", "--read-only", "--tmpfs", "/scratch:size=1m", "busybox", "sh", "-c",
