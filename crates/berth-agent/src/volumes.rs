@@ -49,18 +49,15 @@ fn mount_one(index: usize, volume: &VolumeMount) -> io::Result<()> {
         )));
     }
     let device = device.display().to_string();
-    // A read-only volume's disk is read-only in the VM too: nothing can be copied in.
-    if volume.populate && !volume.read_only {
+    // A read-only volume's disk is read-only in the VM too: nothing can be copied in,
+    // nor anything removed.
+    if !volume.read_only {
         let staging = format!("/run/berth-volume-{index}");
         fs::create_dir_all(&staging)?;
         mount_when_ready(&device, &staging, MsFlags::empty(), None)?;
-        let copied = if is_empty_volume(Path::new(&staging))? {
-            copy_tree(&resolved, Path::new(&staging))
-        } else {
-            Ok(())
-        };
+        let prepared = prepare_new_volume(Path::new(&staging), &resolved, volume.populate);
         nix::mount::umount(staging.as_str()).map_err(io::Error::from)?;
-        copied?;
+        prepared?;
     }
     // On a read-only disk ext4 cannot replay its journal: `noload` mounts without it
     // (a volume whose last user's VM died mid-write then shows its last committed state
@@ -122,6 +119,24 @@ fn is_empty_volume(root: &Path) -> io::Result<bool> {
     Ok(fs::read_dir(root)?
         .filter_map(Result::ok)
         .all(|entry| entry.file_name() == "lost+found"))
+}
+
+/// A volume used for the first time starts as Docker's do: empty (without ext4's empty
+/// `lost+found`, which programs such as initdb refuse to start in; e2fsck makes it again
+/// if it ever needs one), then with the image's content at the mount point when
+/// `populate` says so. A volume with content is left as it is.
+fn prepare_new_volume(root: &Path, image_content: &Path, populate: bool) -> io::Result<()> {
+    if !is_empty_volume(root)? {
+        return Ok(());
+    }
+    let lost_found = root.join("lost+found");
+    if fs::read_dir(&lost_found).is_ok_and(|mut entries| entries.next().is_none()) {
+        fs::remove_dir(&lost_found)?;
+    }
+    if populate {
+        copy_tree(image_content, root)?;
+    }
+    Ok(())
 }
 
 /// Copies the tree under `from` into `to` (an existing directory), keeping metadata.

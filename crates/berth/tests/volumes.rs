@@ -14,6 +14,18 @@ fn volume_data_outlives_containers_and_the_daemon() {
     let daemon = Daemon::start(&root);
     daemon.docker_ok(&["load", "-i", busybox_archive().to_str().unwrap()]);
     daemon.docker_ok(&["volume", "create", "--label", "team=blue", "data"]);
+    // A new volume is empty, as Docker's (no ext4 lost+found in it).
+    let fresh = daemon.docker_ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "data:/data",
+        "busybox",
+        "ls",
+        "-A",
+        "/data",
+    ]);
+    assert_eq!(fresh, "", "a new volume holds: {fresh}");
     let listed = daemon.docker_ok(&["volume", "ls", "--format", "{{.Name}} {{.Driver}}"]);
     assert!(listed.lines().any(|l| l == "data local"), "{listed}");
     let df = daemon.docker_ok(&["system", "df", "--format", "{{.Type}} {{.TotalCount}}"]);
