@@ -41,6 +41,7 @@ async fn sample(
 ) -> ApiResult<ContainerStatsResponse> {
     let record = engine.inspect_container(id)?;
     let io = engine.container_io(id).await?;
+    let pids = engine.container_pids(id).await;
     let networks: Option<HashMap<String, ContainerNetworkStats>> = io.as_ref().map(|io| {
         io.interfaces
             .iter()
@@ -119,7 +120,10 @@ async fn sample(
         } else {
             ContainerMemoryStats::default()
         }),
-        pids_stats: Some(ContainerPidsStats::default()),
+        pids_stats: Some(ContainerPidsStats {
+            current: pids,
+            limit: None,
+        }),
         blkio_stats: Some(blkio.unwrap_or_default()),
         num_procs: Some(0),
         networks,

@@ -424,6 +424,11 @@ fn stats_show_network_and_disk_io() {
         );
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
+    // PIDS counts the container's processes, those `docker top` lists (not 0).
+    let pids = daemon.docker_ok(&["stats", "--no-stream", "--format", "{{.PIDs}}", &id]);
+    let listed = daemon.docker_ok(&["top", &id]).lines().count() - 1;
+    assert_eq!(pids, listed.to_string());
+    assert_ne!(pids, "0");
     daemon.docker_ok(&["rm", "-f", &id]);
 }
 

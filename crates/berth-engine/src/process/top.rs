@@ -186,6 +186,23 @@ fn columns(
 }
 
 impl Engine {
+    /// How many processes run in the container (`docker stats`' PIDS), as the agent
+    /// counts them in the guest (every process but the agent and kernel threads);
+    /// `None` when it is not running or its VM is paused (a paused guest answers
+    /// nothing).
+    pub async fn container_pids(self: &Arc<Self>, reference: &str) -> Option<u64> {
+        let (handle, _) = self
+            .running_handle(reference, ContainerStatus::can_exec)
+            .ok()?;
+        match self
+            .agent_request(&handle, HostMessage::ListProcesses)
+            .await
+        {
+            Ok(GuestMessage::Processes { processes, .. }) => Some(processes.len() as u64),
+            _ => None,
+        }
+    }
+
     /// `GET /containers/{id}/top?ps_args=...`.
     pub async fn top_container(
         self: &Arc<Self>,
