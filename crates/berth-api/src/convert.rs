@@ -313,7 +313,12 @@ pub fn container_inspect(
         mount_label: Some(String::new()),
         process_label: Some(String::new()),
         app_armor_profile: Some(String::new()),
-        host_config: Some(record.host_config.clone()),
+        host_config: Some(bollard_stubs::models::HostConfig {
+            // The runtime the container runs with, named even when the client named
+            // none (Docker shows its default runtime there too).
+            runtime: Some(record.runtime().to_owned()),
+            ..record.host_config.clone()
+        }),
         mounts: Some(mount_points(record, |_| String::new())),
         config: Some(record.config.clone()),
         network_settings: Some(NetworkSettings {

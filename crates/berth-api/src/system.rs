@@ -184,6 +184,7 @@ pub async fn info(State(engine): State<AppState>) -> Json<SystemInfo> {
         isolation: None,
         security_options: Some(vec!["name=vm-isolation".into()]),
         warnings: Some(info.warnings.clone()),
+        debug: Some(tracing::enabled!(tracing::Level::DEBUG)),
         ..Default::default()
     })
 }

@@ -227,6 +227,26 @@ fn start_attach_streams_the_next_run_and_attach_replays_the_log() {
 }
 
 #[test]
+fn inspect_and_info_carry_dockers_fields() {
+    let daemon = shared();
+    let id = daemon.docker_ok(&["create", "busybox", "true"]);
+    assert_eq!(
+        daemon.docker_ok(&["inspect", "-f", "{{.HostConfig.Runtime}}", &id]),
+        "berth"
+    );
+    let cold = daemon.docker_ok(&["create", "--runtime", "berth-coldboot", "busybox", "true"]);
+    assert_eq!(
+        daemon.docker_ok(&["inspect", "-f", "{{.HostConfig.Runtime}}", &cold]),
+        "berth-coldboot"
+    );
+    assert_eq!(
+        daemon.docker_ok(&["info", "--format", "{{.Debug}}"]),
+        "false"
+    );
+    daemon.docker_ok(&["rm", &id, &cold]);
+}
+
+#[test]
 fn rm_right_after_wait_removes() {
     let daemon = shared();
     for code in ["0", "3"] {
