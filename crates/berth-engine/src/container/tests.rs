@@ -8,7 +8,9 @@ use std::time::Duration;
 use bollard_stubs::models::{ContainerUpdateBody, ExecConfig};
 
 use super::{ContainerStatus, Refusal};
-use crate::testing::{eventually, TestEngine};
+use bollard_stubs::models::RestartPolicyNameEnum;
+
+use crate::testing::{eventually, restart_policy, TestEngine};
 use crate::{AttachOptions, EngineError, ErrorKind, StartOutcome, WaitCondition};
 
 fn status(test: &TestEngine, id: &str) -> ContainerStatus {
@@ -235,12 +237,11 @@ async fn removal_deletes_the_record_and_wakes_removal_waiters() {
 #[tokio::test]
 async fn removing_a_container_between_restarts_needs_force() {
     let test = TestEngine::new().await;
-    let id = test.container_with("c", &["exit", "1"], |record| {
-        record.host_config.restart_policy = Some(bollard_stubs::models::RestartPolicy {
-            name: Some(bollard_stubs::models::RestartPolicyNameEnum::ALWAYS),
-            maximum_retry_count: None,
-        });
-    });
+    let id = test.container_with(
+        "c",
+        &["exit", "1"],
+        restart_policy(RestartPolicyNameEnum::ALWAYS, None),
+    );
     test.engine.start_container(&id).await.unwrap();
     eventually("restarting", || {
         status(&test, &id) == ContainerStatus::Restarting
@@ -468,12 +469,11 @@ async fn an_attach_to_a_container_being_removed_is_refused() {
 #[tokio::test]
 async fn kill_between_restarts_cancels_the_restart() {
     let test = TestEngine::new().await;
-    let id = test.container_with("c", &["exit", "1"], |record| {
-        record.host_config.restart_policy = Some(bollard_stubs::models::RestartPolicy {
-            name: Some(bollard_stubs::models::RestartPolicyNameEnum::ALWAYS),
-            maximum_retry_count: None,
-        });
-    });
+    let id = test.container_with(
+        "c",
+        &["exit", "1"],
+        restart_policy(RestartPolicyNameEnum::ALWAYS, None),
+    );
     test.engine.start_container(&id).await.unwrap();
     eventually("restarting", || {
         status(&test, &id) == ContainerStatus::Restarting

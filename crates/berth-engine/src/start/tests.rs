@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use crate::container::ContainerStatus;
-use crate::testing::{eventually, TestEngine};
+use bollard_stubs::models::RestartPolicyNameEnum;
+
+use crate::testing::{eventually, restart_policy, TestEngine};
 use crate::{EngineError, ErrorKind, LogFilter, StartOutcome, WaitCondition};
 
 async fn wait_exit(test: &TestEngine, id: &str) -> i64 {
@@ -15,6 +17,14 @@ async fn wait_exit(test: &TestEngine, id: &str) -> i64 {
         .await
         .expect("the run ends")
         .status_code
+}
+
+/// The error says the start failed at `step`.
+fn assert_failed_at(error: &EngineError, step: crate::StartStep) {
+    assert!(
+        matches!(error, EngineError::Start { step: failed, .. } if *failed == step),
+        "{error:?}"
+    );
 }
 
 fn status(test: &TestEngine, id: &str) -> ContainerStatus {
@@ -137,16 +147,7 @@ async fn a_failed_setup_kills_the_vm_and_gives_the_network_back() {
         record.config.hostname = Some("bad-setup".into());
     });
     let error = test.engine.start_container(&id).await.unwrap_err();
-    assert!(
-        matches!(
-            error,
-            EngineError::Start {
-                step: crate::StartStep::GuestUp,
-                ..
-            }
-        ),
-        "{error:?}"
-    );
+    assert_failed_at(&error, crate::StartStep::GuestUp);
     assert!(
         crate::error_chain(&error).contains("mounting the root filesystem failed"),
         "{}",
@@ -202,12 +203,11 @@ async fn a_run_powers_its_vm_off_at_the_end() {
 #[tokio::test]
 async fn always_restarts_after_every_exit() {
     let test = TestEngine::new().await;
-    let id = test.container_with("web", &["exit", "1"], |record| {
-        record.host_config.restart_policy = Some(bollard_stubs::models::RestartPolicy {
-            name: Some(bollard_stubs::models::RestartPolicyNameEnum::ALWAYS),
-            maximum_retry_count: None,
-        });
-    });
+    let id = test.container_with(
+        "web",
+        &["exit", "1"],
+        restart_policy(RestartPolicyNameEnum::ALWAYS, None),
+    );
     test.engine.start_container(&id).await.unwrap();
     eventually("it restarted twice", || {
         test.engine.inspect_container(&id).unwrap().restart_count >= 2
@@ -220,12 +220,11 @@ async fn always_restarts_after_every_exit() {
 #[tokio::test]
 async fn on_failure_gives_up_after_its_retries() {
     let test = TestEngine::new().await;
-    let id = test.container_with("web", &["exit", "1"], |record| {
-        record.host_config.restart_policy = Some(bollard_stubs::models::RestartPolicy {
-            name: Some(bollard_stubs::models::RestartPolicyNameEnum::ON_FAILURE),
-            maximum_retry_count: Some(2),
-        });
-    });
+    let id = test.container_with(
+        "web",
+        &["exit", "1"],
+        restart_policy(RestartPolicyNameEnum::ON_FAILURE, Some(2)),
+    );
     test.engine.start_container(&id).await.unwrap();
     eventually("two retries, then exited for good", || {
         let record = test.engine.inspect_container(&id).unwrap();
@@ -238,12 +237,11 @@ async fn on_failure_gives_up_after_its_retries() {
 #[tokio::test]
 async fn on_failure_leaves_a_clean_exit_alone() {
     let test = TestEngine::new().await;
-    let id = test.container_with("web", &["exit", "0"], |record| {
-        record.host_config.restart_policy = Some(bollard_stubs::models::RestartPolicy {
-            name: Some(bollard_stubs::models::RestartPolicyNameEnum::ON_FAILURE),
-            maximum_retry_count: None,
-        });
-    });
+    let id = test.container_with(
+        "web",
+        &["exit", "0"],
+        restart_policy(RestartPolicyNameEnum::ON_FAILURE, None),
+    );
     test.engine.start_container(&id).await.unwrap();
     assert_eq!(wait_exit(&test, &id).await, 0);
     eventually("exited", || status(&test, &id) == ContainerStatus::Exited).await;
@@ -253,12 +251,11 @@ async fn on_failure_leaves_a_clean_exit_alone() {
 #[tokio::test]
 async fn a_stop_cancels_a_pending_restart() {
     let test = TestEngine::new().await;
-    let id = test.container_with("web", &["exit", "1"], |record| {
-        record.host_config.restart_policy = Some(bollard_stubs::models::RestartPolicy {
-            name: Some(bollard_stubs::models::RestartPolicyNameEnum::ALWAYS),
-            maximum_retry_count: None,
-        });
-    });
+    let id = test.container_with(
+        "web",
+        &["exit", "1"],
+        restart_policy(RestartPolicyNameEnum::ALWAYS, None),
+    );
     test.engine.start_container(&id).await.unwrap();
     eventually("waiting to restart", || {
         status(&test, &id) == ContainerStatus::Restarting
@@ -370,16 +367,7 @@ async fn a_clone_that_never_answers_condemns_its_template() {
         .break_next_clone
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let error = test.engine.start_container(&a).await.unwrap_err();
-    assert!(
-        matches!(
-            error,
-            EngineError::Start {
-                step: crate::StartStep::GuestUp,
-                ..
-            }
-        ),
-        "{error:?}"
-    );
+    assert_failed_at(&error, crate::StartStep::GuestUp);
     assert!(
         template_state_files(&test).is_empty(),
         "the template is gone"

@@ -29,7 +29,7 @@ pub(crate) struct TestEngine {
     pub backend: Arc<FakeBackend>,
     pub host: Arc<FakeHost>,
     /// Removed with the test.
-    _root: tempfile::TempDir,
+    root: tempfile::TempDir,
 }
 
 impl TestEngine {
@@ -47,14 +47,14 @@ impl TestEngine {
             engine,
             backend,
             host,
-            _root: root,
+            root,
         }
     }
 
     /// The test's temporary directory (the engine's root is `root/`, its exec root
     /// `run/`).
     pub fn root(&self) -> &Path {
-        self._root.path()
+        self.root.path()
     }
 
     /// Adds a created container running `argv`; returns its id.
@@ -93,6 +93,20 @@ impl TestParts {
     /// An engine on these parts (as a daemon start).
     pub async fn open(&self) -> Arc<Engine> {
         open(self.root.path(), self.backend.clone(), self.host.clone()).await
+    }
+}
+
+/// Gives a container's record the restart policy `name` (`always`, `on-failure`...), with
+/// at most `retries` retries.
+pub(crate) fn restart_policy(
+    name: bollard_stubs::models::RestartPolicyNameEnum,
+    retries: Option<i64>,
+) -> impl FnOnce(&mut ContainerRecord) {
+    move |record| {
+        record.host_config.restart_policy = Some(bollard_stubs::models::RestartPolicy {
+            name: Some(name),
+            maximum_retry_count: retries,
+        })
     }
 }
 
