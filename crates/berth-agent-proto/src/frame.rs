@@ -17,6 +17,10 @@ pub enum FrameKind {
     Stdout = 3,
     /// Bytes a process wrote to standard error (guest to host).
     Stderr = 4,
+    /// One FUSE message of a shared directory (see [`crate::ShareMount`]): a request the
+    /// guest kernel made (guest to host) or the file server's reply (host to guest). The
+    /// stream id is the share's.
+    Fuse = 5,
 }
 
 impl FrameKind {
@@ -26,6 +30,7 @@ impl FrameKind {
             2 => Some(Self::Stdin),
             3 => Some(Self::Stdout),
             4 => Some(Self::Stderr),
+            5 => Some(Self::Fuse),
             _ => None,
         }
     }

@@ -7,7 +7,8 @@
 //! offset size  field
 //! 0      4     length: u32, little-endian: the number of bytes that follow this field
 //! 4      4     stream: u32, little-endian: 0 for the agent itself, N for process N
-//! 8      1     kind:   1 control (JSON message), 2 stdin, 3 stdout, 4 stderr
+//! 8      1     kind:   1 control (JSON message), 2 stdin, 3 stdout, 4 stderr,
+//!                      5 FUSE (one message of a shared directory, either way)
 //! 9      ...   payload: `length - 5` bytes
 //! ```
 //!
@@ -26,6 +27,12 @@
 //! the engine that built the template); the host speaks first with [`HostMessage::Rebind`]
 //! and the guest answers [`GuestMessage::Rebound`] with the steps it took.
 //!
+//! Shared directories ([`SetupSpec::shares`]) are FUSE file systems: the agent mounts
+//! each one on a `/dev/fuse` connection of its own and carries the kernel's requests to
+//! the host, one per [`FrameKind::Fuse`] frame on the share's stream id
+//! ([`SHARE_STREAM_BASE`] + its index); the host's file server answers on the same
+//! stream. A FUSE message is at most [`MAX_FUSE_MESSAGE`] bytes.
+//!
 //! The host treats the guest as untrusted: [`FrameDecoder`] bounds every length before it
 //! allocates, and [`decode_guest_message`] validates the JSON and its fields.
 
@@ -35,12 +42,12 @@ mod message;
 pub use frame::{encode_frame, Frame, FrameDecoder, FrameKind, ProtoError, HEADER_AFTER_LEN};
 pub use message::{
     decode_guest_message, decode_host_message, encode_control, GuestMessage, HostMessage,
-    InterfaceSpec, ProcessInfo, ProcessSpec, ProcessStatus, RebindSpec, SetupSpec, SpawnFailure,
-    TmpfsSpec, VolumeMount, RESYNC_MARKER,
+    InterfaceSpec, ProcessInfo, ProcessSpec, ProcessStatus, RebindSpec, SetupSpec, ShareMount,
+    SpawnFailure, TmpfsSpec, VolumeMount, RESYNC_MARKER,
 };
 
 /// Version of this protocol. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// Largest value of the length field (1 MiB plus the header).
 pub const MAX_FRAME_LEN: u32 = (1 << 20) + HEADER_AFTER_LEN;
 /// Largest data payload a sender puts in one frame.
@@ -51,3 +58,11 @@ pub const MAX_CONTROL_LEN: usize = 256 * 1024;
 pub const AGENT_STREAM: u32 = 0;
 /// Name of the virtio-serial port the agent talks on.
 pub const PORT_NAME: &str = "berth.agent";
+/// Stream id of a container's first shared directory; share `n` uses this plus `n`.
+/// Far from the process streams (1, then one per exec).
+pub const SHARE_STREAM_BASE: u32 = 0xF000_0000;
+/// Largest FUSE message either side sends in one frame: the file server tells the guest
+/// kernel to write and read at most [`MAX_FUSE_IO`] bytes a request, plus headers.
+pub const MAX_FUSE_MESSAGE: usize = MAX_FUSE_IO + 4096;
+/// Largest read or write one FUSE request carries (32 pages, the kernel's default).
+pub const MAX_FUSE_IO: usize = 128 * 1024;

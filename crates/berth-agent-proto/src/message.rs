@@ -42,6 +42,27 @@ pub struct SetupSpec {
     /// Volumes: ext4 disks to mount inside the container root, found by serial.
     #[serde(default)]
     pub volumes: Vec<VolumeMount>,
+    /// Shared directories and files (bind mounts, shared volumes), served by the host
+    /// over FUSE frames. Mounted after the volumes, in this order.
+    #[serde(default)]
+    pub shares: Vec<ShareMount>,
+}
+
+/// A directory or file the host shares with the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareMount {
+    /// The stream id its FUSE messages travel on (at least [`crate::SHARE_STREAM_BASE`]).
+    pub stream: u32,
+    /// Absolute path inside the container.
+    pub target: String,
+    /// Mount read-only (`:ro`); the host's server refuses writes as well.
+    pub read_only: bool,
+    /// The shared root is a regular file (a bind-mounted file), not a directory.
+    #[serde(default)]
+    pub file: bool,
+    /// A volume: when it is empty, copy what the image has at `target` into it first.
+    #[serde(default)]
+    pub populate: bool,
 }
 
 /// A volume's disk and where it goes.

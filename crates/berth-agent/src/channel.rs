@@ -4,7 +4,9 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 
-use berth_agent_proto::{encode_control, encode_frame, FrameKind, GuestMessage, MAX_DATA_CHUNK};
+use berth_agent_proto::{
+    encode_control, encode_frame, FrameKind, GuestMessage, MAX_DATA_CHUNK, MAX_FUSE_MESSAGE,
+};
 
 /// Writes whole frames to the port; clones share one file and one lock, so frames from
 /// different threads never interleave.
@@ -43,6 +45,17 @@ impl Channel {
 
     pub fn send(&self, stream: u32, message: &GuestMessage) -> io::Result<()> {
         self.write_frame(&encode_control(stream, message))
+    }
+
+    /// Sends `data` as one frame (a FUSE message, which must not be split).
+    pub fn send_message(&self, stream: u32, kind: FrameKind, data: &[u8]) -> io::Result<()> {
+        if data.len() > MAX_FUSE_MESSAGE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "message larger than a frame may carry",
+            ));
+        }
+        self.write_frame(&encode_frame(stream, kind, data))
     }
 
     pub fn send_data(&self, stream: u32, kind: FrameKind, data: &[u8]) -> io::Result<()> {

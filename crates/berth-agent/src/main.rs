@@ -17,6 +17,7 @@ mod network;
 mod process;
 mod rebind;
 mod serve;
+mod shares;
 mod top;
 mod user;
 mod volumes;

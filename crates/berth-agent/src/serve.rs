@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_agent_proto::{
-    decode_host_message, FrameDecoder, FrameKind, GuestMessage, HostMessage, ProcessStatus,
+    decode_host_message, Frame, FrameDecoder, FrameKind, GuestMessage, HostMessage, ProcessStatus,
     SetupSpec, SpawnFailure, AGENT_STREAM, PROTOCOL_VERSION, RESYNC_MARKER,
 };
 use nix::sys::wait::{waitpid, WaitStatus};
@@ -15,6 +15,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use crate::boot::CONTAINER_ROOT;
 use crate::channel::Channel;
 use crate::process::{self, ProcessTable};
+use crate::shares::Shares;
 use crate::{boot, network};
 
 type SharedTable = Arc<Mutex<ProcessTable>>;
@@ -31,7 +32,7 @@ fn lock(table: &SharedTable) -> std::sync::MutexGuard<'_, ProcessTable> {
 
 /// Serves the host until it asks for a shutdown.
 pub fn serve(port: File) -> io::Result<()> {
-    let mut reader = port.try_clone()?;
+    let reader = port.try_clone()?;
     let channel = Channel::new(port);
     let kernel = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
@@ -51,32 +52,24 @@ pub fn serve(port: File) -> io::Result<()> {
         std::thread::spawn(move || reap(table, channel, exits));
     }
 
-    let mut decoder = FrameDecoder::new();
-    let mut buffer = vec![0u8; 64 * 1024];
+    let shares = Shares::default();
+    let frames = {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let shares = shares.clone();
+        std::thread::spawn(move || read_port(reader, &shares, &sender));
+        receiver
+    };
     let mut spawned_any = false;
     // Why this VM must run nothing for the container: a failed rebind (a clone without
     // its own entropy and clock) or a failed setup. The engine sends the container's
     // process right behind its setup, without waiting for the answer; it gets refused.
     let mut unfit: Option<String> = None;
     loop {
-        let n = match reader.read(&mut buffer) {
-            // No host on the other end (yet, or any more): wait for one. Whatever part
-            // of a frame the host that went away left is void.
-            Ok(0) => {
-                decoder = FrameDecoder::new();
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-            Ok(n) => n,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-            Err(error) => return Err(error),
-        };
-        decoder.push(&buffer[..n]);
-        loop {
-            let frame = match decoder.next_frame() {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(error) => return Err(io::Error::new(io::ErrorKind::InvalidData, error)),
+        {
+            let frame = match frames.recv() {
+                Ok(Ok(frame)) => frame,
+                Ok(Err(error)) => return Err(error),
+                Err(_) => return Err(io::Error::other("the port reader stopped")),
             };
             match frame.kind {
                 FrameKind::Stdin => {
@@ -128,6 +121,9 @@ pub fn serve(port: File) -> io::Result<()> {
                                 processes,
                             },
                         )?;
+                        // After the marker: a request sent before it is skipped by the
+                        // new engine, so every one sent so far fails rather than hangs.
+                        shares.fail_outstanding();
                         continue;
                     }
                     if let HostMessage::Rebind(spec) = &message {
@@ -147,16 +143,16 @@ pub fn serve(port: File) -> io::Result<()> {
                         channel.send(frame.stream, &reply)?;
                         continue;
                     }
-                    handle(
-                        message,
-                        frame.stream,
-                        &channel,
-                        &table,
-                        &mut spawned_any,
-                        &mut unfit,
-                    )?;
+                    let mut state = SessionState {
+                        channel: &channel,
+                        table: &table,
+                        shares: &shares,
+                        spawned_any: &mut spawned_any,
+                        unfit: &mut unfit,
+                    };
+                    handle(message, frame.stream, &mut state)?;
                 }
-                FrameKind::Stdout | FrameKind::Stderr => {
+                FrameKind::Stdout | FrameKind::Stderr | FrameKind::Fuse => {
                     channel.send(
                         frame.stream,
                         &GuestMessage::Error {
@@ -169,19 +165,71 @@ pub fn serve(port: File) -> io::Result<()> {
     }
 }
 
-fn handle(
-    message: HostMessage,
-    stream: u32,
-    channel: &Channel,
-    table: &SharedTable,
-    spawned_any: &mut bool,
-    unfit: &mut Option<String>,
-) -> io::Result<()> {
+/// What the request handler works with.
+struct SessionState<'a> {
+    channel: &'a Channel,
+    table: &'a SharedTable,
+    shares: &'a Shares,
+    spawned_any: &'a mut bool,
+    unfit: &'a mut Option<String>,
+}
+
+/// Reads frames from the port: FUSE replies go straight to their share (the request
+/// loop may be waiting on one, in a setup that copies into a share), everything else to
+/// the request loop. With no host on the other end (yet, or any more) it waits for one;
+/// whatever part of a frame the host that went away left is void.
+fn read_port(mut port: File, shares: &Shares, frames: &std::sync::mpsc::Sender<io::Result<Frame>>) {
+    let mut decoder = FrameDecoder::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = match port.read(&mut buffer) {
+            Ok(0) => {
+                decoder = FrameDecoder::new();
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            Ok(n) => n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => {
+                let _ = frames.send(Err(error));
+                return;
+            }
+        };
+        decoder.push(&buffer[..n]);
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(frame)) if frame.kind == FrameKind::Fuse => {
+                    shares.deliver(frame.stream, &frame.payload)
+                }
+                Ok(Some(frame)) => {
+                    if frames.send(Ok(frame)).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    let _ = frames.send(Err(io::Error::new(io::ErrorKind::InvalidData, error)));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn handle(message: HostMessage, stream: u32, state: &mut SessionState<'_>) -> io::Result<()> {
+    let SessionState {
+        channel,
+        table,
+        shares,
+        spawned_any,
+        unfit,
+    } = state;
+    let channel: &Channel = channel;
     match message {
         HostMessage::Setup(spec) => {
             let result = match unfit.as_ref() {
                 Some(reason) => Err(io::Error::other(reason.clone())),
-                None => setup(&spec),
+                None => setup(&spec, shares, channel),
             };
             match result {
                 Ok(()) => channel.send(stream, &GuestMessage::SetupDone),
@@ -216,9 +264,9 @@ fn handle(
                 );
             }
             let announce = |pid| channel.send(stream, &GuestMessage::Started { pid });
-            match process::spawn(&spec, stream, channel, !*spawned_any, announce) {
+            match process::spawn(&spec, stream, channel, !**spawned_any, announce) {
                 Ok((running, announced)) => {
-                    *spawned_any = true;
+                    **spawned_any = true;
                     processes.insert(stream, running);
                     announced
                 }
@@ -282,7 +330,7 @@ fn handle(
     }
 }
 
-fn setup(spec: &SetupSpec) -> io::Result<()> {
+fn setup(spec: &SetupSpec, shares: &Shares, channel: &Channel) -> io::Result<()> {
     boot::mount_container_root(&spec.root_device, spec.shm_size)?;
     for (key, value) in &spec.sysctls {
         set_sysctl(key, value)?;
@@ -341,6 +389,7 @@ fn setup(spec: &SetupSpec) -> io::Result<()> {
         mount_tmpfs(tmpfs)?;
     }
     crate::volumes::mount_all(&spec.volumes)?;
+    shares.mount_all(&spec.shares, channel)?;
     if spec.read_only {
         nix::mount::mount(
             None::<&str>,

@@ -34,20 +34,8 @@ fn invalid(message: String) -> io::Error {
 }
 
 fn mount_one(index: usize, volume: &VolumeMount) -> io::Result<()> {
-    if !volume.target.starts_with('/') || volume.target.split('/').any(|part| part == "..") {
-        return Err(invalid(format!("invalid volume path {:?}", volume.target)));
-    }
     let device = find_by_serial(&volume.serial)?;
-    let target = format!("{CONTAINER_ROOT}{}", volume.target);
-    fs::create_dir_all(&target)?;
-    // A symlink in the image must not carry the mount out of the container root.
-    let resolved = fs::canonicalize(&target)?;
-    if !resolved.starts_with(CONTAINER_ROOT) {
-        return Err(invalid(format!(
-            "volume path {} leads outside the container",
-            volume.target
-        )));
-    }
+    let resolved = mount_point(&volume.target, false)?;
     let device = device.display().to_string();
     // A read-only volume's disk is read-only in the VM too: nothing can be copied in,
     // nor anything removed.
@@ -68,6 +56,33 @@ fn mount_one(index: usize, volume: &VolumeMount) -> io::Result<()> {
         (MsFlags::empty(), None)
     };
     mount_when_ready(&device, &resolved.display().to_string(), flags, data)
+}
+
+/// The mount point of `target` (an absolute path in the container) inside the
+/// container root: made if missing (a directory, or an empty file when `file`), then
+/// resolved, and refused if a symlink in the image leads it out of the container root.
+pub(crate) fn mount_point(target: &str, file: bool) -> io::Result<PathBuf> {
+    if !target.starts_with('/') || target.split('/').any(|part| part == "..") {
+        return Err(invalid(format!("invalid mount path {target:?}")));
+    }
+    let path = format!("{CONTAINER_ROOT}{target}");
+    if file {
+        if let Some(parent) = Path::new(&path).parent() {
+            fs::create_dir_all(parent)?;
+        }
+        if fs::symlink_metadata(&path).is_err() {
+            fs::File::create(&path)?;
+        }
+    } else {
+        fs::create_dir_all(&path)?;
+    }
+    let resolved = fs::canonicalize(&path)?;
+    if !resolved.starts_with(CONTAINER_ROOT) {
+        return Err(invalid(format!(
+            "mount path {target} leads outside the container"
+        )));
+    }
+    Ok(resolved)
 }
 
 /// Mounts the ext4 disk `device` at `target`, retrying for a while: a disk hot-plugged a
@@ -140,7 +155,7 @@ fn prepare_new_volume(root: &Path, image_content: &Path, populate: bool) -> io::
 }
 
 /// Copies the tree under `from` into `to` (an existing directory), keeping metadata.
-fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+pub(crate) fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
     let meta = fs::symlink_metadata(from)?;
     copy_metadata(to, &meta)?;
     for entry in fs::read_dir(from)? {

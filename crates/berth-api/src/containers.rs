@@ -168,7 +168,10 @@ pub async fn inspect(
     let mut value = serde_json::to_value(convert::container_inspect(&record, log_path, &networks))
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     value["Mounts"] = serde_json::to_value(convert::mount_points(&record, |name| {
-        engine.volume_disk(name).display().to_string()
+        engine
+            .volume(name)
+            .map(|volume| engine.volume_mountpoint(&volume).display().to_string())
+            .unwrap_or_default()
     }))
     .unwrap_or_default();
     // Before API 1.44 the container's MAC address was also in its Config.

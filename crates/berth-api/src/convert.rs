@@ -400,7 +400,8 @@ pub fn image_inspect(image: &ImageRecord) -> ImageInspect {
     }
 }
 
-/// A container's volumes as Docker's `Mounts`; `source` gives a volume's disk file.
+/// A container's volumes and bind mounts as Docker's `Mounts`; `source` gives a
+/// volume's place on the host.
 pub fn mount_points(
     record: &ContainerRecord,
     source: impl Fn(&str) -> String,
@@ -408,15 +409,34 @@ pub fn mount_points(
     record
         .mounts
         .iter()
-        .map(|mount| bollard_stubs::models::MountPoint {
-            typ: Some("volume".into()),
-            name: Some(mount.volume.clone()),
-            source: Some(source(&mount.volume)),
-            destination: Some(mount.target.clone()),
-            driver: Some("local".into()),
-            mode: Some(if mount.read_only { "ro" } else { "" }.into()),
-            rw: Some(!mount.read_only),
-            propagation: Some(String::new()),
+        .map(|mount| {
+            let mode = Some(if mount.read_only { "ro" } else { "" }.into());
+            match &mount.bind_source {
+                Some(host_path) => bollard_stubs::models::MountPoint {
+                    typ: Some("bind".into()),
+                    source: Some(host_path.clone()),
+                    destination: Some(mount.target.clone()),
+                    mode,
+                    rw: Some(!mount.read_only),
+                    propagation: Some(
+                        mount
+                            .propagation
+                            .clone()
+                            .unwrap_or_else(|| "rprivate".into()),
+                    ),
+                    ..Default::default()
+                },
+                None => bollard_stubs::models::MountPoint {
+                    typ: Some("volume".into()),
+                    name: Some(mount.volume.clone()),
+                    source: Some(source(&mount.volume)),
+                    destination: Some(mount.target.clone()),
+                    driver: Some("local".into()),
+                    mode,
+                    rw: Some(!mount.read_only),
+                    propagation: Some(String::new()),
+                },
+            }
         })
         .collect()
 }

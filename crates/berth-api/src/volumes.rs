@@ -33,7 +33,7 @@ fn volume_json(engine: &AppState, volume: &VolumeRecord, usage: bool) -> Value {
     let mut value = json!({
         "Name": volume.name,
         "Driver": "local",
-        "Mountpoint": engine.volume_disk(&volume.name).display().to_string(),
+        "Mountpoint": engine.volume_mountpoint(volume).display().to_string(),
         "CreatedAt": volume.created_at,
         "Labels": volume.labels,
         "Scope": "local",

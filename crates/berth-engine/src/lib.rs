@@ -85,6 +85,9 @@ pub struct EngineConfig {
     pub registry: berth_image::RegistryOptions,
     /// The guest kernel, when not Debian's cloud kernel.
     pub guest_kernel: Option<berth_guest::CustomKernel>,
+    /// The program that serves shared directories, run as `PROGRAM share-server` (the
+    /// berth binary); `None`: bind mounts and directory volumes cannot start.
+    pub share_server: Option<PathBuf>,
 }
 
 /// Facts for `docker info` and `docker version`.

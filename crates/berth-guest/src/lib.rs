@@ -24,6 +24,8 @@ pub const GUEST_MODULES: &[&str] = &[
     "virtio_console",
     "virtio_net",
     "virtio_rng",
+    // Shared directories: FUSE file systems served by the host (see berth-agent's shares).
+    "fuse",
 ];
 
 /// Everything a VM boots from.

@@ -27,6 +27,9 @@ enum Command {
     Lab(commands::lab::LabArgs),
     /// Run one VM on Berth's own KVM VMM (started by the daemon's `kvm` backend).
     Vmm(commands::vmm::VmmArgs),
+    /// Serve one shared directory or file to one VM (started by the daemon).
+    #[command(hide = true)]
+    ShareServer(commands::share_server::ShareServerArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,5 +48,6 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => commands::bench::run(args),
         Command::Lab(args) => commands::lab::run(args),
         Command::Vmm(args) => commands::vmm::run(args),
+        Command::ShareServer(args) => commands::share_server::run(args),
     }
 }

@@ -15,6 +15,19 @@ pub enum AgentError {
     /// A frame or message that breaks the protocol.
     #[error("the agent broke the protocol")]
     Protocol(#[source] berth_agent_proto::ProtoError),
+    /// A FUSE frame on a stream that is no share of this container.
+    #[error("the agent sent a FUSE message on stream {0}, which is no share")]
+    UnexpectedFuse(u32),
+    /// A share's FUSE message that breaks the FUSE protocol.
+    #[error("the agent sent a malformed FUSE message")]
+    FuseMessage(#[source] berth_share::wire::WireError),
+    /// A share's file server went away.
+    #[error("the file server of share {stream} failed")]
+    ShareServer {
+        stream: u32,
+        #[source]
+        source: std::io::Error,
+    },
     /// A stdin frame, which only the host sends.
     #[error("the agent sent a stdin frame")]
     StdinFrame,

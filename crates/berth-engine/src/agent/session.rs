@@ -4,6 +4,7 @@
 //! `berth-agent-proto`'s bounded decoder and validating message decoder, and anything
 //! unexpected ends the session with an [`AgentError`] rather than a panic.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_agent_proto::{
@@ -17,6 +18,7 @@ use tokio::net::UnixStream;
 use tokio::sync::Mutex;
 
 use super::AgentError;
+use crate::files::shares::ShareRelay;
 
 /// The stream id of a container's main process.
 pub const MAIN_STREAM: u32 = 1;
@@ -36,6 +38,12 @@ impl AgentSession {
         self.write(&encode_control(stream, message)).await
     }
 
+    /// Sends one FUSE message (a share's reply) as one frame.
+    pub async fn send_fuse(&self, stream: u32, message: &[u8]) -> Result<(), AgentError> {
+        self.write(&encode_frame(stream, FrameKind::Fuse, message))
+            .await
+    }
+
     pub async fn send_stdin(&self, stream: u32, data: &[u8]) -> Result<(), AgentError> {
         for chunk in data.chunks(MAX_DATA_CHUNK) {
             self.write(&encode_frame(stream, FrameKind::Stdin, chunk))
@@ -50,6 +58,9 @@ pub struct AgentReader {
     reader: OwnedReadHalf,
     decoder: FrameDecoder,
     buffer: Vec<u8>,
+    /// Where FUSE requests of the container's shares go (none: the guest has no share,
+    /// and a FUSE frame breaks the protocol).
+    shares: Option<Arc<ShareRelay>>,
 }
 
 /// What the agent said.
@@ -72,13 +83,23 @@ impl AgentReader {
             reader,
             decoder: FrameDecoder::new(),
             buffer: vec![0u8; 64 * 1024],
+            shares: None,
         }
+    }
+
+    /// From now on, FUSE requests go to `relay` (and never come out of `next_event`).
+    pub fn attach_shares(&mut self, relay: Arc<ShareRelay>) {
+        self.shares = Some(relay);
     }
 
     /// The next event; `Ok(None)` when the agent closed the channel.
     pub async fn next_event(&mut self) -> Result<Option<AgentEvent>, AgentError> {
         loop {
             match self.decoder.next_frame() {
+                Ok(Some(frame)) if frame.kind == FrameKind::Fuse => match &self.shares {
+                    Some(relay) => relay.forward(frame.stream, frame.payload).await?,
+                    None => return Err(AgentError::UnexpectedFuse(frame.stream)),
+                },
                 Ok(Some(frame)) => return classify(frame).map(Some),
                 Ok(None) => {}
                 Err(error) => return Err(AgentError::Protocol(error)),
@@ -136,6 +157,7 @@ fn classify(frame: Frame) -> Result<AgentEvent, AgentError> {
             data: frame.payload,
         }),
         FrameKind::Stdin => Err(AgentError::StdinFrame),
+        FrameKind::Fuse => Err(AgentError::UnexpectedFuse(frame.stream)),
     }
 }
 

@@ -66,12 +66,6 @@ fn check_supported(host: &HostConfig) -> Result<(), EngineError> {
             "host devices are not passed into a container's VM",
         );
     }
-    if host.volumes_from.as_ref().is_some_and(|v| !v.is_empty()) {
-        return refused(
-            "--volumes-from",
-            "a volume's disk is attached to one container's VM at a time; name the volumes with -v",
-        );
-    }
     if host.links.as_ref().is_some_and(|l| !l.is_empty()) {
         return refused(
             "--link",

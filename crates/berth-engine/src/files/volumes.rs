@@ -1,28 +1,81 @@
-//! Named and anonymous volumes. As VIC mapped volumes to virtual disks, each Berth volume
-//! is a disk of its own: a sparse raw file `<root>/volumes/<name>/disk.raw` holding an ext4
-//! filesystem, made with `mkfs.ext4` and never mounted by the host's kernel. A container's
-//! volumes are attached to its VM (at boot, or hot-plugged into a clone before its setup)
-//! and mounted by the agent; the data stays in the disk file across containers.
+//! Named and anonymous volumes, kept one of two ways ([`VolumeStorage`]):
 //!
-//! A volume's ext4 can be mounted by one kernel at a time, so a volume is attached to one
-//! running container at a time: starting a second container that uses a volume while
-//! another running container has it is refused (409), where Docker would share a
-//! directory. Host directory bind mounts are refused for the same reason and because the
-//! host's files would have to be mounted into an untrusted guest.
+//! - **directory** (the default): `<root>/volumes/<name>/_data`, as Docker's local driver
+//!   keeps it, shared with every running container that mounts it through the host's
+//!   file server (see `shares`): any number of containers use it at once;
+//! - **disk** (`docker volume create --opt type=disk`, and every volume made before
+//!   shared volumes): a sparse raw file `<root>/volumes/<name>/disk.raw` holding an ext4
+//!   filesystem, made with `mkfs.ext4` and never mounted by the host's kernel, attached to
+//!   the container's VM as a virtio-blk disk (at boot, or hot-plugged into a clone) and
+//!   mounted by the guest's kernel. Block speed, but ext4 has one kernel at a time: a
+//!   second running container that mounts it is refused (409).
 //!
-//! Records: table `volumes` (name → JSON [`VolumeRecord`]); a container's volumes are in
-//! its record's `mounts`.
+//! Host bind mounts (`-v /host/path:/path`, `--mount type=bind`) are shares too; their
+//! records carry the host path.
+//!
+//! Records: table `volumes` (name → JSON [`VolumeRecord`]); a container's volumes and
+//! binds are in its record's `mounts`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-pub use crate::records::{MountRecord, VolumeRecord};
+pub use crate::records::{MountRecord, VolumeRecord, VolumeStorage};
 
 use crate::lock;
 use crate::{now_rfc3339, Engine, EngineError};
 
 /// Virtual size of a volume disk unless `docker volume create -o size=...` says otherwise.
 const DEFAULT_VOLUME_SIZE: u64 = 16 << 30;
+
+/// Makes a volume's disk: a sparse file of `size` bytes holding a new ext4 filesystem.
+async fn make_disk(disk: &std::path::Path, size: u64) -> Result<(), EngineError> {
+    let file = std::fs::File::create(disk).map_err(EngineError::io(disk))?;
+    file.set_len(size).map_err(EngineError::io(disk))?;
+    drop(file);
+    let output = tokio::process::Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-m",
+            "0",
+            "-E",
+            "lazy_itable_init=1,lazy_journal_init=1",
+        ])
+        .arg(disk)
+        .output()
+        .await
+        .map_err(EngineError::io("mkfs.ext4"))?;
+    if !output.status.success() {
+        return Err(EngineError::Command {
+            what: "mkfs.ext4 for a volume".into(),
+            detail: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Bytes the files under `path` take (allocated blocks; symlinks not followed, each
+/// inode counted once).
+fn disk_usage(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    let mut pending = vec![path.to_owned()];
+    while let Some(path) = pending.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if seen.insert((meta.dev(), meta.ino())) {
+            total += meta.blocks() * 512;
+        }
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                pending.extend(entries.filter_map(Result::ok).map(|e| e.path()));
+            }
+        }
+    }
+    total
+}
 
 /// Adds a mount, refusing relative and duplicate mount points.
 fn add_mount(mounts: &mut Vec<MountRecord>, mount: MountRecord) -> Result<(), EngineError> {
@@ -71,6 +124,101 @@ fn parse_size(text: &str) -> Option<u64> {
         .filter(|&size| size >= 16 << 20)
 }
 
+/// One `-v SOURCE:TARGET[:OPTIONS]` (HostConfig.Binds entry), as Docker reads it.
+fn parse_bind(bind: &str) -> Result<MountRecord, EngineError> {
+    let invalid =
+        || EngineError::InvalidArgument(format!("invalid volume specification: '{bind}'"));
+    let parts: Vec<&str> = bind.split(':').collect();
+    let (source, target, options) = match parts.as_slice() {
+        [source, target] => (*source, *target, ""),
+        [source, target, options] => (*source, *target, *options),
+        _ => return Err(invalid()),
+    };
+    if source.is_empty() || target.is_empty() {
+        return Err(invalid());
+    }
+    let is_bind = source.starts_with('/');
+    let mut mount = if is_bind {
+        MountRecord::bind(source.to_owned(), target.to_owned())
+    } else {
+        MountRecord::volume(source.to_owned(), target.to_owned())
+    };
+    for option in options.split(',').filter(|o| !o.is_empty()) {
+        match option {
+            "ro" => mount.read_only = true,
+            "rw" => mount.read_only = false,
+            "nocopy" if !is_bind => mount.populate = false,
+            "z" | "Z" => {}
+            "shared" | "rshared" | "slave" | "rslave" | "private" | "rprivate" if is_bind => {
+                mount.propagation = Some(option.to_owned())
+            }
+            other => {
+                return Err(EngineError::InvalidArgument(format!(
+                    "invalid mode: {other} in '{bind}'"
+                )))
+            }
+        }
+    }
+    Ok(mount)
+}
+
+/// One `--mount` (HostConfig.Mounts entry) of type bind or volume.
+fn parse_mount(mount: &bollard_stubs::models::Mount) -> Result<MountRecord, EngineError> {
+    use bollard_stubs::models::MountType;
+    let target = mount.target.clone().unwrap_or_default();
+    let source = mount.source.clone().filter(|s| !s.is_empty());
+    let read_only = mount.read_only.unwrap_or(false);
+    match mount.typ {
+        Some(MountType::BIND) => {
+            let Some(source) = source else {
+                return Err(EngineError::InvalidArgument(
+                    "invalid mount config for type \"bind\": field Source must not be empty".into(),
+                ));
+            };
+            if !source.starts_with('/') {
+                return Err(EngineError::InvalidArgument(format!(
+                    "invalid mount config for type \"bind\": invalid mount path: '{source}' mount path must be absolute"
+                )));
+            }
+            if std::fs::symlink_metadata(&source).is_err() {
+                return Err(EngineError::InvalidArgument(format!(
+                    "invalid mount config for type \"bind\": bind source path does not exist: {source}"
+                )));
+            }
+            let mut record = MountRecord::bind(source, target);
+            record.read_only = read_only;
+            record.propagation = mount
+                .bind_options
+                .as_ref()
+                .and_then(|o| o.propagation)
+                .map(|p| p.to_string())
+                .filter(|p| !p.is_empty());
+            Ok(record)
+        }
+        Some(MountType::VOLUME) => {
+            let options = mount.volume_options.as_ref();
+            let mut record = MountRecord::volume(source.unwrap_or_default(), target);
+            record.read_only = read_only;
+            record.populate = !options.and_then(|o| o.no_copy).unwrap_or(false);
+            record.subpath = options
+                .and_then(|o| o.subpath.clone())
+                .filter(|s| !s.is_empty());
+            if let Some(subpath) = &record.subpath {
+                if subpath.starts_with('/') || subpath.split('/').any(|p| p == "..") {
+                    return Err(EngineError::InvalidArgument(format!(
+                        "invalid mount config for type \"volume\": subpath must be a relative path within the volume: {subpath}"
+                    )));
+                }
+            }
+            Ok(record)
+        }
+        other => Err(EngineError::NotSupported(format!(
+            "--mount type={} is not supported (Berth mounts volumes and binds; use --tmpfs for tmpfs)",
+            other.map(|t| t.to_string()).unwrap_or_default()
+        ))),
+    }
+}
+
 impl Engine {
     fn volume_dir(&self, name: &str) -> PathBuf {
         self.config.root.join("volumes").join(name)
@@ -79,6 +227,19 @@ impl Engine {
     /// The disk file of a volume.
     pub fn volume_disk(&self, name: &str) -> PathBuf {
         self.volume_dir(name).join("disk.raw")
+    }
+
+    /// The data directory of a volume kept as a directory.
+    pub fn volume_data(&self, name: &str) -> PathBuf {
+        self.volume_dir(name).join("_data")
+    }
+
+    /// Where a volume's data is on the host (`Mountpoint` in `docker volume inspect`).
+    pub fn volume_mountpoint(&self, volume: &VolumeRecord) -> PathBuf {
+        match volume.storage {
+            VolumeStorage::Directory => self.volume_data(&volume.name),
+            VolumeStorage::Disk => self.volume_disk(&volume.name),
+        }
     }
 
     /// `docker volume create`. An existing name returns that volume, as Docker does.
@@ -109,21 +270,34 @@ impl Engine {
             return Ok(existing);
         }
         let mut size = DEFAULT_VOLUME_SIZE;
+        let mut storage = VolumeStorage::Directory;
         for (key, value) in &options {
-            match key.as_str() {
-                "size" => {
+            match (key.as_str(), value.as_str()) {
+                ("type", "disk") => storage = VolumeStorage::Disk,
+                ("type", "directory") => storage = VolumeStorage::Directory,
+                ("type", other) => {
+                    return Err(EngineError::InvalidArgument(format!(
+                        "invalid volume type {other:?}: Berth's volumes are type=directory (shared, the default) or type=disk (one container at a time, block speed)"
+                    )))
+                }
+                ("size", value) => {
                     size = parse_size(value).ok_or_else(|| {
                         EngineError::InvalidArgument(format!(
                             "invalid volume size {value:?} (at least 16m, e.g. 10G)"
                         ))
                     })?
                 }
-                other => {
+                (other, _) => {
                     return Err(EngineError::InvalidArgument(format!(
-                        "invalid option {other:?} for a Berth volume (known: size)"
+                        "invalid option {other:?} for a Berth volume (known: type=directory|disk, size for a disk)"
                     )))
                 }
             }
+        }
+        if options.contains_key("size") && storage != VolumeStorage::Disk {
+            return Err(EngineError::InvalidArgument(
+                "the size option is for disk volumes: add --opt type=disk".into(),
+            ));
         }
         let dir = self.volume_dir(&name);
         let staging = self
@@ -133,29 +307,13 @@ impl Engine {
             .join(format!(".new-{name}"));
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(&staging).map_err(EngineError::io(&staging))?;
-        let disk = staging.join("disk.raw");
         let made = async {
-            let file = std::fs::File::create(&disk).map_err(EngineError::io(&disk))?;
-            file.set_len(size).map_err(EngineError::io(&disk))?;
-            drop(file);
-            let output = tokio::process::Command::new("mkfs.ext4")
-                .args([
-                    "-q",
-                    "-F",
-                    "-m",
-                    "0",
-                    "-E",
-                    "lazy_itable_init=1,lazy_journal_init=1",
-                ])
-                .arg(&disk)
-                .output()
-                .await
-                .map_err(EngineError::io("mkfs.ext4"))?;
-            if !output.status.success() {
-                return Err(EngineError::Command {
-                    what: "mkfs.ext4 for a volume".into(),
-                    detail: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-                });
+            match storage {
+                VolumeStorage::Disk => make_disk(&staging.join("disk.raw"), size).await?,
+                VolumeStorage::Directory => {
+                    let data = staging.join("_data");
+                    std::fs::create_dir(&data).map_err(EngineError::io(&data))?;
+                }
             }
             std::fs::rename(&staging, &dir).map_err(EngineError::io(&dir))
         };
@@ -169,6 +327,7 @@ impl Engine {
             labels,
             options,
             anonymous,
+            storage,
         };
         if let Err(error) = self.store.put_volume(&record) {
             let _ = std::fs::remove_dir_all(&dir);
@@ -205,12 +364,9 @@ impl Engine {
             .collect()
     }
 
-    /// Bytes a volume's disk takes on the host.
+    /// Bytes a volume takes on the host (its disk file, or the files in its directory).
     pub fn volume_usage(&self, name: &str) -> u64 {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(self.volume_disk(name))
-            .map(|m| m.blocks() * 512)
-            .unwrap_or(0)
+        disk_usage(&self.volume_dir(name))
     }
 
     /// `docker volume rm`: 409 while a container uses it (even with `force`, as Docker).
@@ -264,8 +420,11 @@ impl Engine {
         Ok((removed, freed))
     }
 
-    /// The volumes a new container asks for: `-v name:/path[:ro]`, `--mount
-    /// type=volume,...`, `-v /path` and the image's VOLUMEs (anonymous volumes, made now).
+    /// The mounts a new container asks for: `-v SOURCE:/path[:OPTIONS]` (a host path
+    /// when SOURCE is absolute, else a volume name), `--mount type=bind|volume,...`,
+    /// `--volumes-from C[:ro|:rw]`, `-v /path` and the image's VOLUMEs (anonymous volumes,
+    /// made now), in Docker's order of precedence: explicit mounts, then those from other
+    /// containers, then anonymous ones where nothing is mounted yet.
     pub(crate) async fn mounts_at_create(
         &self,
         host: &bollard_stubs::models::HostConfig,
@@ -273,94 +432,33 @@ impl Engine {
         image_volumes: &[String],
     ) -> Result<Vec<MountRecord>, EngineError> {
         let mut mounts: Vec<MountRecord> = Vec::new();
-        let bind_refused = |source: &str| {
-            EngineError::NotSupported(format!(
-                "bind mounts of host paths ({source}) are not supported: each container runs in its own VM and Berth never shares the host's files with it; use a named volume (-v NAME:/path) and docker cp"
-            ))
-        };
-        let mut named = Vec::new();
         for bind in host.binds.iter().flatten() {
-            let parts: Vec<&str> = bind.split(':').collect();
-            let (source, target, options) = match parts.as_slice() {
-                [source, target] => (*source, *target, ""),
-                [source, target, options] => (*source, *target, *options),
-                _ => {
-                    return Err(EngineError::InvalidArgument(format!(
-                        "invalid volume specification: '{bind}'"
-                    )))
-                }
-            };
-            if source.starts_with('/') || source.starts_with('.') {
-                return Err(bind_refused(source));
-            }
-            let mut read_only = false;
-            let mut populate = true;
-            for option in options.split(',').filter(|o| !o.is_empty()) {
-                match option {
-                    "ro" => read_only = true,
-                    "rw" => read_only = false,
-                    "nocopy" => populate = false,
-                    "z" | "Z" => {}
-                    other => {
-                        return Err(EngineError::InvalidArgument(format!(
-                            "invalid mode: {other} in '{bind}'"
-                        )))
-                    }
-                }
-            }
-            named.push(source.to_owned());
-            add_mount(
-                &mut mounts,
-                MountRecord {
-                    volume: source.to_owned(),
-                    target: target.to_owned(),
-                    read_only,
-                    populate,
-                },
-            )?;
+            add_mount(&mut mounts, parse_bind(bind)?)?;
         }
         for mount in host.mounts.iter().flatten() {
-            use bollard_stubs::models::MountType;
-            let target = mount.target.clone().unwrap_or_default();
-            match mount.typ {
-                Some(MountType::VOLUME) => {}
-                Some(MountType::BIND) => {
-                    return Err(bind_refused(mount.source.as_deref().unwrap_or("")))
-                }
-                other => {
-                    return Err(EngineError::NotSupported(format!(
-                        "--mount type={} is not supported (Berth mounts volumes; use --tmpfs for tmpfs)",
-                        other.map(|t| t.to_string()).unwrap_or_default()
+            add_mount(&mut mounts, parse_mount(mount)?)?;
+        }
+        for from in host.volumes_from.iter().flatten() {
+            let (reference, mode) = match from.rsplit_once(':') {
+                Some((reference, mode @ ("ro" | "rw"))) => (reference, Some(mode == "ro")),
+                Some(_) => {
+                    return Err(EngineError::InvalidArgument(format!(
+                        "invalid mode for volumes-from: {from}"
                     )))
                 }
-            }
-            let populate = !mount
-                .volume_options
-                .as_ref()
-                .and_then(|o| o.no_copy)
-                .unwrap_or(false);
-            match mount.source.as_deref().filter(|s| !s.is_empty()) {
-                Some(source) => {
-                    named.push(source.to_owned());
-                    add_mount(
-                        &mut mounts,
-                        MountRecord {
-                            volume: source.to_owned(),
-                            target,
-                            read_only: mount.read_only.unwrap_or(false),
-                            populate,
-                        },
-                    )?;
+                None => (from.as_str(), None),
+            };
+            let source = self.lookup(reference)?.snapshot();
+            for mount in source.mounts {
+                if mounts.iter().any(|m| m.target == mount.target) {
+                    continue;
                 }
-                None => add_mount(
-                    &mut mounts,
-                    MountRecord {
-                        volume: String::new(),
-                        target,
-                        read_only: mount.read_only.unwrap_or(false),
-                        populate,
-                    },
-                )?,
+                let read_only = mode.unwrap_or(mount.read_only);
+                mounts.push(MountRecord {
+                    read_only,
+                    populate: false,
+                    ..mount
+                });
             }
         }
         // `-v /path` and the image's VOLUMEs, unless something is mounted there already.
@@ -370,22 +468,18 @@ impl Engine {
             }
             add_mount(
                 &mut mounts,
-                MountRecord {
-                    volume: String::new(),
-                    target: target.clone(),
-                    read_only: false,
-                    populate: true,
-                },
+                MountRecord::volume(String::new(), target.clone()),
             )?;
         }
-        if mounts.len() > berth_vm::MAX_VOLUMES {
-            return Err(EngineError::InvalidArgument(format!(
-                "a container's VM takes at most {} volumes",
-                berth_vm::MAX_VOLUMES
-            )));
-        }
-        // Named volumes are made on first use, as Docker does; anonymous ones now.
+        // Named volumes are made on first use, as Docker does; anonymous ones now; a
+        // missing bind source of `-v` is made as a directory (`--mount` refuses it).
         for mount in &mut mounts {
+            if let Some(source) = &mount.bind_source {
+                if std::fs::symlink_metadata(source).is_err() {
+                    std::fs::create_dir_all(source).map_err(EngineError::io(source))?;
+                }
+                continue;
+            }
             let anonymous = mount.volume.is_empty();
             let name = (!anonymous).then_some(mount.volume.as_str());
             let volume = self
@@ -402,12 +496,16 @@ impl Engine {
         id: &str,
         mounts: &[MountRecord],
     ) -> Result<(), EngineError> {
-        for mount in mounts {
-            if self.volume(&mount.volume).is_none() {
-                return Err(EngineError::NotFound(format!(
-                    "get {}: no such volume",
-                    mount.volume
-                )));
+        for mount in mounts.iter().filter(|m| m.bind_source.is_none()) {
+            match self.volume(&mount.volume) {
+                None => {
+                    return Err(EngineError::NotFound(format!(
+                        "get {}: no such volume",
+                        mount.volume
+                    )))
+                }
+                Some(volume) if volume.storage == VolumeStorage::Directory => continue,
+                Some(_) => {}
             }
             let holder = lock(&self.containers).values().find_map(|h| {
                 (h.id != id
@@ -420,7 +518,7 @@ impl Engine {
             });
             if let Some(holder) = holder {
                 return Err(EngineError::Conflict(format!(
-                    "volume {} is attached to running container {}: a volume's disk is mounted by one container's VM at a time",
+                    "volume {} is attached to running container {}: a disk volume (type=disk) is mounted by one container's VM at a time; volumes of type directory (the default) are shared",
                     mount.volume,
                     &holder[..12]
                 )));

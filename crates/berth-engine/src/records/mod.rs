@@ -21,4 +21,4 @@ pub(crate) use container::test_record;
 pub use container::{ContainerRecord, ContainerStatus, StateRecord, ZERO_TIME};
 pub use health::{HealthResult, HealthState};
 pub use network::{EndpointRecord, NetworkRecord, PortRecord, DEFAULT_NETWORK, NONE_NETWORK};
-pub use volume::{MountRecord, VolumeRecord};
+pub use volume::{MountRecord, VolumeRecord, VolumeStorage};

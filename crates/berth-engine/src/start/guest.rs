@@ -4,6 +4,8 @@
 //! process when nothing has to be connected after the setup, travel behind the first
 //! message without waiting for its answer.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_agent_proto::{GuestMessage, HostMessage, RebindSpec, AGENT_STREAM};
@@ -13,6 +15,7 @@ use tokio::net::UnixStream;
 use super::plan::StartPlan;
 use crate::agent::{handshake, rebind, AgentError, AgentReader, AgentSession, MAIN_STREAM};
 use crate::error::EngineError;
+use crate::files::shares::ShareRelay;
 
 /// How long a VM gets from process start to the agent's Hello. Generous: under software
 /// emulation on a loaded host a boot can take many seconds.
@@ -21,7 +24,7 @@ pub(super) const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A guest that answered its setup.
 pub(super) struct GuestUp {
-    pub session: AgentSession,
+    pub session: Arc<AgentSession>,
     pub reader: AgentReader,
     /// When the agent first answered (Hello or Rebound).
     pub answered_at: Duration,
@@ -39,6 +42,7 @@ pub(super) struct GuestFailure {
 pub(super) async fn bring_up(
     plan: &StartPlan,
     agent: UnixStream,
+    run_dir: &Path,
     begun: Instant,
 ) -> Result<GuestUp, GuestFailure> {
     let failed = |agent_answered| {
@@ -72,6 +76,14 @@ pub(super) async fn bring_up(
         (session, reader)
     };
     let answered_at = begun.elapsed();
+    let session = Arc::new(session);
+    // Before the setup's answer: the setup mounts the shares (and may copy into one).
+    if !plan.shares.is_empty() {
+        let relay = ShareRelay::connect(run_dir, &plan.shares, session.clone())
+            .await
+            .map_err(failed(true))?;
+        reader.attach_shares(relay);
+    }
     const SETTING_UP: &str = "setting the guest up";
     let answer = reader
         .expect_message(AGENT_STREAM, SETUP_TIMEOUT, SETTING_UP)

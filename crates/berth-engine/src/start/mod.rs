@@ -223,7 +223,8 @@ impl Engine {
                 }
             }
         }
-        let up = match guest::bring_up(&plan, vm.agent, begun).await {
+        self.start_share_servers(&run_dir, &plan.shares, vm_pid)?;
+        let up = match guest::bring_up(&plan, vm.agent, &run_dir, begun).await {
             Ok(up) => up,
             Err(failure) => {
                 if !failure.agent_answered {
@@ -236,7 +237,7 @@ impl Engine {
         // 5. serve: from here the serve task owns the run and its networks
         rollback.step = StartStep::Serve;
         let log = self.log_writer(&plan.record)?;
-        let session = Arc::new(up.session);
+        let session = up.session;
         let (started_sender, started) = oneshot::channel();
         handle.attach_runtime(Arc::new(Runtime::new(session.clone(), control.clone())));
         tokio::spawn(serve::serve(

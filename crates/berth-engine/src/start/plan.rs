@@ -11,7 +11,9 @@ use berth_vm::{DiskFormat, DiskSpec, MemoryBacking, VmSpec};
 
 use crate::container::{ContainerHandle, ContainerRecord};
 use crate::error::{error_chain, EngineError};
+use crate::files::shares::PlannedShare;
 use crate::network::NetworkPlan;
+use crate::records::VolumeStorage;
 use crate::vm::template::{Shape, Template};
 use crate::{lock, Engine, RUNTIME_CLONE};
 
@@ -24,8 +26,12 @@ pub(super) struct StartPlan {
     /// A verified private copy of the template's state (clones only).
     pub restore_from: Option<PathBuf>,
     pub network: NetworkPlan,
-    /// The container's volumes as disks: in the VM from boot, or hot-plugged into a clone.
+    /// The container's disk volumes: in the VM from boot, or hot-plugged into a clone.
     pub volume_disks: Vec<DiskSpec>,
+    /// Where they are mounted, in the same order.
+    pub volume_mounts: Vec<VolumeMount>,
+    /// Its bind mounts and directory volumes, served by the host's file servers.
+    pub shares: Vec<PlannedShare>,
     pub process: ProcessSpec,
 }
 
@@ -93,17 +99,8 @@ impl StartPlan {
             ..Default::default()
         };
         crate::container::guest_config::apply(record, &self.network, &mut setup)?;
-        setup.volumes = record
-            .mounts
-            .iter()
-            .enumerate()
-            .map(|(index, mount)| VolumeMount {
-                serial: volume_serial(index),
-                target: mount.target.clone(),
-                read_only: mount.read_only,
-                populate: mount.populate,
-            })
-            .collect();
+        setup.volumes = self.volume_mounts.clone();
+        setup.shares = self.shares.iter().map(PlannedShare::to_mount).collect();
         Ok(setup)
     }
 }
@@ -119,8 +116,9 @@ impl Engine {
         let record = handle.snapshot();
         let process = process_spec(&record)?;
         self.check_volumes_free(&record.id, &record.mounts)?;
-        let volume_disks = self.volume_disks(&record);
-        let (template, restore_from) = match self.wants_clone(&record) {
+        let (volume_disks, volume_mounts) = self.volume_disks(&record)?;
+        let shares = self.planned_shares(&record)?;
+        let (template, restore_from) = match self.wants_clone(&record, volume_disks.len()) {
             true => {
                 let (template, state) = self.usable_template(&record, guest).await?;
                 (Some(template), Some(state))
@@ -139,19 +137,21 @@ impl Engine {
             restore_from,
             network,
             volume_disks,
+            volume_mounts,
+            shares,
             process,
         })
     }
 
     /// Whether the container's VM is cloned: the default runtime, on a backend with
-    /// snapshots. A backend without hot-plug cold-boots containers with volumes or
-    /// several networks, whose disks and NICs it then has from boot.
-    fn wants_clone(&self, record: &ContainerRecord) -> bool {
+    /// snapshots. A backend without hot-plug cold-boots containers with disk volumes or
+    /// several networks, whose disks and NICs it then has from boot (shares need no
+    /// device: they travel on the agent's channel).
+    fn wants_clone(&self, record: &ContainerRecord, disks: usize) -> bool {
         let backend = &self.config.backend;
         record.runtime() == RUNTIME_CLONE
             && backend.supports_snapshot()
-            && (backend.supports_hotplug()
-                || (record.mounts.is_empty() && record.networks.len() <= 1))
+            && (backend.supports_hotplug() || (disks == 0 && record.networks.len() <= 1))
     }
 
     /// The template of the container's shape and a verified private copy of its state;
@@ -182,20 +182,47 @@ impl Engine {
         }
     }
 
-    /// The container's volumes as disks, in the PCI slots their order gives them.
-    fn volume_disks(&self, record: &ContainerRecord) -> Vec<DiskSpec> {
-        record
+    /// The container's disk volumes, in the PCI slots their order gives them, and where
+    /// the guest mounts each.
+    fn volume_disks(
+        &self,
+        record: &ContainerRecord,
+    ) -> Result<(Vec<DiskSpec>, Vec<VolumeMount>), EngineError> {
+        let disk_mounts: Vec<_> = record
             .mounts
             .iter()
-            .enumerate()
-            .map(|(index, mount)| DiskSpec {
-                path: self.volume_disk(&mount.volume),
-                format: DiskFormat::Raw,
-                read_only: mount.read_only,
-                serial: Some(volume_serial(index)),
-                pci_slot: Some(berth_vm::FIRST_VOLUME_SLOT + index as u8),
+            .filter(|m| m.bind_source.is_none() && m.subpath.is_none())
+            .filter(|m| {
+                self.volume(&m.volume)
+                    .is_some_and(|v| v.storage == VolumeStorage::Disk)
             })
-            .collect()
+            .collect();
+        if disk_mounts.len() > berth_vm::MAX_VOLUMES {
+            return Err(EngineError::InvalidArgument(format!(
+                "a container's VM takes at most {} disk volumes",
+                berth_vm::MAX_VOLUMES
+            )));
+        }
+        Ok(disk_mounts
+            .iter()
+            .enumerate()
+            .map(|(index, mount)| {
+                let disk = DiskSpec {
+                    path: self.volume_disk(&mount.volume),
+                    format: DiskFormat::Raw,
+                    read_only: mount.read_only,
+                    serial: Some(volume_serial(index)),
+                    pci_slot: Some(berth_vm::FIRST_VOLUME_SLOT + index as u8),
+                };
+                let guest = VolumeMount {
+                    serial: volume_serial(index),
+                    target: mount.target.clone(),
+                    read_only: mount.read_only,
+                    populate: mount.populate,
+                };
+                (disk, guest)
+            })
+            .unzip())
     }
 }
 

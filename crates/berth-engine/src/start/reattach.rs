@@ -10,6 +10,7 @@ use super::serve::{serve, ServedRun};
 use crate::agent::{AgentError, MAIN_STREAM};
 use crate::container::Transition;
 use crate::error::{error_chain, EngineError};
+use crate::files::shares::ShareRelay;
 use crate::{lock, ContainerHandle, Engine, Runtime};
 
 impl Engine {
@@ -76,7 +77,7 @@ impl Engine {
             .await?;
         let control: Arc<dyn VmControl> = Arc::from(vm.control);
         let taken = crate::agent::reattach(vm.agent, SETUP_TIMEOUT).await;
-        let (session, reader, processes) = match taken {
+        let (session, mut reader, processes) = match taken {
             Ok(parts) => parts,
             Err(error) => {
                 control.kill().await;
@@ -95,6 +96,16 @@ impl Engine {
             }
         };
         let session = Arc::new(session);
+        // The shares' servers outlived the daemon before this one (see files::shares).
+        let run_dir = self.vm_dir(&record.id);
+        match ShareRelay::reconnect(&run_dir, session.clone()).await {
+            Ok(Some(relay)) => reader.attach_shares(relay),
+            Ok(None) => {}
+            Err(error) => {
+                control.kill().await;
+                return Err(error);
+            }
+        }
         let mut runtime = Runtime::new(session, control.clone());
         runtime.reattached = true;
         handle.attach_runtime(Arc::new(runtime));

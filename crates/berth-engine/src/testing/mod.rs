@@ -149,6 +149,7 @@ async fn open(root: &Path, backend: Arc<FakeBackend>, host: Arc<FakeHost>) -> Ar
         dns_upstreams: vec!["127.0.0.1:53".parse().unwrap()],
         registry: Default::default(),
         guest_kernel: None,
+        share_server: None,
     };
     let engine = Engine::open_with(config, host).await.expect("engine opens");
     engine

@@ -135,6 +135,9 @@ async fn serve(mut args: DaemonArgs) -> anyhow::Result<()> {
                 vmlinuz,
                 modules_dir: args.guest_modules.clone(),
             }),
+        share_server: Some(
+            std::env::current_exe().context("finding the berth binary for its file server")?,
+        ),
     })
     .await
     .with_context(|| format!("opening Berth's state in {}", args.root.display()))?;

@@ -5,5 +5,6 @@ pub mod daemon;
 mod daemon_json;
 pub mod guest;
 pub mod lab;
+pub mod share_server;
 pub mod template;
 pub mod vmm;
