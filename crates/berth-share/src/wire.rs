@@ -4,7 +4,8 @@
 //! - every message's header: its length field must be the message's length
 //!   ([`request_header`], [`reply_header`]);
 //! - the requests a share refuses whatever the file system would say
-//!   ([`screen_request`]): writes of any kind to a read-only share (`EROFS`), device
+//!   ([`screen_request`]): lookups of `.` and `..` (which the passthrough file system
+//!   would answer, for NFS export; `..` of the root leaves the share), writes of any kind to a read-only share (`EROFS`), device
 //!   nodes (`EPERM`), extended attributes being set (`EOPNOTSUPP`: `security.capability`
 //!   would grant file capabilities on the host); and the setuid and setgid bits, which are
 //!   cleared from the modes of files being made or changed;
@@ -24,6 +25,7 @@ pub const OUT_HEADER_LEN: usize = 16;
 
 /// The opcodes named here.
 pub mod opcode {
+    pub const LOOKUP: u32 = 1;
     pub const FORGET: u32 = 2;
     pub const SETATTR: u32 = 4;
     pub const SYMLINK: u32 = 6;
@@ -46,6 +48,10 @@ pub mod opcode {
     pub const COPY_FILE_RANGE: u32 = 47;
     pub const TMPFILE: u32 = 51;
 }
+
+/// Requests the guest kernel may keep in the background (read-ahead, writes of its page
+/// cache, releases), told in the `INIT` reply; the relay queues at most a fixed number.
+pub const MAX_BACKGROUND: u16 = 64;
 
 /// `FATTR_MODE` in `fuse_setattr_in.valid`.
 const FATTR_MODE: u32 = 1;
@@ -162,6 +168,14 @@ pub fn screen_request(message: &mut [u8], read_only: bool) -> Result<(), i32> {
         return Err(libc::EROFS);
     }
     match opcode {
+        // fuse-backend-rs answers `.` and `..` (for NFS export, which no guest does):
+        // `..` of the share's root would be a directory outside the share.
+        opcode::LOOKUP => {
+            let name = message[body..].split(|b| *b == 0).next().unwrap_or(&[]);
+            if name == b"." || name == b".." {
+                return Err(libc::EINVAL);
+            }
+        }
         opcode::OPEN if read_only => {
             let flags = u32_at(message, body).ok_or(libc::EINVAL)? as i32;
             if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
@@ -195,17 +209,22 @@ pub fn screen_request(message: &mut [u8], read_only: bool) -> Result<(), i32> {
     Ok(())
 }
 
-/// Lowers the largest write (and, with `FUSE_MAX_PAGES`, the pages a request may
-/// carry) in an `INIT` reply to `max_io` bytes. `fuse_init_out` follows the header:
-/// `flags u32 @12, max_write u32 @20, max_pages u16 @28`.
+/// Sets the background requests the kernel may keep in an `INIT` reply to
+/// [`MAX_BACKGROUND`] (the server offers 65535), and the largest write to `max_io` bytes (and, with
+/// `FUSE_MAX_PAGES`, the pages a request may carry; without it the kernel allows 32, 128
+/// KiB). The server offers 8 KiB writes unless the file system asks for big ones, and
+/// 1 MiB when it does: too little for speed, too much for a frame. `fuse_init_out`
+/// follows the header: `flags u32 @12, max_background u16 @16, congestion_threshold u16
+/// @18, max_write u32 @20, max_pages u16 @28`.
 pub fn limit_init_reply(reply: &mut [u8], max_io: u32) {
     let body = OUT_HEADER_LEN;
     if reply.len() < body + 24 {
         return; // an error reply, or a pre-7.23 layout without these fields
     }
     let flags = u32_at(reply, body + 12).unwrap_or(0);
-    let max_write = u32_at(reply, body + 20).unwrap_or(0);
-    put_u32(reply, body + 20, max_write.min(max_io));
+    reply[body + 16..body + 18].copy_from_slice(&MAX_BACKGROUND.to_le_bytes());
+    reply[body + 18..body + 20].copy_from_slice(&(MAX_BACKGROUND / 4 * 3).to_le_bytes());
+    put_u32(reply, body + 20, max_io);
     if flags & FUSE_MAX_PAGES != 0 && reply.len() >= body + 30 {
         let pages = (max_io / 4096) as u16;
         reply[body + 28..body + 30].copy_from_slice(&pages.to_le_bytes());
@@ -310,6 +329,16 @@ mod tests {
     }
 
     #[test]
+    fn dot_and_dot_dot_lookups_are_refused() {
+        for name in [&b".\0"[..], b"..\0", b".."] {
+            let mut lookup = request(opcode::LOOKUP, name);
+            assert_eq!(screen_request(&mut lookup, false), Err(libc::EINVAL));
+        }
+        let mut fine = request(opcode::LOOKUP, b"..hidden\0");
+        assert_eq!(screen_request(&mut fine, false), Ok(()));
+    }
+
+    #[test]
     fn init_replies_are_limited() {
         let mut reply = vec![0u8; OUT_HEADER_LEN + 64];
         put_u32(&mut reply, OUT_HEADER_LEN + 12, FUSE_MAX_PAGES);
@@ -321,6 +350,10 @@ mod tests {
             &reply[OUT_HEADER_LEN + 28..OUT_HEADER_LEN + 30],
             &32u16.to_le_bytes()
         );
+        let mut small = vec![0u8; OUT_HEADER_LEN + 64];
+        put_u32(&mut small, OUT_HEADER_LEN + 20, 8112);
+        limit_init_reply(&mut small, 128 * 1024);
+        assert_eq!(u32_at(&small, OUT_HEADER_LEN + 20), Some(128 * 1024));
         let mut error = error_reply(1, libc::EIO).to_vec();
         limit_init_reply(&mut error, 4096);
         assert_eq!(error, error_reply(1, libc::EIO).to_vec());

@@ -96,8 +96,12 @@ impl AgentReader {
     pub async fn next_event(&mut self) -> Result<Option<AgentEvent>, AgentError> {
         loop {
             match self.decoder.next_frame() {
+                // Passed on, then the next frame: more may be buffered already.
                 Ok(Some(frame)) if frame.kind == FrameKind::Fuse => match &self.shares {
-                    Some(relay) => relay.forward(frame.stream, frame.payload).await?,
+                    Some(relay) => {
+                        relay.forward(frame.stream, frame.payload).await?;
+                        continue;
+                    }
                     None => return Err(AgentError::UnexpectedFuse(frame.stream)),
                 },
                 Ok(Some(frame)) => return classify(frame).map(Some),

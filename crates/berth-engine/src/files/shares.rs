@@ -165,6 +165,7 @@ impl Engine {
                 .stdin(std::process::Stdio::from(listener))
                 .stdout(std::process::Stdio::null())
                 .stderr(log)
+                .env("BERTH_LOG", "warn")
                 // Its own group: it outlives a daemon that dies (see the module docs).
                 .process_group(0);
             if share.read_only {
@@ -202,9 +203,20 @@ fn listen(path: &Path) -> Result<OwnedFd, EngineError> {
     Ok(fd)
 }
 
+/// Requests waiting for a share's server, at most: far more than the guest kernel has
+/// in flight (it is told to keep at most [`wire::MAX_BACKGROUND`] in the background, and
+/// each of its other requests holds a thread); a guest that sends more is answered
+/// `EAGAIN` rather than queued without end.
+const QUEUED_REQUESTS: usize = 1024;
+
 /// One share's connection to its server.
 struct ShareLink {
     socket: UnixSeqpacket,
+    /// Requests on their way to the server. The agent's channel is never made to wait
+    /// for a server: the guest's requests and the server's replies share that channel,
+    /// and a reader that waited on the server while the server waited to reply would
+    /// stop both.
+    queue: tokio::sync::mpsc::Sender<Vec<u8>>,
     /// The unique id of the guest's `INIT` request (0: none seen).
     init_unique: AtomicU64,
 }
@@ -212,12 +224,13 @@ struct ShareLink {
 /// Carries a VM's FUSE traffic between its agent and its shares' servers.
 pub struct ShareRelay {
     links: HashMap<u32, Arc<ShareLink>>,
-    replies: Vec<tokio::task::JoinHandle<()>>,
+    session: Arc<AgentSession>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for ShareRelay {
     fn drop(&mut self) {
-        for task in &self.replies {
+        for task in &self.tasks {
             task.abort();
         }
     }
@@ -233,24 +246,31 @@ impl ShareRelay {
         session: Arc<AgentSession>,
     ) -> Result<Arc<Self>, EngineError> {
         let mut links = HashMap::new();
-        let mut replies = Vec::new();
+        let mut tasks = Vec::new();
         for share in shares {
             let path = socket_path(run_dir, share.index());
             let socket = UnixSeqpacket::connect(&path)
                 .await
                 .map_err(EngineError::io(&path))?;
+            let (queue, requests) = tokio::sync::mpsc::channel(QUEUED_REQUESTS);
             let link = Arc::new(ShareLink {
                 socket,
+                queue,
                 init_unique: AtomicU64::new(0),
             });
             links.insert(share.stream, link.clone());
-            replies.push(tokio::spawn(send_replies(
+            tasks.push(tokio::spawn(send_requests(link.clone(), requests)));
+            tasks.push(tokio::spawn(send_replies(
                 link,
                 share.stream,
                 session.clone(),
             )));
         }
-        Ok(Arc::new(Self { links, replies }))
+        Ok(Arc::new(Self {
+            links,
+            session,
+            tasks,
+        }))
     }
 
     /// Connects to the servers whose sockets are in `run_dir` (a VM taken over after a
@@ -286,11 +306,30 @@ impl ShareRelay {
         if header.opcode == wire::opcode::INIT {
             link.init_unique.store(header.unique, Ordering::Relaxed);
         }
-        link.socket
-            .send(&message)
-            .await
-            .map_err(|source| AgentError::ShareServer { stream, source })?;
-        Ok(())
+        match link.queue.try_send(message) {
+            Ok(()) => Ok(()),
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) if header.expects_reply() => {
+                self.session
+                    .send_fuse(stream, &wire::error_reply(header.unique, libc::EAGAIN))
+                    .await
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => Ok(()),
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                Err(AgentError::ShareServer {
+                    stream,
+                    source: std::io::Error::from(std::io::ErrorKind::BrokenPipe),
+                })
+            }
+        }
+    }
+}
+
+/// Sends one share's queued requests to its server, one packet each.
+async fn send_requests(link: Arc<ShareLink>, mut requests: tokio::sync::mpsc::Receiver<Vec<u8>>) {
+    while let Some(request) = requests.recv().await {
+        if link.socket.send(&request).await.is_err() {
+            return;
+        }
     }
 }
 
