@@ -422,3 +422,113 @@ fn shares_survive_a_killed_daemon() {
     daemon.docker_ok(&["rm", "-f", "-v", "kept"]);
     daemon.stop();
 }
+
+#[test]
+fn a_compose_project_shares_a_bind_and_a_volume_between_running_services() {
+    let daemon = shared();
+    let project = host_dir("compose-project");
+    std::fs::create_dir_all(project.join("site")).unwrap();
+    std::fs::write(project.join("site/index.html"), "from the host's project\n").unwrap();
+    std::fs::write(
+        project.join("docker-compose.yml"),
+        r#"version: "3"
+services:
+  web:
+    image: busybox
+    command: ["httpd", "-f", "-p", "80", "-h", "/www"]
+    volumes:
+      - ./site:/www:ro
+      - spool:/spool
+  worker:
+    image: busybox
+    command: ["sh", "-c", "while true; do date +%s > /spool/heartbeat; sleep 0.5; done"]
+    volumes:
+      - spool:/spool
+volumes:
+  spool: {}
+"#,
+    )
+    .unwrap();
+    let compose = |args: &[&str]| {
+        std::process::Command::new("docker-compose")
+            .current_dir(&project)
+            .env("DOCKER_HOST", format!("unix://{}", daemon.socket.display()))
+            .args(["-p", "sharesdemo"])
+            .args(args)
+            .output()
+            .expect("docker-compose (apt-get install docker-compose)")
+    };
+    let up = compose(&["up", "-d"]);
+    assert!(up.status.success(), "compose up: {}", stderr(&up));
+    // The worker writes the shared volume; the web service sees it while both run.
+    eventually("the web service sees the worker's heartbeat", || {
+        daemon
+            .docker(&["exec", "sharesdemo_web_1", "cat", "/spool/heartbeat"])
+            .status
+            .success()
+    });
+    // The bind-mounted project directory, served by the web service.
+    let page = daemon.docker_ok(&[
+        "exec",
+        "sharesdemo_web_1",
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        "http://127.0.0.1/index.html",
+    ]);
+    assert_eq!(page, "from the host's project");
+    std::fs::write(project.join("site/index.html"), "edited on the host\n").unwrap();
+    eventually("the web service serves the host's edit", || {
+        daemon
+            .docker(&["exec", "sharesdemo_web_1", "cat", "/www/index.html"])
+            .stdout
+            .starts_with(b"edited on the host")
+    });
+    let down = compose(&["down", "-v"]);
+    assert!(down.status.success(), "compose down: {}", stderr(&down));
+}
+
+#[test]
+fn docker_py_binds_and_shares_volumes() {
+    let daemon = shared();
+    let dir = host_dir("docker-py");
+    std::fs::write(dir.join("input"), "for docker-py\n").unwrap();
+    let script = r#"
+import sys, docker
+c = docker.DockerClient(base_url="unix://" + sys.argv[1], version="auto")
+host = sys.argv[2]
+out = c.containers.run("busybox", ["sh", "-c", "cat /in/input; touch /in/x || echo refused"],
+                       volumes={host: {"bind": "/in", "mode": "ro"}}, remove=True)
+assert out == b"for docker-py\nrefused\n", out
+c.volumes.create("pyshared")
+a = c.containers.run("busybox", ["sh", "-c", "echo py > /v/f; sleep 60"],
+                     volumes={"pyshared": {"bind": "/v", "mode": "rw"}}, detach=True)
+import time
+for _ in range(100):
+    code, out = a.exec_run(["cat", "/v/f"])
+    if code == 0: break
+    time.sleep(0.2)
+out = c.containers.run("busybox", ["cat", "/v/f"], volumes=["pyshared:/v"], remove=True)
+assert out == b"py\n", out
+mounts = c.api.inspect_container(a.id)["Mounts"]
+assert mounts[0]["Type"] == "volume" and mounts[0]["Name"] == "pyshared", mounts
+a.remove(force=True)
+c.volumes.get("pyshared").remove()
+print("ok")
+"#;
+    let output = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&daemon.socket)
+        .arg(&dir)
+        .output()
+        .expect("python3-docker");
+    assert!(
+        output.status.success(),
+        "docker-py failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!dir.join("x").exists());
+}
