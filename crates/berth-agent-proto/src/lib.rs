@@ -64,5 +64,6 @@ pub const SHARE_STREAM_BASE: u32 = 0xF000_0000;
 /// Largest FUSE message either side sends in one frame: the file server tells the guest
 /// kernel to write and read at most [`MAX_FUSE_IO`] bytes a request, plus headers.
 pub const MAX_FUSE_MESSAGE: usize = MAX_FUSE_IO + 4096;
-/// Largest read or write one FUSE request carries (32 pages, the kernel's default).
-pub const MAX_FUSE_IO: usize = 128 * 1024;
+/// Largest read or write one FUSE request carries (128 pages): each request is a round
+/// trip through the agent, the engine and the file server, so fewer, larger ones.
+pub const MAX_FUSE_IO: usize = 512 * 1024;

@@ -22,7 +22,7 @@ pub mod wire;
 
 use std::path::PathBuf;
 
-pub use server::{serve, ServeOptions};
+pub use server::{serve, ServeOptions, SOCKET_BUFFER};
 
 /// Why a share server could not serve.
 #[derive(Debug, thiserror::Error)]

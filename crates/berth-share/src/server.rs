@@ -16,8 +16,12 @@ use crate::{sandbox, wire, ShareError};
 
 /// Threads serving one connection: the guest kernel has several requests in flight.
 const WORKERS: usize = 2;
-/// Largest request or reply: `MAX_FUSE_IO` of data plus headers (berth-agent-proto).
-const MAX_MESSAGE: usize = 128 * 1024 + 4096;
+/// Largest request or reply: berth-agent-proto's `MAX_FUSE_MESSAGE` (512 KiB of data
+/// plus headers).
+const MAX_MESSAGE: usize = 512 * 1024 + 4096;
+/// Send buffer of a connection: a unix `SOCK_SEQPACKET` packet must fit in the sender's
+/// buffer, whose default (208 KiB) is less than one message.
+pub const SOCKET_BUFFER: usize = 4 * MAX_MESSAGE;
 /// How long the guest may cache names and attributes: a change made on the host is seen
 /// in the container within this time.
 const CACHE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -69,6 +73,11 @@ pub fn serve(options: &ServeOptions, listener: OwnedFd) -> Result<(), ShareError
             Err(nix::errno::Errno::EINTR | nix::errno::Errno::ECONNABORTED) => continue,
             Err(errno) => return Err(ShareError::Accept(errno.into())),
         };
+        let _ = nix::sys::socket::setsockopt(
+            &connection,
+            nix::sys::socket::sockopt::SndBufForce,
+            &SOCKET_BUFFER,
+        );
         std::thread::scope(|scope| {
             for _ in 0..WORKERS {
                 scope.spawn(|| serve_requests(&server, connection.as_raw_fd(), options.read_only));

@@ -55,7 +55,8 @@ pub const MAX_BACKGROUND: u16 = 64;
 
 /// `FATTR_MODE` in `fuse_setattr_in.valid`.
 const FATTR_MODE: u32 = 1;
-/// `FUSE_MAX_PAGES` in `fuse_init_out.flags`.
+/// `FUSE_BIG_WRITES` and `FUSE_MAX_PAGES` in `fuse_init_out.flags`.
+const FUSE_BIG_WRITES: u32 = 1 << 5;
 const FUSE_MAX_PAGES: u32 = 1 << 22;
 const SETUID_SETGID: u32 = libc::S_ISUID | libc::S_ISGID;
 
@@ -210,9 +211,8 @@ pub fn screen_request(message: &mut [u8], read_only: bool) -> Result<(), i32> {
 }
 
 /// Sets the background requests the kernel may keep in an `INIT` reply to
-/// [`MAX_BACKGROUND`] (the server offers 65535), and the largest write to `max_io` bytes (and, with
-/// `FUSE_MAX_PAGES`, the pages a request may carry; without it the kernel allows 32, 128
-/// KiB). The server offers 8 KiB writes unless the file system asks for big ones, and
+/// [`MAX_BACKGROUND`] (the server offers 65535), and the largest write and the pages a
+/// request may carry (`FUSE_BIG_WRITES`, `FUSE_MAX_PAGES`) to `max_io` bytes. The server offers 8 KiB writes unless the file system asks for big ones, and
 /// 1 MiB when it does: too little for speed, too much for a frame. `fuse_init_out`
 /// follows the header: `flags u32 @12, max_background u16 @16, congestion_threshold u16
 /// @18, max_write u32 @20, max_pages u16 @28`.
@@ -225,7 +225,10 @@ pub fn limit_init_reply(reply: &mut [u8], max_io: u32) {
     reply[body + 16..body + 18].copy_from_slice(&MAX_BACKGROUND.to_le_bytes());
     reply[body + 18..body + 20].copy_from_slice(&(MAX_BACKGROUND / 4 * 3).to_le_bytes());
     put_u32(reply, body + 20, max_io);
-    if flags & FUSE_MAX_PAGES != 0 && reply.len() >= body + 30 {
+    // The kernel offers both flags in every INIT of this protocol (7.28 on): without
+    // BIG_WRITES it writes a page per request, without MAX_PAGES at most 32 pages.
+    if reply.len() >= body + 30 {
+        put_u32(reply, body + 12, flags | FUSE_BIG_WRITES | FUSE_MAX_PAGES);
         let pages = (max_io / 4096) as u16;
         reply[body + 28..body + 30].copy_from_slice(&pages.to_le_bytes());
     }
@@ -354,6 +357,10 @@ mod tests {
         put_u32(&mut small, OUT_HEADER_LEN + 20, 8112);
         limit_init_reply(&mut small, 128 * 1024);
         assert_eq!(u32_at(&small, OUT_HEADER_LEN + 20), Some(128 * 1024));
+        assert_eq!(
+            u32_at(&small, OUT_HEADER_LEN + 12),
+            Some(FUSE_BIG_WRITES | FUSE_MAX_PAGES)
+        );
         let mut error = error_reply(1, libc::EIO).to_vec();
         limit_init_reply(&mut error, 4096);
         assert_eq!(error, error_reply(1, libc::EIO).to_vec());

@@ -252,6 +252,14 @@ impl ShareRelay {
             let socket = UnixSeqpacket::connect(&path)
                 .await
                 .map_err(EngineError::io(&path))?;
+            // SAFETY: the descriptor is the socket's, alive while it is borrowed here.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(socket.as_raw_fd()) };
+            nix::sys::socket::setsockopt(
+                &fd,
+                nix::sys::socket::sockopt::SndBufForce,
+                &berth_share::SOCKET_BUFFER,
+            )
+            .map_err(|errno| EngineError::io(&path)(errno.into()))?;
             let (queue, requests) = tokio::sync::mpsc::channel(QUEUED_REQUESTS);
             let link = Arc::new(ShareLink {
                 socket,

@@ -1,24 +1,11 @@
-//! `berth bench clone`: cold boot against clone, side by side in one run, through the
-//! real docker CLI against a running daemon. Prints medians and ratios; never asserts.
+//! `berth bench clone`: cold boot against clone, side by side in one run.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 
-#[derive(clap::Args)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    pub command: BenchCommand,
-}
-
-#[derive(clap::Subcommand)]
-pub enum BenchCommand {
-    /// Clone vs cold boot: `docker run --rm IMAGE true` end to end, `docker start` (time
-    /// until the process runs), private memory of idle VMs, and optionally density.
-    Clone(CloneArgs),
-}
+use super::{median, Docker, RUNTIMES};
 
 #[derive(clap::Args)]
 pub struct CloneArgs {
@@ -39,55 +26,7 @@ pub struct CloneArgs {
     pub density: usize,
 }
 
-const RUNTIMES: [&str; 2] = ["berth-coldboot", "berth"];
-
-struct Docker {
-    host: String,
-}
-
-impl Docker {
-    fn run(&self, args: &[&str]) -> anyhow::Result<String> {
-        let output = Command::new("docker")
-            .arg("-H")
-            .arg(&self.host)
-            .args(args)
-            .output()
-            .context("running the docker CLI")?;
-        if !output.status.success() {
-            bail!(
-                "docker {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
-    }
-
-    fn timed(&self, args: &[&str]) -> anyhow::Result<Duration> {
-        let started = Instant::now();
-        self.run(args)?;
-        Ok(started.elapsed())
-    }
-
-    fn private_bytes(&self, id: &str) -> anyhow::Result<u64> {
-        let text = self.run(&["inspect", "-f", "{{.Berth.Memory.PrivateBytes}}", id])?;
-        text.parse()
-            .with_context(|| format!("reading the memory of {id}: {text}"))
-    }
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    match args.command {
-        BenchCommand::Clone(args) => clone(args),
-    }
-}
-
-fn clone(args: CloneArgs) -> anyhow::Result<()> {
+pub fn run(args: CloneArgs) -> anyhow::Result<()> {
     let docker = Docker {
         host: format!("unix://{}", args.socket.display()),
     };
