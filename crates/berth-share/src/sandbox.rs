@@ -96,8 +96,13 @@ pub fn enter(source: &Path, read_only: bool, scratch: &Path) -> Result<bool, Sha
         step: "entering the sandbox root",
         source: error,
     })?;
-    nix::unistd::pivot_root(".", ".").map_err(step("pivot_root"))?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(step("detaching the old root"))?;
+    match nix::unistd::pivot_root(".", ".") {
+        Ok(()) => umount2(".", MntFlags::MNT_DETACH).map_err(step("detaching the old root"))?,
+        // The host's root is an initramfs (rootfs cannot be pivoted away from): chroot
+        // gives the same paths. The server runs nothing, so nothing can climb out of it.
+        Err(nix::errno::Errno::EINVAL) => nix::unistd::chroot(".").map_err(step("chroot"))?,
+        Err(errno) => return Err(step("pivot_root")(errno)),
+    }
     std::env::set_current_dir("/").map_err(|error| ShareError::Sandbox {
         step: "entering the new root",
         source: error,

@@ -59,7 +59,13 @@ docker pause first > /dev/null && echo "paused=$(docker inspect -f '{{.State.Sta
 docker unpause first > /dev/null && echo "unpaused=$(docker exec first echo alive)"
 echo "backend=$(docker info --format '{{json .DriverStatus}}')"
 echo "vmms=$(ps -o args | grep -c '^[/a-z]*berth vmm --config')"
-docker rm -f first second > /dev/null
+mkdir -p /lab-share && echo from-lab-host > /lab-share/in
+echo "bind=$(docker run --rm -v /lab-share:/s busybox sh -c 'cat /s/in; echo out > /s/out')-$(cat /lab-share/out)"
+docker run -d --name holder -v labvol:/v busybox sh -c 'echo shared > /v/f; sleep 600' > /dev/null
+for i in $(seq 1 50); do [ -s /var/lib/berth/volumes/labvol/_data/f ] && break; sleep 0.2; done
+echo "volume=$(docker run --rm -v labvol:/v busybox cat /v/f)"
+echo "holder_shared=$(docker inspect -f '{{.Berth.Memory.SharedBytes}}' holder)"
+docker rm -f first second holder > /dev/null
 echo "left=$(ps -o args | grep -c '^[/a-z]*berth vmm --config')"
 exit 7
 "#;
@@ -71,6 +77,15 @@ exit 7
     assert_ne!(value("release"), host.trim(), "{all}");
     assert_eq!(value("coldboot"), "cold", "{all}");
     assert_eq!(value("exit"), "3", "{all}");
+    // Shares on the built-in VMM: a bind, and a volume two running VMs use at once, in
+    // clones (shares need no device, so no cold boot on a VMM without hot-plug).
+    assert_eq!(value("bind"), "from-lab-host-out", "{all}");
+    assert_eq!(value("volume"), "shared", "{all}");
+    let shared: u64 = value("holder_shared").parse().unwrap_or(0);
+    assert!(
+        shared > 32 << 20,
+        "a container with a share is a clone, sharing its template's memory\n{all}"
+    );
     assert_eq!(
         value("templates"),
         "1",

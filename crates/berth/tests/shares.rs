@@ -532,3 +532,32 @@ print("ok")
     );
     assert!(!dir.join("x").exists());
 }
+
+#[test]
+fn docker_cp_reaches_the_binds_of_a_stopped_container() {
+    let daemon = shared();
+    let dir = host_dir("cp-stopped");
+    std::fs::write(dir.join("on-host"), "read me out\n").unwrap();
+    let bind = format!("{}:/work", path(&dir));
+    daemon.docker_ok(&[
+        "create",
+        "--name",
+        "cp-stopped",
+        "-v",
+        &bind,
+        "busybox",
+        "true",
+    ]);
+    let upload = scratch().join("cp-stopped-upload.txt");
+    std::fs::write(&upload, "copied into a stopped container\n").unwrap();
+    daemon.docker_ok(&["cp", path(&upload), "cp-stopped:/work/in.txt"]);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("in.txt")).unwrap(),
+        "copied into a stopped container\n"
+    );
+    let out = scratch().join("cp-stopped-out.txt");
+    let _ = std::fs::remove_file(&out);
+    daemon.docker_ok(&["cp", "cp-stopped:/work/on-host", path(&out)]);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "read me out\n");
+    daemon.docker_ok(&["rm", "cp-stopped"]);
+}

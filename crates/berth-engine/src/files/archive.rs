@@ -58,18 +58,24 @@ impl Engine {
         stdin: bool,
     ) -> Result<HelperRun, EngineError> {
         let argv = vec!["berth-archive".to_owned(), op.to_owned(), path.to_owned()];
-        self.start_helper(reference, argv, stdin, false).await
+        // A copy reaches into the container's bind mounts and shared volumes, as
+        // Docker's does; an export is of the container's own filesystem.
+        let shares = op != "export";
+        self.start_helper(reference, argv, stdin, false, shares)
+            .await
     }
 
     /// Runs one of the agent's helpers (`argv[0]` names it) in the container's VM, or in
     /// a copy VM when the container is stopped; with `base_disk`, the image's root
-    /// filesystem is attached to that VM first (read-only, serial `berth-base`).
+    /// filesystem is attached to that VM first (read-only, serial `berth-base`); with
+    /// `shares`, a copy VM has the container's shares mounted as its run would.
     pub(crate) async fn start_helper(
         self: &Arc<Self>,
         reference: &str,
         argv: Vec<String>,
         stdin: bool,
         base_disk: bool,
+        shares: bool,
     ) -> Result<HelperRun, EngineError> {
         let handle = self.lookup(reference)?;
         let base = if base_disk {
@@ -79,7 +85,7 @@ impl Engine {
         };
         let Some(runtime) = handle.runtime() else {
             return self
-                .run_helper_in_copy_vm(handle, argv, stdin, base.into_iter().collect())
+                .run_helper_in_copy_vm(handle, argv, stdin, base.into_iter().collect(), shares)
                 .await;
         };
         if let Some(base) = base {

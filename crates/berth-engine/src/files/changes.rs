@@ -63,7 +63,7 @@ impl Engine {
     ) -> Result<Vec<Change>, EngineError> {
         let argv = vec!["berth-changes".to_owned(), "diff".to_owned()];
         let result = self
-            .start_helper(reference, argv, false, true)
+            .start_helper(reference, argv, false, true, false)
             .await?
             .collect(MAX_DIFF_LEN, "change list")
             .await?;
@@ -159,7 +159,7 @@ impl Engine {
         id: &str,
     ) -> Result<tempfile::NamedTempFile, EngineError> {
         let argv = vec!["berth-changes".to_owned(), "commit".to_owned()];
-        let mut run = self.start_helper(id, argv, false, true).await?;
+        let mut run = self.start_helper(id, argv, false, true, false).await?;
         let spool_dir = self.config.root.join("tmp");
         std::fs::create_dir_all(&spool_dir).map_err(EngineError::io(&spool_dir))?;
         let spool =

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::agent::{handshake, AgentError, AgentEvent};
+use crate::files::shares::ShareRelay;
 use crate::process::output::{OutputChunk, OutputStream};
 use crate::{ContainerHandle, Engine, EngineError, StdinEvent};
 
@@ -76,6 +77,7 @@ impl Engine {
         args: Vec<String>,
         with_stdin: bool,
         extra_disks: Vec<DiskSpec>,
+        shares: bool,
     ) -> Result<HelperRun, EngineError> {
         let (ready_sender, ready) = oneshot::channel();
         let engine = self.clone();
@@ -95,6 +97,7 @@ impl Engine {
                     args,
                     with_stdin,
                     extra_disks,
+                    shares,
                     ready_sender,
                 )
                 .await;
@@ -112,6 +115,7 @@ impl Engine {
         args: Vec<String>,
         with_stdin: bool,
         extra_disks: Vec<DiskSpec>,
+        shares: bool,
         ready: oneshot::Sender<Result<HelperRun, EngineError>>,
     ) {
         let run_dir = self
@@ -120,7 +124,7 @@ impl Engine {
             .join("vms")
             .join(format!("cp-{}", &record.id[..12]));
         let booted = self
-            .copy_vm_boot(record, &run_dir, args, with_stdin, extra_disks)
+            .copy_vm_boot(record, &run_dir, args, with_stdin, extra_disks, shares)
             .await;
         let (session, mut reader, control) = match booted {
             Ok(parts) => parts,
@@ -197,6 +201,7 @@ impl Engine {
         args: Vec<String>,
         with_stdin: bool,
         extra_disks: Vec<DiskSpec>,
+        shares: bool,
     ) -> Result<
         (
             Arc<crate::agent::AgentSession>,
@@ -226,13 +231,32 @@ impl Engine {
             nics: Vec::new(),
             netns: None,
         };
+        // The container's shares, as its run has them (nothing copied into a new volume).
+        let shares = match shares {
+            true => self.planned_shares(record)?,
+            false => Vec::new(),
+        };
         let vm = self.config.backend.boot(&spec).await?;
+        let vm_pid = vm.pid;
         let control: Arc<dyn berth_vm::VmControl> = Arc::from(vm.control);
         let ready = async {
+            self.start_share_servers(run_dir, &shares, vm_pid)?;
             let (session, mut reader, _kernel) = handshake(vm.agent, BOOT_TIMEOUT).await?;
+            let session = Arc::new(session);
+            if !shares.is_empty() {
+                let relay = ShareRelay::connect(run_dir, &shares, session.clone()).await?;
+                reader.attach_shares(relay);
+            }
             let setup = SetupSpec {
                 hostname: record.config.hostname.clone().unwrap_or_default(),
                 root_device: "/dev/vda".into(),
+                shares: shares
+                    .iter()
+                    .map(|share| berth_agent_proto::ShareMount {
+                        populate: false,
+                        ..share.to_mount()
+                    })
+                    .collect(),
                 ..Default::default()
             };
             session
@@ -265,7 +289,7 @@ impl Engine {
             session
                 .send(HELPER_STREAM, &HostMessage::Spawn(process))
                 .await?;
-            Ok::<_, EngineError>((Arc::new(session), reader))
+            Ok::<_, EngineError>((session, reader))
         };
         match ready.await {
             Ok((session, reader)) => Ok((session, reader, control)),
