@@ -205,6 +205,22 @@ impl Guest {
     }
 }
 
+/// A request body: little-endian words, then a NUL-terminated name if any.
+fn body(words: &[u32], name: Option<&str>) -> Vec<u8> {
+    let mut bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    if let Some(name) = name {
+        bytes.extend_from_slice(name.as_bytes());
+        bytes.push(0);
+    }
+    bytes
+}
+
+/// `fuse_create_in` for a new regular file of `mode`, opened for writing.
+fn create_body(mode: u32, name: &str) -> Vec<u8> {
+    let flags = (libc::O_WRONLY | libc::O_CREAT) as u32;
+    body(&[flags, libc::S_IFREG | mode, 0, 0], Some(name))
+}
+
 /// `work/outside/secret`, and `work/share` with a file, a directory and symlinks out.
 fn layout(name: &str) -> (PathBuf, PathBuf) {
     let work = common::scratch().join(name);
@@ -268,25 +284,12 @@ fn names_symlinks_and_forged_ids_never_leave_the_share() {
     assert!(!share.join("stolen").exists());
 
     // Device nodes are refused; a FIFO is not.
-    let mut mknod = Vec::new();
-    for word in [libc::S_IFBLK | 0o600, 0x0800, 0, 0] {
-        mknod.extend_from_slice(&word.to_le_bytes());
-    }
-    mknod.extend_from_slice(b"disk\0");
+    let mknod = body(&[libc::S_IFBLK | 0o600, 0x0800, 0, 0], Some("disk"));
     assert_eq!(guest.request(MKNOD, 1, &mknod).error, -libc::EPERM);
     assert!(!share.join("disk").exists());
 
     // A set-uid file is made without its set-uid bit.
-    let mut create = Vec::new();
-    for word in [
-        (libc::O_WRONLY | libc::O_CREAT) as u32,
-        libc::S_IFREG | 0o4755,
-        0,
-        0,
-    ] {
-        create.extend_from_slice(&word.to_le_bytes());
-    }
-    create.extend_from_slice(b"suid\0");
+    let create = create_body(0o4755, "suid");
     assert_eq!(guest.request(CREATE, 1, &create).error, 0);
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(share.join("suid")).unwrap().permissions(),
@@ -306,23 +309,12 @@ fn a_read_only_share_refuses_writes_on_the_host_side() {
     assert_eq!(file.error, 0);
     assert_eq!(guest.read_file(file.u64_at(0)).unwrap(), b"shared\n");
     // Opening for writing, creating: refused whatever the guest's mount flags say.
-    let mut open_rw = Vec::new();
-    open_rw.extend_from_slice(&(libc::O_RDWR as u32).to_le_bytes());
-    open_rw.extend_from_slice(&0u32.to_le_bytes());
+    let open_rw = body(&[libc::O_RDWR as u32, 0], None);
     assert_eq!(
         guest.request(OPEN, file.u64_at(0), &open_rw).error,
         -libc::EROFS
     );
-    let mut create = Vec::new();
-    for word in [
-        (libc::O_WRONLY | libc::O_CREAT) as u32,
-        libc::S_IFREG | 0o644,
-        0,
-        0,
-    ] {
-        create.extend_from_slice(&word.to_le_bytes());
-    }
-    create.extend_from_slice(b"new\0");
+    let create = create_body(0o644, "new");
     assert_eq!(guest.request(CREATE, 1, &create).error, -libc::EROFS);
     assert!(!share.join("new").exists());
     assert_eq!(std::fs::read(share.join("file")).unwrap(), b"shared\n");

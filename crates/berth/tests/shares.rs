@@ -316,8 +316,16 @@ fn a_disk_volume_serves_one_running_vm() {
         "busybox",
         "sh",
         "-c",
-        "echo on-disk > /d/f; sleep 600",
+        "echo on-disk > /d/f && sync && touch /d/synced; sleep 600",
     ]);
+    // Written and synced before the VM is killed (`rm -f`): a disk is the guest's own,
+    // and what its page cache holds dies with it.
+    eventually("the holder wrote to its disk volume", || {
+        daemon
+            .docker(&["exec", "disk-holder", "ls", "/d/synced"])
+            .status
+            .success()
+    });
     let second = daemon.docker(&["run", "--rm", "-v", "one-writer:/d", "busybox", "true"]);
     assert_eq!(second.status.code(), Some(125));
     assert!(

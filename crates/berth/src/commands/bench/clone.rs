@@ -3,8 +3,6 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-
 use super::{median, Docker, RUNTIMES};
 
 #[derive(clap::Args)]
@@ -27,18 +25,7 @@ pub struct CloneArgs {
 }
 
 pub fn run(args: CloneArgs) -> anyhow::Result<()> {
-    let docker = Docker {
-        host: format!("unix://{}", args.socket.display()),
-    };
-    docker
-        .run(&["image", "inspect", "-f", "{{.Id}}", &args.image])
-        .with_context(|| {
-            format!(
-                "is `berth daemon` running on {} with {} loaded?",
-                args.socket.display(),
-                args.image
-            )
-        })?;
+    let docker = Docker::connect(&args.socket, &args.image)?;
     // Warm up: templates built, caches filled.
     for runtime in RUNTIMES {
         docker.run(&["run", "--rm", "--runtime", runtime, &args.image, "true"])?;

@@ -132,18 +132,7 @@ const MOUNTS: [(&str, &str); 3] = [
 ];
 
 pub fn run(args: FilesArgs) -> anyhow::Result<()> {
-    let docker = Docker {
-        host: format!("unix://{}", args.socket.display()),
-    };
-    docker
-        .run(&["image", "inspect", "-f", "{{.Id}}", &args.image])
-        .with_context(|| {
-            format!(
-                "is `berth daemon` running on {} with {} loaded?",
-                args.socket.display(),
-                args.image
-            )
-        })?;
+    let docker = Docker::connect(&args.socket, &args.image)?;
     let bench = Bench {
         docker: &docker,
         args: &args,

@@ -45,6 +45,22 @@ pub(crate) struct Docker {
 }
 
 impl Docker {
+    /// The docker CLI against the daemon on `socket`, which must have `image` loaded.
+    pub fn connect(socket: &std::path::Path, image: &str) -> anyhow::Result<Docker> {
+        let docker = Docker {
+            host: format!("unix://{}", socket.display()),
+        };
+        docker
+            .run(&["image", "inspect", "-f", "{{.Id}}", image])
+            .with_context(|| {
+                format!(
+                    "is `berth daemon` running on {} with {image} loaded?",
+                    socket.display()
+                )
+            })?;
+        Ok(docker)
+    }
+
     pub fn run(&self, args: &[&str]) -> anyhow::Result<String> {
         let output = Command::new("docker")
             .arg("-H")
