@@ -184,6 +184,23 @@ pub async fn inspect(
             value["Config"]["MacAddress"] = mac;
         }
     }
+    // Every endpoint field Docker shows, null when empty (the models leave empty ones
+    // out, and a template such as `{{.NetworkSettings.Networks.web.Aliases}}` reads a
+    // missing key differently from a null one).
+    if let Some(networks) = value["NetworkSettings"]["Networks"].as_object_mut() {
+        for endpoint in networks.values_mut() {
+            let Some(endpoint) = endpoint.as_object_mut() else {
+                continue;
+            };
+            for key in ["IPAMConfig", "Links", "Aliases", "DriverOpts", "DNSNames"] {
+                endpoint.entry(key).or_insert(serde_json::Value::Null);
+            }
+            endpoint.entry("GwPriority").or_insert(serde_json::json!(0));
+            endpoint
+                .entry("GlobalIPv6PrefixLen")
+                .or_insert(serde_json::json!(0));
+        }
+    }
     // The default network's address also at the top of NetworkSettings, where older
     // clients and scripts (`{{.NetworkSettings.IPAddress}}`) read it.
     if let Some(settings) = value["NetworkSettings"]["Networks"].get("bridge").cloned() {

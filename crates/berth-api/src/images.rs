@@ -23,7 +23,30 @@ pub use crate::import::import;
 /// (archives list their manifest anywhere).
 pub async fn load(State(engine): State<AppState>, body: Body) -> ApiResult<Response> {
     let spool = spool(&engine, body).await?;
-    let (loaded, _steps) = engine.load_images(spool.path().to_path_buf()).await?;
+    // As dockerd: an archive that cannot be loaded is an error in the JSON stream (the
+    // CLI prints it and exits 1), not an HTTP error.
+    let (loaded, _steps) = match engine.load_images(spool.path().to_path_buf()).await {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            // The archive's bytes can be in the message (a tar header that does not
+            // parse): keep it printable and short.
+            let message: String = berth_engine::error_chain(&error)
+                .chars()
+                .map(|c| match c {
+                    '\u{fffd}' => '?',
+                    c if c.is_control() => '?',
+                    c => c,
+                })
+                .take(300)
+                .collect();
+            let line = json!({ "errorDetail": { "message": message }, "error": message });
+            return Ok((
+                [(header::CONTENT_TYPE, "application/json")],
+                format!("{line}\n"),
+            )
+                .into_response());
+        }
+    };
     let mut text = String::new();
     for image in loaded {
         if image.tags.is_empty() {

@@ -50,6 +50,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/images/json", get(images::list))
         .route("/images/create", post(registry::create))
         .route("/auth", post(registry::auth))
+        .route("/distribution/{*rest}", get(registry::distribution))
         .route("/images/prune", post(images::prune))
         .route("/images/get", get(images::save_many))
         .route("/system/df", get(images::system_df))

@@ -303,6 +303,37 @@ pub async fn push(
     .await
 }
 
+/// `GET /distribution/{name}/json`: what the registry holds under a name (docker-py's
+/// `get_registry_data`). The name may hold slashes, so the route takes the rest of the
+/// path, which ends in `/json`.
+pub async fn distribution(
+    State(engine): State<AppState>,
+    axum::extract::Path(rest): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let name = rest
+        .strip_suffix("/json")
+        .filter(|name| !name.is_empty())
+        .ok_or_else(|| ApiError::new(axum::http::StatusCode::NOT_FOUND, "page not found"))?;
+    let credentials = header_credentials(&headers)?;
+    let info = engine.distribution_info(name, &credentials).await?;
+    Ok(Json(json!({
+        "Descriptor": {
+            "mediaType": info.media_type,
+            "digest": info.digest,
+            "size": info.size,
+        },
+        "Platforms": info.platforms.iter().map(|p| {
+            let mut platform = json!({ "architecture": p.architecture, "os": p.os });
+            if let Some(variant) = &p.variant {
+                platform["variant"] = json!(variant);
+            }
+            platform
+        }).collect::<Vec<_>>(),
+    }))
+    .into_response())
+}
+
 /// `POST /auth`: `docker login`.
 pub async fn auth(State(engine): State<AppState>, body: axum::body::Bytes) -> ApiResult<Response> {
     let config: AuthConfig = serde_json::from_slice(&body)

@@ -111,6 +111,19 @@ fn hostile_archives_are_refused_and_write_nothing_outside() {
     std::fs::write(&garbage, b"this is not a tar archive at all").unwrap();
     let output = daemon.docker(&["load", "-i", garbage.to_str().unwrap()]);
     assert!(!output.status.success());
+    // As dockerd answers: 200, and the error in the JSON stream.
+    let (status, body) = daemon
+        .request(
+            "POST",
+            "/images/load",
+            Some(b"this is not a tar archive at all"),
+        )
+        .unwrap();
+    let line: serde_json::Value = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&body)));
+    assert_eq!(status, 200, "{line}");
+    assert!(line["errorDetail"]["message"].is_string(), "{line}");
+    assert_eq!(line["error"], line["errorDetail"]["message"]);
     let (status, _) = daemon.request("GET", "/_ping", None).unwrap();
     assert_eq!(status, 200, "the daemon keeps serving");
 }

@@ -313,6 +313,14 @@ fn diff_and_commit_see_what_the_container_changed() {
     let stopped = daemon.docker_ok(&["run", "-d", "busybox", "sh", "-c", "echo z > /z"]);
     daemon.docker_ok(&["wait", &stopped]);
     assert_eq!(daemon.docker_ok(&["diff", &stopped]), "A /z");
+    // ... and committed (pause=true, the API's default, on an exited container).
+    let from_exited = daemon.docker_ok(&["commit", &stopped, "local/from-exited:1"]);
+    assert!(from_exited.starts_with("sha256:"), "{from_exited}");
+    assert_eq!(
+        daemon.docker_ok(&["run", "--rm", "local/from-exited:1", "cat", "/z"]),
+        "z"
+    );
+    daemon.docker_ok(&["rmi", "local/from-exited:1"]);
     daemon.docker_ok(&["rm", &stopped]);
     daemon.docker_ok(&["rmi", "local/committed:1"]);
 }

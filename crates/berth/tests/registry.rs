@@ -277,6 +277,29 @@ fn push_then_pull_back_by_digest() {
     assert_eq!(remote["Layers"].as_array().unwrap().len(), 2, "{remote}");
     let again = daemon.docker_ok(&["push", &target]);
     assert!(again.contains("Layer already exists"), "{again}");
+    // docker-py's get_registry_data (GET /distribution/{name}/json) sees the same digest
+    // and the platform, without pulling.
+    let script = r#"
+import sys, docker
+c = docker.DockerClient(base_url="unix://" + sys.argv[1], version="auto")
+data = c.images.get_registry_data(sys.argv[2])
+print(data.id, data.has_platform("linux/amd64"), data.attrs["Descriptor"]["size"] > 0)
+"#;
+    let output = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .arg(&daemon.socket)
+        .arg(&target)
+        .output()
+        .expect("python3-docker");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!("{digest} True True"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let unknown = format!("/distribution/{}/never/pushed:1/json", open.host);
+    let (status, _) = daemon.request("GET", &unknown, None).unwrap();
+    assert_eq!(status, 404);
 
     // Forget the image, then fetch it back by digest.
     daemon.docker_ok(&["rmi", &target, "local/pushed:1"]);

@@ -243,6 +243,19 @@ fn inspect_and_info_carry_dockers_fields() {
         daemon.docker_ok(&["info", "--format", "{{.Debug}}"]),
         "false"
     );
+    // Every endpoint field dockerd sends, null when empty (raw API clients see them).
+    let (status, body) = daemon
+        .request("GET", &format!("/containers/{id}/json"), None)
+        .unwrap();
+    assert_eq!(status, 200);
+    let inspect: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let endpoint = &inspect["NetworkSettings"]["Networks"]["bridge"];
+    for key in ["IPAMConfig", "Links", "Aliases", "DriverOpts", "DNSNames"] {
+        assert!(
+            endpoint.get(key).is_some(),
+            "no {key} in the endpoint: {endpoint}"
+        );
+    }
     daemon.docker_ok(&["rm", &id, &cold]);
 }
 

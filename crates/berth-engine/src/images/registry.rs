@@ -40,6 +40,19 @@ impl Engine {
         Ok((reference, outcome))
     }
 
+    /// `GET /distribution/{name}/json`: the descriptor and platforms the registry holds
+    /// for `reference`, without pulling it.
+    pub async fn distribution_info(
+        &self,
+        reference: &str,
+        credentials: &Credentials,
+    ) -> Result<berth_image::registry::DistributionInfo, EngineError> {
+        let reference = berth_image::reference::normalize(reference)?;
+        berth_image::registry::inspect_distribution(&self.config.registry, &reference, credentials)
+            .await
+            .map_err(registry_error)
+    }
+
     /// `docker push`: uploads the local image tagged `reference` to its registry.
     pub async fn push_image(
         self: &Arc<Self>,

@@ -21,6 +21,7 @@
 //! the image config names. Nothing is recorded until every blob of the image is verified
 //! and in place (see [`crate::store`]).
 
+mod distribution;
 mod layer_digests;
 mod login;
 mod pull;
@@ -38,6 +39,7 @@ use crate::digest::parse_sha256;
 use crate::error::ImageError;
 use crate::reference::{Reference, DEFAULT_DOMAIN};
 
+pub use distribution::{inspect as inspect_distribution, DistributionInfo, PlatformInfo};
 pub use login::login;
 pub use pull::{pull, PullOutcome};
 pub use push::{push, PushOutcome};
@@ -220,6 +222,17 @@ impl Endpoint {
 enum TagOrDigest {
     Tag(String),
     Digest(String),
+}
+
+impl TagOrDigest {
+    /// What `reference` names: its digest, else its tag, else `latest`.
+    fn of(reference: &Reference) -> Self {
+        match (&reference.digest, &reference.tag) {
+            (Some(digest), _) => TagOrDigest::Digest(digest.clone()),
+            (None, Some(tag)) => TagOrDigest::Tag(tag.clone()),
+            (None, None) => TagOrDigest::Tag(crate::reference::DEFAULT_TAG.to_owned()),
+        }
+    }
 }
 
 /// A descriptor in a manifest (config or layer), as far as Berth reads it.

@@ -42,32 +42,24 @@ pub struct PullOutcome {
 /// A manifest, an image index or a Docker manifest list: the fields Berth reads.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RawManifest {
+pub(super) struct RawManifest {
     #[serde(default)]
     schema_version: Option<i64>,
     #[serde(default)]
-    media_type: Option<String>,
+    pub media_type: Option<String>,
     #[serde(default)]
-    manifests: Option<Vec<IndexEntry>>,
+    pub manifests: Option<Vec<IndexEntry>>,
     #[serde(default)]
-    config: Option<Descriptor>,
+    pub config: Option<Descriptor>,
     #[serde(default)]
     layers: Vec<Descriptor>,
 }
 
 #[derive(Debug, Deserialize)]
-struct IndexEntry {
+pub(super) struct IndexEntry {
     digest: String,
     #[serde(default)]
-    platform: Option<Platform>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Platform {
-    #[serde(default)]
-    architecture: String,
-    #[serde(default)]
-    os: String,
+    pub platform: Option<super::distribution::PlatformInfo>,
 }
 
 /// A resolved image manifest.
@@ -96,11 +88,7 @@ pub async fn pull(
     credentials: &Credentials,
     progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<PullOutcome, ImageError> {
-    let tag_or_digest = match (&reference.digest, &reference.tag) {
-        (Some(digest), _) => TagOrDigest::Digest(digest.clone()),
-        (None, Some(tag)) => TagOrDigest::Tag(tag.clone()),
-        (None, None) => TagOrDigest::Tag(crate::reference::DEFAULT_TAG.to_owned()),
-    };
+    let tag_or_digest = TagOrDigest::of(reference);
     let endpoints = options.endpoints(reference);
     let mut last_error = None;
     let mut resolved = None;
@@ -131,6 +119,70 @@ pub async fn pull(
     .await
 }
 
+/// The manifest (or manifest list) the reference names on `endpoint`: its bytes, checked
+/// against the digest asked for, and what Berth reads of it.
+pub(super) async fn fetch_manifest(
+    client: &oci_client::Client,
+    endpoint: &Endpoint,
+    reference: &Reference,
+    tag_or_digest: &TagOrDigest,
+    credentials: &Credentials,
+) -> Result<(Vec<u8>, RawManifest), ImageError> {
+    let auth = credentials.to_registry_auth();
+    let top_ref = endpoint.reference(&reference.path, tag_or_digest);
+    let (bytes, _) = client
+        .pull_manifest_raw(&top_ref, &auth, &ACCEPTED)
+        .await
+        .map_err(|error| manifest_error(endpoint, reference, error))?;
+    checked_manifest_digest(endpoint, &bytes, tag_or_digest)?;
+    let manifest = parse_manifest(endpoint, &bytes)?;
+    Ok((bytes.to_vec(), manifest))
+}
+
+/// A registry's refusal of a manifest, as Docker words it.
+fn manifest_error(
+    endpoint: &Endpoint,
+    reference: &Reference,
+    error: oci_client::errors::OciDistributionError,
+) -> ImageError {
+    if is_not_found(&error) {
+        ImageError::ManifestUnknown(reference.familiar())
+    } else if is_denied(&error) {
+        ImageError::PullAccessDenied(reference.familiar_name())
+    } else {
+        endpoint.error(error)
+    }
+}
+
+/// A small blob (an image config) of `reference`'s repository, checked against its
+/// descriptor. The client must have fetched the repository's manifest (it holds the
+/// token).
+pub(super) async fn fetch_small_blob(
+    client: &oci_client::Client,
+    endpoint: &Endpoint,
+    reference: &Reference,
+    tag_or_digest: &TagOrDigest,
+    descriptor: &Descriptor,
+) -> Result<Vec<u8>, ImageError> {
+    if descriptor.size as u64 > MAX_JSON_SIZE {
+        return Err(bad(endpoint, "image config", "it is larger than 16 MiB"));
+    }
+    let blob_ref = endpoint.reference(&reference.path, tag_or_digest);
+    let mut bytes = Vec::new();
+    client
+        .pull_blob(&blob_ref, &descriptor.to_oci(), &mut bytes)
+        .await
+        .map_err(|e| endpoint.error(e))?;
+    let digest = sha256_digest(&bytes);
+    if digest != descriptor.digest {
+        return Err(ImageError::DigestMismatch {
+            expected: descriptor.digest.clone(),
+            actual: digest,
+        });
+    }
+    Ok(bytes)
+}
+
 /// Fetches the manifest the reference names on `endpoint`, following a manifest list.
 async fn resolve(
     client: &oci_client::Client,
@@ -140,22 +192,10 @@ async fn resolve(
     credentials: &Credentials,
 ) -> Result<Resolved, ImageError> {
     let auth = credentials.to_registry_auth();
-    let map_error = |error: oci_client::errors::OciDistributionError| {
-        if is_not_found(&error) {
-            ImageError::ManifestUnknown(reference.familiar())
-        } else if is_denied(&error) {
-            ImageError::PullAccessDenied(reference.familiar_name())
-        } else {
-            endpoint.error(error)
-        }
-    };
-    let top_ref = endpoint.reference(&reference.path, tag_or_digest);
-    let (bytes, _) = client
-        .pull_manifest_raw(&top_ref, &auth, &ACCEPTED)
-        .await
-        .map_err(map_error)?;
-    let digest = checked_manifest_digest(endpoint, &bytes, tag_or_digest)?;
-    let mut manifest = parse_manifest(endpoint, &bytes)?;
+    let map_error = |error| manifest_error(endpoint, reference, error);
+    let (bytes, mut manifest) =
+        fetch_manifest(client, endpoint, reference, tag_or_digest, credentials).await?;
+    let digest = sha256_digest(&bytes);
 
     if let Some(entries) = manifest.manifests.take() {
         let entry = entries
