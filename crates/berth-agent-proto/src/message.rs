@@ -149,6 +149,10 @@ pub struct ProcessSpec {
     /// for `docker cp`, which must work in images without a shell or tar.
     #[serde(default)]
     pub agent_helper: bool,
+    /// More groups the process is in (`--group-add`: names from the container's
+    /// /etc/group, or numeric ids), beside those /etc/group lists the user in.
+    #[serde(default)]
+    pub extra_groups: Vec<String>,
 }
 
 /// Why a process could not be started. The engine maps these to Docker's 126/127.
@@ -374,6 +378,7 @@ mod tests {
             capabilities: Some(vec![0, 5]),
             no_new_privileges: true,
             agent_helper: false,
+            extra_groups: vec!["audio".into()],
         });
         let frame = decode_one(&encode_control(3, &spawn));
         assert_eq!(frame.stream, 3);

@@ -135,7 +135,8 @@ pub fn spawn(
         .argv
         .first()
         .ok_or_else(|| SpawnError::other("no command specified"))?;
-    let identity = user::resolve(CONTAINER_ROOT, &spec.user).map_err(SpawnError::other)?;
+    let identity =
+        user::resolve(CONTAINER_ROOT, &spec.user, &spec.extra_groups).map_err(SpawnError::other)?;
     create_working_directory(spec)?;
 
     let mut command = container_command(spec, program, &identity);
@@ -243,6 +244,8 @@ struct ChildSetup {
     cwd: CString,
     uid: u32,
     gid: u32,
+    /// Every group the process is in (its primary group first).
+    groups: Vec<libc::gid_t>,
     tty: bool,
     no_new_privileges: bool,
     /// Capabilities to drop from the bounding set.
@@ -268,6 +271,7 @@ impl ChildSetup {
             cwd,
             uid: identity.uid,
             gid: identity.gid,
+            groups: identity.groups.clone(),
             tty: spec.tty,
             no_new_privileges: spec.no_new_privileges,
             dropped: capabilities_to_drop(spec),
@@ -314,6 +318,7 @@ fn install_child_setup(command: &mut Command, setup: ChildSetup) {
         cwd,
         uid,
         gid,
+        groups,
         tty,
         no_new_privileges,
         dropped,
@@ -346,8 +351,7 @@ fn install_child_setup(command: &mut Command, setup: ChildSetup) {
             if no_new_privileges && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
                 return Err(io::Error::last_os_error());
             }
-            let groups = [gid];
-            if libc::setgroups(1, groups.as_ptr()) < 0
+            if libc::setgroups(groups.len(), groups.as_ptr()) < 0
                 || libc::setgid(gid) < 0
                 || libc::setuid(uid) < 0
             {

@@ -79,6 +79,50 @@ fn capabilities_and_limits_are_dockers() {
 }
 
 #[test]
+fn group_add_puts_the_process_and_its_execs_in_more_groups() {
+    let daemon = shared();
+    // Names from the image's /etc/group and numbers, beside the user's own group (`id`
+    // lists the effective group, then the others in the kernel's order).
+    assert_eq!(
+        output_of(&[
+            "run",
+            "--rm",
+            "-u",
+            "nobody",
+            "--group-add",
+            "4321",
+            "--group-add",
+            "root",
+            "busybox",
+            "id",
+            "-G",
+        ]),
+        "65534 0 4321"
+    );
+    let unknown = daemon.docker(&[
+        "run",
+        "--rm",
+        "--group-add",
+        "no-such-group",
+        "busybox",
+        "true",
+    ]);
+    assert!(!unknown.status.success());
+    assert!(
+        stderr(&unknown).contains("no-such-group"),
+        "{}",
+        stderr(&unknown)
+    );
+    let id = daemon.docker_ok(&["run", "-d", "--group-add", "777", "busybox", "sleep", "600"]);
+    assert_eq!(daemon.docker_ok(&["exec", &id, "id", "-G"]), "0 777");
+    assert_eq!(
+        daemon.docker_ok(&["inspect", "-f", "{{json .HostConfig.GroupAdd}}", &id]),
+        "[\"777\"]"
+    );
+    daemon.docker_ok(&["rm", "-f", &id]);
+}
+
+#[test]
 fn devices_are_usable_by_any_user_as_on_docker() {
     let devices = output_of(&[
         "run", "--rm", "-u", "nobody", "busybox", "sh", "-c",

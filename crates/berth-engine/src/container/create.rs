@@ -72,9 +72,6 @@ fn check_supported(host: &HostConfig) -> Result<(), EngineError> {
             "use a user-defined network: containers on it find each other by name",
         );
     }
-    if host.group_add.as_ref().is_some_and(|g| !g.is_empty()) {
-        return refused("--group-add", "not implemented yet");
-    }
     if nonzero(host.cpu_shares)
         || nonzero(host.cpu_quota)
         || nonzero(host.cpu_period)

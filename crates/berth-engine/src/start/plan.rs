@@ -247,6 +247,7 @@ fn process_spec(record: &ContainerRecord) -> Result<ProcessSpec, EngineError> {
         capabilities: crate::container::security::capabilities(&record.host_config)?,
         no_new_privileges: crate::container::security::no_new_privileges(&record.host_config),
         agent_helper: false,
+        extra_groups: record.host_config.group_add.clone().unwrap_or_default(),
     })
 }
 

@@ -285,6 +285,7 @@ impl Engine {
                 capabilities: None,
                 no_new_privileges: false,
                 agent_helper: true,
+                extra_groups: Vec::new(),
             };
             session
                 .send(HELPER_STREAM, &HostMessage::Spawn(process))
