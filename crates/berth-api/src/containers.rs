@@ -33,7 +33,10 @@ pub async fn create(
     Query(params): Params,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let body: ContainerCreateBody = serde_json::from_slice(&body)
+    let raw: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON in request body: {e}")))?;
+    check_restart_policy_name(&raw)?;
+    let body: ContainerCreateBody = serde_json::from_value(raw)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON in request body: {e}")))?;
     let created = engine
         .create_container(params.get("name").map(String::as_str), body)
@@ -46,6 +49,18 @@ pub async fn create(
         }),
     )
         .into_response())
+}
+
+/// A restart policy's name as dockerd checks it at create (the model's enum would only
+/// say that the JSON does not decode).
+fn check_restart_policy_name(body: &serde_json::Value) -> Result<(), ApiError> {
+    let name = &body["HostConfig"]["RestartPolicy"]["Name"];
+    match name.as_str() {
+        None | Some("" | "no" | "always" | "on-failure" | "unless-stopped") => Ok(()),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "invalid restart policy: unknown policy '{other}'; use one of 'no', 'always', 'on-failure' or 'unless-stopped'"
+        ))),
+    }
 }
 
 /// `GET /containers/json` with `all`, `limit` and `filters` (id, name, label, status,

@@ -26,6 +26,34 @@ fn malformed_json_is_a_400_with_a_message() {
 }
 
 #[test]
+fn invalid_restart_policies_are_refused_at_create_with_dockers_words() {
+    let daemon = shared();
+    let create = |policy: &str| {
+        let body = format!(r#"{{"Image":"busybox","HostConfig":{{"RestartPolicy":{policy}}}}}"#);
+        daemon
+            .request("POST", "/containers/create", Some(body.as_bytes()))
+            .unwrap()
+    };
+    let (status, body) = create(r#"{"Name":"sometimes"}"#);
+    assert_eq!(status, 400);
+    assert_eq!(
+        message(&body),
+        "invalid restart policy: unknown policy 'sometimes'; use one of 'no', 'always', 'on-failure' or 'unless-stopped'"
+    );
+    let (status, body) = create(r#"{"Name":"always","MaximumRetryCount":3}"#);
+    assert_eq!(status, 400);
+    assert!(
+        message(&body).contains("maximum retry count can only be used with 'on-failure'"),
+        "{}",
+        message(&body)
+    );
+    let (status, body) = create(r#"{"Name":"on-failure","MaximumRetryCount":2}"#);
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let id: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    daemon.docker_ok(&["rm", id["Id"].as_str().unwrap()]);
+}
+
+#[test]
 fn unknown_ids_and_images_are_404() {
     let daemon = shared();
     let (status, body) = daemon
