@@ -30,14 +30,28 @@ struct CreateBody {
 }
 
 fn volume_json(engine: &AppState, volume: &VolumeRecord, usage: bool) -> Value {
+    // As dockerd shows them: empty labels and options are null, the time in seconds.
+    let or_null = |map: &HashMap<String, String>| {
+        if map.is_empty() {
+            Value::Null
+        } else {
+            json!(map)
+        }
+    };
+    let created_at = chrono::DateTime::parse_from_rfc3339(&volume.created_at)
+        .map(|time| {
+            time.with_timezone(&chrono::Utc)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        })
+        .unwrap_or_else(|_| volume.created_at.clone());
     let mut value = json!({
         "Name": volume.name,
         "Driver": "local",
         "Mountpoint": engine.volume_mountpoint(volume).display().to_string(),
-        "CreatedAt": volume.created_at,
-        "Labels": volume.labels,
+        "CreatedAt": created_at,
+        "Labels": or_null(&volume.labels),
         "Scope": "local",
-        "Options": volume.options,
+        "Options": or_null(&volume.options),
     });
     if usage {
         value["UsageData"] = json!({
@@ -109,7 +123,7 @@ pub async fn list(
         })
         .map(|v| volume_json(&engine, v, false))
         .collect();
-    Ok(Json(json!({ "Volumes": volumes, "Warnings": [] })).into_response())
+    Ok(Json(json!({ "Volumes": volumes, "Warnings": Value::Null })).into_response())
 }
 
 /// `GET /volumes/{name}`.

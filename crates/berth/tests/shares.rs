@@ -291,6 +291,22 @@ fn running_containers_share_a_volume_and_volumes_from() {
     assert!(!from.status.success());
     let mountpoint = daemon.docker_ok(&["volume", "inspect", "-f", "{{.Mountpoint}}", "team"]);
     assert!(mountpoint.ends_with("/volumes/team/_data"), "{mountpoint}");
+    // The shape dockerd gives a volume: empty labels and options are null, the time in
+    // seconds.
+    let (status, body) = daemon.request("GET", "/volumes/team", None).unwrap();
+    assert_eq!(status, 200);
+    let volume: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(volume["Labels"], serde_json::Value::Null, "{volume}");
+    assert_eq!(volume["Options"], serde_json::Value::Null, "{volume}");
+    assert_eq!(
+        (volume["Driver"].as_str(), volume["Scope"].as_str()),
+        (Some("local"), Some("local"))
+    );
+    let created = volume["CreatedAt"].as_str().unwrap();
+    assert!(
+        created.len() == 20 && created.ends_with('Z') && !created.contains('.'),
+        "{created}"
+    );
     assert_eq!(
         std::fs::read_to_string(Path::new(&mountpoint).join("note")).unwrap(),
         "hello\n"
