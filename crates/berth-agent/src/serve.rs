@@ -370,7 +370,21 @@ fn setup(spec: &SetupSpec, shares: &Shares, channel: &Channel) -> io::Result<()>
         resolv.push_str(&format!("options {}\n", spec.dns_options.join(" ")));
     }
     fs::write("/run/berth/resolv.conf", resolv)?;
+    for tmpfs in &spec.tmpfs {
+        mount_tmpfs(tmpfs)?;
+    }
+    crate::volumes::mount_all(&spec.volumes)?;
+    shares.mount_all(&spec.shares, channel)?;
+    // Last, as Docker sorts its mounts (/etc before /etc/hosts): a tmpfs, volume or bind
+    // mounted at /etc does not hide them; one the user mounts at /etc/hosts itself wins.
+    let user_mounted = |path: &str| {
+        spec.shares.iter().any(|m| m.target == path)
+            || spec.volumes.iter().any(|m| m.target == path)
+    };
     for name in ["hostname", "hosts", "resolv.conf"] {
+        if user_mounted(&format!("/etc/{name}")) {
+            continue;
+        }
         let target = format!("{CONTAINER_ROOT}/etc/{name}");
         if fs::create_dir_all(format!("{CONTAINER_ROOT}/etc")).is_ok()
             && (fs::metadata(&target).is_ok() || File::create(&target).is_ok())
@@ -385,11 +399,6 @@ fn setup(spec: &SetupSpec, shares: &Shares, channel: &Channel) -> io::Result<()>
             .map_err(io::Error::from)?;
         }
     }
-    for tmpfs in &spec.tmpfs {
-        mount_tmpfs(tmpfs)?;
-    }
-    crate::volumes::mount_all(&spec.volumes)?;
-    shares.mount_all(&spec.shares, channel)?;
     if spec.read_only {
         nix::mount::mount(
             None::<&str>,

@@ -216,6 +216,28 @@ fn read_only_binds_single_files_and_missing_sources_behave_as_docker() {
         "{answer}"
     );
 
+    // A bind of /etc/hosts is the user's; a volume over /etc does not hide the
+    // container's own hostname file.
+    let hosts = dir.join("hosts");
+    std::fs::write(&hosts, "10.9.8.7 from-the-host\n").unwrap();
+    let hosts_bind = format!("{}:/etc/hosts:ro", path(&hosts));
+    let out = daemon.docker_ok(&[
+        "run",
+        "--rm",
+        "--hostname",
+        "seen",
+        "-v",
+        &hosts_bind,
+        "-v",
+        "etc-volume:/etc",
+        "busybox",
+        "sh",
+        "-c",
+        "cat /etc/hosts /etc/hostname",
+    ]);
+    assert_eq!(out, "10.9.8.7 from-the-host\nseen");
+    daemon.docker_ok(&["volume", "rm", "etc-volume"]);
+
     // --mount with readonly and a propagation mode (accepted and shown).
     let mount = format!(
         "type=bind,source={},target=/m,readonly,bind-propagation=rslave",

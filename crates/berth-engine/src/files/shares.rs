@@ -84,7 +84,7 @@ fn socket_path(run_dir: &Path, index: u32) -> PathBuf {
 }
 
 impl Engine {
-    /// The container's shares, in the order of its mounts: its bind mounts (a source
+    /// The container's shares, parents first: its bind mounts (a source
     /// that went missing since the container was made is an error, as with Docker) and
     /// its volumes kept as directories.
     pub(crate) fn planned_shares(
@@ -119,13 +119,19 @@ impl Engine {
                 ))
             })?;
             shares.push(PlannedShare {
-                stream: SHARE_STREAM_BASE + shares.len() as u32,
+                stream: 0,
                 source,
                 target: mount.target.clone(),
                 read_only: mount.read_only,
                 file: !metadata.is_dir(),
                 populate,
             });
+        }
+        // Mounted in this order: a parent before what is mounted inside it (`/etc`
+        // before `/etc/hosts`), as Docker sorts mounts by depth.
+        shares.sort_by_key(|share| share.target.trim_end_matches('/').matches('/').count());
+        for (index, share) in shares.iter_mut().enumerate() {
+            share.stream = SHARE_STREAM_BASE + index as u32;
         }
         Ok(shares)
     }
