@@ -37,6 +37,7 @@
 //! allocates, and [`decode_guest_message`] validates the JSON and its fields.
 
 mod frame;
+pub mod fuse;
 mod message;
 
 pub use frame::{encode_frame, Frame, FrameDecoder, FrameKind, ProtoError, HEADER_AFTER_LEN};

@@ -25,18 +25,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use berth_agent_proto::fuse::{error_reply, expects_reply, IN_HEADER_LEN, OUT_HEADER_LEN};
 use berth_agent_proto::{FrameKind, ShareMount, MAX_FUSE_MESSAGE, SHARE_STREAM_BASE};
 use nix::mount::MsFlags;
 
 use crate::channel::Channel;
-
-/// FUSE opcodes whose requests get no reply.
-const FUSE_FORGET: u32 = 2;
-const FUSE_INTERRUPT: u32 = 36;
-const FUSE_BATCH_FORGET: u32 = 42;
-/// Bytes of `struct fuse_in_header` / `struct fuse_out_header`.
-const IN_HEADER_LEN: usize = 40;
-const OUT_HEADER_LEN: usize = 16;
 
 /// One mounted share.
 struct Share {
@@ -188,7 +181,7 @@ fn relay_requests(share: &Share, channel: &Channel, stream: u32) {
         }
         let opcode = u32::from_le_bytes(buffer[4..8].try_into().expect("4 bytes"));
         let unique = u64::from_le_bytes(buffer[8..16].try_into().expect("8 bytes"));
-        if !matches!(opcode, FUSE_FORGET | FUSE_BATCH_FORGET | FUSE_INTERRUPT) {
+        if expects_reply(opcode) {
             lock(&share.outstanding).insert(unique);
         }
         if channel
@@ -198,33 +191,5 @@ fn relay_requests(share: &Share, channel: &Channel, stream: u32) {
             // No host right now: the request waits in `outstanding` for a reattach.
             continue;
         }
-    }
-}
-
-/// `struct fuse_out_header` alone: an error reply.
-fn error_reply(unique: u64, errno: i32) -> [u8; OUT_HEADER_LEN] {
-    let mut reply = [0u8; OUT_HEADER_LEN];
-    reply[0..4].copy_from_slice(&(OUT_HEADER_LEN as u32).to_le_bytes());
-    reply[4..8].copy_from_slice(&(-errno).to_le_bytes());
-    reply[8..16].copy_from_slice(&unique.to_le_bytes());
-    reply
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_replies_are_fuse_out_headers() {
-        let reply = error_reply(0x0102_0304_0506_0708, libc::EIO);
-        assert_eq!(u32::from_le_bytes(reply[0..4].try_into().unwrap()), 16);
-        assert_eq!(
-            i32::from_le_bytes(reply[4..8].try_into().unwrap()),
-            -libc::EIO
-        );
-        assert_eq!(
-            u64::from_le_bytes(reply[8..16].try_into().unwrap()),
-            0x0102_0304_0506_0708
-        );
     }
 }

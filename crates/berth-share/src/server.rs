@@ -16,9 +16,8 @@ use crate::{sandbox, wire, ShareError};
 
 /// Threads serving one connection: the guest kernel has several requests in flight.
 const WORKERS: usize = 2;
-/// Largest request or reply: berth-agent-proto's `MAX_FUSE_MESSAGE` (512 KiB of data
-/// plus headers).
-const MAX_MESSAGE: usize = 512 * 1024 + 4096;
+/// Largest request or reply (512 KiB of data plus headers).
+const MAX_MESSAGE: usize = berth_agent_proto::MAX_FUSE_MESSAGE;
 /// Send buffer of a connection: a unix `SOCK_SEQPACKET` packet must fit in the sender's
 /// buffer, whose default (208 KiB) is less than one message.
 pub const SOCKET_BUFFER: usize = 4 * MAX_MESSAGE;

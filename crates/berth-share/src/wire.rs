@@ -18,15 +18,12 @@
 //! Written by hand because these few fields are all Berth touches; fuse-backend-rs
 //! decodes the rest.
 
-/// Bytes of `struct fuse_in_header`.
-pub const IN_HEADER_LEN: usize = 40;
-/// Bytes of `struct fuse_out_header`.
-pub const OUT_HEADER_LEN: usize = 16;
+pub use berth_agent_proto::fuse::{error_reply, IN_HEADER_LEN, OUT_HEADER_LEN};
 
 /// The opcodes named here.
 pub mod opcode {
+    pub use berth_agent_proto::fuse::{BATCH_FORGET, FORGET, INTERRUPT};
     pub const LOOKUP: u32 = 1;
-    pub const FORGET: u32 = 2;
     pub const SETATTR: u32 = 4;
     pub const SYMLINK: u32 = 6;
     pub const MKNOD: u32 = 8;
@@ -41,8 +38,6 @@ pub mod opcode {
     pub const REMOVEXATTR: u32 = 24;
     pub const INIT: u32 = 26;
     pub const CREATE: u32 = 35;
-    pub const INTERRUPT: u32 = 36;
-    pub const BATCH_FORGET: u32 = 42;
     pub const FALLOCATE: u32 = 43;
     pub const RENAME2: u32 = 45;
     pub const COPY_FILE_RANGE: u32 = 47;
@@ -79,10 +74,7 @@ pub struct RequestHeader {
 impl RequestHeader {
     /// Whether the kernel waits for a reply to this request.
     pub fn expects_reply(&self) -> bool {
-        !matches!(
-            self.opcode,
-            opcode::FORGET | opcode::BATCH_FORGET | opcode::INTERRUPT
-        )
+        berth_agent_proto::fuse::expects_reply(self.opcode)
     }
 }
 
@@ -127,15 +119,6 @@ pub fn request_header(message: &[u8]) -> Result<RequestHeader, WireError> {
 pub fn reply_header(message: &[u8]) -> Result<u64, WireError> {
     checked_len(message, OUT_HEADER_LEN)?;
     Ok(u64_at(message, 8).expect("length checked"))
-}
-
-/// A reply carrying only an error (`errno` > 0).
-pub fn error_reply(unique: u64, errno: i32) -> [u8; OUT_HEADER_LEN] {
-    let mut reply = [0u8; OUT_HEADER_LEN];
-    put_u32(&mut reply, 0, OUT_HEADER_LEN as u32);
-    reply[4..8].copy_from_slice(&(-errno).to_le_bytes());
-    reply[8..16].copy_from_slice(&unique.to_le_bytes());
-    reply
 }
 
 /// Checks a request (whose header [`request_header`] accepted) against the share's

@@ -61,14 +61,10 @@ pub async fn inspect(
                                 detail: "it has no config descriptor".into(),
                             }
                         })?;
-                        let bytes = super::pull::fetch_small_blob(
-                            &client,
-                            &endpoint,
-                            reference,
-                            &tag_or_digest,
-                            config,
-                        )
-                        .await?;
+                        let blob_ref = endpoint.reference(&reference.path, &tag_or_digest);
+                        let bytes =
+                            super::pull::fetch_config_blob(&client, &endpoint, &blob_ref, config)
+                                .await?;
                         let platform: PlatformInfo =
                             serde_json::from_slice(&bytes).map_err(|source| {
                                 ImageError::InvalidJson {

@@ -154,23 +154,21 @@ fn manifest_error(
     }
 }
 
-/// A small blob (an image config) of `reference`'s repository, checked against its
-/// descriptor. The client must have fetched the repository's manifest (it holds the
+/// An image config of the repository `blob_ref` names, checked against its descriptor
+/// (size, digest). The client must have fetched the repository's manifest (it holds the
 /// token).
-pub(super) async fn fetch_small_blob(
+pub(super) async fn fetch_config_blob(
     client: &oci_client::Client,
     endpoint: &Endpoint,
-    reference: &Reference,
-    tag_or_digest: &TagOrDigest,
+    blob_ref: &oci_client::Reference,
     descriptor: &Descriptor,
 ) -> Result<Vec<u8>, ImageError> {
     if descriptor.size as u64 > MAX_JSON_SIZE {
         return Err(bad(endpoint, "image config", "it is larger than 16 MiB"));
     }
-    let blob_ref = endpoint.reference(&reference.path, tag_or_digest);
     let mut bytes = Vec::new();
     client
-        .pull_blob(&blob_ref, &descriptor.to_oci(), &mut bytes)
+        .pull_blob(blob_ref, &descriptor.to_oci(), &mut bytes)
         .await
         .map_err(|e| endpoint.error(e))?;
     let digest = sha256_digest(&bytes);
@@ -402,21 +400,8 @@ impl BlobSource<'_> {
         layer_count: usize,
     ) -> Result<FetchedConfig, ImageError> {
         let endpoint = self.endpoint;
-        if descriptor.size as u64 > MAX_JSON_SIZE {
-            return Err(bad(endpoint, "image config", "it is larger than 16 MiB"));
-        }
-        let mut bytes = Vec::new();
-        self.client
-            .pull_blob(&self.blob_ref, &descriptor.to_oci(), &mut bytes)
-            .await
-            .map_err(|e| endpoint.error(e))?;
-        let id = sha256_digest(&bytes);
-        if id != descriptor.digest {
-            return Err(ImageError::DigestMismatch {
-                expected: descriptor.digest.clone(),
-                actual: id,
-            });
-        }
+        let bytes = fetch_config_blob(self.client, endpoint, &self.blob_ref, descriptor).await?;
+        let id = descriptor.digest.clone();
         let config: oci_spec::image::ImageConfiguration =
             serde_json::from_slice(&bytes).map_err(|source| ImageError::InvalidJson {
                 what: format!("image config {id}"),
