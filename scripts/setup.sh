@@ -5,7 +5,8 @@
 # a second real Docker API client for the tests), iproute2 and nftables (container networks:
 # bridges, taps and filtering in Berth's own network namespace), docker-registry (the
 # tests pull from and push to a real registry on 127.0.0.1), docker-compose (v1: the tests
-# bring a project up with it).
+# bring a project up with it), mmdebstrap and postgresql-client (the workload test makes a
+# PostgreSQL image from Debian's packages and drives it with the host's psql and pgbench).
 # The guest kernel is not installed: Berth fetches Debian's package into its cache.
 set -euo pipefail
 need=()
@@ -19,6 +20,8 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v nft >/dev/null || need+=(nftables)
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v docker-compose >/dev/null || need+=(docker-compose)
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+command -v pgbench >/dev/null || need+=(postgresql-client)
 # Berth resolves and downloads the guest kernel with apt on first use: the package lists
 # must be current then (an old list can name a kernel the archive no longer has).
 cache=${BERTH_CACHE:-/var/cache/berth}

@@ -59,6 +59,9 @@ pub const MAX_CONTROL_LEN: usize = 256 * 1024;
 pub const AGENT_STREAM: u32 = 0;
 /// Name of the virtio-serial port the agent talks on.
 pub const PORT_NAME: &str = "berth.agent";
+/// The agent's helper that is a container's init (`docker run --init`): a first process
+/// `[INIT_HELPER, program, args...]` with `agent_helper` set runs `program` under it.
+pub const INIT_HELPER: &str = "berth-init";
 /// Stream id of a container's first shared directory; share `n` uses this plus `n`.
 /// Far from the process streams (1, then one per exec).
 pub const SHARE_STREAM_BASE: u32 = 0xF000_0000;

@@ -153,6 +153,11 @@ pub struct ProcessSpec {
     /// /etc/group, or numeric ids), beside those /etc/group lists the user in.
     #[serde(default)]
     pub extra_groups: Vec<String>,
+    /// For the container's first process: start it as PID 1 of a PID namespace of its
+    /// own (Docker's default), which the container's later processes join; `false`
+    /// (`--pid host`, and helper VMs) keeps the VM's namespace.
+    #[serde(default)]
+    pub own_pid_namespace: bool,
 }
 
 /// Why a process could not be started. The engine maps these to Docker's 126/127.
@@ -379,6 +384,7 @@ mod tests {
             no_new_privileges: true,
             agent_helper: false,
             extra_groups: vec!["audio".into()],
+            own_pid_namespace: true,
         });
         let frame = decode_one(&encode_control(3, &spawn));
         assert_eq!(frame.stream, 3);

@@ -13,7 +13,9 @@ mod archive;
 mod boot;
 mod changes;
 mod channel;
+mod init;
 mod network;
+mod pid_namespace;
 mod process;
 mod rebind;
 mod serve;
@@ -23,12 +25,13 @@ mod user;
 mod volumes;
 
 fn main() {
-    // The agent's binary also serves as the helper for `docker cp`, run chrooted in the
-    // container under another name.
+    // The agent's binary also serves as the helpers for `docker cp`, `docker diff` and
+    // `commit`, and `--init`, run in the container under other names.
     let args: Vec<String> = std::env::args().collect();
     match args.first().map(String::as_str) {
         Some(archive::HELPER_NAME) => std::process::exit(archive::main(&args)),
         Some(changes::HELPER_NAME) => std::process::exit(changes::main(&args)),
+        Some(init::HELPER_NAME) => std::process::exit(init::main(&args)),
         _ => {}
     }
     if let Err(error) = run() {

@@ -18,6 +18,7 @@ use berth_agent_proto::{FrameKind, ProcessSpec, SpawnFailure};
 
 use crate::boot::CONTAINER_ROOT;
 use crate::channel::Channel;
+use crate::pid_namespace;
 use crate::user;
 
 /// A running process the agent reports on.
@@ -33,6 +34,8 @@ pub struct RunningProcess {
     pub is_init: bool,
     /// The kernel's count of out-of-memory kills when the process started.
     pub oom_kills_at_start: u64,
+    /// The process is PID 1 of the container's own PID namespace.
+    pub own_pid_namespace: bool,
 }
 
 /// How many processes the kernel's out-of-memory killer has killed (`/proc/vmstat`).
@@ -139,15 +142,26 @@ pub fn spawn(
         user::resolve(CONTAINER_ROOT, &spec.user, &spec.extra_groups).map_err(SpawnError::other)?;
     create_working_directory(spec)?;
 
+    let own_pid_namespace = is_init && spec.own_pid_namespace;
     let mut command = container_command(spec, program, &identity);
     let pty_master = attach_stdio(&mut command, spec)?;
-    let setup = ChildSetup::prepare(spec, program, &identity)?;
+    let setup = ChildSetup::prepare(spec, program, &identity, own_pid_namespace)?;
     install_child_setup(&mut command, setup);
 
-    let mut child = command
-        .spawn()
-        .map_err(|error| classify_exec_error(program, &error))?;
+    let namespace = pid_namespace::ForChildren::enter(own_pid_namespace).map_err(|error| {
+        SpawnError::other(format!("entering the container's PID namespace: {error}"))
+    })?;
+    let spawned = command.spawn();
+    drop(namespace);
+    let mut child = spawned.map_err(|error| classify_exec_error(program, &error))?;
     let pid = child.id() as i32;
+    if own_pid_namespace {
+        if let Err(error) = pid_namespace::adopt(pid) {
+            // Only a process that ended at once has no namespace to find: the reaper
+            // reports its exit; later spawns go to the VM's namespace.
+            eprintln!("berth-agent: the container's PID namespace: {error}");
+        }
+    }
     let announced = announce(pid);
     let streams = match &pty_master {
         Some(master) => pump_terminal(master, spec.stdin, channel, stream)?,
@@ -162,6 +176,7 @@ pub fn spawn(
         pumps: streams.pumps,
         is_init,
         oom_kills_at_start,
+        own_pid_namespace,
     };
     Ok((running, announced))
 }
@@ -252,6 +267,13 @@ struct ChildSetup {
     dropped: Vec<libc::c_ulong>,
     /// Resource limits to set, by resource.
     limits: Vec<(u32, libc::rlimit)>,
+    /// Where to mount the procfs of the process's own PID namespace, when it is PID 1
+    /// of a new one (only a process inside a namespace can mount its procfs).
+    own_proc: Option<CString>,
+    /// Start with every signal blocked: the `--init` helper, which waits for signals
+    /// with `sigwait`. A namespace's PID 1 loses any signal it neither handles nor
+    /// blocks, so a `docker stop` right after the start would otherwise be lost.
+    block_signals: bool,
 }
 
 impl ChildSetup {
@@ -260,6 +282,7 @@ impl ChildSetup {
         spec: &ProcessSpec,
         program: &str,
         identity: &user::Identity,
+        own_pid_namespace: bool,
     ) -> Result<Self, SpawnError> {
         // The changes helper compares the container root with its image's: it alone runs
         // outside the container root.
@@ -276,6 +299,12 @@ impl ChildSetup {
             no_new_privileges: spec.no_new_privileges,
             dropped: capabilities_to_drop(spec),
             limits: resource_limits(spec),
+            own_proc: if own_pid_namespace {
+                Some(cstring(&format!("{CONTAINER_ROOT}/proc"))?)
+            } else {
+                None
+            },
+            block_signals: spec.agent_helper && program == berth_agent_proto::INIT_HELPER,
         })
     }
 }
@@ -323,7 +352,15 @@ fn install_child_setup(command: &mut Command, setup: ChildSetup) {
         no_new_privileges,
         dropped,
         limits,
+        own_proc,
+        block_signals,
     } = setup;
+    // SAFETY: sigfillset only writes the set it is given, which is fully initialised here.
+    let all_signals = unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigfillset(&mut set);
+        set
+    };
     // SAFETY: the hook runs in the child between fork and exec; it only makes
     // async-signal-safe system calls on values prepared before the fork.
     unsafe {
@@ -333,6 +370,19 @@ fn install_child_setup(command: &mut Command, setup: ChildSetup) {
             }
             if tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
                 return Err(io::Error::last_os_error());
+            }
+            if let Some(target) = &own_proc {
+                let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+                if libc::mount(
+                    c"proc".as_ptr(),
+                    target.as_ptr(),
+                    c"proc".as_ptr(),
+                    flags,
+                    std::ptr::null(),
+                ) < 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
             }
             if libc::chroot(root.as_ptr()) < 0 || libc::chdir(cwd.as_ptr()) < 0 {
                 return Err(io::Error::last_os_error());
@@ -356,6 +406,12 @@ fn install_child_setup(command: &mut Command, setup: ChildSetup) {
                 || libc::setuid(uid) < 0
             {
                 return Err(io::Error::last_os_error());
+            }
+            // Last: the standard library resets the mask before these hooks run.
+            if block_signals
+                && libc::pthread_sigmask(libc::SIG_SETMASK, &all_signals, std::ptr::null_mut()) != 0
+            {
+                return Err(io::Error::other("blocking signals"));
             }
             Ok(())
         });

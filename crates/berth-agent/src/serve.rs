@@ -512,10 +512,14 @@ fn reap(table: SharedTable, channel: Channel, exits: SharedExits) {
         let exits = exits.clone();
         std::thread::spawn(move || {
             if process.is_init {
-                // The container ends with its first process, as with a pid namespace.
+                // The container ends with its first process (its own PID namespace, if
+                // it has one, is gone with it; with `--pid host` this does the same).
                 // SAFETY: no pointers; as PID 1, kill(-1) spares the agent itself.
                 unsafe {
                     libc::kill(-1, libc::SIGKILL);
+                }
+                if process.own_pid_namespace {
+                    crate::pid_namespace::release(&format!("{}/proc", crate::boot::CONTAINER_ROOT));
                 }
             }
             drop(process.stdin);

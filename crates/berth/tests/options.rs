@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{shared, stderr};
+use common::{eventually, shared, stderr, stdout};
 
 fn output_of(args: &[&str]) -> String {
     shared().docker_ok(args)
@@ -172,12 +172,95 @@ fn filesystem_and_guest_settings_are_applied() {
 }
 
 #[test]
+fn the_container_is_pid_1_of_its_own_namespace_and_pid_host_is_its_vms() {
+    let daemon = shared();
+    // Docker's default: the container's first process is PID 1 and sees only the
+    // container's processes; an exec joins that namespace.
+    let id = daemon.docker_ok(&[
+        "run",
+        "-d",
+        "busybox",
+        "sh",
+        "-c",
+        "echo $$; exec sleep 600",
+    ]);
+    eventually("the first process wrote its pid", || {
+        !stdout(&daemon.docker(&["logs", &id])).is_empty()
+    });
+    assert_eq!(stdout(&daemon.docker(&["logs", &id])).trim(), "1");
+    let processes = daemon.docker_ok(&["exec", &id, "ps", "-o", "pid,args"]);
+    let lines: Vec<&str> = processes.lines().skip(1).map(str::trim).collect();
+    assert_eq!(lines.len(), 2, "{processes}");
+    assert_eq!(lines[0], "1 sleep 600");
+    assert!(lines[1].ends_with("ps -o pid,args"), "{processes}");
+    assert_eq!(
+        daemon.docker_ok(&["inspect", "-f", "{{.HostConfig.PidMode}}", &id]),
+        ""
+    );
+    daemon.docker_ok(&["rm", "-f", &id]);
+
+    // `--init`: an init is PID 1; it passes `docker stop`'s SIGTERM on (a PID 1 without
+    // a handler would lose it: 143, not 137 after the timeout), reaps orphans, and a
+    // missing program is 127.
+    let id = daemon.docker_ok(&["run", "-d", "--init", "busybox", "sleep", "600"]);
+    let processes = daemon.docker_ok(&["exec", &id, "ps", "-o", "pid,args"]);
+    assert!(
+        processes.contains("1 {exe} berth-init sleep 600"),
+        "{processes}"
+    );
+    daemon.docker_ok(&["stop", &id]);
+    assert_eq!(
+        daemon.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.State.ExitCode}} {{.HostConfig.Init}}",
+            &id
+        ]),
+        "143 true"
+    );
+    daemon.docker_ok(&["rm", &id]);
+    let orphans = daemon.docker_ok(&[
+        "run",
+        "--rm",
+        "--init",
+        "busybox",
+        "sh",
+        "-c",
+        "(sleep 1 &); sleep 3; ps -o stat,args | grep -c '^Z' || true",
+    ]);
+    assert_eq!(orphans, "0", "an orphan was left a zombie");
+    let missing = daemon.docker(&["run", "--rm", "--init", "busybox", "no-such-program"]);
+    assert_eq!(missing.status.code(), Some(127), "{}", stderr(&missing));
+
+    // `--pid host`: the VM's namespace, whose PID 1 is Berth's agent; `--uts host` and
+    // `--ipc host` are the VM's too. Inspect shows what was asked.
+    let id = daemon.docker_ok(&[
+        "run", "-d", "--pid", "host", "--uts", "host", "--ipc", "host", "busybox", "sleep", "600",
+    ]);
+    let first = daemon.docker_ok(&["exec", &id, "cat", "/proc/1/cmdline"]);
+    assert_eq!(first.trim_end_matches('\0'), "/init");
+    assert!(daemon
+        .docker_ok(&["exec", &id, "ps", "-o", "pid,args"])
+        .contains("sleep 600"));
+    assert_eq!(
+        daemon.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.PidMode}} {{.HostConfig.UTSMode}} {{.HostConfig.IpcMode}}",
+            &id
+        ]),
+        "host host host"
+    );
+    daemon.docker_ok(&["rm", "-f", &id]);
+}
+
+#[test]
 fn what_cannot_be_honoured_is_refused() {
     let daemon = shared();
     for args in [
         &["--device", "/dev/null"][..],
-        &["--pid", "host"],
-        &["--ipc", "host"],
+        &["--pid", "container:other"],
+        &["--ipc", "container:other"],
         &["--cpu-shares", "512"],
         &["--security-opt", "seccomp=/nonexistent.json"],
         &["--cap-add", "FLYING"],

@@ -41,19 +41,25 @@ fn check_supported(host: &HostConfig) -> Result<(), EngineError> {
             "conflicting options: port publishing and the container type network mode".into(),
         ));
     }
-    let own_kernel = |option: &str, mode: Option<&str>| -> Result<(), EngineError> {
-        match mode {
-            Some(mode) if mode == "host" || mode.starts_with("container:") => {
-                Err(EngineError::InvalidArgument(format!(
-                    "{option} {mode:?} cannot work in Berth: every container has its own kernel"
-                )))
-            }
-            _ => Ok(()),
-        }
+    // `host` means the container's VM, its own "host" (docs/architecture.md, "Namespaces
+    // in the VM"); another container's namespaces are in another kernel.
+    let own_kernel = |option: &str, mode: Option<&str>, known: &[&str]| match mode {
+        Some(mode) if mode.starts_with("container:") => Err(EngineError::InvalidArgument(format!(
+            "{option} {mode:?} cannot work in Berth: every container has its own kernel, \
+                 so it cannot join another container's namespaces"
+        ))),
+        Some(mode) if !mode.is_empty() && !known.contains(&mode) => Err(
+            EngineError::InvalidArgument(format!("invalid {} mode: {mode}", &option[2..])),
+        ),
+        _ => Ok(()),
     };
-    own_kernel("--pid", host.pid_mode.as_deref())?;
-    own_kernel("--ipc", host.ipc_mode.as_deref())?;
-    own_kernel("--uts", host.uts_mode.as_deref())?;
+    own_kernel("--pid", host.pid_mode.as_deref(), &["host"])?;
+    own_kernel(
+        "--ipc",
+        host.ipc_mode.as_deref(),
+        &["host", "private", "shareable", "none"],
+    )?;
+    own_kernel("--uts", host.uts_mode.as_deref(), &["host"])?;
     let refused = |what: &str, why: &str| {
         Err(EngineError::NotSupported(format!(
             "Berth does not support {what}: {why}"
@@ -290,6 +296,13 @@ impl Engine {
                 typ: Some("json-file".into()),
                 config: Some(options),
             });
+        }
+        // dockerd's defaults for the IPC mode and /dev/shm's size (64 MiB).
+        if host_config.ipc_mode.as_deref().is_none_or(str::is_empty) {
+            host_config.ipc_mode = Some("private".into());
+        }
+        if host_config.shm_size.is_none_or(|size| size <= 0) {
+            host_config.shm_size = Some(64 << 20);
         }
         check_supported(&host_config)?;
         {

@@ -239,6 +239,8 @@ impl Engine {
             no_new_privileges: crate::container::security::no_new_privileges(&record.host_config),
             agent_helper: exec.helper,
             extra_groups: record.host_config.group_add.clone().unwrap_or_default(),
+            // An exec joins the container's namespace; it never makes one.
+            own_pid_namespace: false,
         };
         if exec.helper {
             // Berth's own helper: as root, with every capability, in `/`.

@@ -228,8 +228,13 @@ impl Engine {
 
 /// The container's process, checked before any VM is booted.
 fn process_spec(record: &ContainerRecord) -> Result<ProcessSpec, EngineError> {
+    // `--init`: the agent's init helper is PID 1 and runs the command as its child.
+    let init = record.host_config.init == Some(true);
+    let init_helper = init.then(|| berth_agent_proto::INIT_HELPER.to_owned());
     Ok(ProcessSpec {
-        argv: std::iter::once(record.path.clone())
+        argv: init_helper
+            .into_iter()
+            .chain(std::iter::once(record.path.clone()))
             .chain(record.args.iter().cloned())
             .collect(),
         env: record.config.env.clone().unwrap_or_default(),
@@ -246,8 +251,10 @@ fn process_spec(record: &ContainerRecord) -> Result<ProcessSpec, EngineError> {
         rlimits: crate::container::security::rlimits(&record.host_config)?,
         capabilities: crate::container::security::capabilities(&record.host_config)?,
         no_new_privileges: crate::container::security::no_new_privileges(&record.host_config),
-        agent_helper: false,
+        agent_helper: init,
         extra_groups: record.host_config.group_add.clone().unwrap_or_default(),
+        // `--pid host`: the VM's namespace (see docs/architecture.md).
+        own_pid_namespace: record.host_config.pid_mode.as_deref() != Some("host"),
     })
 }
 

@@ -286,6 +286,7 @@ impl Engine {
                 no_new_privileges: false,
                 agent_helper: true,
                 extra_groups: Vec::new(),
+                own_pid_namespace: false,
             };
             session
                 .send(HELPER_STREAM, &HostMessage::Spawn(process))

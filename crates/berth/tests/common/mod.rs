@@ -478,7 +478,12 @@ pub fn http_get(port: u16, path: &str) -> String {
 
 /// The host port `docker port CONTAINER 80/tcp` names.
 pub fn published_port(daemon: &Daemon, container: &str) -> u16 {
-    let line = daemon.docker_ok(&["port", container, "80/tcp"]);
+    published_port_of(daemon, container, "80/tcp")
+}
+
+/// The host port `docker port CONTAINER PORT` names (`PORT` as `5432/tcp`).
+pub fn published_port_of(daemon: &Daemon, container: &str, port: &str) -> u16 {
+    let line = daemon.docker_ok(&["port", container, port]);
     line.lines()
         .next()
         .and_then(|l| l.rsplit(':').next())
