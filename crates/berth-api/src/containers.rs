@@ -367,14 +367,32 @@ pub fn terminal_size(params: &HashMap<String, String>) -> ApiResult<(u16, u16)> 
     Ok((dimension("h")?, dimension("w")?))
 }
 
-/// `DELETE /containers/{id}`.
+/// `DELETE /containers/{id}` (`link=1`: `id` must be a link's name, which is refused).
 pub async fn remove(
     State(engine): State<AppState>,
     Path(id): Path<String>,
     Query(params): Params,
 ) -> ApiResult<StatusCode> {
+    if flag(&params, "link") {
+        engine.remove_link(&id)?;
+        return Ok(StatusCode::NO_CONTENT);
+    }
     engine
         .remove_container_and_volumes(&id, flag(&params, "force"), flag(&params, "v"))
         .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /containers/{linker}/{alias}?link=1`: `docker rm --link`.
+pub async fn remove_link(
+    State(engine): State<AppState>,
+    Path((linker, alias)): Path<(String, String)>,
+    Query(params): Params,
+) -> ApiResult<StatusCode> {
+    let name = format!("{linker}/{alias}");
+    if !flag(&params, "link") {
+        return Err(berth_engine::EngineError::NoSuchContainer(name).into());
+    }
+    engine.remove_link(&name)?;
     Ok(StatusCode::NO_CONTENT)
 }

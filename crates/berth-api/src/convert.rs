@@ -122,7 +122,7 @@ fn endpoint_settings(
             ipv4_address: Some(ip.to_string()),
             ..Default::default()
         }),
-        links: None,
+        links: (!endpoint.links.is_empty()).then(|| endpoint.links.clone()),
         mac_address: Some(if running {
             endpoint.mac.clone()
         } else {

@@ -80,6 +80,10 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/containers/{id}/stats", get(stats::stats))
         .route("/containers/{id}", delete(containers::remove))
         .route(
+            "/containers/{linker}/{alias}",
+            delete(containers::remove_link),
+        )
+        .route(
             "/containers/{id}/archive",
             get(archive::get).head(archive::head).put(archive::put),
         )

@@ -71,6 +71,11 @@ pub fn route_version(mut request: Request<Body>) -> Result<Request<Body>, Box<Re
                 .query()
                 .map(|q| format!("?{q}"))
                 .unwrap_or_default();
+            // `docker rm --link /web/db` asks for `/containers//web/db`.
+            let rest = match rest.strip_prefix("/containers//") {
+                Some(link) => format!("/containers/{link}"),
+                None => rest.to_owned(),
+            };
             let uri: Uri = match format!("{rest}{query}").parse() {
                 Ok(uri) => uri,
                 Err(_) => {

@@ -46,6 +46,8 @@ struct ResolverState {
     names: HashMap<String, HashMap<String, Vec<Ipv4Addr>>>,
     /// Client address -> the networks whose names it resolves.
     scopes: HashMap<Ipv4Addr, Vec<String>>,
+    /// Client address -> names only that client resolves (its links' aliases).
+    private: HashMap<Ipv4Addr, HashMap<String, Vec<Ipv4Addr>>>,
 }
 
 fn normalise(name: &str) -> String {
@@ -54,23 +56,35 @@ fn normalise(name: &str) -> String {
 
 impl Resolver {
     /// Replaces everything: `names` as (network, name, address), `scopes` as (client
-    /// address, networks).
+    /// address, networks), `private` as (client address, name, address).
     pub fn replace(
         &self,
         names: impl IntoIterator<Item = (String, String, Ipv4Addr)>,
         scopes: impl IntoIterator<Item = (Ipv4Addr, Vec<String>)>,
+        private: impl IntoIterator<Item = (Ipv4Addr, String, Ipv4Addr)>,
     ) {
-        let mut state = ResolverState::default();
-        for (network, name, address) in names {
-            let list = state
-                .names
-                .entry(network)
+        /// Adds `address` to `name`'s addresses in `table`, once.
+        fn add<K: std::hash::Hash + Eq>(
+            table: &mut HashMap<K, HashMap<String, Vec<Ipv4Addr>>>,
+            key: K,
+            name: &str,
+            address: Ipv4Addr,
+        ) {
+            let list = table
+                .entry(key)
                 .or_default()
-                .entry(normalise(&name))
+                .entry(normalise(name))
                 .or_default();
             if !list.contains(&address) {
                 list.push(address);
             }
+        }
+        let mut state = ResolverState::default();
+        for (client, name, address) in private {
+            add(&mut state.private, client, &name, address);
+        }
+        for (network, name, address) in names {
+            add(&mut state.names, network, &name, address);
         }
         state.scopes = scopes.into_iter().collect();
         *self.state.write().unwrap_or_else(|p| p.into_inner()) = state;
@@ -80,6 +94,9 @@ impl Resolver {
     pub fn lookup(&self, client: Ipv4Addr, name: &str) -> Option<Vec<Ipv4Addr>> {
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
         let name = normalise(name);
+        if let Some(addresses) = state.private.get(&client).and_then(|n| n.get(&name)) {
+            return Some(addresses.clone());
+        }
         let mut found: Vec<Ipv4Addr> = Vec::new();
         for network in state.scopes.get(&client)? {
             let addresses = state.names.get(network).and_then(|n| n.get(&name));
@@ -287,6 +304,7 @@ mod tests {
                 ),
             ],
             [(CLIENT, vec!["n1".to_owned()])],
+            [(CLIENT, "linked".to_owned(), web)],
         );
         resolver
     }
@@ -295,6 +313,16 @@ mod tests {
     fn names_are_scoped_to_the_clients_networks() {
         let resolver = resolver();
         assert!(resolver.lookup(CLIENT, "web").is_some());
+        assert_eq!(
+            resolver.lookup(CLIENT, "linked"),
+            Some(vec![Ipv4Addr::new(172, 18, 0, 2)])
+        );
+        assert!(
+            resolver
+                .lookup(Ipv4Addr::new(172, 18, 0, 3), "linked")
+                .is_none(),
+            "a link's alias is its linker's alone"
+        );
         assert!(
             resolver.lookup(CLIENT, "db").is_none(),
             "db is on another network"

@@ -575,3 +575,143 @@ fn older_api_versions_get_their_shapes() {
     let inspect: serde_json::Value = serde_json::from_slice(&inspect).unwrap();
     assert!(inspect.get("ContainerConfig").is_some() && inspect.get("VirtualSize").is_some());
 }
+
+#[test]
+fn links_give_variables_hosts_lines_and_names_as_docker() {
+    let daemon = shared();
+    daemon.docker_ok(&[
+        "run", "-d", "--name", "link-db", "-e", "DBVAR=x", "--expose", "5432", "busybox", "sleep",
+        "600",
+    ]);
+    let db_id = daemon.docker_ok(&["inspect", "-f", "{{.Id}}", "link-db"]);
+    let db_ip = daemon.docker_ok(&[
+        "inspect",
+        "-f",
+        "{{.NetworkSettings.Networks.bridge.IPAddress}}",
+        "link-db",
+    ]);
+
+    // The default bridge: variables, a hosts line, HostConfig.Links; the alias answers.
+    daemon.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "link-web",
+        "--link",
+        "link-db:dbalias",
+        "busybox",
+        "sleep",
+        "600",
+    ]);
+    let environment = daemon.docker_ok(&["exec", "link-web", "env"]);
+    for expected in [
+        format!("DBALIAS_PORT=tcp://{db_ip}:5432"),
+        format!("DBALIAS_PORT_5432_TCP_ADDR={db_ip}"),
+        "DBALIAS_PORT_5432_TCP_PROTO=tcp".to_owned(),
+        "DBALIAS_NAME=/link-web/dbalias".to_owned(),
+        "DBALIAS_ENV_DBVAR=x".to_owned(),
+    ] {
+        assert!(
+            environment.lines().any(|l| l == expected),
+            "{expected} not in {environment}"
+        );
+    }
+    let hosts = daemon.docker_ok(&["exec", "link-web", "cat", "/etc/hosts"]);
+    let line = format!("{db_ip}\tdbalias {} link-db", &db_id[..12]);
+    assert!(hosts.lines().any(|l| l == line), "{line:?} not in {hosts}");
+    daemon.docker_ok(&["exec", "link-web", "ping", "-c", "1", "-W", "5", "dbalias"]);
+    assert_eq!(
+        daemon.docker_ok(&["inspect", "-f", "{{json .HostConfig.Links}}", "link-web"]),
+        r#"["/link-db:/link-web/dbalias"]"#
+    );
+
+    // docker rm --link takes the link away; a plain name or an unknown link is refused.
+    assert_eq!(
+        daemon.docker_ok(&["rm", "--link", "/link-web/dbalias"]),
+        "/link-web/dbalias"
+    );
+    assert_eq!(
+        daemon.docker_ok(&["inspect", "-f", "{{json .HostConfig.Links}}", "link-web"]),
+        "null"
+    );
+    let unknown = daemon.docker(&["rm", "--link", "/link-web/dbalias"]);
+    assert!(
+        stderr(&unknown).contains("No such container: link-web/dbalias"),
+        "{}",
+        stderr(&unknown)
+    );
+    let plain = daemon.docker(&["rm", "--link", "link-db"]);
+    assert!(
+        stderr(&plain).contains("cannot remove the default link name"),
+        "{}",
+        stderr(&plain)
+    );
+
+    // Docker's refusals: a target that does not exist (at create), or does not run (at start).
+    let missing = daemon.docker(&["create", "--link", "no-such-db:x", "busybox", "true"]);
+    assert!(
+        stderr(&missing)
+            .contains("could not get container for no-such-db: No such container: no-such-db"),
+        "{}",
+        stderr(&missing)
+    );
+    daemon.docker_ok(&[
+        "create",
+        "--name",
+        "link-late",
+        "--link",
+        "link-web:w",
+        "busybox",
+        "true",
+    ]);
+    daemon.docker_ok(&["rm", "-f", "link-web"]);
+    let stopped = daemon.docker(&["start", "link-late"]);
+    assert!(
+        stderr(&stopped)
+            .contains("Cannot link to a non running container: /link-web AS /link-late/w"),
+        "{}",
+        stderr(&stopped)
+    );
+    daemon.docker_ok(&["rm", "link-late"]);
+
+    // A user-defined network: no variables or hosts lines, the link is the endpoint's,
+    // and its alias resolves through Berth's DNS (for the linking container alone: a unit
+    // test of the resolver; asking from another container would send the name upstream).
+    daemon.docker_ok(&["network", "create", "link-net"]);
+    daemon.docker_ok(&["network", "connect", "link-net", "link-db"]);
+    daemon.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "link-user",
+        "--network",
+        "link-net",
+        "--link",
+        "link-db:store",
+        "busybox",
+        "sleep",
+        "600",
+    ]);
+    let found = daemon.docker_ok(&["exec", "link-user", "nslookup", "store"]);
+    let db_on_net = daemon.docker_ok(&[
+        "inspect",
+        "-f",
+        "{{(index .NetworkSettings.Networks \"link-net\").IPAddress}}",
+        "link-db",
+    ]);
+    assert!(found.contains(&format!("Address: {db_on_net}")), "{found}");
+    assert!(!daemon
+        .docker_ok(&["exec", "link-user", "env"])
+        .contains("STORE_"));
+    assert_eq!(
+        daemon.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{json .HostConfig.Links}} {{json (index .NetworkSettings.Networks \"link-net\").Links}}",
+            "link-user"
+        ]),
+        r#"null ["link-db:store"]"#
+    );
+    daemon.docker_ok(&["rm", "-f", "link-user", "link-db"]);
+    daemon.docker_ok(&["network", "rm", "link-net"]);
+}

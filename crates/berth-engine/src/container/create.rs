@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use bollard_stubs::models::{ContainerConfig, ContainerCreateBody, EndpointSettings, HostConfig};
 
-use crate::container::names;
+use crate::container::{links, names};
 use crate::error::EngineError;
 use crate::network::{ConnectRequest, EndpointRecord};
 use crate::records::{ContainerRecord, StateRecord};
@@ -70,12 +70,6 @@ fn check_supported(host: &HostConfig) -> Result<(), EngineError> {
         return refused(
             "--device",
             "host devices are not passed into a container's VM",
-        );
-    }
-    if host.links.as_ref().is_some_and(|l| !l.is_empty()) {
-        return refused(
-            "--link",
-            "use a user-defined network: containers on it find each other by name",
         );
     }
     if nonzero(host.cpu_shares)
@@ -316,7 +310,8 @@ impl Engine {
             host_config.restart_policy.as_ref(),
             host_config.auto_remove.unwrap_or(false),
         )?;
-        let networks = self.endpoints_at_create(&body, &mut host_config)?;
+        let mut networks = self.endpoints_at_create(&body, &mut host_config)?;
+        let links = self.links_at_create(&mut host_config, &mut networks)?;
         let image = self.resolve_image(&image_ref)?;
         let id = names::new_id();
         let image_config = oci_config::Config::from_image(&image);
@@ -371,6 +366,9 @@ impl Engine {
                     }
                 },
             };
+            if !links.is_empty() {
+                host_config.links = Some(links.iter().map(|l| l.stored(&name)).collect());
+            }
             let record = ContainerRecord {
                 id: id.clone(),
                 name,
@@ -407,6 +405,43 @@ impl Engine {
             id,
             warnings: Vec::new(),
         })
+    }
+
+    /// `--link`s: checked and returned for `HostConfig.Links` on the default bridge
+    /// (their targets by name), kept as given in the endpoint on a user-defined network
+    /// (see `links`).
+    fn links_at_create(
+        &self,
+        host: &mut HostConfig,
+        networks: &mut BTreeMap<String, EndpointRecord>,
+    ) -> Result<Vec<links::Link>, EngineError> {
+        let given = host.links.take().unwrap_or_default();
+        let mut parsed = Vec::new();
+        for spec in &given {
+            parsed.extend(links::parse(spec)?);
+        }
+        if parsed.is_empty() {
+            return Ok(parsed);
+        }
+        let mode = host.network_mode.clone().unwrap_or_default();
+        if mode == crate::network::DEFAULT_NETWORK {
+            for link in &mut parsed {
+                let target = self.lookup(&link.target).map_err(|_| {
+                    EngineError::InvalidArgument(format!(
+                        "could not get container for {0}: No such container: {0}",
+                        link.target
+                    ))
+                })?;
+                link.target = target.snapshot().name;
+            }
+            return Ok(parsed);
+        }
+        if mode != crate::network::NONE_NETWORK {
+            if let Some(endpoint) = networks.get_mut(&mode) {
+                endpoint.links = given.into_iter().filter(|s| !s.ends_with(':')).collect();
+            }
+        }
+        Ok(Vec::new())
     }
 
     /// The container's endpoints from its network mode and `NetworkingConfig`; the

@@ -9,6 +9,7 @@ pub(crate) mod guest_config;
 mod handle;
 pub mod health;
 pub(crate) mod lifecycle;
+pub mod links;
 mod manage;
 pub(crate) mod names;
 pub(crate) mod restart;

@@ -242,6 +242,10 @@ impl Networks {
                 .entry(endpoint.network_id.clone())
                 .or_default()
                 .insert(record.id.clone(), (Self::dns_names(record, endpoint), ip));
+            live.links
+                .entry(endpoint.network_id.clone())
+                .or_default()
+                .insert(record.id.clone(), endpoint.links.clone());
         }
         self.refresh_dns(&live);
         Ok(())
@@ -261,6 +265,10 @@ impl Networks {
                 .entry(endpoint.network_id.clone())
                 .or_default()
                 .insert(record.id.clone(), (Self::dns_names(record, endpoint), ip));
+            live.links
+                .entry(endpoint.network_id.clone())
+                .or_default()
+                .insert(record.id.clone(), endpoint.links.clone());
         }
         self.refresh_dns(&live);
     }
@@ -277,6 +285,9 @@ impl Networks {
         }
         if let Some(names) = live.names.get_mut(&endpoint.network_id) {
             names.remove(container_id);
+        }
+        if let Some(links) = live.links.get_mut(&endpoint.network_id) {
+            links.remove(container_id);
         }
         self.refresh_dns(&live);
         drop(live);

@@ -56,6 +56,9 @@ struct LiveState {
     allocations: HashMap<String, HashMap<Ipv4Addr, String>>,
     /// Per network id, per container id: the names it answers to and its address.
     names: HashMap<String, HashMap<String, (Vec<String>, Ipv4Addr)>>,
+    /// Per network id, per container id: its links there (`TARGET[:ALIAS]`), whose
+    /// aliases it alone resolves.
+    links: HashMap<String, HashMap<String, Vec<String>>>,
     /// Per container id: its published ports' relays.
     published: HashMap<String, Vec<HostTask>>,
 }
@@ -285,7 +288,29 @@ impl Networks {
                 ips.into_iter().map(move |ip| (ip, networks.clone()))
             })
             .collect();
-        self.resolver.replace(names, scopes);
+        let mut private = Vec::new();
+        for (network, linkers) in &live.links {
+            let Some(containers) = live.names.get(network) else {
+                continue;
+            };
+            for (linker, links) in linkers {
+                let Some((_, client)) = containers.get(linker) else {
+                    continue;
+                };
+                for spec in links {
+                    let (target, alias) = spec.split_once(':').unwrap_or((spec, spec));
+                    let target = target.trim_start_matches('/');
+                    let alias = alias.trim_start_matches('/');
+                    let found = containers
+                        .values()
+                        .find(|(names, _)| names.iter().any(|n| n == target));
+                    if let Some((_, address)) = found {
+                        private.push((*client, alias.to_owned(), *address));
+                    }
+                }
+            }
+        }
+        self.resolver.replace(names, scopes, private);
     }
 
     /// The container's endpoints on live networks, in NIC order: the one named by its

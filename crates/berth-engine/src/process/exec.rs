@@ -202,7 +202,12 @@ impl Engine {
         // The terminal is the exec's own, decided at create (as Docker).
         let tty = config.tty.unwrap_or(false);
         let with_stdin = config.attach_stdin.unwrap_or(false);
-        let mut env = record.config.env.clone().unwrap_or_default();
+        // Links' variables are the targets' of now, as dockerd computes them per exec.
+        let mut env = crate::container::links::with_link_environment(
+            &self.link_targets(&record)?,
+            &record.name,
+            record.config.env.clone().unwrap_or_default(),
+        );
         for pair in config.env.iter().flatten() {
             let key = pair.split('=').next().unwrap_or(pair);
             env.retain(|existing| existing.split('=').next() != Some(key));

@@ -61,6 +61,9 @@ pub struct EndpointRecord {
     /// `--mac-address`.
     #[serde(default)]
     pub requested_mac: Option<String>,
+    /// `--link` on a user-defined network, as given (`TARGET[:ALIAS]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<String>,
     /// While running: 64 hex digits.
     #[serde(default)]
     pub endpoint_id: String,

@@ -33,6 +33,8 @@ pub(super) struct StartPlan {
     /// Its bind mounts and directory volumes, served by the host's file servers.
     pub shares: Vec<PlannedShare>,
     pub process: ProcessSpec,
+    /// Hosts lines of its `--link`s (before its `--add-host`s, as dockerd writes them).
+    pub link_hosts: Vec<(String, Vec<String>)>,
 }
 
 impl StartPlan {
@@ -99,6 +101,9 @@ impl StartPlan {
             ..Default::default()
         };
         crate::container::guest_config::apply(record, &self.network, &mut setup)?;
+        setup
+            .extra_hosts
+            .splice(0..0, self.link_hosts.iter().cloned());
         setup.volumes = self.volume_mounts.clone();
         setup.shares = self.shares.iter().map(PlannedShare::to_mount).collect();
         Ok(setup)
@@ -114,7 +119,14 @@ impl Engine {
         guest: &GuestImage,
     ) -> Result<StartPlan, EngineError> {
         let record = handle.snapshot();
-        let process = process_spec(&record)?;
+        let mut process = process_spec(&record)?;
+        let linked = self.link_targets(&record)?;
+        process.env = crate::container::links::with_link_environment(
+            &linked,
+            &record.name,
+            std::mem::take(&mut process.env),
+        );
+        let link_hosts = linked.iter().map(|t| t.host_line()).collect();
         self.check_volumes_free(&record.id, &record.mounts)?;
         let (volume_disks, volume_mounts) = self.volume_disks(&record)?;
         let shares = self.planned_shares(&record)?;
@@ -140,6 +152,7 @@ impl Engine {
             volume_mounts,
             shares,
             process,
+            link_hosts,
         })
     }
 
