@@ -10,6 +10,7 @@
 //! it a unix socket that the engine side listens on and the VM process connects to, so
 //! that nothing the guest writes is lost while the VM boots.
 
+pub mod cpu_limits;
 pub mod process;
 
 use std::path::PathBuf;

@@ -261,7 +261,8 @@ fn what_cannot_be_honoured_is_refused() {
         &["--device", "/dev/null"][..],
         &["--pid", "container:other"],
         &["--ipc", "container:other"],
-        &["--cpu-shares", "512"],
+        &["--cpuset-cpus", "4095"],
+        &["--cpus", "1", "--cpu-quota", "50000"],
         &["--security-opt", "seccomp=/nonexistent.json"],
         &["--cap-add", "FLYING"],
         &["--ulimit", "wings=1:1"],
@@ -714,4 +715,111 @@ fn links_give_variables_hosts_lines_and_names_as_docker() {
     );
     daemon.docker_ok(&["rm", "-f", "link-user", "link-db"]);
     daemon.docker_ok(&["network", "rm", "link-net"]);
+}
+
+/// The cgroup file `file` of the VM process `pid` in the hierarchy with `controller`
+/// (cgroup v2's unified one, or v1's).
+fn vm_cgroup_file(pid: &str, controller: &str, file: &str) -> String {
+    let table = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let unified = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let (mount, path) = table
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            if unified && controllers.is_empty() {
+                return Some(("".to_owned(), path.to_owned()));
+            }
+            controllers
+                .split(',')
+                .any(|c| c == controller)
+                .then(|| (controllers.to_owned(), path.to_owned()))
+        })
+        .unwrap_or_else(|| panic!("no {controller} group in {table}"));
+    let path = format!("/sys/fs/cgroup/{mount}{path}/{file}").replace("//", "/");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn cpu_controls_limit_the_vm_process_and_update_while_it_runs() {
+    let daemon = shared();
+    let id = daemon.docker_ok(&[
+        "run",
+        "-d",
+        "--cpus",
+        "0.5",
+        "--cpu-shares",
+        "512",
+        "--cpuset-cpus",
+        "0",
+        "busybox",
+        "sleep",
+        "600",
+    ]);
+    assert_eq!(
+        daemon.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.NanoCpus}} {{.HostConfig.CpuShares}} {{.HostConfig.CpusetCpus}}",
+            &id
+        ]),
+        "500000000 512 0"
+    );
+    let pid = daemon.docker_ok(&["inspect", "-f", "{{.State.Pid}}", &id]);
+    let unified = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let quota = |pid: &str| {
+        if unified {
+            vm_cgroup_file(pid, "cpu", "cpu.max")
+        } else {
+            vm_cgroup_file(pid, "cpu", "cpu.cfs_quota_us")
+        }
+    };
+    assert_eq!(quota(&pid), if unified { "50000 100000" } else { "50000" });
+    if !unified {
+        assert_eq!(vm_cgroup_file(&pid, "cpu", "cpu.shares"), "512");
+    }
+    assert_eq!(vm_cgroup_file(&pid, "cpuset", "cpuset.cpus"), "0");
+
+    // docker update on the running container: the new quota at once.
+    daemon.docker_ok(&["update", "--cpus", "1.5", &id]);
+    assert_eq!(
+        quota(&pid),
+        if unified { "150000 100000" } else { "150000" }
+    );
+    let conflict = daemon.docker(&["update", "--cpu-quota", "20000", &id]);
+    assert!(
+        stderr(&conflict).contains("Nano CPUs and CPU Quota cannot both be set"),
+        "{}",
+        stderr(&conflict)
+    );
+
+    // --cpu-quota/--cpu-period at create.
+    let other = daemon.docker_ok(&[
+        "run",
+        "-d",
+        "--cpu-quota",
+        "25000",
+        "--cpu-period",
+        "50000",
+        "busybox",
+        "sleep",
+        "600",
+    ]);
+    let other_pid = daemon.docker_ok(&["inspect", "-f", "{{.State.Pid}}", &other]);
+    if unified {
+        assert_eq!(vm_cgroup_file(&other_pid, "cpu", "cpu.max"), "25000 50000");
+    } else {
+        assert_eq!(
+            vm_cgroup_file(&other_pid, "cpu", "cpu.cfs_period_us"),
+            "50000"
+        );
+        assert_eq!(
+            vm_cgroup_file(&other_pid, "cpu", "cpu.cfs_quota_us"),
+            "25000"
+        );
+    }
+    daemon.docker_ok(&["rm", "-f", &id, &other]);
 }

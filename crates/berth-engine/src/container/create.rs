@@ -72,16 +72,7 @@ fn check_supported(host: &HostConfig) -> Result<(), EngineError> {
             "host devices are not passed into a container's VM",
         );
     }
-    if nonzero(host.cpu_shares)
-        || nonzero(host.cpu_quota)
-        || nonzero(host.cpu_period)
-        || host.cpuset_cpus.as_deref().is_some_and(|c| !c.is_empty())
-    {
-        return refused(
-            "CPU shares, quotas or sets",
-            "a container's CPUs are its VM's vCPUs (--cpus)",
-        );
-    }
+    crate::container::cpu::validate(host)?;
     if host.memory_swap.is_some_and(|s| s > 0) || nonzero(host.memory_reservation) {
         return refused(
             "--memory-swap or --memory-reservation",

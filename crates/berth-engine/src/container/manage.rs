@@ -59,10 +59,11 @@ impl Engine {
         self.persist(&handle)
     }
 
-    /// `POST /containers/{id}/update`: the restart policy at any time; the VM's memory
-    /// and vCPUs (its shape) while it is stopped, for its next start. What a VM cannot
-    /// change, or Berth does not apply, is refused. Zero values mean "unchanged", as the
-    /// docker CLI sends every field.
+    /// `POST /containers/{id}/update`: the restart policy and CPU controls at any time
+    /// (a running VM's process gets the new limits at once; `--cpus` sizes its vCPUs at
+    /// the next start); the VM's memory while it is stopped, for its next start. What a
+    /// VM cannot change, or Berth does not apply, is refused. Zero values mean
+    /// "unchanged", as the docker CLI sends every field.
     pub fn update_container(
         &self,
         reference: &str,
@@ -71,16 +72,9 @@ impl Engine {
         let handle = self.lookup(reference)?;
         let set = |value: Option<i64>| value.filter(|v| *v != 0);
         let unsupported = [
-            ("--cpu-shares", set(update.cpu_shares).is_some()),
             (
                 "--blkio-weight",
                 update.blkio_weight.is_some_and(|w| w != 0),
-            ),
-            ("--cpu-period", set(update.cpu_period).is_some()),
-            ("--cpu-quota", set(update.cpu_quota).is_some()),
-            (
-                "--cpuset-cpus",
-                update.cpuset_cpus.as_deref().is_some_and(|c| !c.is_empty()),
             ),
             (
                 "--cpuset-mems",
@@ -104,7 +98,7 @@ impl Engine {
                 "Berth cannot apply {flag}: a container's resources are its VM's vCPUs and memory (--cpus, --memory)"
             )));
         }
-        let shape_change = set(update.memory).is_some() || set(update.nano_cpus).is_some();
+        let shape_change = set(update.memory).is_some();
         let mut record = lock(&handle.record);
         if shape_change {
             record
@@ -121,8 +115,38 @@ impl Engine {
             }
             record.host_config.memory = Some(memory);
         }
+        let mut host = record.host_config.clone();
         if let Some(nano_cpus) = set(update.nano_cpus) {
-            record.host_config.nano_cpus = Some(nano_cpus);
+            host.nano_cpus = Some(nano_cpus);
+        }
+        if let Some(shares) = set(update.cpu_shares) {
+            host.cpu_shares = Some(shares);
+        }
+        if let Some(period) = set(update.cpu_period) {
+            host.cpu_period = Some(period);
+        }
+        if let Some(quota) = set(update.cpu_quota) {
+            host.cpu_quota = Some(quota);
+        }
+        if let Some(cpus) = update.cpuset_cpus.clone().filter(|c| !c.is_empty()) {
+            host.cpuset_cpus = Some(cpus);
+        }
+        crate::container::cpu::validate(&host)?;
+        let cpu_changed = crate::container::cpu::limits(&host)
+            != crate::container::cpu::limits(&record.host_config);
+        record.host_config.nano_cpus = host.nano_cpus;
+        record.host_config.cpu_shares = host.cpu_shares;
+        record.host_config.cpu_period = host.cpu_period;
+        record.host_config.cpu_quota = host.cpu_quota;
+        record.host_config.cpuset_cpus = host.cpuset_cpus;
+        if cpu_changed && handle.runtime().is_some() && record.state.pid != 0 {
+            let limits = crate::container::cpu::limits(&record.host_config);
+            berth_vm::cpu_limits::apply(record.state.pid, &record.id, &limits).map_err(|e| {
+                EngineError::InvalidArgument(format!(
+                    "Cannot update container {}: applying CPU limits: {e}",
+                    record.id
+                ))
+            })?;
         }
         if let Some(policy) = update.restart_policy.filter(|p| p.name.is_some()) {
             crate::container::restart::validate(Some(&policy), record.auto_remove())?;

@@ -4,6 +4,7 @@
 //! settings a container's guest gets (security, guest configuration, health checks).
 
 mod agent_request;
+mod cpu;
 mod create;
 pub(crate) mod guest_config;
 mod handle;

@@ -35,6 +35,7 @@ impl Engine {
     /// Records the end of a run, powers nothing: the VM is already gone.
     pub(super) fn finish_run(self: &Arc<Self>, handle: &Arc<ContainerHandle>, end: RunEnd) {
         self.release_networks(handle);
+        berth_vm::cpu_limits::remove(&handle.id);
         let run_lasted =
             chrono::DateTime::parse_from_rfc3339(&lock(&handle.record).state.started_at)
                 .ok()

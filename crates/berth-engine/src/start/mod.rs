@@ -207,6 +207,7 @@ impl Engine {
         let vm_pid = vm.pid;
         let control: Arc<dyn VmControl> = Arc::from(vm.control);
         rollback.vm = Some(control.clone());
+        self.apply_cpu_limits(&plan.record, vm_pid)?;
         let vm_up = begun.elapsed();
         // 3. host networks first, when the process travels behind the setup
         rollback.step = StartStep::HostNetworks;
