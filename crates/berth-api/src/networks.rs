@@ -27,12 +27,23 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiErro
 /// A network as Docker's API shows it; `Containers` lists the running containers on it.
 fn network_json(engine: &AppState, record: &NetworkRecord) -> Value {
     let config: Vec<Value> = match (record.subnet, record.gateway) {
-        (Some(subnet), Some(gateway)) => vec![json!({
-            "Subnet": subnet.to_string(),
-            "Gateway": gateway.to_string(),
-        })],
+        (Some(subnet), Some(gateway)) => {
+            let mut config = json!({
+                "Subnet": subnet.to_string(),
+                "Gateway": gateway.to_string(),
+            });
+            if let Some(range) = record.ip_range {
+                config["IPRange"] = json!(range.to_string());
+            }
+            if !record.aux_addresses.is_empty() {
+                config["AuxiliaryAddresses"] = json!(record.aux_addresses);
+            }
+            vec![config]
+        }
         _ => Vec::new(),
     };
+    // dockerd: null for the predefined networks, the options (or {}) for the others.
+    let ipam_options = (!record.predefined()).then(|| record.ipam_options.clone());
     let prefix = record.subnet.map(|s| s.prefix()).unwrap_or(32);
     let containers: serde_json::Map<String, Value> = engine
         .network_containers(&record.id)
@@ -64,7 +75,7 @@ fn network_json(engine: &AppState, record: &NetworkRecord) -> Value {
         "Driver": record.driver,
         "EnableIPv4": record.has_connectivity(),
         "EnableIPv6": false,
-        "IPAM": { "Driver": "default", "Options": null, "Config": config },
+        "IPAM": { "Driver": "default", "Options": ipam_options, "Config": config },
         "Internal": record.internal,
         "Attachable": false,
         "Ingress": false,
@@ -137,10 +148,13 @@ pub async fn create(State(engine): State<AppState>, body: Bytes) -> ApiResult<Re
         ));
     }
     let first = configs.into_iter().next().unwrap_or_default();
-    if first.ip_range.as_deref().is_some_and(|r| !r.is_empty()) {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "--ip-range is not supported by Berth: addresses come from the whole subnet",
+    let has_subnet = first.subnet.as_deref().is_some_and(|s| !s.is_empty());
+    if !has_subnet
+        && (first.ip_range.as_deref().is_some_and(|r| !r.is_empty())
+            || first.gateway.as_deref().is_some_and(|g| !g.is_empty()))
+    {
+        return Err(ApiError::bad_request(
+            "every ip-range or gateway must have a corresponding subnet",
         ));
     }
     let record = engine.create_network(CreateNetwork {
@@ -151,6 +165,13 @@ pub async fn create(State(engine): State<AppState>, body: Bytes) -> ApiResult<Re
         options: request.options.unwrap_or_default(),
         subnet: first.subnet,
         gateway: first.gateway,
+        ip_range: first.ip_range,
+        aux_addresses: first.auxiliary_addresses.unwrap_or_default(),
+        ipam_options: request
+            .ipam
+            .as_ref()
+            .and_then(|ipam| ipam.options.clone())
+            .unwrap_or_default(),
     })?;
     Ok((
         StatusCode::CREATED,

@@ -74,6 +74,15 @@ impl Subnet {
         Ipv4Addr::from(u32::from(self.network) + 1)
     }
 
+    /// The lowest host address of this subnet inside `range` (`--ip-range`) not in
+    /// `used`. As dockerd does, the range's own first address is used when it is a host
+    /// address of the subnet.
+    pub fn allocate_in(self, range: Subnet, used: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+        (u32::from(range.network)..=u32::from(range.broadcast()))
+            .map(Ipv4Addr::from)
+            .find(|address| self.is_host(*address) && !used.contains(address))
+    }
+
     /// The lowest host address not in `used`.
     pub fn allocate(self, used: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
         let first = u32::from(self.network) + 1;

@@ -380,3 +380,104 @@ fn networks_names_ports_isolation_and_restart() {
     let left = daemon.docker_ok(&["network", "ls", "--format", "{{.Name}}"]);
     assert_eq!(left.lines().count(), 2, "{left}");
 }
+
+#[test]
+fn ip_ranges_aux_addresses_options_and_names_as_docker() {
+    let daemon = common::shared();
+    daemon.docker_ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.55.0.0/16",
+        "--ip-range",
+        "10.55.5.0/24",
+        "--gateway",
+        "10.55.0.1",
+        "--aux-address",
+        "host1=10.55.0.5",
+        "-o",
+        "com.example.opt=1",
+        "-o",
+        "com.docker.network.bridge.name=br-ranged",
+        "--ipam-opt",
+        "foo=bar",
+        "ranged",
+    ]);
+    let inspect: serde_json::Value = serde_json::from_str(&daemon.docker_ok(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{json .}}",
+        "ranged",
+    ]))
+    .unwrap();
+    let config = &inspect["IPAM"]["Config"][0];
+    assert_eq!(config["IPRange"], "10.55.5.0/24");
+    assert_eq!(config["AuxiliaryAddresses"]["host1"], "10.55.0.5");
+    assert_eq!(inspect["IPAM"]["Options"]["foo"], "bar");
+    assert_eq!(inspect["Options"]["com.example.opt"], "1");
+    assert_eq!(
+        inspect["Options"]["com.docker.network.bridge.name"],
+        "br-ranged"
+    );
+    // The bridge has the name asked for, in the daemon's namespace.
+    assert!(daemon
+        .ip_in_namespace(&["link", "show", "br-ranged"])
+        .contains("br-ranged"));
+
+    // Addresses come from the range (its first address first, as dockerd hands them
+    // out); an auxiliary address is never given, and asking for it is refused.
+    let address = daemon.docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "ranged",
+        "busybox",
+        "sh",
+        "-c",
+        "ip -4 -o addr show eth0 | awk '{print $4}'",
+    ]);
+    assert_eq!(address, "10.55.5.0/16");
+    let aux = daemon.docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "ranged",
+        "--ip",
+        "10.55.0.5",
+        "busybox",
+        "true",
+    ]);
+    assert!(
+        common::stderr(&aux).contains("Address already in use"),
+        "{}",
+        common::stderr(&aux)
+    );
+    let outside = daemon.docker(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.56.0.0/16",
+        "--aux-address",
+        "h=10.57.0.5",
+        "stray",
+    ]);
+    assert!(!outside.status.success());
+
+    // Names as dockerd takes them, spaces included.
+    daemon.docker_ok(&["network", "create", "my spaced net"]);
+    let listed = daemon.docker_ok(&["network", "ls", "--format", "{{.Name}}"]);
+    assert!(listed.lines().any(|l| l == "my spaced net"), "{listed}");
+    daemon.docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "my spaced net",
+        "busybox",
+        "ip",
+        "addr",
+        "show",
+        "eth0",
+    ]);
+    daemon.docker_ok(&["network", "rm", "my spaced net", "ranged"]);
+}

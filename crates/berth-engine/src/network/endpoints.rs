@@ -91,12 +91,16 @@ impl Networks {
         let address = {
             let mut live = lock(&self.live);
             let taken = live.allocations.entry(network.id.clone()).or_default();
+            let reserved = network.aux_addresses.values().copied();
             let address = match endpoint.requested_ip {
                 Some(wanted) => {
-                    if !subnet.is_host(wanted) || wanted == gateway {
+                    if !subnet.is_host(wanted) {
                         return Err(EngineError::InvalidArgument(format!(
-                            "invalid address {wanted}: it does not belong to any of this network's subnets ({subnet}) or is its gateway"
+                            "Invalid address {wanted}: It does not belong to any of this network's subnets"
                         )));
+                    }
+                    if wanted == gateway || network.aux_addresses.values().any(|a| *a == wanted) {
+                        return Err(EngineError::Conflict("Address already in use".into()));
                     }
                     if taken.contains_key(&wanted) {
                         return Err(EngineError::Conflict(format!(
@@ -109,8 +113,13 @@ impl Networks {
                 None => {
                     let mut used: HashSet<Ipv4Addr> = taken.keys().copied().collect();
                     used.insert(gateway);
+                    used.extend(reserved);
                     // Addresses asked for with --ip by stopped containers stay theirs.
-                    subnet.allocate(&used).ok_or_else(|| {
+                    match network.ip_range {
+                        Some(range) => subnet.allocate_in(range, &used),
+                        None => subnet.allocate(&used),
+                    }
+                    .ok_or_else(|| {
                         EngineError::Conflict(format!(
                             "no available IPv4 addresses on network {}",
                             network.name

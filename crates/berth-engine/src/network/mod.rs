@@ -136,6 +136,9 @@ impl Networks {
                     } else {
                         String::new()
                     },
+                    ip_range: None,
+                    aux_addresses: Default::default(),
+                    ipam_options: HashMap::new(),
                 };
                 networks.store.put_network(&record)?;
                 records.push(record);

@@ -23,6 +23,9 @@ pub struct CreateNetwork {
     pub options: HashMap<String, String>,
     pub subnet: Option<String>,
     pub gateway: Option<String>,
+    pub ip_range: Option<String>,
+    pub aux_addresses: HashMap<String, String>,
+    pub ipam_options: HashMap<String, String>,
 }
 
 /// `docker network connect`'s endpoint settings.
@@ -71,10 +74,30 @@ impl ConnectRequest {
     }
 }
 
+/// dockerd takes any name (spaces, `/`, `:` and non-ASCII included) but an empty one;
+/// Berth also refuses control characters, which no client shows sensibly.
 fn valid_network_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    !name.trim().is_empty() && !name.chars().any(char::is_control)
+}
+
+/// The bridge interface a network asks for (`com.docker.network.bridge.name`), checked
+/// as the kernel names interfaces.
+fn requested_bridge_name(options: &HashMap<String, String>) -> Result<Option<String>, EngineError> {
+    let Some(name) = options.get("com.docker.network.bridge.name") else {
+        return Ok(None);
+    };
+    let valid = !name.is_empty()
+        && name.len() < 16
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && !name.starts_with("bt");
+    if !valid {
+        return Err(EngineError::InvalidArgument(format!(
+            "invalid bridge name {name:?}: at most 15 letters, digits, '_', '.' or '-' (names starting with \"bt\" are Berth's taps)"
+        )));
+    }
+    Ok(Some(name.clone()))
 }
 
 impl Engine {
@@ -86,10 +109,11 @@ impl Engine {
     pub fn create_network(&self, request: CreateNetwork) -> Result<NetworkRecord, EngineError> {
         if !valid_network_name(&request.name) {
             return Err(EngineError::InvalidArgument(format!(
-                "invalid network name {:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed",
+                "invalid network name {:?}: a network needs a name without control characters",
                 request.name
             )));
         }
+        let bridge = requested_bridge_name(&request.options)?;
         match request.driver.as_deref() {
             None | Some("") | Some("bridge") => {}
             Some(other) => {
@@ -142,9 +166,43 @@ impl Engine {
             }
             None => subnet.first_host(),
         };
+        let ip_range = match request.ip_range.as_deref().filter(|r| !r.is_empty()) {
+            Some(text) => {
+                let range: Subnet = text.parse()?;
+                if !subnet.contains(range.network()) || range.prefix() < subnet.prefix() {
+                    return Err(EngineError::InvalidArgument(format!(
+                        "no matching subnet for range {text}"
+                    )));
+                }
+                Some(range)
+            }
+            None => None,
+        };
+        let mut aux_addresses = std::collections::BTreeMap::new();
+        for (name, text) in &request.aux_addresses {
+            let address: Ipv4Addr = text.parse().map_err(|_| {
+                EngineError::InvalidArgument(format!("invalid auxiliary address {name}={text}"))
+            })?;
+            if !subnet.contains(address) {
+                return Err(EngineError::Forbidden(format!(
+                    "auxiliary address: ({name}:{address}) must belong to the master pool: {subnet}"
+                )));
+            }
+            aux_addresses.insert(name.clone(), address);
+        }
+        if let Some(bridge) = &bridge {
+            if networks.list().iter().any(|n| &n.bridge == bridge) {
+                return Err(EngineError::Conflict(format!(
+                    "bridge name {bridge} is in use by another network"
+                )));
+            }
+        }
         let id = crate::container::names::new_id();
         let record = NetworkRecord {
-            bridge: format!("br-{}", &id[..12]),
+            bridge: bridge.unwrap_or_else(|| format!("br-{}", &id[..12])),
+            ip_range,
+            aux_addresses,
+            ipam_options: request.ipam_options,
             id,
             name: request.name,
             driver: "bridge".into(),
@@ -403,10 +461,12 @@ mod tests {
 
     #[test]
     fn network_names_follow_docker() {
-        for good in ["web", "my_net", "a.b-c", "0x"] {
+        for good in [
+            "web", "my_net", "a.b-c", "0x", "my net", "a/b", "x:y", "ü", "-x",
+        ] {
             assert!(valid_network_name(good), "{good}");
         }
-        for bad in ["", "-x", "a b", "a/b", "ü"] {
+        for bad in ["", " ", "a\nb"] {
             assert!(!valid_network_name(bad), "{bad}");
         }
     }
@@ -424,6 +484,9 @@ mod tests {
             labels: HashMap::new(),
             options: HashMap::new(),
             bridge: "br-nnnnnnnnnnnn".into(),
+            ip_range: None,
+            aux_addresses: Default::default(),
+            ipam_options: HashMap::new(),
         };
         let ok = ConnectRequest {
             aliases: vec!["db".into()],

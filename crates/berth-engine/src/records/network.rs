@@ -30,6 +30,15 @@ pub struct NetworkRecord {
     pub options: HashMap<String, String>,
     /// The Linux bridge in Berth's namespace (empty for `null`).
     pub bridge: String,
+    /// `--ip-range`: where addresses are handed out from (inside `subnet`).
+    #[serde(default)]
+    pub ip_range: Option<Subnet>,
+    /// `--aux-address NAME=IP`: addresses never handed out.
+    #[serde(default)]
+    pub aux_addresses: std::collections::BTreeMap<String, Ipv4Addr>,
+    /// `--ipam-opt`: kept and shown.
+    #[serde(default)]
+    pub ipam_options: HashMap<String, String>,
 }
 
 impl NetworkRecord {
