@@ -33,9 +33,10 @@ pub async fn create(
     Query(params): Params,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let raw: serde_json::Value = serde_json::from_slice(&body)
+    let mut raw: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON in request body: {e}")))?;
     check_restart_policy_name(&raw)?;
+    move_mac_address_to_endpoint(&mut raw);
     let body: ContainerCreateBody = serde_json::from_value(raw)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON in request body: {e}")))?;
     let created = engine
@@ -49,6 +50,40 @@ pub async fn create(
         }),
     )
         .into_response())
+}
+
+/// Clients of API versions before 1.44 (docker-py, compose v1) ask for a MAC address in
+/// `Config.MacAddress`; since 1.44 it is the endpoint's. As dockerd does, the old field
+/// becomes the MAC of the endpoint of the container's network mode, unless that endpoint
+/// asks for one itself.
+fn move_mac_address_to_endpoint(body: &mut serde_json::Value) {
+    let Some(mac) = body
+        .get("MacAddress")
+        .and_then(|m| m.as_str())
+        .filter(|m| !m.is_empty())
+        .map(str::to_owned)
+    else {
+        return;
+    };
+    let mode = body["HostConfig"]["NetworkMode"]
+        .as_str()
+        .filter(|m| !m.is_empty())
+        .unwrap_or("default")
+        .to_owned();
+    if !body["NetworkingConfig"].is_object() {
+        body["NetworkingConfig"] = serde_json::json!({});
+    }
+    let endpoints = &mut body["NetworkingConfig"]["EndpointsConfig"];
+    if !endpoints.is_object() {
+        *endpoints = serde_json::json!({});
+    }
+    let endpoint = &mut endpoints[mode.as_str()];
+    if !endpoint.is_object() {
+        *endpoint = serde_json::json!({});
+    }
+    if endpoint["MacAddress"].as_str().is_none_or(str::is_empty) {
+        endpoint["MacAddress"] = serde_json::json!(mac);
+    }
 }
 
 /// A restart policy's name as dockerd checks it at create (the model's enum would only

@@ -28,7 +28,7 @@ impl Filters {
                     .iter()
                     .filter_map(|v| v.as_str().map(str::to_owned))
                     .collect(),
-                _ => return Err(ApiError::bad_request(format!("invalid filter '{key}'"))),
+                _ => return Err(ApiError::bad_request(format!("Invalid filter '{key}'"))),
             };
             filters.insert(key.clone(), list);
         }
@@ -38,7 +38,7 @@ impl Filters {
     /// Refuses keys the caller does not know, as Docker does.
     pub fn only(&self, known: &[&str]) -> Result<(), ApiError> {
         match self.0.keys().find(|key| !known.contains(&key.as_str())) {
-            Some(key) => Err(ApiError::bad_request(format!("invalid filter '{key}'"))),
+            Some(key) => Err(ApiError::bad_request(format!("Invalid filter '{key}'"))),
             None => Ok(()),
         }
     }

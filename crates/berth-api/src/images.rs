@@ -85,6 +85,13 @@ pub async fn list(
             .collect()
     };
     let (before, since) = (loaded_at("before"), loaded_at("since"));
+    for value in filters.0.get("dangling").into_iter().flatten() {
+        if !matches!(value.as_str(), "true" | "false" | "1" | "0") {
+            return Err(ApiError::bad_request(format!(
+                "Invalid filter 'dangling=[{value}]'"
+            )));
+        }
+    }
     images.retain(|image| {
         let labels = convert::image_labels(image);
         filters.allows("dangling", |v| {
@@ -99,6 +106,14 @@ pub async fn list(
             && before.iter().all(|t| image.loaded_at < *t)
             && since.iter().all(|t| image.loaded_at > *t)
     });
+    // As dockerd: an image found by reference lists only the tags that matched.
+    if filters.0.contains_key("reference") {
+        for image in &mut images {
+            image.repo_tags.retain(|tag| {
+                filters.allows("reference", |pattern| reference_matches(pattern, tag))
+            });
+        }
+    }
     let mut summaries = serde_json::to_value(
         images
             .iter()

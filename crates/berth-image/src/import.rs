@@ -172,7 +172,8 @@ impl ImageStore {
 
     /// `docker commit`: a new image made of `parent`'s layers and the layer at `layer`
     /// (an uncompressed tar of the container's changes), with `container_config` (the
-    /// container's Docker config) and `changes` applied as its config.
+    /// container's Docker config) and `changes` applied as its config; its history entry
+    /// says `created_by` (dockerd: the container's command).
     #[allow(clippy::too_many_arguments)]
     pub fn commit_layer(
         &self,
@@ -182,6 +183,7 @@ impl ImageStore {
         changes: &[String],
         comment: &str,
         author: &str,
+        created_by: &str,
         tag: Option<&Reference>,
     ) -> Result<String, ImageError> {
         let parent = self.resolve(parent)?;
@@ -206,7 +208,7 @@ impl ImageStore {
             None => image_config["rootfs"]["diff_ids"] = json!([diff_id]),
         }
         let history = json!({
-            "created": now, "author": author, "comment": comment, "created_by": "docker commit",
+            "created": now, "author": author, "comment": comment, "created_by": created_by,
         });
         match image_config["history"].as_array_mut() {
             Some(entries) => entries.push(history),

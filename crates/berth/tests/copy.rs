@@ -308,6 +308,18 @@ fn diff_and_commit_see_what_the_container_changed() {
     );
     let history = daemon.docker_ok(&["history", "--format", "{{.Comment}}", "local/committed:1"]);
     assert!(history.lines().next() == Some("with changes"), "{history}");
+    // dockerd's CreatedBy for a commit: the container's command.
+    let created_by = daemon.docker_ok(&[
+        "history",
+        "--no-trunc",
+        "--format",
+        "{{.CreatedBy}}",
+        "local/committed:1",
+    ]);
+    assert_eq!(
+        created_by.lines().next(),
+        Some("sh -c echo new > /added.txt; rm /bin/vi; mkdir -p /root/dir && echo x > /root/dir/f; sleep 600")
+    );
 
     // A stopped container's changes are read too.
     let stopped = daemon.docker_ok(&["run", "-d", "busybox", "sh", "-c", "echo z > /z"]);

@@ -115,6 +115,32 @@ fn tag_rmi_history_and_prune_follow_docker() {
         tags.contains("tagged/one:v1") && tags.contains("tagged/two:latest"),
         "{tags}"
     );
+    // The reference filter lists only the tags that match, as dockerd does (one image,
+    // two names); an odd dangling value or an unknown filter is refused in its words.
+    let by_reference = |pattern: &str| {
+        daemon.docker_ok(&[
+            "images",
+            "--format",
+            "{{.Repository}}:{{.Tag}}",
+            "--filter",
+            &format!("reference={pattern}"),
+        ])
+    };
+    assert_eq!(by_reference("tagged/one:v*"), "tagged/one:v1");
+    assert_eq!(by_reference("*/two"), "tagged/two:latest");
+    assert_eq!(by_reference("tagged*"), "", "a * does not cross a /");
+    let odd = daemon.docker(&["images", "--filter", "dangling=maybe"]);
+    assert!(
+        stderr(&odd).contains("Invalid filter 'dangling=[maybe]'"),
+        "{}",
+        stderr(&odd)
+    );
+    let unknown = daemon.docker(&["images", "--filter", "colour=red"]);
+    assert!(
+        stderr(&unknown).contains("Invalid filter 'colour'"),
+        "{}",
+        stderr(&unknown)
+    );
     let history = daemon.docker_ok(&["history", "--format", "{{.ID}} {{.Size}}", "tagged/two"]);
     assert!(
         history.lines().next().unwrap().starts_with(&id[7..19]),

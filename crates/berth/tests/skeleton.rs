@@ -257,6 +257,30 @@ fn inspect_and_info_carry_dockers_fields() {
         );
     }
     daemon.docker_ok(&["rm", &id, &cold]);
+
+    // A client of API 1.41 asks for a MAC in Config.MacAddress: the container gets it.
+    let request = br#"{"Image":"busybox","Cmd":["sleep","600"],"MacAddress":"02:42:ac:11:00:77"}"#;
+    let (status, body) = daemon
+        .request("POST", "/v1.41/containers/create", Some(request))
+        .unwrap();
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let created: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let id = created["Id"].as_str().unwrap();
+    daemon.docker_ok(&["start", id]);
+    assert_eq!(
+        daemon.docker_ok(&["exec", id, "cat", "/sys/class/net/eth0/address"]),
+        "02:42:ac:11:00:77"
+    );
+    assert_eq!(
+        daemon.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.NetworkSettings.Networks.bridge.MacAddress}}",
+            id
+        ]),
+        "02:42:ac:11:00:77"
+    );
+    daemon.docker_ok(&["rm", "-f", id]);
 }
 
 #[test]

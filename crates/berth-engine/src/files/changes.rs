@@ -135,6 +135,8 @@ impl Engine {
         let engine = self.clone();
         let parent = record.image_id.clone();
         let comment = options.comment.clone();
+        // dockerd's history of a commit: the container's command, as one line.
+        let created_by = record.config.cmd.clone().unwrap_or_default().join(" ");
         let id = tokio::task::spawn_blocking(move || {
             engine.images.commit_layer(
                 &parent,
@@ -143,6 +145,7 @@ impl Engine {
                 &options.changes,
                 &options.comment,
                 &options.author,
+                &created_by,
                 tag.as_ref(),
             )
         })
