@@ -449,6 +449,49 @@ fn detach_keys_let_go_and_leave_the_container_running() {
         daemon.docker_ok(&["inspect", "-f", "{{.State.Running}}", &id]),
         "true"
     );
+
+    // An exec's detach keys come from its own config (the CLI sends the client's
+    // `detachKeys` there): the client lets go, the exec's process runs on.
+    let body = br#"{"AttachStdin":true,"AttachStdout":true,"AttachStderr":true,"Tty":true,"DetachKeys":"ctrl-x,x","Cmd":["sh"]}"#;
+    let (status, created) = daemon
+        .request("POST", &format!("/containers/{id}/exec"), Some(body))
+        .unwrap();
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&created));
+    let created: serde_json::Value = serde_json::from_slice(&created).unwrap();
+    let exec = created["Id"].as_str().unwrap().to_owned();
+    let mut stream = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
+    let start = br#"{"Detach":false,"Tty":true}"#;
+    write!(
+        stream,
+        "POST /exec/{exec}/start HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        start.len()
+    )
+    .unwrap();
+    stream.write_all(start).unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    stream.write_all(b"echo in-exec\n").unwrap();
+    stream.write_all(&[24, b'x']).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut rest = Vec::new();
+    stream
+        .read_to_end(&mut rest)
+        .expect("the daemon closes the exec's connection after its detach keys");
+    let (_, state) = daemon
+        .request("GET", &format!("/exec/{exec}/json"), None)
+        .unwrap();
+    let state: serde_json::Value = serde_json::from_slice(&state).unwrap();
+    assert_eq!(state["Running"], true, "the exec's shell ended: {state}");
     daemon.docker_ok(&["rm", "-f", &id]);
 }
 
