@@ -866,3 +866,71 @@ fn cpu_controls_limit_the_vm_process_and_update_while_it_runs() {
     }
     daemon.docker_ok(&["rm", "-f", &id, &other]);
 }
+
+#[test]
+fn memory_swap_and_reservation_follow_dockers_rules() {
+    let daemon = shared();
+    // -m alone: dockerd's default swap limit is as much again.
+    let id = daemon.docker_ok(&["create", "-m", "128m", "busybox", "true"]);
+    assert_eq!(
+        daemon.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.Memory}} {{.HostConfig.MemorySwap}}",
+            &id
+        ]),
+        "134217728 268435456"
+    );
+    // A swap limit above memory and a reservation below it are kept.
+    let kept = daemon.docker_ok(&[
+        "create",
+        "-m",
+        "128m",
+        "--memory-swap",
+        "512m",
+        "--memory-reservation",
+        "64m",
+        "busybox",
+        "true",
+    ]);
+    assert_eq!(
+        daemon.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.MemorySwap}} {{.HostConfig.MemoryReservation}}",
+            &kept
+        ]),
+        "536870912 67108864"
+    );
+    // docker update: a new limit above the swap limit needs a new swap limit.
+    let raised = daemon.docker(&["update", "-m", "1g", &id]);
+    assert!(
+        stderr(&raised)
+            .contains("Memory limit should be smaller than already set memoryswap limit"),
+        "{}",
+        stderr(&raised)
+    );
+    daemon.docker_ok(&["update", "-m", "192m", "--memory-swap", "1g", &id]);
+    for (args, words) in [
+        (
+            &["--memory-swap", "64m", "-m", "128m"][..],
+            "Minimum memoryswap limit should be larger than memory limit",
+        ),
+        (&["-m", "3m"], "Minimum memory limit allowed is 6MB"),
+        (
+            &["--memory-reservation", "256m", "-m", "128m"],
+            "Minimum memory limit can not be less than memory reservation limit",
+        ),
+    ] {
+        let mut command = vec!["create"];
+        command.extend_from_slice(args);
+        command.extend(["busybox", "true"]);
+        let refused = daemon.docker(&command);
+        assert!(
+            stderr(&refused).contains(words),
+            "{args:?}: {}",
+            stderr(&refused)
+        );
+    }
+    daemon.docker_ok(&["rm", &id, &kept]);
+}

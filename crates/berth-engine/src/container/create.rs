@@ -65,7 +65,6 @@ fn check_supported(host: &HostConfig) -> Result<(), EngineError> {
             "Berth does not support {what}: {why}"
         )))
     };
-    let nonzero = |v: Option<i64>| v.is_some_and(|v| v != 0);
     if host.devices.as_ref().is_some_and(|d| !d.is_empty()) {
         return refused(
             "--device",
@@ -73,12 +72,7 @@ fn check_supported(host: &HostConfig) -> Result<(), EngineError> {
         );
     }
     crate::container::cpu::validate(host)?;
-    if host.memory_swap.is_some_and(|s| s > 0) || nonzero(host.memory_reservation) {
-        return refused(
-            "--memory-swap or --memory-reservation",
-            "a container's memory is its VM's memory (--memory), without swap",
-        );
-    }
+    crate::container::memory::validate(host)?;
     if host.oom_kill_disable == Some(true) {
         return refused(
             "--oom-kill-disable",
@@ -290,6 +284,7 @@ impl Engine {
             host_config.shm_size = Some(64 << 20);
         }
         check_supported(&host_config)?;
+        crate::container::memory::fill_defaults(&mut host_config);
         {
             let log_config = host_config.log_config.clone().unwrap_or_default();
             crate::process::output::LogLimits::from_config(

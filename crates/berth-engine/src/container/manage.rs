@@ -81,14 +81,6 @@ impl Engine {
                 update.cpuset_mems.as_deref().is_some_and(|c| !c.is_empty()),
             ),
             (
-                "--memory-reservation",
-                set(update.memory_reservation).is_some(),
-            ),
-            (
-                "--memory-swap",
-                set(update.memory_swap).is_some_and(|s| s != -1),
-            ),
-            (
                 "--pids-limit",
                 set(update.pids_limit).is_some_and(|p| p != -1),
             ),
@@ -107,15 +99,25 @@ impl Engine {
                 .can_change_shape()
                 .map_err(EngineError::refused(&handle.id))?;
         }
-        if let Some(memory) = set(update.memory) {
-            if memory < 6 * 1024 * 1024 {
-                return Err(EngineError::InvalidArgument(
-                    "Minimum memory limit allowed is 6MB".into(),
-                ));
-            }
-            record.host_config.memory = Some(memory);
-        }
         let mut host = record.host_config.clone();
+        if let Some(memory) = set(update.memory) {
+            host.memory = Some(memory);
+            // dockerd: a new limit above the swap limit already set needs a new one.
+            let swap = record.host_config.memory_swap.unwrap_or(0);
+            if update.memory_swap.unwrap_or(0) == 0 && swap > 0 && memory > swap {
+                return Err(EngineError::Conflict(format!(
+                    "Cannot update container {}: Memory limit should be smaller than already set memoryswap limit, update the memoryswap at the same time",
+                    record.id
+                )));
+            }
+        }
+        if let Some(swap) = update.memory_swap.filter(|s| *s != 0) {
+            host.memory_swap = Some(swap);
+        }
+        if let Some(reservation) = set(update.memory_reservation) {
+            host.memory_reservation = Some(reservation);
+        }
+        crate::container::memory::validate(&host)?;
         if let Some(nano_cpus) = set(update.nano_cpus) {
             host.nano_cpus = Some(nano_cpus);
         }
@@ -134,6 +136,9 @@ impl Engine {
         crate::container::cpu::validate(&host)?;
         let cpu_changed = crate::container::cpu::limits(&host)
             != crate::container::cpu::limits(&record.host_config);
+        record.host_config.memory = host.memory;
+        record.host_config.memory_swap = host.memory_swap;
+        record.host_config.memory_reservation = host.memory_reservation;
         record.host_config.nano_cpus = host.nano_cpus;
         record.host_config.cpu_shares = host.cpu_shares;
         record.host_config.cpu_period = host.cpu_period;

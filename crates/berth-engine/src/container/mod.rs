@@ -12,6 +12,7 @@ pub mod health;
 pub(crate) mod lifecycle;
 pub mod links;
 mod manage;
+mod memory;
 pub(crate) mod names;
 pub(crate) mod restart;
 pub(crate) mod security;
