@@ -60,7 +60,7 @@ pub async fn update(
 ) -> ApiResult<Response> {
     let update: ContainerUpdateBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON in request body: {e}")))?;
-    let warnings = engine.update_container(&id, update)?;
+    let warnings = engine.update_container(&id, update).await?;
     Ok(Json(json!({ "Warnings": warnings })).into_response())
 }
 

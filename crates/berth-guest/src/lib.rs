@@ -24,6 +24,8 @@ pub const GUEST_MODULES: &[&str] = &[
     "virtio_console",
     "virtio_net",
     "virtio_rng",
+    // `docker update -m` of a running container, and free pages back to the host.
+    "virtio_balloon",
     // Shared directories: FUSE file systems served by the host (see berth-agent's shares).
     "fuse",
 ];

@@ -100,6 +100,13 @@ pub fn qemu_arguments(
         let (netdev, device) = nic_options(nic);
         args.extend(["-netdev".into(), netdev, "-device".into(), device]);
     }
+    // The balloon: `docker update -m` of a running container lowers (and raises back)
+    // what the guest may use; free page reporting hands pages the guest frees back to
+    // the host.
+    args.extend([
+        "-device".into(),
+        "virtio-balloon-pci,id=balloon0,free-page-reporting=on".into(),
+    ]);
     args.extend([
         "-device".into(),
         "virtio-serial-pci".into(),

@@ -124,6 +124,24 @@ impl VmControl for QemuControl {
         Ok(())
     }
 
+    async fn set_memory(&self, bytes: u64) -> Result<(), VmError> {
+        let mut monitor = QmpClient::connect(&self.qmp_socket).await?;
+        let summary = monitor.execute("query-memory-size-summary", None).await?;
+        let size = summary["base-memory"]
+            .as_u64()
+            .ok_or_else(|| VmError::Monitor(format!("odd memory summary: {summary}")))?;
+        if bytes > size {
+            return Err(VmError::MemoryAboveSize {
+                wanted_mib: bytes.div_ceil(1 << 20),
+                vm_mib: size >> 20,
+            });
+        }
+        monitor
+            .execute("balloon", Some(serde_json::json!({ "value": bytes })))
+            .await
+            .map(|_| ())
+    }
+
     async fn add_disk(&self, disk: &DiskSpec) -> Result<(), VmError> {
         let slot = disk
             .pci_slot

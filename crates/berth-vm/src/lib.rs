@@ -165,6 +165,9 @@ pub enum VmError {
     /// The VM process has ended.
     #[error("the VM is gone")]
     Gone,
+    /// More memory than the VM started with: a balloon gives back, it cannot add.
+    #[error("the container's VM started with {vm_mib} MiB and can only be given up to that while it runs (asked for {wanted_mib} MiB): stop it, update it, and start it again")]
+    MemoryAboveSize { wanted_mib: u64, vm_mib: u64 },
 }
 
 /// A VM that was started.
@@ -208,6 +211,11 @@ pub trait VmControl: Send + Sync {
     async fn remove_nic(&self, nic: &NicSpec) -> Result<(), VmError>;
     /// Hot-plugs a disk (a volume) into the running VM, in `disk.pci_slot`.
     async fn add_disk(&self, disk: &DiskSpec) -> Result<(), VmError>;
+    /// Sets the memory the guest may use to `bytes`, through its balloon: down, and
+    /// back up to the size the VM started with (never more).
+    async fn set_memory(&self, _bytes: u64) -> Result<(), VmError> {
+        Err(VmError::Unsupported("changing a running VM's memory"))
+    }
 }
 
 /// A way of running VMs.

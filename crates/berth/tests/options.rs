@@ -317,11 +317,31 @@ fn restart_rename_update_and_prune() {
         ]),
         "on-failure 3"
     );
-    let running_resize = daemon.docker(&["update", "--memory", "512m", &id]);
-    assert!(
-        !running_resize.status.success(),
-        "a running VM's memory changed"
+    // A running VM's memory: lowered through its balloon (the guest sees less), raised
+    // back up to its size, never above it.
+    let mem_total_kib = || -> u64 {
+        let line = daemon.docker_ok(&["exec", &id, "grep", "MemTotal", "/proc/meminfo"]);
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let full = mem_total_kib();
+    daemon.docker_ok(&["update", "--memory", "128m", &id]);
+    eventually("the guest gave memory back to its balloon", || {
+        mem_total_kib() + 64 * 1024 < full
+    });
+    assert_eq!(
+        daemon.docker_ok(&["inspect", "-f", "{{.HostConfig.Memory}}", &id]),
+        "134217728"
     );
+    let running_resize = daemon.docker(&["update", "--memory", "512m", "--memory-swap", "1g", &id]);
+    assert!(
+        stderr(&running_resize).contains("can only be given up to that while it runs"),
+        "{}",
+        stderr(&running_resize)
+    );
+    daemon.docker_ok(&["update", "--memory", "256m", &id]);
+    eventually("the balloon gave the memory back", || {
+        mem_total_kib() == full
+    });
     daemon.docker_ok(&["stop", "-t", "0", &id]);
     daemon.docker_ok(&["update", "--memory", "300m", &id]);
     assert_eq!(

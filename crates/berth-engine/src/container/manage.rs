@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use bollard_stubs::models::ContainerUpdateBody;
 
-use crate::container::names;
+use crate::container::{names, ContainerStatus};
 use crate::error::EngineError;
 use crate::records::ContainerRecord;
 use crate::{lock, Engine};
@@ -61,10 +61,11 @@ impl Engine {
 
     /// `POST /containers/{id}/update`: the restart policy and CPU controls at any time
     /// (a running VM's process gets the new limits at once; `--cpus` sizes its vCPUs at
-    /// the next start); the VM's memory while it is stopped, for its next start. What a
+    /// the next start); the VM's memory: a running VM's through its balloon (down, and
+    /// back up to the size it started with), a stopped one's for its next start. What a
     /// VM cannot change, or Berth does not apply, is refused. Zero values mean
     /// "unchanged", as the docker CLI sends every field.
-    pub fn update_container(
+    pub async fn update_container(
         &self,
         reference: &str,
         update: ContainerUpdateBody,
@@ -90,34 +91,39 @@ impl Engine {
                 "Berth cannot apply {flag}: a container's resources are its VM's vCPUs and memory (--cpus, --memory)"
             )));
         }
+        // A running VM's memory changes through its balloon, checked and done first: the
+        // rest of the update cannot fail on memory afterwards.
         let shape_change = set(update.memory).is_some();
+        let mut ballooned = false;
+        if let (Some(memory), Some(runtime)) = (set(update.memory), handle.runtime()) {
+            if handle.status() == ContainerStatus::Running {
+                crate::container::memory::updated(
+                    &handle.snapshot().host_config,
+                    &update,
+                    &handle.id,
+                )?;
+                runtime
+                    .control
+                    .set_memory(memory as u64)
+                    .await
+                    .map_err(|error| {
+                        EngineError::InvalidArgument(format!(
+                            "Cannot update container {}: {error}",
+                            handle.id
+                        ))
+                    })?;
+                ballooned = true;
+            }
+        }
         let mut record = lock(&handle.record);
-        if shape_change {
+        if shape_change && !ballooned {
             record
                 .state
                 .status
                 .can_change_shape()
                 .map_err(EngineError::refused(&handle.id))?;
         }
-        let mut host = record.host_config.clone();
-        if let Some(memory) = set(update.memory) {
-            host.memory = Some(memory);
-            // dockerd: a new limit above the swap limit already set needs a new one.
-            let swap = record.host_config.memory_swap.unwrap_or(0);
-            if update.memory_swap.unwrap_or(0) == 0 && swap > 0 && memory > swap {
-                return Err(EngineError::Conflict(format!(
-                    "Cannot update container {}: Memory limit should be smaller than already set memoryswap limit, update the memoryswap at the same time",
-                    record.id
-                )));
-            }
-        }
-        if let Some(swap) = update.memory_swap.filter(|s| *s != 0) {
-            host.memory_swap = Some(swap);
-        }
-        if let Some(reservation) = set(update.memory_reservation) {
-            host.memory_reservation = Some(reservation);
-        }
-        crate::container::memory::validate(&host)?;
+        let mut host = crate::container::memory::updated(&record.host_config, &update, &record.id)?;
         if let Some(nano_cpus) = set(update.nano_cpus) {
             host.nano_cpus = Some(nano_cpus);
         }

@@ -4,7 +4,7 @@
 //! under memory pressure) is kept and shown. Both are accepted because Docker's rules
 //! hold for them: what they allow is never more than the VM gives.
 
-use bollard_stubs::models::HostConfig;
+use bollard_stubs::models::{ContainerUpdateBody, HostConfig};
 
 use crate::error::EngineError;
 
@@ -37,6 +37,33 @@ pub(crate) fn validate(host: &HostConfig) -> Result<(), EngineError> {
         );
     }
     Ok(())
+}
+
+/// The host config with `update`'s memory settings, checked: dockerd's rules, and its
+/// refusal of a new limit above the swap limit already set unless that changes too.
+pub(crate) fn updated(
+    current: &HostConfig,
+    update: &ContainerUpdateBody,
+    id: &str,
+) -> Result<HostConfig, EngineError> {
+    let mut host = current.clone();
+    if let Some(memory) = update.memory.filter(|m| *m != 0) {
+        host.memory = Some(memory);
+        let swap = current.memory_swap.unwrap_or(0);
+        if update.memory_swap.unwrap_or(0) == 0 && swap > 0 && memory > swap {
+            return Err(EngineError::Conflict(format!(
+                "Cannot update container {id}: Memory limit should be smaller than already set memoryswap limit, update the memoryswap at the same time"
+            )));
+        }
+    }
+    if let Some(swap) = update.memory_swap.filter(|s| *s != 0) {
+        host.memory_swap = Some(swap);
+    }
+    if let Some(reservation) = update.memory_reservation.filter(|r| *r != 0) {
+        host.memory_reservation = Some(reservation);
+    }
+    validate(&host)?;
+    Ok(host)
 }
 
 /// dockerd's default: a memory limit without a swap limit may swap as much again.

@@ -383,7 +383,7 @@ async fn the_vm_shape_of_a_running_container_cannot_change() {
         memory: Some(512 << 20),
         ..Default::default()
     };
-    let error = test.engine.update_container(&id, update).unwrap_err();
+    let error = test.engine.update_container(&id, update).await.unwrap_err();
     assert_eq!(refusal(error), Refusal::ShapeWhileRunning);
 }
 
@@ -395,7 +395,7 @@ async fn a_stopped_container_takes_a_new_shape() {
         memory: Some(512 << 20),
         ..Default::default()
     };
-    test.engine.update_container(&id, update).unwrap();
+    test.engine.update_container(&id, update).await.unwrap();
     let record = test.engine.inspect_container(&id).unwrap();
     assert_eq!(record.vm_shape(64), (1, 512));
 }
