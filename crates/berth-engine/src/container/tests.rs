@@ -385,7 +385,9 @@ async fn a_running_vm_without_a_balloon_keeps_its_memory() {
     };
     let error = test.engine.update_container(&id, update).await.unwrap_err();
     assert!(
-        error.to_string().contains("not supported by this VM backend"),
+        error
+            .to_string()
+            .contains("not supported by this VM backend"),
         "{error}"
     );
     let record = test.engine.inspect_container(&id).unwrap();
