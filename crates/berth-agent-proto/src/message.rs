@@ -104,6 +104,12 @@ pub struct InterfaceSpec {
     pub address: String,
     /// Default route through this gateway, if set.
     pub gateway: Option<String>,
+    /// `addr/prefix`, on a network with IPv6 (the interface keeps IPv6 off without).
+    #[serde(default)]
+    pub address6: Option<String>,
+    /// Default IPv6 route through this gateway, if set.
+    #[serde(default)]
+    pub gateway6: Option<String>,
 }
 
 /// A clone's new identity, sent as the first message after a VM is restored from a

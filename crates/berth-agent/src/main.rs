@@ -15,6 +15,7 @@ mod changes;
 mod channel;
 mod init;
 mod network;
+mod network6;
 mod pid_namespace;
 mod process;
 mod rebind;

@@ -1,5 +1,6 @@
 //! Network interfaces inside the guest: find a NIC by PCI slot, rename it, give it its
-//! MAC address and IPv4 address, bring it up (IPv6 off), and add the default route.
+//! MAC address and IPv4 address, bring it up (IPv6 off unless its network has IPv6:
+//! see `network6`), and add the default route.
 //!
 //! Done with the kernel's classic `SIOC*` interface ioctls on a datagram socket. They
 //! are stable, need no netlink message building, and keep the agent a small static binary
@@ -375,6 +376,9 @@ pub fn configure(spec: &InterfaceSpec) -> io::Result<()> {
                 ));
             }
         }
+    }
+    if let Some(address6) = &spec.address6 {
+        crate::network6::configure(name, address6, spec.gateway6.as_deref())?;
     }
     Ok(())
 }

@@ -356,6 +356,14 @@ fn setup(spec: &SetupSpec, shares: &Shares, channel: &Channel) -> io::Result<()>
         hosts.push_str(&format!("{address}\t{}\n", names.join(" ")));
     }
     hosts.push_str(&format!("{own_address}\t{}\n", spec.hostname));
+    if let Some(own_address6) = spec
+        .interfaces
+        .first()
+        .and_then(|i| i.address6.as_deref())
+        .and_then(|a| a.split('/').next())
+    {
+        hosts.push_str(&format!("{own_address6}\t{}\n", spec.hostname));
+    }
     fs::write("/run/berth/hosts", hosts)?;
     let mut resolv = String::new();
     for server in &spec.nameservers {

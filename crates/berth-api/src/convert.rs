@@ -118,10 +118,13 @@ fn endpoint_settings(
     let mut dns_names = vec![record.name.clone(), record.id[..12].to_owned()];
     dns_names.extend(endpoint.aliases.iter().cloned());
     EndpointSettings {
-        ipam_config: endpoint.requested_ip.map(|ip| EndpointIpamConfig {
-            ipv4_address: Some(ip.to_string()),
-            ..Default::default()
-        }),
+        ipam_config: (endpoint.requested_ip.is_some() || endpoint.requested_ip6.is_some()).then(
+            || EndpointIpamConfig {
+                ipv4_address: endpoint.requested_ip.map(|ip| ip.to_string()),
+                ipv6_address: endpoint.requested_ip6.map(|ip| ip.to_string()),
+                ..Default::default()
+            },
+        ),
         links: (!endpoint.links.is_empty()).then(|| endpoint.links.clone()),
         mac_address: Some(if running {
             endpoint.mac.clone()
@@ -146,9 +149,21 @@ fn endpoint_settings(
                 .map(|s| i64::from(s.prefix()))
                 .unwrap_or(0),
         ),
-        ipv6_gateway: Some(String::new()),
-        global_ipv6_address: Some(String::new()),
-        global_ipv6_prefix_len: Some(0),
+        ipv6_gateway: Some(
+            network
+                .filter(|_| endpoint.ip6.is_some())
+                .and_then(|n| n.gateway6)
+                .map(|g| g.to_string())
+                .unwrap_or_default(),
+        ),
+        global_ipv6_address: Some(endpoint.ip6.map(|ip| ip.to_string()).unwrap_or_default()),
+        global_ipv6_prefix_len: Some(
+            network
+                .filter(|_| endpoint.ip6.is_some())
+                .and_then(|n| n.subnet6)
+                .map(|s| i64::from(s.prefix_len()))
+                .unwrap_or(0),
+        ),
         dns_names: network
             .filter(|n| n.has_connectivity() && n.name != "bridge")
             .map(|_| dns_names),

@@ -38,7 +38,14 @@ fn network_json(engine: &AppState, record: &NetworkRecord) -> Value {
             if !record.aux_addresses.is_empty() {
                 config["AuxiliaryAddresses"] = json!(record.aux_addresses);
             }
-            vec![config]
+            let mut configs = vec![config];
+            if let (Some(subnet6), Some(gateway6)) = (record.subnet6, record.gateway6) {
+                configs.push(json!({
+                    "Subnet": subnet6.to_string(),
+                    "Gateway": gateway6.to_string(),
+                }));
+            }
+            configs
         }
         _ => Vec::new(),
     };
@@ -56,7 +63,10 @@ fn network_json(engine: &AppState, record: &NetworkRecord) -> Value {
                     "EndpointID": endpoint.endpoint_id,
                     "MacAddress": endpoint.mac,
                     "IPv4Address": endpoint.ip.map(|ip| format!("{ip}/{prefix}")).unwrap_or_default(),
-                    "IPv6Address": "",
+                    "IPv6Address": match (endpoint.ip6, record.subnet6) {
+                        (Some(ip6), Some(subnet6)) => format!("{ip6}/{}", subnet6.prefix_len()),
+                        _ => String::new(),
+                    },
                 }),
             )
         })
@@ -74,7 +84,7 @@ fn network_json(engine: &AppState, record: &NetworkRecord) -> Value {
         "Scope": "local",
         "Driver": record.driver,
         "EnableIPv4": record.has_connectivity(),
-        "EnableIPv6": false,
+        "EnableIPv6": record.subnet6.is_some(),
         "IPAM": { "Driver": "default", "Options": ipam_options, "Config": config },
         "Internal": record.internal,
         "Attachable": false,
@@ -130,24 +140,31 @@ pub async fn inspect(
 /// `POST /networks/create`.
 pub async fn create(State(engine): State<AppState>, body: Bytes) -> ApiResult<Response> {
     let request: NetworkCreateRequest = parse_body(&body)?;
-    if request.enable_ipv6 == Some(true) {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "Berth's networks are IPv4 only: --ipv6 is not supported",
-        ));
-    }
     let configs = request
         .ipam
         .as_ref()
         .and_then(|ipam| ipam.config.clone())
         .unwrap_or_default();
-    if configs.len() > 1 {
+    // IPv6 configs name an IPv6 subnet; the rest are IPv4's.
+    let is_v6 = |config: &bollard_stubs::models::IpamConfig| {
+        config.subnet.as_deref().is_some_and(|s| s.contains(':'))
+    };
+    let (v6, v4): (Vec<_>, Vec<_>) = configs.into_iter().partition(is_v6);
+    if v4.len() > 1 || v6.len() > 1 {
         return Err(ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
-            "Berth's networks have one IPv4 subnet each",
+            "Berth's networks have one IPv4 subnet and at most one IPv6 subnet each",
         ));
     }
-    let first = configs.into_iter().next().unwrap_or_default();
+    let ipv6 = request.enable_ipv6 == Some(true);
+    if ipv6 && v6.is_empty() {
+        return Err(ApiError::bad_request(
+            "Berth needs an IPv6 subnet for --ipv6: add --subnet with an IPv6 CIDR (fd00:1::/64, say)",
+        ));
+    }
+    // As dockerd: an IPv6 subnet without --ipv6 is not used.
+    let v6 = v6.into_iter().next().filter(|_| ipv6).unwrap_or_default();
+    let first = v4.into_iter().next().unwrap_or_default();
     let has_subnet = first.subnet.as_deref().is_some_and(|s| !s.is_empty());
     if !has_subnet
         && (first.ip_range.as_deref().is_some_and(|r| !r.is_empty())
@@ -172,6 +189,8 @@ pub async fn create(State(engine): State<AppState>, body: Bytes) -> ApiResult<Re
             .as_ref()
             .and_then(|ipam| ipam.options.clone())
             .unwrap_or_default(),
+        subnet6: v6.subnet,
+        gateway6: v6.gateway,
     })?;
     Ok((
         StatusCode::CREATED,
@@ -210,15 +229,15 @@ pub async fn connect(
     let request: NetworkConnectRequest = parse_body(&body)?;
     let settings = request.endpoint_config.unwrap_or_default();
     engine
-        .connect_network(
-            &id,
-            &request.container,
+        .connect_network(&id, &request.container, {
+            let ipam = settings.ipam_config.unwrap_or_default();
             ConnectRequest {
                 aliases: settings.aliases.unwrap_or_default(),
-                ip: settings.ipam_config.and_then(|ipam| ipam.ipv4_address),
+                ip: ipam.ipv4_address,
+                ip6: ipam.ipv6_address,
                 mac: settings.mac_address,
-            },
-        )
+            }
+        })
         .await?;
     Ok(StatusCode::OK.into_response())
 }

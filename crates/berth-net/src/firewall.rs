@@ -24,6 +24,8 @@ use crate::NetError;
 pub struct BridgeRule {
     pub bridge: String,
     pub gateway: Ipv4Addr,
+    /// The IPv6 gateway, on a network with `--ipv6`.
+    pub gateway6: Option<std::net::Ipv6Addr>,
     /// `--internal`: never forwarded out, even with outbound NAT.
     pub internal: bool,
 }
@@ -58,6 +60,16 @@ pub fn ruleset(bridges: &[BridgeRule], uplink: Option<&str>) -> String {
         text.push_str(&format!(
             "\t\tiifname \"{}\" ip daddr != {} drop\n",
             rule.bridge, rule.gateway
+        ));
+        // IPv6: the network's own gateway, and link-local and multicast (neighbour
+        // discovery); never another network's addresses in the namespace.
+        let own = rule
+            .gateway6
+            .map(|gateway| format!("{gateway}, "))
+            .unwrap_or_default();
+        text.push_str(&format!(
+            "\t\tiifname \"{}\" ip6 daddr != {{ {own}fe80::/10, ff00::/8 }} drop\n",
+            rule.bridge
         ));
     }
     text.push_str("\t}\n");
@@ -116,11 +128,13 @@ mod tests {
             BridgeRule {
                 bridge: "berth0".into(),
                 gateway: Ipv4Addr::new(172, 17, 0, 1),
+                gateway6: Some("fd00:1::1".parse().unwrap()),
                 internal: false,
             },
             BridgeRule {
                 bridge: "br-0123456789ab".into(),
                 gateway: Ipv4Addr::new(172, 18, 0, 1),
+                gateway6: None,
                 internal: true,
             },
         ];
@@ -130,6 +144,11 @@ mod tests {
         assert!(text.contains("iifname \"berth0\" oifname \"berth0\" accept"));
         assert!(text.contains("iifname \"berth0\" ip daddr != 172.17.0.1 drop"));
         assert!(text.contains("iifname \"br-0123456789ab\" ip daddr != 172.18.0.1 drop"));
+        assert!(text
+            .contains("iifname \"berth0\" ip6 daddr != { fd00:1::1, fe80::/10, ff00::/8 } drop"));
+        assert!(
+            text.contains("iifname \"br-0123456789ab\" ip6 daddr != { fe80::/10, ff00::/8 } drop")
+        );
         assert!(text.starts_with("table inet berth\ndelete table inet berth\n"));
         let nat = ruleset(&bridges, Some("uplink0"));
         assert!(nat.contains("iifname \"berth0\" oifname \"uplink0\" accept"));

@@ -18,7 +18,7 @@ pub mod netns;
 pub mod proxy;
 pub mod uplink;
 
-pub use ipam::Subnet;
+pub use ipam::{Subnet, Subnet6};
 pub use netns::Namespace;
 
 /// Errors from network set-up.

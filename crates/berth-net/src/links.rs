@@ -69,6 +69,27 @@ pub fn ensure_bridge(
     Ok(())
 }
 
+/// Gives bridge `name` the IPv6 gateway address (no duplicate address detection: the
+/// namespace is Berth's own).
+pub fn add_bridge_address6(
+    namespace: &Namespace,
+    name: &str,
+    gateway: std::net::Ipv6Addr,
+    prefix: u8,
+) -> Result<(), NetError> {
+    check_name(name)?;
+    namespace.ip(&[
+        "-6",
+        "addr",
+        "replace",
+        &format!("{gateway}/{prefix}"),
+        "dev",
+        name,
+        "nodad",
+    ])?;
+    Ok(())
+}
+
 /// Deletes a link if it exists.
 pub fn delete_link(namespace: &Namespace, name: &str) -> Result<(), NetError> {
     check_name(name)?;

@@ -481,3 +481,64 @@ fn ip_ranges_aux_addresses_options_and_names_as_docker() {
     ]);
     daemon.docker_ok(&["network", "rm", "my spaced net", "ranged"]);
 }
+
+#[test]
+fn ipv6_networks_give_dual_stack_addresses() {
+    let daemon = common::shared();
+    daemon.docker_ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "10.66.0.0/16",
+        "--subnet",
+        "fd00:66::/64",
+        "dual",
+    ]);
+    let inspect: serde_json::Value = serde_json::from_str(&daemon.docker_ok(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{json .}}",
+        "dual",
+    ]))
+    .unwrap();
+    assert_eq!(inspect["EnableIPv6"], true);
+    let configs = inspect["IPAM"]["Config"].as_array().unwrap();
+    assert!(
+        configs
+            .iter()
+            .any(|c| c["Subnet"] == "fd00:66::/64" && c["Gateway"] == "fd00:66::1"),
+        "{configs:?}"
+    );
+
+    // Addresses from ::2 up, or as asked with --ip6; inspect shows both families.
+    let first = daemon.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "dual-a",
+        "--network",
+        "dual",
+        "busybox",
+        "sleep",
+        "600",
+    ]);
+    let fields = daemon.docker_ok(&[
+        "inspect",
+        "-f",
+        "{{.NetworkSettings.Networks.dual.IPAddress}} {{.NetworkSettings.Networks.dual.GlobalIPv6Address}}/{{.NetworkSettings.Networks.dual.GlobalIPv6PrefixLen}} {{.NetworkSettings.Networks.dual.IPv6Gateway}}",
+        &first,
+    ]);
+    assert_eq!(fields, "10.66.0.2 fd00:66::2/64 fd00:66::1");
+    let inside = daemon.docker_ok(&[
+        "run", "--rm", "--network", "dual", "--ip6", "fd00:66::99", "busybox", "sh", "-c",
+        "ip -6 -o addr show eth0 scope global | awk '{print $4}'; grep fd00 /etc/hosts | cut -f1; ping -6 -c 1 -W 5 fd00:66::2 >/dev/null && echo reached",
+    ]);
+    assert_eq!(inside, "fd00:66::99/64\nfd00:66::99\nreached");
+    // --ip6 needs a network with an IPv6 subnet.
+    let refused = daemon.docker(&["run", "--rm", "--ip6", "fd00:66::5", "busybox", "true"]);
+    assert!(!refused.status.success());
+    daemon.docker_ok(&["rm", "-f", "dual-a"]);
+    daemon.docker_ok(&["network", "rm", "dual"]);
+}

@@ -462,9 +462,11 @@ impl Engine {
         let connect = |network: &crate::network::NetworkRecord,
                        settings: Option<EndpointSettings>| {
             let settings = settings.unwrap_or_default();
+            let ipam = settings.ipam_config.unwrap_or_default();
             ConnectRequest {
                 aliases: settings.aliases.unwrap_or_default(),
-                ip: settings.ipam_config.and_then(|ipam| ipam.ipv4_address),
+                ip: ipam.ipv4_address,
+                ip6: ipam.ipv6_address,
                 mac: settings.mac_address.filter(|m| !m.is_empty()),
             }
             .endpoint(network)

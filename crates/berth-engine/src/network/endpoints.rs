@@ -2,7 +2,7 @@
 //! and names once its guest is configured, all given back when the run ends.
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use berth_agent_proto::InterfaceSpec;
 use berth_net::links;
@@ -130,6 +130,31 @@ impl Networks {
             taken.insert(address, container_id.to_owned());
             address
         };
+        let address6 = match network.subnet6.zip(network.gateway6) {
+            None => None,
+            Some((subnet6, gateway6)) => {
+                let mut live = lock(&self.live);
+                let taken = live.allocations6.entry(network.id.clone()).or_default();
+                let chosen = match endpoint.requested_ip6 {
+                    Some(wanted) if wanted == gateway6 || taken.contains_key(&wanted) => {
+                        // Recorded, so that the failed start gives the IPv4 address back.
+                        endpoint.ip = Some(address);
+                        return Err(EngineError::Conflict("Address already in use".into()));
+                    }
+                    Some(wanted) => Some(wanted),
+                    None => {
+                        let mut used: HashSet<Ipv6Addr> = taken.keys().copied().collect();
+                        used.insert(gateway6);
+                        berth_net::ipam::allocate6(subnet6, &used)
+                    }
+                };
+                if let Some(chosen) = chosen {
+                    taken.insert(chosen, container_id.to_owned());
+                }
+                chosen.map(|a| (a, subnet6.prefix_len(), gateway6))
+            }
+        };
+        endpoint.ip6 = address6.map(|(a, _, _)| a);
         let mac = endpoint
             .requested_mac
             .clone()
@@ -151,6 +176,10 @@ impl Networks {
                 mac,
                 address: format!("{address}/{}", subnet.prefix()),
                 gateway: gateway_route,
+                address6: address6.map(|(a, prefix, _)| format!("{a}/{prefix}")),
+                gateway6: address6
+                    .filter(|_| primary && !network.internal)
+                    .map(|(_, _, gateway6)| gateway6.to_string()),
             }),
             bridge: Some(network.bridge.clone()),
         })
@@ -270,6 +299,12 @@ impl Networks {
                 .entry(endpoint.network_id.clone())
                 .or_default()
                 .insert(ip, record.id.clone());
+            if let Some(ip6) = endpoint.ip6 {
+                live.allocations6
+                    .entry(endpoint.network_id.clone())
+                    .or_default()
+                    .insert(ip6, record.id.clone());
+            }
             live.names
                 .entry(endpoint.network_id.clone())
                 .or_default()
@@ -289,6 +324,13 @@ impl Networks {
             if let Some(taken) = live.allocations.get_mut(&endpoint.network_id) {
                 if taken.get(&ip).is_some_and(|holder| holder == container_id) {
                     taken.remove(&ip);
+                }
+            }
+        }
+        if let Some(ip6) = endpoint.ip6.take() {
+            if let Some(taken) = live.allocations6.get_mut(&endpoint.network_id) {
+                if taken.get(&ip6).is_some_and(|holder| holder == container_id) {
+                    taken.remove(&ip6);
                 }
             }
         }

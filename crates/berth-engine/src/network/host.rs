@@ -30,6 +30,13 @@ pub trait HostNetwork: Send + Sync {
     fn path(&self) -> PathBuf;
     /// Makes sure the bridge exists, with the gateway's address and up.
     fn ensure_bridge(&self, bridge: &str, gateway: Ipv4Addr, prefix: u8) -> Result<(), NetError>;
+    /// Gives the bridge its IPv6 gateway address (networks with `--ipv6`).
+    fn add_bridge_address6(
+        &self,
+        bridge: &str,
+        gateway: std::net::Ipv6Addr,
+        prefix: u8,
+    ) -> Result<(), NetError>;
     /// Starts a DNS server on `gateway`:53.
     fn start_dns(
         &self,
@@ -85,6 +92,15 @@ impl HostNetwork for NamespaceHost {
 
     fn ensure_bridge(&self, bridge: &str, gateway: Ipv4Addr, prefix: u8) -> Result<(), NetError> {
         links::ensure_bridge(&self.namespace, bridge, gateway, prefix)
+    }
+
+    fn add_bridge_address6(
+        &self,
+        bridge: &str,
+        gateway: std::net::Ipv6Addr,
+        prefix: u8,
+    ) -> Result<(), NetError> {
+        links::add_bridge_address6(&self.namespace, bridge, gateway, prefix)
     }
 
     fn start_dns(

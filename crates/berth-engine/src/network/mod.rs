@@ -54,6 +54,8 @@ struct LiveState {
     dns: HashMap<String, HostTask>,
     /// Per network id: taken addresses and who holds them.
     allocations: HashMap<String, HashMap<Ipv4Addr, String>>,
+    /// Per network id: taken IPv6 addresses and who holds them.
+    allocations6: HashMap<String, HashMap<std::net::Ipv6Addr, String>>,
     /// Per network id, per container id: the names it answers to and its address.
     names: HashMap<String, HashMap<String, (Vec<String>, Ipv4Addr)>>,
     /// Per network id, per container id: its links there (`TARGET[:ALIAS]`), whose
@@ -139,6 +141,8 @@ impl Networks {
                     ip_range: None,
                     aux_addresses: Default::default(),
                     ipam_options: HashMap::new(),
+                    subnet6: None,
+                    gateway6: None,
                 };
                 networks.store.put_network(&record)?;
                 records.push(record);
@@ -177,6 +181,10 @@ impl Networks {
         };
         self.host
             .ensure_bridge(&record.bridge, gateway, subnet.prefix())?;
+        if let (Some(subnet6), Some(gateway6)) = (record.subnet6, record.gateway6) {
+            self.host
+                .add_bridge_address6(&record.bridge, gateway6, subnet6.prefix_len())?;
+        }
         let server = self
             .host
             .start_dns(gateway, self.resolver.clone(), self.upstreams.clone())
@@ -202,6 +210,7 @@ impl Networks {
                 Some(BridgeRule {
                     bridge: r.bridge.clone(),
                     gateway: r.gateway?,
+                    gateway6: r.gateway6,
                     internal: r.internal,
                 })
             })

@@ -2,7 +2,7 @@
 //! disconnect.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use berth_agent_proto::{GuestMessage, HostMessage};
@@ -26,6 +26,9 @@ pub struct CreateNetwork {
     pub ip_range: Option<String>,
     pub aux_addresses: HashMap<String, String>,
     pub ipam_options: HashMap<String, String>,
+    /// `--ipv6`: the IPv6 subnet (required) and gateway (default: its first address).
+    pub subnet6: Option<String>,
+    pub gateway6: Option<String>,
 }
 
 /// `docker network connect`'s endpoint settings.
@@ -33,6 +36,8 @@ pub struct CreateNetwork {
 pub struct ConnectRequest {
     pub aliases: Vec<String>,
     pub ip: Option<String>,
+    /// `--ip6`.
+    pub ip6: Option<String>,
     pub mac: Option<String>,
 }
 
@@ -54,6 +59,25 @@ impl ConnectRequest {
                 Some(ip)
             }
         };
+        let requested_ip6 = match self.ip6.as_deref().filter(|ip| !ip.is_empty()) {
+            None => None,
+            Some(text) => {
+                let ip: Ipv6Addr = text.parse().map_err(|_| {
+                    EngineError::InvalidArgument(format!("invalid IPv6 address: {text}"))
+                })?;
+                let Some(subnet6) = network.subnet6 else {
+                    return Err(EngineError::InvalidArgument(
+                        "user specified IP address is supported only when connecting to networks with user configured subnets".into(),
+                    ));
+                };
+                if !subnet6.contains(&ip) || ip == subnet6.network() {
+                    return Err(EngineError::InvalidArgument(format!(
+                        "Invalid address {ip}: It does not belong to any of this network's subnets"
+                    )));
+                }
+                Some(ip)
+            }
+        };
         if requested_ip.is_some() && network.name == super::DEFAULT_NETWORK {
             return Err(EngineError::InvalidArgument(
                 "user specified IP address is supported on user defined networks only".into(),
@@ -63,6 +87,7 @@ impl ConnectRequest {
             network_id: network.id.clone(),
             aliases: self.aliases.clone(),
             requested_ip,
+            requested_ip6,
             requested_mac: self
                 .mac
                 .as_deref()
@@ -190,6 +215,37 @@ impl Engine {
             }
             aux_addresses.insert(name.clone(), address);
         }
+        let (subnet6, gateway6) = match request.subnet6.as_deref() {
+            None => (None, None),
+            Some(text) => {
+                let subnet6 = berth_net::ipam::parse_subnet6(text)?;
+                if let Some(other) = networks.list().into_iter().find(|n| {
+                    n.subnet6.is_some_and(|s| {
+                        s.contains(&subnet6.network()) || subnet6.contains(&s.network())
+                    })
+                }) {
+                    return Err(EngineError::Forbidden(format!(
+                        "invalid pool request: Pool overlaps with other one on this address space (network {})",
+                        other.name
+                    )));
+                }
+                let gateway6 = match request.gateway6.as_deref().filter(|g| !g.is_empty()) {
+                    Some(text) => {
+                        let gateway: Ipv6Addr = text.parse().map_err(|_| {
+                            EngineError::InvalidArgument(format!("invalid gateway address {text}"))
+                        })?;
+                        if !subnet6.contains(&gateway) || gateway == subnet6.network() {
+                            return Err(EngineError::InvalidArgument(format!(
+                                "no matching subnet for gateway {gateway}"
+                            )));
+                        }
+                        gateway
+                    }
+                    None => Ipv6Addr::from(u128::from(subnet6.network()) + 1),
+                };
+                (Some(subnet6), Some(gateway6))
+            }
+        };
         if let Some(bridge) = &bridge {
             if networks.list().iter().any(|n| &n.bridge == bridge) {
                 return Err(EngineError::Conflict(format!(
@@ -203,6 +259,8 @@ impl Engine {
             ip_range,
             aux_addresses,
             ipam_options: request.ipam_options,
+            subnet6,
+            gateway6,
             id,
             name: request.name,
             driver: "bridge".into(),
@@ -487,10 +545,13 @@ mod tests {
             ip_range: None,
             aux_addresses: Default::default(),
             ipam_options: HashMap::new(),
+            subnet6: None,
+            gateway6: None,
         };
         let ok = ConnectRequest {
             aliases: vec!["db".into()],
             ip: Some("10.9.0.7".into()),
+            ip6: None,
             mac: Some("02:42:0A:09:00:07".into()),
         }
         .endpoint(&network)
@@ -505,9 +566,27 @@ mod tests {
             let request = ConnectRequest {
                 aliases: vec![],
                 ip: Some(ip.into()),
+                ip6: None,
                 mac: mac.map(Into::into),
             };
             assert!(request.endpoint(&network).is_err(), "{ip} {mac:?}");
         }
+        // --ip6 needs a network with an IPv6 subnet, and an address inside it.
+        let v6 = |ip6: &str, network: &NetworkRecord| {
+            ConnectRequest {
+                ip6: Some(ip6.into()),
+                ..Default::default()
+            }
+            .endpoint(network)
+        };
+        assert!(v6("fd00:9::5", &network).is_err());
+        let mut dual = network.clone();
+        dual.subnet6 = Some("fd00:9::/64".parse().unwrap());
+        dual.gateway6 = Some("fd00:9::1".parse().unwrap());
+        assert_eq!(
+            v6("fd00:9::5", &dual).unwrap().requested_ip6,
+            Some("fd00:9::5".parse().unwrap())
+        );
+        assert!(v6("fd00:8::5", &dual).is_err());
     }
 }

@@ -39,6 +39,11 @@ pub struct NetworkRecord {
     /// `--ipam-opt`: kept and shown.
     #[serde(default)]
     pub ipam_options: HashMap<String, String>,
+    /// `--ipv6 --subnet V6`: the network's IPv6 subnet, beside its IPv4 one.
+    #[serde(default)]
+    pub subnet6: Option<berth_net::Subnet6>,
+    #[serde(default)]
+    pub gateway6: Option<std::net::Ipv6Addr>,
 }
 
 impl NetworkRecord {
@@ -82,6 +87,12 @@ pub struct EndpointRecord {
     /// While running.
     #[serde(default)]
     pub mac: String,
+    /// `--ip6`.
+    #[serde(default)]
+    pub requested_ip6: Option<std::net::Ipv6Addr>,
+    /// While running, on a network with IPv6.
+    #[serde(default)]
+    pub ip6: Option<std::net::Ipv6Addr>,
     /// While running: the PCI slot of the endpoint's NIC.
     #[serde(default)]
     pub nic_slot: Option<u8>,

@@ -53,6 +53,10 @@ impl HostNetwork for FakeHost {
         Ok(())
     }
 
+    fn add_bridge_address6(&self, _: &str, _: std::net::Ipv6Addr, _: u8) -> Result<(), NetError> {
+        Ok(())
+    }
+
     fn start_dns(&self, _: Ipv4Addr, _: Arc<Resolver>, _: Vec<SocketAddr>) -> io::Result<HostTask> {
         Ok(Box::new(()))
     }
