@@ -100,13 +100,18 @@ pub fn qemu_arguments(
         let (netdev, device) = nic_options(nic);
         args.extend(["-netdev".into(), netdev, "-device".into(), device]);
     }
-    // The balloon: `docker update -m` of a running container lowers (and raises back)
-    // what the guest may use; free page reporting hands pages the guest frees back to
-    // the host.
-    args.extend([
-        "-device".into(),
-        "virtio-balloon-pci,id=balloon0,free-page-reporting=on".into(),
-    ]);
+    // The balloon, in VMs with memory of their own: `docker update -m` of a running
+    // container lowers (and raises back) what the guest may use; free page reporting
+    // hands pages the guest frees back to the host. Not in templates and clones: QEMU
+    // (7.2) gives discarded pages back by punching holes in a file-backed RAM's file even
+    // when the mapping is private, and a clone's file is its template's, which every
+    // other clone maps.
+    if matches!(spec.memory, MemoryBacking::Anonymous) {
+        args.extend([
+            "-device".into(),
+            "virtio-balloon-pci,id=balloon0,free-page-reporting=on".into(),
+        ]);
+    }
     args.extend([
         "-device".into(),
         "virtio-serial-pci".into(),

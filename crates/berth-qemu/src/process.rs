@@ -126,6 +126,10 @@ impl VmControl for QemuControl {
 
     async fn set_memory(&self, bytes: u64) -> Result<(), VmError> {
         let mut monitor = QmpClient::connect(&self.qmp_socket).await?;
+        // Only VMs with memory of their own have a balloon (see `command`).
+        if monitor.execute("query-balloon", None).await.is_err() {
+            return Err(VmError::NoBalloon);
+        }
         let summary = monitor.execute("query-memory-size-summary", None).await?;
         let size = summary["base-memory"]
             .as_u64()

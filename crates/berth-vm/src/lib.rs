@@ -165,6 +165,9 @@ pub enum VmError {
     /// The VM process has ended.
     #[error("the VM is gone")]
     Gone,
+    /// The VM has no balloon: a clone, whose memory is its template's (copy-on-write).
+    #[error("a clone's memory is its template's and cannot change while it runs: stop the container, update it, and start it again (or run it with --runtime berth-coldboot)")]
+    NoBalloon,
     /// More memory than the VM started with: a balloon gives back, it cannot add.
     #[error("the container's VM started with {vm_mib} MiB and can only be given up to that while it runs (asked for {wanted_mib} MiB): stop it, update it, and start it again")]
     MemoryAboveSize { wanted_mib: u64, vm_mib: u64 },

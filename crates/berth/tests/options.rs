@@ -317,31 +317,50 @@ fn restart_rename_update_and_prune() {
         ]),
         "on-failure 3"
     );
-    // A running VM's memory: lowered through its balloon (the guest sees less), raised
-    // back up to its size, never above it.
+    // A clone's memory is its template's: it cannot change while it runs.
+    let clone_resize = daemon.docker(&["update", "--memory", "128m", &id]);
+    assert!(
+        stderr(&clone_resize).contains("a clone's memory is its template's"),
+        "{}",
+        stderr(&clone_resize)
+    );
+    // A cold-booted VM's memory: lowered through its balloon (the guest sees less),
+    // raised back up to its size, never above it.
+    let cold = daemon.docker_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        "berth-coldboot",
+        "-m",
+        "256m",
+        "busybox",
+        "sleep",
+        "600",
+    ]);
     let mem_total_kib = || -> u64 {
-        let line = daemon.docker_ok(&["exec", &id, "grep", "MemTotal", "/proc/meminfo"]);
+        let line = daemon.docker_ok(&["exec", &cold, "grep", "MemTotal", "/proc/meminfo"]);
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     };
     let full = mem_total_kib();
-    daemon.docker_ok(&["update", "--memory", "128m", &id]);
+    daemon.docker_ok(&["update", "--memory", "128m", &cold]);
     eventually("the guest gave memory back to its balloon", || {
         mem_total_kib() + 64 * 1024 < full
     });
     assert_eq!(
-        daemon.docker_ok(&["inspect", "-f", "{{.HostConfig.Memory}}", &id]),
+        daemon.docker_ok(&["inspect", "-f", "{{.HostConfig.Memory}}", &cold]),
         "134217728"
     );
-    let running_resize = daemon.docker(&["update", "--memory", "512m", "--memory-swap", "1g", &id]);
+    let too_much = daemon.docker(&["update", "--memory", "384m", &cold]);
     assert!(
-        stderr(&running_resize).contains("can only be given up to that while it runs"),
+        stderr(&too_much).contains("can only be given up to that while it runs"),
         "{}",
-        stderr(&running_resize)
+        stderr(&too_much)
     );
-    daemon.docker_ok(&["update", "--memory", "256m", &id]);
+    daemon.docker_ok(&["update", "--memory", "256m", &cold]);
     eventually("the balloon gave the memory back", || {
         mem_total_kib() == full
     });
+    daemon.docker_ok(&["rm", "-f", &cold]);
     daemon.docker_ok(&["stop", "-t", "0", &id]);
     daemon.docker_ok(&["update", "--memory", "300m", &id]);
     assert_eq!(

@@ -43,7 +43,7 @@ use crate::lock;
 pub const CONTAINER_DISK_SIZE: &str = "64G";
 
 /// Bumped when the template layout or the way templates are made changes.
-const TEMPLATE_FORMAT: &str = "berth-template-2";
+const TEMPLATE_FORMAT: &str = "berth-template-3";
 
 /// A VM shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
