@@ -110,6 +110,9 @@ pub struct InterfaceSpec {
     /// Default IPv6 route through this gateway, if set.
     #[serde(default)]
     pub gateway6: Option<String>,
+    /// More IPv4 addresses (`--link-local-ip`), `a.b.c.d/prefix` each.
+    #[serde(default)]
+    pub link_local: Vec<String>,
 }
 
 /// A clone's new identity, sent as the first message after a VM is restored from a

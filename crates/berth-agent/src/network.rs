@@ -188,6 +188,22 @@ fn disable_ipv6(name: &str) -> io::Result<()> {
     }
 }
 
+/// Sets the IPv4 address and netmask of interface (or alias) `name`.
+fn set_address(socket: &OwnedFd, name: &str, address: Ipv4Addr, prefix: u8) -> io::Result<()> {
+    let mut ifreq = request(name)?;
+    ifreq.ifr_ifru.ifru_addr = inet_sockaddr(address);
+    ioctl(socket, libc::SIOCSIFADDR, &mut ifreq, "setting the address")?;
+    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+    let mut ifreq = request(name)?;
+    ifreq.ifr_ifru.ifru_netmask = inet_sockaddr(Ipv4Addr::from(mask));
+    ioctl(
+        socket,
+        libc::SIOCSIFNETMASK,
+        &mut ifreq,
+        "setting the netmask",
+    )
+}
+
 /// The boot NIC of `slot`, if it is still the interface the kernel named at boot.
 fn take_boot_nic(socket: &OwnedFd, slot: u8) -> Option<String> {
     let nic = {
@@ -319,23 +335,12 @@ pub fn configure(spec: &InterfaceSpec) -> io::Result<()> {
         &mut ifreq,
         "setting the MAC address",
     )?;
-    let mut ifreq = request(name)?;
-    ifreq.ifr_ifru.ifru_addr = inet_sockaddr(address);
-    ioctl(
-        &socket,
-        libc::SIOCSIFADDR,
-        &mut ifreq,
-        "setting the address",
-    )?;
-    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-    let mut ifreq = request(name)?;
-    ifreq.ifr_ifru.ifru_netmask = inet_sockaddr(Ipv4Addr::from(mask));
-    ioctl(
-        &socket,
-        libc::SIOCSIFNETMASK,
-        &mut ifreq,
-        "setting the netmask",
-    )?;
+    set_address(&socket, name, address, prefix)?;
+    // `--link-local-ip`: more addresses, each on an alias of the interface (`eth0:0`).
+    for (index, extra) in spec.link_local.iter().enumerate() {
+        let (extra, extra_prefix) = parse_cidr(extra)?;
+        set_address(&socket, &format!("{name}:{index}"), extra, extra_prefix)?;
+    }
     if !ready {
         disable_ipv6(name)?;
         set_flags(&socket, name, true)?;

@@ -118,13 +118,20 @@ fn endpoint_settings(
     let mut dns_names = vec![record.name.clone(), record.id[..12].to_owned()];
     dns_names.extend(endpoint.aliases.iter().cloned());
     EndpointSettings {
-        ipam_config: (endpoint.requested_ip.is_some() || endpoint.requested_ip6.is_some()).then(
-            || EndpointIpamConfig {
-                ipv4_address: endpoint.requested_ip.map(|ip| ip.to_string()),
-                ipv6_address: endpoint.requested_ip6.map(|ip| ip.to_string()),
-                ..Default::default()
-            },
-        ),
+        ipam_config: (endpoint.requested_ip.is_some()
+            || endpoint.requested_ip6.is_some()
+            || !endpoint.link_local_ips.is_empty())
+        .then(|| EndpointIpamConfig {
+            ipv4_address: endpoint.requested_ip.map(|ip| ip.to_string()),
+            ipv6_address: endpoint.requested_ip6.map(|ip| ip.to_string()),
+            link_local_ips: (!endpoint.link_local_ips.is_empty()).then(|| {
+                endpoint
+                    .link_local_ips
+                    .iter()
+                    .map(|ip| ip.to_string())
+                    .collect()
+            }),
+        }),
         links: (!endpoint.links.is_empty()).then(|| endpoint.links.clone()),
         mac_address: Some(if running {
             endpoint.mac.clone()

@@ -236,6 +236,7 @@ pub async fn connect(
                 ip: ipam.ipv4_address,
                 ip6: ipam.ipv6_address,
                 mac: settings.mac_address,
+                link_local_ips: ipam.link_local_ips.unwrap_or_default(),
             }
         })
         .await?;

@@ -464,6 +464,53 @@ fn ip_ranges_aux_addresses_options_and_names_as_docker() {
     ]);
     assert!(!outside.status.success());
 
+    // --link-local-ip: another address on the NIC, shown in IPAMConfig.
+    let link_local = daemon.docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "ranged",
+        "--link-local-ip",
+        "169.254.1.5",
+        "busybox",
+        "sh",
+        "-c",
+        "ip -4 -o addr show eth0 | awk '{print $4}'",
+    ]);
+    assert!(
+        link_local.lines().any(|l| l == "169.254.1.5/16"),
+        "{link_local}"
+    );
+    let created = daemon.docker_ok(&[
+        "create",
+        "--network",
+        "ranged",
+        "--link-local-ip",
+        "169.254.1.6",
+        "busybox",
+        "true",
+    ]);
+    assert_eq!(
+        daemon.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{json .NetworkSettings.Networks.ranged.IPAMConfig.LinkLocalIPs}}",
+            &created
+        ]),
+        r#"["169.254.1.6"]"#
+    );
+    daemon.docker_ok(&["rm", &created]);
+    let not_link_local = daemon.docker(&[
+        "create",
+        "--network",
+        "ranged",
+        "--link-local-ip",
+        "10.1.1.1",
+        "busybox",
+        "true",
+    ]);
+    assert!(common::stderr(&not_link_local).contains("invalid link-local IP address"));
+
     // Names as dockerd takes them, spaces included.
     daemon.docker_ok(&["network", "create", "my spaced net"]);
     let listed = daemon.docker_ok(&["network", "ls", "--format", "{{.Name}}"]);

@@ -468,6 +468,7 @@ impl Engine {
                 ip: ipam.ipv4_address,
                 ip6: ipam.ipv6_address,
                 mac: settings.mac_address.filter(|m| !m.is_empty()),
+                link_local_ips: ipam.link_local_ips.unwrap_or_default(),
             }
             .endpoint(network)
         };

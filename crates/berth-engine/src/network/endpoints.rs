@@ -177,6 +177,11 @@ impl Networks {
                 address: format!("{address}/{}", subnet.prefix()),
                 gateway: gateway_route,
                 address6: address6.map(|(a, prefix, _)| format!("{a}/{prefix}")),
+                link_local: endpoint
+                    .link_local_ips
+                    .iter()
+                    .map(|ip| format!("{ip}/16"))
+                    .collect(),
                 gateway6: address6
                     .filter(|_| primary && !network.internal)
                     .map(|(_, _, gateway6)| gateway6.to_string()),

@@ -39,6 +39,8 @@ pub struct ConnectRequest {
     /// `--ip6`.
     pub ip6: Option<String>,
     pub mac: Option<String>,
+    /// `--link-local-ip`.
+    pub link_local_ips: Vec<String>,
 }
 
 impl ConnectRequest {
@@ -78,6 +80,17 @@ impl ConnectRequest {
                 Some(ip)
             }
         };
+        let mut link_local_ips = Vec::new();
+        for text in &self.link_local_ips {
+            match text.parse::<Ipv4Addr>() {
+                Ok(ip) if ip.is_link_local() => link_local_ips.push(ip),
+                Ok(_) | Err(_) => {
+                    return Err(EngineError::InvalidArgument(format!(
+                        "invalid link-local IP address: {text} (Berth takes IPv4 ones, in 169.254.0.0/16)"
+                    )))
+                }
+            }
+        }
         if requested_ip.is_some() && network.name == super::DEFAULT_NETWORK {
             return Err(EngineError::InvalidArgument(
                 "user specified IP address is supported on user defined networks only".into(),
@@ -88,6 +101,7 @@ impl ConnectRequest {
             aliases: self.aliases.clone(),
             requested_ip,
             requested_ip6,
+            link_local_ips,
             requested_mac: self
                 .mac
                 .as_deref()
@@ -551,13 +565,20 @@ mod tests {
         let ok = ConnectRequest {
             aliases: vec!["db".into()],
             ip: Some("10.9.0.7".into()),
-            ip6: None,
             mac: Some("02:42:0A:09:00:07".into()),
+            link_local_ips: vec!["169.254.1.5".into()],
+            ..Default::default()
         }
         .endpoint(&network)
         .unwrap();
         assert_eq!(ok.requested_ip, Some(Ipv4Addr::new(10, 9, 0, 7)));
         assert_eq!(ok.requested_mac.as_deref(), Some("02:42:0a:09:00:07"));
+        assert_eq!(ok.link_local_ips, vec![Ipv4Addr::new(169, 254, 1, 5)]);
+        let not_link_local = ConnectRequest {
+            link_local_ips: vec!["10.9.0.9".into()],
+            ..Default::default()
+        };
+        assert!(not_link_local.endpoint(&network).is_err());
         for (ip, mac) in [
             ("10.9.1.7", None),
             ("nope", None),
@@ -566,8 +587,8 @@ mod tests {
             let request = ConnectRequest {
                 aliases: vec![],
                 ip: Some(ip.into()),
-                ip6: None,
                 mac: mac.map(Into::into),
+                ..Default::default()
             };
             assert!(request.endpoint(&network).is_err(), "{ip} {mac:?}");
         }

@@ -90,6 +90,9 @@ pub struct EndpointRecord {
     /// `--ip6`.
     #[serde(default)]
     pub requested_ip6: Option<std::net::Ipv6Addr>,
+    /// `--link-local-ip`: more addresses in 169.254.0.0/16.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub link_local_ips: Vec<Ipv4Addr>,
     /// While running, on a network with IPv6.
     #[serde(default)]
     pub ip6: Option<std::net::Ipv6Addr>,
