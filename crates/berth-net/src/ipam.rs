@@ -147,6 +147,39 @@ pub fn next_free_pool(taken: &[Subnet]) -> Option<Subnet> {
     default_pools().find(|pool| !taken.iter().any(|t| t.overlaps(*pool)))
 }
 
+/// An IPv6 subnet (`fd00:1::/64`), for networks with `--ipv6`.
+pub type Subnet6 = ipnet::Ipv6Net;
+
+/// Parses an IPv6 subnet as clients write it, normalised to its network address.
+pub fn parse_subnet6(text: &str) -> Result<Subnet6, NetError> {
+    let subnet: Subnet6 = text.parse().map_err(|_| {
+        NetError::Invalid(format!(
+            "invalid subnet {text:?}: expected an IPv6 CIDR such as fd00:1::/64"
+        ))
+    })?;
+    if !(48..=120).contains(&subnet.prefix_len()) {
+        return Err(NetError::Invalid(format!(
+            "IPv6 subnet prefix /{} is not between /48 and /120",
+            subnet.prefix_len()
+        )));
+    }
+    Ok(subnet.trunc())
+}
+
+/// The lowest address of `subnet` after its network address that is not in `used`
+/// (Docker hands out `::1` to the gateway, then `::2`, ...).
+pub fn allocate6(
+    subnet: Subnet6,
+    used: &HashSet<std::net::Ipv6Addr>,
+) -> Option<std::net::Ipv6Addr> {
+    let first = u128::from(subnet.network()) + 1;
+    let last = u128::from(subnet.broadcast());
+    (first..=last)
+        .take(1 << 16)
+        .map(std::net::Ipv6Addr::from)
+        .find(|address| !used.contains(address))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,37 +240,4 @@ mod tests {
             .unwrap()
             .overlaps("10.1.0.0/16".parse().unwrap()));
     }
-}
-
-/// An IPv6 subnet (`fd00:1::/64`), for networks with `--ipv6`.
-pub type Subnet6 = ipnet::Ipv6Net;
-
-/// Parses an IPv6 subnet as clients write it, normalised to its network address.
-pub fn parse_subnet6(text: &str) -> Result<Subnet6, NetError> {
-    let subnet: Subnet6 = text.parse().map_err(|_| {
-        NetError::Invalid(format!(
-            "invalid subnet {text:?}: expected an IPv6 CIDR such as fd00:1::/64"
-        ))
-    })?;
-    if !(48..=120).contains(&subnet.prefix_len()) {
-        return Err(NetError::Invalid(format!(
-            "IPv6 subnet prefix /{} is not between /48 and /120",
-            subnet.prefix_len()
-        )));
-    }
-    Ok(subnet.trunc())
-}
-
-/// The lowest address of `subnet` after its network address that is not in `used`
-/// (Docker hands out `::1` to the gateway, then `::2`, ...).
-pub fn allocate6(
-    subnet: Subnet6,
-    used: &HashSet<std::net::Ipv6Addr>,
-) -> Option<std::net::Ipv6Addr> {
-    let first = u128::from(subnet.network()) + 1;
-    let last = u128::from(subnet.broadcast());
-    (first..=last)
-        .take(1 << 16)
-        .map(std::net::Ipv6Addr::from)
-        .find(|address| !used.contains(address))
 }
