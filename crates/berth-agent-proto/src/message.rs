@@ -206,6 +206,10 @@ pub enum HostMessage {
     Shutdown,
     /// List the container's processes. Answered by `Processes`.
     ListProcesses,
+    /// Limit the memory of the container's processes to `bytes` (0: no limit) with a
+    /// cgroup of the guest (`docker update -m` of a VM without a balloon). Answered by
+    /// `MemoryLimited` or `Error`.
+    LimitMemory { bytes: u64 },
     /// A new engine took over the channel (the one before it went away while the VM ran).
     /// Answered by [`RESYNC_MARKER`] and then `Reattached`.
     Reattach,
@@ -295,6 +299,8 @@ pub enum GuestMessage {
         #[serde(default)]
         oom_killed: bool,
     },
+    /// The container's processes are under the memory limit asked for.
+    MemoryLimited,
     /// A request failed.
     Error { message: String },
 }

@@ -14,6 +14,7 @@ mod boot;
 mod changes;
 mod channel;
 mod init;
+mod memory_limit;
 mod network;
 mod network6;
 mod pid_namespace;

@@ -274,6 +274,8 @@ struct ChildSetup {
     /// with `sigwait`. A namespace's PID 1 loses any signal it neither handles nor
     /// blocks, so a `docker stop` right after the start would otherwise be lost.
     block_signals: bool,
+    /// The memory cgroup's `cgroup.procs` to join, once `docker update -m` made one.
+    memory_group: Option<CString>,
 }
 
 impl ChildSetup {
@@ -305,6 +307,7 @@ impl ChildSetup {
                 None
             },
             block_signals: spec.agent_helper && program == berth_agent_proto::INIT_HELPER,
+            memory_group: crate::memory_limit::join_path(),
         })
     }
 }
@@ -354,6 +357,7 @@ fn install_child_setup(command: &mut Command, setup: ChildSetup) {
         limits,
         own_proc,
         block_signals,
+        memory_group,
     } = setup;
     // SAFETY: sigfillset only writes the set it is given, which is fully initialised here.
     let all_signals = unsafe {
@@ -382,6 +386,15 @@ fn install_child_setup(command: &mut Command, setup: ChildSetup) {
                 ) < 0
                 {
                     return Err(io::Error::last_os_error());
+                }
+            }
+            // Join the memory group (writing 0 moves the writer); a failure leaves the
+            // process unlimited rather than not started.
+            if let Some(path) = &memory_group {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
                 }
             }
             if libc::chroot(root.as_ptr()) < 0 || libc::chdir(cwd.as_ptr()) < 0 {

@@ -326,6 +326,15 @@ fn handle(message: HostMessage, stream: u32, state: &mut SessionState<'_>) -> io
             ),
         },
         HostMessage::ListProcesses => channel.send(stream, &crate::top::list()),
+        HostMessage::LimitMemory { bytes } => match crate::memory_limit::limit(bytes) {
+            Ok(()) => channel.send(stream, &GuestMessage::MemoryLimited),
+            Err(error) => channel.send(
+                stream,
+                &GuestMessage::Error {
+                    message: format!("limiting the container's memory: {error}"),
+                },
+            ),
+        },
         HostMessage::Shutdown | HostMessage::Rebind(_) | HostMessage::Reattach => Ok(()),
     }
 }

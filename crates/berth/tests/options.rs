@@ -317,12 +317,30 @@ fn restart_rename_update_and_prune() {
         ]),
         "on-failure 3"
     );
-    // A clone's memory is its template's: it cannot change while it runs.
-    let clone_resize = daemon.docker(&["update", "--memory", "128m", &id]);
-    assert!(
-        stderr(&clone_resize).contains("a clone's memory is its template's"),
-        "{}",
-        stderr(&clone_resize)
+    // A clone's memory is its template's (no balloon): a memory cgroup in the guest
+    // limits the container's processes instead, as Docker's -m does; a process beyond
+    // it is killed (137) and the container runs on.
+    daemon.docker_ok(&["update", "--memory", "48m", &id]);
+    assert_eq!(
+        daemon.docker_ok(&["exec", &id, "cat", "/proc/self/cgroup"]),
+        "0::/container"
+    );
+    let hog = daemon.docker(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "x=0123456789abcdef; while true; do x=$x$x; done",
+    ]);
+    assert_eq!(hog.status.code(), Some(137), "{}", stderr(&hog));
+    assert_eq!(
+        daemon.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Running}} {{.HostConfig.Memory}}",
+            &id
+        ]),
+        "true 50331648"
     );
     // A cold-booted VM's memory: lowered through its balloon (the guest sees less),
     // raised back up to its size, never above it.

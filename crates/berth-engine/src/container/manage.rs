@@ -102,16 +102,32 @@ impl Engine {
                     &update,
                     &handle.id,
                 )?;
-                runtime
-                    .control
-                    .set_memory(memory as u64)
-                    .await
-                    .map_err(|error| {
-                        EngineError::InvalidArgument(format!(
-                            "Cannot update container {}: {error}",
-                            handle.id
-                        ))
-                    })?;
+                let refused = |error: &dyn std::fmt::Display| {
+                    EngineError::InvalidArgument(format!(
+                        "Cannot update container {}: {error}",
+                        handle.id
+                    ))
+                };
+                match runtime.control.set_memory(memory as u64).await {
+                    Ok(()) => {}
+                    // No balloon (a clone, or the built-in VMM): a memory cgroup in the
+                    // guest limits the container's processes, as Docker's -m does.
+                    Err(berth_vm::VmError::NoBalloon | berth_vm::VmError::Unsupported(_)) => {
+                        let limited = self
+                            .agent_request(
+                                &handle,
+                                berth_agent_proto::HostMessage::LimitMemory {
+                                    bytes: memory as u64,
+                                },
+                            )
+                            .await
+                            .map_err(|error| refused(&error))?;
+                        if limited != berth_agent_proto::GuestMessage::MemoryLimited {
+                            return Err(refused(&format!("the agent answered {limited:?}")));
+                        }
+                    }
+                    Err(error) => return Err(refused(&error)),
+                }
                 ballooned = true;
             }
         }

@@ -376,22 +376,22 @@ async fn restart_runs_the_container_in_a_new_vm() {
 }
 
 #[tokio::test]
-async fn a_running_vm_without_a_balloon_keeps_its_memory() {
+async fn a_running_vm_without_a_balloon_gets_a_memory_limit_from_its_agent() {
     let test = TestEngine::new().await;
     let id = running(&test, &["sleep"]).await;
     let update = ContainerUpdateBody {
-        memory: Some(512 << 20),
+        memory: Some(128 << 20),
         ..Default::default()
     };
-    let error = test.engine.update_container(&id, update).await.unwrap_err();
-    assert!(
-        error
-            .to_string()
-            .contains("not supported by this VM backend"),
-        "{error}"
-    );
+    test.engine.update_container(&id, update).await.unwrap();
     let record = test.engine.inspect_container(&id).unwrap();
-    assert_eq!(record.host_config.memory, None);
+    assert_eq!(record.host_config.memory, Some(128 << 20));
+    // dockerd's rules hold for a running container too.
+    let too_small = ContainerUpdateBody {
+        memory: Some(1 << 20),
+        ..Default::default()
+    };
+    assert!(test.engine.update_container(&id, too_small).await.is_err());
 }
 
 #[tokio::test]

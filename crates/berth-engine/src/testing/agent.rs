@@ -189,6 +189,7 @@ fn answer(stream: u32, message: HostMessage, main: &mut Main, vm: &FakeVm) -> Ve
         HostMessage::Signal { .. } | HostMessage::CloseStdin | HostMessage::Resize { .. } => {
             Vec::new()
         }
+        HostMessage::LimitMemory { .. } => vec![control(AGENT_STREAM, GuestMessage::MemoryLimited)],
         other => vec![control(
             stream,
             GuestMessage::Error {
