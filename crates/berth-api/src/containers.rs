@@ -113,6 +113,18 @@ pub async fn list(State(engine): State<AppState>, Query(params): Params) -> ApiR
         .filter(|l| *l > 0)
         .map(|l| l as usize);
     let records = engine.list_containers();
+    // As dockerd lists them: a link's target also goes by `/LINKER/ALIAS`.
+    let mut link_names: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for linker in &records {
+        for stored in linker.host_config.links.iter().flatten() {
+            if let Some(link) = berth_engine::links::Link::from_stored(stored) {
+                link_names
+                    .entry(link.target)
+                    .or_default()
+                    .push(format!("/{}/{}", linker.name, link.alias));
+            }
+        }
+    }
     // `before` and `since` name containers; they select by creation order.
     let created_of = |reference: &str| engine.inspect_container(reference).ok().map(|r| r.created);
     let before: Vec<String> = filters
@@ -188,6 +200,11 @@ pub async fn list(State(engine): State<AppState>, Query(params): Params) -> ApiR
         .iter()
         .map(|record| {
             let mut summary = convert::container_summary(record, &networks);
+            if let (Some(names), Some(more)) =
+                (summary.names.as_mut(), link_names.get(&record.name))
+            {
+                names.extend(more.iter().cloned());
+            }
             if flag(&params, "size") {
                 let size = engine.container_disk_usage(&record.id) as i64;
                 summary.size_rw = Some(size);

@@ -34,7 +34,7 @@ mod testing;
 mod vm;
 
 // The modules the API layer names, at the paths it has always named them by.
-pub use container::health;
+pub use container::{health, links};
 pub use files::{changes, volumes};
 pub use images::registry;
 pub use process::{exec, io_stats};

@@ -725,6 +725,18 @@ fn links_give_variables_hosts_lines_and_names_as_docker() {
         daemon.docker_ok(&["inspect", "-f", "{{json .HostConfig.Links}}", "link-web"]),
         r#"["/link-db:/link-web/dbalias"]"#
     );
+    // docker ps names the target by its link too, as dockerd lists it.
+    assert_eq!(
+        daemon.docker_ok(&[
+            "ps",
+            "--no-trunc",
+            "--filter",
+            "name=link-db",
+            "--format",
+            "{{.Names}}"
+        ]),
+        "link-db,link-web/dbalias"
+    );
 
     // docker rm --link takes the link away; a plain name or an unknown link is refused.
     assert_eq!(
