@@ -114,17 +114,7 @@ pub async fn list(State(engine): State<AppState>, Query(params): Params) -> ApiR
         .map(|l| l as usize);
     let records = engine.list_containers();
     // As dockerd lists them: a link's target also goes by `/LINKER/ALIAS`.
-    let mut link_names: std::collections::HashMap<String, Vec<String>> = Default::default();
-    for linker in &records {
-        for stored in linker.host_config.links.iter().flatten() {
-            if let Some(link) = berth_engine::links::Link::from_stored(stored) {
-                link_names
-                    .entry(link.target)
-                    .or_default()
-                    .push(format!("/{}/{}", linker.name, link.alias));
-            }
-        }
-    }
+    let link_names = berth_engine::links::names_by_target(&records);
     // `before` and `since` name containers; they select by creation order.
     let created_of = |reference: &str| engine.inspect_container(reference).ok().map(|r| r.created);
     let before: Vec<String> = filters

@@ -166,7 +166,8 @@ pub enum VmError {
     #[error("the VM is gone")]
     Gone,
     /// The VM has no balloon: a clone, whose memory is its template's (copy-on-write).
-    #[error("a clone's memory is its template's and cannot change while it runs: stop the container, update it, and start it again (or run it with --runtime berth-coldboot)")]
+    /// The engine then limits the container's processes inside the guest instead.
+    #[error("the VM has no memory balloon (a clone's memory is its template's)")]
     NoBalloon,
     /// More memory than the VM started with: a balloon gives back, it cannot add.
     #[error("the container's VM started with {vm_mib} MiB and can only be given up to that while it runs (asked for {wanted_mib} MiB): stop it, update it, and start it again")]

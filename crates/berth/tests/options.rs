@@ -475,25 +475,24 @@ fn top_lists_the_containers_processes() {
     daemon.docker_ok(&["rm", "-f", &id]);
 }
 
-#[test]
-fn detach_keys_let_go_and_leave_the_container_running() {
+/// Sends `request` (head and body) on a new connection, checks that the daemon upgrades
+/// it, types `typed` and then ctrl-x x, and waits for the daemon to close it.
+fn hijack_and_detach(daemon: &common::Daemon, request: &[u8], typed: &[u8]) {
     use std::io::{Read, Write};
-    let daemon = shared();
-    let id = daemon.docker_ok(&["run", "-d", "-i", "-t", "busybox", "sh"]);
     let mut stream = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
-    write!(
-        stream,
-        "POST /containers/{id}/attach?stream=1&stdin=1&stdout=1&stderr=1&detachKeys=ctrl-x,x HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n"
-    )
-    .unwrap();
+    stream.write_all(request).unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         stream.read_exact(&mut byte).unwrap();
         head.push(byte[0]);
     }
-    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"));
-    stream.write_all(b"echo still-here\n").unwrap();
+    assert!(
+        String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    stream.write_all(typed).unwrap();
     stream.write_all(&[24, b'x']).unwrap();
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(20)))
@@ -502,6 +501,16 @@ fn detach_keys_let_go_and_leave_the_container_running() {
     stream
         .read_to_end(&mut rest)
         .expect("the daemon closes the connection after the detach keys");
+}
+
+#[test]
+fn detach_keys_let_go_and_leave_the_container_running() {
+    let daemon = shared();
+    let id = daemon.docker_ok(&["run", "-d", "-i", "-t", "busybox", "sh"]);
+    let attach = format!(
+        "POST /containers/{id}/attach?stream=1&stdin=1&stdout=1&stderr=1&detachKeys=ctrl-x,x HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n"
+    );
+    hijack_and_detach(daemon, attach.as_bytes(), b"echo still-here\n");
     assert_eq!(
         daemon.docker_ok(&["inspect", "-f", "{{.State.Running}}", &id]),
         "true"
@@ -516,34 +525,12 @@ fn detach_keys_let_go_and_leave_the_container_running() {
     assert_eq!(status, 201, "{}", String::from_utf8_lossy(&created));
     let created: serde_json::Value = serde_json::from_slice(&created).unwrap();
     let exec = created["Id"].as_str().unwrap().to_owned();
-    let mut stream = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
-    let start = br#"{"Detach":false,"Tty":true}"#;
-    write!(
-        stream,
-        "POST /exec/{exec}/start HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+    let start = r#"{"Detach":false,"Tty":true}"#;
+    let request = format!(
+        "POST /exec/{exec}/start HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{start}",
         start.len()
-    )
-    .unwrap();
-    stream.write_all(start).unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(
-        String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
     );
-    stream.write_all(b"echo in-exec\n").unwrap();
-    stream.write_all(&[24, b'x']).unwrap();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
-        .unwrap();
-    let mut rest = Vec::new();
-    stream
-        .read_to_end(&mut rest)
-        .expect("the daemon closes the exec's connection after its detach keys");
+    hijack_and_detach(daemon, request.as_bytes(), b"echo in-exec\n");
     let (_, state) = daemon
         .request("GET", &format!("/exec/{exec}/json"), None)
         .unwrap();

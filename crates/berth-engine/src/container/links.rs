@@ -150,6 +150,25 @@ impl LinkedTarget {
     }
 }
 
+/// The names each link target also goes by in `docker ps` (`/LINKER/ALIAS`), by the
+/// target's name, from every container's stored links.
+pub fn names_by_target<'a>(
+    records: impl IntoIterator<Item = &'a ContainerRecord>,
+) -> std::collections::HashMap<String, Vec<String>> {
+    let mut names: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for linker in records {
+        for stored in linker.host_config.links.iter().flatten() {
+            if let Some(link) = Link::from_stored(stored) {
+                names
+                    .entry(link.target)
+                    .or_default()
+                    .push(format!("/{}/{}", linker.name, link.alias));
+            }
+        }
+    }
+    names
+}
+
 /// The variables of every link, then `own` (the container's, which win).
 pub fn with_link_environment(
     targets: &[LinkedTarget],

@@ -94,7 +94,7 @@ impl Engine {
         // A running VM's memory changes through its balloon, checked and done first: the
         // rest of the update cannot fail on memory afterwards.
         let shape_change = set(update.memory).is_some();
-        let mut ballooned = false;
+        let mut memory_applied = false;
         if let (Some(memory), Some(runtime)) = (set(update.memory), handle.runtime()) {
             if handle.status() == ContainerStatus::Running {
                 crate::container::memory::updated(
@@ -128,11 +128,11 @@ impl Engine {
                     }
                     Err(error) => return Err(refused(&error)),
                 }
-                ballooned = true;
+                memory_applied = true;
             }
         }
         let mut record = lock(&handle.record);
-        if shape_change && !ballooned {
+        if shape_change && !memory_applied {
             record
                 .state
                 .status
@@ -156,8 +156,21 @@ impl Engine {
             host.cpuset_cpus = Some(cpus);
         }
         crate::container::cpu::validate(&host)?;
-        let cpu_changed = crate::container::cpu::limits(&host)
-            != crate::container::cpu::limits(&record.host_config);
+        let limits = crate::container::cpu::limits(&host);
+        let cpu_changed = limits != crate::container::cpu::limits(&record.host_config);
+        let policy = update.restart_policy.filter(|p| p.name.is_some());
+        if let Some(policy) = &policy {
+            crate::container::restart::validate(Some(policy), record.auto_remove())?;
+        }
+        // Applied before the record changes: a failure leaves both as they were.
+        if cpu_changed && handle.runtime().is_some() && record.state.pid != 0 {
+            berth_vm::cpu_limits::apply(record.state.pid, &record.id, &limits).map_err(|e| {
+                EngineError::InvalidArgument(format!(
+                    "Cannot update container {}: applying CPU limits: {e}",
+                    record.id
+                ))
+            })?;
+        }
         record.host_config.memory = host.memory;
         record.host_config.memory_swap = host.memory_swap;
         record.host_config.memory_reservation = host.memory_reservation;
@@ -166,17 +179,7 @@ impl Engine {
         record.host_config.cpu_period = host.cpu_period;
         record.host_config.cpu_quota = host.cpu_quota;
         record.host_config.cpuset_cpus = host.cpuset_cpus;
-        if cpu_changed && handle.runtime().is_some() && record.state.pid != 0 {
-            let limits = crate::container::cpu::limits(&record.host_config);
-            berth_vm::cpu_limits::apply(record.state.pid, &record.id, &limits).map_err(|e| {
-                EngineError::InvalidArgument(format!(
-                    "Cannot update container {}: applying CPU limits: {e}",
-                    record.id
-                ))
-            })?;
-        }
-        if let Some(policy) = update.restart_policy.filter(|p| p.name.is_some()) {
-            crate::container::restart::validate(Some(&policy), record.auto_remove())?;
+        if let Some(policy) = policy {
             record.host_config.restart_policy = Some(policy);
         }
         let snapshot = record.clone();
