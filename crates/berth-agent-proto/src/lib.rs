@@ -62,6 +62,9 @@ pub const PORT_NAME: &str = "berth.agent";
 /// The agent's helper that is a container's init (`docker run --init`): a first process
 /// `[INIT_HELPER, program, args...]` with `agent_helper` set runs `program` under it.
 pub const INIT_HELPER: &str = "berth-init";
+/// The agent's helper that is a build step's first process: it waits, doing nothing,
+/// until a signal ends it, while the step's command runs beside it as an exec.
+pub const HOLD_HELPER: &str = "berth-hold";
 /// Stream id of a container's first shared directory; share `n` uses this plus `n`.
 /// Far from the process streams (1, then one per exec).
 pub const SHARE_STREAM_BASE: u32 = 0xF000_0000;

@@ -13,6 +13,7 @@ mod archive;
 mod boot;
 mod changes;
 mod channel;
+mod hold;
 mod init;
 mod memory_limit;
 mod network;
@@ -28,12 +29,13 @@ mod volumes;
 
 fn main() {
     // The agent's binary also serves as the helpers for `docker cp`, `docker diff` and
-    // `commit`, and `--init`, run in the container under other names.
+    // `commit`, `--init` and build steps, run in the container under other names.
     let args: Vec<String> = std::env::args().collect();
     match args.first().map(String::as_str) {
         Some(archive::HELPER_NAME) => std::process::exit(archive::main(&args)),
         Some(changes::HELPER_NAME) => std::process::exit(changes::main(&args)),
         Some(init::HELPER_NAME) => std::process::exit(init::main(&args)),
+        Some(hold::HELPER_NAME) => std::process::exit(hold::main()),
         _ => {}
     }
     if let Err(error) = run() {

@@ -306,7 +306,9 @@ impl ChildSetup {
             } else {
                 None
             },
-            block_signals: spec.agent_helper && program == berth_agent_proto::INIT_HELPER,
+            block_signals: spec.agent_helper
+                && (program == berth_agent_proto::INIT_HELPER
+                    || program == berth_agent_proto::HOLD_HELPER),
             memory_group: crate::memory_limit::join_path(),
         })
     }

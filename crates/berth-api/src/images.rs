@@ -92,11 +92,21 @@ pub async fn list(
             )));
         }
     }
+    // As dockerd: a build's intermediate images (untagged, with an image built on them)
+    // are listed only with `all`, and are not dangling.
+    let parents: std::collections::HashSet<String> =
+        images.iter().filter_map(|i| i.parent.clone()).collect();
+    let all = params
+        .get("all")
+        .is_some_and(|v| matches!(v.as_str(), "1" | "true"));
     images.retain(|image| {
         let labels = convert::image_labels(image);
-        filters.allows("dangling", |v| {
-            matches!(v, "true" | "1") == image.repo_tags.is_empty()
-        }) && filters.allows("label", |v| crate::filters::label_matches(&labels, v))
+        let intermediate = image.repo_tags.is_empty() && parents.contains(&image.id);
+        (all || !intermediate)
+            && filters.allows("dangling", |v| {
+                matches!(v, "true" | "1") == (image.repo_tags.is_empty() && !intermediate)
+            })
+            && filters.allows("label", |v| crate::filters::label_matches(&labels, v))
             && filters.allows("reference", |pattern| {
                 image
                     .repo_tags
@@ -162,6 +172,17 @@ pub async fn by_name(
         let image = engine.resolve_image(name)?;
         let mut value = serde_json::to_value(convert::image_inspect(&image))
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        value["Parent"] = json!(image.parent.clone().unwrap_or_default());
+        // What the OCI config has no field for, from the image's own config.
+        if let Ok(raw) = engine.image_raw_config(&image.id) {
+            for key in ["Healthcheck", "OnBuild", "Shell"] {
+                if let Some(field) = raw.pointer(&format!("/config/{key}")) {
+                    if !field.is_null() && value["Config"].is_object() {
+                        value["Config"][key] = field.clone();
+                    }
+                }
+            }
+        }
         crate::version::older_image_shape(version, &mut value);
         if version < ApiVersion(1, 45) {
             // Removed in 1.45; older clients read them.
@@ -285,7 +306,7 @@ pub async fn system_df(State(engine): State<AppState>) -> ApiResult<Response> {
         "Images": image_rows,
         "Containers": containers,
         "Volumes": crate::volumes::all_with_usage(&engine),
-        "BuildCache": [],
+        "BuildCache": engine.build_cache_usage()?,
     }))
     .into_response())
 }

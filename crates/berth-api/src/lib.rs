@@ -7,6 +7,7 @@
 //! nothing about VMs: it speaks to `berth-engine` only.
 
 pub mod archive;
+pub mod build;
 pub mod containers;
 pub mod convert;
 pub mod error;
@@ -111,8 +112,9 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/networks/{id}/connect", post(networks::connect))
         .route("/networks/{id}/disconnect", post(networks::disconnect))
         .route("/events", get(events::events))
-        .route("/build", any(system::build_unavailable))
-        .route("/session", any(system::build_unavailable))
+        .route("/build", post(build::build))
+        .route("/build/prune", post(build::prune))
+        .route("/session", any(build::session_unavailable))
         .route("/plugins", get(system::plugins_list))
         .route(
             "/plugins/{*rest}",

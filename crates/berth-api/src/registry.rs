@@ -155,7 +155,7 @@ fn human_size(bytes: u64) -> String {
     text + UNITS[unit]
 }
 
-fn progress_json(progress: &Progress) -> Value {
+pub(crate) fn progress_json(progress: &Progress) -> Value {
     let mut message = json!({ "status": progress.status });
     if let Some(id) = &progress.id {
         message["id"] = json!(id);

@@ -189,15 +189,6 @@ pub async fn info(State(engine): State<AppState>) -> Json<SystemInfo> {
     })
 }
 
-/// Swarm endpoints: Berth is never part of a swarm, so it answers as Docker does then.
-/// `/build` and `/session`: image builds are not in Berth yet.
-pub async fn build_unavailable() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "Berth cannot build images yet: build them elsewhere, then `docker save` them and `docker load` them here",
-    )
-}
-
 /// `/plugins`: Berth has no plugin system; listing says there are none.
 pub async fn plugins_list() -> axum::Json<Vec<serde_json::Value>> {
     axum::Json(Vec::new())

@@ -52,6 +52,9 @@ pub enum EngineError {
     /// The container's process could not be started (e.g. executable not found).
     #[error("failed to create task for container: {0}")]
     StartFailed(String),
+    /// A build failed (its Dockerfile, context or a step).
+    #[error(transparent)]
+    Build(#[from] crate::build::BuildError),
     /// The image store failed.
     #[error("image store error")]
     Image(#[source] berth_image::ImageError),
@@ -119,7 +122,9 @@ impl EngineError {
             Self::Unauthorized(_) => ErrorKind::Unauthorized,
             Self::Conflict(_) | Self::Refused { .. } => ErrorKind::Conflict,
             Self::Forbidden(_) => ErrorKind::Forbidden,
-            Self::InvalidArgument(_) | Self::StartFailed(_) => ErrorKind::InvalidArgument,
+            Self::InvalidArgument(_) | Self::StartFailed(_) | Self::Build(_) => {
+                ErrorKind::InvalidArgument
+            }
             Self::NotSupported(_) | Self::Vm(berth_vm::VmError::Unsupported(_)) => {
                 ErrorKind::NotSupported
             }

@@ -19,6 +19,7 @@
 //! the running VM's sockets, console log and QEMU log.
 
 mod agent;
+pub mod build;
 mod container;
 mod error;
 pub mod events;
@@ -140,6 +141,8 @@ pub struct Engine {
     volumes: Mutex<HashMap<String, volumes::VolumeRecord>>,
     /// Held while a volume is made or removed.
     volume_lock: tokio::sync::Mutex<()>,
+    /// `docker build`'s step cache.
+    build_cache: build::BuildCache,
 }
 
 /// The runtime that clones each container's VM from a template (the default).
@@ -206,6 +209,7 @@ impl Engine {
             .into_iter()
             .map(|v| (v.name.clone(), v))
             .collect();
+        let build_cache = build::BuildCache::open(&config.root.join("build"));
         let templates = template::TemplateManager::new(
             config.exec_root.join("templates"),
             Some(networks.clone()),
@@ -223,6 +227,7 @@ impl Engine {
             events: events::EventLog::default(),
             volumes: Mutex::new(volumes),
             volume_lock: tokio::sync::Mutex::new(()),
+            build_cache,
         });
         for id in lost {
             let handle = engine.lookup(&id)?;
@@ -234,6 +239,19 @@ impl Engine {
             engine.transition(&handle, lost)?;
         }
         engine.take_over(live).await;
+        // A build step's container outlives its build only when the daemon stopped
+        // during the build: nothing will use it again.
+        let leftovers: Vec<String> = engine
+            .list_containers()
+            .into_iter()
+            .filter(|record| record.build_step)
+            .map(|record| record.id)
+            .collect();
+        for id in leftovers {
+            if let Err(error) = engine.remove_container_and_volumes(&id, true, true).await {
+                tracing::warn!(container = %id, error = %error_chain(&error), "could not remove an interrupted build's container");
+            }
+        }
         Ok(engine)
     }
 

@@ -9,8 +9,8 @@
 //!   `oci-layout`) plus `manifest.json` pointing into `blobs/`;
 //! * skopeo: `<hex>.tar` layers, `<hex>.json` config, `manifest.json`, `repositories`.
 //!
-//! The archive itself may be gzip-compressed. Layers may be plain tar, gzip or zstd;
-//! bzip2 and xz layers are refused with [`ImageError::Unsupported`].
+//! The archive itself and its layers may be plain tar or compressed (gzip, zstd, bzip2,
+//! xz): each is read as its magic bytes say.
 //!
 //! Contract and safety: the archive is untrusted. Because `manifest.json` may come
 //! anywhere in the stream, [`StagedArchive::unpack`] first copies every regular-file entry
@@ -86,8 +86,9 @@ fn detect_compression(magic: &[u8]) -> Compression {
     }
 }
 
-/// Opens `path` and returns a reader of its decompressed content (plain or gzip).
-pub(crate) fn open_decompressed(path: &Path, what: &str) -> Result<Box<dyn Read>, ImageError> {
+/// Opens `path` and returns a reader of its decompressed content (plain, gzip, zstd,
+/// bzip2 or xz).
+pub fn open_decompressed(path: &Path, what: &str) -> Result<Box<dyn Read>, ImageError> {
     let mut file = File::open(path).map_err(ImageError::io(path))?;
     let mut magic = Vec::with_capacity(6);
     (&mut file)
@@ -106,13 +107,19 @@ pub(crate) fn open_decompressed(path: &Path, what: &str) -> Result<Box<dyn Read>
             })?;
             Ok(Box::new(decoder))
         }
-        other => Err(ImageError::Unsupported(format!(
-            "{what} is {} compressed; only uncompressed, gzip and zstd are supported",
-            match other {
-                Compression::Bzip2 => "bzip2",
-                _ => "xz",
-            }
-        ))),
+        Compression::Bzip2 => Ok(Box::new(bzip2::read::MultiBzDecoder::new(reader))),
+        Compression::Xz => {
+            // lzma-rs decodes xz into a writer, not as a reader: spool it beside the file.
+            let dir = path.parent().unwrap_or(Path::new("."));
+            let mut spool = tempfile::tempfile_in(dir).map_err(ImageError::io(dir))?;
+            let mut input = reader;
+            lzma_rs::xz_decompress(&mut input, &mut spool)
+                .map_err(|e| ImageError::InvalidArchive(format!("{what}: bad xz data: {e}")))?;
+            spool
+                .seek(SeekFrom::Start(0))
+                .map_err(ImageError::io(dir))?;
+            Ok(Box::new(BufReader::with_capacity(1 << 16, spool)))
+        }
     }
 }
 
@@ -289,6 +296,8 @@ pub(crate) struct PreparedImage {
     pub(crate) tags: Vec<Reference>,
     /// `name@sha256:<manifest digest>` of the registry manifests it was pulled by.
     pub(crate) repo_digests: Vec<String>,
+    /// The image a build step made this one from.
+    pub(crate) parent: Option<String>,
 }
 
 /// The result of [`prepare`]: images plus blobs staged for the store.
@@ -405,6 +414,7 @@ pub(crate) fn prepare(
             size,
             tags,
             repo_digests: Vec::new(),
+            parent: None,
         });
     }
     Ok(prepared)

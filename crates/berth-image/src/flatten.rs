@@ -64,6 +64,20 @@ pub(crate) fn flatten(layers: &[PathBuf], dest: &Path) -> Result<(), ImageError>
     flattener.finish()
 }
 
+/// Extracts a build context (a tar, plain or compressed, from a client) into the empty
+/// directory `dest` with the same safety as layers (nothing lands outside `dest`), but
+/// as plain files: whiteout names are ordinary entries left out, and device nodes and
+/// FIFOs are never created on the host. Returns the number of entries extracted.
+pub fn extract_build_context(source: &Path, dest: &Path) -> Result<u64, ImageError> {
+    let reader = crate::archive::open_decompressed(source, "the build context")?;
+    let mut flattener = Flattener::new(dest);
+    flattener.plain_files = true;
+    flattener.apply_layer(BufReader::with_capacity(1 << 16, reader), source)?;
+    let count = flattener.applied;
+    flattener.finish()?;
+    Ok(count)
+}
+
 /// Metadata an entry's PAX extended header may override or add.
 #[derive(Default)]
 struct PaxOverrides {
@@ -87,6 +101,10 @@ pub(crate) struct Flattener {
     root: PathBuf,
     /// Directory mtimes to apply at the end, by host path.
     dir_times: HashMap<PathBuf, TimeSpec>,
+    /// A build context, not a layer: no whiteouts, no device nodes or FIFOs.
+    plain_files: bool,
+    /// Entries created so far.
+    applied: u64,
 }
 
 impl Flattener {
@@ -94,6 +112,8 @@ impl Flattener {
         Self {
             root: root.to_path_buf(),
             dir_times: HashMap::new(),
+            plain_files: false,
+            applied: 0,
         }
     }
 
@@ -148,6 +168,13 @@ impl Flattener {
             return Ok(());
         };
 
+        if self.plain_files
+            && (name.as_bytes().starts_with(WHITEOUT_PREFIX)
+                || matches!(kind, EntryType::Char | EntryType::Block | EntryType::Fifo))
+        {
+            tracing::debug!(path = %raw_path.display(), "leaving out a special entry of a build context");
+            return Ok(());
+        }
         if let Some(whiteout) = name.as_bytes().strip_prefix(WHITEOUT_PREFIX) {
             return self.apply_whiteout(whiteout, parents, &raw_path, layer, unpacked);
         }
@@ -182,6 +209,7 @@ impl Flattener {
             }
         }
         mark_unpacked(unpacked, &self.root, &target);
+        self.applied += 1;
         Ok(())
     }
 

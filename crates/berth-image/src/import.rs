@@ -103,7 +103,7 @@ fn apply_change(config: &mut Map<String, Value>, change: &str) -> Result<(), Ima
 /// Decompresses (plain, gzip or zstd) the layer at `source` into `staging/layer.tar`
 /// while hashing it, and reads every header once to refuse what is not a tar. Returns
 /// the staged file, its diff id and size.
-fn stage_layer(
+pub(crate) fn stage_layer(
     source: &Path,
     staging: &Path,
     what: &str,
@@ -167,7 +167,14 @@ impl ImageStore {
                 "comment": if message.is_empty() { "Imported from -" } else { message },
             }],
         });
-        self.record_new_image(&staging.0, &image_config, layer, &diff_id, size, tag)
+        self.record_new_image(
+            &staging.0,
+            &image_config,
+            Some((layer, &diff_id)),
+            size,
+            tag,
+            None,
+        )
     }
 
     /// `docker commit`: a new image made of `parent`'s layers and the layer at `layer`
@@ -215,19 +222,27 @@ impl ImageStore {
             None => image_config["history"] = json!([history]),
         }
         let size = parent.size + size;
-        self.record_new_image(&staging.0, &image_config, layer, &diff_id, size, tag)
+        self.record_new_image(
+            &staging.0,
+            &image_config,
+            Some((layer, &diff_id)),
+            size,
+            tag,
+            None,
+        )
     }
 
-    /// Stages the config of a new image whose top layer is staged at `layer` and records
-    /// the image (one transaction). Returns the image id.
-    fn record_new_image(
+    /// Stages the config of a new image whose new top layer (if it has one) is staged at
+    /// `layer.0` with diff id `layer.1`, and records the image (one transaction). Returns
+    /// the image id.
+    pub(crate) fn record_new_image(
         &self,
         staging: &Path,
         image_config: &Value,
-        layer: PathBuf,
-        diff_id: &str,
+        layer: Option<(PathBuf, &str)>,
         size: u64,
         tag: Option<&Reference>,
+        parent: Option<String>,
     ) -> Result<String, ImageError> {
         let invalid = |source| ImageError::InvalidJson {
             what: "the new image's config".into(),
@@ -239,9 +254,11 @@ impl ImageStore {
         let config_path = staging.join("config.json");
         write_synced(&config_path, &config_bytes)?;
         let mut prepared = archive::Prepared::default();
-        if !self.has_blob(diff_id) {
-            let diff_hex = parse_sha256(diff_id).unwrap_or_default().to_owned();
-            prepared.blobs.push((diff_hex, layer));
+        if let Some((layer, diff_id)) = layer {
+            if !self.has_blob(diff_id) {
+                let diff_hex = parse_sha256(diff_id).unwrap_or_default().to_owned();
+                prepared.blobs.push((diff_hex, layer));
+            }
         }
         prepared.blobs.push((
             parse_sha256(&id).unwrap_or_default().to_owned(),
@@ -262,6 +279,7 @@ impl ImageStore {
             size,
             tags: tag.cloned().into_iter().collect(),
             repo_digests: Vec::new(),
+            parent,
         });
         self.commit(&prepared)?;
         Ok(id)
@@ -269,7 +287,7 @@ impl ImageStore {
 }
 
 /// Now in RFC 3339, as image configs write times.
-fn chrono_now() -> String {
+pub(crate) fn chrono_now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 

@@ -22,6 +22,7 @@
 //! their owners, and device nodes).
 
 mod archive;
+mod derive;
 mod digest;
 pub mod error;
 mod ext4;
@@ -34,7 +35,10 @@ mod remove;
 mod save;
 pub mod store;
 
+pub use archive::open_decompressed;
+pub use derive::DeriveSpec;
 pub use error::ImageError;
+pub use flatten::extract_build_context;
 pub use reference::Reference;
 pub use registry::{Credentials, RegistryOptions};
 pub use store::{ImageRecord, ImageStore, LoadedImage};

@@ -78,6 +78,9 @@ pub struct ImageRecord {
     /// as (Docker's RepoDigests), sorted.
     #[serde(default)]
     pub repo_digests: Vec<String>,
+    /// The image this one was built on by `docker build` (Docker's `Parent`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 /// An image a load brought in.
@@ -251,6 +254,7 @@ impl ImageStore {
                     size: image.size,
                     loaded_at,
                     repo_digests: Vec::new(),
+                    parent: image.parent.clone(),
                 });
                 for digest in &image.repo_digests {
                     if !record.repo_digests.contains(digest) {

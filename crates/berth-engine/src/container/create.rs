@@ -372,6 +372,7 @@ impl Engine {
                 manually_stopped: false,
                 health: None,
                 mounts,
+                build_step: false,
             };
             containers.insert(id.clone(), Arc::new(ContainerHandle::new(record.clone())));
             record

@@ -157,7 +157,7 @@ impl Engine {
     }
 
     /// Spools the changes layer the helper writes into a temporary file.
-    async fn read_commit_layer(
+    pub(crate) async fn read_commit_layer(
         self: &Arc<Self>,
         id: &str,
     ) -> Result<tempfile::NamedTempFile, EngineError> {

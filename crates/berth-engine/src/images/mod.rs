@@ -140,8 +140,16 @@ impl Engine {
         let usage = self.image_usage();
         let mut steps = Vec::new();
         let before = self.images_disk_usage();
-        for image in self.images.list()? {
-            if usage.contains_key(&image.id) || (!all && !image.repo_tags.is_empty()) {
+        let images = self.images.list()?;
+        // A build's intermediate images stay while an image kept is built on them.
+        let needed = ancestors_of(&images, |image| {
+            usage.contains_key(&image.id) || (!all && !image.repo_tags.is_empty())
+        });
+        for image in images {
+            if usage.contains_key(&image.id)
+                || (!all && !image.repo_tags.is_empty())
+                || needed.contains(&image.id)
+            {
                 continue;
             }
             for name in self.images.delete(&image.id)? {
@@ -153,6 +161,12 @@ impl Engine {
         }
         let after = self.images_disk_usage();
         Ok((steps, before.saturating_sub(after)))
+    }
+
+    /// The raw config of an image (what `inspect` reads beyond the OCI fields:
+    /// Healthcheck, OnBuild, Shell).
+    pub fn image_raw_config(&self, id: &str) -> Result<serde_json::Value, EngineError> {
+        Ok(self.images.raw_config(id)?)
     }
 
     fn images_disk_usage(&self) -> u64 {
@@ -247,4 +261,27 @@ impl Engine {
         }
         Ok(entries)
     }
+}
+
+/// The ids of every image that an image `keep` selects is built on (its `Parent`, the
+/// parent's parent, ...).
+pub fn ancestors_of(
+    images: &[berth_image::ImageRecord],
+    keep: impl Fn(&berth_image::ImageRecord) -> bool,
+) -> std::collections::HashSet<String> {
+    let parents: HashMap<&str, &str> = images
+        .iter()
+        .filter_map(|i| i.parent.as_deref().map(|p| (i.id.as_str(), p)))
+        .collect();
+    let mut needed = std::collections::HashSet::new();
+    for image in images.iter().filter(|i| keep(i)) {
+        let mut at = image.id.as_str();
+        while let Some(parent) = parents.get(at) {
+            if !needed.insert((*parent).to_owned()) {
+                break;
+            }
+            at = parent;
+        }
+    }
+    needed
 }

@@ -114,6 +114,11 @@ pub struct ContainerRecord {
     /// Volumes, in the order their disks are attached.
     #[serde(default)]
     pub mounts: Vec<MountRecord>,
+    /// A `docker build` step's container: its first process is the agent's hold helper,
+    /// and the step's command runs as an exec beside it (so that its changes can be read
+    /// in the same VM once it exits).
+    #[serde(default)]
+    pub build_step: bool,
 }
 
 impl ContainerRecord {
@@ -187,6 +192,7 @@ mod tests {
             manually_stopped: false,
             health: None,
             mounts: Vec::new(),
+            build_step: false,
         };
         assert_eq!(record.vm_shape(256), (1, 256));
         record.host_config.nano_cpus = Some(1_500_000_000);

@@ -241,6 +241,25 @@ impl Engine {
 
 /// The container's process, checked before any VM is booted.
 fn process_spec(record: &ContainerRecord) -> Result<ProcessSpec, EngineError> {
+    if record.build_step {
+        // The hold helper as root in `/`; the step's command runs as an exec with the
+        // container's user and working directory.
+        return Ok(ProcessSpec {
+            argv: vec![berth_agent_proto::HOLD_HELPER.to_owned()],
+            env: record.config.env.clone().unwrap_or_default(),
+            cwd: "/".into(),
+            user: String::new(),
+            tty: false,
+            stdin: false,
+            tty_size: None,
+            rlimits: crate::container::security::rlimits(&record.host_config)?,
+            capabilities: crate::container::security::capabilities(&record.host_config)?,
+            no_new_privileges: false,
+            agent_helper: true,
+            extra_groups: Vec::new(),
+            own_pid_namespace: true,
+        });
+    }
     // `--init`: the agent's init helper is PID 1 and runs the command as its child.
     let init = record.host_config.init == Some(true);
     let init_helper = init.then(|| berth_agent_proto::INIT_HELPER.to_owned());

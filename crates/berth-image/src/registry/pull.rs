@@ -372,6 +372,7 @@ async fn fetch(
         size,
         tags: pulled_tags(reference, tag_or_digest),
         repo_digests: vec![format!("{}@{}", reference.familiar_name(), resolved.digest)],
+        parent: None,
     });
     let up_to_date = already_had_image && missing.is_empty();
     tokio::task::block_in_place(|| store.commit(&prepared))?;
