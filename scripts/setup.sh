@@ -6,7 +6,9 @@
 # bridges, taps and filtering in Berth's own network namespace), docker-registry (the
 # tests pull from and push to a real registry on 127.0.0.1), docker-compose (v1: the tests
 # bring a project up with it), mmdebstrap and postgresql-client (the workload test makes a
-# PostgreSQL image from Debian's packages and drives it with the host's psql and pgbench).
+# PostgreSQL image from Debian's packages and drives it with the host's psql and pgbench),
+# and docker-py from PyPI, pinned, in a virtual environment under the cache (the build
+# tests drive it as its users install it).
 # The guest kernel is not installed: Berth fetches Debian's package into its cache.
 set -euo pipefail
 need=()
@@ -39,5 +41,15 @@ fi
 if ! command -v qemu-img >/dev/null; then
     echo "berth setup: installing qemu-utils" >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-utils >/dev/null
+fi
+pyenv="$cache/docker-py-7.1.0"
+if ! "$pyenv/bin/python" -c 'import docker' 2>/dev/null; then
+    echo "berth setup: installing docker-py 7.1.0 from PyPI into $pyenv" >&2
+    rm -rf "$pyenv"
+    if ! python3 -m venv "$pyenv" 2>/dev/null; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+        python3 -m venv "$pyenv"
+    fi
+    "$pyenv/bin/pip" install -q --disable-pip-version-check docker==7.1.0
 fi
 command -v docker >/dev/null || echo "berth setup: note: the docker CLI is not installed; Berth serves any Docker API client" >&2
