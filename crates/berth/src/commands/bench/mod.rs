@@ -1,6 +1,7 @@
 //! `berth bench`: measurements side by side in one run, through the real docker CLI
 //! against a running daemon. Each prints medians and ratios; none asserts anything.
 
+mod build;
 mod clone;
 mod files;
 
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+pub use build::BuildArgs;
 pub use clone::CloneArgs;
 pub use files::FilesArgs;
 
@@ -27,12 +29,16 @@ pub enum BenchCommand {
     /// files, find over it, repeated stats; on a bind mount, a shared volume, a disk
     /// volume and the host itself, in a clone and a cold boot.
     Files(FilesArgs),
+    /// `docker build` of a 10-step Dockerfile cold, fully cached and with one source
+    /// changed; and one RUN step broken down into clone, exec and commit.
+    Build(BuildArgs),
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Clone(args) => clone::run(args),
         BenchCommand::Files(args) => files::run(args),
+        BenchCommand::Build(args) => build::run(args),
     }
 }
 
