@@ -25,6 +25,9 @@ pub struct DeriveSpec<'a> {
     pub created_by: String,
     /// An uncompressed tar of the step's changes; `None` for a step without a layer.
     pub layer: Option<&'a Path>,
+    /// Instead of `layer`: a layer the store already has, by diff id (a step taken from
+    /// another image's history, `--cache-from`).
+    pub existing_layer: Option<&'a str>,
     /// A tag for the new image.
     pub tag: Option<&'a Reference>,
     /// The image's author (MAINTAINER); `None` or empty: none.
@@ -50,6 +53,13 @@ impl ImageStore {
                 None,
             ),
         };
+        if let Some(diff_id) = spec.existing_layer {
+            if !self.has_blob(diff_id) {
+                return Err(ImageError::InvalidArchive(format!(
+                    "the layer {diff_id} is not in the store"
+                )));
+            }
+        }
         let staging = self.staging("build")?;
         let layer = match spec.layer {
             Some(path) => Some(stage_layer(path, &staging.0, "the step's changes", true)?),
@@ -72,22 +82,31 @@ impl ImageStore {
         if let Some(author) = spec.author.filter(|a| !a.is_empty()) {
             history["author"] = json!(author);
         }
-        // The empty image a stage of only `FROM scratch` makes has no history.
-        let record_history = layer.is_some() || !spec.created_by.is_empty();
-        match &layer {
-            Some((_, diff_id, _)) => match image_config["rootfs"]["diff_ids"].as_array_mut() {
+        let new_diff_id = layer
+            .as_ref()
+            .map(|(_, diff_id, _)| diff_id.as_str())
+            .or(spec.existing_layer);
+        match new_diff_id {
+            Some(diff_id) => match image_config["rootfs"]["diff_ids"].as_array_mut() {
                 Some(ids) => ids.push(json!(diff_id)),
                 None => image_config["rootfs"]["diff_ids"] = json!([diff_id]),
             },
             None => history["empty_layer"] = json!(true),
         }
+        // The empty image a stage of only `FROM scratch` makes has no history.
+        let record_history = new_diff_id.is_some() || !spec.created_by.is_empty();
         if record_history {
             match image_config["history"].as_array_mut() {
                 Some(entries) => entries.push(history),
                 None => image_config["history"] = json!([history]),
             }
         }
-        let size = parent_size + layer.as_ref().map_or(0, |(_, _, size)| *size);
+        let size = parent_size
+            + match (&layer, spec.existing_layer) {
+                (Some((_, _, size)), _) => *size,
+                (None, Some(diff_id)) => self.layer_size(diff_id),
+                (None, None) => 0,
+            };
         self.record_new_image(
             &staging.0,
             &image_config,

@@ -68,14 +68,74 @@ pub(crate) fn flatten(layers: &[PathBuf], dest: &Path) -> Result<(), ImageError>
 /// directory `dest` with the same safety as layers (nothing lands outside `dest`), but
 /// as plain files: whiteout names are ordinary entries left out, and device nodes and
 /// FIFOs are never created on the host. Returns the number of entries extracted.
+///
+/// A plain tar whose last entry's data is complete but whose padding and end-of-archive
+/// blocks are missing is read as if they were there: the docker CLI sends such a tar
+/// when it adds a Dockerfile given on stdin to the context, and Docker's own reader
+/// accepts it. A tar truncated inside an entry's data is still an error.
 pub fn extract_build_context(source: &Path, dest: &Path) -> Result<u64, ImageError> {
-    let reader = crate::archive::open_decompressed(source, "the build context")?;
+    let missing = missing_tar_tail(source).map_err(ImageError::io(source))?;
+    let reader = crate::archive::open_decompressed(source, "the build context")?
+        .chain(io::repeat(0).take(missing));
     let mut flattener = Flattener::new(dest);
     flattener.plain_files = true;
     flattener.apply_layer(BufReader::with_capacity(1 << 16, reader), source)?;
     let count = flattener.applied;
     flattener.finish()?;
     Ok(count)
+}
+
+/// How many zero bytes complete the plain tar at `path` whose last entry lacks only its
+/// padding and the end-of-archive blocks (0 for a complete tar, a compressed one, or one
+/// truncated inside an entry's data).
+fn missing_tar_tail(path: &Path) -> io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut header = [0u8; 512];
+    let mut offset = 0u64;
+    while offset + 512 <= len {
+        file.seek(SeekFrom::Start(offset))?;
+        file.read_exact(&mut header)?;
+        if offset == 0 && !header[257..262].eq(b"ustar") && header[156] == 0 {
+            // Not a tar that this reader would complete (e.g. compressed, or v7).
+            return Ok(0);
+        }
+        if header.iter().all(|&b| b == 0) {
+            return Ok(0);
+        }
+        let Some(size) = header_size(&header[124..136]) else {
+            return Ok(0);
+        };
+        let data_end = offset + 512 + size;
+        let padded = offset + 512 + size.div_ceil(512) * 512;
+        if padded <= len {
+            offset = padded;
+        } else if data_end <= len {
+            return Ok(padded - len + 1024);
+        } else {
+            return Ok(0);
+        }
+    }
+    // Every entry complete, no end-of-archive blocks.
+    Ok(if offset == len && len > 0 { 1024 } else { 0 })
+}
+
+/// A tar header's size field: octal, or base-256 when its first bit is set.
+fn header_size(field: &[u8]) -> Option<u64> {
+    if field[0] & 0x80 != 0 {
+        let mut value = u64::from(field[0] & 0x7f);
+        for &byte in &field[1..] {
+            value = value.checked_mul(256)?.checked_add(u64::from(byte))?;
+        }
+        return Some(value);
+    }
+    let text = std::str::from_utf8(field).ok()?;
+    let text = text.trim_matches(|c: char| c == '\0' || c == ' ');
+    if text.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(text, 8).ok()
 }
 
 /// Metadata an entry's PAX extended header may override or add.
@@ -943,5 +1003,31 @@ pub(crate) mod tests {
             Err(ImageError::InvalidArchive(_))
         ));
         assert!(!dest.join("passwd2").exists());
+    }
+
+    #[test]
+    fn a_context_without_its_tail_is_read_and_a_truncated_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = layer_tar(&[
+            E::File("a.txt", b"hello"),
+            E::File("Dockerfile", b"FROM x\n"),
+        ]);
+        // What the docker CLI sends with `-f -`: the last entry's data, then nothing.
+        let cut = &full[..512 + 512 + 512 + 7];
+        for (name, bytes, ok) in [
+            ("full", &full[..], true),
+            ("no-tail", cut, true),
+            ("inside-data", &full[..512 + 512 + 512 + 3], false),
+        ] {
+            let tar = dir.path().join(format!("{name}.tar"));
+            fs::write(&tar, bytes).unwrap();
+            let dest = dir.path().join(name);
+            fs::create_dir(&dest).unwrap();
+            let result = extract_build_context(&tar, &dest);
+            assert_eq!(result.is_ok(), ok, "{name}: {result:?}");
+            if ok {
+                assert_eq!(fs::read(dest.join("Dockerfile")).unwrap(), b"FROM x\n");
+            }
+        }
     }
 }

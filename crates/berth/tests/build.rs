@@ -189,6 +189,35 @@ fn a_multi_stage_dockerfile_builds_in_vms_with_args_ignores_and_a_cache_that_sur
         &dir,
     );
     assert!(!rebuilt.contains("Using cache"), "{rebuilt}");
+
+    // --cache-from: an image that came from elsewhere (here `docker save`/`load`, with no
+    // cache of this daemon's behind it) serves the steps its history shows.
+    let single = context(
+        "cache-from",
+        &[
+            ("Dockerfile", "FROM busybox\nARG V=1\nRUN echo $V > /v\nCOPY a.txt /a.txt\nCMD [\"cat\", \"/v\"]\n"),
+            ("a.txt", "A"),
+        ],
+    );
+    build_ok(&daemon, &["-t", "cf:1"], &single);
+    let id = daemon.docker_ok(&["image", "inspect", "-f", "{{.Id}}", "cf:1"]);
+    let archive = scratch().join("cf.tar");
+    daemon.docker_ok(&["save", "-o", archive.to_str().unwrap(), "cf:1"]);
+    daemon.docker_ok(&["rmi", "cf:1"]);
+    daemon.docker_ok(&["builder", "prune", "-f"]);
+    daemon.docker_ok(&["load", "-i", archive.to_str().unwrap()]);
+    let from_source = build_ok(&daemon, &["--cache-from", "cf:1", "-t", "cf:2"], &single);
+    assert_eq!(
+        from_source.matches("Using cache").count(),
+        4,
+        "{from_source}"
+    );
+    assert!(!from_source.contains("Running in"), "{from_source}");
+    assert_eq!(
+        daemon.docker_ok(&["image", "inspect", "-f", "{{.Id}}", "cf:2"]),
+        id
+    );
+    assert_eq!(daemon.docker_ok(&["run", "--rm", "cf:2"]), "1");
     daemon.stop();
 }
 
@@ -474,4 +503,82 @@ fn compose_builds_a_service_from_its_dockerfile() {
     assert!(ran.status.success(), "compose run: {}", stderr(&ran));
     assert_eq!(stdout(&ran).trim(), "built by\ncompose");
     daemon.docker_ok(&["rmi", "buildproj_app"]);
+}
+
+#[test]
+fn build_options_and_instructions_reach_the_step_vms() {
+    let daemon = shared();
+    // A base image whose ONBUILD trigger runs in the image built on it.
+    let base = context(
+        "onbuild-base",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nONBUILD RUN echo triggered > /trigger\n",
+        )],
+    );
+    build_ok(daemon, &["-t", "onbuild-base:1"], &base);
+    let dir = context(
+        "options",
+        &[("a.txt", "hi\n"), ("pkg/file", "from the archive\n")],
+    );
+    let packed = std::process::Command::new("tar")
+        .args(["czf", "pkg.tar.gz", "pkg"])
+        .current_dir(&dir)
+        .status()
+        .unwrap();
+    assert!(packed.success());
+    std::fs::remove_dir_all(dir.join("pkg")).unwrap();
+    // The Dockerfile comes on stdin (`-f -`), beside the context.
+    let dockerfile = r#"FROM onbuild-base:1
+ADD pkg.tar.gz /opt/
+COPY --chown=nobody:nogroup --chmod=600 a.txt /owned
+RUN cat /trigger /opt/pkg/file && stat -c '%U %G %a' /owned && grep myhost /etc/hosts && if ip link show eth0; then echo networked; else echo isolated; fi
+USER nobody
+STOPSIGNAL SIGINT
+HEALTHCHECK --interval=5s CMD true
+"#;
+    let output = daemon.docker_with_input(
+        &[
+            "build",
+            "--network",
+            "none",
+            "--add-host",
+            "myhost:10.1.2.3",
+            "-f",
+            "-",
+            "-t",
+            "opts:1",
+            dir.to_str().unwrap(),
+        ],
+        Some(dockerfile.as_bytes()),
+    );
+    let out = stdout(&output);
+    assert!(output.status.success(), "{out}\n{}", stderr(&output));
+    for expected in [
+        "# Executing 1 build trigger",
+        "triggered\nfrom the archive\nnobody nogroup 600\n",
+        "10.1.2.3",
+        "isolated",
+    ] {
+        assert!(out.contains(expected), "{expected:?} missing from:\n{out}");
+    }
+    let config = daemon.docker_ok(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{.Config.User}} {{.Config.StopSignal}} {{json .Config.Healthcheck}}",
+        "opts:1",
+    ]);
+    assert_eq!(
+        config,
+        r#"nobody SIGINT {"Test":["CMD-SHELL","true"],"Interval":5000000000}"#
+    );
+    // Only linux/amd64 runs in Berth's VMs.
+    let output = build(daemon, &["--platform", "linux/arm64"], &base);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("linux/arm64 is not available"),
+        "{}",
+        stderr(&output)
+    );
 }

@@ -603,9 +603,14 @@ fn sizes_and_endpoints_berth_does_not_offer() {
         info.contains(&format!("[\"Network namespace\",\"{}\"]", daemon.netns)),
         "{info}"
     );
+    // A build without a Dockerfile is refused before it starts; BuildKit's session
+    // endpoint is not offered (the classic builder is).
     let (status, body) = daemon.request("POST", "/build", Some(b"")).unwrap();
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("Cannot locate specified Dockerfile"));
+    let (status, body) = daemon.request("POST", "/session", Some(b"")).unwrap();
     assert_eq!(status, 501);
-    assert!(String::from_utf8_lossy(&body).contains("cannot build images"));
+    assert!(String::from_utf8_lossy(&body).contains("BuildKit"));
     let (status, _) = daemon.request("GET", "/tasks", None).unwrap();
     assert_eq!(status, 503);
 }

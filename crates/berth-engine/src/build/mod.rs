@@ -22,6 +22,7 @@
 //! stream); a closed channel (the client went away) stops the build between steps.
 
 mod cache;
+mod cache_from;
 mod context;
 mod dispatch;
 mod manage;
@@ -118,8 +119,8 @@ pub struct BuildOptions {
     pub cpu_quota: Option<i64>,
     pub cpuset_cpus: Option<String>,
     pub platform: Option<String>,
-    /// Images the build may take cached steps from (Berth's cache serves every build;
-    /// these are checked to exist).
+    /// Images the build may take steps from by their history (`--cache-from`), besides
+    /// the daemon's own cache.
     pub cache_from: Vec<String>,
     pub credentials: Credentials,
 }
@@ -264,12 +265,6 @@ impl Engine {
     ) -> Result<String, EngineError> {
         if let Some(platform) = options.platform.as_deref().filter(|p| !p.is_empty()) {
             check_platform(platform)?;
-        }
-        for image in &options.cache_from {
-            // As dockerd: a cache source that is missing is skipped, not an error.
-            if self.images.resolve(image).is_err() {
-                tracing::debug!(image, "cache-from image not present");
-            }
         }
         let work = self
             .config
@@ -445,6 +440,7 @@ impl Build<'_> {
                     created_by: String::new(),
                     layer: None,
                     tag: None,
+                    existing_layer: None,
                     author: None,
                 })?;
                 stage.image = Some(id);
@@ -646,6 +642,7 @@ impl Build<'_> {
             created_by: created_by.clone(),
             layer: None,
             tag: None,
+            existing_layer: None,
             author: Some(&stage.author),
         })?;
         self.engine
@@ -674,7 +671,27 @@ impl Build<'_> {
             author: &stage.author,
         }
         .digest();
-        let cached = self.cached(&key);
+        let mut cached = self.cached(&key);
+        if cached.is_none() && !self.options.no_cache {
+            match self.step_from_cache_sources(parent, created_by, &config, &stage.author) {
+                Ok(Some(image)) => {
+                    if let Err(error) =
+                        self.engine
+                            .build_cache
+                            .insert(key.clone(), &image, parent, created_by)
+                    {
+                        tracing::warn!(error = %crate::error_chain(&error), "could not record a cached step");
+                    }
+                    self.output.line(" ---> Using cache");
+                    self.output.line(format!(" ---> {}", short_id(&image)));
+                    cached = Some(image);
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(error = %crate::error_chain(&error), "a --cache-from image could not serve a step");
+                }
+            }
+        }
         (key, cached)
     }
 

@@ -75,6 +75,7 @@ impl Build<'_> {
             created_by: String::new(),
             layer: None,
             tag: None,
+            existing_layer: None,
             author: None,
         })?;
         Ok(id)
@@ -156,6 +157,7 @@ impl Build<'_> {
                 created_by: created_by_owned,
                 layer: Some(layer.path()),
                 tag: None,
+                existing_layer: None,
                 author: Some(&author),
             })
         })
