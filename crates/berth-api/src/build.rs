@@ -8,7 +8,7 @@
 //! `nocache`, `pull`, `rm`, `forcerm`, `q`, `networkmode`, `extrahosts`, `shmsize`,
 //! `memory`, `memswap`, `cpushares`, `cpuperiod`, `cpuquota`, `cpusetcpus`, `platform`,
 //! `cachefrom` (a JSON array). `remote` (a URL context) is refused: Berth builds only
-//! what the client sends.
+//! what the client sends. `X-Registry-Config` gives the credentials FROM pulls use.
 //!
 //! The answer is Docker's JSON stream: `{"stream": text}` lines, pull progress,
 //! `{"aux": {"ID": id}}` and, for a failure once the build started, `{"errorDetail":
@@ -129,11 +129,13 @@ fn failure_line(error: &EngineError) -> Value {
 pub async fn build(
     State(engine): State<AppState>,
     RawQuery(query): RawQuery,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     let params: Vec<(String, String)> = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
-    let (options, quiet) = options(&params)?;
+    let (mut options, quiet) = options(&params)?;
+    options.registry_credentials = crate::registry::registry_config_credentials(&headers)?;
     let spool = crate::import::spool(&engine, body).await?;
     let (sender, mut receiver) = mpsc::unbounded_channel();
     let (done_sender, done) = oneshot::channel();

@@ -107,6 +107,44 @@ fn header_credentials(headers: &HeaderMap) -> Result<Credentials, ApiError> {
     config.credentials()
 }
 
+/// Decodes `X-Registry-Config` (what `/build` gets): base64 of a JSON map from registry
+/// to `AuthConfig`, keyed here by registry domain (`localhost:5000`; Docker Hub's
+/// `https://index.docker.io/v1/` is `docker.io`). A missing header is no credentials.
+pub(crate) fn registry_config_credentials(
+    headers: &HeaderMap,
+) -> Result<HashMap<String, Credentials>, ApiError> {
+    let invalid =
+        |why: String| ApiError::bad_request(format!("invalid X-Registry-Config header: {why}"));
+    let Some(value) = headers.get("x-registry-config") else {
+        return Ok(HashMap::new());
+    };
+    let text = value.to_str().map_err(|e| invalid(e.to_string()))?.trim();
+    if text.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text.trim_end_matches('='))
+        .or_else(|_| base64::engine::general_purpose::STANDARD.decode(text))
+        .map_err(|_| invalid("not base64".into()))?;
+    let configs: HashMap<String, AuthConfig> =
+        serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+    let mut credentials = HashMap::new();
+    for (server, config) in configs {
+        let host = server
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        let domain = match host {
+            "index.docker.io" | "registry-1.docker.io" => "docker.io",
+            other => other,
+        };
+        credentials.insert(domain.to_owned(), config.credentials()?);
+    }
+    Ok(credentials)
+}
+
 /// A message of a progress stream, or the failure that ends it.
 enum Message {
     Line(Value),

@@ -538,4 +538,36 @@ mod tests {
             "{result:?}"
         );
     }
+
+    #[test]
+    fn every_compression_reads_back_the_same_bytes() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let plain = b"a tar's bytes, or anything".repeat(100);
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gzip.write_all(&plain).unwrap();
+        let mut bzip = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+        bzip.write_all(&plain).unwrap();
+        let mut xz = Vec::new();
+        lzma_rs::xz_compress(&mut plain.as_slice(), &mut xz).unwrap();
+        for (name, bytes) in [
+            ("plain", plain.clone()),
+            ("gzip", gzip.finish().unwrap()),
+            ("bzip2", bzip.finish().unwrap()),
+            ("xz", xz),
+        ] {
+            let path = dir.path().join(name);
+            fs::write(&path, &bytes).unwrap();
+            let mut read = Vec::new();
+            open_decompressed(&path, name)
+                .unwrap()
+                .read_to_end(&mut read)
+                .unwrap();
+            assert_eq!(read, plain, "{name}");
+        }
+        // Broken xz data is an error, not a panic.
+        let broken = dir.path().join("broken");
+        fs::write(&broken, [0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00, 1, 2, 3]).unwrap();
+        assert!(open_decompressed(&broken, "broken").is_err());
+    }
 }

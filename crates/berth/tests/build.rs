@@ -544,6 +544,8 @@ HEALTHCHECK --interval=5s CMD true
             "none",
             "--add-host",
             "myhost:10.1.2.3",
+            "--label",
+            "origin=options test",
             "-f",
             "-",
             "-t",
@@ -566,12 +568,33 @@ HEALTHCHECK --interval=5s CMD true
         "image",
         "inspect",
         "-f",
-        "{{.Config.User}} {{.Config.StopSignal}} {{json .Config.Healthcheck}}",
+        "{{.Config.User}} {{.Config.StopSignal}} {{json .Config.Healthcheck}} {{.Config.Labels.origin}}",
         "opts:1",
     ]);
     assert_eq!(
         config,
-        r#"nobody SIGINT {"Test":["CMD-SHELL","true"],"Interval":5000000000}"#
+        r#"nobody SIGINT {"Test":["CMD-SHELL","true"],"Interval":5000000000} options test"#
+    );
+    // COPY --from with patterns: matched files by name, a matched directory's contents.
+    let patterns = context(
+        "from-patterns",
+        &[(
+            "Dockerfile",
+            concat!(
+                "FROM busybox AS files\n",
+                "RUN mkdir -p /app/sub && echo one > /app/a.txt && echo two > /app/b.txt",
+                " && echo no > /app/c.log && echo deep > /app/sub/d.txt\n",
+                "FROM busybox\n",
+                "COPY --from=files /app/*.txt /got/\n",
+                "COPY --from=files /app/s* /sub-contents/\n",
+                "CMD [\"sh\", \"-c\", \"ls /got /sub-contents\"]\n",
+            ),
+        )],
+    );
+    build_ok(daemon, &["-t", "patterns:1"], &patterns);
+    assert_eq!(
+        daemon.docker_ok(&["run", "--rm", "patterns:1"]),
+        "/got:\na.txt\nb.txt\n\n/sub-contents:\nd.txt"
     );
     // Only linux/amd64 runs in Berth's VMs.
     let output = build(daemon, &["--platform", "linux/arm64"], &base);

@@ -414,5 +414,35 @@ fn login_then_pull_and_push_with_credentials() {
     daemon.docker_ok(&["push", &pushed_name]);
     let remote = private.inspect("team/bb:2", false, Some("alice:s3cret"));
     assert_eq!(remote["Layers"].as_array().unwrap().len(), 1, "{remote}");
+
+    // `docker build --pull` pulls its FROM image with the credentials the CLI sends
+    // (X-Registry-Config), even though a tag of it is here.
+    daemon.docker_ok(&["rmi", &name]);
+    let context = dir.join("build-context");
+    std::fs::create_dir_all(&context).unwrap();
+    std::fs::write(
+        context.join("Dockerfile"),
+        format!("FROM {name}\nLABEL base=private\n"),
+    )
+    .unwrap();
+    let built = daemon.docker(&[
+        "build",
+        "--pull",
+        "-t",
+        "from-private:1",
+        context.to_str().unwrap(),
+    ]);
+    assert!(built.status.success(), "{}", stderr(&built));
+    daemon.docker_ok(&["image", "inspect", &name]);
+    assert_eq!(
+        daemon.docker_ok(&[
+            "image",
+            "inspect",
+            "-f",
+            "{{.Config.Labels.base}}",
+            "from-private:1"
+        ]),
+        "private"
+    );
     daemon.docker_ok(&["logout", &private.host]);
 }

@@ -122,7 +122,8 @@ pub struct BuildOptions {
     /// Images the build may take steps from by their history (`--cache-from`), besides
     /// the daemon's own cache.
     pub cache_from: Vec<String>,
-    pub credentials: Credentials,
+    /// Credentials for the registries FROM pulls from, by registry domain.
+    pub registry_credentials: HashMap<String, Credentials>,
 }
 
 /// One message of a build's output.
@@ -575,9 +576,16 @@ impl Build<'_> {
         let progress = move |p: Progress| {
             let _ = output.0.send(BuildMessage::Progress(p));
         };
+        let domain = berth_image::reference::normalize(reference)?.domain;
+        let credentials = self
+            .options
+            .registry_credentials
+            .get(&domain)
+            .cloned()
+            .unwrap_or(Credentials::Anonymous);
         let (normalized, _) = self
             .engine
-            .pull_image(reference, &self.options.credentials, &progress)
+            .pull_image(reference, &credentials, &progress)
             .await?;
         Ok(self.engine.images.resolve(&normalized.canonical())?.id)
     }

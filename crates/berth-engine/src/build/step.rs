@@ -481,12 +481,6 @@ impl Build<'_> {
         chmod: Option<u32>,
         out: &std::path::Path,
     ) -> Result<(), EngineError> {
-        if sources.iter().any(|s| s.contains(['*', '?', '['])) {
-            return Err(BuildError::Context(
-                "COPY --from with wildcards is not available in Berth yet: name the files".into(),
-            )
-            .into());
-        }
         let stage = Stage {
             name: None,
             image: Some(image.to_owned()),
@@ -503,6 +497,11 @@ impl Build<'_> {
         let mut builder = tar::Builder::new(std::io::BufWriter::new(file));
         let into_dir = into_dir || sources.len() > 1;
         for source in sources {
+            if source.contains(['*', '?', '[']) {
+                self.copy_matches(&vm.id, image, source, dest, owner, chmod, &mut builder)
+                    .await?;
+                continue;
+            }
             let path = format!("/{}", berth_dockerfile::ignore::clean_relative(source));
             let (stat, stream) = self
                 .engine
@@ -526,6 +525,70 @@ impl Build<'_> {
             .and_then(|mut w| std::io::Write::flush(&mut w))
             .map_err(EngineError::io(out))?;
         vm.remove().await?;
+        Ok(())
+    }
+
+    /// COPY --from of a pattern: the directory before its first wildcard is read from
+    /// the source VM, and every path the pattern matches goes into `dest` (a file under
+    /// its own name, a directory's contents).
+    #[allow(clippy::too_many_arguments)]
+    async fn copy_matches(
+        &self,
+        vm: &str,
+        image: &str,
+        source: &str,
+        dest: &str,
+        owner: Option<(u64, u64)>,
+        chmod: Option<u32>,
+        builder: &mut tar::Builder<impl std::io::Write>,
+    ) -> Result<(), EngineError> {
+        let pattern = berth_dockerfile::ignore::clean_relative(source);
+        let components: Vec<&str> = pattern.split('/').collect();
+        let literal: Vec<&str> = components
+            .iter()
+            .take_while(|c| !c.contains(['*', '?', '[']))
+            .copied()
+            .collect();
+        if literal.is_empty() {
+            return Err(BuildError::Context(format!(
+                "COPY --from {source}: a pattern needs a directory before its first wildcard"
+            ))
+            .into());
+        }
+        let matcher = berth_dockerfile::ignore::compile_pattern(&pattern)
+            .map_err(|e| BuildError::Context(format!("COPY --from {source}: {e}")))?;
+        let dir = format!("/{}", literal.join("/"));
+        let (_, stream) = self
+            .engine
+            .read_container_archive(vm, &dir)
+            .await
+            .map_err(|_| {
+                BuildError::Context(format!(
+                    "COPY --from failed: {dir} not found in the image {}",
+                    short_id(image)
+                ))
+            })?;
+        let bytes = collect(stream).await?;
+        let parent = literal[..literal.len() - 1].join("/");
+        let dest = dest.trim_start_matches('/').to_owned();
+        let matched = tokio::task::block_in_place(|| {
+            copy_matched_entries(
+                &bytes,
+                &parent,
+                components.len(),
+                &matcher,
+                &dest,
+                (owner, chmod),
+                builder,
+            )
+        })?;
+        if matched == 0 {
+            return Err(BuildError::Context(format!(
+                "COPY --from failed: no source files were specified ({source} matches nothing in the image {})",
+                short_id(image)
+            ))
+            .into());
+        }
         Ok(())
     }
 
@@ -652,18 +715,83 @@ fn rename_entries(
         if target.is_empty() {
             continue;
         }
-        let mut header = entry.header().clone();
-        if let Some((uid, gid)) = owner {
-            header.set_uid(uid);
-            header.set_gid(gid);
-        }
-        if let Some(mode) = chmod {
-            header.set_mode(mode);
-        }
+        let header = owned_header(entry.header(), owner, chmod);
         super::context::append_renamed(builder, &mut entry, header, &target, destination)
             .map_err(bad)?;
     }
     Ok(())
+}
+
+/// Copies the entries of a `docker cp`-style tar of a directory (whose parent is
+/// `parent`, relative to `/`) that a pattern of `depth` components matches, into `dest`:
+/// a matched file under its own name, a matched directory's contents. Returns how many
+/// paths matched.
+fn copy_matched_entries(
+    tar_bytes: &[u8],
+    parent: &str,
+    depth: usize,
+    matcher: &globset::GlobMatcher,
+    dest: &str,
+    (owner, chmod): (Option<(u64, u64)>, Option<u32>),
+    builder: &mut tar::Builder<impl std::io::Write>,
+) -> Result<usize, BuildError> {
+    let bad = |e: std::io::Error| BuildError::Context(format!("COPY --from: {e}"));
+    let join = |a: &str, b: &str| match (a.is_empty(), b.is_empty()) {
+        (true, _) => b.to_owned(),
+        (_, true) => a.to_owned(),
+        _ => format!("{a}/{b}"),
+    };
+    // A path in the image, at its destination (None: not matched).
+    let destination = |name: &str| -> Option<String> {
+        let full = join(parent, &berth_dockerfile::ignore::clean_relative(name));
+        let parts: Vec<&str> = full.split('/').collect();
+        if parts.len() < depth || !matcher.is_match(parts[..depth].join("/")) {
+            return None;
+        }
+        Some(if parts.len() == depth {
+            join(dest, parts[depth - 1])
+        } else {
+            join(dest, &parts[depth..].join("/"))
+        })
+    };
+    let mut matched = std::collections::HashSet::new();
+    let mut archive = tar::Archive::new(tar_bytes);
+    for entry in archive.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let name = entry.path().map_err(bad)?.to_string_lossy().into_owned();
+        let Some(target) = destination(&name) else {
+            continue;
+        };
+        let full = join(parent, &berth_dockerfile::ignore::clean_relative(&name));
+        let parts: Vec<&str> = full.split('/').collect();
+        matched.insert(parts[..depth].join("/"));
+        // A matched directory itself: its contents go into `dest`, not the directory.
+        if parts.len() == depth && entry.header().entry_type() == tar::EntryType::Directory {
+            continue;
+        }
+        let header = owned_header(entry.header(), owner, chmod);
+        let rename = |link: &str| destination(link).unwrap_or_else(|| link.to_owned());
+        super::context::append_renamed(builder, &mut entry, header, &target, rename)
+            .map_err(bad)?;
+    }
+    Ok(matched.len())
+}
+
+/// A copy of an entry's header with `--chown`'s owner and `--chmod`'s mode, if given.
+fn owned_header(
+    header: &tar::Header,
+    owner: Option<(u64, u64)>,
+    chmod: Option<u32>,
+) -> tar::Header {
+    let mut header = header.clone();
+    if let Some((uid, gid)) = owner {
+        header.set_uid(uid);
+        header.set_gid(gid);
+    }
+    if let Some(mode) = chmod {
+        header.set_mode(mode);
+    }
+    header
 }
 
 /// A file as a stream of byte chunks.
