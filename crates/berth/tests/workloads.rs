@@ -7,8 +7,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
-use common::{eventually, published_port_of, scratch, shared, stderr, stdout};
+use common::{eventually_within, published_port_of, scratch, shared, stderr, stdout};
 
 /// Where the machine's apt sources are (Debian 12 writes deb822 `.sources`).
 fn apt_sources() -> PathBuf {
@@ -67,10 +68,22 @@ fn psql_ok(port: u16, sql: &str) -> String {
     stdout(&output).trim().to_string()
 }
 
-fn wait_ready(port: u16) {
-    eventually("PostgreSQL answers through the published port", || {
+/// Waits for the server to answer (its first start runs initdb, which takes minutes of
+/// an emulated CPU on a busy machine); on failure, says what the container logged.
+fn wait_ready(daemon: &common::Daemon, port: u16) {
+    let ready = eventually_within(Duration::from_secs(300), || {
         psql(port, "select 1").status.success()
     });
+    if !ready {
+        let logs = daemon.docker(&["logs", "--tail", "40", "postgres"]);
+        let state = daemon.docker(&["inspect", "-f", "{{json .State}}", "postgres"]);
+        panic!(
+            "PostgreSQL never answered through the published port\nstate: {}\nlogs:\n{}{}",
+            stdout(&state),
+            stdout(&logs),
+            stderr(&logs)
+        );
+    }
 }
 
 /// The server's first start makes its cluster on the empty volume (as the official
@@ -111,7 +124,7 @@ fn postgresql_from_debian_packages_keeps_its_data_on_a_volume_across_restart() {
         SERVER,
     ]);
     let port = published_port_of(daemon, "postgres", "5432/tcp");
-    wait_ready(port);
+    wait_ready(daemon, port);
 
     // The server runs as its own user, on the volume (the image's /var/lib/postgresql,
     // owned by postgres, copied up into the empty volume as Docker does).
@@ -149,7 +162,7 @@ fn postgresql_from_debian_packages_keeps_its_data_on_a_volume_across_restart() {
     // finds its data again.
     daemon.docker_ok(&["restart", "postgres"]);
     let port = published_port_of(daemon, "postgres", "5432/tcp");
-    wait_ready(port);
+    wait_ready(daemon, port);
     assert_eq!(psql_ok(port, "select t from notes"), "kept across restart");
     assert_eq!(
         psql_ok(port, "select count(*) from pgbench_accounts"),

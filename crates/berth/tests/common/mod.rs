@@ -493,9 +493,21 @@ pub fn published_port_of(daemon: &Daemon, container: &str, port: &str) -> u16 {
 
 /// Polls `test` until it holds, for up to 60 s.
 pub fn eventually(what: &str, test: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    assert!(
+        eventually_within(Duration::from_secs(60), test),
+        "never: {what}"
+    );
+}
+
+/// Polls `test` until it holds or `limit` passes; whether it held. (A bound on a wait
+/// for something to become true, never a measure of how fast it did.)
+pub fn eventually_within(limit: Duration, test: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
     while !test() {
-        assert!(Instant::now() < deadline, "never: {what}");
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
+    true
 }
