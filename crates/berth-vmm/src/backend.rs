@@ -7,12 +7,17 @@
 //! `vmm.log` (the VMM process's own stderr).
 //!
 //! Templates map their RAM from a file shared and are snapshotted through the control
-//! socket; clones map the template's file private and restore its state. Not yet
-//! supported, and refused with an error that says so: hot-plugging NICs and disks (so
-//! the engine cold-boots containers with volumes or several networks, whose disks and
-//! NICs are there from boot; `docker network connect` to a running container is
-//! refused).
+//! socket; clones map the template's file private and restore its state. Disks and NICs
+//! are hot-plugged through the control socket too: this side opens the disk file, and
+//! the tap inside the VMM's network namespace (a short-lived thread enters
+//! `/proc/PID/ns/net`), and passes the descriptor; the VMM, under its system call
+//! filter, opens nothing. Hot-plugged disks are raw files (volumes, an image's root
+//! filesystem).
 
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -23,11 +28,11 @@ use berth_vm::{
     VmError, VmExit, VmSpec,
 };
 use tokio::net::UnixListener;
-
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use crate::config::{DiskConfig, DiskFormat, NicConfig, VmmConfig};
-use crate::control::{ControlRequest, ControlResponse};
+use crate::control::{ControlRequest, ControlResponse, CODE_SLOT_IN_USE};
+use crate::devices::tap::Tap;
 
 /// How long a VMM process gets to connect the agent channel.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -41,6 +46,8 @@ const REATTACH_TIMEOUT: Duration = Duration::from_secs(10);
 pub const GUEST_CMDLINE: &str = "console=ttyS0 quiet random.trust_cpu=on";
 /// PCI slot of the first disk the engine did not place.
 const FIRST_FREE_DISK_SLOT: u8 = 0x04;
+/// How long a guest gets to eject an unplugged NIC.
+const UNPLUG_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Runs VMs on Berth's own VMM.
 pub struct KvmBackend {
@@ -149,10 +156,6 @@ impl VmBackend for KvmBackend {
         Accelerator::Kvm
     }
 
-    fn supports_hotplug(&self) -> bool {
-        false
-    }
-
     async fn boot(&self, spec: &VmSpec) -> Result<RunningVm, VmError> {
         let agent_socket = spec.run_dir.join("agent.sock");
         let _ = std::fs::remove_file(&agent_socket);
@@ -218,30 +221,103 @@ struct VmmControl {
     control_socket: PathBuf,
 }
 
+/// One exchange on the control socket: `request`, with `descriptor` passed alongside,
+/// and its answer. Blocking (run it off the async threads).
+fn exchange(
+    socket: &Path,
+    request: &ControlRequest,
+    descriptor: Option<&OwnedFd>,
+) -> std::io::Result<ControlResponse> {
+    let stream = StdUnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(CONTROL_TIMEOUT))?;
+    stream.set_write_timeout(Some(CONTROL_TIMEOUT))?;
+    let mut line = serde_json::to_string(request).map_err(std::io::Error::other)?;
+    line.push('\n');
+    let sent = match descriptor {
+        Some(fd) => stream
+            .send_with_fd(line.as_bytes(), fd.as_raw_fd())
+            .map_err(std::io::Error::from)?,
+        None => 0,
+    };
+    (&stream).write_all(&line.as_bytes()[sent..])?;
+    let mut answer = String::new();
+    BufReader::new(std::io::Read::take(&stream, 1 << 16)).read_line(&mut answer)?;
+    serde_json::from_str::<ControlResponse>(&answer).map_err(std::io::Error::other)
+}
+
+/// Opens the tap `name` the way the VMM uses taps, inside the network namespace of
+/// process `pid` (the VMM's, where the engine made the tap).
+fn open_tap_of(pid: u32, name: &str) -> std::io::Result<File> {
+    let namespace = File::open(format!("/proc/{pid}/ns/net"))?;
+    let name = name.to_owned();
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                // SAFETY: setns takes a descriptor and a flag, no pointers; it changes
+                // only this thread's namespace, and the thread ends after opening.
+                if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Tap::open(&name).map(|tap| tap.file)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the tap thread panicked")))
+    })
+}
+
 impl VmmControl {
     async fn request(&self, request: ControlRequest) -> Result<ControlResponse, VmError> {
-        let exchange = async {
-            let mut stream = tokio::net::UnixStream::connect(&self.control_socket).await?;
-            let mut line = serde_json::to_string(&request).map_err(std::io::Error::other)?;
-            line.push('\n');
-            stream.write_all(line.as_bytes()).await?;
-            let mut answer = String::new();
-            tokio::io::BufReader::new(stream)
-                .take(1 << 16)
-                .read_line(&mut answer)
-                .await?;
-            serde_json::from_str::<ControlResponse>(&answer).map_err(std::io::Error::other)
-        };
-        let response = tokio::time::timeout(CONTROL_TIMEOUT, exchange)
-            .await
-            .map_err(|_| VmError::Timeout("answer on its control socket", CONTROL_TIMEOUT))?
-            .map_err(|e| VmError::Io("talking to the VMM's control socket", e))?;
+        self.request_with(request, None).await
+    }
+
+    /// Sends `request` with `descriptor` alongside; an answer that is not `ok` is an
+    /// error (a taken slot: [`VmError::AlreadyAttached`]).
+    async fn request_with(
+        &self,
+        request: ControlRequest,
+        descriptor: Option<OwnedFd>,
+    ) -> Result<ControlResponse, VmError> {
+        let socket = self.control_socket.clone();
+        let response =
+            tokio::task::spawn_blocking(move || exchange(&socket, &request, descriptor.as_ref()))
+                .await
+                .map_err(|e| {
+                    VmError::Io(
+                        "talking to the VMM's control socket",
+                        std::io::Error::other(e),
+                    )
+                })?
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                        VmError::Timeout("answer on its control socket", CONTROL_TIMEOUT)
+                    }
+                    _ => VmError::Io("talking to the VMM's control socket", e),
+                })?;
         if response.ok {
-            Ok(response)
-        } else {
-            Err(VmError::Monitor(
-                response.error.unwrap_or_else(|| "the VMM refused".into()),
-            ))
+            return Ok(response);
+        }
+        let error = response.error.unwrap_or_else(|| "the VMM refused".into());
+        if response.code.as_deref() == Some(CODE_SLOT_IN_USE) {
+            return Err(VmError::AlreadyAttached(error));
+        }
+        Err(VmError::Monitor(error))
+    }
+
+    /// Waits until the guest has ejected the function in `slot`.
+    async fn wait_for_eject(&self, slot: u8) -> Result<(), VmError> {
+        let deadline = tokio::time::Instant::now() + UNPLUG_TIMEOUT;
+        loop {
+            let slots = self.request(ControlRequest::Slots).await?.slots;
+            if !slots.unwrap_or_default().contains(&slot) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(VmError::Timeout(
+                    "eject the unplugged device",
+                    UNPLUG_TIMEOUT,
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
@@ -291,15 +367,47 @@ impl VmControl for VmmControl {
         })
     }
 
-    async fn add_nic(&self, _nic: &NicSpec) -> Result<(), VmError> {
-        Err(VmError::Unsupported("hot-plugging a network card"))
+    async fn add_nic(&self, nic: &NicSpec) -> Result<(), VmError> {
+        let pid = self.process.pid();
+        let tap_name = nic.tap.clone();
+        let tap = tokio::task::spawn_blocking(move || open_tap_of(pid, &tap_name))
+            .await
+            .map_err(|e| VmError::Io("opening the tap", std::io::Error::other(e)))?
+            .map_err(|e| VmError::Io("opening the tap", e))?;
+        let request = ControlRequest::AddNic {
+            slot: nic.pci_slot,
+            mac: nic.mac.clone(),
+        };
+        self.request_with(request, Some(tap.into()))
+            .await
+            .map(|_| ())
     }
 
-    async fn remove_nic(&self, _nic: &NicSpec) -> Result<(), VmError> {
-        Err(VmError::Unsupported("unplugging a network card"))
+    async fn remove_nic(&self, nic: &NicSpec) -> Result<(), VmError> {
+        self.request(ControlRequest::Remove { slot: nic.pci_slot })
+            .await?;
+        self.wait_for_eject(nic.pci_slot).await
     }
 
-    async fn add_disk(&self, _disk: &DiskSpec) -> Result<(), VmError> {
-        Err(VmError::Unsupported("hot-plugging a disk"))
+    async fn add_disk(&self, disk: &DiskSpec) -> Result<(), VmError> {
+        let slot = disk
+            .pci_slot
+            .ok_or_else(|| VmError::Monitor("a hot-plugged disk needs a PCI slot".into()))?;
+        if disk.format != berth_vm::DiskFormat::Raw {
+            return Err(VmError::Unsupported("hot-plugging a qcow2 disk"));
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!disk.read_only)
+            .open(&disk.path)
+            .map_err(|e| VmError::Io("opening the disk to hot-plug", e))?;
+        let request = ControlRequest::AddDisk {
+            slot,
+            read_only: disk.read_only,
+            serial: disk.serial.clone(),
+        };
+        self.request_with(request, Some(file.into()))
+            .await
+            .map(|_| ())
     }
 }

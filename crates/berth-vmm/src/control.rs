@@ -1,5 +1,5 @@
-//! The control socket: how the engine pauses, resumes and snapshots a running VM and
-//! reads its disk counters.
+//! The control socket: how the engine pauses, resumes and snapshots a running VM, reads
+//! its disk counters, and hot-plugs disks and NICs.
 //!
 //! One request per connection, each a line of JSON, answered by one line of JSON:
 //!
@@ -8,17 +8,26 @@
 //! {"command":"resume"}           {"ok":true}
 //! {"command":"snapshot","path":"/…/state"}   (the VM stays paused)
 //! {"command":"block_stats"}      {"ok":true,"block_stats":[rb,wb,rops,wops]}
+//! {"command":"add_disk","slot":16,"read_only":false,"serial":"…"}   + a raw disk's fd
+//! {"command":"add_nic","slot":9,"mac":"02:…"}                       + a tap's fd
+//! {"command":"remove","slot":9}  {"ok":true}  (the guest is asked; see `slots`)
+//! {"command":"slots"}            {"ok":true,"slots":[0,2,3,4,8,9]}
 //! failures                       {"ok":false,"error":"…"}
+//!                                ("code":"slot_in_use" when the slot is taken)
 //! ```
-//! A request longer than [`MAX_REQUEST`] bytes or that does not parse is answered with
-//! an error; the VM is not affected.
+//! The descriptor of an `add_` request travels with the request's bytes as
+//! `SCM_RIGHTS` ancillary data: the VMM opens no file itself (see `hotplug`). A request
+//! longer than [`MAX_REQUEST`] bytes, that does not parse, or that lacks its descriptor
+//! is answered with an error; the VM is not affected.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixListener;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use crate::machine::Machine;
 
@@ -31,9 +40,28 @@ pub const MAX_REQUEST: u64 = 4096;
 pub enum ControlRequest {
     Pause,
     Resume,
-    Snapshot { path: PathBuf },
+    Snapshot {
+        path: PathBuf,
+    },
     BlockStats,
+    AddDisk {
+        slot: u8,
+        read_only: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        serial: Option<String>,
+    },
+    AddNic {
+        slot: u8,
+        mac: String,
+    },
+    Remove {
+        slot: u8,
+    },
+    Slots,
 }
+
+/// [`ControlResponse::code`] of a request for a slot that has a device already.
+pub const CODE_SLOT_IN_USE: &str = "slot_in_use";
 
 /// The answer.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -42,11 +70,23 @@ pub struct ControlResponse {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Bytes read, bytes written, reads, writes: all disks together.
+    /// What kind of failure, where the engine acts on it ([`CODE_SLOT_IN_USE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_stats: Option<[u64; 4]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<Vec<u8>>,
 }
 
-fn answer(machine: &Machine, line: &str) -> ControlResponse {
+/// What an answer carries besides `ok`.
+#[derive(Default)]
+struct Answer {
+    block_stats: Option<[u64; 4]>,
+    slots: Option<Vec<u8>>,
+}
+
+fn answer(machine: &Machine, line: &str, file: Option<File>) -> ControlResponse {
     let request: ControlRequest = match serde_json::from_str(line) {
         Ok(request) => request,
         Err(error) => {
@@ -57,23 +97,75 @@ fn answer(machine: &Machine, line: &str) -> ControlResponse {
             }
         }
     };
+    let descriptor = |file: Option<File>| {
+        file.ok_or_else(|| {
+            crate::VmmError::Device("the request came without its descriptor".into())
+        })
+    };
+    let nothing = |()| Answer::default();
     let result = match request {
-        ControlRequest::Pause => machine.pause().map(|()| None),
-        ControlRequest::Resume => machine.resume().map(|()| None),
-        ControlRequest::Snapshot { path } => machine.snapshot(&path).map(|()| None),
-        ControlRequest::BlockStats => Ok(Some(machine.block_stats())),
+        ControlRequest::Pause => machine.pause().map(nothing),
+        ControlRequest::Resume => machine.resume().map(nothing),
+        ControlRequest::Snapshot { path } => machine.snapshot(&path).map(nothing),
+        ControlRequest::BlockStats => Ok(Answer {
+            block_stats: Some(machine.block_stats()),
+            ..Default::default()
+        }),
+        ControlRequest::AddDisk {
+            slot,
+            read_only,
+            serial,
+        } => descriptor(file)
+            .and_then(|file| machine.add_disk(slot, file, read_only, serial.as_deref()))
+            .map(nothing),
+        ControlRequest::AddNic { slot, mac } => descriptor(file)
+            .and_then(|file| machine.add_nic(slot, file, &mac))
+            .map(nothing),
+        ControlRequest::Remove { slot } => machine.remove(slot).map(nothing),
+        ControlRequest::Slots => Ok(Answer {
+            slots: Some(machine.occupied_slots()),
+            ..Default::default()
+        }),
     };
     match result {
-        Ok(block_stats) => ControlResponse {
+        Ok(answer) => ControlResponse {
             ok: true,
-            block_stats,
+            block_stats: answer.block_stats,
+            slots: answer.slots,
             ..Default::default()
         },
         Err(error) => ControlResponse {
             ok: false,
+            code: matches!(error, crate::VmmError::SlotInUse(_)).then(|| CODE_SLOT_IN_USE.into()),
             error: Some(crate::error_chain(&error)),
             ..Default::default()
         },
+    }
+}
+
+/// Reads one request line, and the descriptor that came with it if any.
+fn read_request(stream: &UnixStream) -> Result<(String, Option<File>), &'static str> {
+    const MALFORMED: &str = "a request is one line of JSON";
+    let mut buffer = vec![0u8; MAX_REQUEST as usize];
+    let mut filled = 0;
+    let mut file = None;
+    loop {
+        if filled == buffer.len() {
+            return Err(MALFORMED);
+        }
+        let (count, received) = stream
+            .recv_with_fd(&mut buffer[filled..])
+            .map_err(|_| MALFORMED)?;
+        file = file.or(received);
+        if count == 0 {
+            return Err(MALFORMED);
+        }
+        filled += count;
+        if let Some(end) = buffer[..filled].iter().position(|byte| *byte == b'\n') {
+            buffer.truncate(end);
+            let line = String::from_utf8(buffer).map_err(|_| MALFORMED)?;
+            return Ok((line, file));
+        }
     }
 }
 
@@ -86,13 +178,11 @@ pub fn serve(listener: UnixListener, machine: Arc<Machine>) -> Result<(), crate:
                 let Ok(mut stream) = stream else {
                     continue;
                 };
-                let mut line = String::new();
-                let read = BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut line);
-                let response = match read {
-                    Ok(_) if line.ends_with('\n') => answer(&machine, line.trim_end()),
-                    _ => ControlResponse {
+                let response = match read_request(&stream) {
+                    Ok((line, file)) => answer(&machine, line.trim_end(), file),
+                    Err(error) => ControlResponse {
                         ok: false,
-                        error: Some("a request is one line of JSON".into()),
+                        error: Some(error.into()),
                         ..Default::default()
                     },
                 };
@@ -124,5 +214,54 @@ mod tests {
             r#"{"command":"pause"}"#
         );
         assert!(serde_json::from_str::<ControlRequest>(r#"{"command":"reboot"}"#).is_err());
+        let disk: ControlRequest = serde_json::from_str(
+            r#"{"command":"add_disk","slot":16,"read_only":true,"serial":"berth-vol0"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            disk,
+            ControlRequest::AddDisk {
+                slot: 16,
+                read_only: true,
+                serial: Some("berth-vol0".into())
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&ControlRequest::Remove { slot: 9 }).unwrap(),
+            r#"{"command":"remove","slot":9}"#
+        );
+        assert!(
+            serde_json::from_str::<ControlRequest>(r#"{"command":"add_nic","slot":300,"mac":"x"}"#)
+                .is_err(),
+            "slots are bytes"
+        );
+    }
+
+    #[test]
+    fn a_request_is_read_with_its_descriptor_across_several_writes() {
+        let (client, server) = UnixStream::pair().unwrap();
+        let disk = tempfile::tempfile().unwrap();
+        use std::os::fd::AsRawFd;
+        client
+            .send_with_fd(&br#"{"command":"add_disk","#[..], disk.as_raw_fd())
+            .unwrap();
+        (&client)
+            .write_all(br#""slot":16,"read_only":false}"#)
+            .unwrap();
+        (&client).write_all(b"\n").unwrap();
+        let (line, file) = read_request(&server).unwrap();
+        assert!(line.ends_with("false}"), "{line}");
+        assert!(file.is_some());
+        // No newline before the end: refused.
+        let (client, server) = UnixStream::pair().unwrap();
+        (&client).write_all(b"{\"command\":\"slots\"}").unwrap();
+        drop(client);
+        assert!(read_request(&server).is_err());
+        // Too long: refused without reading forever.
+        let (client, server) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || {
+            let _ = (&client).write_all(&vec![b' '; MAX_REQUEST as usize + 10]);
+        });
+        assert!(read_request(&server).is_err());
     }
 }

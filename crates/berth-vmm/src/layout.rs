@@ -9,7 +9,8 @@
 //! 0x000e_0000  ACPI tables (reserved to 1 MiB)
 //! 0x0010_0000  kernel (bzImage protected-mode part); RAM up to the MMIO gap
 //!              initramfs: at the top of RAM below the gap
-//! 0xc000_0000  MMIO gap: PCI BARs (PCI_MMIO_START..), IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000
+//! 0xc000_0000  MMIO gap: PCI BARs (PCI_MMIO_START..PCI_MMIO_END), the PCI hot-plug
+//!              registers 0xfe00_0000, IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000
 //! 0x1_0000_0000 RAM above 4 GiB, when the VM has more than the gap leaves below
 //! ```
 
@@ -29,6 +30,12 @@ pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
 /// PCI BARs are placed from here, each device in its own window.
 pub const PCI_MMIO_START: u64 = MMIO_GAP_START;
 pub const PCI_MMIO_WINDOW: u64 = 0x1_0000;
+/// The last byte of the PCI host bridge's memory window (the guest may place BARs
+/// anywhere in it).
+pub const PCI_MMIO_END: u64 = HOTPLUG_START - 1;
+/// The PCI hot-plug controller's registers (see `devices::hotplug`), outside the window.
+pub const HOTPLUG_START: u64 = 0xfe00_0000;
+pub const HOTPLUG_SIZE: u64 = 0x10;
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 pub const APIC_START: u64 = 0xfee0_0000;
 /// KVM's TSS (three pages) sits just below the BIOS area, inside the gap.

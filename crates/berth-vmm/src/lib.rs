@@ -4,7 +4,8 @@
 //! purpose: RAM ([`memory`], [`layout`]), the boot vCPU started in 64-bit mode at the
 //! kernel's entry ([`boot`]), KVM's in-kernel PIC, IOAPIC, LAPICs and PIT, a 16550 UART
 //! for the console, the keyboard controller's reset line, and PCI bus 0 with virtio 1.x
-//! functions ([`devices`], [`virtio`]). No firmware: the kernel boots directly; ACPI
+//! functions ([`devices`], [`virtio`]), which disks and NICs can be hot-plugged into and
+//! out of through ACPI (`hotplug`). No firmware: the kernel boots directly; ACPI
 //! tables that Berth writes ([`boot`]'s `acpi`: MADT, FADT, DSDT) describe the CPUs,
 //! the PCI host bridge and soft-off, because Debian's kernel finds its LAPICs (and so
 //! MSI) only through ACPI. Devices are found by scanning PCI bus 0.
@@ -25,6 +26,7 @@ pub mod disk;
 /// for the cargo-fuzz targets in `fuzz/` (feature `fuzzing`), never into `berth`.
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+mod hotplug;
 pub mod layout;
 mod machine;
 pub mod memory;
@@ -69,6 +71,8 @@ pub enum VmmError {
     Seccomp(String),
     #[error("snapshot: {0}")]
     Snapshot(String),
+    #[error("PCI slot {0} has a device already")]
+    SlotInUse(u8),
 }
 
 /// An error with its sources, one line.

@@ -1,5 +1,5 @@
 //! The [`Machine`]: a running VM as the control socket sees it, with what the socket asks
-//! of it (pause, resume, snapshot, disk counters).
+//! of it (pause, resume, snapshot, disk counters; hot-plug is in [`crate::hotplug`]).
 //!
 //! It has a module of its own because two modules need it: `vm` builds it and starts the
 //! control socket on it, and [`crate::control`] answers requests with it. With the
@@ -38,7 +38,9 @@ pub struct Machine {
     pub(crate) vcpu_threads: Vec<JoinHandle<()>>,
     pub(crate) acks: Mutex<Receiver<u8>>,
     pub(crate) paused: Mutex<bool>,
-    pub(crate) block_counters: Vec<Arc<BlockCounters>>,
+    pub(crate) block_counters: Mutex<Vec<Arc<BlockCounters>>>,
+    /// The guest's RAM, for devices plugged in while the VM runs.
+    pub(crate) memory: vm_memory::GuestMemoryMmap,
     pub(crate) vcpu_count: u8,
     pub(crate) memory_mib: u32,
 }
@@ -123,13 +125,15 @@ impl Machine {
     /// Bytes read and written, reads and writes, all disks together.
     pub fn block_stats(&self) -> [u64; 4] {
         use std::sync::atomic::Ordering::Relaxed;
-        self.block_counters.iter().fold([0; 4], |sum, counters| {
-            [
-                sum[0] + counters.read_bytes.load(Relaxed),
-                sum[1] + counters.write_bytes.load(Relaxed),
-                sum[2] + counters.read_operations.load(Relaxed),
-                sum[3] + counters.write_operations.load(Relaxed),
-            ]
-        })
+        lock(&self.block_counters)
+            .iter()
+            .fold([0; 4], |sum, counters| {
+                [
+                    sum[0] + counters.read_bytes.load(Relaxed),
+                    sum[1] + counters.write_bytes.load(Relaxed),
+                    sum[2] + counters.read_operations.load(Relaxed),
+                    sum[3] + counters.write_operations.load(Relaxed),
+                ]
+            })
     }
 }

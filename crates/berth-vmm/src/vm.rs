@@ -12,6 +12,7 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot;
+use crate::devices::hotplug::{PciHotplug, HOTPLUG_GSI};
 use crate::devices::pci::PciRoot;
 use crate::devices::serial::{SerialPort, SERIAL_IRQ};
 use crate::devices::tap::Tap;
@@ -36,7 +37,7 @@ pub const AGENT_CONSOLE_SLOT: u8 = 0x03;
 pub const AGENT_PORT_NAME: &str = "berth.agent";
 
 /// Puts `device` on the bus in `slot`, behind its own virtio PCI transport.
-fn add_virtio(
+pub(crate) fn add_virtio(
     pci: &mut PciRoot,
     slot: u8,
     device: Box<dyn VirtioDevice>,
@@ -73,10 +74,14 @@ pub fn run(config: &VmmConfig) -> Result<VmExitReason, VmmError> {
     if let Some(state) = &restored {
         snapshot::restore_vm(&vm, state)?;
     }
+    let hotplug_interrupt = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::Eventfd)?;
+    vm.register_irqfd(&hotplug_interrupt, HOTPLUG_GSI)
+        .map_err(VmmError::kvm("connect the hot-plug interrupt"))?;
     let devices = Arc::new(Devices {
         serial: Mutex::new(serial),
         i8042: i8042::ResetLine,
         pci: Mutex::new(pci),
+        hotplug: Mutex::new(PciHotplug::new(hotplug_interrupt)),
     });
 
     let supported = kvm
@@ -107,7 +112,8 @@ pub fn run(config: &VmmConfig) -> Result<VmExitReason, VmmError> {
         vcpu_threads: started.threads,
         acks: Mutex::new(acks),
         paused: Mutex::new(false),
-        block_counters,
+        block_counters: Mutex::new(block_counters),
+        memory: guest_memory,
         vcpu_count,
         memory_mib: config.memory_mib,
     });

@@ -66,7 +66,20 @@ for i in $(seq 1 50); do [ -s /var/lib/berth/volumes/labvol/_data/f ] && break; 
 echo "volume=$(docker run --rm -v labvol:/v busybox cat /v/f)"
 echo "holder_shared=$(docker inspect -f '{{.Berth.Memory.SharedBytes}}' holder)"
 echo "clone_shared=$(docker inspect -f '{{.Berth.Memory.SharedBytes}}' second)"
-docker rm -f first second holder > /dev/null
+docker volume create -o type=disk labdisk > /dev/null
+docker run -d --name disked -v labdisk:/d busybox sh -c 'echo on-disk > /d/f; sleep 600' > /dev/null
+echo "disk_file=$(docker exec disked cat /d/f)"
+echo "disk_shared=$(docker inspect -f '{{.Berth.Memory.SharedBytes}}' disked)"
+docker run -d --name peer --network labnet1 busybox sleep 600 > /dev/null
+peer1=$(docker inspect -f '{{(index .NetworkSettings.Networks "labnet1").IPAddress}}' peer)
+docker network connect labnet1 second && echo "connected=$(docker exec second sh -c 'ls /sys/class/net | grep -c eth')"
+docker exec second ping -c 1 -W 10 "$peer1" > /dev/null && echo "ping_connected=ok"
+docker network disconnect labnet1 second && echo "disconnected=$(docker exec second sh -c 'ls /sys/class/net | grep -c eth')"
+docker exec second touch /made-here
+echo "diff=$(docker diff second | grep made-here)"
+printf 'FROM busybox\nRUN echo built > /built\n' | docker build -q -t labbuilt - > /dev/null && echo "built=$(docker run --rm labbuilt cat /built)"
+echo "templates_after=$(berth template ls | tail -n +2 | wc -l)"
+docker rm -f first second holder disked peer > /dev/null
 echo "left=$(ps -o args | grep -c '^[/a-z]*berth vmm --config')"
 exit 7
 "#;
@@ -98,8 +111,28 @@ exit 7
     assert_eq!(
         value("nics"),
         "2",
-        "two networks at start: both NICs from boot\n{all}"
+        "two networks at start: a clone with its second NIC hot-plugged\n{all}"
     );
+    // Hot-plug on the built-in VMM: a disk volume in a clone (sharing its template's
+    // memory as a clone does), a NIC connected to and taken from a running container, the
+    // image's disk attached for `docker diff` and for a build's steps; all from the one
+    // template.
+    assert_eq!(value("disk_file"), "on-disk", "{all}");
+    let disk_shared: u64 = value("disk_shared").parse().unwrap_or(0);
+    assert!(
+        disk_shared > clone_shared / 2 && disk_shared > 8 << 20,
+        "a container with a disk volume is a clone\n{all}"
+    );
+    assert_eq!(value("connected"), "2", "{all}");
+    assert_eq!(
+        value("ping_connected"),
+        "ok",
+        "over the hot-plugged NIC\n{all}"
+    );
+    assert_eq!(value("disconnected"), "1", "{all}");
+    assert_eq!(value("diff"), "A /made-here", "{all}");
+    assert_eq!(value("built"), "built", "{all}");
+    assert_eq!(value("templates_after"), "1", "{all}");
     assert_eq!(value("exec"), "in-vm", "{all}");
     assert_eq!(value("logs"), "hello-log", "{all}");
     // Two clones of one template: their own entropy, hostname and MAC.

@@ -42,8 +42,9 @@ use crate::lock;
 /// nothing).
 pub const CONTAINER_DISK_SIZE: &str = "64G";
 
-/// Bumped when the template layout or the way templates are made changes.
-const TEMPLATE_FORMAT: &str = "berth-template-3";
+/// Bumped when the template layout or the way templates are made changes, or the
+/// machine a template's guest saw at boot (4: the built-in VMM's ACPI hot-plug slots).
+const TEMPLATE_FORMAT: &str = "berth-template-4";
 
 /// A VM shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -9,8 +9,10 @@
 //! 0xe_0100  FADT  hardware-reduced ACPI; sleep control register = port 0x3c0,
 //!                 reset register = port 0x64 value 0xfe (the i8042 reset)
 //! 0xe_0300  MADT  a local APIC per vCPU (APIC id = index), the IOAPIC (GSI base 0)
-//! 0xe_0800  DSDT  `_S5_` (soft-off, so that the kernel offers power-off) and the PCI
-//!                 host bridge `\_SB_.PCI0` (bus 0, its ports and MMIO window)
+//! 0xe_0800  DSDT  `_S5_` (soft-off, so that the kernel offers power-off), the PCI
+//!                 host bridge `\_SB_.PCI0` (bus 0, its ports and MMIO window, its
+//!                 hot-pluggable slots) and the Generic Event Device that tells the guest
+//!                 of hot-plug (see `hotplug_aml`)
 //! ```
 //!
 //! The kernel enumerates bus 0 itself (see `devices::pci`); functions interrupt by
@@ -32,7 +34,8 @@ use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use zerocopy::IntoBytes;
 
-use crate::layout::{APIC_START, IOAPIC_START, PCI_MMIO_START};
+use super::hotplug_aml::{GenericEventDevice, HostBridgeHotplug};
+use crate::layout::{APIC_START, IOAPIC_START, PCI_MMIO_END, PCI_MMIO_START};
 use crate::VmmError;
 
 pub const RSDP_START: u64 = 0xe_0000;
@@ -61,8 +64,8 @@ fn bytes_of(table: &dyn Aml) -> Vec<u8> {
 }
 
 /// `\_SB_.PCI0`: bus 0 behind configuration mechanism #1, with the I/O ports around it
-/// and the MMIO gap below the IOAPIC as its windows. No `_PRT`: every function
-/// interrupts by MSI-X.
+/// and the MMIO gap up to the hot-plug registers as its windows, and its slots. No
+/// `_PRT`: every function interrupts by MSI-X.
 struct PciHostBridge;
 
 impl Aml for PciHostBridge {
@@ -76,7 +79,7 @@ impl Aml for PciHostBridge {
             AddressSpaceCacheable::NotCacheable,
             true,
             PCI_MMIO_START as u32,
-            (IOAPIC_START - 1) as u32,
+            PCI_MMIO_END as u32,
             None,
         );
         let resources =
@@ -89,7 +92,14 @@ impl Aml for PciHostBridge {
         let crs = Name::new("_CRS".into(), &resources);
         Device::new(
             "_SB_.PCI0".into(),
-            vec![&hid_name, &uid, &segment, &base_bus, &crs],
+            vec![
+                &hid_name,
+                &uid,
+                &segment,
+                &base_bus,
+                &crs,
+                &HostBridgeHotplug,
+            ],
         )
         .to_aml_bytes(sink);
     }
@@ -102,6 +112,7 @@ pub fn build(vcpus: u8) -> Vec<(u64, Vec<u8>)> {
     let s5 = Name::new("_S5_".into(), &Package::new(vec![&soft_off]));
     dsdt.append_slice(&bytes_of(&s5));
     dsdt.append_slice(&bytes_of(&PciHostBridge));
+    dsdt.append_slice(&bytes_of(&GenericEventDevice));
 
     let mut fadt = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
         .flag(Flags::HwReducedAcpi)
@@ -198,6 +209,8 @@ mod tests {
         assert_eq!(madt.len(), 44 + 4 * 8 + 12);
         let dsdt = &tables[4].1;
         assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
+        assert!(dsdt.windows(8).any(|w| w == b"ACPI0013"));
+        assert!(dsdt.windows(4).any(|w| w == b"S031"));
         let fadt = &tables[2].1;
         assert_eq!(&fadt[..4], b"FACP");
         let flags = u32::from_le_bytes(fadt[112..116].try_into().unwrap());

@@ -12,6 +12,7 @@
 
 pub mod acpi;
 pub mod cpu;
+pub mod hotplug_aml;
 
 use std::fs::File;
 

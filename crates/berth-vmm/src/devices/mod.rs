@@ -2,10 +2,12 @@
 //!
 //! Ports: the 16550 UART at 0x3f8 ([`serial`]), the keyboard controller's reset line at
 //! 0x64 ([`i8042`]), the ACPI sleep control register at 0x3c0 (power-off), PCI
-//! configuration mechanism #1 at 0xcf8-0xcff ([`pci`]). MMIO: the
-//! BARs of the PCI functions, wherever the guest placed them. Other ports read as all
+//! configuration mechanism #1 at 0xcf8-0xcff ([`pci`]). MMIO: the PCI hot-plug
+//! controller's registers ([`hotplug`]) and the BARs of the PCI functions, wherever the
+//! guest placed them. A slot the guest ejects through the controller is emptied here. Other ports read as all
 //! ones and ignore writes, as on an empty ISA bus; the PIC, PIT and IOAPIC are KVM's.
 
+pub mod hotplug;
 pub mod i8042;
 pub mod pci;
 pub mod serial;
@@ -14,6 +16,8 @@ pub mod tap;
 use std::sync::Mutex;
 
 use crate::boot::acpi::{SLEEP_CONTROL_PORT, SLEEP_ENABLE};
+use crate::layout::{HOTPLUG_SIZE, HOTPLUG_START};
+use hotplug::PciHotplug;
 use pci::PciRoot;
 use serial::SerialPort;
 
@@ -37,6 +41,7 @@ pub struct Devices {
     pub serial: Mutex<SerialPort>,
     pub i8042: i8042::ResetLine,
     pub pci: Mutex<PciRoot>,
+    pub hotplug: Mutex<PciHotplug>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -78,12 +83,25 @@ impl Devices {
     }
 
     pub fn mmio_read(&self, address: u64, data: &mut [u8]) {
-        if !lock(&self.pci).mmio_read(address, data) {
+        if (HOTPLUG_START..HOTPLUG_START + HOTPLUG_SIZE).contains(&address) {
+            lock(&self.hotplug).read(address - HOTPLUG_START, data);
+        } else if !lock(&self.pci).mmio_read(address, data) {
             data.fill(0xff);
         }
     }
 
     pub fn mmio_write(&self, address: u64, data: &[u8]) {
-        lock(&self.pci).mmio_write(address, data);
+        if (HOTPLUG_START..HOTPLUG_START + HOTPLUG_SIZE).contains(&address) {
+            let ejected = lock(&self.hotplug).write(address - HOTPLUG_START, data);
+            if ejected != 0 {
+                let mut pci = lock(&self.pci);
+                for slot in (0..32u8).filter(|slot| ejected & (1 << slot) != 0) {
+                    // Dropping the function stops its device and closes its file.
+                    drop(pci.remove(slot));
+                }
+            }
+        } else {
+            lock(&self.pci).mmio_write(address, data);
+        }
     }
 }

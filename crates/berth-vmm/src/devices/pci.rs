@@ -228,6 +228,22 @@ impl PciRoot {
         self.functions.push((slot, function));
     }
 
+    /// Takes the function out of `slot` (never the host bridge's).
+    pub fn remove(&mut self, slot: u8) -> Option<Box<dyn PciFunction>> {
+        let index = self
+            .functions
+            .iter()
+            .position(|(existing, _)| *existing == slot && slot != 0)?;
+        Some(self.functions.remove(index).1)
+    }
+
+    /// The slots that have a function, in order.
+    pub fn occupied_slots(&self) -> Vec<u8> {
+        let mut slots: Vec<u8> = self.functions.iter().map(|(slot, _)| *slot).collect();
+        slots.sort_unstable();
+        slots
+    }
+
     fn selected(&mut self) -> Option<(&mut Box<dyn PciFunction>, usize)> {
         if self.address & 0x8000_0000 == 0 {
             return None;
@@ -400,6 +416,27 @@ mod tests {
         assert_eq!(read32(&mut root) >> 8, 0x06_00_00);
         select(&mut root, 3, 0);
         assert_eq!(read32(&mut root), 0xffff_ffff);
+    }
+
+    #[test]
+    fn functions_come_and_go_but_the_host_bridge_stays() {
+        let mut root = PciRoot::new();
+        let dummy = || {
+            Box::new(Dummy(
+                ConfigSpace::new(0x1af4, 0x1042, 0x018000, 1, 0x8000),
+                vec![],
+            ))
+        };
+        root.add(9, dummy());
+        root.add(4, dummy());
+        assert_eq!(root.occupied_slots(), vec![0, 4, 9]);
+        select(&mut root, 9, 0);
+        assert_eq!(read32(&mut root), 0x1042_1af4);
+        assert!(root.remove(9).is_some());
+        assert!(root.remove(9).is_none());
+        assert!(root.remove(0).is_none());
+        assert_eq!(read32(&mut root), 0xffff_ffff, "an empty slot again");
+        assert_eq!(root.occupied_slots(), vec![0, 4]);
     }
 
     #[test]

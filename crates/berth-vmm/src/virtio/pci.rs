@@ -463,6 +463,14 @@ impl VirtioPciFunction {
     }
 }
 
+/// A function taken off the bus (the guest ejected it) stops its device: the worker
+/// ends, the queues' notify addresses are given back to KVM, the disk or tap is closed.
+impl Drop for VirtioPciFunction {
+    fn drop(&mut self) {
+        self.reset();
+    }
+}
+
 impl PciFunction for VirtioPciFunction {
     fn save(&mut self) -> Result<Option<TransportState>, crate::VmmError> {
         self.save_transport().map(Some)
