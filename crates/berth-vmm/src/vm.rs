@@ -14,6 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::boot;
 use crate::devices::hotplug::{PciHotplug, HOTPLUG_GSI};
 use crate::devices::pci::PciRoot;
+use crate::devices::rtc::CmosRtc;
 use crate::devices::serial::{SerialPort, SERIAL_IRQ};
 use crate::devices::tap::Tap;
 use crate::devices::{i8042, Devices};
@@ -80,6 +81,7 @@ pub fn run(config: &VmmConfig) -> Result<VmExitReason, VmmError> {
     let devices = Arc::new(Devices {
         serial: Mutex::new(serial),
         i8042: i8042::ResetLine,
+        rtc: Mutex::new(CmosRtc::default()),
         pci: Mutex::new(pci),
         hotplug: Mutex::new(PciHotplug::new(hotplug_interrupt)),
     });

@@ -1,7 +1,7 @@
 //! The VM's devices and how guest port and MMIO accesses reach them.
 //!
 //! Ports: the 16550 UART at 0x3f8 ([`serial`]), the keyboard controller's reset line at
-//! 0x64 ([`i8042`]), the ACPI sleep control register at 0x3c0 (power-off), PCI
+//! 0x64 ([`i8042`]), the CMOS clock at 0x70-0x71 ([`rtc`]), the ACPI sleep control register at 0x3c0 (power-off), PCI
 //! configuration mechanism #1 at 0xcf8-0xcff ([`pci`]). MMIO: the PCI hot-plug
 //! controller's registers ([`hotplug`]) and the BARs of the PCI functions, wherever the
 //! guest placed them. A slot the guest ejects through the controller is emptied here. Other ports read as all
@@ -10,6 +10,7 @@
 pub mod hotplug;
 pub mod i8042;
 pub mod pci;
+pub mod rtc;
 pub mod serial;
 pub mod tap;
 
@@ -19,6 +20,7 @@ use crate::boot::acpi::{SLEEP_CONTROL_PORT, SLEEP_ENABLE};
 use crate::layout::{HOTPLUG_SIZE, HOTPLUG_START};
 use hotplug::PciHotplug;
 use pci::PciRoot;
+use rtc::CmosRtc;
 use serial::SerialPort;
 
 const SERIAL_PORT: u16 = 0x3f8;
@@ -40,6 +42,7 @@ pub enum ResetRequest {
 pub struct Devices {
     pub serial: Mutex<SerialPort>,
     pub i8042: i8042::ResetLine,
+    pub rtc: Mutex<CmosRtc>,
     pub pci: Mutex<PciRoot>,
     pub hotplug: Mutex<PciHotplug>,
 }
@@ -58,6 +61,9 @@ impl Devices {
                 data[0] = lock(&self.serial).read((port - SERIAL_PORT) as u8);
             }
             I8042_DATA | I8042_COMMAND => data.fill(0),
+            rtc::INDEX_PORT | rtc::DATA_PORT if data.len() == 1 => {
+                data[0] = lock(&self.rtc).read(port);
+            }
             PCI_CONFIG_ADDRESS..PCI_CONFIG_END => {
                 lock(&self.pci).config_io_read(port - PCI_CONFIG_ADDRESS, data)
             }
@@ -71,6 +77,9 @@ impl Devices {
                 lock(&self.serial).write((port - SERIAL_PORT) as u8, data[0]);
             }
             I8042_COMMAND if data.len() == 1 => return self.i8042.command(data[0]),
+            rtc::INDEX_PORT | rtc::DATA_PORT if data.len() == 1 => {
+                lock(&self.rtc).write(port, data[0]);
+            }
             SLEEP_CONTROL_PORT if data.len() == 1 && data[0] & SLEEP_ENABLE != 0 => {
                 return Some(ResetRequest::PowerOff)
             }

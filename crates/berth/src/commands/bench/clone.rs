@@ -1,4 +1,6 @@
-//! `berth bench clone`: cold boot against clone, side by side in one run.
+//! `berth bench clone`: cold boot against clone, side by side in one run; with
+//! `--docker SOCKET`, Docker Engine itself (any Docker-API daemon, e.g. dockerd with runc)
+//! measured in the same rounds, so that the clone's times can be set beside it.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -22,27 +24,64 @@ pub struct CloneArgs {
     /// Also start this many idle clones at once and report their total memory.
     #[arg(long, default_value_t = 0)]
     pub density: usize,
+    /// Also measure `docker run --rm` and `docker start` against this Docker-API socket
+    /// (Docker Engine with runc, say; IMAGE must be loaded there), in the same rounds.
+    #[arg(long)]
+    pub docker: Option<PathBuf>,
+}
+
+/// `docker run --rm IMAGE true` and `docker start` of a created container, once each,
+/// with `runtime` if given; in seconds.
+fn run_and_start(
+    docker: &Docker,
+    image: &str,
+    runtime: Option<&str>,
+) -> anyhow::Result<(f64, f64)> {
+    let with_runtime = |verb: &'static str| {
+        let mut command = vec![verb];
+        if let Some(runtime) = runtime {
+            command.extend(["--runtime", runtime]);
+        }
+        command
+    };
+    let mut run = with_runtime("run");
+    run.extend(["--rm", image, "true"]);
+    let run_time = docker.timed(&run)?.as_secs_f64();
+    let mut create = with_runtime("create");
+    create.extend([image, "sleep", "60"]);
+    let id = docker.run(&create)?;
+    let start_time = docker.timed(&["start", &id])?.as_secs_f64();
+    docker.run(&["rm", "-f", &id])?;
+    Ok((run_time, start_time))
 }
 
 pub fn run(args: CloneArgs) -> anyhow::Result<()> {
     let docker = Docker::connect(&args.socket, &args.image)?;
+    let reference = match &args.docker {
+        Some(socket) => Some(Docker::connect(socket, &args.image)?),
+        None => None,
+    };
     // Warm up: templates built, caches filled.
     for runtime in RUNTIMES {
         docker.run(&["run", "--rm", "--runtime", runtime, &args.image, "true"])?;
     }
+    if let Some(reference) = &reference {
+        reference.run(&["run", "--rm", &args.image, "true"])?;
+    }
     let mut run_times = [Vec::new(), Vec::new()];
     let mut start_times = [Vec::new(), Vec::new()];
+    let (mut reference_runs, mut reference_starts) = (Vec::new(), Vec::new());
     for round in 0..args.runs {
         eprintln!("round {}/{}", round + 1, args.runs);
         for (index, runtime) in RUNTIMES.iter().enumerate() {
-            run_times[index].push(
-                docker
-                    .timed(&["run", "--rm", "--runtime", runtime, &args.image, "true"])?
-                    .as_secs_f64(),
-            );
-            let id = docker.run(&["create", "--runtime", runtime, &args.image, "sleep", "60"])?;
-            start_times[index].push(docker.timed(&["start", &id])?.as_secs_f64());
-            docker.run(&["rm", "-f", &id])?;
+            let (run, start) = run_and_start(&docker, &args.image, Some(runtime))?;
+            run_times[index].push(run);
+            start_times[index].push(start);
+        }
+        if let Some(reference) = &reference {
+            let (run, start) = run_and_start(reference, &args.image, None)?;
+            reference_runs.push(run);
+            reference_starts.push(start);
         }
     }
     let mut memory = [Vec::new(), Vec::new()];
@@ -105,12 +144,42 @@ pub fn run(args: CloneArgs) -> anyhow::Result<()> {
         run[0] / run[1],
         start[0] / start[1]
     );
+    if let Some(socket) = &args.docker {
+        let reference = [median(&mut reference_runs), median(&mut reference_starts)];
+        println!("against Docker at {} (same rounds):", socket.display());
+        println!(
+            "{:<44} {:>12} {:>12} {:>14}",
+            "measure (median)", "Docker", "Berth clone", "clone/Docker"
+        );
+        for (label, docker_time, clone_time) in [
+            (
+                "docker run --rm IMAGE true (end to end)",
+                reference[0],
+                run[1],
+            ),
+            (
+                "docker start (until the process runs)",
+                reference[1],
+                start[1],
+            ),
+        ] {
+            println!(
+                "{label:<44} {docker_time:>11.3}s {clone_time:>11.3}s {:>14.3}",
+                clone_time / docker_time
+            );
+        }
+    }
 
     if args.density > 0 {
         density(&docker, &args)?;
     }
+    let compared = args
+        .docker
+        .as_ref()
+        .map(|socket| format!(" --docker {}", socket.display()))
+        .unwrap_or_default();
     println!(
-        "rerun: berth bench clone --socket {} --runs {} --idle {} --density {}",
+        "rerun: berth bench clone --socket {} --runs {} --idle {} --density {}{compared}",
         args.socket.display(),
         args.runs,
         args.idle,

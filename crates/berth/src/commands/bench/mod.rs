@@ -60,7 +60,7 @@ impl Docker {
             .run(&["image", "inspect", "-f", "{{.Id}}", image])
             .with_context(|| {
                 format!(
-                    "is `berth daemon` running on {} with {image} loaded?",
+                    "is a daemon (`berth daemon`, or Docker for --docker) running on {} with {image} loaded?",
                     socket.display()
                 )
             })?;
