@@ -12,7 +12,8 @@
 //! the tap inside the VMM's network namespace (a short-lived thread enters
 //! `/proc/PID/ns/net`), and passes the descriptor; the VMM, under its system call
 //! filter, opens nothing. Hot-plugged disks are raw files (volumes, an image's root
-//! filesystem).
+//! filesystem). Every VM has a balloon with free page reporting: `set_memory` moves its
+//! target (`docker update -m` of a running container, clone or cold boot alike).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -190,6 +191,7 @@ impl VmBackend for KvmBackend {
             control: Box::new(VmmControl {
                 process: vm,
                 control_socket: spec.run_dir.join(CONTROL_SOCKET),
+                memory_mib: spec.memory_mib,
             }),
         })
     }
@@ -199,6 +201,11 @@ impl VmBackend for KvmBackend {
         let _ = std::fs::remove_file(&agent_socket);
         let listener = UnixListener::bind(&agent_socket)
             .map_err(|e| VmError::Io("binding the agent socket", e))?;
+        let memory_mib = std::fs::read(run_dir.join("vmm.json"))
+            .ok()
+            .and_then(|text| serde_json::from_slice::<VmmConfig>(&text).ok())
+            .map(|config| config.memory_mib)
+            .unwrap_or(0);
         let vm = VmProcess::adopt(pid)?;
         let agent =
             accept_agent(&listener, &vm, REATTACH_TIMEOUT, &run_dir.join("vmm.log")).await?;
@@ -210,6 +217,7 @@ impl VmBackend for KvmBackend {
             control: Box::new(VmmControl {
                 process: vm,
                 control_socket: run_dir.join(CONTROL_SOCKET),
+                memory_mib,
             }),
         })
     }
@@ -219,6 +227,8 @@ impl VmBackend for KvmBackend {
 struct VmmControl {
     process: VmProcess,
     control_socket: PathBuf,
+    /// The VM's RAM: `set_memory` may not ask for more.
+    memory_mib: u32,
 }
 
 /// One exchange on the control socket: `request`, with `descriptor` passed alongside,
@@ -387,6 +397,19 @@ impl VmControl for VmmControl {
         self.request(ControlRequest::Remove { slot: nic.pci_slot })
             .await?;
         self.wait_for_eject(nic.pci_slot).await
+    }
+
+    async fn set_memory(&self, bytes: u64) -> Result<(), VmError> {
+        let size = u64::from(self.memory_mib) << 20;
+        if bytes > size {
+            return Err(VmError::MemoryAboveSize {
+                wanted_mib: bytes.div_ceil(1 << 20),
+                vm_mib: u64::from(self.memory_mib),
+            });
+        }
+        self.request(ControlRequest::SetMemory { bytes })
+            .await
+            .map(|_| ())
     }
 
     async fn add_disk(&self, disk: &DiskSpec) -> Result<(), VmError> {

@@ -12,6 +12,8 @@
 //! {"command":"add_nic","slot":9,"mac":"02:…"}                       + a tap's fd
 //! {"command":"remove","slot":9}  {"ok":true}  (the guest is asked; see `slots`)
 //! {"command":"slots"}            {"ok":true,"slots":[0,2,3,4,8,9]}
+//! {"command":"set_memory","bytes":N}  {"ok":true}  (the balloon takes the rest)
+//! {"command":"balloon"}          {"ok":true,"balloon":[target,actual,given_back_bytes]}
 //! failures                       {"ok":false,"error":"…"}
 //!                                ("code":"slot_in_use" when the slot is taken)
 //! ```
@@ -58,6 +60,10 @@ pub enum ControlRequest {
         slot: u8,
     },
     Slots,
+    SetMemory {
+        bytes: u64,
+    },
+    Balloon,
 }
 
 /// [`ControlResponse::code`] of a request for a slot that has a device already.
@@ -77,6 +83,10 @@ pub struct ControlResponse {
     pub block_stats: Option<[u64; 4]>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slots: Option<Vec<u8>>,
+    /// The balloon's target and actual size in 4 KiB pages, and the bytes it has given
+    /// back to the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<[u64; 3]>,
 }
 
 /// What an answer carries besides `ok`.
@@ -84,6 +94,7 @@ pub struct ControlResponse {
 struct Answer {
     block_stats: Option<[u64; 4]>,
     slots: Option<Vec<u8>>,
+    balloon: Option<[u64; 3]>,
 }
 
 fn answer(machine: &Machine, line: &str, file: Option<File>) -> ControlResponse {
@@ -126,12 +137,22 @@ fn answer(machine: &Machine, line: &str, file: Option<File>) -> ControlResponse 
             slots: Some(machine.occupied_slots()),
             ..Default::default()
         }),
+        ControlRequest::SetMemory { bytes } => machine.set_memory(bytes).map(nothing),
+        ControlRequest::Balloon => Ok(Answer {
+            balloon: Some([
+                u64::from(machine.balloon.target_pages()),
+                u64::from(machine.balloon.actual_pages()),
+                machine.balloon.given_back_bytes(),
+            ]),
+            ..Default::default()
+        }),
     };
     match result {
         Ok(answer) => ControlResponse {
             ok: true,
             block_stats: answer.block_stats,
             slots: answer.slots,
+            balloon: answer.balloon,
             ..Default::default()
         },
         Err(error) => ControlResponse {

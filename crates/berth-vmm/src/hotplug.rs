@@ -7,7 +7,8 @@
 //! interrupt, see `devices::hotplug`); a removal only asks the guest, and the slot
 //! empties when the guest ejects the function, which may take a moment or never happen
 //! (a guest that ignores it keeps the device until the VM ends). The VMM's own devices
-//! (the host bridge, the entropy device, the agent's console) cannot be added or removed.
+//! (the host bridge, the entropy device, the agent's console, the balloon) cannot be
+//! added or removed.
 
 use std::fs::File;
 use std::sync::Arc;
@@ -18,12 +19,12 @@ use crate::machine::{lock, Machine};
 use crate::virtio::block::{Block, BlockCounters};
 use crate::virtio::net::{parse_mac, Net, NetCounters};
 use crate::virtio::VirtioDevice;
-use crate::vm::{add_virtio, AGENT_CONSOLE_SLOT, RNG_SLOT};
+use crate::vm::{add_virtio, AGENT_CONSOLE_SLOT, BALLOON_SLOT, RNG_SLOT};
 use crate::VmmError;
 
 /// Whether a hot-plugged device may use `slot`.
 fn pluggable(slot: u8) -> bool {
-    (1..=31).contains(&slot) && slot != RNG_SLOT && slot != AGENT_CONSOLE_SLOT
+    (1..=31).contains(&slot) && ![RNG_SLOT, AGENT_CONSOLE_SLOT, BALLOON_SLOT].contains(&slot)
 }
 
 impl Machine {
@@ -95,6 +96,7 @@ mod tests {
         assert!(!pluggable(0));
         assert!(!pluggable(RNG_SLOT));
         assert!(!pluggable(AGENT_CONSOLE_SLOT));
+        assert!(!pluggable(BALLOON_SLOT));
         assert!(!pluggable(32));
         assert!(pluggable(berth_vm::FIRST_VOLUME_SLOT));
         assert!(pluggable(berth_vm::FIRST_NIC_SLOT + 1));

@@ -41,6 +41,8 @@ pub struct Machine {
     pub(crate) block_counters: Mutex<Vec<Arc<BlockCounters>>>,
     /// The guest's RAM, for devices plugged in while the VM runs.
     pub(crate) memory: vm_memory::GuestMemoryMmap,
+    /// The memory balloon's target and what the guest reports.
+    pub(crate) balloon: Arc<crate::virtio::balloon::BalloonControl>,
     pub(crate) vcpu_count: u8,
     pub(crate) memory_mib: u32,
 }
@@ -120,6 +122,22 @@ impl Machine {
             pci,
         };
         snapshot::write(path, &state)
+    }
+
+    /// Lets the guest use `bytes` of its RAM (the balloon takes the rest); more than the
+    /// VM has is refused.
+    pub fn set_memory(&self, bytes: u64) -> Result<(), VmmError> {
+        let size = u64::from(self.memory_mib) << 20;
+        if bytes > size {
+            return Err(VmmError::Device(format!(
+                "{} MiB is more than the VM's {} MiB",
+                bytes.div_ceil(1 << 20),
+                self.memory_mib
+            )));
+        }
+        let pages = (size - bytes) / crate::virtio::balloon::BALLOON_PAGE;
+        self.balloon.set_target(pages as u32);
+        Ok(())
     }
 
     /// Bytes read and written, reads and writes, all disks together.

@@ -75,6 +75,10 @@ pub enum DeviceState {
     },
     Net,
     Rng,
+    Balloon {
+        /// The pages the host had asked the guest to hand over.
+        target_pages: u32,
+    },
 }
 
 /// A device's state with the queue positions its worker had reached.

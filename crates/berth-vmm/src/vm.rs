@@ -22,6 +22,7 @@ use crate::layout::KVM_TSS_ADDRESS;
 use crate::machine::{lock, Machine};
 use crate::snapshot::{self, VmState};
 use crate::vcpu::{self, VcpuCommand, VcpuThread, VmExitReason};
+use crate::virtio::balloon::{Balloon, BalloonControl, GiveBack};
 use crate::virtio::block::{Block, BlockCounters};
 use crate::virtio::console::Console;
 use crate::virtio::net::{parse_mac, Net, NetCounters};
@@ -34,6 +35,8 @@ use crate::{memory, VmmConfig, VmmError};
 pub const RNG_SLOT: u8 = 0x02;
 /// The PCI slot of the agent channel.
 pub const AGENT_CONSOLE_SLOT: u8 = 0x03;
+/// The PCI slot of the memory balloon (above every slot the engine hands out).
+pub const BALLOON_SLOT: u8 = 0x1f;
 /// The agent port's name, as the agent looks for it.
 pub const AGENT_PORT_NAME: &str = "berth.agent";
 
@@ -71,7 +74,8 @@ pub fn run(config: &VmmConfig) -> Result<VmExitReason, VmmError> {
     };
 
     let serial = create_serial(config, &vm, restored.as_ref())?;
-    let (pci, block_counters) = create_pci_devices(config, &vm, &guest_memory)?;
+    let balloon = Arc::new(BalloonControl::default());
+    let (pci, block_counters) = create_pci_devices(config, &vm, &guest_memory, &balloon)?;
     if let Some(state) = &restored {
         snapshot::restore_vm(&vm, state)?;
     }
@@ -116,6 +120,7 @@ pub fn run(config: &VmmConfig) -> Result<VmExitReason, VmmError> {
         paused: Mutex::new(false),
         block_counters: Mutex::new(block_counters),
         memory: guest_memory,
+        balloon,
         vcpu_count,
         memory_mib: config.memory_mib,
     });
@@ -197,12 +202,13 @@ fn create_serial(
     })
 }
 
-/// Puts the agent console, the entropy device, the disks and the NICs on a new PCI bus;
-/// returns it with the disks' counters.
+/// Puts the agent console, the entropy device, the balloon, the disks and the NICs on a
+/// new PCI bus; returns it with the disks' counters.
 fn create_pci_devices(
     config: &VmmConfig,
     vm: &Arc<VmFd>,
     guest_memory: &vm_memory::GuestMemoryMmap,
+    balloon: &Arc<BalloonControl>,
 ) -> Result<(PciRoot, Vec<Arc<BlockCounters>>), VmmError> {
     let mut pci = PciRoot::new();
     let console = Console::new(AGENT_PORT_NAME, config.agent_socket.clone());
@@ -217,6 +223,18 @@ fn create_pci_devices(
         &mut pci,
         RNG_SLOT,
         Box::new(Rng::default()),
+        vm,
+        guest_memory,
+    )?;
+    let give_back = if config.memory_shared {
+        GiveBack::PunchFile
+    } else {
+        GiveBack::DropPrivate
+    };
+    add_virtio(
+        &mut pci,
+        BALLOON_SLOT,
+        Box::new(Balloon::new(balloon.clone(), give_back)),
         vm,
         guest_memory,
     )?;

@@ -79,7 +79,18 @@ docker exec second touch /made-here
 echo "diff=$(docker diff second | grep made-here)"
 printf 'FROM busybox\nRUN echo built > /built\n' | docker build -q -t labbuilt - > /dev/null && echo "built=$(docker run --rm labbuilt cat /built)"
 echo "templates_after=$(berth template ls | tail -n +2 | wc -l)"
-docker rm -f first second holder disked peer > /dev/null
+docker run -d --name mem --shm-size 200m busybox sleep 600 > /dev/null
+docker exec mem dd if=/dev/zero of=/dev/shm/fill bs=1M count=120 2>/dev/null
+echo "mem_filled=$(docker inspect -f '{{.Berth.Memory.PrivateBytes}}' mem)"
+docker exec mem rm /dev/shm/fill
+for i in $(seq 1 40); do sleep 0.5; p=$(docker inspect -f '{{.Berth.Memory.PrivateBytes}}' mem); [ "$p" -lt 80000000 ] && break; done
+echo "mem_freed=$p"
+total() { docker exec mem sed -n 's/MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo; }
+echo "memtotal=$(total)"
+docker update -m 100m mem > /dev/null
+for i in $(seq 1 60); do t=$(total); [ "$t" -lt 110000 ] && break; sleep 0.5; done
+echo "memtotal_limited=$t"
+docker rm -f first second holder disked peer mem > /dev/null
 echo "left=$(ps -o args | grep -c '^[/a-z]*berth vmm --config')"
 exit 7
 "#;
@@ -133,6 +144,20 @@ exit 7
     assert_eq!(value("diff"), "A /made-here", "{all}");
     assert_eq!(value("built"), "built", "{all}");
     assert_eq!(value("templates_after"), "1", "{all}");
+    // Memory: pages a clone's guest frees go back to the host (free page reporting), and
+    // `docker update -m` of a running clone moves its balloon.
+    let filled: u64 = value("mem_filled").parse().unwrap_or(0);
+    let freed: u64 = value("mem_freed").parse().unwrap_or(u64::MAX);
+    assert!(
+        filled > 120 << 20 && freed < filled - (64 << 20),
+        "120 MiB written to tmpfs and removed: private {filled} then {freed}\n{all}"
+    );
+    let total: u64 = value("memtotal").parse().unwrap_or(0);
+    let limited: u64 = value("memtotal_limited").parse().unwrap_or(u64::MAX);
+    assert!(
+        total > 200_000 && limited < 110_000,
+        "MemTotal {total} kB, then {limited} kB after update -m 100m\n{all}"
+    );
     assert_eq!(value("exec"), "in-vm", "{all}");
     assert_eq!(value("logs"), "hello-log", "{all}");
     // Two clones of one template: their own entropy, hostname and MAC.

@@ -10,6 +10,7 @@
 //! walking and vm-memory's bounds-checked accessors: an address, length or index from
 //! the guest outside its memory is an error of that request, never a host access.
 
+pub mod balloon;
 pub mod block;
 pub mod console;
 pub mod msix;
@@ -168,27 +169,41 @@ pub fn snapshot_worker<W: WorkerLoop>(
 /// The loop of a one-queue device's worker: serves what is already waiting, then again
 /// after every notification of `notify`, until `stop` fires.
 pub fn serve_one_queue_until_stopped(notify: &EventFd, stop: &EventFd, mut serve: impl FnMut()) {
+    serve_queues_until_stopped(&[notify], stop, |_| serve());
+}
+
+/// The loop of a worker over several queues: serves each queue's waiting requests, then
+/// the queue `serve(index)` again after every notification of `notifies[index]`, until
+/// `stop` fires.
+pub fn serve_queues_until_stopped(
+    notifies: &[&EventFd],
+    stop: &EventFd,
+    mut serve: impl FnMut(usize),
+) {
     use std::os::fd::AsRawFd;
     use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-    const TOKEN_QUEUE: u64 = 0;
-    const TOKEN_STOP: u64 = 1;
+    let token_stop = notifies.len() as u64;
     let Ok(epoll) = Epoll::new() else {
         return;
     };
-    for (fd, token) in [
-        (notify.as_raw_fd(), TOKEN_QUEUE),
-        (stop.as_raw_fd(), TOKEN_STOP),
-    ] {
+    let watched = notifies
+        .iter()
+        .enumerate()
+        .map(|(index, notify)| (notify.as_raw_fd(), index as u64))
+        .chain([(stop.as_raw_fd(), token_stop)]);
+    for (fd, token) in watched {
         let _ = epoll.ctl(
             ControlOperation::Add,
             fd,
             EpollEvent::new(EventSet::IN, token),
         );
     }
-    let mut events = vec![EpollEvent::default(); 2];
+    let mut events = vec![EpollEvent::default(); notifies.len() + 1];
     // Requests may already be waiting (a driver that kicked before activation, or a
     // restored queue).
-    serve();
+    for index in 0..notifies.len() {
+        serve(index);
+    }
     loop {
         let count = match epoll.wait(-1, &mut events) {
             Ok(count) => count,
@@ -197,12 +212,17 @@ pub fn serve_one_queue_until_stopped(notify: &EventFd, stop: &EventFd, mut serve
         };
         if events[..count]
             .iter()
-            .any(|event| event.data() == TOKEN_STOP)
+            .any(|event| event.data() == token_stop)
         {
             return;
         }
-        let _ = notify.read();
-        serve();
+        for event in &events[..count] {
+            let index = event.data() as usize;
+            if let Some(notify) = notifies.get(index) {
+                let _ = notify.read();
+                serve(index);
+            }
+        }
     }
 }
 
