@@ -1,5 +1,5 @@
 #!/bin/sh
-# Run inside the KVM lab: berth lab --with-qemu --memory 8192 --image /tmp/busybox.tar --file scripts/lab-bench-backends.sh:/lab/bench.sh -- sh /lab/bench.sh
+# Run inside the KVM lab: berth lab --with-qemu --memory 8192 --timeout 2400 --image /tmp/busybox.tar --file scripts/lab-bench-backends.sh:/lab/bench.sh -- sh /lab/bench.sh
 # berth bench clone against the built-in VMM, then against QEMU, in one lab boot (docs/benchmarks.md).
 set -u
 sleep 10

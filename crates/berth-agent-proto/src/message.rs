@@ -263,8 +263,13 @@ pub enum GuestMessage {
         kernel: String,
         steps: Vec<String>,
     },
-    /// `Setup` finished.
-    SetupDone,
+    /// `Setup` finished, with how long each of its steps took in the guest (microseconds
+    /// by the guest's monotonic clock, in order: `root`, `network`, `files`, `tmpfs`,
+    /// `volumes`, `shares`, `binds`); absent from agents before it was added.
+    SetupDone {
+        #[serde(default)]
+        steps_us: Vec<(String, u64)>,
+    },
     /// Answer to `ListProcesses`.
     Processes {
         processes: Vec<ProcessInfo>,

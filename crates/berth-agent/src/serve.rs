@@ -232,7 +232,7 @@ fn handle(message: HostMessage, stream: u32, state: &mut SessionState<'_>) -> io
                 None => setup(&spec, shares, channel),
             };
             match result {
-                Ok(()) => channel.send(stream, &GuestMessage::SetupDone),
+                Ok(steps_us) => channel.send(stream, &GuestMessage::SetupDone { steps_us }),
                 Err(error) => {
                     unfit.get_or_insert_with(|| format!("the container's setup failed: {error}"));
                     channel.send(
@@ -339,8 +339,34 @@ fn handle(message: HostMessage, stream: u32, state: &mut SessionState<'_>) -> io
     }
 }
 
-fn setup(spec: &SetupSpec, shares: &Shares, channel: &Channel) -> io::Result<()> {
+/// Times the steps of a setup, for the engine's log.
+struct StepClock {
+    last: std::time::Instant,
+    steps: Vec<(String, u64)>,
+}
+
+impl StepClock {
+    fn new() -> Self {
+        Self {
+            last: std::time::Instant::now(),
+            steps: Vec::new(),
+        }
+    }
+
+    /// Ends the step `name` now.
+    fn done(&mut self, name: &str) {
+        let now = std::time::Instant::now();
+        let spent = now.duration_since(self.last).as_micros() as u64;
+        self.steps.push((name.to_owned(), spent));
+        self.last = now;
+    }
+}
+
+/// Sets the container up; returns how long each step took (see `SetupDone`).
+fn setup(spec: &SetupSpec, shares: &Shares, channel: &Channel) -> io::Result<Vec<(String, u64)>> {
+    let mut clock = StepClock::new();
     boot::mount_container_root(&spec.root_device, spec.shm_size)?;
+    clock.done("root");
     for (key, value) in &spec.sysctls {
         set_sysctl(key, value)?;
     }
@@ -348,6 +374,7 @@ fn setup(spec: &SetupSpec, shares: &Shares, channel: &Channel) -> io::Result<()>
     for interface in &spec.interfaces {
         network::configure(interface)?;
     }
+    clock.done("network");
     // /etc/hostname, /etc/hosts and /etc/resolv.conf are the container's own,
     // bind-mounted from the agent's tmpfs so that they never land in the container's
     // writable layer.
@@ -387,11 +414,15 @@ fn setup(spec: &SetupSpec, shares: &Shares, channel: &Channel) -> io::Result<()>
         resolv.push_str(&format!("options {}\n", spec.dns_options.join(" ")));
     }
     fs::write("/run/berth/resolv.conf", resolv)?;
+    clock.done("files");
     for tmpfs in &spec.tmpfs {
         mount_tmpfs(tmpfs)?;
     }
+    clock.done("tmpfs");
     crate::volumes::mount_all(&spec.volumes)?;
+    clock.done("volumes");
     shares.mount_all(&spec.shares, channel)?;
+    clock.done("shares");
     // Last, as Docker sorts its mounts (/etc before /etc/hosts): a tmpfs, volume or bind
     // mounted at /etc does not hide them; one the user mounts at /etc/hosts itself wins.
     let user_mounted = |path: &str| {
@@ -426,7 +457,8 @@ fn setup(spec: &SetupSpec, shares: &Shares, channel: &Channel) -> io::Result<()>
         )
         .map_err(|e| io::Error::other(format!("making the root filesystem read-only: {e}")))?;
     }
-    Ok(())
+    clock.done("binds");
+    Ok(clock.steps)
 }
 
 /// Sets a kernel parameter (`net.core.somaxconn` is `/proc/sys/net/core/somaxconn`).

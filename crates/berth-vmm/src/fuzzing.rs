@@ -105,6 +105,17 @@ pub fn rng_queue(data: &[u8]) -> usize {
     crate::virtio::rng::serve_once(memory, queues.remove(0)).unwrap_or(0)
 }
 
+/// virtio-balloon inflate, deflate and reporting queues: page frames and free ranges the
+/// guest hands over, given back from the harness's own guest memory. Returns how many
+/// buffers were returned.
+pub fn balloon_queues(data: &[u8]) -> usize {
+    let Some((queues, memory, _)) = queues_and_memory(data, 3) else {
+        return 0;
+    };
+    let control = std::sync::Arc::new(crate::virtio::balloon::BalloonControl::default());
+    crate::virtio::balloon::serve_once(memory, queues, control).unwrap_or(0)
+}
+
 /// virtio-console control and port queues, with what follows guest memory pending from
 /// the host.
 pub fn console_queues(data: &[u8]) {
@@ -280,6 +291,8 @@ mod tests {
             rng_queue(&structured(&mut generator, 1));
             console_queues(&structured(&mut generator, 4));
             net_queues(&structured(&mut generator, 2));
+            balloon_queues(&random);
+            balloon_queues(&structured(&mut generator, 3));
         }
         // The generated queues are valid often enough to reach the request parser.
         assert!(served > 100, "only {served} block requests were served");

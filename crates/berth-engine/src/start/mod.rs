@@ -94,6 +94,8 @@ struct StartTimings {
     agent_answered: Duration,
     setup_done: Duration,
     networked: Duration,
+    /// The guest's own timing of its setup steps.
+    guest_steps: String,
 }
 
 impl Engine {
@@ -268,6 +270,7 @@ impl Engine {
             agent_answered: up.answered_at,
             setup_done,
             networked: begun.elapsed(),
+            guest_steps: up.guest_steps,
         };
         // 7. started
         rollback.step = StartStep::Started;
@@ -329,6 +332,7 @@ impl StartTimings {
             setup_done_ms = self.setup_done.as_millis() as u64,
             networks_ms = self.networked.as_millis() as u64,
             process_started_ms = self.begun.elapsed().as_millis() as u64,
+            guest_setup = %self.guest_steps,
             "container started"
         );
     }

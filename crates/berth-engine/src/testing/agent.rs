@@ -140,7 +140,12 @@ fn answer(stream: u32, message: HostMessage, main: &mut Main, vm: &FakeVm) -> Ve
                 message: "mounting the root filesystem failed (scripted)".into(),
             },
         )],
-        HostMessage::Setup(_) => vec![control(AGENT_STREAM, GuestMessage::SetupDone)],
+        HostMessage::Setup(_) => vec![control(
+            AGENT_STREAM,
+            GuestMessage::SetupDone {
+                steps_us: vec![("root".into(), 1)],
+            },
+        )],
         HostMessage::Spawn(process) if stream == MAIN_STREAM => spawn_main(&process.argv, main),
         HostMessage::Spawn(_) => vec![
             control(stream, GuestMessage::Started { pid: 200 }),

@@ -266,7 +266,7 @@ impl Engine {
                 .expect_message(AGENT_STREAM, SETUP_TIMEOUT, "mounting the container's disk")
                 .await?
             {
-                GuestMessage::SetupDone => {}
+                GuestMessage::SetupDone { .. } => {}
                 other => {
                     return Err(
                         AgentError::unexpected("mounting the container's disk", &other).into(),
