@@ -17,6 +17,8 @@
 //!                                guest initramfs, laid out as in Berth's cache, so
 //!                                that `berth` inside finds them without fetching
 //! /lab/command                   the command, shell-quoted
+//! /lab/deadline                 seconds the command may run before the lab reports
+//!                                what its processes are blocked in and stops it
 //! /lab/daemon-args               the lab daemon's arguments, shell-quoted (if any)
 //! /lab/images/<n>.tar            image archives the daemon loads
 //! <extra files>                  `--file HOST:LAB` of `berth lab`
@@ -29,6 +31,7 @@ use std::fs;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use berth_guest::cpio::CpioWriter;
 use berth_guest::GuestImage;
@@ -200,10 +203,24 @@ pub fn build(guest: &GuestImage, spec: &LabSpec, out: &Path) -> Result<(), LabEr
         image
             .file("lab/command", 0o644, format!("{command}\n").as_bytes())
             .map_err(LabError::io(out))?;
+        image
+            .file(
+                "lab/deadline",
+                0o644,
+                format!("{}\n", command_deadline(spec.timeout).as_secs()).as_bytes(),
+            )
+            .map_err(LabError::io(out))?;
         image.cpio.finish().map_err(LabError::io(out))?;
         Ok(())
     })();
     result
+}
+
+/// How long the command may run inside the lab: the whole run's `timeout` less what the
+/// lab's boot and its closing report need, so that a command that hangs is stopped inside
+/// and the lab still prints its processes and logs before the host gives up on it.
+fn command_deadline(timeout: Duration) -> Duration {
+    timeout - (timeout / 3).min(Duration::from_secs(150))
 }
 
 fn add_program<W: std::io::Write>(
@@ -347,6 +364,12 @@ mod tests {
                 PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
             ]
         );
+    }
+
+    #[test]
+    fn the_command_stops_before_the_lab_is_killed() {
+        assert_eq!(command_deadline(Duration::from_secs(900)).as_secs(), 750);
+        assert_eq!(command_deadline(Duration::from_secs(90)).as_secs(), 60);
     }
 
     #[test]

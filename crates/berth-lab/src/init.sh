@@ -20,6 +20,8 @@ done < /lib/modules/lab/order
 echo never > /sys/kernel/mm/transparent_hugepage/enabled 2> /dev/null
 echo never > /sys/kernel/mm/transparent_hugepage/defrag 2> /dev/null
 stty -F /dev/ttyS0 raw -echo
+# The heartbeat (ttyS2): the host gives the lab up when it stops.
+(while :; do echo alive > /dev/ttyS2; sleep 5; done) &
 export HOME=/root
 echo "berth-lab: ready, /dev/kvm: $(test -c /dev/kvm && echo yes || echo no)"
 if [ -f /lab/daemon-args ]; then
@@ -37,12 +39,37 @@ if [ -f /lab/daemon-args ]; then
     done
     echo "berth-lab: daemon up"
 fi
+# The command gets until /lab/deadline (seconds), a little less than the host gives the
+# whole lab: when it hangs, what every process is blocked in and the logs below still
+# reach the console before the host gives up.
+report_hang() {
+    echo "berth-lab: the command ran past its ${1}s; processes:"
+    ps -o pid,ppid,stat,rss,args | grep -v ' \[.*\]$'
+    for task in /proc/[0-9]*/task/[0-9]*; do
+        read -r _ name state _ < "$task/stat" 2> /dev/null || continue
+        case "$state" in D | S) ;; *) continue ;; esac
+        case "$(cat "${task%/task/*}/cmdline" 2> /dev/null | tr '\0' ' ')" in
+            *berth*) echo "berth-lab: $task $name $state $(cat "$task/wchan" 2> /dev/null)" ;;
+        esac
+    done
+    echo "berth-lab: containers: $(timeout 20 docker ps -a --format '{{.Names}} {{.Status}}' 2>&1 | tr '\n' ';')"
+}
 cd /root
-/bin/sh /lab/command < /dev/null > /dev/ttyS0 2>&1
+/bin/sh /lab/command < /dev/null > /dev/ttyS0 2>&1 &
+command=$!
+deadline=$(cat /lab/deadline 2> /dev/null || echo 0)
+if [ "$deadline" -gt 0 ]; then
+    (sleep "$deadline" && report_hang "$deadline" && kill -9 $command) &
+    watchdog=$!
+fi
+wait $command
 status=$?
+[ -n "$watchdog" ] && kill $watchdog 2> /dev/null
+log_lines=60
+[ $status = 137 ] && log_lines=300
 if [ -f /lab/daemon-args ]; then
     echo "berth-lab: daemon log:"
-    tail -n 60 /lab/daemon.log
+    tail -n $log_lines /lab/daemon.log
     for log in /run/berth/vms/*/console.log /run/berth/vms/*/vmm.log; do
         [ -f "$log" ] && { echo "berth-lab: $log:"; tail -n 30 "$log"; }
     done

@@ -14,8 +14,11 @@
 //! this process's stdout (raw: no line-ending translation). The kernel's console is the
 //! second serial port, written to `console.log` in the run directory; the init script
 //! ends it with a line `berth-lab-exit=N`, N being the command's exit status, which
-//! [`run`] returns. Timings inside the lab are emulated: compare ratios measured side by
-//! side inside one lab run, never absolute figures.
+//! [`run`] returns. The third serial port carries a heartbeat, a line every few seconds
+//! from the init script: a lab whose heartbeat stops has stopped running
+//! ([`LabError::Stopped`]) and is given up at once rather than at its timeout. Timings
+//! inside the lab are emulated: compare ratios measured side by side inside one lab run,
+//! never absolute figures.
 
 pub mod image;
 
@@ -28,6 +31,9 @@ pub const INIT_SCRIPT: &str = include_str!("init.sh");
 
 /// The marker line the init script writes after the command ends.
 const EXIT_MARKER: &str = "berth-lab-exit=";
+
+/// What the init script writes when the command runs past its deadline.
+const HANG_MARKER: &str = "berth-lab: the command ran past its";
 
 /// Errors of a lab run.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +58,20 @@ pub enum LabError {
     Timeout(Duration, String),
     #[error("the lab ended without running the command to its end; its console log:\n{0}")]
     NoExitStatus(String),
+    /// The lab's own kernel stopped running: its heartbeat ceased. This is the emulated
+    /// machine failing (seen rarely: both vCPUs of TCG's nested SVM spinning), not the
+    /// command; a caller may run the lab again.
+    #[error("{LAB_STOPPED}: no heartbeat for {0:?}; its console log:\n{1}")]
+    Stopped(Duration, String),
 }
+
+/// How [`LabError::Stopped`] begins, for callers that see only the message.
+pub const LAB_STOPPED: &str = "the lab's kernel stopped running";
+
+/// How long the lab may go without a heartbeat before it counts as stopped. The init
+/// script beats every few seconds; the command's own work never holds it up, as it is a
+/// separate process on a separate serial port.
+const HEARTBEAT_LIMIT: Duration = Duration::from_secs(120);
 
 impl LabError {
     pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
@@ -99,6 +118,9 @@ pub struct LabOutcome {
     pub status: i32,
     /// The lab kernel's console (module loading, the init script's own lines).
     pub console: String,
+    /// The command ran past its deadline in the lab and was stopped there; the console
+    /// holds what the lab's processes were blocked in, and the logs.
+    pub command_hung: bool,
     pub elapsed: Duration,
 }
 
@@ -115,6 +137,7 @@ pub fn run(spec: &LabSpec, progress: &dyn Fn(&str)) -> Result<LabOutcome, LabErr
     progress("building the lab's initramfs");
     image::build(&guest, spec, &initramfs)?;
     let console_path = run_dir.path().join("console.log");
+    let heartbeat_path = run_dir.path().join("heartbeat.log");
     progress("booting the lab (TCG with AMD SVM)");
     let started = Instant::now();
     let mut child = Command::new(&spec.qemu)
@@ -123,6 +146,7 @@ pub fn run(spec: &LabSpec, progress: &dyn Fn(&str)) -> Result<LabOutcome, LabErr
             &guest.kernel,
             &initramfs,
             &console_path,
+            &heartbeat_path,
         ))
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
@@ -133,31 +157,71 @@ pub fn run(spec: &LabSpec, progress: &dyn Fn(&str)) -> Result<LabOutcome, LabErr
             source,
         })?;
     let deadline = started + spec.timeout;
-    let timed_out = loop {
+    let mut heartbeat = Heartbeat::new(heartbeat_path.clone());
+    let ended = loop {
         match child.try_wait().map_err(LabError::io(&console_path))? {
-            Some(_) => break false,
-            None if Instant::now() > deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break true;
-            }
+            Some(_) => break Ended::Exited,
+            None if Instant::now() > deadline => break Ended::TimedOut,
+            None if heartbeat.silent_for() > HEARTBEAT_LIMIT => break Ended::Stopped,
             None => std::thread::sleep(Duration::from_millis(50)),
         }
     };
+    if !matches!(ended, Ended::Exited) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     let console = std::fs::read_to_string(&console_path).unwrap_or_default();
     if spec.keep {
         let kept = run_dir.keep();
         progress(&format!("lab files kept in {}", kept.display()));
     }
-    if timed_out {
-        return Err(LabError::Timeout(spec.timeout, console));
+    match ended {
+        Ended::Exited => {}
+        Ended::TimedOut => return Err(LabError::Timeout(spec.timeout, console)),
+        Ended::Stopped => return Err(LabError::Stopped(HEARTBEAT_LIMIT, console)),
     }
     let status = exit_status(&console).ok_or_else(|| LabError::NoExitStatus(console.clone()))?;
     Ok(LabOutcome {
         status,
+        command_hung: console.contains(HANG_MARKER),
         console,
         elapsed: started.elapsed(),
     })
+}
+
+/// How the wait for the lab ended.
+enum Ended {
+    Exited,
+    TimedOut,
+    Stopped,
+}
+
+/// The lab's heartbeat: a file its init script appends a line to every few seconds
+/// through the third serial port.
+struct Heartbeat {
+    path: PathBuf,
+    length: u64,
+    changed: Instant,
+}
+
+impl Heartbeat {
+    fn new(path: PathBuf) -> Self {
+        Heartbeat {
+            path,
+            length: 0,
+            changed: Instant::now(),
+        }
+    }
+
+    /// How long since the file last grew (or since the lab started).
+    fn silent_for(&mut self) -> Duration {
+        let length = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        if length != self.length {
+            self.length = length;
+            self.changed = Instant::now();
+        }
+        self.changed.elapsed()
+    }
 }
 
 /// The command's exit status from the lab's console log.
@@ -168,7 +232,13 @@ fn exit_status(console: &str) -> Option<i32> {
         .find_map(|line| line.trim().strip_prefix(EXIT_MARKER)?.parse().ok())
 }
 
-fn qemu_arguments(spec: &LabSpec, kernel: &Path, initramfs: &Path, console: &Path) -> Vec<String> {
+fn qemu_arguments(
+    spec: &LabSpec,
+    kernel: &Path,
+    initramfs: &Path,
+    console: &Path,
+    heartbeat: &Path,
+) -> Vec<String> {
     vec![
         "-accel".into(),
         "tcg".into(),
@@ -191,13 +261,16 @@ fn qemu_arguments(spec: &LabSpec, kernel: &Path, initramfs: &Path, console: &Pat
         "-initrd".into(),
         initramfs.display().to_string(),
         "-append".into(),
-        "console=ttyS1 quiet panic=-1 8250.nr_uarts=2 random.trust_cpu=on".into(),
+        "console=ttyS1 quiet panic=-1 8250.nr_uarts=3 random.trust_cpu=on".into(),
         // ttyS0: the command's output, to our stdout.
         "-serial".into(),
         "stdio".into(),
         // ttyS1: the kernel console and the exit marker.
         "-serial".into(),
         format!("file:{}", console.display()),
+        // ttyS2: the heartbeat.
+        "-serial".into(),
+        format!("file:{}", heartbeat.display()),
     ]
 }
 

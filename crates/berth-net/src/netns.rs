@@ -87,20 +87,7 @@ impl Namespace {
 
     /// Runs `f` on a thread that has entered the namespace (for creating sockets there).
     pub fn run<T: Send>(&self, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
-        let handle = self.handle.clone();
-        std::thread::scope(|scope| {
-            scope
-                .spawn(move || {
-                    // SAFETY: as above; setns on this thread only changes this thread's
-                    // namespace, and the thread ends when `f` returns.
-                    if unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    f()
-                })
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("namespace thread panicked")))
-        })
+        run_in_namespace(&self.handle, f)
     }
 
     /// Runs `ip ARGS...` inside the namespace.
@@ -173,4 +160,26 @@ pub(crate) fn run_checked(command: &mut Command) -> Result<String, NetError> {
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
         })
     }
+}
+
+/// Runs `f` on a thread that has entered the network namespace `namespace` (an open
+/// `/run/netns/NAME` or `/proc/PID/ns/net`): for opening a tap or a socket there.
+pub fn run_in_namespace<T: Send>(
+    namespace: &(impl AsRawFd + Sync),
+    f: impl FnOnce() -> io::Result<T> + Send,
+) -> io::Result<T> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                // SAFETY: setns takes a descriptor and a flag, no pointers; on this thread
+                // it changes only this thread's namespace, and the thread ends when `f`
+                // returns.
+                if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                f()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("namespace thread panicked")))
+    })
 }

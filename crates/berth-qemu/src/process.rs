@@ -134,12 +134,7 @@ impl VmControl for QemuControl {
         let size = summary["base-memory"]
             .as_u64()
             .ok_or_else(|| VmError::Monitor(format!("odd memory summary: {summary}")))?;
-        if bytes > size {
-            return Err(VmError::MemoryAboveSize {
-                wanted_mib: bytes.div_ceil(1 << 20),
-                vm_mib: size >> 20,
-            });
-        }
+        VmError::check_memory_within(bytes, size)?;
         monitor
             .execute("balloon", Some(serde_json::json!({ "value": bytes })))
             .await

@@ -174,6 +174,20 @@ pub enum VmError {
     MemoryAboveSize { wanted_mib: u64, vm_mib: u64 },
 }
 
+impl VmError {
+    /// A balloon can give a running VM back at most the `vm_bytes` it started with:
+    /// asking for more is [`VmError::MemoryAboveSize`].
+    pub fn check_memory_within(bytes: u64, vm_bytes: u64) -> Result<(), VmError> {
+        if bytes > vm_bytes {
+            return Err(VmError::MemoryAboveSize {
+                wanted_mib: bytes.div_ceil(1 << 20),
+                vm_mib: vm_bytes >> 20,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A VM that was started.
 pub struct RunningVm {
     /// The host end of the agent channel, connected.

@@ -259,20 +259,7 @@ fn exchange(
 /// process `pid` (the VMM's, where the engine made the tap).
 fn open_tap_of(pid: u32, name: &str) -> std::io::Result<File> {
     let namespace = File::open(format!("/proc/{pid}/ns/net"))?;
-    let name = name.to_owned();
-    std::thread::scope(|scope| {
-        scope
-            .spawn(move || {
-                // SAFETY: setns takes a descriptor and a flag, no pointers; it changes
-                // only this thread's namespace, and the thread ends after opening.
-                if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Tap::open(&name).map(|tap| tap.file)
-            })
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the tap thread panicked")))
-    })
+    berth_net::netns::run_in_namespace(&namespace, || Tap::open(name).map(|tap| tap.file))
 }
 
 impl VmmControl {
@@ -400,13 +387,7 @@ impl VmControl for VmmControl {
     }
 
     async fn set_memory(&self, bytes: u64) -> Result<(), VmError> {
-        let size = u64::from(self.memory_mib) << 20;
-        if bytes > size {
-            return Err(VmError::MemoryAboveSize {
-                wanted_mib: bytes.div_ceil(1 << 20),
-                vm_mib: u64::from(self.memory_mib),
-            });
-        }
+        VmError::check_memory_within(bytes, u64::from(self.memory_mib) << 20)?;
         self.request(ControlRequest::SetMemory { bytes })
             .await
             .map(|_| ())

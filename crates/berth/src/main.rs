@@ -2,6 +2,8 @@
 
 mod commands;
 
+use std::io::IsTerminal;
+
 use clap::{Parser, Subcommand};
 
 /// Berth: a Docker-compatible container host that runs every container in its own VM.
@@ -39,6 +41,8 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log written to a file stays plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     match cli.command {

@@ -21,6 +21,9 @@ use crate::files::shares::ShareRelay;
 /// emulation on a loaded host a boot can take many seconds.
 pub(super) const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 pub(super) const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the agent gets, once the setup is done, to say that the container's process
+/// runs (or could not be started). A guest that goes silent here is ended, not waited on.
+pub(super) const PROCESS_START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A guest that answered its setup.
 pub(super) struct GuestUp {

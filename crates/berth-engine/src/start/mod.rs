@@ -274,7 +274,15 @@ impl Engine {
         };
         // 7. started
         rollback.step = StartStep::Started;
-        match started.await {
+        let Ok(started) = tokio::time::timeout(guest::PROCESS_START_TIMEOUT, started).await else {
+            // The serve task sees the VM end and records the run's end.
+            control.kill().await;
+            return Err(EngineError::StartFailed(format!(
+                "the container's VM went silent: its agent did not report the process started within {} s (the VM's console log under the daemon's exec root may say why)",
+                guest::PROCESS_START_TIMEOUT.as_secs()
+            )));
+        };
+        match started {
             Ok(Ok(_guest_pid)) => {
                 // The serve task has recorded the start (and maybe the end already).
                 timings.log(&plan.record);

@@ -63,10 +63,12 @@ pub(super) async fn serve(engine: Arc<Engine>, handle: Arc<ContainerHandle>, run
         }
     }
     if let Some(runtime) = handle.runtime() {
-        let _ = runtime
-            .session
-            .send(AGENT_STREAM, &HostMessage::Shutdown)
-            .await;
+        // Bounded: a guest that stopped reading must not hold its teardown up.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            runtime.session.send(AGENT_STREAM, &HostMessage::Shutdown),
+        )
+        .await;
     }
     engine.execs.container_stopped(&handle.id);
     let stopping = Instant::now();

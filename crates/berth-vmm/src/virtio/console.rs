@@ -246,8 +246,10 @@ impl Worker {
         // A restored device may have work waiting: serve once before waiting for kicks.
         self.serve_queues();
         loop {
-            if self.socket.is_none() {
-                self.connect();
+            if self.socket.is_none() && self.connect() {
+                // Tell the guest now that the port is open: it holds its writes while
+                // the host is away, and would otherwise wait for an unrelated kick.
+                self.serve_queues();
             }
             // Read the socket only while there is room for what it brings.
             let want_socket = self.socket.is_some() && self.to_guest.len() < MAX_PENDING;
@@ -304,10 +306,15 @@ impl Worker {
         }
     }
 
-    fn connect(&mut self) {
-        if let Ok(socket) = UnixStream::connect(&self.socket_path) {
-            self.socket = Some(socket);
-            self.host_connection_changed();
+    /// Connects to the engine's socket; whether it did.
+    fn connect(&mut self) -> bool {
+        match UnixStream::connect(&self.socket_path) {
+            Ok(socket) => {
+                self.socket = Some(socket);
+                self.host_connection_changed();
+                true
+            }
+            Err(_) => false,
         }
     }
 

@@ -82,7 +82,10 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
         keep: args.keep,
     };
     let outcome = berth_lab::run(&spec, &|step| eprintln!("berth lab: {step}"))?;
-    if args.console {
+    if outcome.command_hung {
+        eprintln!("berth lab: the command was stopped at its deadline; the lab's console:");
+    }
+    if args.console || outcome.command_hung {
         eprintln!("{}", outcome.console);
     }
     eprintln!(
