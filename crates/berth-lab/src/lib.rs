@@ -59,8 +59,9 @@ pub enum LabError {
     #[error("the lab ended without running the command to its end; its console log:\n{0}")]
     NoExitStatus(String),
     /// The lab's own kernel stopped running: its heartbeat ceased. This is the emulated
-    /// machine failing (seen rarely: both vCPUs of TCG's nested SVM spinning), not the
-    /// command; a caller may run the lab again.
+    /// machine failing (seen now and then: both of the lab's vCPUs spinning in its kernel
+    /// with interrupts off, as QEMU's monitor showed), not the command; a caller may run
+    /// the lab again.
     #[error("{LAB_STOPPED}: no heartbeat for {0:?}; its console log:\n{1}")]
     Stopped(Duration, String),
 }
@@ -71,7 +72,7 @@ pub const LAB_STOPPED: &str = "the lab's kernel stopped running";
 /// How long the lab may go without a heartbeat before it counts as stopped. The init
 /// script beats every few seconds; the command's own work never holds it up, as it is a
 /// separate process on a separate serial port.
-const HEARTBEAT_LIMIT: Duration = Duration::from_secs(120);
+const HEARTBEAT_LIMIT: Duration = Duration::from_secs(90);
 
 impl LabError {
     pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Self + '_ {

@@ -7,31 +7,18 @@ mod common;
 use std::collections::HashMap;
 use std::process::Command;
 
-use common::{busybox_archive, stderr, stdout, BERTH};
+use common::{busybox_archive, run_lab, stderr, stdout, BERTH};
 
 /// Runs `script` in the lab and returns its exit status and its `key=value` lines.
-///
-/// A lab whose own kernel stopped (its heartbeat ceased: the emulated machine failing,
-/// both vCPUs of TCG's nested SVM spinning, seen about once in ten runs on loaded
-/// machines) is booted once more, and says so; a command that hangs inside a running
-/// lab is reported by the lab and fails the test.
 fn lab(script: &str) -> (i32, HashMap<String, String>, String) {
-    let run = || {
-        Command::new(BERTH)
+    let output = run_lab(|| {
+        let mut command = Command::new(BERTH);
+        command
             .args(["lab", "--image"])
             .arg(busybox_archive())
-            .args(["--", "sh", "-c", script])
-            .output()
-            .expect("berth lab runs")
-    };
-    let mut output = run();
-    if stderr(&output).contains(berth_lab::LAB_STOPPED) {
-        eprintln!(
-            "the lab's kernel stopped; booting it again. The first attempt:\n{}",
-            stderr(&output)
-        );
-        output = run();
-    }
+            .args(["--", "sh", "-c", script]);
+        command
+    });
     let text = stdout(&output);
     let values = text
         .lines()

@@ -511,3 +511,23 @@ pub fn eventually_within(limit: Duration, test: impl Fn() -> bool) -> bool {
     }
     true
 }
+
+/// Runs a `berth lab` command that `make` builds. A lab whose own kernel stopped (its
+/// heartbeat ceased: the emulated machine failing, both of its vCPUs spinning with
+/// interrupts off, seen in one to two runs of eight on a loaded machine) is booted again,
+/// up to twice, and the test's output says so; a command that hangs inside a running lab
+/// is reported by the lab and fails the test.
+pub fn run_lab(make: impl Fn() -> Command) -> Output {
+    let mut output = make().output().expect("berth lab runs");
+    for _ in 0..2 {
+        if !stderr(&output).contains(berth_lab::LAB_STOPPED) {
+            break;
+        }
+        eprintln!(
+            "the lab's kernel stopped; booting it again. The attempt:\n{}",
+            stderr(&output)
+        );
+        output = make().output().expect("berth lab runs");
+    }
+    output
+}

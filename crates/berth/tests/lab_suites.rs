@@ -1,0 +1,93 @@
+//! The end-to-end suites that matter most, held to the same behaviour on Berth's own VMM:
+//! the very test binaries that run here against QEMU run again inside the KVM lab, where
+//! KVM works and `berth daemon`'s default backend (`auto`) is the built-in VMM.
+//!
+//! Each suite's binary is a sibling of this one (cargo builds every test binary before it
+//! runs any); the lab gets it and the `berth` binary at the path the suites were built
+//! to call, and the suites start their own daemons there as they do here.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{run_lab, stderr, stdout, BERTH};
+
+/// The suites, and tests that cannot hold in the lab (skipped there).
+const SUITES: &[(&str, &[&str])] = &[
+    // The lab boots the very kernel its VMs boot: a guest's `uname -r` is the lab's.
+    ("skeleton", &["uname_reports_the_guest_kernel_not_the_host"]),
+    ("exec", &[]),
+    ("clone", &[]),
+    ("volumes", &[]),
+];
+
+/// The newest test binary `name-<16 hex digits>` beside this one.
+fn sibling_test_binary(name: &str) -> PathBuf {
+    let this = std::env::current_exe().expect("the test binary's path");
+    let dir = this.parent().expect("the test binaries' directory");
+    std::fs::read_dir(dir)
+        .expect("the test binaries' directory")
+        .flatten()
+        .filter(|entry| {
+            let file_name = entry.file_name();
+            let file_name = file_name.to_string_lossy();
+            file_name
+                .strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(|hash| hash.len() == 16 && hash.chars().all(|c| c.is_ascii_hexdigit()))
+        })
+        .filter_map(|entry| Some((entry.metadata().ok()?.modified().ok()?, entry.path())))
+        .max()
+        .map(|(_, path)| path)
+        .unwrap_or_else(|| panic!("no test binary {name}-* beside {}", this.display()))
+}
+
+#[test]
+fn lifecycle_exec_clone_and_volume_suites_pass_on_the_built_in_vmm() {
+    let berth = Path::new(BERTH).canonicalize().expect("the berth binary");
+    let mut script = String::from("failed=0\ncd /tmp\n");
+    let mut files = vec![format!("{0}:{0}", berth.display())];
+    for (suite, skipped) in SUITES {
+        files.push(format!(
+            "{}:/lab/suites/{suite}",
+            sibling_test_binary(suite).display()
+        ));
+        let skips: String = skipped
+            .iter()
+            .map(|name| format!(" --skip {name}"))
+            .collect();
+        script.push_str(&format!(
+            "echo \"suite={suite}\"\n/lab/suites/{suite} --test-threads=2{skips} 2>&1 || failed=1\n"
+        ));
+    }
+    // Which backend the suites' daemons chose (their logs are in their scratch dirs).
+    script.push_str(
+        "echo \"backends=$(cat /tmp/berth-tests-*/*.log | sed -n 's/.*VM backend backend=\"\\([a-z]*\\)\".*/\\1/p' | sort -u | tr '\\n' ' ')\"\nexit $failed\n",
+    );
+    let output = run_lab(|| {
+        let mut command = Command::new(BERTH);
+        command.args(["lab", "--no-daemon", "--timeout", "1800"]);
+        for file in &files {
+            command.arg("--file").arg(file);
+        }
+        command.args(["--", "sh", "-c", &script]);
+        command
+    });
+    let text = stdout(&output);
+    let all = format!("stdout:\n{text}\nstderr:\n{}", stderr(&output));
+    assert_eq!(output.status.code(), Some(0), "{all}");
+    let results: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("test result:"))
+        .collect();
+    assert_eq!(results.len(), SUITES.len(), "one result per suite\n{all}");
+    assert!(
+        results.iter().all(|r| r.starts_with("test result: ok.")),
+        "{all}"
+    );
+    assert!(
+        text.lines().any(|l| l.trim() == "backends=kvm"),
+        "the suites ran on the built-in VMM\n{all}"
+    );
+}
