@@ -6,6 +6,7 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::Path;
 use std::process::Stdio;
+use std::time::Duration;
 
 use tokio::process::Command;
 use tokio::sync::watch;
@@ -14,6 +15,9 @@ use crate::{VmError, VmExit};
 
 /// The descriptor number a file given to [`VmProcess::spawn`] has in the VM process.
 pub const PASSED_FD: i32 = 3;
+
+/// How long [`VmProcess::kill_now`] waits for a killed process to end.
+pub const KILL_WAIT: Duration = Duration::from_secs(30);
 
 /// A VM process whose exit is published on a watch channel by a reaper task.
 pub struct VmProcess {
@@ -147,7 +151,9 @@ impl VmProcess {
         result
     }
 
-    /// Kills the process and waits for it.
+    /// Kills the process and waits for it, up to [`KILL_WAIT`]: a process stuck in the
+    /// kernel (uninterruptible) does not hold its caller's teardown up for ever; it is
+    /// reported, and still reaped whenever it ends.
     pub async fn kill_now(&self) -> VmExit {
         if self.exit.borrow().is_none() {
             // SAFETY: kill takes no pointers. The pid is our child's and is reaped only by
@@ -157,6 +163,16 @@ impl VmProcess {
                 libc::kill(self.pid as i32, libc::SIGKILL);
             }
         }
-        self.exited().await
+        match tokio::time::timeout(KILL_WAIT, self.exited()).await {
+            Ok(exit) => exit,
+            Err(_) => {
+                tracing::warn!(
+                    pid = self.pid,
+                    "the VM process did not end within {} s of SIGKILL (stuck in the kernel?); going on without it",
+                    KILL_WAIT.as_secs()
+                );
+                VmExit { code: None }
+            }
+        }
     }
 }
