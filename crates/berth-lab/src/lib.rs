@@ -64,6 +64,10 @@ pub enum LabError {
     /// the lab again.
     #[error("{LAB_STOPPED}: no heartbeat for {0:?}; its console log:\n{1}")]
     Stopped(Duration, String),
+    /// The lab's own kernel panicked (seen once in CI: "corrupted stack end detected
+    /// inside scheduler" in a VM's vCPU thread): the emulated machine failing, as above.
+    #[error("{LAB_STOPPED}: it panicked; its console log:\n{0}")]
+    Panicked(String),
 }
 
 /// How [`LabError::Stopped`] begins, for callers that see only the message.
@@ -181,7 +185,12 @@ pub fn run(spec: &LabSpec, progress: &dyn Fn(&str)) -> Result<LabOutcome, LabErr
         Ended::TimedOut => return Err(LabError::Timeout(spec.timeout, console)),
         Ended::Stopped => return Err(LabError::Stopped(HEARTBEAT_LIMIT, console)),
     }
-    let status = exit_status(&console).ok_or_else(|| LabError::NoExitStatus(console.clone()))?;
+    let Some(status) = exit_status(&console) else {
+        if console.contains("Kernel panic - not syncing") {
+            return Err(LabError::Panicked(console));
+        }
+        return Err(LabError::NoExitStatus(console));
+    };
     Ok(LabOutcome {
         status,
         command_hung: console.contains(HANG_MARKER),

@@ -514,7 +514,8 @@ pub fn eventually_within(limit: Duration, test: impl Fn() -> bool) -> bool {
 
 /// Runs a `berth lab` command that `make` builds. A lab whose own kernel stopped (its
 /// heartbeat ceased: the emulated machine failing, both of its vCPUs spinning with
-/// interrupts off, seen in one to two runs of eight on a loaded machine) is booted again,
+/// interrupts off, seen in one to two runs of eight on a loaded machine; or its kernel
+/// panicked, seen once in CI) is booted again,
 /// up to twice, and the test's output says so; a command that hangs inside a running lab
 /// is reported by the lab and fails the test.
 pub fn run_lab(make: impl Fn() -> Command) -> Output {
