@@ -4,3 +4,4 @@
 
 pub(crate) mod copy_vm;
 pub mod template;
+pub mod template_state;

@@ -33,6 +33,7 @@ use berth_vm::{DiskFormat, DiskSpec, MemoryBacking, VmBackend, VmSpec};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::template_state::{sha256_hex, VerifiedState, VerifiedStates};
 use crate::agent::handshake;
 use crate::error::EngineError;
 use crate::lock;
@@ -73,6 +74,8 @@ const TEMPLATE_SETTLE: Duration = Duration::from_millis(1500);
 pub struct Template {
     pub record: TemplateRecord,
     pub dir: PathBuf,
+    /// Its state, verified against the record (`None` for a template only listed).
+    state: Option<VerifiedState>,
 }
 
 impl Template {
@@ -84,19 +87,25 @@ impl Template {
         self.dir.join("state")
     }
 
-    /// Copies the state into `dir` and checks the copy against the recorded sha256, so
-    /// that what a clone restores is exactly what was verified, whatever happens to the
+    /// Writes the verified state into `dir` (see [`super::template_state`]), so that
+    /// what a clone restores is exactly what was verified, whatever happens to the
     /// template meanwhile. Returns the copy's path.
     pub fn verified_state_copy(&self, dir: &Path) -> Result<PathBuf, EngineError> {
         let copy = dir.join("state");
-        std::fs::copy(self.state_file(), &copy).map_err(EngineError::io(self.state_file()))?;
-        let digest = sha256_file(&copy).map_err(EngineError::io(&copy))?;
-        if digest != self.record.state_sha256 {
-            return Err(EngineError::TemplateChanged {
-                key: self.record.key.clone(),
-                digest,
-            });
-        }
+        let Some(state) = &self.state else {
+            // A listed template: copy and check the file itself.
+            std::fs::copy(self.state_file(), &copy).map_err(EngineError::io(self.state_file()))?;
+            let bytes = std::fs::read(&copy).map_err(EngineError::io(&copy))?;
+            let digest = sha256_hex(&bytes);
+            if digest != self.record.state_sha256 {
+                return Err(EngineError::TemplateChanged {
+                    key: self.record.key.clone(),
+                    digest,
+                });
+            }
+            return Ok(copy);
+        };
+        std::fs::write(&copy, state.bytes()).map_err(EngineError::io(&copy))?;
         Ok(copy)
     }
 }
@@ -108,6 +117,8 @@ pub struct TemplateManager {
     /// Where template VMs get their NIC (clones have one in the same slot); `None` makes
     /// templates without NICs (the key tells the two apart).
     networks: Option<Arc<crate::network::Networks>>,
+    /// State files verified so far.
+    states: VerifiedStates,
 }
 
 fn template_key(shape: Shape, guest_digest: &str, backend: &str, nics: usize) -> String {
@@ -117,13 +128,6 @@ fn template_key(shape: Shape, guest_digest: &str, backend: &str, nics: usize) ->
         shape.vcpus, shape.memory_mib
     ));
     hex::encode(hasher.finalize())[..16].to_owned()
-}
-
-fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher)?;
-    Ok(hex::encode(hasher.finalize()))
 }
 
 /// Creates a qcow2 file of [`CONTAINER_DISK_SIZE`]: empty, or copy-on-write over a raw
@@ -172,6 +176,7 @@ impl TemplateManager {
             root,
             building: Mutex::new(HashMap::new()),
             networks,
+            states: VerifiedStates::default(),
         }
     }
 
@@ -193,6 +198,7 @@ impl TemplateManager {
                 Some(Template {
                     record,
                     dir: entry.path(),
+                    state: None,
                 })
             })
             .collect()
@@ -204,6 +210,7 @@ impl TemplateManager {
         for template in self.list() {
             if template.record.key.starts_with(key_prefix) {
                 std::fs::remove_dir_all(&template.dir)?;
+                self.states.forget(&template.state_file());
                 removed += 1;
             }
         }
@@ -219,6 +226,7 @@ impl TemplateManager {
             if template.record.backend == backend && template.record.guest_digest != guest_digest {
                 tracing::info!(key = %template.record.key, "removing a template of an older guest");
                 let _ = std::fs::remove_dir_all(&template.dir);
+                self.states.forget(&template.state_file());
             }
         }
     }
@@ -234,16 +242,17 @@ impl TemplateManager {
             tracing::warn!(key, "template memory file has the wrong size; rebuilding");
             return None;
         }
-        if sha256_file(&dir.join("state")).ok()? != record.state_sha256 {
+        let Some(state) = self.states.get(&dir.join("state"), &record.state_sha256) else {
             tracing::warn!(
                 key,
                 "template state does not match its checksum; rebuilding"
             );
             return None;
-        }
+        };
         Some(Template {
             record,
             dir: dir.to_path_buf(),
+            state: Some(state),
         })
     }
 
@@ -266,6 +275,7 @@ impl TemplateManager {
         if current.is_some_and(|record| record.created == template.record.created) {
             tracing::warn!(key = %template.record.key, "discarding template");
             let _ = std::fs::remove_dir_all(&template.dir);
+            self.states.forget(&template.state_file());
         }
     }
 
@@ -368,8 +378,9 @@ impl TemplateManager {
         remove_taps();
         result?;
         let _ = std::fs::remove_dir_all(&run_dir);
-        let state_sha256 =
-            sha256_file(&dir.join("state")).map_err(EngineError::io(dir.join("state")))?;
+        let state_bytes =
+            std::fs::read(dir.join("state")).map_err(EngineError::io(dir.join("state")))?;
+        let state_sha256 = sha256_hex(&state_bytes);
         let memory_bytes = std::fs::metadata(dir.join("memory"))
             .map_err(EngineError::io(dir.join("memory")))?
             .len();
@@ -390,9 +401,18 @@ impl TemplateManager {
         .map_err(EngineError::io(&staging))?;
         std::fs::rename(&staging, dir.join("template.json"))
             .map_err(EngineError::io(dir.join("template.json")))?;
+        // Read and hashed once more, so that later starts find it verified in memory.
+        let state = self
+            .states
+            .get(&dir.join("state"), &record.state_sha256)
+            .ok_or_else(|| EngineError::TemplateChanged {
+                key: key.to_owned(),
+                digest: "(changed while it was recorded)".into(),
+            })?;
         Ok(Template {
             record,
             dir: dir.to_path_buf(),
+            state: Some(state),
         })
     }
 }
@@ -454,7 +474,7 @@ mod tests {
             },
             guest_digest: "d".into(),
             backend: "qemu".into(),
-            state_sha256: sha256_file(&dir.join("state")).unwrap(),
+            state_sha256: sha256_hex(&std::fs::read(dir.join("state")).unwrap()),
             memory_bytes: 4096,
             created: "now".into(),
         };
