@@ -186,6 +186,19 @@ impl Engine {
             }
             containers.insert(record.id.clone(), Arc::new(ContainerHandle::new(record)));
         }
+        // VM processes that no record will take over: those of containers, templates and
+        // helper VMs the daemon before this one was starting when it was killed.
+        let kept: Vec<u32> = live
+            .iter()
+            .filter_map(|id| containers.get(id))
+            .map(|handle| lock(&handle.record).state.pid)
+            .collect();
+        for pid in berth_vm::process::vm_processes_under(&config.exec_root) {
+            if !kept.contains(&pid) {
+                tracing::warn!(pid, "killing a VM process that no container record owns (left by a daemon that was killed)");
+                berth_vm::process::kill_process(pid);
+            }
+        }
         let networks = Arc::new(network::Networks::open(
             host,
             store.clone(),

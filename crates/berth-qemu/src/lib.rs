@@ -90,6 +90,7 @@ impl VmBackend for QemuBackend {
         let vm = berth_vm::process::VmProcess::spawn(
             &self.binary,
             &arguments,
+            &spec.run_dir,
             &spec.run_dir.join("qemu.log"),
             spec.netns.as_deref(),
             matches!(spec.memory, MemoryBacking::PrivateFile(_)),

@@ -19,6 +19,46 @@ pub const PASSED_FD: i32 = 3;
 /// How long [`VmProcess::kill_now`] waits for a killed process to end.
 pub const KILL_WAIT: Duration = Duration::from_secs(30);
 
+/// The environment variable that names a VM process's run directory.
+pub const VM_DIR_ENV: &str = "BERTH_VM_DIR";
+
+/// The processes whose run directory ([`VM_DIR_ENV`]) lies under `root`: the VM
+/// processes of the engine whose run directories are there, including those it started
+/// but never recorded (it was killed while starting them). Processes this user may not
+/// inspect are skipped.
+pub fn vm_processes_under(root: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let prefix = format!("{VM_DIR_ENV}=");
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(environment) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                return false;
+            };
+            environment.split(|byte| *byte == 0).any(|variable| {
+                std::str::from_utf8(variable)
+                    .ok()
+                    .and_then(|text| text.strip_prefix(&prefix))
+                    .is_some_and(|dir| Path::new(dir).starts_with(root))
+            })
+        })
+        .collect()
+}
+
+/// Sends SIGKILL to `pid` (found by [`vm_processes_under`]).
+pub fn kill_process(pid: u32) {
+    let Ok(pid) = i32::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill takes no pointers.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+}
+
 /// A VM process whose exit is published on a watch channel by a reaper task.
 pub struct VmProcess {
     pid: u32,
@@ -36,6 +76,10 @@ impl VmProcess {
     /// With `passed`, that file is the process's descriptor [`PASSED_FD`] (for QEMU, the
     /// snapshot it restores, read through `fd:3` without a helper process).
     ///
+    /// The process carries its run directory in its environment ([`VM_DIR_ENV`]), so
+    /// that an engine after this one can find it if this engine dies before it records
+    /// the VM ([`vm_processes_under`]).
+    ///
     /// With `small_pages`, the process gets no transparent huge pages
     /// (`PR_SET_THP_DISABLE`, kept across exec): for a clone, whose memory is its
     /// template's at page granularity, a huge page would make it own 2 MiB where it
@@ -43,6 +87,7 @@ impl VmProcess {
     pub fn spawn(
         binary: &Path,
         arguments: &[String],
+        run_dir: &Path,
         log: &Path,
         netns: Option<&Path>,
         small_pages: bool,
@@ -89,6 +134,7 @@ impl VmProcess {
         }
         let mut child = command
             .args(arguments)
+            .env(VM_DIR_ENV, run_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log_file))
             .stderr(Stdio::from(log_clone))
@@ -174,5 +220,33 @@ impl VmProcess {
                 VmExit { code: None }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_processes_are_found_by_their_run_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let run_dir = root.path().join("vms").join("abc");
+        let mut marked = std::process::Command::new("sleep")
+            .arg("30")
+            .env(VM_DIR_ENV, &run_dir)
+            .spawn()
+            .unwrap();
+        let mut unmarked = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let found = vm_processes_under(root.path());
+        let elsewhere = vm_processes_under(&root.path().join("vm"));
+        let _ = marked.kill();
+        let _ = unmarked.kill();
+        let _ = marked.wait();
+        let _ = unmarked.wait();
+        assert_eq!(found, vec![marked.id()]);
+        assert!(elsewhere.is_empty(), "a sibling path is not under the root");
     }
 }

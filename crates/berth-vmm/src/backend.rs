@@ -176,6 +176,7 @@ impl VmBackend for KvmBackend {
         let vm = VmProcess::spawn(
             &self.binary,
             &arguments,
+            &spec.run_dir,
             &log,
             spec.netns.as_deref(),
             matches!(spec.memory, MemoryBacking::PrivateFile(_)),

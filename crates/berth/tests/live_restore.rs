@@ -124,3 +124,75 @@ fn containers_outlive_a_killed_daemon_and_are_taken_over() {
     daemon.docker_ok(&["rm", "-f", "web", "talker"]);
     eventually("the VM process is gone", || !alive(pid));
 }
+
+/// A daemon killed while it starts containers has VM processes it never recorded (the
+/// seen case: six concurrent `docker run -d`, SIGKILL, a restart and `docker rm -f` of
+/// everything left QEMU processes running that nothing would ever stop). The next daemon
+/// finds them by the run directory in their environment and kills them.
+#[test]
+fn vms_a_killed_daemon_was_starting_do_not_outlive_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let exec_root = root.with_extension("run");
+    let daemon = Daemon::start(&root);
+    daemon.docker_ok(&["load", "-i", busybox_archive().to_str().unwrap()]);
+    daemon.docker_ok(&["run", "--rm", "busybox", "true"]);
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let config = root.with_extension("docker-config");
+            std::process::Command::new("docker")
+                .env("DOCKER_CONFIG", &config)
+                .arg("-H")
+                .arg(format!("unix://{}", daemon.socket.display()))
+                .args(["run", "-d", "busybox", "sleep", "600"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Killed as soon as the first of their VM processes exists: the others are being
+    // started, and that one is not yet recorded as running (a clone's restore and setup
+    // take hundreds of milliseconds).
+    eventually("a VM process of the new containers starts", || {
+        !berth_vm::process::vm_processes_under(&exec_root).is_empty()
+    });
+    daemon.kill9();
+    let left = berth_vm::process::vm_processes_under(&exec_root);
+    for mut run in runs {
+        let _ = run.wait();
+    }
+
+    let daemon = Daemon::start(&root);
+    let running = daemon.docker_ok(&["ps", "-q"]).lines().count();
+    assert!(
+        running <= left.len(),
+        "{running} containers taken over, {} VM processes were there",
+        left.len()
+    );
+    let all = daemon.docker_ok(&["ps", "-aq"]);
+    let ids: Vec<&str> = all.lines().collect();
+    if !ids.is_empty() {
+        let mut args = vec!["rm", "-f"];
+        args.extend(&ids);
+        daemon.docker_ok(&args);
+    }
+    eventually("no VM process is left", || {
+        berth_vm::process::vm_processes_under(&exec_root).is_empty()
+    });
+    // Nor a tap of theirs in the daemon's network namespace.
+    let links = std::process::Command::new("ip")
+        .args(["-n", &daemon.netns, "-o", "link", "show"])
+        .output()
+        .unwrap();
+    let links = String::from_utf8_lossy(&links.stdout).into_owned();
+    assert!(
+        !links.lines().any(|line| line.contains(": bt")),
+        "taps left behind:\n{links}"
+    );
+    // The daemon still starts containers afterwards.
+    assert_eq!(
+        daemon.docker_ok(&["run", "--rm", "busybox", "echo", "ok"]),
+        "ok"
+    );
+}
