@@ -147,9 +147,18 @@ impl StagedArchive {
         let mut tar = tar::Archive::new(reader);
         let mut nodes = HashMap::new();
         let mut count = 0u64;
-        let invalid = |e: io::Error| ImageError::Io {
-            path: archive.to_path_buf(),
-            source: e,
+        // The tar reader's own errors quote the bytes of a damaged header, which mean
+        // nothing to a user: those are reported as what they are.
+        let invalid = |e: io::Error| match e.kind() {
+            io::ErrorKind::InvalidData | io::ErrorKind::Other | io::ErrorKind::UnexpectedEof => {
+                ImageError::InvalidArchive(
+                    "invalid tar header: the input is not a tar archive, or it is damaged".into(),
+                )
+            }
+            _ => ImageError::Io {
+                path: archive.to_path_buf(),
+                source: e,
+            },
         };
         for entry in tar.entries().map_err(invalid)? {
             let mut entry = entry.map_err(invalid)?;

@@ -152,6 +152,23 @@ fn hostile_archives_are_refused_and_write_nothing_outside() {
     assert_eq!(status, 200, "{line}");
     assert!(line["errorDetail"]["message"].is_string(), "{line}");
     assert_eq!(line["error"], line["errorDetail"]["message"]);
+    // Binary garbage: the message says what is wrong, without quoting the bytes of the
+    // damaged header (the tar reader's own message did).
+    let noise: Vec<u8> = (0..3000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let (status, body) = daemon
+        .request("POST", "/images/load", Some(&noise))
+        .unwrap();
+    let line: serde_json::Value = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&body)));
+    assert_eq!(status, 200, "{line}");
+    let message = line["error"].as_str().unwrap_or_default();
+    assert!(message.contains("invalid tar header"), "{line}");
+    assert!(
+        message.chars().all(|c| !c.is_control() && c != '\u{fffd}'),
+        "{line}"
+    );
     let (status, _) = daemon.request("GET", "/_ping", None).unwrap();
     assert_eq!(status, 200, "the daemon keeps serving");
 }
