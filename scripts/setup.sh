@@ -42,6 +42,38 @@ if ! command -v qemu-img >/dev/null; then
     echo "berth setup: installing qemu-utils" >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-utils >/dev/null
 fi
+# The KVM lab (`berth lab`) runs on a newer QEMU than Debian 12's 7.2, whose TCG can
+# leave interrupts off for good after an STI followed by a RET (fixed in QEMU 9.0.1) and
+# then hard-locks the lab's kernel now and then. QEMU from bookworm-backports is unpacked
+# under the cache, beside the host's QEMU (which container VMs keep using); its shared
+# libraries are those the host's QEMU already brought.
+lab_qemu="$cache/lab-qemu"
+if [ ! -x "$lab_qemu/usr/bin/qemu-system-x86_64" ]; then
+    echo "berth setup: unpacking QEMU from bookworm-backports into $lab_qemu (for berth lab)" >&2
+    apt_dir=$(mktemp -d)
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main" \
+        > "$apt_dir/sources"
+    apt_opts=(-o "Dir::Etc::sourcelist=$apt_dir/sources" -o Dir::Etc::sourceparts=/dev/null
+        -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache::archives=$apt_dir"
+        -o APT::Sandbox::User=root)
+    mkdir -p "$apt_dir/lists/partial" "$apt_dir/partial"
+    if apt-get "${apt_opts[@]}" update -qq \
+        && (cd "$apt_dir" && apt-get "${apt_opts[@]}" download -qq \
+            qemu-system-x86/bookworm-backports qemu-system-common/bookworm-backports \
+            qemu-system-data/bookworm-backports); then
+        rm -rf "$lab_qemu.new"
+        for deb in "$apt_dir"/*.deb; do dpkg -x "$deb" "$lab_qemu.new"; done
+        if "$lab_qemu.new/usr/bin/qemu-system-x86_64" --version >/dev/null; then
+            rm -rf "$lab_qemu" && mv "$lab_qemu.new" "$lab_qemu"
+        else
+            echo "berth setup: warning: the unpacked QEMU does not run; berth lab uses the host's" >&2
+            rm -rf "$lab_qemu.new"
+        fi
+    else
+        echo "berth setup: warning: bookworm-backports is out of reach; berth lab uses the host's QEMU" >&2
+    fi
+    rm -rf "$apt_dir"
+fi
 pyenv="$cache/docker-py-7.1.0"
 if ! "$pyenv/bin/python" -c 'import docker' 2>/dev/null; then
     echo "berth setup: installing docker-py 7.1.0 from PyPI into $pyenv" >&2

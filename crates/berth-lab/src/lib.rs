@@ -87,6 +87,25 @@ impl LabError {
     }
 }
 
+/// Where `scripts/setup.sh` unpacks the QEMU that runs the lab, under Berth's cache.
+///
+/// Why not the host's: Debian 12's QEMU 7.2 has a TCG bug, fixed in QEMU 9.0.1 ("Give
+/// IRQs a chance when resetting HF_INHIBIT_IRQ_MASK"): after an STI followed by a RET,
+/// the emulated CPU may never take the interrupts it just enabled. The lab's kernel hit
+/// it now and then (both vCPUs spinning with interrupts off, the timer pending). The
+/// setup script unpacks QEMU from bookworm-backports here, beside the host's QEMU, which
+/// container VMs keep using.
+pub const LAB_QEMU_DIR: &str = "lab-qemu";
+
+/// The QEMU unpacked under `cache` for the lab (its root directory), if there is one.
+pub fn cached_qemu(cache: &Path) -> Option<PathBuf> {
+    let root = cache.join(LAB_QEMU_DIR);
+    root.join(LAB_QEMU_BINARY).is_file().then_some(root)
+}
+
+/// The lab QEMU's binary, under its root.
+pub const LAB_QEMU_BINARY: &str = "usr/bin/qemu-system-x86_64";
+
 /// One lab run.
 #[derive(Debug, Clone)]
 pub struct LabSpec {
@@ -110,6 +129,9 @@ pub struct LabSpec {
     pub timeout: Duration,
     /// The QEMU binary.
     pub qemu: String,
+    /// Where `qemu` was unpacked from Debian's packages ([`cached_qemu`]): QEMU is then
+    /// pointed at the firmware and modules under it rather than the host's.
+    pub qemu_root: Option<PathBuf>,
     /// Where the run's files go (lab initramfs, console log); removed afterwards unless
     /// `keep` is set.
     pub work_dir: PathBuf,
@@ -145,7 +167,14 @@ pub fn run(spec: &LabSpec, progress: &dyn Fn(&str)) -> Result<LabOutcome, LabErr
     let heartbeat_path = run_dir.path().join("heartbeat.log");
     progress("booting the lab (TCG with AMD SVM)");
     let started = Instant::now();
-    let mut child = Command::new(&spec.qemu)
+    let mut qemu = Command::new(&spec.qemu);
+    if let Some(root) = &spec.qemu_root {
+        qemu.arg("-L").arg(root.join("usr/share/qemu")).env(
+            "QEMU_MODULE_DIR",
+            root.join("usr/lib/x86_64-linux-gnu/qemu"),
+        );
+    }
+    let mut child = qemu
         .args(qemu_arguments(
             spec,
             &guest.kernel,

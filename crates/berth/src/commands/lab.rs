@@ -34,9 +34,10 @@ pub struct LabArgs {
     /// Give up (and kill the lab) after this many seconds.
     #[arg(long, default_value_t = 900)]
     pub timeout: u64,
-    /// The QEMU binary that runs the lab.
-    #[arg(long, default_value = "qemu-system-x86_64")]
-    pub qemu: String,
+    /// The QEMU binary that runs the lab (default: the one `scripts/setup.sh` unpacked
+    /// under the cache, else the host's `qemu-system-x86_64`).
+    #[arg(long)]
+    pub qemu: Option<String>,
     /// Where the lab's run files go.
     #[arg(long, default_value = "/var/tmp/berth-lab")]
     pub work_dir: PathBuf,
@@ -61,6 +62,21 @@ fn parse_file(text: &str) -> Result<(PathBuf, String), String> {
 
 /// Runs the lab and exits with the command's status.
 pub fn run(args: LabArgs) -> anyhow::Result<()> {
+    let qemu_root = match args.qemu {
+        Some(_) => None,
+        None => berth_lab::cached_qemu(&args.cache),
+    };
+    let qemu = match (&args.qemu, &qemu_root) {
+        (Some(qemu), _) => qemu.clone(),
+        (None, Some(root)) => root.join(berth_lab::LAB_QEMU_BINARY).display().to_string(),
+        (None, None) => {
+            eprintln!(
+                "berth lab: note: running on the host's QEMU; scripts/setup.sh unpacks the \
+                 one the lab is tested on (the host's may hang the lab now and then)"
+            );
+            "qemu-system-x86_64".to_owned()
+        }
+    };
     let spec = berth_lab::LabSpec {
         cache: args.cache,
         memory_mib: args.memory,
@@ -77,7 +93,8 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
         }),
         command: args.command,
         timeout: Duration::from_secs(args.timeout),
-        qemu: args.qemu,
+        qemu,
+        qemu_root,
         work_dir: args.work_dir,
         keep: args.keep,
     };
