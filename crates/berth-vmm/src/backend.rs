@@ -168,10 +168,13 @@ impl VmBackend for KvmBackend {
         let listener = UnixListener::bind(&agent_socket)
             .map_err(|e| VmError::Io("binding the agent socket", e))?;
         let log = spec.run_dir.join("vmm.log");
+        // The name is what `VmBackend::runs_vm` looks for in the command line.
         let arguments = vec![
             "vmm".to_owned(),
             "--config".to_owned(),
             config_path.display().to_string(),
+            "--name".to_owned(),
+            format!("berth-{}", spec.name),
         ];
         let vm = VmProcess::spawn(
             &self.binary,

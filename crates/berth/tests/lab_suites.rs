@@ -22,6 +22,11 @@ const SUITES: &[(&str, &[&str])] = &[
     ("volumes", &[]),
     // Its fake DNS resolver is a Python program, and the lab has no Python.
     ("network", &["networks_names_ports_isolation_and_restart"]),
+    // Not the shares suite: its file traffic panicked the lab's own kernel in each of
+    // three attempts (a vCPU thread page-faulting on its %gs base until its stack
+    // overflowed, between a world switch and the host state's reload: TCG's emulation of
+    // SVM, not Berth). It runs on the host against QEMU.
+    ("live_restore", &[]),
 ];
 
 /// The newest test binary `name-<16 hex digits>` beside this one.
@@ -46,7 +51,7 @@ fn sibling_test_binary(name: &str) -> PathBuf {
 }
 
 #[test]
-fn lifecycle_exec_clone_volume_and_network_suites_pass_on_the_built_in_vmm() {
+fn lifecycle_exec_clone_volume_network_and_restore_suites_pass_on_the_built_in_vmm() {
     let berth = Path::new(BERTH).canonicalize().expect("the berth binary");
     let mut script = String::from("failed=0\ncd /tmp\n");
     let mut files = vec![format!("{0}:{0}", berth.display())];

@@ -8,6 +8,10 @@ pub struct VmmArgs {
     /// The VM's configuration (JSON, written by the engine).
     #[arg(long)]
     pub config: PathBuf,
+    /// The VM's name as the engine gives it (`berth-<container id>`): shown by `ps`, and
+    /// how a daemon started later recognises the VM as its container's (live restore).
+    #[arg(long)]
+    pub name: Option<String>,
 }
 
 /// Runs the VM; exits 0 when the guest reset or powered off, 1 on a failure.
