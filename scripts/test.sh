@@ -12,6 +12,8 @@ trap 'rm -f "$log"' EXIT
 cargo build --release --locked
 status=0
 cargo test --release --locked --workspace --test '*' --no-fail-fast -- --test-threads=2 2>&1 | tee -a "$log" || status=$?
+# The reliability suite's short form (docs/reliability.md has the long one).
+./scripts/reliability.sh --clients 4 --runs 3 --faults 5 || status=1
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
      END { printf "all test binaries: %d passed, %d failed\n", p, f }' "$log"
