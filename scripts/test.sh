@@ -11,9 +11,15 @@ trap 'rm -f "$log"' EXIT
 ./scripts/lanes.sh 2>&1 | tee "$log"
 cargo build --release --locked
 status=0
+# Lab attempts given up and booted again (tests/common: run_lab) are reported below.
+rm -f target/lab-retries.log
 cargo test --release --locked --workspace --test '*' --no-fail-fast -- --test-threads=2 2>&1 | tee -a "$log" || status=$?
 # The reliability suite's short form (docs/reliability.md has the long one).
 ./scripts/reliability.sh --clients 4 --runs 3 --faults 5 || status=1
+if [ -s target/lab-retries.log ]; then
+    echo "lab attempts booted again: $(grep -c '^== ' target/lab-retries.log) (target/lab-retries.log):"
+    grep '^== ' target/lab-retries.log
+fi
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
      END { printf "all test binaries: %d passed, %d failed\n", p, f }' "$log"

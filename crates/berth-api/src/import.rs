@@ -17,25 +17,48 @@ use tokio::io::AsyncWriteExt;
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 
+/// How long the rest of a request body is read (and dropped) after spooling it failed.
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Spools a request body to a temporary file under the daemon's root (archives are read
 /// more than once, and a file keeps memory flat).
+///
+/// When the file cannot be written (a full disk), the rest of the body is still read,
+/// and dropped, for up to [`DRAIN_LIMIT`] before the error is answered: a client that is
+/// still sending when the server stops reading gets a broken pipe instead of the error.
 pub(crate) async fn spool(engine: &AppState, body: Body) -> ApiResult<tempfile::NamedTempFile> {
-    let internal =
-        |e: std::io::Error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     let spool_dir = engine.root().join("tmp");
-    tokio::fs::create_dir_all(&spool_dir)
-        .await
-        .map_err(internal)?;
-    let spool = tempfile::NamedTempFile::new_in(&spool_dir).map_err(internal)?;
-    let mut file = tokio::fs::File::from_std(spool.reopen().map_err(internal)?);
+    let internal = |e: std::io::Error| {
+        let error = ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("saving the upload under {}: {e}", spool_dir.display()),
+        );
+        crate::error::with_disk_full_hint(error, &e)
+    };
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
-        file.write_all(&chunk).await.map_err(internal)?;
+    let written: ApiResult<tempfile::NamedTempFile> = async {
+        tokio::fs::create_dir_all(&spool_dir)
+            .await
+            .map_err(internal)?;
+        let spool = tempfile::NamedTempFile::new_in(&spool_dir).map_err(internal)?;
+        let mut file = tokio::fs::File::from_std(spool.reopen().map_err(internal)?);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk
+                .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+            file.write_all(&chunk).await.map_err(internal)?;
+        }
+        file.flush().await.map_err(internal)?;
+        Ok(spool)
     }
-    file.flush().await.map_err(internal)?;
-    Ok(spool)
+    .await;
+    if let Err(error) = &written {
+        if error.status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %error.message, "spooling an upload failed");
+            let drain = async { while let Some(Ok(_)) = stream.next().await {} };
+            let _ = tokio::time::timeout(DRAIN_LIMIT, drain).await;
+        }
+    }
+    written
 }
 
 /// `POST /images/create?fromSrc=-&repo=&tag=&message=&changes=...` (`docker import`):

@@ -45,12 +45,25 @@ fi
 report_hang() {
     echo "berth-lab: the command ran past its ${1}s; processes:"
     ps -o pid,ppid,stat,rss,args | grep -v ' \[.*\]$'
+    # Every thread of Berth's processes: a vCPU thread in R is running (or spinning in)
+    # its guest; in S, the guest halted; where it is in the lab's kernel follows.
     for task in /proc/[0-9]*/task/[0-9]*; do
         read -r _ name state _ < "$task/stat" 2> /dev/null || continue
-        case "$state" in D | S) ;; *) continue ;; esac
         case "$(cat "${task%/task/*}/cmdline" 2> /dev/null | tr '\0' ' ')" in
-            *berth*) echo "berth-lab: $task $name $state $(cat "$task/wchan" 2> /dev/null)" ;;
+            *berth*) echo "berth-lab: $task $name $state $(cat "$task/wchan" 2> /dev/null)"
+                case "$name" in *vcpu*) sed 's/^/berth-lab:     /' "$task/stack" 2> /dev/null | head -n 8 ;; esac ;;
         esac
+    done
+    # Whether each VM's vCPUs still leave their guest (KVM's exit counters, 2 s apart).
+    mount -t debugfs debugfs /sys/kernel/debug 2> /dev/null
+    for vm in /sys/kernel/debug/kvm/*-*; do
+        [ -f "$vm/exits" ] || continue
+        before=$(cat "$vm/exits"); sleep 2
+        echo "berth-lab: KVM VM ${vm##*/}: $(($(cat "$vm/exits") - before)) exits in 2 s, halts $(cat "$vm/halt_exits" 2> /dev/null)"
+    done
+    # The VMs' own ends, before the daemon's long log (which a reader may see cut).
+    for log in /run/berth/vms/*/console.log /run/berth/vms/*/vmm.log; do
+        [ -s "$log" ] && { echo "berth-lab: $log:"; tail -n 15 "$log"; }
     done
     echo "berth-lab: containers: $(timeout 20 docker ps -a --format '{{.Names}} {{.Status}}' 2>&1 | tr '\n' ';')"
 }

@@ -73,6 +73,9 @@ pub enum LabError {
 /// How [`LabError::Stopped`] begins, for callers that see only the message.
 pub const LAB_STOPPED: &str = "the lab's kernel stopped running";
 
+/// What `berth lab` prints when the command ran past its deadline inside a running lab.
+pub const COMMAND_HUNG: &str = "the command was stopped at its deadline";
+
 /// How long the lab may go without a heartbeat before it counts as stopped. The init
 /// script beats every few seconds; the command's own work never holds it up, as it is a
 /// separate process on a separate serial port.

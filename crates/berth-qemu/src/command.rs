@@ -182,9 +182,15 @@ pub(crate) fn clean_serial(serial: &str) -> String {
         .collect()
 }
 
-/// The `-device` options of a virtio-blk disk whose drive is `drive`.
+/// What a virtio-blk disk does on a failed read or write: tell the guest.
+pub(crate) const DISK_ERROR_POLICY: &str = "werror=report,rerror=report";
+
+/// The `-device` options of a virtio-blk disk whose drive is `drive`. A failed read or
+/// write (a full disk on the host above all) is reported to the guest as an I/O error,
+/// as the built-in VMM does: QEMU's default stops the whole VM on ENOSPC, and a stopped
+/// VM's agent answers nothing, so a `docker run` would wait out its timeout.
 pub(crate) fn disk_device(disk: &DiskSpec, drive: &str) -> String {
-    let mut device = format!("virtio-blk-pci,drive={drive}");
+    let mut device = format!("virtio-blk-pci,drive={drive},{DISK_ERROR_POLICY}");
     if let Some(serial) = disk.serial.as_deref().map(clean_serial) {
         device.push_str(&format!(",serial={serial}"));
     }

@@ -109,8 +109,8 @@ impl VmBackend for QemuBackend {
                 }
             },
             exit = vm.exited() => {
-                let log = std::fs::read_to_string(spec.run_dir.join("qemu.log")).unwrap_or_default();
-                return Err(VmError::ExitedEarly(format!("status {:?}: {}", exit.code, log.trim())));
+                let logs = [spec.run_dir.join("qemu.log"), spec.run_dir.join("console.log")];
+                return Err(berth_vm::process::exited_early(&exit, &[&logs[0], &logs[1]]));
             }
         };
         drop(listener);

@@ -163,6 +163,8 @@ impl VmControl for QemuControl {
         let mut device = serde_json::json!({
             "driver": "virtio-blk-pci", "id": format!("{node}-dev"), "drive": node,
             "addr": format!("{slot:#04x}"),
+            // As crate::command::DISK_ERROR_POLICY: errors go to the guest.
+            "werror": "report", "rerror": "report",
         });
         if let Some(serial) = disk.serial.as_deref() {
             device["serial"] = serde_json::json!(crate::command::clean_serial(serial));

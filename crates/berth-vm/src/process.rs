@@ -48,6 +48,31 @@ pub fn vm_processes_under(root: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// How many lines of each log [`exited_early`] quotes.
+const EARLY_EXIT_LOG_LINES: usize = 12;
+
+/// The error for a VM process that ended before its agent connected: its exit status
+/// and the last lines of each of `logs` that has any (the VM process's own log, then the
+/// guest's console, where a kernel panic or a failing init shows).
+pub fn exited_early(exit: &VmExit, logs: &[&Path]) -> VmError {
+    let mut message = format!("status {:?}", exit.code);
+    for log in logs {
+        let text = std::fs::read(log).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        let lines: Vec<&str> = text.trim().lines().collect();
+        if lines.is_empty() {
+            continue;
+        }
+        let name = log
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        let tail = &lines[lines.len().saturating_sub(EARLY_EXIT_LOG_LINES)..];
+        message.push_str(&format!("; the end of {name}:\n{}", tail.join("\n")));
+    }
+    VmError::ExitedEarly(message)
+}
+
 /// Sends SIGKILL to `pid` (found by [`vm_processes_under`]).
 pub fn kill_process(pid: u32) {
     let Ok(pid) = i32::try_from(pid) else {

@@ -141,8 +141,8 @@ async fn accept_agent(
             }
         },
         exit = vm.exited() => {
-            let log = std::fs::read_to_string(log).unwrap_or_default();
-            Err(VmError::ExitedEarly(format!("status {:?}: {}", exit.code, log.trim())))
+            let console = log.with_file_name("console.log");
+            Err(berth_vm::process::exited_early(&exit, &[log, &console]))
         }
     }
 }

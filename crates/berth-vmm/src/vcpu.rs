@@ -112,8 +112,10 @@ impl VcpuThread {
                 }
                 Ok(VcpuExit::MmioRead(address, data)) => self.devices.mmio_read(address, data),
                 Ok(VcpuExit::MmioWrite(address, data)) => self.devices.mmio_write(address, data),
-                Ok(VcpuExit::Shutdown) | Ok(VcpuExit::SystemEvent(..)) | Ok(VcpuExit::Hlt) => {
-                    break 'vm VmExitReason::GuestReset
+                Ok(exit @ (VcpuExit::Shutdown | VcpuExit::SystemEvent(..) | VcpuExit::Hlt)) => {
+                    // The VM process's log says which (a triple fault shows as Shutdown).
+                    eprintln!("berth vmm: vCPU {index}: the guest ended with {exit:?}");
+                    break 'vm VmExitReason::GuestReset;
                 }
                 Ok(VcpuExit::Intr) => {}
                 Ok(VcpuExit::FailEntry(reason, cpu)) => {

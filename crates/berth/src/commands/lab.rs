@@ -100,7 +100,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
     };
     let outcome = berth_lab::run(&spec, &|step| eprintln!("berth lab: {step}"))?;
     if outcome.command_hung {
-        eprintln!("berth lab: the command was stopped at its deadline; the lab's console:");
+        eprintln!("berth lab: {}; the lab's console:", berth_lab::COMMAND_HUNG);
     }
     if args.console || outcome.command_hung {
         eprintln!("{}", outcome.console);
