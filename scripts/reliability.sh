@@ -11,26 +11,30 @@
 # bound: the allocator keeps freed memory for reuse.
 #
 # Faults (--faults K): K times, a verb (create, start, stop, rm, commit, volume create,
-# network connect, run) is started and the daemon is killed with SIGKILL at a random
+# network connect, run, load of an image with a 32 MiB layer, pull of it from a
+# docker-registry the suite starts on 127.0.0.1) is started and the daemon is killed with SIGKILL at a random
 # moment of it (0-1.5 s in); a new daemon must then answer within 60 s, every container,
 # image and volume it lists must inspect, every container must be removable, no VM
-# process, tap or address may be left once they are removed, and a new container must
-# run.
+# process, tap or address may be left once they are removed, no upload or download may
+# be left in the root's staging directories, an interrupted load or pull must load or
+# pull again and run, and a new container must run.
 #
-# Usage: scripts/reliability.sh [--clients N] [--runs M] [--faults K]
-#        (default 8 clients x 5 runs, no faults)
+# Usage: scripts/reliability.sh [--clients N] [--runs M] [--faults K] [--verbs 'V ...']
+#        (default 8 clients x 5 runs, no faults; --verbs: only these verbs are faulted)
 #
 # Prints Markdown table rows for docs/reliability.md and exits 1 if any check failed.
 set -euo pipefail
 clients=8
 runs=5
 faults=0
+only_verbs=
 while [ $# -gt 0 ]; do
     case $1 in
     --clients) clients=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
     --faults) faults=$2; shift 2 ;;
-    *) echo "usage: $0 [--clients N] [--runs M] [--faults K]" >&2; exit 2 ;;
+    --verbs) only_verbs=$2; shift 2 ;;
+    *) echo "usage: $0 [--clients N] [--runs M] [--faults K] [--verbs 'load pull ...']" >&2; exit 2 ;;
     esac
 done
 here=$(cd "$(dirname "$0")" && pwd)
@@ -53,6 +57,7 @@ cleanup() {
         wait "$daemon_pid" 2>/dev/null || true
     fi
     for pid in $(vm_pids); do kill -9 "$pid" 2>/dev/null || true; done
+    [ -n "${registry_pid:-}" ] && kill "$registry_pid" 2>/dev/null
     ip netns delete "$netns" 2>/dev/null || true
     [ -n "${KEEP:-}" ] && echo "kept $work" >&2 || rm -rf "$work"
 }
@@ -141,11 +146,27 @@ printf '| %s x %s | %s | %s | %s | %d.%d s | %s -> %s | %s -> %s MiB | %s |\n' \
 grep '^failed' "$work/results" | sort | uniq -c | head -5 >&2 || true
 
 # Faults: the daemon killed in the middle of a verb.
-verbs=(create start stop rm commit volume connect run)
+verbs=(create start stop rm commit volume connect run load pull)
+[ -n "$only_verbs" ] && read -r -a verbs <<< "$only_verbs"
 survived=0
+registry_pid=
 if [ "$faults" -gt 0 ]; then
     echo "reliability: $faults times, SIGKILL to the daemon during a verb" >&2
     docker network create faultnet >/dev/null || true
+    # Busybox with a 32 MiB layer of random bytes, as an archive (for load) and in a
+    # registry of the suite's own on 127.0.0.1 (for pull).
+    docker run --name fault-big-source busybox sh -c 'head -c 33554432 /dev/urandom > /blob'
+    docker commit fault-big-source fault-big:1 >/dev/null
+    docker rm fault-big-source >/dev/null
+    docker save -o "$work/big.tar" fault-big:1
+    docker rmi fault-big:1 >/dev/null
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    printf 'version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' \
+        "$work/registry" "$port" > "$work/registry.yml"
+    docker-registry serve "$work/registry.yml" > "$work/registry.log" 2>&1 &
+    registry_pid=$!
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+    skopeo copy -q --dest-tls-verify=false "docker-archive:$work/big.tar" "docker://127.0.0.1:$port/fault/big:1"
 fi
 for i in $(seq "$faults"); do
     verb=${verbs[RANDOM % ${#verbs[@]}]}
@@ -154,6 +175,7 @@ for i in $(seq "$faults"); do
     case $verb in
     start) target=$(docker create busybox sleep 600) || true ;;
     stop | rm | commit | connect) target=$(docker run -d busybox sleep 600) || true ;;
+    load | pull) docker rmi -f fault-big:1 "127.0.0.1:$port/fault/big:1" >/dev/null 2>&1 || true ;;
     esac
     case $verb in
     create) docker create busybox true ;;
@@ -164,6 +186,8 @@ for i in $(seq "$faults"); do
     volume) docker volume create "fault-volume-$i" ;;
     connect) docker network connect faultnet "$target" ;;
     run) docker run -d busybox sleep 600 ;;
+    load) docker load -i "$work/big.tar" ;;
+    pull) docker pull "127.0.0.1:$port/fault/big:1" ;;
     esac > "$work/fault.$i.out" 2>&1 &
     verb_pid=$!
     delay_ms=$((RANDOM % 1500))
@@ -189,8 +213,20 @@ for i in $(seq "$faults"); do
             found+=("docker rm -f failed: $(head -c 300 "$work/fault.$i.rm")")
         fi
         nothing_left || found+=("left over after removing every container: $(left_over)")
+        # No upload or download the killed daemon was receiving is kept.
+        [ "$(dirs_in "$work/root/tmp")" -eq 0 ] || found+=("$(dirs_in "$work/root/tmp") uploads left in root/tmp")
+        [ "$(dirs_in "$work/root/images/tmp")" -eq 0 ] || found+=("$(dirs_in "$work/root/images/tmp") files left in images/tmp")
+        # An image the kill interrupted is all there or not there: it loads or pulls
+        # again and runs.
+        case $verb in
+        load) docker load -q -i "$work/big.tar" >/dev/null 2>&1 && docker run --rm fault-big:1 true 2>/dev/null \
+            || found+=("fault-big:1 did not load again and run") ;;
+        pull) docker pull -q "127.0.0.1:$port/fault/big:1" >/dev/null 2>&1 && docker run --rm "127.0.0.1:$port/fault/big:1" true 2>/dev/null \
+            || found+=("the image did not pull again and run") ;;
+        esac
         [ "$(docker run --rm busybox echo fine 2>&1)" = fine ] || found+=("a new container did not run")
     fi
+    echo "reliability: fault $i: SIGKILL $delay_ms ms into $verb: ${#found[@]} problems" >&2
     if [ ${#found[@]} -eq 0 ]; then
         survived=$((survived + 1))
     else

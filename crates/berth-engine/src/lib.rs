@@ -169,6 +169,14 @@ impl Engine {
         for dir in [root.clone(), root.join("containers")] {
             std::fs::create_dir_all(&dir).map_err(EngineError::io(&dir))?;
         }
+        // `<root>/tmp` holds uploads being received (load, import, cp, build contexts):
+        // whatever is there now, a killed daemon was receiving, and nobody will finish.
+        let spool = root.join("tmp");
+        let left = std::fs::read_dir(&spool).map_or(0, |entries| entries.count());
+        if left > 0 {
+            tracing::info!(dir = %spool.display(), left, "removing uploads left by a daemon that was stopped while receiving them");
+            std::fs::remove_dir_all(&spool).map_err(EngineError::io(&spool))?;
+        }
         let store = Store::open(&root.join("berth.redb"))?;
         let images = berth_image::ImageStore::open(&root.join("images"), store.database())?;
         let mut containers = HashMap::new();

@@ -130,13 +130,80 @@ pub(super) async fn fetch_manifest(
 ) -> Result<(Vec<u8>, RawManifest), ImageError> {
     let auth = credentials.to_registry_auth();
     let top_ref = endpoint.reference(&reference.path, tag_or_digest);
-    let (bytes, _) = client
-        .pull_manifest_raw(&top_ref, &auth, &ACCEPTED)
+    let bytes = pull_manifest_bounded(client, endpoint, &top_ref, &auth, &ACCEPTED)
         .await
         .map_err(|error| manifest_error(endpoint, reference, error))?;
     checked_manifest_digest(endpoint, &bytes, tag_or_digest)?;
     let manifest = parse_manifest(endpoint, &bytes)?;
     Ok((bytes.to_vec(), manifest))
+}
+
+/// GETs the manifest `oci_ref` names, reading at most [`MAX_MANIFEST_SIZE`] bytes of it.
+///
+/// Written here rather than with oci-client's `pull_manifest_raw`, which reads a body of
+/// any length into memory: a registry that sent a manifest without end would exhaust the
+/// daemon's memory. The client still authenticates (and keeps the token for the blob
+/// requests that follow); errors take oci-client's shapes, which
+/// [`manifest_error`] reads.
+async fn pull_manifest_bounded(
+    client: &oci_client::Client,
+    endpoint: &Endpoint,
+    oci_ref: &oci_client::Reference,
+    auth: &oci_client::secrets::RegistryAuth,
+    accepted: &[&str],
+) -> Result<Vec<u8>, oci_client::errors::OciDistributionError> {
+    use oci_client::errors::OciDistributionError;
+    use oci_client::secrets::RegistryAuth;
+    let token = client
+        .auth(oci_ref, auth, oci_client::RegistryOperation::Pull)
+        .await?;
+    let url = format!(
+        "{scheme}://{host}/v2/{repository}/manifests/{reference}",
+        scheme = if endpoint.plain_http { "http" } else { "https" },
+        host = endpoint.host,
+        repository = oci_ref.repository(),
+        reference = oci_ref
+            .digest()
+            .or_else(|| oci_ref.tag())
+            .unwrap_or("latest"),
+    );
+    let http = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(15))
+        .read_timeout(std::time::Duration::from_secs(120))
+        .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
+        .build()?;
+    let mut request = http
+        .get(&url)
+        .header(reqwest::header::ACCEPT, accepted.join(", "));
+    request = match (token, auth) {
+        (Some(token), _) => request.bearer_auth(token),
+        (None, RegistryAuth::Basic(username, password)) => {
+            request.basic_auth(username, Some(password))
+        }
+        (None, RegistryAuth::Bearer(token)) => request.bearer_auth(token),
+        (None, RegistryAuth::Anonymous) => request,
+    };
+    let mut response = request.send().await?;
+    let status = response.status();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if bytes.len() + chunk.len() > MAX_MANIFEST_SIZE {
+            return Err(OciDistributionError::ManifestParsingError(format!(
+                "the manifest at {url} is larger than 4 MiB"
+            )));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    match status.as_u16() {
+        200..=299 => Ok(bytes),
+        401 | 403 => Err(OciDistributionError::UnauthorizedError { url }),
+        404 => Err(OciDistributionError::ImageManifestNotFoundError(url)),
+        code => Err(OciDistributionError::ServerError {
+            code,
+            url,
+            message: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
+        }),
+    }
 }
 
 /// A registry's refusal of a manifest, as Docker words it.
@@ -166,11 +233,24 @@ pub(super) async fn fetch_config_blob(
     if descriptor.size as u64 > MAX_JSON_SIZE {
         return Err(bad(endpoint, "image config", "it is larger than 16 MiB"));
     }
-    let mut bytes = Vec::new();
-    client
-        .pull_blob(blob_ref, &descriptor.to_oci(), &mut bytes)
+    // Streamed, and cut off past the descriptor's size: a registry that sends more (or
+    // without end) must not grow the daemon's memory with it.
+    let mut stream = client
+        .pull_blob_stream(blob_ref, &descriptor.to_oci())
         .await
         .map_err(|e| endpoint.error(e))?;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| endpoint.error(e.into()))?;
+        if (bytes.len() + chunk.len()) as u64 > descriptor.size as u64 {
+            return Err(bad(
+                endpoint,
+                "image config",
+                &format!("{} is longer than its descriptor says", descriptor.digest),
+            ));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
     let digest = sha256_digest(&bytes);
     if digest != descriptor.digest {
         return Err(ImageError::DigestMismatch {
@@ -212,10 +292,15 @@ async fn resolve(
             })?;
         let by_digest = TagOrDigest::Digest(entry.digest.clone());
         let child_ref = endpoint.reference(&reference.path, &by_digest);
-        let (bytes, _) = client
-            .pull_manifest_raw(&child_ref, &auth, &[DOCKER_MANIFEST, OCI_MANIFEST])
-            .await
-            .map_err(map_error)?;
+        let bytes = pull_manifest_bounded(
+            client,
+            endpoint,
+            &child_ref,
+            &auth,
+            &[DOCKER_MANIFEST, OCI_MANIFEST],
+        )
+        .await
+        .map_err(map_error)?;
         checked_manifest_digest(endpoint, &bytes, &by_digest)?;
         manifest = parse_manifest(endpoint, &bytes)?;
         if manifest.manifests.is_some() {

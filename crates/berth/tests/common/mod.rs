@@ -92,6 +92,11 @@ impl Daemon {
         );
     }
 
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.lock().unwrap().as_ref().map(Child::id)
+    }
+
     /// Stops the daemon with SIGTERM and waits for it.
     pub fn stop(&self) {
         if let Some(mut child) = self.child.lock().unwrap().take() {
