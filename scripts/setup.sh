@@ -51,6 +51,7 @@ lab_qemu="$cache/lab-qemu"
 if [ ! -x "$lab_qemu/usr/bin/qemu-system-x86_64" ]; then
     echo "berth setup: unpacking QEMU from bookworm-backports into $lab_qemu (for berth lab)" >&2
     apt_dir=$(mktemp -d)
+    mkdir -p "$cache"
     echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main" \
         > "$apt_dir/sources"
     apt_opts=(-o "Dir::Etc::sourcelist=$apt_dir/sources" -o Dir::Etc::sourceparts=/dev/null

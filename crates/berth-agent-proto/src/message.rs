@@ -35,6 +35,10 @@ pub struct SetupSpec {
     /// Size of /dev/shm in bytes (`--shm-size`; 0: 64 MiB).
     #[serde(default)]
     pub shm_size: u64,
+    /// Leave the container's /sys writable (`--privileged`); otherwise it is read-only,
+    /// as Docker mounts it.
+    #[serde(default)]
+    pub sys_writable: bool,
     /// Kernel parameters to set before the container's process runs (`--sysctl`): the
     /// kernel is the container's own.
     #[serde(default)]

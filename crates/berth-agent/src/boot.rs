@@ -228,8 +228,9 @@ fn move_mount(source: &str, target: &str) -> io::Result<()> {
 
 /// Mounts the container's root filesystem at /mnt/root and moves the API filesystems
 /// staged at boot into it (once: a VM serves one container). `shm_size` is /dev/shm's
-/// size in bytes (0: 64 MiB).
-pub fn mount_container_root(device: &str, shm_size: u64) -> io::Result<()> {
+/// size in bytes (0: 64 MiB). The container's /sys is read-only unless `sys_writable`
+/// (Docker's rule: writable only for `--privileged`); the agent's own /sys stays as it is.
+pub fn mount_container_root(device: &str, shm_size: u64, sys_writable: bool) -> io::Result<()> {
     wait_for_device(device, Duration::from_secs(10))?;
     // A clone's kernel may hold blocks it read from the template's placeholder disk
     // (partition probing at boot): drop them before mounting the container's own disk.
@@ -251,6 +252,24 @@ pub fn mount_container_root(device: &str, shm_size: u64) -> io::Result<()> {
     )?;
     for name in ["proc", "sys", "dev"] {
         move_mount(&format!("{STAGED}/{name}"), &format!("/mnt/root/{name}"))?;
+    }
+    if !sys_writable {
+        // A bind remount changes this mount only, not the sysfs superblock the agent's
+        // own /sys shares.
+        let flags = MsFlags::MS_REMOUNT
+            | MsFlags::MS_BIND
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC;
+        mount(
+            None::<&str>,
+            "/mnt/root/sys",
+            None::<&str>,
+            flags,
+            None::<&str>,
+        )
+        .map_err(|errno| io::Error::other(format!("making /sys read-only: {errno}")))?;
     }
     mount(
         Some("/dev/pts"),

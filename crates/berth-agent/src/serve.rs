@@ -365,7 +365,7 @@ impl StepClock {
 /// Sets the container up; returns how long each step took (see `SetupDone`).
 fn setup(spec: &SetupSpec, shares: &Shares, channel: &Channel) -> io::Result<Vec<(String, u64)>> {
     let mut clock = StepClock::new();
-    boot::mount_container_root(&spec.root_device, spec.shm_size)?;
+    boot::mount_container_root(&spec.root_device, spec.shm_size, spec.sys_writable)?;
     clock.done("root");
     for (key, value) in &spec.sysctls {
         set_sysctl(key, value)?;

@@ -168,7 +168,16 @@ pub fn run(spec: &LabSpec, progress: &dyn Fn(&str)) -> Result<LabOutcome, LabErr
     image::build(&guest, spec, &initramfs)?;
     let console_path = run_dir.path().join("console.log");
     let heartbeat_path = run_dir.path().join("heartbeat.log");
-    progress("booting the lab (TCG with AMD SVM)");
+    // Which QEMU boots the lab matters (see [`LAB_QEMU_DIR`]): say it, so that a log
+    // tells a lab on the host's QEMU from one on the unpacked one.
+    let which = match &spec.qemu_root {
+        Some(_) => format!("QEMU {}", spec.qemu),
+        None => format!(
+            "the host's QEMU {} (run scripts/setup.sh for the lab's own)",
+            spec.qemu
+        ),
+    };
+    progress(&format!("booting the lab on {which} (TCG with AMD SVM)"));
     let started = Instant::now();
     let mut qemu = Command::new(&spec.qemu);
     if let Some(root) = &spec.qemu_root {

@@ -15,6 +15,7 @@ pub fn apply(
     setup: &mut SetupSpec,
 ) -> Result<(), EngineError> {
     let host = &record.host_config;
+    setup.sys_writable = host.privileged == Some(true);
     if let Some(servers) = host.dns.as_ref().filter(|d| !d.is_empty()) {
         setup.nameservers = servers.clone();
     }
