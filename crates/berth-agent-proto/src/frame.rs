@@ -77,10 +77,15 @@ pub fn encode_frame(stream: u32, kind: FrameKind, payload: &[u8]) -> Vec<u8> {
 /// Incremental frame decoder: push bytes as they arrive, pull whole frames out.
 ///
 /// It never buffers more than one frame plus one read, so a peer cannot make it
-/// allocate more than [`MAX_FRAME_LEN`] + the caller's read size.
+/// allocate more than [`MAX_FRAME_LEN`] + the caller's read size. Taking a frame costs
+/// its own size, not the buffer's: frames are read from a start offset, and what is
+/// left is moved to the front once per push (moving it after every frame made a read
+/// full of empty frames cost a copy of the rest of the read per frame).
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
     buffer: Vec<u8>,
+    /// Where the next frame starts in `buffer`.
+    start: usize,
 }
 
 impl FrameDecoder {
@@ -90,31 +95,40 @@ impl FrameDecoder {
 
     /// Appends bytes read from the stream.
     pub fn push(&mut self, bytes: &[u8]) {
+        if self.start > 0 {
+            self.buffer.drain(..self.start);
+            self.start = 0;
+        }
         self.buffer.extend_from_slice(bytes);
     }
 
     /// Returns the next complete frame, `Ok(None)` if more bytes are needed, or an error
     /// if the stream is malformed (after which the stream cannot be trusted again).
     pub fn next_frame(&mut self) -> Result<Option<Frame>, ProtoError> {
-        if self.buffer.len() < 4 {
+        let waiting = &self.buffer[self.start..];
+        if waiting.len() < 4 {
             return Ok(None);
         }
-        let len = u32::from_le_bytes(self.buffer[0..4].try_into().expect("4 bytes"));
+        let len = u32::from_le_bytes(waiting[0..4].try_into().expect("4 bytes"));
         if !(HEADER_AFTER_LEN..=MAX_FRAME_LEN).contains(&len) {
             return Err(ProtoError::BadLength(len));
         }
-        let kind_byte = match self.buffer.get(8) {
+        let kind_byte = match waiting.get(8) {
             Some(byte) => *byte,
             None => return Ok(None),
         };
         let kind = FrameKind::from_byte(kind_byte).ok_or(ProtoError::UnknownKind(kind_byte))?;
         let total = 4 + len as usize;
-        if self.buffer.len() < total {
+        if waiting.len() < total {
             return Ok(None);
         }
-        let stream = u32::from_le_bytes(self.buffer[4..8].try_into().expect("4 bytes"));
-        let payload = self.buffer[9..total].to_vec();
-        self.buffer.drain(..total);
+        let stream = u32::from_le_bytes(waiting[4..8].try_into().expect("4 bytes"));
+        let payload = waiting[9..total].to_vec();
+        self.start += total;
+        if self.start == self.buffer.len() {
+            self.buffer.clear();
+            self.start = 0;
+        }
         Ok(Some(Frame {
             stream,
             kind,
@@ -124,7 +138,7 @@ impl FrameDecoder {
 
     /// Bytes received but not yet returned as frames.
     pub fn pending(&self) -> usize {
-        self.buffer.len()
+        self.buffer.len() - self.start
     }
 }
 

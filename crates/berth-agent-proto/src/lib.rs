@@ -38,13 +38,14 @@
 
 mod frame;
 pub mod fuse;
+pub mod fuzzing;
 mod message;
 
 pub use frame::{encode_frame, Frame, FrameDecoder, FrameKind, ProtoError, HEADER_AFTER_LEN};
 pub use message::{
     decode_guest_message, decode_host_message, encode_control, GuestMessage, HostMessage,
     InterfaceSpec, ProcessInfo, ProcessSpec, ProcessStatus, RebindSpec, SetupSpec, ShareMount,
-    SpawnFailure, TmpfsSpec, VolumeMount, RESYNC_MARKER,
+    SpawnFailure, TmpfsSpec, VolumeMount, MAX_GUEST_ERROR, RESYNC_MARKER,
 };
 
 /// Version of this protocol. Bumped on any incompatible change.

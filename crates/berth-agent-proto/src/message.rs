@@ -314,6 +314,10 @@ pub enum GuestMessage {
     Error { message: String },
 }
 
+/// Longest error message a guest may send (`Error`, `SpawnFailed`): it ends up in the
+/// container's record and the daemon's log.
+pub const MAX_GUEST_ERROR: usize = 16 * 1024;
+
 /// Encodes a control message into a frame on `stream`.
 pub fn encode_control<T: Serialize>(stream: u32, message: &T) -> Vec<u8> {
     let json = serde_json::to_vec(message).expect("protocol messages always serialize");
@@ -357,6 +361,32 @@ pub fn decode_guest_message(frame: &Frame) -> Result<GuestMessage, ProtoError> {
         {
             Err(ProtoError::InvalidField(
                 "processes: too many, or a field too long",
+            ))
+        }
+        GuestMessage::Rebound { kernel, steps, .. }
+            if kernel.len() > 256 || steps.len() > 64 || steps.iter().any(|s| s.len() > 64) =>
+        {
+            Err(ProtoError::InvalidField(
+                "rebound: the kernel or a step is too long, or too many steps",
+            ))
+        }
+        GuestMessage::SetupDone { steps_us }
+            if steps_us.len() > 64 || steps_us.iter().any(|(name, _)| name.len() > 64) =>
+        {
+            Err(ProtoError::InvalidField(
+                "setup_done: a step's name is too long, or too many steps",
+            ))
+        }
+        GuestMessage::InterfaceReady { name } | GuestMessage::InterfaceRemoved { name }
+            if name.len() > 64 =>
+        {
+            Err(ProtoError::InvalidField("an interface name is too long"))
+        }
+        GuestMessage::Error { message } | GuestMessage::SpawnFailed { message, .. }
+            if message.len() > MAX_GUEST_ERROR =>
+        {
+            Err(ProtoError::InvalidField(
+                "an error message is longer than 16 KiB",
             ))
         }
         GuestMessage::Reattached { processes, .. } if processes.len() > 4096 => Err(

@@ -82,11 +82,29 @@ pub enum AgentError {
 }
 
 impl AgentError {
-    /// An unexpected message, shown as the protocol's debug form.
+    /// An unexpected message, shown as the protocol's debug form ([`describe`]).
     pub fn unexpected(during: impl Into<String>, got: &impl std::fmt::Debug) -> Self {
         Self::Unexpected {
             during: during.into(),
-            got: format!("{got:?}"),
+            got: describe(got),
         }
     }
+}
+
+/// Most bytes of a guest's message quoted in an error.
+const MAX_QUOTED: usize = 256;
+
+/// What the guest sent, in its debug form, cut to [`MAX_QUOTED`] bytes: a hostile guest's
+/// message ends up in the container's record and the daemon's log.
+pub fn describe(got: &impl std::fmt::Debug) -> String {
+    let mut text = format!("{got:?}");
+    if text.len() > MAX_QUOTED {
+        let mut end = MAX_QUOTED;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    text
 }

@@ -6,7 +6,7 @@
 mod error;
 mod session;
 
-pub use error::AgentError;
+pub use error::{describe, AgentError};
 pub use session::{
     handshake, reattach, rebind, AgentEvent, AgentReader, AgentSession, MAIN_STREAM,
 };

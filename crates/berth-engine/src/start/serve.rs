@@ -11,7 +11,7 @@ use berth_vm::VmControl;
 use tokio::sync::oneshot;
 
 use super::finish::RunEnd;
-use crate::agent::{AgentEvent, AgentReader, AgentSession, MAIN_STREAM};
+use crate::agent::{describe, AgentEvent, AgentReader, AgentSession, MAIN_STREAM};
 use crate::container::Transition;
 use crate::error::error_chain;
 use crate::process::output::{LogWriter, OutputChunk};
@@ -188,7 +188,8 @@ impl Served {
                 None
             }
             other => Some(RunEnd::Broken(format!(
-                "the agent sent an unexpected {other:?}"
+                "the agent sent an unexpected {}",
+                describe(&other)
             ))),
         }
     }
@@ -209,7 +210,8 @@ impl Served {
                 None
             }
             (None, other) => Some(RunEnd::Broken(format!(
-                "the agent sent an unrequested {other:?}"
+                "the agent sent an unrequested {}",
+                describe(&other)
             ))),
         }
     }
@@ -221,7 +223,8 @@ impl Served {
                 return None;
             }
             return Some(RunEnd::Broken(format!(
-                "the agent sent {message:?} on unknown stream {stream}"
+                "the agent sent {} on unknown stream {stream}",
+                describe(&message)
             )));
         };
         match message {
@@ -242,7 +245,8 @@ impl Served {
             }
             other => {
                 return Some(RunEnd::Broken(format!(
-                    "the agent sent an unexpected {other:?} for an exec"
+                    "the agent sent an unexpected {} for an exec",
+                    describe(&other)
                 )))
             }
         }

@@ -187,6 +187,70 @@ async fn garbage_from_a_guest_ends_its_run_not_the_engine() {
 }
 
 #[tokio::test]
+async fn a_hostile_agent_ends_its_own_run_only() {
+    use crate::testing::agent::HOSTILE_KINDS;
+    let test = TestEngine::new().await;
+    // A neighbour that runs through all of it.
+    let neighbour = test.container("neighbour", &["sleep"]);
+    test.engine.start_container(&neighbour).await.unwrap();
+    for kind in HOSTILE_KINDS {
+        let id = test.container(&format!("hostile-{kind}"), &["hostile", kind]);
+        // The start itself may see the breach (then it fails) or not (then the run ends).
+        let started = test.engine.start_container(&id).await;
+        let code = wait_exit(&test, &id).await;
+        let record = test.engine.inspect_container(&id).unwrap();
+        assert_ne!(record.state.status, ContainerStatus::Running, "{kind}");
+        if started.is_ok() {
+            assert_eq!(code, 255, "{kind}: {record:?}");
+            assert!(!record.state.error.is_empty(), "{kind}: no error recorded");
+        }
+        // What the guest sent is quoted, never whole.
+        assert!(
+            record.state.error.len() < 1024,
+            "{kind}: an error of {} bytes",
+            record.state.error.len()
+        );
+        let vm = test.backend.last_vm();
+        eventually(&format!("{kind}: the VM is off"), || vm.has_ended()).await;
+        assert_eq!(
+            status(&test, &neighbour),
+            ContainerStatus::Running,
+            "{kind}"
+        );
+    }
+    eventually("only the neighbour's tap is left", || {
+        test.host.taps().len() == 1
+    })
+    .await;
+    // The engine serves on: a new container runs, and the neighbour stops as asked.
+    let good = test.container("good", &["exit", "0"]);
+    test.engine.start_container(&good).await.unwrap();
+    assert_eq!(wait_exit(&test, &good).await, 0);
+    test.engine
+        .stop_container(&neighbour, Some(1))
+        .await
+        .unwrap();
+    assert_eq!(status(&test, &neighbour), ContainerStatus::Exited);
+}
+
+#[tokio::test]
+async fn a_flood_of_output_is_logged_whole() {
+    use crate::testing::agent::FLOOD_FRAMES;
+    let test = TestEngine::new().await;
+    let id = test.container("flood", &["hostile", "flood"]);
+    test.engine.start_container(&id).await.unwrap();
+    assert_eq!(wait_exit(&test, &id).await, 0);
+    let filter = LogFilter {
+        stdout: true,
+        stderr: true,
+        ..Default::default()
+    };
+    let logs = test.engine.container_logs(&id, &filter, false).unwrap();
+    let bytes: usize = logs.entries.iter().map(|entry| entry.data.len()).sum();
+    assert_eq!(bytes, FLOOD_FRAMES);
+}
+
+#[tokio::test]
 async fn a_run_powers_its_vm_off_at_the_end() {
     let test = TestEngine::new().await;
     let id = test.container("web", &["exit", "0"]);

@@ -9,6 +9,7 @@
 //! | `missing`            | is not found (spawn fails: 127)                            |
 //! | `crash-vm`           | starts, then its VM dies                                   |
 //! | `garbage`            | starts, then the agent writes bytes that are no frame     |
+//! | `hostile KIND`       | the agent breaks the protocol as [`hostile`] says         |
 //!
 //! A container whose hostname is `bad-setup` fails its guest setup.
 //!
@@ -221,14 +222,7 @@ fn spawn_main(argv: &[String], main: &mut Main) -> Vec<Vec<u8>> {
             vec![
                 started,
                 encode_frame(MAIN_STREAM, FrameKind::Stdout, b"bye\n"),
-                control(
-                    MAIN_STREAM,
-                    GuestMessage::Exited {
-                        code,
-                        signal: None,
-                        oom_killed: false,
-                    },
-                ),
+                exited(code),
             ]
         }
         Some("crash-vm") => {
@@ -237,6 +231,7 @@ fn spawn_main(argv: &[String], main: &mut Main) -> Vec<Vec<u8>> {
             vec![started]
         }
         Some("garbage") => vec![started, vec![0xff; 64]],
+        Some("hostile") => hostile(argv.get(1).map(String::as_str).unwrap_or(""), started),
         Some("ignore-term") => {
             main.running = true;
             main.ignores_term = true;
@@ -247,4 +242,108 @@ fn spawn_main(argv: &[String], main: &mut Main) -> Vec<Vec<u8>> {
             vec![started]
         }
     }
+}
+
+/// The kinds of `hostile`, each what a broken or hostile agent could send after (or
+/// instead of) reporting the main process started.
+pub(crate) const HOSTILE_KINDS: &[&str] = &[
+    "oversized-frame",
+    "unknown-kind",
+    "bad-json",
+    "oversized-control",
+    "bad-exit-code",
+    "huge-unexpected",
+    "stdin-frame",
+    "fuse-frame",
+    "unknown-stream",
+    "unrequested",
+    "exit-before-start",
+];
+
+/// How many one-byte frames of output `hostile flood` sends before it exits 0.
+pub(crate) const FLOOD_FRAMES: usize = 100_000;
+
+/// The main process's exit with `code`.
+fn exited(code: i32) -> Vec<u8> {
+    control(
+        MAIN_STREAM,
+        GuestMessage::Exited {
+            code,
+            signal: None,
+            oom_killed: false,
+        },
+    )
+}
+
+/// What the agent sends for `hostile KIND`.
+fn hostile(kind: &str, started: Vec<u8>) -> Vec<Vec<u8>> {
+    let header = |length: u32, stream: u32, kind: u8| {
+        let mut frame = length.to_le_bytes().to_vec();
+        frame.extend(stream.to_le_bytes());
+        frame.push(kind);
+        frame
+    };
+    let broken = match kind {
+        "oversized-frame" => header(berth_agent_proto::MAX_FRAME_LEN + 1, MAIN_STREAM, 3),
+        "unknown-kind" => {
+            let mut frame = header(6, MAIN_STREAM, 9);
+            frame.push(0);
+            frame
+        }
+        "bad-json" => encode_frame(MAIN_STREAM, FrameKind::Control, br#"{"started": "#),
+        "oversized-control" => encode_frame(
+            MAIN_STREAM,
+            FrameKind::Control,
+            &vec![b' '; berth_agent_proto::MAX_CONTROL_LEN + 1],
+        ),
+        // Valid JSON, out of range.
+        "bad-exit-code" => {
+            let mut json = serde_json::to_value(GuestMessage::Exited {
+                code: 3,
+                signal: None,
+                oom_killed: false,
+            })
+            .unwrap_or_default();
+            json["code"] = 300.into();
+            encode_frame(MAIN_STREAM, FrameKind::Control, json.to_string().as_bytes())
+        }
+        // A valid message of 150 KiB where none is expected: quoted, cut short.
+        "huge-unexpected" => control(
+            MAIN_STREAM,
+            GuestMessage::Processes {
+                processes: (0..600)
+                    .map(|pid| berth_agent_proto::ProcessInfo {
+                        pid,
+                        ppid: 1,
+                        uid: 0,
+                        user: "root".into(),
+                        state: "S".into(),
+                        tty: "?".into(),
+                        cpu_ticks: 0,
+                        start_ticks: 0,
+                        vsz_kib: 0,
+                        rss_kib: 0,
+                        command: "x".repeat(200),
+                    })
+                    .collect(),
+                boot_time: 0,
+                ticks_per_second: 100,
+                mem_total_kib: 0,
+            },
+        ),
+        "stdin-frame" => encode_frame(MAIN_STREAM, FrameKind::Stdin, b"x"),
+        "fuse-frame" => encode_frame(MAIN_STREAM, FrameKind::Fuse, b"x"),
+        "unknown-stream" => encode_frame(99, FrameKind::Stdout, b"x"),
+        "unrequested" => control(AGENT_STREAM, GuestMessage::MemoryLimited),
+        "exit-before-start" => return vec![exited(0), started],
+        "flood" => {
+            let mut output = Vec::new();
+            for _ in 0..FLOOD_FRAMES {
+                output.extend(encode_frame(MAIN_STREAM, FrameKind::Stdout, b"x"));
+            }
+            return vec![started, output, exited(0)];
+        }
+        _ => Vec::new(),
+    };
+    vec![started, broken]
 }
