@@ -190,6 +190,10 @@ fn read_request(stream: &UnixStream) -> Result<(String, Option<File>), &'static 
     }
 }
 
+/// How long the control thread waits for a client's request, or for it to take the
+/// answer.
+const CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves `listener` on a thread of its own for as long as the VM runs.
 pub fn serve(listener: UnixListener, machine: Arc<Machine>) -> Result<(), crate::VmmError> {
     std::thread::Builder::new()
@@ -199,6 +203,10 @@ pub fn serve(listener: UnixListener, machine: Arc<Machine>) -> Result<(), crate:
                 let Ok(mut stream) = stream else {
                     continue;
                 };
+                // One client at a time: one that connects and goes quiet must not hold
+                // the socket from the next for good.
+                let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
+                let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
                 let response = match read_request(&stream) {
                     Ok((line, file)) => answer(&machine, line.trim_end(), file),
                     Err(error) => ControlResponse {

@@ -82,6 +82,44 @@ fn unknown_ids_and_images_are_404() {
 }
 
 #[test]
+fn drivers_nobody_has_are_404_and_dockers_own_that_berth_lacks_501() {
+    // dockerd looks any driver but its own up as a plugin, and answers 404 without one.
+    let daemon = shared();
+    for (path, body, status, said) in [
+        (
+            "/volumes/create",
+            r#"{"Name":"v1","Driver":"nosuch"}"#,
+            404,
+            r#"plugin "nosuch" not found"#,
+        ),
+        (
+            "/networks/create",
+            r#"{"Name":"n1","Driver":"nosuch"}"#,
+            404,
+            r#"plugin "nosuch" not found"#,
+        ),
+        (
+            "/networks/create",
+            r#"{"Name":"n1","Driver":"overlay"}"#,
+            501,
+            "not supported by Berth",
+        ),
+    ] {
+        let (got, answer) = daemon.request("POST", path, Some(body.as_bytes())).unwrap();
+        assert_eq!(got, status, "{path} {body}");
+        assert!(message(&answer).contains(said), "{}", message(&answer));
+    }
+    assert!(daemon
+        .docker_ok(&["volume", "ls", "-q"])
+        .lines()
+        .all(|v| v != "v1"));
+    assert!(daemon
+        .docker_ok(&["network", "ls", "--format", "{{.Name}}"])
+        .lines()
+        .all(|n| n != "n1"));
+}
+
+#[test]
 fn name_conflicts_are_409() {
     let daemon = shared();
     daemon.docker_ok(&["create", "--name", "twin", "busybox", "true"]);

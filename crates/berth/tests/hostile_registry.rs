@@ -1,7 +1,9 @@
 //! Pulls from a hostile registry: a small HTTP server of the test's own on 127.0.0.1
 //! that speaks just enough of the distribution API, and serves one honest image and
 //! several that lie (a layer whose bytes do not match its digest; a layer, an image
-//! config or a manifest that never ends). The honest one must pull and run, which shows
+//! config or a manifest that never ends; a decompression bomb: 1 GiB of zeros in a
+//! gzip layer of 1 MiB, whose content is not what the config says). The honest one must
+//! pull and run, which shows
 //! the server speaks the protocol; each lie must end the pull with a clear error, keep
 //! the daemon's memory bounded, and record nothing: no image, nothing left in the
 //! store's staging directory.
@@ -17,6 +19,9 @@ use sha2::{Digest, Sha256};
 
 const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
+const GZIP_LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+/// What the bomb's layer expands to.
+const BOMB_BYTES: usize = 1 << 30;
 /// How much more than at its start the daemon's peak resident memory may grow over all
 /// the hostile pulls (the endless blobs it was sent are far larger).
 const MEMORY_GROWTH_LIMIT_KIB: u64 = 128 << 10;
@@ -33,6 +38,8 @@ enum Lie {
     EndlessLayer,
     EndlessConfig,
     EndlessManifest,
+    /// Its own image, whose layer is the bomb.
+    Bomb,
 }
 
 /// One image as the fake registry serves it.
@@ -42,13 +49,20 @@ struct Image {
     layer: Vec<u8>,
 }
 
-fn image() -> Image {
-    let layer = busybox_layer();
+/// The registry's two images: busybox, and the bomb.
+struct Images {
+    plain: Image,
+    bomb: Image,
+}
+
+/// An image of one layer: `layer` as served (of `media_type`), `diff_id` as its config
+/// says.
+fn image(layer: Vec<u8>, media_type: &str, diff_id: &str) -> Image {
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
         "config": { "Cmd": ["sh"] },
-        "rootfs": { "type": "layers", "diff_ids": [sha256(&layer)] },
+        "rootfs": { "type": "layers", "diff_ids": [diff_id] },
     }))
     .unwrap();
     let manifest = serde_json::to_vec(&serde_json::json!({
@@ -59,7 +73,7 @@ fn image() -> Image {
             "digest": sha256(&config),
             "size": config.len(),
         },
-        "layers": [{ "mediaType": LAYER_TYPE, "digest": sha256(&layer), "size": layer.len() }],
+        "layers": [{ "mediaType": media_type, "digest": sha256(&layer), "size": layer.len() }],
     }))
     .unwrap();
     Image {
@@ -73,18 +87,35 @@ fn image() -> Image {
 fn start_registry() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let host = listener.local_addr().unwrap().to_string();
-    let image = Arc::new(image());
+    let busybox = busybox_layer();
+    let diff_id = sha256(&busybox);
+    let images = Arc::new(Images {
+        plain: image(busybox, LAYER_TYPE, &diff_id),
+        // Whole and true to its digest, but not the content the config names.
+        bomb: image(bomb(), GZIP_LAYER_TYPE, &diff_id),
+    });
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            let image = image.clone();
-            std::thread::spawn(move || serve(stream, &image));
+            let images = images.clone();
+            std::thread::spawn(move || serve(stream, &images));
         }
     });
     host
 }
 
+/// A gzip stream of [`BOMB_BYTES`] zeros (about a thousandth of that).
+fn bomb() -> Vec<u8> {
+    use flate2::{write::GzEncoder, Compression};
+    let mut encoder = GzEncoder::new(Vec::new(), Compression::best());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..BOMB_BYTES / zeros.len() {
+        encoder.write_all(&zeros).unwrap();
+    }
+    encoder.finish().unwrap()
+}
+
 /// Serves the requests of one connection.
-fn serve(stream: TcpStream, image: &Image) {
+fn serve(stream: TcpStream, images: &Images) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut stream = stream;
     loop {
@@ -109,7 +140,13 @@ fn serve(stream: TcpStream, image: &Image) {
             "endless-layer" => Lie::EndlessLayer,
             "endless-config" => Lie::EndlessConfig,
             "endless-manifest" => Lie::EndlessManifest,
+            "bomb" => Lie::Bomb,
             _ => Lie::None,
+        };
+        let image = if lie == Lie::Bomb {
+            &images.bomb
+        } else {
+            &images.plain
         };
         let (kind, body): (&str, Vec<u8>) = if path == "/v2/" {
             ("application/json", b"{}".to_vec())
@@ -189,11 +226,18 @@ fn lies_from_a_registry_end_the_pull_clearly_and_record_nothing() {
     let root = scratch().join("hostile-registry");
     let daemon = Daemon::start(&root);
     let before = peak_resident_kib(&daemon);
+    // The bomb is read to its end, in bounded memory, and found to be other content.
+    let mut zeros = Sha256::new();
+    for _ in 0..BOMB_BYTES >> 20 {
+        zeros.update(vec![0u8; 1 << 20]);
+    }
+    let bomb_said = format!("got sha256:{}", hex::encode(zeros.finalize()));
     for (repository, expected) in [
         ("layer-digest", "digest"),
         ("endless-layer", "longer than its descriptor says"),
         ("endless-config", "longer than its descriptor says"),
         ("endless-manifest", "larger than 4 MiB"),
+        ("bomb", bomb_said.as_str()),
     ] {
         let name = format!("{registry}/test/{repository}:1");
         let output = daemon.docker(&["pull", &name]);

@@ -252,8 +252,9 @@ impl Engine {
         anonymous: bool,
     ) -> Result<VolumeRecord, EngineError> {
         if let Some(driver) = driver.filter(|d| !d.is_empty() && *d != "local") {
-            return Err(EngineError::NotSupported(format!(
-                "volume driver {driver:?}: Berth's volumes are disks of the local driver"
+            // Any driver but "local" is a plugin: dockerd answers 404 when it has none.
+            return Err(EngineError::NotFound(format!(
+                "error looking up volume plugin {driver}: plugin {driver:?} not found (Berth's volumes are of the local driver)"
             )));
         }
         let name = match name.filter(|n| !n.is_empty()) {

@@ -155,9 +155,16 @@ impl Engine {
         let bridge = requested_bridge_name(&request.options)?;
         match request.driver.as_deref() {
             None | Some("") | Some("bridge") => {}
-            Some(other) => {
+            // Docker's own drivers that Berth does not offer.
+            Some(other @ ("host" | "null" | "none" | "overlay" | "macvlan" | "ipvlan")) => {
                 return Err(EngineError::NotSupported(format!(
                     "network driver {other:?} is not supported by Berth (it offers \"bridge\")"
+                )))
+            }
+            // Anything else would be a plugin, as dockerd answers (404).
+            Some(other) => {
+                return Err(EngineError::NotFound(format!(
+                    "plugin {other:?} not found (Berth's network driver is \"bridge\")"
                 )))
             }
         }

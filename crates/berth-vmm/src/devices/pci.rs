@@ -343,8 +343,9 @@ impl PciRoot {
     fn function_at(&mut self, address: u64) -> Option<(&mut Box<dyn PciFunction>, u64)> {
         self.functions.iter_mut().find_map(|(_, function)| {
             let (base, size) = function.config().bar();
+            // `then`, not `then_some`: the offset is only computed inside the BAR.
             (size > 0 && base != 0 && address >= base && address < base + size)
-                .then_some((function, address - base))
+                .then(move || (function, address - base))
         })
     }
 

@@ -71,11 +71,8 @@ impl Interrupt {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .trigger(vector);
-        if let Some(message) = message {
-            // A failed signal loses one interrupt; the driver's next kick recovers it.
-            if let Some(vm) = &self.vm {
-                let _ = vm.signal_msi(message);
-            }
+        if let (Some(message), Some(vm)) = (message, &self.vm) {
+            msix::deliver(vm, message);
         }
     }
 

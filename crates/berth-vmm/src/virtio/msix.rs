@@ -5,7 +5,34 @@
 //! masked). A vector that is masked, or whose function is masked or has MSI-X disabled,
 //! is held pending and delivered when it is unmasked, as the PCI spec requires.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use kvm_bindings::kvm_msi;
+use kvm_ioctls::VmFd;
+
+/// How many undelivered interrupts [`deliver`] reports before it goes quiet.
+const REPORTED_FAILURES: u32 = 20;
+static FAILURES: AtomicU32 = AtomicU32::new(0);
+
+/// Sends `message` to the guest (`KVM_SIGNAL_MSI`). An interrupt KVM did not deliver is
+/// lost: a driver that waits for it (an idle agent waiting for the host's next request)
+/// may wait for good. That is reported on the VMM's stderr (its log), the first
+/// [`REPORTED_FAILURES`] times, so that a guest that stops answering can be told apart.
+pub fn deliver(vm: &VmFd, message: kvm_msi) {
+    let outcome = vm.signal_msi(message);
+    // 0: the guest blocked it (its local APIC is off); an error: KVM refused it.
+    let problem = match outcome {
+        Ok(0) => "the guest blocked it".to_owned(),
+        Ok(_) => return,
+        Err(error) => error.to_string(),
+    };
+    if FAILURES.fetch_add(1, Ordering::Relaxed) < REPORTED_FAILURES {
+        eprintln!(
+            "berth vmm: an interrupt (MSI address {:#x}, data {:#x}) was not delivered: {problem}",
+            message.address_lo, message.data
+        );
+    }
+}
 
 /// The virtio "no vector" value.
 pub const NO_VECTOR: u16 = 0xffff;

@@ -161,7 +161,7 @@ impl VirtioPciFunction {
 
     fn deliver(&self, messages: Vec<kvm_bindings::kvm_msi>) {
         for message in messages {
-            let _ = self.vm.signal_msi(message);
+            super::msix::deliver(&self.vm, message);
         }
     }
 
