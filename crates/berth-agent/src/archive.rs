@@ -13,8 +13,9 @@
 //! * `export`: a tar of the whole container root (`docker export`), other filesystems
 //!   mounted in it left out.
 //! * `write`: a tar from stdin extracted into the path, which must be a directory.
-//!   Entries with `..` are refused by the tar reader, and links are never followed out
-//!   of the target (and out of the chroot there is nothing to reach).
+//!   An entry with `..` in its name is refused (the whole copy fails, as in Docker), and
+//!   links are never followed out of the target (and out of the chroot there is nothing
+//!   to reach).
 //!
 //! Exit status: 0 on success; 2 when the path does not exist (stderr starts with
 //! `not found:`); 3 when the write target is not a directory; 4 when extracting the
@@ -267,5 +268,51 @@ fn write(path: &str) -> io::Result<()> {
     archive.set_preserve_mtime(true);
     archive.set_overwrite(true);
     archive.set_unpack_xattrs(false);
-    archive.unpack(&resolved)
+    // Whatever goes wrong in the archive is the archive's fault (exit 4), even where
+    // the error is a missing file (a hard link to nothing).
+    unpack_refusing_escapes(&mut archive, &resolved, path)
+        .map_err(|error| io::Error::other(format!("extracting the archive: {error}")))
+}
+
+/// Unpacks `archive` into `target` (`shown` as the user named it). An entry that would
+/// land outside the target (a `..` in its name) is refused, as Docker refuses it ("is
+/// outside of"): the tar crate would skip it silently, and the copy would seem to have
+/// worked. Directories get their metadata last, children first, as the tar crate's own
+/// `unpack` does, so that a read-only directory does not stop its own entries.
+fn unpack_refusing_escapes(
+    archive: &mut tar::Archive<impl Read>,
+    target: &Path,
+    shown: &str,
+) -> io::Result<()> {
+    let mut directories = Vec::new();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let name = entry.path()?.into_owned();
+        if name
+            .components()
+            .any(|part| part == std::path::Component::ParentDir)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{:?} is outside of {shown:?}", name.display().to_string()),
+            ));
+        }
+        if entry.header().entry_type() == tar::EntryType::Directory {
+            directories.push(entry);
+        } else if !entry.unpack_in(target)? {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{:?} cannot be placed inside {shown:?}",
+                    name.display().to_string()
+                ),
+            ));
+        }
+    }
+    // Children before their parents: a parent made read-only last stops nothing.
+    directories.sort_by(|a, b| b.path_bytes().cmp(&a.path_bytes()));
+    for mut directory in directories {
+        directory.unpack_in(target)?;
+    }
+    Ok(())
 }

@@ -3,7 +3,8 @@
 //! Setting up (opening the kernel, disks, taps and /dev/kvm, creating the VM and vCPUs)
 //! happens before the filter; what runs after it (vCPU loops, device workers, the agent
 //! channel's reconnects, the control socket) needs only the calls below. `ioctl` is
-//! limited to KVM's (type 0xae) and `socket` to unix sockets; only a template's VMM may
+//! limited to KVM's (type 0xae), `socket` to unix sockets and `setsockopt` to a socket's
+//! receive and send timeouts (the control socket's clients); only a template's VMM may
 //! open a file (its snapshot). Any other call kills the process: a VMM that was made to
 //! do something else is ended, never allowed to.
 
@@ -120,6 +121,17 @@ pub fn filter(writes_snapshots: bool) -> Result<BpfProgram, VmmError> {
             libc::AF_UNIX as u64,
         )?])?],
     );
+    // std's set_read_timeout and set_write_timeout, nothing else.
+    let timeouts = [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO]
+        .into_iter()
+        .map(|option| {
+            rule(vec![
+                condition(1, SeccompCmpOp::Eq, libc::SOL_SOCKET as u64)?,
+                condition(2, SeccompCmpOp::Eq, option as u64)?,
+            ])
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    rules.insert(libc::SYS_setsockopt, timeouts);
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::KillProcess,
@@ -152,20 +164,17 @@ mod tests {
         assert_eq!(last.k, libc::SECCOMP_RET_KILL_PROCESS);
     }
 
-    #[test]
-    fn a_filtered_child_dies_on_a_forbidden_call() {
+    /// Runs `calls` in a child under the filter, with a unix socket made before it;
+    /// the child's wait status.
+    fn status_of_a_filtered_child(calls: fn(&std::os::unix::net::UnixStream) -> i32) -> i32 {
+        let (socket, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
         // In a child, so that the test process keeps its freedom.
         // SAFETY: fork in a test; the child only applies the filter, makes system calls
         // and exits without returning into the test harness.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
             let code = match apply(false) {
-                // SAFETY: plain system calls; openat is not allowed and must kill us.
-                Ok(()) => unsafe {
-                    libc::getpid();
-                    libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
-                    0
-                },
+                Ok(()) => calls(&socket),
                 Err(_) => 2,
             };
             // SAFETY: leaves the child at once.
@@ -174,6 +183,53 @@ mod tests {
         let mut status = 0;
         // SAFETY: waits for the child just forked.
         unsafe { libc::waitpid(pid, &mut status, 0) };
+        status
+    }
+
+    #[test]
+    fn socket_timeouts_may_be_set_and_nothing_else() {
+        let status = status_of_a_filtered_child(|socket| {
+            let second = Some(std::time::Duration::from_secs(1));
+            match (
+                socket.set_read_timeout(second),
+                socket.set_write_timeout(second),
+            ) {
+                (Ok(()), Ok(())) => 0,
+                _ => 4,
+            }
+        });
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "status {status:#x}"
+        );
+        let status = status_of_a_filtered_child(|socket| {
+            let one: libc::c_int = 1;
+            // SAFETY: setsockopt on a socket the test owns, with a valid int option.
+            unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(socket),
+                    libc::SOL_SOCKET,
+                    libc::SO_KEEPALIVE,
+                    (&one as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            0
+        });
+        assert!(libc::WIFSIGNALED(status), "status {status:#x}");
+        assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
+    }
+
+    #[test]
+    fn a_filtered_child_dies_on_a_forbidden_call() {
+        let status = status_of_a_filtered_child(|_| {
+            // SAFETY: plain system calls; openat is not allowed and must kill the child.
+            unsafe {
+                libc::getpid();
+                libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+            }
+            0
+        });
         assert!(libc::WIFSIGNALED(status), "status {status:#x}");
         assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
     }

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{busybox_archive, scratch, shared, stderr, stdout, Daemon};
+use common::{busybox_archive, raw_entry, scratch, shared, stderr, stdout, Daemon};
 
 /// A build context directory with these files.
 fn context(name: &str, files: &[(&str, &str)]) -> PathBuf {
@@ -288,28 +288,6 @@ fn a_failing_step_ends_the_build_with_its_code_and_leaves_no_image() {
         "{}",
         stderr(&output)
     );
-}
-
-/// A tar entry written raw, so that hostile names reach the daemon as they are.
-fn raw_entry(out: &mut Vec<u8>, name: &str, kind: u8, link: &str, data: &[u8], size: u64) {
-    let mut header = [0u8; 512];
-    header[..name.len()].copy_from_slice(name.as_bytes());
-    header[100..107].copy_from_slice(b"0000644");
-    header[108..115].copy_from_slice(b"0000000");
-    header[116..123].copy_from_slice(b"0000000");
-    header[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
-    header[136..147].copy_from_slice(b"00000000000");
-    header[156] = kind;
-    header[157..157 + link.len()].copy_from_slice(link.as_bytes());
-    header[257..263].copy_from_slice(b"ustar\0");
-    header[263..265].copy_from_slice(b"00");
-    header[148..156].copy_from_slice(b"        ");
-    let sum: u32 = header.iter().map(|&b| b as u32).sum();
-    header[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
-    out.extend_from_slice(&header);
-    out.extend_from_slice(data);
-    let pad = (512 - data.len() % 512) % 512;
-    out.extend(std::iter::repeat_n(0u8, pad));
 }
 
 fn build_stdin(daemon: &Daemon, args: &[&str], tar: &[u8]) -> std::process::Output {
