@@ -144,13 +144,10 @@ async fn not_found() -> Response {
 pub async fn serve_unix(
     engine: Arc<Engine>,
     socket: &Path,
+    group: Option<u32>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    if let Some(parent) = socket.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let _ = std::fs::remove_file(socket);
-    let listener = UnixListener::bind(socket)?;
+    let listener = bind_socket(socket, group)?;
     let app = router(engine);
     let service = tower::service_fn(move |request: Request<Body>| {
         let app = app.clone();
@@ -167,4 +164,29 @@ pub async fn serve_unix(
     )
     .with_graceful_shutdown(shutdown)
     .await
+}
+
+/// Binds the API socket at `socket`, mode 0660, owned by this process's user and by
+/// `group` (as dockerd's `--group`; `None`: the user's own group). A connection needs
+/// write permission on the socket: only that user and the group's members get in,
+/// whatever the umask. The socket is made under a temporary name and renamed into
+/// place once its mode and group are set, so that no one can connect to it before.
+fn bind_socket(socket: &Path, group: Option<u32>) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(parent) = socket.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut staged = socket.as_os_str().to_owned();
+    staged.push(format!(".{}.new", std::process::id()));
+    let staged = std::path::PathBuf::from(staged);
+    let _ = std::fs::remove_file(&staged);
+    let listener = UnixListener::bind(&staged)?;
+    let finished = std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o660))
+        .and_then(|()| std::os::unix::fs::chown(&staged, None, group))
+        .and_then(|()| std::fs::rename(&staged, socket));
+    if let Err(error) = finished {
+        let _ = std::fs::remove_file(&staged);
+        return Err(error);
+    }
+    Ok(listener)
 }

@@ -16,6 +16,11 @@ pub struct DaemonArgs {
     /// The Docker API socket.
     #[arg(long, default_value = "/run/berth/docker.sock")]
     pub socket: PathBuf,
+    /// The group whose members may use the API socket, by name or number, as dockerd's
+    /// `--group`: the socket is root's and this group's, mode 0660. When the default
+    /// group `docker` does not exist, the socket is root's alone.
+    #[arg(long, short = 'G', default_value = DEFAULT_SOCKET_GROUP)]
+    pub group: String,
     /// Runtime files of running VMs (sockets, console logs).
     #[arg(long, default_value = "/run/berth")]
     pub exec_root: PathBuf,
@@ -74,6 +79,31 @@ pub struct DaemonArgs {
     pub insecure_registries: Vec<String>,
 }
 
+/// dockerd's socket group, and so Berth's.
+const DEFAULT_SOCKET_GROUP: &str = "docker";
+
+/// The gid for `--group`: a number as it is, a name looked up; the default group may be
+/// missing (then `None`: the socket is root's alone), a group asked for by name may not.
+fn socket_group(name: &str) -> anyhow::Result<Option<u32>> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(Some(gid));
+    }
+    match nix::unistd::Group::from_name(name)
+        .with_context(|| format!("looking up the group {name:?}"))?
+    {
+        Some(group) => Ok(Some(group.gid.as_raw())),
+        None if name == DEFAULT_SOCKET_GROUP => {
+            tracing::info!(
+                "no group {name:?}: the API socket is root's alone (create the group, or name another with --group)"
+            );
+            Ok(None)
+        }
+        None => anyhow::bail!(
+            "--group {name}: no such group; create it (groupadd {name}) or name another"
+        ),
+    }
+}
+
 fn parse_resolver(text: &str) -> Result<std::net::SocketAddr, String> {
     text.parse::<std::net::SocketAddr>()
         .or_else(|_| {
@@ -109,6 +139,7 @@ async fn serve(mut args: DaemonArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("the dns key of {}", path.display()))?;
         }
     }
+    let group = socket_group(&args.group)?;
     let backend = choose_backend(args.backend, &args.qemu)?;
     tracing::info!(
         backend = backend.name(),
@@ -170,7 +201,7 @@ async fn serve(mut args: DaemonArgs) -> anyhow::Result<()> {
     let api = {
         let engine = engine.clone();
         tokio::spawn(async move {
-            berth_api::serve_unix(engine, &socket, async {
+            berth_api::serve_unix(engine, &socket, group, async {
                 let _ = api_stopped.await;
             })
             .await
