@@ -16,6 +16,9 @@ pub mod exec;
 pub mod filters;
 pub mod images;
 mod import;
+mod listen;
+
+pub use listen::{bind_tcp, serve_tcp, serve_unix, tls_config, TlsError, TlsFiles};
 pub mod manage;
 pub mod networks;
 pub mod registry;
@@ -25,18 +28,13 @@ pub mod system;
 pub mod version;
 pub mod volumes;
 
-use std::path::Path;
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, delete, get, post};
 use axum::Router;
 use berth_engine::Engine;
-use tokio::net::UnixListener;
-use tower::ServiceExt as _;
 
 /// Shared state of the handlers.
 pub type AppState = Arc<Engine>;
@@ -138,55 +136,4 @@ pub fn router(engine: Arc<Engine>) -> Router {
 
 async fn not_found() -> Response {
     error::ApiError::new(StatusCode::NOT_FOUND, "page not found").into_response()
-}
-
-/// Serves the API on a unix socket until `shutdown` resolves.
-pub async fn serve_unix(
-    engine: Arc<Engine>,
-    socket: &Path,
-    group: Option<u32>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let listener = bind_socket(socket, group)?;
-    let app = router(engine);
-    let service = tower::service_fn(move |request: Request<Body>| {
-        let app = app.clone();
-        async move {
-            match version::route_version(request) {
-                Ok(request) => app.oneshot(request).await,
-                Err(response) => Ok(*response),
-            }
-        }
-    });
-    axum::serve(
-        listener,
-        axum::ServiceExt::<Request>::into_make_service(service),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-}
-
-/// Binds the API socket at `socket`, mode 0660, owned by this process's user and by
-/// `group` (as dockerd's `--group`; `None`: the user's own group). A connection needs
-/// write permission on the socket: only that user and the group's members get in,
-/// whatever the umask. The socket is made under a temporary name and renamed into
-/// place once its mode and group are set, so that no one can connect to it before.
-fn bind_socket(socket: &Path, group: Option<u32>) -> std::io::Result<UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(parent) = socket.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let mut staged = socket.as_os_str().to_owned();
-    staged.push(format!(".{}.new", std::process::id()));
-    let staged = std::path::PathBuf::from(staged);
-    let _ = std::fs::remove_file(&staged);
-    let listener = UnixListener::bind(&staged)?;
-    let finished = std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o660))
-        .and_then(|()| std::os::unix::fs::chown(&staged, None, group))
-        .and_then(|()| std::fs::rename(&staged, socket));
-    if let Err(error) = finished {
-        let _ = std::fs::remove_file(&staged);
-        return Err(error);
-    }
-    Ok(listener)
 }

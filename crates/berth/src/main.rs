@@ -16,8 +16,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the Docker Engine API on a unix socket (use it with `docker -H unix://SOCKET`).
-    Daemon(commands::daemon::DaemonArgs),
+    /// Serve the Docker Engine API on a unix socket (use it with `docker -H unix://SOCKET`),
+    /// and on TCP with TLS if asked (`-H tcp://ADDRESS:PORT --tlsverify ...`).
+    Daemon(Box<commands::daemon::DaemonArgs>),
     /// Prepare the guest kernel and initramfs now (the daemon otherwise does it on first use).
     Guest(commands::guest::GuestArgs),
     /// Show or remove the VM templates that containers are cloned from.
@@ -46,7 +47,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Daemon(args) => commands::daemon::run(args),
+        Command::Daemon(args) => commands::daemon::run(*args),
         Command::Guest(args) => commands::guest::run(args),
         Command::Template(args) => commands::template::run(args),
         Command::Bench(args) => commands::bench::run(args),

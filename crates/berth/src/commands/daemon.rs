@@ -21,6 +21,33 @@ pub struct DaemonArgs {
     /// group `docker` does not exist, the socket is root's alone.
     #[arg(long, short = 'G', default_value = DEFAULT_SOCKET_GROUP)]
     pub group: String,
+    /// More places to serve the API, as dockerd's `-H` (repeatable): `unix:///PATH`, or
+    /// `tcp://ADDRESS:PORT`, with TLS under `--tls` or `--tlsverify`. Plain TCP is
+    /// refused on any address but loopback unless `--insecure-tcp`. The `--socket` is
+    /// served as well.
+    #[arg(short = 'H', long = "host")]
+    pub hosts: Vec<String>,
+    /// Serve `-H tcp://` with TLS, with the certificate and key of `--tlscert` and
+    /// `--tlskey` (clients are not asked for a certificate).
+    #[arg(long)]
+    pub tls: bool,
+    /// Serve `-H tcp://` with TLS and accept only clients whose certificate chains to
+    /// `--tlscacert` (mutual TLS, as dockerd's `--tlsverify`).
+    #[arg(long)]
+    pub tlsverify: bool,
+    /// CA certificates (PEM) that clients' certificates must chain to.
+    #[arg(long)]
+    pub tlscacert: Option<PathBuf>,
+    /// The server's certificate chain (PEM).
+    #[arg(long)]
+    pub tlscert: Option<PathBuf>,
+    /// The server's private key (PEM).
+    #[arg(long)]
+    pub tlskey: Option<PathBuf>,
+    /// Serve plain TCP on a non-loopback address anyway: anyone who reaches it is root
+    /// on this host.
+    #[arg(long)]
+    pub insecure_tcp: bool,
     /// Runtime files of running VMs (sockets, console logs).
     #[arg(long, default_value = "/run/berth")]
     pub exec_root: PathBuf,
@@ -77,6 +104,68 @@ pub struct DaemonArgs {
     /// Registries on 127.0.0.0/8 always are.
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
+}
+
+/// One `-H` place.
+enum Host {
+    Unix(PathBuf),
+    Tcp(std::net::SocketAddr),
+}
+
+/// The `-H` places, checked against the TLS flags; and the TLS configuration if any.
+fn hosts(args: &DaemonArgs) -> anyhow::Result<(Vec<Host>, Option<Arc<rustls::ServerConfig>>)> {
+    let mut hosts = Vec::new();
+    for text in &args.hosts {
+        let host = if let Some(path) = text.strip_prefix("unix://") {
+            Host::Unix(PathBuf::from(path))
+        } else if let Some(address) = text.strip_prefix("tcp://") {
+            let address = address.trim_end_matches('/');
+            let address = std::net::ToSocketAddrs::to_socket_addrs(address)
+                .ok()
+                .and_then(|mut found| found.next())
+                .with_context(|| {
+                    format!(
+                        "-H {text}: a TCP host is tcp://ADDRESS:PORT, e.g. tcp://127.0.0.1:2376"
+                    )
+                })?;
+            Host::Tcp(address)
+        } else {
+            anyhow::bail!("-H {text}: Berth serves unix:///PATH and tcp://ADDRESS:PORT");
+        };
+        hosts.push(host);
+    }
+    let tls = args.tls || args.tlsverify;
+    let tcp: Vec<_> = hosts
+        .iter()
+        .filter_map(|host| match host {
+            Host::Tcp(address) => Some(*address),
+            Host::Unix(_) => None,
+        })
+        .collect();
+    if !tls {
+        if let Some(open) = tcp.iter().find(|address| !address.ip().is_loopback()) {
+            if !args.insecure_tcp {
+                anyhow::bail!(
+                    "-H tcp://{open} without TLS gives root on this host to anyone who can reach it: use --tlsverify with --tlscacert, --tlscert and --tlskey, serve 127.0.0.1, or pass --insecure-tcp to do it anyway"
+                );
+            }
+            tracing::warn!(address = %open, "serving the Docker API over plain TCP: anyone who reaches it is root on this host");
+        }
+        return Ok((hosts, None));
+    }
+    let (Some(cert), Some(key)) = (args.tlscert.clone(), args.tlskey.clone()) else {
+        anyhow::bail!("--tls and --tlsverify need --tlscert and --tlskey (PEM files)");
+    };
+    if args.tlsverify && args.tlscacert.is_none() {
+        anyhow::bail!("--tlsverify needs --tlscacert: the CA that clients' certificates chain to");
+    }
+    let files = berth_api::TlsFiles {
+        cert,
+        key,
+        client_ca: args.tlsverify.then(|| args.tlscacert.clone()).flatten(),
+    };
+    let config = berth_api::tls_config(&files).context("setting up TLS for -H tcp://")?;
+    Ok((hosts, Some(config)))
 }
 
 /// dockerd's socket group, and so Berth's.
@@ -140,6 +229,17 @@ async fn serve(mut args: DaemonArgs) -> anyhow::Result<()> {
         }
     }
     let group = socket_group(&args.group)?;
+    let (extra_hosts, tls) = hosts(&args)?;
+    // Bound before anything else starts, so that an address in use stops the start.
+    let mut tcp_listeners = Vec::new();
+    for host in &extra_hosts {
+        if let Host::Tcp(address) = host {
+            let listener = berth_api::bind_tcp(*address)
+                .await
+                .with_context(|| format!("binding -H tcp://{address}"))?;
+            tcp_listeners.push((*address, listener));
+        }
+    }
     let backend = choose_backend(args.backend, &args.qemu)?;
     tracing::info!(
         backend = backend.name(),
@@ -196,35 +296,56 @@ async fn serve(mut args: DaemonArgs) -> anyhow::Result<()> {
         });
     }
 
-    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
-    let socket = args.socket.clone();
-    let api = {
-        let engine = engine.clone();
-        tokio::spawn(async move {
-            berth_api::serve_unix(engine, &socket, group, async {
-                let _ = api_stopped.await;
-            })
-            .await
-        })
+    // Every listener serves until the stop is sent; the first to fail ends the daemon.
+    let (stop_api, api_stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = api_stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
     };
-    tracing::info!(socket = %args.socket.display(), root = %args.root.display(), "serving the Docker API");
+    let mut servers = tokio::task::JoinSet::new();
+    let mut sockets = vec![args.socket.clone()];
+    sockets.extend(extra_hosts.iter().filter_map(|host| match host {
+        Host::Unix(path) => Some(path.clone()),
+        Host::Tcp(_) => None,
+    }));
+    for socket in sockets.clone() {
+        let (engine, stopped) = (engine.clone(), until_stopped());
+        servers.spawn(async move {
+            berth_api::serve_unix(engine, &socket, group, stopped)
+                .await
+                .with_context(|| format!("serving on {}", socket.display()))
+        });
+    }
+    for (address, listener) in tcp_listeners {
+        let (engine, tls, stopped) = (engine.clone(), tls.clone(), until_stopped());
+        servers.spawn(async move {
+            berth_api::serve_tcp(engine, listener, tls, stopped)
+                .await
+                .with_context(|| format!("serving on tcp://{address}"))
+        });
+    }
+    tracing::info!(socket = %args.socket.display(), hosts = ?args.hosts, tls = tls.is_some(), root = %args.root.display(), "serving the Docker API");
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
-        result = api => {
+        Some(result) = servers.join_next() => {
             return match result {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(error)) => Err(error).with_context(|| format!("serving on {}", args.socket.display())),
+                Ok(Err(error)) => Err(error),
                 Err(error) => Err(error.into()),
             };
         }
     }
     tracing::info!("shutting down: stopping running containers");
     engine.shutdown().await;
-    let _ = stop_api.send(());
-    let _ = std::fs::remove_file(&args.socket);
+    let _ = stop_api.send(true);
+    for socket in &sockets {
+        let _ = std::fs::remove_file(socket);
+    }
     Ok(())
 }
 
