@@ -177,19 +177,20 @@ fn socket_group(name: &str) -> anyhow::Result<Option<u32>> {
     if let Ok(gid) = name.parse::<u32>() {
         return Ok(Some(gid));
     }
-    match nix::unistd::Group::from_name(name)
-        .with_context(|| format!("looking up the group {name:?}"))?
-    {
-        Some(group) => Ok(Some(group.gid.as_raw())),
-        None if name == DEFAULT_SOCKET_GROUP => {
+    // A system without a group database at all (a minimal initramfs) fails the lookup
+    // rather than finding nothing: for the default group, both mean "none".
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(group)) => Ok(Some(group.gid.as_raw())),
+        Ok(None) | Err(_) if name == DEFAULT_SOCKET_GROUP => {
             tracing::info!(
                 "no group {name:?}: the API socket is root's alone (create the group, or name another with --group)"
             );
             Ok(None)
         }
-        None => anyhow::bail!(
+        Ok(None) => anyhow::bail!(
             "--group {name}: no such group; create it (groupadd {name}) or name another"
         ),
+        Err(error) => Err(error).with_context(|| format!("looking up the group {name:?}")),
     }
 }
 
