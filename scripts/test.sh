@@ -11,13 +11,14 @@ trap 'rm -f "$log"' EXIT
 ./scripts/lanes.sh 2>&1 | tee "$log"
 cargo build --release --locked
 status=0
-# Lab attempts given up and booted again (tests/common: run_lab) are reported below.
+# Lab attempts given up and booted again (tests/common: run_lab), and suites that failed
+# once in the lab and ran again (tests/lab_suites.rs), are reported below.
 rm -f target/lab-retries.log
 cargo test --release --locked --workspace --test '*' --no-fail-fast -- --test-threads=2 2>&1 | tee -a "$log" || status=$?
 # The reliability suite's short form (docs/reliability.md has the long one).
 ./scripts/reliability.sh --clients 4 --runs 3 --faults 5 || status=1
 if [ -s target/lab-retries.log ]; then
-    echo "lab attempts booted again: $(grep -c '^== ' target/lab-retries.log) (target/lab-retries.log):"
+    echo "lab retries: $(grep -c '^== ' target/lab-retries.log) (target/lab-retries.log):"
     grep '^== ' target/lab-retries.log
 fi
 # One closing line for the whole run (cargo prints one per test binary).

@@ -547,7 +547,7 @@ pub fn run_lab(make: impl Fn() -> Command) -> Output {
 }
 
 /// Appends a lab attempt that was given up to `target/lab-retries.log`.
-fn record_lab_retry(reason: &str, attempt: &str) {
+pub fn record_lab_retry(reason: &str, attempt: &str) {
     let Some(target) = Path::new(BERTH).parent().and_then(Path::parent) else {
         return;
     };
