@@ -155,17 +155,16 @@ pub fn create_container_disk(path: &Path, backing: Option<&Path>) -> Result<(), 
     Ok(())
 }
 
-/// Kills a VM process when dropped; the normal path has already stopped it by then.
-struct KillOnDrop(u32);
+/// Kills the VM processes whose run directory is under its path when dropped: a template
+/// build abandoned at any point (the daemon shutting down while the template boots or is
+/// snapshotted) leaves no VM behind. The normal path has stopped its VM by then, and the
+/// sweep finds nothing.
+struct KillUnder(PathBuf);
 
-impl Drop for KillOnDrop {
+impl Drop for KillUnder {
     fn drop(&mut self) {
-        let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.0)).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains("berth-template-") {
-            // SAFETY: kill takes no pointers; the pid was just checked to be a template VM.
-            unsafe {
-                libc::kill(self.0 as i32, libc::SIGKILL);
-            }
+        for pid in berth_vm::process::vm_processes_under(&self.0) {
+            berth_vm::process::kill_process(pid);
         }
     }
 }
@@ -339,6 +338,8 @@ impl TemplateManager {
             spec.nics.push(networks.template_nic(key)?);
             spec.netns = Some(networks.namespace_path());
         }
+        // From here on, an abandoned build must not leave its VM running.
+        let _abandoned = KillUnder(run_dir.clone());
         let booted = backend.boot(&spec).await;
         let remove_taps = || {
             if let Some(networks) = &self.networks {
@@ -354,9 +355,6 @@ impl TemplateManager {
                 return Err(error.into());
             }
         };
-        // If this build is abandoned (the daemon shuts down mid-build), the template VM
-        // must not outlive it.
-        let _abandoned = KillOnDrop(vm.pid);
         let control = vm.control;
         let snapshot = async {
             // Keep the channel open while snapshotting: the guest must see its host connected.

@@ -211,6 +211,12 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(mut args: DaemonArgs) -> anyhow::Result<()> {
+    // Taken over first: a SIGTERM or Ctrl-C that comes while the engine opens or builds
+    // its first template must stop the daemon cleanly (its VMs with it), not kill it
+    // outright, which would leave those VMs running.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     if let Some(path) = &args.config_file {
         let file = super::daemon_json::read(path)?;
         // Flags win over the file, as with dockerd (which refuses a conflict instead).
@@ -329,9 +335,8 @@ async fn serve(mut args: DaemonArgs) -> anyhow::Result<()> {
     }
     tracing::info!(socket = %args.socket.display(), hosts = ?args.hosts, tls = tls.is_some(), root = %args.root.display(), "serving the Docker API");
 
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = interrupt.recv() => {}
         _ = terminate.recv() => {}
         Some(result) = servers.join_next() => {
             return match result {
