@@ -89,6 +89,9 @@ pub struct EngineConfig {
     /// The program that serves shared directories, run as `PROGRAM share-server` (the
     /// berth binary); `None`: bind mounts and directory volumes cannot start.
     pub share_server: Option<PathBuf>,
+    /// VMs restored ahead of demand per template, for starts to claim (0: none; see
+    /// `vm::spares`).
+    pub spare_vms: usize,
 }
 
 /// Facts for `docker info` and `docker version`.
@@ -143,6 +146,8 @@ pub struct Engine {
     volume_lock: tokio::sync::Mutex<()>,
     /// `docker build`'s step cache.
     build_cache: build::BuildCache,
+    /// VMs restored ahead of demand.
+    spares: vm::spares::SparePool,
 }
 
 /// The runtime that clones each container's VM from a template (the default).
@@ -186,10 +191,12 @@ impl Engine {
         let mut lost = Vec::new();
         for record in store.all()? {
             let backend = &config.backend;
-            if record.state.status.is_running() && backend.runs_vm(record.state.pid, &record.id) {
+            if record.state.status.is_running()
+                && backend.runs_vm(record.state.pid, record.vm_name())
+            {
                 live.push(record.id.clone());
             } else if record.state.status.is_running() {
-                backend.kill_stale_vm(record.state.pid, &record.id);
+                backend.kill_stale_vm(record.state.pid, record.vm_name());
                 lost.push(record.id.clone());
             }
             containers.insert(record.id.clone(), Arc::new(ContainerHandle::new(record)));
@@ -207,6 +214,12 @@ impl Engine {
                 berth_vm::process::kill_process(pid);
             }
         }
+        vm::spares::remove_left_spare_dirs(
+            &config.exec_root.join("vms"),
+            containers
+                .values()
+                .map(|handle| lock(&handle.record).state.vm.clone()),
+        );
         let networks = Arc::new(network::Networks::open(
             host,
             store.clone(),
@@ -235,6 +248,7 @@ impl Engine {
             config.exec_root.join("templates"),
             Some(networks.clone()),
         );
+        let spares = vm::spares::SparePool::new(config.spare_vms);
         let engine = Arc::new(Self {
             config,
             store,
@@ -249,6 +263,7 @@ impl Engine {
             volumes: Mutex::new(volumes),
             volume_lock: tokio::sync::Mutex::new(()),
             build_cache,
+            spares,
         });
         for id in lost {
             let handle = engine.lookup(&id)?;
@@ -286,6 +301,20 @@ impl Engine {
             .exec_root
             .join("vms")
             .join(&id[..24.min(id.len())])
+    }
+
+    /// Removes the run directories of a container's VMs: the one named after it, and
+    /// that of a VM restored ahead of demand its last run took.
+    pub(crate) fn remove_vm_dirs(&self, record: &ContainerRecord) {
+        let _ = std::fs::remove_dir_all(self.vm_dir(&record.id));
+        if !record.state.vm.is_empty() {
+            let _ = std::fs::remove_dir_all(self.vm_dir(&record.state.vm));
+        }
+    }
+
+    /// Whether the daemon is shutting down.
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The event stream (`docker events`).
@@ -529,6 +558,7 @@ impl Engine {
         for task in tasks {
             let _ = task.await;
         }
+        self.discard_spares().await;
         self.networks.shut_down();
     }
 }

@@ -115,6 +115,17 @@ pub fn attach_tap(namespace: &Namespace, tap: &str, bridge: &str) -> Result<(), 
     Ok(())
 }
 
+/// Gives the tap `tap` (down, attached to nothing) the name `name`, in place of a link
+/// of that name if there is one: how a VM restored ahead of demand, which has its tap
+/// open, takes a container's tap name. A VM keeps its tap's descriptor, not its name.
+pub fn rename_tap(namespace: &Namespace, tap: &str, name: &str) -> Result<(), NetError> {
+    check_name(tap)?;
+    check_name(name)?;
+    let _ = namespace.ip(&["link", "delete", "dev", name]);
+    namespace.ip(&["link", "set", "dev", tap, "name", name])?;
+    Ok(())
+}
+
 /// Lists the namespace's links whose names start with `prefix`.
 pub fn links_with_prefix(namespace: &Namespace, prefix: &str) -> Result<Vec<String>, NetError> {
     let output = namespace.ip(&["-o", "link", "show"])?;

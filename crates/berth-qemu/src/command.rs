@@ -83,10 +83,13 @@ pub fn qemu_arguments(
         args.push("defer".into());
     }
     for (index, disk) in spec.disks.iter().enumerate() {
-        let format = match disk.format {
-            DiskFormat::Raw => "raw",
-            DiskFormat::Qcow2 => "qcow2",
-        };
+        if index == 0 && spec.restore_from.is_some() {
+            args.extend(["-blockdev".into(), replaceable_root_blockdev(disk)]);
+            args.push("-device".into());
+            args.push(disk_device(disk, ROOT_NODE));
+            continue;
+        }
+        let format = format_name(disk.format);
         args.push("-drive".into());
         args.push(format!(
             "file={},format={format},if=none,id=disk{index},cache=writeback,discard=unmap{}",
@@ -182,6 +185,33 @@ pub(crate) fn clean_serial(serial: &str) -> String {
         .collect()
 }
 
+/// The node a clone's first disk (`/dev/vda`) is attached through: a `raw` node whose
+/// `file` child is the disk's format node. `blockdev-reopen` can point it at another
+/// disk while the VM runs (QEMU >= 6.1), which is how a VM restored ahead of demand
+/// takes a container's root filesystem (see [`crate::process`]); a virtio-blk device
+/// cannot change its own drive once realized.
+pub(crate) const ROOT_NODE: &str = "root";
+
+/// The `-blockdev` of a clone's first disk: [`ROOT_NODE`] over the disk's format node
+/// over its file, with `-drive`'s settings for the other disks (writeback cache,
+/// discards passed down).
+fn replaceable_root_blockdev(disk: &DiskSpec) -> String {
+    format!(
+        "driver=raw,node-name={ROOT_NODE},discard=unmap,read-only={},file.driver={},file.node-name={ROOT_NODE}-format0,file.discard=unmap,file.file.driver=file,file.file.filename={},file.file.discard=unmap",
+        if disk.read_only { "on" } else { "off" },
+        format_name(disk.format),
+        escape_option(&disk.path.display().to_string()),
+    )
+}
+
+/// QEMU's name of a disk format.
+pub(crate) fn format_name(format: DiskFormat) -> &'static str {
+    match format {
+        DiskFormat::Raw => "raw",
+        DiskFormat::Qcow2 => "qcow2",
+    }
+}
+
 /// What a virtio-blk disk does on a failed read or write: tell the guest.
 pub(crate) const DISK_ERROR_POLICY: &str = "werror=report,rerror=report";
 
@@ -256,6 +286,10 @@ mod tests {
             joined.contains("memory-backend-file,id=ram,size=512M,mem-path=/t/memory,share=off")
         );
         assert!(joined.contains("-incoming defer"));
+        assert!(joined.contains(
+            "-blockdev driver=raw,node-name=root,discard=unmap,read-only=off,file.driver=qcow2,file.node-name=root-format0,file.discard=unmap,file.file.driver=file,file.file.filename=/d/a,,b.qcow2,file.file.discard=unmap -device virtio-blk-pci,drive=root,"
+        ));
+        assert!(!joined.contains("-drive"));
         assert!(!joined.contains("-kernel") && !joined.contains("-initrd"));
         let cold = qemu_arguments(&spec, Accelerator::Tcg, Path::new("/a"), Path::new("/q"));
         assert!(cold.windows(2).any(|pair| pair[0] == "-kernel"));

@@ -71,6 +71,10 @@ impl VmBackend for QemuBackend {
         self.accelerator
     }
 
+    fn supports_root_replacement(&self) -> bool {
+        true
+    }
+
     async fn boot(&self, spec: &VmSpec) -> Result<RunningVm, VmError> {
         let agent_socket = spec.run_dir.join("agent.sock");
         let qmp_socket = spec.run_dir.join("qmp.sock");

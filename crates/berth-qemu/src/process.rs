@@ -1,11 +1,12 @@
 //! The [`VmControl`] the engine holds for a QEMU process: QMP for everything but waiting.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use berth_vm::process::VmProcess;
-use berth_vm::{BlockStats, DiskFormat, DiskSpec, NicSpec, VmControl, VmError, VmExit};
+use berth_vm::{BlockStats, DiskSpec, NicSpec, VmControl, VmError, VmExit};
 
 use crate::qmp::QmpClient;
 
@@ -147,10 +148,7 @@ impl VmControl for QemuControl {
             .ok_or_else(|| VmError::Monitor("a hot-plugged disk needs a PCI slot".into()))?;
         let node = format!("hotdisk{slot}");
         let mut monitor = QmpClient::connect(&self.qmp_socket).await?;
-        let driver = match disk.format {
-            DiskFormat::Raw => "raw",
-            DiskFormat::Qcow2 => "qcow2",
-        };
+        let driver = crate::command::format_name(disk.format);
         monitor
             .execute(
                 "blockdev-add",
@@ -170,6 +168,47 @@ impl VmControl for QemuControl {
             device["serial"] = serde_json::json!(crate::command::clean_serial(serial));
         }
         if let Err(error) = monitor.execute("device_add", Some(device)).await {
+            let _ = monitor
+                .execute(
+                    "blockdev-del",
+                    Some(serde_json::json!({ "node-name": node })),
+                )
+                .await;
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Opens `disk` as a new format node and points the clone's root node at it
+    /// (`blockdev-reopen`); the node it replaces is closed with its last reference.
+    async fn replace_root_disk(&self, disk: &DiskSpec) -> Result<(), VmError> {
+        static REPLACEMENTS: AtomicU64 = AtomicU64::new(1);
+        let node = format!(
+            "{}-format{}",
+            crate::command::ROOT_NODE,
+            REPLACEMENTS.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut monitor = QmpClient::connect(&self.qmp_socket).await?;
+        monitor
+            .execute(
+                "blockdev-add",
+                Some(serde_json::json!({
+                    "driver": crate::command::format_name(disk.format), "node-name": node,
+                    "read-only": disk.read_only, "discard": "unmap",
+                    "file": { "driver": "file", "filename": disk.path, "discard": "unmap" },
+                })),
+            )
+            .await?;
+        let reopened = monitor
+            .execute(
+                "blockdev-reopen",
+                Some(serde_json::json!({ "options": [{
+                    "driver": "raw", "node-name": crate::command::ROOT_NODE,
+                    "read-only": disk.read_only, "discard": "unmap", "file": node,
+                }]})),
+            )
+            .await;
+        if let Err(error) = reopened {
             let _ = monitor
                 .execute(
                     "blockdev-del",

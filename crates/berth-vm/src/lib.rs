@@ -229,6 +229,12 @@ pub trait VmControl: Send + Sync {
     async fn remove_nic(&self, nic: &NicSpec) -> Result<(), VmError>;
     /// Hot-plugs a disk (a volume) into the running VM, in `disk.pci_slot`.
     async fn add_disk(&self, disk: &DiskSpec) -> Result<(), VmError>;
+    /// Puts `disk` behind the guest's first disk (`/dev/vda`) of a restored clone, in
+    /// place of the disk it was restored with, before the guest has read from it: how a
+    /// VM restored ahead of demand takes a container's root filesystem.
+    async fn replace_root_disk(&self, _disk: &DiskSpec) -> Result<(), VmError> {
+        Err(VmError::Unsupported("replacing a running VM's root disk"))
+    }
     /// Sets the memory the guest may use to `bytes`, through its balloon: down, and
     /// back up to the size the VM started with (never more).
     async fn set_memory(&self, _bytes: u64) -> Result<(), VmError> {
@@ -252,6 +258,11 @@ pub trait VmBackend: Send + Sync {
     /// container with volumes boots cold (its disks attached from boot).
     fn supports_hotplug(&self) -> bool {
         true
+    }
+    /// Whether [`VmControl::replace_root_disk`] works on this backend's clones: only
+    /// then can the engine restore VMs ahead of demand.
+    fn supports_root_replacement(&self) -> bool {
+        false
     }
     /// Boots a VM and returns once its process runs and the agent channel is connected.
     async fn boot(&self, spec: &VmSpec) -> Result<RunningVm, VmError>;

@@ -363,7 +363,7 @@ impl Engine {
             self.stop_container(&handle.id, Some(0)).await?;
         }
         self.transition(&handle, Transition::Removing)?;
-        let _ = std::fs::remove_dir_all(self.vm_dir(&handle.id));
+        self.remove_vm_dirs(&handle.snapshot());
         let dir = self.container_dir(&handle.id);
         let deleted = std::fs::remove_dir_all(&dir)
             .or_else(|e| match e.kind() {

@@ -381,6 +381,25 @@ impl Networks {
         })
     }
 
+    /// The NIC of a VM restored ahead of demand (`name`, see `vm::spares`): a tap of its
+    /// own, down and attached to nothing, and a MAC address of its own until a container
+    /// gives it one.
+    pub fn spare_nic(&self, name: &str, mac: String) -> Result<NicSpec, EngineError> {
+        let tap = links::tap_name(name, 0);
+        self.host.create_tap(&tap)?;
+        Ok(NicSpec {
+            tap,
+            mac,
+            pci_slot: FIRST_NIC_SLOT,
+        })
+    }
+
+    /// Gives a VM restored ahead of demand's tap (`spare_tap`) the name of a container's
+    /// first tap, which the start's plan made: the VM has its tap open already.
+    pub fn adopt_tap(&self, spare_tap: &str, tap: &str) -> Result<(), EngineError> {
+        Ok(self.host.rename_tap(spare_tap, tap)?)
+    }
+
     pub fn remove_tap(&self, tap: &str) {
         let _ = self.host.delete_link(tap);
     }

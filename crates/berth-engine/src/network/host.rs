@@ -47,6 +47,9 @@ pub trait HostNetwork: Send + Sync {
     fn create_tap(&self, name: &str) -> Result<(), NetError>;
     fn attach_tap(&self, tap: &str, bridge: &str) -> Result<(), NetError>;
     fn delete_link(&self, name: &str) -> Result<(), NetError>;
+    /// Renames a tap that is down and attached to nothing, replacing a link of the new
+    /// name if there is one.
+    fn rename_tap(&self, tap: &str, name: &str) -> Result<(), NetError>;
     fn links_with_prefix(&self, prefix: &str) -> Result<Vec<String>, NetError>;
     /// Replaces the namespace's ruleset with one for these bridges.
     fn apply_firewall(&self, bridges: &[BridgeRule], uplink: Option<&str>) -> Result<(), NetError>;
@@ -123,6 +126,10 @@ impl HostNetwork for NamespaceHost {
 
     fn delete_link(&self, name: &str) -> Result<(), NetError> {
         links::delete_link(&self.namespace, name)
+    }
+
+    fn rename_tap(&self, tap: &str, name: &str) -> Result<(), NetError> {
+        links::rename_tap(&self.namespace, tap, name)
     }
 
     fn links_with_prefix(&self, prefix: &str) -> Result<Vec<String>, NetError> {

@@ -58,6 +58,11 @@ pub struct StateRecord {
     pub started_at: String,
     pub finished_at: String,
     pub oom_killed: bool,
+    /// The name of the VM of the last run when it is not the container's id: a VM
+    /// restored ahead of demand (`spare…`, see `vm::spares`) keeps its own process name
+    /// and run directory. Empty: the VM is named after the container.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub vm: String,
 }
 
 /// Docker's zero time, used for "never".
@@ -73,6 +78,7 @@ impl Default for StateRecord {
             started_at: ZERO_TIME.into(),
             finished_at: ZERO_TIME.into(),
             oom_killed: false,
+            vm: String::new(),
         }
     }
 }
@@ -137,6 +143,15 @@ impl ContainerRecord {
             .map(|bytes| (bytes as u64).div_ceil(1 << 20) as u32)
             .unwrap_or(default_memory_mib);
         (vcpus.max(1), memory)
+    }
+
+    /// The name of the VM of the container's last run: its process name (`berth-NAME`)
+    /// and its run directory's.
+    pub fn vm_name(&self) -> &str {
+        match self.state.vm.as_str() {
+            "" => &self.id,
+            spare => spare,
+        }
     }
 
     pub fn tty(&self) -> bool {

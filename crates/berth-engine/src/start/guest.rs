@@ -20,7 +20,7 @@ use crate::files::shares::ShareRelay;
 /// How long a VM gets from process start to the agent's Hello. Generous: under software
 /// emulation on a loaded host a boot can take many seconds.
 pub(super) const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
-pub(super) const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the agent gets, once the setup is done, to say that the container's process
 /// runs (or could not be started). A guest that goes silent here is ended, not waited on.
 pub(super) const PROCESS_START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -42,11 +42,19 @@ pub(super) struct GuestFailure {
     pub agent_answered: bool,
 }
 
+/// The agent channel of a start's VM.
+pub(super) enum GuestChannel {
+    /// A VM just booted or restored: its agent has not answered yet.
+    New(UnixStream),
+    /// A VM restored ahead of demand, whose agent took its identity then.
+    Rebound(AgentSession, AgentReader),
+}
+
 /// Rebinds or waits for the guest, then sets it up (and sends the process when
 /// `plan.pipelined()`).
 pub(super) async fn bring_up(
     plan: &StartPlan,
-    agent: UnixStream,
+    channel: GuestChannel,
     run_dir: &Path,
     begun: Instant,
 ) -> Result<GuestUp, GuestFailure> {
@@ -63,7 +71,19 @@ pub(super) async fn bring_up(
     if plan.pipelined() {
         follow.push((MAIN_STREAM, HostMessage::Spawn(plan.process.clone())));
     }
-    let (session, mut reader) = if plan.is_clone() {
+    let agent = match channel {
+        GuestChannel::New(agent) => agent,
+        GuestChannel::Rebound(session, reader) => {
+            for (stream, message) in follow {
+                session
+                    .send(stream, &message)
+                    .await
+                    .map_err(|e| failed(true)(e.into()))?;
+            }
+            return set_up(plan, session, reader, run_dir, begun.elapsed()).await;
+        }
+    };
+    let (session, reader) = if plan.is_clone() {
         let (session, reader, _steps) = rebind(agent, rebind_spec(), follow, SETUP_TIMEOUT)
             .await
             .map_err(|e| failed(false)(e.into()))?;
@@ -80,7 +100,24 @@ pub(super) async fn bring_up(
         }
         (session, reader)
     };
-    let answered_at = begun.elapsed();
+    set_up(plan, session, reader, run_dir, begun.elapsed()).await
+}
+
+/// The rest of [`bring_up`] once the agent has answered: the shares' relay, then the
+/// setup's answer.
+async fn set_up(
+    plan: &StartPlan,
+    session: AgentSession,
+    mut reader: AgentReader,
+    run_dir: &Path,
+    answered_at: Duration,
+) -> Result<GuestUp, GuestFailure> {
+    let failed = |agent_answered| {
+        move |error: EngineError| GuestFailure {
+            error,
+            agent_answered,
+        }
+    };
     let session = Arc::new(session);
     // Before the setup's answer: the setup mounts the shares (and may copy into one).
     if !plan.shares.is_empty() {
@@ -133,7 +170,7 @@ fn describe_steps(steps: &[(String, u64)]) -> String {
 }
 
 /// A clone's new identity: fresh entropy from the host and the host's clock.
-fn rebind_spec() -> RebindSpec {
+pub(crate) fn rebind_spec() -> RebindSpec {
     let mut entropy = vec![0u8; 64];
     rand::rngs::OsRng.fill_bytes(&mut entropy);
     let now = std::time::SystemTime::now()

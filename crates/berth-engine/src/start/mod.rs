@@ -22,6 +22,7 @@ mod networks;
 mod plan;
 mod reattach;
 mod serve;
+mod spare;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,6 +37,8 @@ use crate::error::{error_chain, EngineError};
 use crate::process::output::LogWriter;
 use crate::vm::template::Template;
 use crate::{lock, ContainerHandle, Engine, Runtime};
+
+pub(crate) use guest::{rebind_spec, SETUP_TIMEOUT};
 
 /// What `start` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,26 +191,41 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let begun = Instant::now();
         let guest = self.guest().await?.clone();
+        self.remove_vm_dirs(&handle.snapshot());
         let run_dir = self.vm_dir(&handle.id);
-        let _ = std::fs::remove_dir_all(&run_dir);
         std::fs::create_dir_all(&run_dir).map_err(EngineError::io(&run_dir))?;
         // 1. plan
         let plan = self.plan_start(handle, &guest).await?;
         rollback.networks = true;
         let template_ready = begun.elapsed();
-        // 2. boot or restore
+        // 2. boot or restore, or claim a VM restored ahead of demand
         rollback.step = StartStep::Boot;
-        let hotplug = self.config.backend.supports_hotplug();
-        let spec = plan.vm_spec(self, &guest, hotplug);
-        let vm = match self.config.backend.boot(&spec).await {
-            Ok(vm) => vm,
-            Err(error) => {
-                rollback.condemned_template = plan.template.clone();
-                return Err(error.into());
+        let claimed = match &plan.template {
+            Some(template) if plan.volume_disks.is_empty() => {
+                self.claimed_spare(&plan, template).await
+            }
+            _ => None,
+        };
+        let (vm_pid, control, channel, run_dir) = match claimed {
+            Some(spare) => {
+                lock(&handle.record).state.vm = spare.name;
+                (spare.pid, spare.control, spare.channel, spare.run_dir)
+            }
+            None => {
+                lock(&handle.record).state.vm.clear();
+                let hotplug = self.config.backend.supports_hotplug();
+                let spec = plan.vm_spec(self, &guest, hotplug);
+                let vm = match self.config.backend.boot(&spec).await {
+                    Ok(vm) => vm,
+                    Err(error) => {
+                        rollback.condemned_template = plan.template.clone();
+                        return Err(error.into());
+                    }
+                };
+                let control: Arc<dyn VmControl> = Arc::from(vm.control);
+                (vm.pid, control, guest::GuestChannel::New(vm.agent), run_dir)
             }
         };
-        let vm_pid = vm.pid;
-        let control: Arc<dyn VmControl> = Arc::from(vm.control);
         rollback.vm = Some(control.clone());
         self.apply_cpu_limits(&plan.record, vm_pid)?;
         let vm_up = begun.elapsed();
@@ -227,7 +245,7 @@ impl Engine {
             }
         }
         self.start_share_servers(&run_dir, &plan.shares, vm_pid)?;
-        let up = match guest::bring_up(&plan, vm.agent, &run_dir, begun).await {
+        let up = match guest::bring_up(&plan, channel, &run_dir, begun).await {
             Ok(up) => up,
             Err(failure) => {
                 if !failure.agent_answered {
@@ -287,6 +305,9 @@ impl Engine {
                 // The serve task has recorded the start (and maybe the end already).
                 timings.log(&plan.record);
                 self.start_health_checks(handle);
+                if let Some(template) = &plan.template {
+                    self.replenish_spares(template);
+                }
                 if let Some(input) = handle.take_stdin() {
                     tokio::spawn(serve::forward_stdin(session, input));
                 }

@@ -38,7 +38,7 @@ impl Engine {
                         engine
                             .config
                             .backend
-                            .kill_stale_vm(record.state.pid, &record.id);
+                            .kill_stale_vm(record.state.pid, record.vm_name());
                         engine.networks.release(&mut record);
                         {
                             let mut current = lock(&handle.record);
@@ -73,7 +73,7 @@ impl Engine {
         let vm = self
             .config
             .backend
-            .reattach(record.state.pid, &self.vm_dir(&record.id))
+            .reattach(record.state.pid, &self.vm_dir(record.vm_name()))
             .await?;
         let control: Arc<dyn VmControl> = Arc::from(vm.control);
         let taken = crate::agent::reattach(vm.agent, SETUP_TIMEOUT).await;
@@ -97,7 +97,7 @@ impl Engine {
         };
         let session = Arc::new(session);
         // The shares' servers outlived the daemon before this one (see files::shares).
-        let run_dir = self.vm_dir(&record.id);
+        let run_dir = self.vm_dir(record.vm_name());
         match ShareRelay::reconnect(&run_dir, session.clone()).await {
             Ok(Some(relay)) => reader.attach_shares(relay),
             Ok(None) => {}

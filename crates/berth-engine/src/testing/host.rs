@@ -76,6 +76,15 @@ impl HostNetwork for FakeHost {
         Ok(())
     }
 
+    fn rename_tap(&self, tap: &str, name: &str) -> Result<(), NetError> {
+        let mut links = lock(&self.links);
+        if !links.remove(tap) {
+            return Err(NetError::Invalid(format!("no link {tap}")));
+        }
+        links.insert(name.to_owned());
+        Ok(())
+    }
+
     fn links_with_prefix(&self, prefix: &str) -> Result<Vec<String>, NetError> {
         Ok(lock(&self.links)
             .iter()

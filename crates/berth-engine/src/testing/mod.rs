@@ -150,6 +150,7 @@ async fn open(root: &Path, backend: Arc<FakeBackend>, host: Arc<FakeHost>) -> Ar
         registry: Default::default(),
         guest_kernel: None,
         share_server: None,
+        spare_vms: 0,
     };
     let engine = Engine::open_with(config, host).await.expect("engine opens");
     engine

@@ -3,5 +3,6 @@
 //! stopped container's disk.
 
 pub(crate) mod copy_vm;
+pub(crate) mod spares;
 pub mod template;
 pub mod template_state;

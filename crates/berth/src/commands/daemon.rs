@@ -57,12 +57,17 @@ pub struct DaemonArgs {
     /// VM memory (MiB) for containers started without --memory.
     #[arg(long, default_value_t = 256)]
     pub memory: u32,
+    /// VMs to keep restored ahead of demand, per VM shape in use: a container's start
+    /// claims one instead of restoring its clone then, and another is restored in the
+    /// background. Each costs an idle clone's memory. 0 turns this off. Needs the
+    /// `qemu` backend (which can put a container's disk into a running clone)
+    #[arg(long = "spare-vms", default_value_t = 0)]
+    pub spare_vms: usize,
     /// The QEMU system emulator to run VMs with.
     #[arg(long, default_value = "qemu-system-x86_64")]
     pub qemu: PathBuf,
-    /// Which VMM runs container VMs: `kvm` (Berth's own, needs hardware virtualization;
-    /// no hot-plug yet: containers with volumes boot cold, running containers cannot
-    /// join networks), `qemu` (KVM where hardware virtualization works, software
+    /// Which VMM runs container VMs: `kvm` (Berth's own, needs hardware
+    /// virtualization), `qemu` (KVM where hardware virtualization works, software
     /// emulation otherwise), or `auto` (`kvm` where hardware virtualization works,
     /// else `qemu`).
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
@@ -276,6 +281,7 @@ async fn serve(mut args: DaemonArgs) -> anyhow::Result<()> {
         share_server: Some(
             std::env::current_exe().context("finding the berth binary for its file server")?,
         ),
+        spare_vms: args.spare_vms,
     })
     .await
     .with_context(|| format!("opening Berth's state in {}", args.root.display()))?;
@@ -296,8 +302,13 @@ async fn serve(mut args: DaemonArgs) -> anyhow::Result<()> {
             }
             if !engine.backend_supports_snapshot() {
                 tracing::info!("this backend takes no snapshots: every container VM boots cold");
-            } else if let Err(error) = engine.prepare_default_template().await {
-                tracing::error!(error = %berth_engine::error_chain(&error), "building the default VM template failed; containers will build it on first start");
+            } else {
+                match engine.prepare_default_template().await {
+                    Ok(template) => engine.replenish_spares(&template),
+                    Err(error) => {
+                        tracing::error!(error = %berth_engine::error_chain(&error), "building the default VM template failed; containers will build it on first start")
+                    }
+                }
             }
             engine.start_with_daemon().await;
         });
