@@ -157,6 +157,12 @@ impl VmBackend for KvmBackend {
         Accelerator::Kvm
     }
 
+    /// Clones restore with their first disk in [`FIRST_FREE_DISK_SLOT`], which
+    /// `replace_root_disk` swaps.
+    fn supports_root_replacement(&self) -> bool {
+        true
+    }
+
     async fn boot(&self, spec: &VmSpec) -> Result<RunningVm, VmError> {
         let agent_socket = spec.run_dir.join("agent.sock");
         let _ = std::fs::remove_file(&agent_socket);
@@ -240,18 +246,21 @@ struct VmmControl {
 fn exchange(
     socket: &Path,
     request: &ControlRequest,
-    descriptor: Option<&OwnedFd>,
+    descriptors: &[OwnedFd],
 ) -> std::io::Result<ControlResponse> {
     let stream = StdUnixStream::connect(socket)?;
     stream.set_read_timeout(Some(CONTROL_TIMEOUT))?;
     stream.set_write_timeout(Some(CONTROL_TIMEOUT))?;
     let mut line = serde_json::to_string(request).map_err(std::io::Error::other)?;
     line.push('\n');
-    let sent = match descriptor {
-        Some(fd) => stream
-            .send_with_fd(line.as_bytes(), fd.as_raw_fd())
-            .map_err(std::io::Error::from)?,
-        None => 0,
+    let sent = match descriptors {
+        [] => 0,
+        descriptors => {
+            let raw: Vec<_> = descriptors.iter().map(AsRawFd::as_raw_fd).collect();
+            stream
+                .send_with_fds(&[line.as_bytes()], &raw)
+                .map_err(std::io::Error::from)?
+        }
     };
     (&stream).write_all(&line.as_bytes()[sent..])?;
     let mut answer = String::new();
@@ -268,7 +277,7 @@ fn open_tap_of(pid: u32, name: &str) -> std::io::Result<File> {
 
 impl VmmControl {
     async fn request(&self, request: ControlRequest) -> Result<ControlResponse, VmError> {
-        self.request_with(request, None).await
+        self.request_with(request, Vec::new()).await
     }
 
     /// Sends `request` with `descriptor` alongside; an answer that is not `ok` is an
@@ -276,11 +285,11 @@ impl VmmControl {
     async fn request_with(
         &self,
         request: ControlRequest,
-        descriptor: Option<OwnedFd>,
+        descriptors: Vec<OwnedFd>,
     ) -> Result<ControlResponse, VmError> {
         let socket = self.control_socket.clone();
         let response =
-            tokio::task::spawn_blocking(move || exchange(&socket, &request, descriptor.as_ref()))
+            tokio::task::spawn_blocking(move || exchange(&socket, &request, &descriptors))
                 .await
                 .map_err(|e| {
                     VmError::Io(
@@ -379,7 +388,7 @@ impl VmControl for VmmControl {
             slot: nic.pci_slot,
             mac: nic.mac.clone(),
         };
-        self.request_with(request, Some(tap.into()))
+        self.request_with(request, vec![tap.into()])
             .await
             .map(|_| ())
     }
@@ -395,6 +404,38 @@ impl VmControl for VmmControl {
         self.request(ControlRequest::SetMemory { bytes })
             .await
             .map(|_| ())
+    }
+
+    /// The container's disk, and its image's (the qcow2's backing file), opened here
+    /// and passed to the VMM, which opens no file once it runs.
+    async fn replace_root_disk(&self, disk: &DiskSpec) -> Result<(), VmError> {
+        let opening = |e| VmError::Io("opening the container's disk", e);
+        let image = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!disk.read_only)
+            .open(&disk.path)
+            .map_err(opening)?;
+        let format = match disk.format {
+            berth_vm::DiskFormat::Raw => DiskFormat::Raw,
+            berth_vm::DiskFormat::Qcow2 => DiskFormat::Qcow2,
+        };
+        let backing = match format {
+            DiskFormat::Qcow2 => crate::disk::qcow2::Qcow2Disk::backing_path(&image, &disk.path)
+                .map_err(opening)?
+                .map(File::open)
+                .transpose()
+                .map_err(opening)?,
+            DiskFormat::Raw => None,
+        };
+        let descriptors = std::iter::once(image)
+            .chain(backing)
+            .map(OwnedFd::from)
+            .collect();
+        let request = ControlRequest::ReplaceDisk {
+            slot: FIRST_FREE_DISK_SLOT,
+            format,
+        };
+        self.request_with(request, descriptors).await.map(|_| ())
     }
 
     async fn add_disk(&self, disk: &DiskSpec) -> Result<(), VmError> {
@@ -414,7 +455,7 @@ impl VmControl for VmmControl {
             read_only: disk.read_only,
             serial: disk.serial.clone(),
         };
-        self.request_with(request, Some(file.into()))
+        self.request_with(request, vec![file.into()])
             .await
             .map(|_| ())
     }

@@ -10,6 +10,8 @@
 //! {"command":"block_stats"}      {"ok":true,"block_stats":[rb,wb,rops,wops]}
 //! {"command":"add_disk","slot":16,"read_only":false,"serial":"…"}   + a raw disk's fd
 //! {"command":"add_nic","slot":9,"mac":"02:…"}                       + a tap's fd
+//! {"command":"replace_disk","slot":2,"format":"qcow2"}  + the image's fd [+ its backing file's]
+//!                                (the disk in that slot serves from the new image)
 //! {"command":"remove","slot":9}  {"ok":true}  (the guest is asked; see `slots`)
 //! {"command":"slots"}            {"ok":true,"slots":[0,2,3,4,8,9]}
 //! {"command":"set_memory","bytes":N}  {"ok":true}  (the balloon takes the rest)
@@ -17,8 +19,9 @@
 //! failures                       {"ok":false,"error":"…"}
 //!                                ("code":"slot_in_use" when the slot is taken)
 //! ```
-//! The descriptor of an `add_` request travels with the request's bytes as
-//! `SCM_RIGHTS` ancillary data: the VMM opens no file itself (see `hotplug`). A request
+//! The descriptors of an `add_` or `replace_` request travel with the request's bytes as
+//! `SCM_RIGHTS` ancillary data (at most [`MAX_DESCRIPTORS`]): the VMM opens no file
+//! itself (see `hotplug`). A request
 //! longer than [`MAX_REQUEST`] bytes, that does not parse, or that lacks its descriptor
 //! is answered with an error; the VM is not affected.
 
@@ -35,6 +38,8 @@ use crate::machine::Machine;
 
 /// Longest request line taken.
 pub const MAX_REQUEST: u64 = 4096;
+/// Most descriptors a request carries (a disk image and its backing file).
+pub const MAX_DESCRIPTORS: usize = 2;
 
 /// A request.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -58,6 +63,10 @@ pub enum ControlRequest {
     },
     Remove {
         slot: u8,
+    },
+    ReplaceDisk {
+        slot: u8,
+        format: crate::config::DiskFormat,
     },
     Slots,
     SetMemory {
@@ -97,7 +106,9 @@ struct Answer {
     balloon: Option<[u64; 3]>,
 }
 
-fn answer(machine: &Machine, line: &str, file: Option<File>) -> ControlResponse {
+fn answer(machine: &Machine, line: &str, files: Vec<File>) -> ControlResponse {
+    let mut files = files.into_iter();
+    let file = files.next();
     let request: ControlRequest = match serde_json::from_str(line) {
         Ok(request) => request,
         Err(error) => {
@@ -133,6 +144,9 @@ fn answer(machine: &Machine, line: &str, file: Option<File>) -> ControlResponse 
             .and_then(|file| machine.add_nic(slot, file, &mac))
             .map(nothing),
         ControlRequest::Remove { slot } => machine.remove(slot).map(nothing),
+        ControlRequest::ReplaceDisk { slot, format } => descriptor(file)
+            .and_then(|image| machine.replace_disk(slot, image, format, files.next()))
+            .map(nothing),
         ControlRequest::Slots => Ok(Answer {
             slots: Some(machine.occupied_slots()),
             ..Default::default()
@@ -164,20 +178,22 @@ fn answer(machine: &Machine, line: &str, file: Option<File>) -> ControlResponse 
     }
 }
 
-/// Reads one request line, and the descriptor that came with it if any.
-fn read_request(stream: &UnixStream) -> Result<(String, Option<File>), &'static str> {
+/// Reads one request line, and the descriptors that came with it.
+fn read_request(stream: &UnixStream) -> Result<(String, Vec<File>), &'static str> {
     const MALFORMED: &str = "a request is one line of JSON";
     let mut buffer = vec![0u8; MAX_REQUEST as usize];
     let mut filled = 0;
-    let mut file = None;
+    let mut files = Vec::new();
     loop {
         if filled == buffer.len() {
             return Err(MALFORMED);
         }
-        let (count, received) = stream
-            .recv_with_fd(&mut buffer[filled..])
-            .map_err(|_| MALFORMED)?;
-        file = file.or(received);
+        let (count, received) =
+            receive_with_files(stream, &mut buffer[filled..]).map_err(|_| MALFORMED)?;
+        if files.len() + received.len() > MAX_DESCRIPTORS {
+            return Err("a request carries at most two descriptors");
+        }
+        files.extend(received);
         if count == 0 {
             return Err(MALFORMED);
         }
@@ -185,9 +201,34 @@ fn read_request(stream: &UnixStream) -> Result<(String, Option<File>), &'static 
         if let Some(end) = buffer[..filled].iter().position(|byte| *byte == b'\n') {
             buffer.truncate(end);
             let line = String::from_utf8(buffer).map_err(|_| MALFORMED)?;
-            return Ok((line, file));
+            return Ok((line, files));
         }
     }
+}
+
+/// One `recvmsg` into `buffer`, with up to [`MAX_DESCRIPTORS`] descriptors (the kernel
+/// closes any beyond them).
+fn receive_with_files(
+    stream: &UnixStream,
+    buffer: &mut [u8],
+) -> std::io::Result<(usize, Vec<File>)> {
+    use std::os::fd::FromRawFd;
+    let mut descriptors = [-1; MAX_DESCRIPTORS];
+    let mut iovecs = [libc::iovec {
+        iov_base: buffer.as_mut_ptr().cast(),
+        iov_len: buffer.len(),
+    }];
+    // SAFETY: the one iovec points at `buffer`, which is borrowed mutably for the call and
+    // may take any bytes.
+    let (count, received) = unsafe { stream.recv_with_fds(&mut iovecs, &mut descriptors) }
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+    let files = descriptors[..received.min(MAX_DESCRIPTORS)]
+        .iter()
+        // SAFETY: each of the first `received` descriptors was just received, so this
+        // process owns it and nothing else holds it.
+        .map(|descriptor| unsafe { File::from_raw_fd(*descriptor) })
+        .collect();
+    Ok((count, files))
 }
 
 /// How long the control thread waits for a client's request, or for it to take the
@@ -208,7 +249,7 @@ pub fn serve(listener: UnixListener, machine: Arc<Machine>) -> Result<(), crate:
                 let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
                 let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
                 let response = match read_request(&stream) {
-                    Ok((line, file)) => answer(&machine, line.trim_end(), file),
+                    Ok((line, files)) => answer(&machine, line.trim_end(), files),
                     Err(error) => ControlResponse {
                         ok: false,
                         error: Some(error.into()),
@@ -278,9 +319,35 @@ mod tests {
             .write_all(br#""slot":16,"read_only":false}"#)
             .unwrap();
         (&client).write_all(b"\n").unwrap();
-        let (line, file) = read_request(&server).unwrap();
+        let (line, files) = read_request(&server).unwrap();
         assert!(line.ends_with("false}"), "{line}");
-        assert!(file.is_some());
+        assert_eq!(files.len(), 1);
+        // A disk image and its backing file travel together; a third is refused.
+        let (client, server) = UnixStream::pair().unwrap();
+        let (image, backing) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
+        client
+            .send_with_fds(
+                &[&br#"{"command":"replace_disk","slot":4,"format":"qcow2"}"#[..]],
+                &[image.as_raw_fd(), backing.as_raw_fd()],
+            )
+            .unwrap();
+        (&client).write_all(b"\n").unwrap();
+        let (line, files) = read_request(&server).unwrap();
+        assert_eq!(files.len(), 2);
+        assert_eq!(
+            serde_json::from_str::<ControlRequest>(&line).unwrap(),
+            ControlRequest::ReplaceDisk {
+                slot: 4,
+                format: crate::config::DiskFormat::Qcow2
+            }
+        );
+        let (client, server) = UnixStream::pair().unwrap();
+        client
+            .send_with_fds(&[&b"{"[..]], &[image.as_raw_fd(), backing.as_raw_fd()])
+            .unwrap();
+        client.send_with_fd(&b"}"[..], image.as_raw_fd()).unwrap();
+        (&client).write_all(b"\n").unwrap();
+        assert!(read_request(&server).is_err(), "three descriptors taken");
         // No newline before the end: refused.
         let (client, server) = UnixStream::pair().unwrap();
         (&client).write_all(b"{\"command\":\"slots\"}").unwrap();

@@ -13,8 +13,11 @@
 use std::fs::File;
 use std::sync::Arc;
 
+use crate::config::DiskFormat;
 use crate::devices::tap::Tap;
+use crate::disk::qcow2::Qcow2Disk;
 use crate::disk::raw::RawDisk;
+use crate::disk::DiskImage;
 use crate::machine::{lock, Machine};
 use crate::virtio::block::{Block, BlockCounters};
 use crate::virtio::net::{parse_mac, Net, NetCounters};
@@ -68,6 +71,35 @@ impl Machine {
             parse_mac(mac).ok_or_else(|| VmmError::Device(format!("bad MAC address {mac:?}")))?;
         let net = Net::new(Tap { file: tap }, mac, Arc::new(NetCounters::default()));
         self.plug(slot, Box::new(net))
+    }
+
+    /// Makes the disk in `slot` serve from `image` (over `backing`, for a qcow2 image
+    /// with a backing file) from now on: how a clone restored ahead of demand takes a
+    /// container's disk before its guest has read from the one it was restored with.
+    pub fn replace_disk(
+        &self,
+        slot: u8,
+        image: File,
+        format: DiskFormat,
+        backing: Option<File>,
+    ) -> Result<(), VmmError> {
+        let disk: Box<dyn DiskImage> = match format {
+            DiskFormat::Raw if backing.is_some() => {
+                return Err(VmmError::Device("a raw disk has no backing file".into()))
+            }
+            DiskFormat::Raw => Box::new(
+                RawDisk::new(image).map_err(|e| VmmError::Device(format!("the disk: {e}")))?,
+            ),
+            DiskFormat::Qcow2 => Box::new(
+                Qcow2Disk::open_over(image, false, backing)
+                    .map_err(|e| VmmError::Device(format!("the disk: {e}")))?,
+            ),
+        };
+        let mut pci = lock(&self.devices.pci);
+        let function = pci
+            .function_mut(slot)
+            .ok_or_else(|| VmmError::Device(format!("PCI slot {slot} has no disk")))?;
+        function.replace_disk(disk)
     }
 
     /// Asks the guest to let go of the function in `slot`.

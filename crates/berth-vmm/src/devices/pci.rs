@@ -45,6 +45,11 @@ pub trait PciFunction: Send {
         let _ = state;
         Ok(())
     }
+    /// Serves a disk function's requests from `disk` from now on.
+    fn replace_disk(&mut self, disk: Box<dyn crate::disk::DiskImage>) -> Result<(), VmmError> {
+        let _ = disk;
+        Err(VmmError::Device("the function has no disk".into()))
+    }
 }
 
 /// The 256 bytes of a type-0 header, with BAR0 as a 64-bit memory BAR of `bar_size`.
@@ -235,6 +240,14 @@ impl PciRoot {
             .iter()
             .position(|(existing, _)| *existing == slot && slot != 0)?;
         Some(self.functions.remove(index).1)
+    }
+
+    /// The function in `slot`, if there is one.
+    pub fn function_mut(&mut self, slot: u8) -> Option<&mut dyn PciFunction> {
+        self.functions
+            .iter_mut()
+            .find(|(existing, _)| *existing == slot)
+            .map(|(_, function)| &mut **function as &mut dyn PciFunction)
     }
 
     /// The slots that have a function, in order.

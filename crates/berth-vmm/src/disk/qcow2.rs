@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::DiskImage;
 
@@ -41,6 +41,15 @@ const EXTENSION_BACKING_FORMAT: u32 = 0xe279_2aca;
 const INCOMPATIBLE_TOLERATED: u64 = 1 << 3;
 const MAX_CLUSTER_BITS: u32 = 21;
 const MIN_CLUSTER_BITS: u32 = 9;
+
+/// Where a backing file named `name` in the image at `path` is: relative names are
+/// relative to the image's directory.
+fn resolve_backing(path: &Path, name: &str) -> PathBuf {
+    match Path::new(name) {
+        absolute if absolute.is_absolute() => absolute.to_path_buf(),
+        relative => path.parent().unwrap_or(Path::new(".")).join(relative),
+    }
+}
 
 fn invalid(message: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.into())
@@ -75,6 +84,52 @@ pub struct Qcow2Disk {
 impl Qcow2Disk {
     /// Opens `file` (named `path`, for a relative backing file name).
     pub fn open(file: File, path: &Path, read_only: bool) -> io::Result<Self> {
+        Self::open_with(file, read_only, |name| {
+            let backing_path = resolve_backing(path, name);
+            File::open(&backing_path).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("backing file {}: {e}", backing_path.display()),
+                )
+            })
+        })
+    }
+
+    /// Opens `file` over `backing`, opened already (a VMM that runs opens no file): the
+    /// image must name a backing file exactly when one is given.
+    pub fn open_over(file: File, read_only: bool, backing: Option<File>) -> io::Result<Self> {
+        let given = backing.is_some();
+        let disk = Self::open_with(file, read_only, |_| {
+            backing.ok_or_else(|| invalid("the image has a backing file, and none was given"))
+        })?;
+        if given && disk.backing.is_none() {
+            return Err(invalid(
+                "a backing file was given for an image that has none",
+            ));
+        }
+        Ok(disk)
+    }
+
+    /// The backing file `file` (named `path`) names, if any, without opening it.
+    pub fn backing_path(file: &File, path: &Path) -> io::Result<Option<PathBuf>> {
+        let mut named = None;
+        let opened = Self::open_with(file.try_clone()?, true, |name| {
+            named = Some(resolve_backing(path, name));
+            Err(io::Error::other("not opened"))
+        });
+        match (opened, named) {
+            (_, Some(path)) => Ok(Some(path)),
+            (Ok(_), None) => Ok(None),
+            (Err(error), None) => Err(error),
+        }
+    }
+
+    /// Opens `file`, calling `open_backing` with the backing file name the image gives.
+    fn open_with(
+        file: File,
+        read_only: bool,
+        open_backing: impl FnOnce(&str) -> io::Result<File>,
+    ) -> io::Result<Self> {
         let mut header = vec![0u8; 112];
         let file_size = file.metadata()?.len();
         let readable = (file_size as usize).min(header.len());
@@ -169,16 +224,7 @@ impl Qcow2Disk {
                     )));
                 }
             }
-            let backing_path = match Path::new(&name) {
-                absolute if absolute.is_absolute() => absolute.to_path_buf(),
-                relative => path.parent().unwrap_or(Path::new(".")).join(relative),
-            };
-            let backing = File::open(&backing_path).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("backing file {}: {e}", backing_path.display()),
-                )
-            })?;
+            let backing = open_backing(&name)?;
             let size = backing.metadata()?.len();
             (Some(backing), size)
         };
@@ -572,6 +618,55 @@ mod tests {
         let mut back = vec![0u8; pattern.len()];
         disk.read_at(&mut back, 60_000).unwrap();
         assert!(back == pattern);
+    }
+
+    #[test]
+    fn a_backing_file_is_named_without_opening_it_and_can_be_given_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.raw");
+        std::fs::write(&base, vec![9u8; 1 << 20]).unwrap();
+        let overlay = dir.path().join("disk.qcow2");
+        let overlay_text = overlay.display().to_string();
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            "-b",
+            "base.raw",
+            &overlay_text,
+            "64M",
+        ]);
+        let lone = dir.path().join("lone.qcow2");
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            &lone.display().to_string(),
+            "64M",
+        ]);
+        let open = |path: &Path| File::open(path).unwrap();
+
+        assert_eq!(
+            Qcow2Disk::backing_path(&open(&overlay), &overlay).unwrap(),
+            Some(base.clone())
+        );
+        assert_eq!(Qcow2Disk::backing_path(&open(&lone), &lone).unwrap(), None);
+        assert!(
+            Qcow2Disk::backing_path(&open(&base), &base).is_err(),
+            "not qcow2"
+        );
+
+        let mut disk = Qcow2Disk::open_over(open(&overlay), true, Some(open(&base))).unwrap();
+        let mut read = [0u8; 4];
+        disk.read_at(&mut read, 4096).unwrap();
+        assert_eq!(read, [9; 4], "the given backing file shows through");
+        assert!(Qcow2Disk::open_over(open(&overlay), true, None).is_err());
+        assert!(Qcow2Disk::open_over(open(&lone), true, Some(open(&base))).is_err());
+        assert!(Qcow2Disk::open_over(open(&lone), true, None).is_ok());
     }
 
     #[test]

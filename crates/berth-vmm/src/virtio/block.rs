@@ -150,6 +150,29 @@ impl VirtioDevice for Block {
             self.disk = Some(worker.disk);
         }
     }
+
+    /// The worker is stopped between two requests, takes the new disk and goes on from
+    /// the same queue position; requests the guest queued meanwhile wait in the queue.
+    fn replace_disk(&mut self, disk: Box<dyn DiskImage>) -> Result<(), VmmError> {
+        if disk.capacity() != self.capacity {
+            return Err(VmmError::Device(format!(
+                "the new disk has {} bytes; the guest was told {}",
+                disk.capacity(),
+                self.capacity
+            )));
+        }
+        match self.worker.take() {
+            Some(thread) => {
+                let mut worker = thread
+                    .stop()
+                    .ok_or_else(|| VmmError::Device("the virtio-blk worker is gone".into()))?;
+                worker.disk = disk;
+                self.worker = Some(WorkerThread::spawn("virtio-blk", worker)?);
+            }
+            None => self.disk = Some(disk),
+        }
+        Ok(())
+    }
 }
 
 struct Worker {
@@ -364,5 +387,30 @@ mod tests {
             8192 / 512,
             "capacity in sectors"
         );
+    }
+
+    #[test]
+    fn a_disk_is_replaced_only_by_one_of_the_same_capacity() {
+        let mut block = Block::new(
+            Box::new(MemoryDisk(vec![0; 8192])),
+            false,
+            None,
+            Arc::new(BlockCounters::default()),
+        );
+        let error = block
+            .replace_disk(Box::new(MemoryDisk(vec![0; 4096])))
+            .unwrap_err();
+        assert!(error.to_string().contains("4096"), "{error}");
+        block
+            .replace_disk(Box::new(MemoryDisk(vec![7; 8192])))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        block
+            .disk
+            .as_mut()
+            .unwrap()
+            .read_at(&mut byte, 100)
+            .unwrap();
+        assert_eq!(byte, [7], "the new disk serves");
     }
 }

@@ -257,4 +257,13 @@ pub trait VirtioDevice: Send {
         let _ = saved;
         false
     }
+    /// Serves the device's requests from `disk` from now on (virtio-blk; the disk must
+    /// have the capacity the guest was told).
+    fn replace_disk(
+        &mut self,
+        disk: Box<dyn crate::disk::DiskImage>,
+    ) -> Result<(), crate::VmmError> {
+        let _ = disk;
+        Err(crate::VmmError::Device("the device has no disk".into()))
+    }
 }

@@ -476,6 +476,13 @@ impl PciFunction for VirtioPciFunction {
         self.save_transport().map(Some)
     }
 
+    fn replace_disk(
+        &mut self,
+        disk: Box<dyn crate::disk::DiskImage>,
+    ) -> Result<(), crate::VmmError> {
+        self.device.replace_disk(disk)
+    }
+
     fn restore(&mut self, state: Option<TransportState>) -> Result<(), crate::VmmError> {
         match state {
             Some(state) => self.restore_transport(state),

@@ -59,8 +59,7 @@ pub struct DaemonArgs {
     pub memory: u32,
     /// VMs to keep restored ahead of demand, per VM shape in use: a container's start
     /// claims one instead of restoring its clone then, and another is restored in the
-    /// background. Each costs an idle clone's memory. 0 turns this off. Needs the
-    /// `qemu` backend (which can put a container's disk into a running clone)
+    /// background. Each costs an idle clone's memory. 0 turns this off
     #[arg(long = "spare-vms", default_value_t = 0)]
     pub spare_vms: usize,
     /// The QEMU system emulator to run VMs with.

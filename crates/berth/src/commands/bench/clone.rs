@@ -1,6 +1,8 @@
 //! `berth bench clone`: cold boot against clone, side by side in one run; with
 //! `--docker SOCKET`, Docker Engine itself (any Docker-API daemon, e.g. dockerd with runc)
-//! measured in the same rounds, so that the clone's times can be set beside it.
+//! measured in the same rounds, so that the clone's times can be set beside it; with
+//! `--compare LABEL=SOCKET`, any other daemon the same way (another Berth daemon, say one
+//! without `--spare-vms`).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -28,6 +30,30 @@ pub struct CloneArgs {
     /// (Docker Engine with runc, say; IMAGE must be loaded there), in the same rounds.
     #[arg(long)]
     pub docker: Option<PathBuf>,
+    /// Also measure `docker run --rm` and `docker start` against another Docker-API
+    /// daemon, named LABEL in the results, in the same rounds (repeatable), e.g.
+    /// `--compare 'no spares=/run/berth-b/docker.sock'`: its default runtime runs.
+    #[arg(long, value_name = "LABEL=SOCKET", value_parser = parse_compared)]
+    pub compare: Vec<(String, PathBuf)>,
+}
+
+/// `LABEL=SOCKET`.
+fn parse_compared(text: &str) -> Result<(String, PathBuf), String> {
+    match text.split_once('=') {
+        Some((label, socket)) if !label.is_empty() && !socket.is_empty() => {
+            Ok((label.to_owned(), PathBuf::from(socket)))
+        }
+        _ => Err(format!("{text:?} is not LABEL=SOCKET")),
+    }
+}
+
+/// A daemon measured beside Berth's clones, and what it measured.
+struct Compared {
+    label: String,
+    socket: PathBuf,
+    docker: Docker,
+    runs: Vec<f64>,
+    starts: Vec<f64>,
 }
 
 /// `docker run --rm IMAGE true` and `docker start` of a created container, once each,
@@ -57,20 +83,30 @@ fn run_and_start(
 
 pub fn run(args: CloneArgs) -> anyhow::Result<()> {
     let docker = Docker::connect(&args.socket, &args.image)?;
-    let reference = match &args.docker {
-        Some(socket) => Some(Docker::connect(socket, &args.image)?),
-        None => None,
-    };
+    let mut compared = Vec::new();
+    let named = args
+        .docker
+        .iter()
+        .map(|socket| ("Docker".to_owned(), socket.clone()))
+        .chain(args.compare.iter().cloned());
+    for (label, socket) in named {
+        compared.push(Compared {
+            docker: Docker::connect(&socket, &args.image)?,
+            label,
+            socket,
+            runs: Vec::new(),
+            starts: Vec::new(),
+        });
+    }
     // Warm up: templates built, caches filled.
     for runtime in RUNTIMES {
         docker.run(&["run", "--rm", "--runtime", runtime, &args.image, "true"])?;
     }
-    if let Some(reference) = &reference {
-        reference.run(&["run", "--rm", &args.image, "true"])?;
+    for other in &compared {
+        other.docker.run(&["run", "--rm", &args.image, "true"])?;
     }
     let mut run_times = [Vec::new(), Vec::new()];
     let mut start_times = [Vec::new(), Vec::new()];
-    let (mut reference_runs, mut reference_starts) = (Vec::new(), Vec::new());
     for round in 0..args.runs {
         eprintln!("round {}/{}", round + 1, args.runs);
         for (index, runtime) in RUNTIMES.iter().enumerate() {
@@ -78,10 +114,10 @@ pub fn run(args: CloneArgs) -> anyhow::Result<()> {
             run_times[index].push(run);
             start_times[index].push(start);
         }
-        if let Some(reference) = &reference {
-            let (run, start) = run_and_start(reference, &args.image, None)?;
-            reference_runs.push(run);
-            reference_starts.push(start);
+        for other in &mut compared {
+            let (run, start) = run_and_start(&other.docker, &args.image, None)?;
+            other.runs.push(run);
+            other.starts.push(start);
         }
     }
     let mut memory = [Vec::new(), Vec::new()];
@@ -144,12 +180,19 @@ pub fn run(args: CloneArgs) -> anyhow::Result<()> {
         run[0] / run[1],
         start[0] / start[1]
     );
-    if let Some(socket) = &args.docker {
-        let reference = [median(&mut reference_runs), median(&mut reference_starts)];
-        println!("against Docker at {} (same rounds):", socket.display());
+    for other in &mut compared {
+        let reference = [median(&mut other.runs), median(&mut other.starts)];
+        let label = &other.label;
+        println!(
+            "against {label} at {} (same rounds):",
+            other.socket.display()
+        );
         println!(
             "{:<44} {:>12} {:>12} {:>14}",
-            "measure (median)", "Docker", "Berth clone", "clone/Docker"
+            "measure (median)",
+            label,
+            "Berth clone",
+            format!("clone/{label}")
         );
         for (label, docker_time, clone_time) in [
             (
@@ -173,11 +216,16 @@ pub fn run(args: CloneArgs) -> anyhow::Result<()> {
     if args.density > 0 {
         density(&docker, &args)?;
     }
-    let compared = args
+    let compared: String = args
         .docker
-        .as_ref()
+        .iter()
         .map(|socket| format!(" --docker {}", socket.display()))
-        .unwrap_or_default();
+        .chain(
+            args.compare
+                .iter()
+                .map(|(label, socket)| format!(" --compare '{label}={}'", socket.display())),
+        )
+        .collect();
     println!(
         "rerun: berth bench clone --socket {} --runs {} --idle {} --density {}{compared}",
         args.socket.display(),
