@@ -7,8 +7,10 @@
 # tests pull from and push to a real registry on 127.0.0.1), docker-compose (v1: the tests
 # bring a project up with it), mmdebstrap and postgresql-client (the workload test makes a
 # PostgreSQL image from Debian's packages and drives it with the host's psql and pgbench),
-# and docker-py from PyPI, pinned, in a virtual environment under the cache (the build
-# tests drive it as its users install it).
+# chromium (the console's test drives the web console in headless Chromium),
+# python3-prometheus-client (Prometheus's own parser reads the console's /metrics in
+# the tests), and docker-py from PyPI, pinned, in a virtual environment under the cache
+# (the build tests drive it as its users install it).
 # The guest kernel is not installed: Berth fetches Debian's package into its cache.
 set -euo pipefail
 need=()
@@ -24,6 +26,8 @@ command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 command -v pgbench >/dev/null || need+=(postgresql-client)
+command -v chromium >/dev/null || need+=(chromium)
+/usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || need+=(python3-prometheus-client)
 # Berth resolves and downloads the guest kernel with apt on first use: the package lists
 # must be current then (an old list can name a kernel the archive no longer has).
 cache=${BERTH_CACHE:-/var/cache/berth}

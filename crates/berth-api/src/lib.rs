@@ -18,7 +18,7 @@ pub mod images;
 mod import;
 mod listen;
 
-pub use listen::{bind_tcp, serve_tcp, serve_unix, tls_config, TlsError, TlsFiles};
+pub use listen::{bind_tcp, serve_tcp, serve_unix, tls_config, TlsError, TlsFiles, TlsListener};
 pub mod manage;
 pub mod networks;
 pub mod registry;
@@ -130,8 +130,31 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/configs/{*rest}", any(system::swarm_unavailable))
         .route("/nodes", any(system::swarm_unavailable))
         .route("/services", any(system::swarm_unavailable))
+        .route_layer(axum::middleware::from_fn_with_state(
+            engine.clone(),
+            count_request,
+        ))
         .fallback(not_found)
         .with_state(engine)
+}
+
+/// Counts each answered request by method, route pattern and status (the engine's
+/// `berth_api_requests_total`).
+async fn count_request(
+    axum::extract::State(engine): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = request.method().clone();
+    let path = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    engine
+        .metrics()
+        .api_request(method.as_str(), &path, response.status().as_u16());
+    response
 }
 
 async fn not_found() -> Response {

@@ -58,6 +58,9 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// With `--tlsverify`: the CA certificates a client's certificate must chain to.
     pub client_ca: Option<PathBuf>,
+    /// Clients that present no certificate are let through too (a certificate they do
+    /// present must still chain to `client_ca`): the console, where a token also signs in.
+    pub client_certificate_optional: bool,
 }
 
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -93,7 +96,11 @@ pub fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsErro
             for certificate in certificates(ca)? {
                 roots.add(certificate).map_err(TlsError::Config)?;
             }
-            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+            let mut verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots));
+            if files.client_certificate_optional {
+                verifier = verifier.allow_unauthenticated();
+            }
+            let verifier = verifier
                 .build()
                 .map_err(|source| TlsError::ClientVerifier {
                     path: ca.clone(),
@@ -196,14 +203,14 @@ pub async fn serve_tcp(
 }
 
 /// TCP connections after their TLS handshake, as axum's listener.
-struct TlsListener {
+pub struct TlsListener {
     ready: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
     local: SocketAddr,
 }
 
 impl TlsListener {
     /// Accepts on `listener` in a task of its own, each handshake in a task of its own.
-    fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> Self {
+    pub fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> Self {
         let local = listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));

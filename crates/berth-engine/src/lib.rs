@@ -25,6 +25,7 @@ mod error;
 pub mod events;
 mod files;
 pub mod images;
+pub mod metrics;
 pub mod network;
 mod process;
 mod records;
@@ -148,6 +149,8 @@ pub struct Engine {
     build_cache: build::BuildCache,
     /// VMs restored ahead of demand.
     spares: vm::spares::SparePool,
+    /// What the engine counts, for `/metrics`.
+    metrics: metrics::EngineMetrics,
 }
 
 /// The runtime that clones each container's VM from a template (the default).
@@ -244,10 +247,12 @@ impl Engine {
             .map(|v| (v.name.clone(), v))
             .collect();
         let build_cache = build::BuildCache::open(&config.root.join("build"));
+        let metrics = metrics::EngineMetrics::default();
         let templates = template::TemplateManager::new(
             config.exec_root.join("templates"),
             Some(networks.clone()),
-        );
+        )
+        .with_metrics(metrics.clone());
         let spares = vm::spares::SparePool::new(config.spare_vms);
         let engine = Arc::new(Self {
             config,
@@ -264,6 +269,7 @@ impl Engine {
             volume_lock: tokio::sync::Mutex::new(()),
             build_cache,
             spares,
+            metrics,
         });
         for id in lost {
             let handle = engine.lookup(&id)?;
@@ -310,6 +316,39 @@ impl Engine {
         if !record.state.vm.is_empty() {
             let _ = std::fs::remove_dir_all(self.vm_dir(&record.state.vm));
         }
+    }
+
+    /// The guest console log of a container's last run (the VM's serial console).
+    pub fn vm_console_log(&self, record: &ContainerRecord) -> PathBuf {
+        self.vm_dir(record.vm_name()).join("console.log")
+    }
+
+    /// The VM templates on disk, with how many running containers were cloned from each.
+    pub fn template_summaries(&self) -> Vec<template::TemplateSummary> {
+        let running = self.list_containers();
+        self.templates
+            .list()
+            .into_iter()
+            .map(|template| {
+                let clones = running
+                    .iter()
+                    .filter(|record| {
+                        record.state.status.has_vm() && record.state.template == template.record.key
+                    })
+                    .count();
+                template::TemplateSummary {
+                    memory_file_bytes: std::fs::metadata(template.memory_file())
+                        .map_or(0, |m| m.len()),
+                    record: template.record,
+                    clones,
+                }
+            })
+            .collect()
+    }
+
+    /// The engine's counters and histograms, for `/metrics`.
+    pub fn metrics(&self) -> &metrics::EngineMetrics {
+        &self.metrics
     }
 
     /// Whether the daemon is shutting down.

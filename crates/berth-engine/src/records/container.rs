@@ -63,6 +63,9 @@ pub struct StateRecord {
     /// and run directory. Empty: the VM is named after the container.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub vm: String,
+    /// The key of the template the last run's VM was cloned from (empty: a cold boot).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub template: String,
 }
 
 /// Docker's zero time, used for "never".
@@ -79,6 +82,7 @@ impl Default for StateRecord {
             finished_at: ZERO_TIME.into(),
             oom_killed: false,
             vm: String::new(),
+            template: String::new(),
         }
     }
 }

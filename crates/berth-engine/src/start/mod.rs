@@ -206,6 +206,12 @@ impl Engine {
             }
             _ => None,
         };
+        let claimed_spare = claimed.is_some();
+        lock(&handle.record).state.template = plan
+            .template
+            .as_ref()
+            .map(|template| template.record.key.clone())
+            .unwrap_or_default();
         let (vm_pid, control, channel, run_dir) = match claimed {
             Some(spare) => {
                 lock(&handle.record).state.vm = spare.name;
@@ -304,6 +310,15 @@ impl Engine {
             Ok(Ok(_guest_pid)) => {
                 // The serve task has recorded the start (and maybe the end already).
                 timings.log(&plan.record);
+                let kind = match (&plan.template, claimed_spare) {
+                    (None, _) => crate::metrics::START_COLD_BOOT,
+                    (Some(_), true) => crate::metrics::START_SPARE,
+                    (Some(_), false) => crate::metrics::START_CLONE,
+                };
+                self.metrics
+                    .starts
+                    .get_or_create(&crate::metrics::StartLabels { kind })
+                    .observe(timings.begun.elapsed().as_secs_f64());
                 self.start_health_checks(handle);
                 if let Some(template) = &plan.template {
                     self.replenish_spares(template);

@@ -112,7 +112,12 @@ impl Served {
                         "the container's agent closed its channel".into()
                     }))
                 }
-                Err(error) => Some(RunEnd::Broken(error_chain(&error))),
+                Err(error) => {
+                    self.engine
+                        .metrics
+                        .agent_error(crate::metrics::AGENT_PROTOCOL);
+                    Some(RunEnd::Broken(error_chain(&error)))
+                }
             };
             if let Some(end) = end {
                 return end;
@@ -184,13 +189,21 @@ impl Served {
                 code, oom_killed, ..
             } => Some(RunEnd::Exited(code, oom_killed)),
             GuestMessage::Error { message } => {
+                self.engine
+                    .metrics
+                    .agent_error(crate::metrics::AGENT_REPORTED);
                 tracing::warn!(id = %self.handle.id, %message, "agent reported an error");
                 None
             }
-            other => Some(RunEnd::Broken(format!(
-                "the agent sent an unexpected {}",
-                describe(&other)
-            ))),
+            other => {
+                self.engine
+                    .metrics
+                    .agent_error(crate::metrics::AGENT_PROTOCOL);
+                Some(RunEnd::Broken(format!(
+                    "the agent sent an unexpected {}",
+                    describe(&other)
+                )))
+            }
         }
     }
 
@@ -206,13 +219,21 @@ impl Served {
                 None
             }
             (None, GuestMessage::Error { message }) => {
+                self.engine
+                    .metrics
+                    .agent_error(crate::metrics::AGENT_REPORTED);
                 tracing::warn!(id = %self.handle.id, %message, "agent reported an error");
                 None
             }
-            (None, other) => Some(RunEnd::Broken(format!(
-                "the agent sent an unrequested {}",
-                describe(&other)
-            ))),
+            (None, other) => {
+                self.engine
+                    .metrics
+                    .agent_error(crate::metrics::AGENT_PROTOCOL);
+                Some(RunEnd::Broken(format!(
+                    "the agent sent an unrequested {}",
+                    describe(&other)
+                )))
+            }
         }
     }
 

@@ -47,6 +47,16 @@ pub const CONTAINER_DISK_SIZE: &str = "64G";
 /// machine a template's guest saw at boot (4: the built-in VMM's ACPI hot-plug slots).
 const TEMPLATE_FORMAT: &str = "berth-template-4";
 
+/// A template as the console lists it.
+#[derive(Debug, Clone)]
+pub struct TemplateSummary {
+    pub record: TemplateRecord,
+    /// Its RAM file's size.
+    pub memory_file_bytes: u64,
+    /// Running containers cloned from it.
+    pub clones: usize,
+}
+
 /// A VM shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Shape {
@@ -119,6 +129,8 @@ pub struct TemplateManager {
     networks: Option<Arc<crate::network::Networks>>,
     /// State files verified so far.
     states: VerifiedStates,
+    /// Where builds and failed builds are counted.
+    metrics: crate::metrics::EngineMetrics,
 }
 
 fn template_key(shape: Shape, guest_digest: &str, backend: &str, nics: usize) -> String {
@@ -176,7 +188,14 @@ impl TemplateManager {
             building: Mutex::new(HashMap::new()),
             networks,
             states: VerifiedStates::default(),
+            metrics: Default::default(),
         }
+    }
+
+    /// Counts builds in `metrics` (the engine's).
+    pub(crate) fn with_metrics(mut self, metrics: crate::metrics::EngineMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// How many NICs this manager's templates (and so their clones) have.
@@ -298,10 +317,12 @@ impl TemplateManager {
         let result = self.build(backend, guest, shape, &key, &dir).await;
         match &result {
             Ok(_) => {
+                self.metrics.template_builds.inc();
                 tracing::info!(%key, ms = started.elapsed().as_millis() as u64, "VM template ready");
                 self.remove_outdated(&guest.digest, backend.name());
             }
             Err(_) => {
+                self.metrics.template_build_failures.inc();
                 let _ = std::fs::remove_dir_all(&dir);
             }
         }

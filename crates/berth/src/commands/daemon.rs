@@ -48,6 +48,16 @@ pub struct DaemonArgs {
     /// on this host.
     #[arg(long)]
     pub insecure_tcp: bool,
+    /// Serve the web console of container VMs and Prometheus metrics (`/metrics`) on
+    /// this address (e.g. 127.0.0.1:9323): with TLS when --tlscert and --tlskey are
+    /// given (and sign-in by a client certificate of --tlscacert), else plain HTTP on a
+    /// loopback address only. Off by default
+    #[arg(long, value_name = "ADDRESS:PORT")]
+    pub console: Option<std::net::SocketAddr>,
+    /// The console's sign-in token (its first line). Without it, the daemon makes one and
+    /// writes it to <exec-root>/console-token (mode 0600)
+    #[arg(long, value_name = "FILE")]
+    pub console_token_file: Option<PathBuf>,
     /// Runtime files of running VMs (sockets, console logs).
     #[arg(long, default_value = "/run/berth")]
     pub exec_root: PathBuf,
@@ -167,9 +177,65 @@ fn hosts(args: &DaemonArgs) -> anyhow::Result<(Vec<Host>, Option<Arc<rustls::Ser
         cert,
         key,
         client_ca: args.tlsverify.then(|| args.tlscacert.clone()).flatten(),
+        client_certificate_optional: false,
     };
     let config = berth_api::tls_config(&files).context("setting up TLS for -H tcp://")?;
     Ok((hosts, Some(config)))
+}
+
+/// The console's listener (bound now, so that an address in use stops the start) and
+/// configuration: TLS from the daemon's certificate, client certificates of its CA
+/// asked for but not required, and the sign-in token.
+async fn console_setup(
+    args: &DaemonArgs,
+    address: std::net::SocketAddr,
+) -> anyhow::Result<(tokio::net::TcpListener, berth_console::ConsoleConfig)> {
+    let tls = match (args.tlscert.clone(), args.tlskey.clone()) {
+        (Some(cert), Some(key)) => Some(
+            berth_api::tls_config(&berth_api::TlsFiles {
+                cert,
+                key,
+                client_ca: args.tlscacert.clone(),
+                client_certificate_optional: true,
+            })
+            .context("setting up TLS for the console")?,
+        ),
+        _ if address.ip().is_loopback() => None,
+        _ => anyhow::bail!(
+            "--console {address}: serving the console beyond loopback needs TLS: give --tlscert and --tlskey (and --tlscacert to sign in with client certificates)"
+        ),
+    };
+    let token = match &args.console_token_file {
+        Some(file) => std::fs::read_to_string(file)
+            .with_context(|| format!("reading the console token from {}", file.display()))?
+            .lines()
+            .next()
+            .map(str::trim)
+            .filter(|token| !token.is_empty())
+            .with_context(|| format!("{} holds no token on its first line", file.display()))?
+            .to_owned(),
+        None => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let token = berth_console::auth::new_token();
+            let path = args.exec_root.join("console-token");
+            std::fs::create_dir_all(&args.exec_root)?;
+            let _ = std::fs::remove_file(&path);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .and_then(|mut file| file.write_all(format!("{token}\n").as_bytes()))
+                .with_context(|| format!("writing the console token to {}", path.display()))?;
+            tracing::info!(file = %path.display(), "the console's sign-in token is in this file (readable by root only)");
+            token
+        }
+    };
+    let listener = berth_api::bind_tcp(address)
+        .await
+        .with_context(|| format!("binding --console {address}"))?;
+    Ok((listener, berth_console::ConsoleConfig { tls, token }))
 }
 
 /// dockerd's socket group, and so Berth's.
@@ -241,6 +307,10 @@ async fn serve(mut args: DaemonArgs) -> anyhow::Result<()> {
     }
     let group = socket_group(&args.group)?;
     let (extra_hosts, tls) = hosts(&args)?;
+    let console = match args.console {
+        Some(address) => Some(console_setup(&args, address).await?),
+        None => None,
+    };
     // Bound before anything else starts, so that an address in use stops the start.
     let mut tcp_listeners = Vec::new();
     for host in &extra_hosts {
@@ -341,6 +411,16 @@ async fn serve(mut args: DaemonArgs) -> anyhow::Result<()> {
             berth_api::serve_tcp(engine, listener, tls, stopped)
                 .await
                 .with_context(|| format!("serving on tcp://{address}"))
+        });
+    }
+    if let Some((listener, config)) = console {
+        let (engine, stopped) = (engine.clone(), until_stopped());
+        let address = listener.local_addr()?;
+        tracing::info!(%address, tls = config.tls.is_some(), "serving the console and /metrics");
+        servers.spawn(async move {
+            berth_console::serve(engine, listener, config, stopped)
+                .await
+                .with_context(|| format!("serving the console on {address}"))
         });
     }
     tracing::info!(socket = %args.socket.display(), hosts = ?args.hosts, tls = tls.is_some(), root = %args.root.display(), "serving the Docker API");

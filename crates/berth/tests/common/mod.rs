@@ -583,3 +583,87 @@ pub fn raw_entry(out: &mut Vec<u8>, name: &str, kind: u8, link: &str, data: &[u8
     let pad = (512 - data.len() % 512) % 512;
     out.extend(std::iter::repeat_n(0u8, pad));
 }
+
+/// Runs openssl in `dir`; panics with its error output if it fails.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A CA (`NAME-ca.pem`), and certificates it signed: `NAME-server.pem` for 127.0.0.1 and
+/// `NAME-client.pem`, each with its `-key.pem`.
+pub fn make_ca_and_certificates(dir: &Path, name: &str) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let ca = format!("{name}-ca.pem");
+    let ca_key = format!("{name}-ca-key.pem");
+    let subject = format!("/CN={name} test CA");
+    let mut args = vec!["req", "-x509"];
+    args.extend(ec);
+    args.extend([
+        "-keyout", &ca_key, "-out", &ca, "-days", "2", "-subj", &subject,
+    ]);
+    openssl(dir, &args);
+    for (role, extensions) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        let (key, request, cert, ext) = (
+            format!("{name}-{role}-key.pem"),
+            format!("{name}-{role}.csr"),
+            format!("{name}-{role}.pem"),
+            format!("{name}-{role}.ext"),
+        );
+        std::fs::write(dir.join(&ext), extensions).unwrap();
+        let subject = format!("/CN={name} {role}");
+        let mut args = vec!["req"];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &request, "-subj", &subject]);
+        openssl(dir, &args);
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &request,
+                "-CA",
+                &ca,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-out",
+                &cert,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ],
+        );
+    }
+}
+
+/// A TCP port free on 127.0.0.1 now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
