@@ -104,6 +104,16 @@ impl ContainerFamilies {
     }
 }
 
+/// Registers the families read at scrape time.
+fn register_daemon_families(
+    registry: &mut Registry,
+    states: Family<StateLabels, Gauge>,
+    containers: &ContainerFamilies,
+) {
+    registry.register("berth_containers", "Containers by state", states);
+    containers.register(registry);
+}
+
 /// The metrics text, read now.
 pub async fn render(console: &Console) -> String {
     let engine = &console.engine;
@@ -164,8 +174,7 @@ pub async fn render(console: &Console) -> String {
             containers.transmitted.get_or_create(&labels).inc_by(sent);
         }
     }
-    registry.register("berth_containers", "Containers by state", states);
-    containers.register(&mut registry);
+    register_daemon_families(&mut registry, states, &containers);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)
         .expect("writing to a String does not fail");
@@ -182,4 +191,71 @@ pub(crate) async fn metrics(State(console): State<Arc<Console>>) -> Response {
         render(&console).await,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    /// Every `berth_*` series the Grafana dashboard in docs/ queries is one the console
+    /// serves (a family, or a histogram's or counter's sample of one).
+    #[test]
+    fn the_grafana_dashboard_asks_only_for_metrics_the_console_serves() {
+        let mut registry = Registry::default();
+        berth_engine::metrics::EngineMetrics::default().register(&mut registry);
+        register_daemon_families(
+            &mut registry,
+            Family::default(),
+            &ContainerFamilies::default(),
+        );
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let served: HashSet<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|line| line.split(' ').next())
+            .collect();
+        assert!(
+            served.contains("berth_container_start_seconds"),
+            "{served:?}"
+        );
+
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../../docs/grafana-dashboard.json")).unwrap();
+        let panels = dashboard["panels"].as_array().unwrap();
+        assert!(panels.len() >= 10);
+        let mut asked = 0;
+        for panel in panels {
+            let targets = panel["targets"].as_array().unwrap();
+            assert!(!targets.is_empty(), "{}", panel["title"]);
+            for target in targets {
+                let expr = target["expr"].as_str().unwrap();
+                let mut rest = expr;
+                while let Some(start) = rest.find("berth_") {
+                    let name: String = rest[start..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    let family = ["_total", "_bucket", "_count", "_sum"]
+                        .iter()
+                        .find_map(|suffix| name.strip_suffix(suffix))
+                        .filter(|base| served.contains(base))
+                        .unwrap_or(&name);
+                    assert!(
+                        served.contains(family),
+                        "{name} in {expr:?} is not served: {served:?}"
+                    );
+                    asked += 1;
+                    rest = &rest[start + name.len()..];
+                }
+            }
+        }
+        assert!(
+            asked >= served.len(),
+            "the dashboard shows {asked} series of {} families",
+            served.len()
+        );
+    }
 }
