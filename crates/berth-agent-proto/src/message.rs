@@ -193,6 +193,13 @@ pub enum HostMessage {
     Rebind(RebindSpec),
     /// Mount the root filesystem and set the hostname. Answered by `SetupDone` or `Error`.
     Setup(SetupSpec),
+    /// A VM restored ahead of demand, before any container: run once, and undo, what a
+    /// container's setup and first process will run (mount the first disk read-only
+    /// and unmount it, start a process in a PID namespace of its own and reap it), so
+    /// that the guest code they need is warm when the container comes (under software
+    /// emulation, code a VM runs for the first time is translated first). Refused once
+    /// a setup has begun. Answered by `Rehearsed` or `Error`.
+    Rehearse,
     /// Configure a NIC that was hot-plugged into a running VM. Answered by `InterfaceReady`
     /// or `Error`.
     AddInterface(InterfaceSpec),
@@ -271,6 +278,11 @@ pub enum GuestMessage {
     /// by the guest's monotonic clock, in order: `root`, `network`, `files`, `tmpfs`,
     /// `volumes`, `shares`, `binds`); absent from agents before it was added.
     SetupDone {
+        #[serde(default)]
+        steps_us: Vec<(String, u64)>,
+    },
+    /// `Rehearse` finished, with how long each step took (as `SetupDone`'s).
+    Rehearsed {
         #[serde(default)]
         steps_us: Vec<(String, u64)>,
     },
@@ -370,7 +382,7 @@ pub fn decode_guest_message(frame: &Frame) -> Result<GuestMessage, ProtoError> {
                 "rebound: the kernel or a step is too long, or too many steps",
             ))
         }
-        GuestMessage::SetupDone { steps_us }
+        GuestMessage::SetupDone { steps_us } | GuestMessage::Rehearsed { steps_us }
             if steps_us.len() > 64 || steps_us.iter().any(|(name, _)| name.len() > 64) =>
         {
             Err(ProtoError::InvalidField(

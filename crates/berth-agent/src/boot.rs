@@ -226,6 +226,15 @@ fn move_mount(source: &str, target: &str) -> io::Result<()> {
     })
 }
 
+/// Whether the container's root filesystem is mounted (a setup has run).
+pub fn container_root_mounted() -> bool {
+    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|mounts| {
+        mounts
+            .lines()
+            .any(|line| line.split(' ').nth(1) == Some(CONTAINER_ROOT))
+    })
+}
+
 /// Mounts the container's root filesystem at /mnt/root and moves the API filesystems
 /// staged at boot into it (once: a VM serves one container). `shm_size` is /dev/shm's
 /// size in bytes (0: 64 MiB). The container's /sys is read-only unless `sys_writable`

@@ -21,6 +21,7 @@ mod network6;
 mod pid_namespace;
 mod process;
 mod rebind;
+mod rehearse;
 mod serve;
 mod shares;
 mod top;
@@ -36,6 +37,7 @@ fn main() {
         Some(changes::HELPER_NAME) => std::process::exit(changes::main(&args)),
         Some(init::HELPER_NAME) => std::process::exit(init::main(&args)),
         Some(hold::HELPER_NAME) => std::process::exit(hold::main()),
+        Some(rehearse::HELPER_NAME) => std::process::exit(0),
         _ => {}
     }
     if let Err(error) = run() {

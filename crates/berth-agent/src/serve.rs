@@ -244,6 +244,22 @@ fn handle(message: HostMessage, stream: u32, state: &mut SessionState<'_>) -> io
                 }
             }
         }
+        HostMessage::Rehearse => {
+            let result = if **spawned_any || boot::container_root_mounted() {
+                Err(io::Error::other("a container has this VM already"))
+            } else {
+                crate::rehearse::rehearse()
+            };
+            match result {
+                Ok(steps_us) => channel.send(stream, &GuestMessage::Rehearsed { steps_us }),
+                Err(error) => channel.send(
+                    stream,
+                    &GuestMessage::Error {
+                        message: format!("rehearsal: {error}"),
+                    },
+                ),
+            }
+        }
         HostMessage::Spawn(_) if unfit.is_some() => channel.send(
             stream,
             &GuestMessage::SpawnFailed {

@@ -147,6 +147,13 @@ pub async fn info(State(engine): State<AppState>) -> Json<SystemInfo> {
                     None => "off".into(),
                 },
             ],
+            vec![
+                "Spare VMs".into(),
+                match info.spare_vms {
+                    (_, 0) => "off".into(),
+                    (ready, wanted) => format!("{ready} ready ({wanted} per VM shape)"),
+                },
+            ],
         ]),
         docker_root_dir: Some(info.root.display().to_string()),
         kernel_version: Some(kernel_release()),

@@ -116,6 +116,8 @@ pub struct EngineInfo {
     /// What an operator should know (`docker info` prints them): records of the state
     /// database that did not parse and were set aside.
     pub warnings: Vec<String>,
+    /// VMs restored ahead of demand: ready now, and wanted per template (0: off).
+    pub spare_vms: (usize, usize),
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -479,6 +481,7 @@ impl Engine {
             netns: self.networks.host().name().to_owned(),
             outbound_nat: self.networks.outbound_nat(),
             warnings: self.state_warnings(),
+            spare_vms: self.spare_counts(),
         }
     }
 

@@ -73,6 +73,17 @@ pub fn run(config: &VmmConfig) -> Result<VmExitReason, VmmError> {
         None
     };
 
+    // The control socket is bound before any device exists: the agent's console
+    // connects to the engine as soon as it is made, and the engine may send a request
+    // (a clone's hot-plugged volume) the moment its agent is connected. Requests made
+    // before the machine serves wait in the socket's backlog.
+    let control_listener = match &config.control_socket {
+        Some(path) => {
+            let _ = std::fs::remove_file(path);
+            Some(UnixListener::bind(path).map_err(VmmError::io(path))?)
+        }
+        None => None,
+    };
     let serial = create_serial(config, &vm, restored.as_ref())?;
     let balloon = Arc::new(BalloonControl::default());
     let (pci, block_counters) = create_pci_devices(config, &vm, &guest_memory, &balloon)?;
@@ -124,9 +135,7 @@ pub fn run(config: &VmmConfig) -> Result<VmExitReason, VmmError> {
         vcpu_count,
         memory_mib: config.memory_mib,
     });
-    if let Some(path) = &config.control_socket {
-        let _ = std::fs::remove_file(path);
-        let listener = UnixListener::bind(path).map_err(VmmError::io(path))?;
+    if let Some(listener) = control_listener {
         crate::control::serve(listener, machine.clone())?;
     }
     crate::seccomp::apply(config.memory_shared)?;

@@ -33,10 +33,22 @@ fn alive(pid: u32) -> bool {
     })
 }
 
-/// Waits until exactly one spare VM runs under `run_dir`, and returns its pid.
-fn one_spare(run_dir: &Path) -> u32 {
-    eventually("a spare VM is restored", || {
-        spare_vms_under(run_dir).len() == 1
+/// The daemon's count of spare VMs ready (`docker info`: "Spare VMs": "N ready ...").
+fn spares_ready(daemon: &Daemon) -> usize {
+    let status = daemon.docker_ok(&["info", "--format", "{{json .DriverStatus}}"]);
+    let status: Vec<(String, String)> = serde_json::from_str(&status).unwrap();
+    status
+        .iter()
+        .find(|(key, _)| key == "Spare VMs")
+        .and_then(|(_, value)| value.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no spare VM count in {status:?}"))
+}
+
+/// Waits until exactly one spare VM runs under `run_dir` and the daemon has it ready
+/// (restored, rebound and rehearsed); returns its pid.
+fn one_spare(daemon: &Daemon, run_dir: &Path) -> u32 {
+    eventually("a spare VM is ready", || {
+        spare_vms_under(run_dir).len() == 1 && spares_ready(daemon) == 1
     });
     spare_vms_under(run_dir)[0]
 }
@@ -50,7 +62,7 @@ fn starts_claim_spare_vms_which_become_the_containers() {
     daemon.docker_ok(&["load", "-i", busybox_archive().to_str().unwrap()]);
 
     // The daemon restores one spare of its default template once that is built.
-    let spare = one_spare(&run_dir);
+    let spare = one_spare(&daemon, &run_dir);
 
     // A container started now runs in that very VM, with its own disk and identity.
     daemon.docker_ok(&["network", "create", "sparenet"]);
@@ -87,10 +99,11 @@ fn starts_claim_spare_vms_which_become_the_containers() {
     );
 
     // Behind it, another spare is restored; the next start claims that one.
-    eventually("a second spare VM is restored", || {
+    eventually("a second spare VM is ready", || {
         spare_vms_under(&run_dir)
             .iter()
             .any(|other| *other != spare)
+            && spares_ready(&daemon) == 1
     });
     let second_spare = *spare_vms_under(&run_dir)
         .iter()

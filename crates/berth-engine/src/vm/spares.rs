@@ -11,6 +11,13 @@
 //! 2. its tap takes the name of the container's first tap (the VM holds the tap open);
 //! 3. the start goes on with the container's setup, as for any clone.
 //!
+//! Once rebound, a spare rehearses (`HostMessage::Rehearse`): its agent mounts the
+//! placeholder disk read-only and unmounts it, and starts and reaps a process in a PID
+//! namespace of its own, so that the guest code of the container's setup and first
+//! process has run once in this VM (QEMU under TCG translates code the first time a VM
+//! runs it). The placeholder is a copy-on-write disk over a small ext4 file system the
+//! daemon makes once, `<exec root>/spare-rehearsal.ext4`.
+//!
 //! Each spare is used once and is made like any clone: its entropy, MAC address and
 //! hostname are its own (the rebind and the container's setup give them), so spares
 //! never share RNG state with each other or with other clones. A claimed spare keeps its
@@ -31,6 +38,8 @@ use std::sync::{Arc, Mutex};
 
 use berth_vm::{DiskFormat, DiskSpec, MemoryBacking, VmControl, VmSpec};
 use rand::RngCore;
+
+use berth_agent_proto::{GuestMessage, HostMessage, AGENT_STREAM};
 
 use crate::agent::{rebind, AgentReader, AgentSession};
 use crate::error::{error_chain, EngineError};
@@ -61,6 +70,8 @@ pub(crate) struct SparePool {
     ready: Mutex<HashMap<String, Vec<Spare>>>,
     /// Templates whose spares are being made now (one task per template).
     filling: Mutex<HashSet<String>>,
+    /// The ext4 file system under every spare's placeholder disk, once made.
+    rehearsal_disk: tokio::sync::OnceCell<PathBuf>,
 }
 
 impl SparePool {
@@ -113,6 +124,16 @@ impl Drop for Filling<'_> {
 }
 
 impl Engine {
+    /// Spares ready now (all templates), and how many are wanted per template (0 where
+    /// this backend cannot have spares).
+    pub(crate) fn spare_counts(&self) -> (usize, usize) {
+        if !self.spares_enabled() {
+            return (0, 0);
+        }
+        let ready = lock(&self.spares.ready).values().map(Vec::len).sum();
+        (ready, self.spares.wanted)
+    }
+
     /// Whether starts may claim spares on this daemon.
     fn spares_enabled(&self) -> bool {
         self.spares.wanted > 0 && self.config.backend.supports_root_replacement()
@@ -181,7 +202,12 @@ impl Engine {
         let made = async {
             let state = template.verified_state_copy(&run_dir)?;
             let placeholder = run_dir.join("placeholder.qcow2");
-            create_container_disk(&placeholder, None)?;
+            let rehearsal_disk = self
+                .spares
+                .rehearsal_disk
+                .get_or_try_init(|| make_rehearsal_disk(&self.config.exec_root))
+                .await?;
+            create_container_disk(&placeholder, Some(rehearsal_disk))?;
             let spec = VmSpec {
                 name: name.clone(),
                 vcpus: template.record.shape.vcpus,
@@ -204,8 +230,14 @@ impl Engine {
                 crate::start::SETUP_TIMEOUT,
             )
             .await;
-            match rebound {
-                Ok((session, reader, _steps)) => Ok(Spare {
+            let rehearsed = match rebound {
+                Ok((session, mut reader, _steps)) => rehearse(&session, &mut reader)
+                    .await
+                    .map(|()| (session, reader)),
+                Err(error) => Err(EngineError::from(error)),
+            };
+            match rehearsed {
+                Ok((session, reader)) => Ok(Spare {
                     name: name.clone(),
                     template: template.clone(),
                     pid: vm.pid,
@@ -217,7 +249,7 @@ impl Engine {
                 }),
                 Err(error) => {
                     control.kill().await;
-                    Err(EngineError::from(error))
+                    Err(error)
                 }
             }
         };
@@ -247,6 +279,59 @@ impl Engine {
         for spare in self.spares.drain() {
             self.discard_spare(spare).await;
         }
+    }
+}
+
+/// Size of the rehearsal's file system.
+const REHEARSAL_DISK_BYTES: u64 = 16 << 20;
+
+/// Makes (or keeps) `<exec root>/spare-rehearsal.ext4`: an empty ext4 file system.
+async fn make_rehearsal_disk(exec_root: &Path) -> Result<PathBuf, EngineError> {
+    let path = exec_root.join("spare-rehearsal.ext4");
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() == REHEARSAL_DISK_BYTES) {
+        return Ok(path);
+    }
+    let staging = exec_root.join("spare-rehearsal.ext4.new");
+    std::fs::File::create(&staging)
+        .and_then(|file| file.set_len(REHEARSAL_DISK_BYTES))
+        .map_err(EngineError::io(&staging))?;
+    let output = tokio::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&staging)
+        .output()
+        .await
+        .map_err(|e| EngineError::Command {
+            what: "mkfs.ext4".into(),
+            detail: format!("{e} (is e2fsprogs installed?)"),
+        })?;
+    if !output.status.success() {
+        return Err(EngineError::Command {
+            what: "mkfs.ext4".into(),
+            detail: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    std::fs::rename(&staging, &path).map_err(EngineError::io(&path))?;
+    Ok(path)
+}
+
+/// Has a rebound spare rehearse a container's start (see the module's docs).
+async fn rehearse(session: &AgentSession, reader: &mut AgentReader) -> Result<(), EngineError> {
+    session.send(AGENT_STREAM, &HostMessage::Rehearse).await?;
+    const REHEARSING: &str = "rehearsing a container's start";
+    match reader
+        .expect_message(AGENT_STREAM, crate::start::SETUP_TIMEOUT, REHEARSING)
+        .await?
+    {
+        GuestMessage::Rehearsed { steps_us } => {
+            tracing::debug!(?steps_us, "spare VM rehearsed");
+            Ok(())
+        }
+        GuestMessage::Error { message } => Err(crate::agent::AgentError::GuestFailed {
+            during: REHEARSING.into(),
+            message,
+        }
+        .into()),
+        other => Err(crate::agent::AgentError::unexpected(REHEARSING, &other).into()),
     }
 }
 
