@@ -280,6 +280,67 @@ fn metrics_parse_and_agree_with_docker_ps_and_stats() {
     );
 }
 
+#[test]
+fn every_action_works_over_http_and_cross_site_posts_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, port) = daemon_with_console(dir.path(), false);
+    daemon.docker_ok(&["run", "-d", "--name", "target", "busybox", "sleep", "600"]);
+    let act = |action: &str, headers: &[&str]| {
+        let mut args = vec!["-X", "POST"];
+        for header in headers {
+            args.extend(["-H", header]);
+        }
+        curl(
+            &format!("http://127.0.0.1:{port}/containers/target/{action}"),
+            &args,
+        )
+    };
+    let bearer = format!("Authorization: Bearer {TOKEN}");
+    let state = || daemon.docker_ok(&["inspect", "-f", "{{.State.Status}}", "target"]);
+    // A signed-in browser session without htmx's header (a form from another site): no.
+    let (status, body) = curl(
+        &format!("http://127.0.0.1:{port}/login"),
+        &["-d", &format!("token={TOKEN}"), "-D", "-"],
+    );
+    assert_eq!(status, 303, "{body}");
+    let cookie = body
+        .lines()
+        .find_map(|line| line.strip_prefix("set-cookie: "))
+        .and_then(|value| value.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    let cookie_header = format!("Cookie: {cookie}");
+    assert_eq!(act("stop", &[&cookie_header]).0, 403);
+    assert_eq!(act("stop", &[]).0, 401);
+    assert_eq!(state(), "running");
+    // With the page's header, or the bearer token, each action does what it says.
+    for (action, headers, expected) in [
+        (
+            "pause",
+            vec![cookie_header.as_str(), "HX-Request: true"],
+            "paused",
+        ),
+        ("unpause", vec![bearer.as_str()], "running"),
+        ("restart", vec![bearer.as_str()], "running"),
+        ("kill", vec![bearer.as_str()], "exited"),
+        ("start", vec![bearer.as_str()], "running"),
+        ("stop", vec![bearer.as_str()], "exited"),
+    ] {
+        let (status, body) = act(action, &headers);
+        assert_eq!(status, 200, "{action}: {body}");
+        assert!(!body.contains("failed"), "{action}: {body}");
+        assert_eq!(state(), expected, "after {action}");
+    }
+    let (status, body) = act("explode", &[&bearer]);
+    assert_eq!(status, 404, "{body}");
+    let (status, _) = act("remove", &[&bearer]);
+    assert_eq!(status, 200);
+    assert!(
+        !daemon.docker(&["inspect", "target"]).status.success(),
+        "not removed"
+    );
+}
+
 /// Writes a screenshot of `page` to `target/console-screenshots/NAME.png`.
 async fn screenshot(page: &Page, name: &str) {
     let png = page
