@@ -167,16 +167,8 @@ impl VmControl for QemuControl {
         if let Some(serial) = disk.serial.as_deref() {
             device["serial"] = serde_json::json!(crate::command::clean_serial(serial));
         }
-        if let Err(error) = monitor.execute("device_add", Some(device)).await {
-            let _ = monitor
-                .execute(
-                    "blockdev-del",
-                    Some(serde_json::json!({ "node-name": node })),
-                )
-                .await;
-            return Err(error);
-        }
-        Ok(())
+        let added = monitor.execute("device_add", Some(device)).await;
+        drop_node_on_error(&mut monitor, &node, added).await
     }
 
     /// Opens `disk` as a new format node and points the clone's root node at it
@@ -208,16 +200,7 @@ impl VmControl for QemuControl {
                 }]})),
             )
             .await;
-        if let Err(error) = reopened {
-            let _ = monitor
-                .execute(
-                    "blockdev-del",
-                    Some(serde_json::json!({ "node-name": node })),
-                )
-                .await;
-            return Err(error);
-        }
-        Ok(())
+        drop_node_on_error(&mut monitor, &node, reopened).await
     }
 
     async fn remove_nic(&self, nic: &NicSpec) -> Result<(), VmError> {
@@ -260,3 +243,22 @@ impl VmControl for QemuControl {
 
 /// How long a guest gets to eject an unplugged NIC.
 const NIC_UNPLUG_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What a QMP command that uses block node `node` (just added) returned; on an error
+/// the node is deleted again, so that a failed hot-plug or root swap leaves nothing open.
+async fn drop_node_on_error<T>(
+    monitor: &mut QmpClient,
+    node: &str,
+    result: Result<T, VmError>,
+) -> Result<(), VmError> {
+    if let Err(error) = result {
+        let _ = monitor
+            .execute(
+                "blockdev-del",
+                Some(serde_json::json!({ "node-name": node })),
+            )
+            .await;
+        return Err(error);
+    }
+    Ok(())
+}

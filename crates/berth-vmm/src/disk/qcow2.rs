@@ -545,16 +545,9 @@ mod tests {
         output
     }
 
-    #[test]
-    fn writes_over_a_raw_backing_file_read_back_and_pass_qemu_img_check() {
-        let dir = tempfile::tempdir().unwrap();
-        let base = dir.path().join("base.raw");
-        let mut base_bytes = vec![0u8; 3 << 20];
-        for (index, byte) in base_bytes.iter_mut().enumerate() {
-            *byte = (index % 251) as u8;
-        }
-        std::fs::write(&base, &base_bytes).unwrap();
-        let overlay = dir.path().join("disk.qcow2");
+    /// `disk.qcow2` (64 MiB) in `dir`, over the raw `base.raw` beside it.
+    fn overlay_over_base(dir: &Path) -> PathBuf {
+        let overlay = dir.join("disk.qcow2");
         let overlay_text = overlay.display().to_string();
         qemu_img(&[
             "create",
@@ -568,6 +561,20 @@ mod tests {
             &overlay_text,
             "64M",
         ]);
+        overlay
+    }
+
+    #[test]
+    fn writes_over_a_raw_backing_file_read_back_and_pass_qemu_img_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.raw");
+        let mut base_bytes = vec![0u8; 3 << 20];
+        for (index, byte) in base_bytes.iter_mut().enumerate() {
+            *byte = (index % 251) as u8;
+        }
+        std::fs::write(&base, &base_bytes).unwrap();
+        let overlay = overlay_over_base(dir.path());
+        let overlay_text = overlay.display().to_string();
 
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -625,20 +632,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("base.raw");
         std::fs::write(&base, vec![9u8; 1 << 20]).unwrap();
-        let overlay = dir.path().join("disk.qcow2");
-        let overlay_text = overlay.display().to_string();
-        qemu_img(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "raw",
-            "-b",
-            "base.raw",
-            &overlay_text,
-            "64M",
-        ]);
+        let overlay = overlay_over_base(dir.path());
         let lone = dir.path().join("lone.qcow2");
         qemu_img(&[
             "create",
