@@ -82,13 +82,16 @@ echo "diff=$(docker diff second | grep made-here)"
 printf 'FROM busybox\nRUN echo built > /built\n' | docker build -q -t labbuilt - > /dev/null && echo "built=$(docker run --rm labbuilt cat /built)"
 echo "templates_after=$(berth template ls | tail -n +2 | wc -l)"
 docker run -d --name mem --shm-size 200m busybox sleep 600 > /dev/null
-docker exec mem dd if=/dev/zero of=/dev/shm/fill bs=1M count=120 2>/dev/null
-filled=$(docker inspect -f '{{.Berth.Memory.PrivateBytes}}' mem)
+docker exec mem dd if=/dev/zero of=/dev/shm/fill bs=1M count=120
+private() { docker inspect -f '{{with .Berth.Memory}}{{.PrivateBytes}}{{end}}' mem; }
+filled=$(private)
 echo "mem_filled=$filled"
 docker exec mem rm /dev/shm/fill
-# Waits until the test's own bar (64 MiB of the 120 back) is passed, or 30 s.
-for i in $(seq 1 60); do sleep 0.5; p=$(docker inspect -f '{{.Berth.Memory.PrivateBytes}}' mem); [ "$p" -lt $((filled - 67108864)) ] && break; done
+# Waits until the test's own bar (64 MiB of the 120 back) is passed, or 30 s (or the
+# container is gone: its state is then printed for the assertion's message).
+for i in $(seq 1 60); do sleep 0.5; p=$(private); [ -n "$p" ] && [ -n "$filled" ] || break; [ "$p" -lt $((filled - 67108864)) ] && break; done
 echo "mem_freed=$p"
+echo "mem_state=$(docker inspect -f '{{.State.Status}} exit {{.State.ExitCode}} oom {{.State.OOMKilled}} {{.State.Error}}' mem)"
 total() { docker exec mem sed -n 's/MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo; }
 echo "memtotal=$(total)"
 docker update -m 100m mem > /dev/null
@@ -154,7 +157,8 @@ exit 7
     let freed: u64 = value("mem_freed").parse().unwrap_or(u64::MAX);
     assert!(
         filled > 120 << 20 && freed < filled - (64 << 20),
-        "120 MiB written to tmpfs and removed: private {filled} then {freed}\n{all}"
+        "120 MiB written to tmpfs and removed: private {filled} then {freed} ({})\n{all}",
+        value("mem_state")
     );
     let total: u64 = value("memtotal").parse().unwrap_or(0);
     let limited: u64 = value("memtotal_limited").parse().unwrap_or(u64::MAX);
