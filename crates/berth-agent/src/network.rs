@@ -179,6 +179,24 @@ pub fn prepare_boot_nics() {
     *BOOT_NICS.lock().unwrap_or_else(|e| e.into_inner()) = found;
 }
 
+/// Takes away the boot NICs no [`configure`] took (a container on the `none` network has
+/// its template's NIC but no interface to use): their virtio device is unbound from its
+/// driver, so the interface is gone and the container sees only `lo`, as under Docker.
+/// The VM is the container's alone and a NIC never comes back to a `none` container.
+pub fn release_unused_boot_nics() -> io::Result<()> {
+    let unused = std::mem::take(&mut *BOOT_NICS.lock().unwrap_or_else(|e| e.into_inner()));
+    for nic in unused {
+        // /sys/class/net/NAME/device is the virtio device (virtioN) the driver binds.
+        let device = PathBuf::from(format!("/sys/class/net/{}/device", nic.name));
+        let virtio = fs::canonicalize(&device)?;
+        let Some(name) = virtio.file_name().and_then(|name| name.to_str()) else {
+            continue;
+        };
+        fs::write(device.join("driver/unbind"), name)?;
+    }
+    Ok(())
+}
+
 /// Turns IPv6 off on interface `name` (a kernel without IPv6 has nothing to turn off).
 fn disable_ipv6(name: &str) -> io::Result<()> {
     request(name)?;

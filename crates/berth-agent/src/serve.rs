@@ -390,6 +390,10 @@ fn setup(spec: &SetupSpec, shares: &Shares, channel: &Channel) -> io::Result<Vec
     for interface in &spec.interfaces {
         network::configure(interface)?;
     }
+    if spec.interfaces.is_empty() {
+        // On `none`: no interface but `lo` (NICs beyond the first come after setup).
+        network::release_unused_boot_nics()?;
+    }
     clock.done("network");
     // /etc/hostname, /etc/hosts and /etc/resolv.conf are the container's own,
     // bind-mounted from the agent's tmpfs so that they never land in the container's

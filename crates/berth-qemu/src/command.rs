@@ -141,6 +141,13 @@ pub fn nic_ids(nic: &NicSpec) -> (String, String) {
 
 /// The `-netdev` and `-device` option values of a NIC. The tap is opened by name from the
 /// VM process's network namespace; QEMU runs no scripts.
+///
+/// `guest_announce=off`: QEMU 7.2 frees the device's announce timer when it loads a
+/// snapshot in which no announcement is due, and then dereferences it on the device's
+/// next reset, so a clone whose guest unbinds or resets its NIC (a container on `none`
+/// gives its NIC up) killed its own QEMU with SIGSEGV. The announcement (gratuitous ARP
+/// after a migration) is nothing Berth uses: a clone's agent gives its NIC its own
+/// address and MAC.
 pub fn nic_options(nic: &NicSpec) -> (String, String) {
     let (netdev_id, device_id) = nic_ids(nic);
     (
@@ -149,7 +156,7 @@ pub fn nic_options(nic: &NicSpec) -> (String, String) {
             escape_option(&nic.tap)
         ),
         format!(
-            "virtio-net-pci,id={device_id},netdev={netdev_id},mac={},addr={:#04x}",
+            "virtio-net-pci,id={device_id},netdev={netdev_id},mac={},addr={:#04x},guest_announce=off",
             escape_option(&nic.mac),
             nic.pci_slot
         ),
@@ -268,7 +275,7 @@ mod tests {
         assert!(joined.contains("file=/d/a,,b.qcow2,format=qcow2"));
         assert!(joined.contains("virtserialport,chardev=agent,name=berth.agent"));
         assert!(joined.contains(
-            "-netdev tap,id=net8,ifname=bt0123456789ab0,script=no,downscript=no -device virtio-net-pci,id=nic8,netdev=net8,mac=02:42:ac:11:00:02,addr=0x08"
+            "-netdev tap,id=net8,ifname=bt0123456789ab0,script=no,downscript=no -device virtio-net-pci,id=nic8,netdev=net8,mac=02:42:ac:11:00:02,addr=0x08,guest_announce=off"
         ));
         let kvm =
             qemu_arguments(&spec, Accelerator::Kvm, Path::new("/a"), Path::new("/q")).join(" ");

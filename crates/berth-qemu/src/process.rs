@@ -113,6 +113,8 @@ impl VmControl for QemuControl {
                 Some(serde_json::json!({
                     "driver": "virtio-net-pci", "id": device_id, "netdev": netdev_id,
                     "mac": nic.mac, "addr": format!("{:#04x}", nic.pci_slot),
+                    // As at boot (see `nic_options`).
+                    "guest_announce": false,
                 })),
             )
             .await;

@@ -45,6 +45,7 @@ docker run -d --name second busybox sleep 600 > /dev/null
 docker network create labnet1 > /dev/null
 docker network create labnet2 > /dev/null
 echo "nics=$(docker run --rm --network labnet1 --network labnet2 busybox sh -c 'ls /sys/class/net | grep -c eth')"
+echo "none=$(docker run --rm --network none busybox ls /sys/class/net | tr '\n' ' ')"
 echo "exec=$(docker exec first echo in-vm)"
 echo "logs=$(docker logs first)"
 echo "random1=$(docker exec first head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
@@ -165,6 +166,11 @@ exit 7
     assert!(
         total > 200_000 && limited < 110_000,
         "MemTotal {total} kB, then {limited} kB after update -m 100m\n{all}"
+    );
+    assert_eq!(
+        value("none"),
+        "lo",
+        "--network none: the loopback only\n{all}"
     );
     assert_eq!(value("exec"), "in-vm", "{all}");
     assert_eq!(value("logs"), "hello-log", "{all}");

@@ -44,8 +44,9 @@ use crate::lock;
 pub const CONTAINER_DISK_SIZE: &str = "64G";
 
 /// Bumped when the template layout or the way templates are made changes, or the
-/// machine a template's guest saw at boot (4: the built-in VMM's ACPI hot-plug slots).
-const TEMPLATE_FORMAT: &str = "berth-template-4";
+/// machine a template's guest saw at boot (4: the built-in VMM's ACPI hot-plug slots; 5:
+/// QEMU's NIC without the guest-announce feature).
+const TEMPLATE_FORMAT: &str = "berth-template-5";
 
 /// A template as the console lists it.
 #[derive(Debug, Clone)]

@@ -35,6 +35,10 @@ pub struct CloneArgs {
     /// `--compare 'no spares=/run/berth-b/docker.sock'`: its default runtime runs.
     #[arg(long, value_name = "LABEL=SOCKET", value_parser = parse_compared)]
     pub compare: Vec<(String, PathBuf)>,
+    /// Run every measured container with `--network MODE` on every daemon (`none`, say,
+    /// to leave network setup out on all sides); default: each daemon's default network.
+    #[arg(long, value_name = "MODE")]
+    pub network: Option<String>,
 }
 
 /// `LABEL=SOCKET`.
@@ -57,16 +61,20 @@ struct Compared {
 }
 
 /// `docker run --rm IMAGE true` and `docker start` of a created container, once each,
-/// with `runtime` if given; in seconds.
+/// with `runtime` and `network` if given; in seconds.
 fn run_and_start(
     docker: &Docker,
     image: &str,
     runtime: Option<&str>,
+    network: Option<&str>,
 ) -> anyhow::Result<(f64, f64)> {
     let with_runtime = |verb: &'static str| {
         let mut command = vec![verb];
         if let Some(runtime) = runtime {
             command.extend(["--runtime", runtime]);
+        }
+        if let Some(network) = network {
+            command.extend(["--network", network]);
         }
         command
     };
@@ -98,24 +106,25 @@ pub fn run(args: CloneArgs) -> anyhow::Result<()> {
             starts: Vec::new(),
         });
     }
+    let network = args.network.as_deref();
     // Warm up: templates built, caches filled.
     for runtime in RUNTIMES {
-        docker.run(&["run", "--rm", "--runtime", runtime, &args.image, "true"])?;
+        run_and_start(&docker, &args.image, Some(runtime), network)?;
     }
     for other in &compared {
-        other.docker.run(&["run", "--rm", &args.image, "true"])?;
+        run_and_start(&other.docker, &args.image, None, network)?;
     }
     let mut run_times = [Vec::new(), Vec::new()];
     let mut start_times = [Vec::new(), Vec::new()];
     for round in 0..args.runs {
         eprintln!("round {}/{}", round + 1, args.runs);
         for (index, runtime) in RUNTIMES.iter().enumerate() {
-            let (run, start) = run_and_start(&docker, &args.image, Some(runtime))?;
+            let (run, start) = run_and_start(&docker, &args.image, Some(runtime), network)?;
             run_times[index].push(run);
             start_times[index].push(start);
         }
         for other in &mut compared {
-            let (run, start) = run_and_start(&other.docker, &args.image, None)?;
+            let (run, start) = run_and_start(&other.docker, &args.image, None, network)?;
             other.runs.push(run);
             other.starts.push(start);
         }
@@ -147,8 +156,11 @@ pub fn run(args: CloneArgs) -> anyhow::Result<()> {
     let start = [median(&mut start_times[0]), median(&mut start_times[1])];
     let mem = [median(&mut memory[0]), median(&mut memory[1])];
     println!(
-        "berth bench clone: {} runs per runtime, {} idle VMs each, image {}",
-        args.runs, args.idle, args.image
+        "berth bench clone: {} runs per runtime, {} idle VMs each, image {}, network {}",
+        args.runs,
+        args.idle,
+        args.image,
+        network.unwrap_or("each daemon's default")
     );
     println!(
         "{:<44} {:>12} {:>12} {:>14}",
@@ -225,6 +237,7 @@ pub fn run(args: CloneArgs) -> anyhow::Result<()> {
                 .iter()
                 .map(|(label, socket)| format!(" --compare '{label}={}'", socket.display())),
         )
+        .chain(network.map(|network| format!(" --network {network}")))
         .collect();
     println!(
         "rerun: berth bench clone --socket {} --runs {} --idle {} --density {}{compared}",
