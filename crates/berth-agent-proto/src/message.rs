@@ -313,7 +313,9 @@ pub enum GuestMessage {
         message: String,
     },
     /// The process on the frame's stream ended: its exit code, or the signal that killed it,
-    /// and whether the kernel's out-of-memory killer killed it.
+    /// and whether the kernel's out-of-memory killer killed it. For the container's first
+    /// process, sent once the container's other processes are killed and the guest's
+    /// filesystems synced: what the container wrote has reached its disks and shares.
     Exited {
         code: i32,
         signal: Option<i32>,

@@ -595,6 +595,14 @@ fn reap(table: SharedTable, channel: Channel, exits: SharedExits) {
             for pump in process.pumps {
                 let _ = pump.join();
             }
+            if process.is_init {
+                // What the container wrote is on its VM's disks and shares before its end
+                // is told (protocol 7): the engine may then end the VM without a shutdown.
+                // SAFETY: no pointers.
+                unsafe {
+                    libc::sync();
+                }
+            }
             exits
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

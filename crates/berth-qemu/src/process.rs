@@ -51,6 +51,11 @@ impl VmControl for QemuControl {
         self.process.exited().await
     }
 
+    async fn discard(&self) -> VmExit {
+        // No QMP `quit` first: nothing of the disks it would close is kept.
+        self.process.kill_now().await
+    }
+
     async fn pause(&self) -> Result<(), VmError> {
         QmpClient::connect(&self.qmp_socket)
             .await?

@@ -195,13 +195,12 @@ impl Engine {
         }
     }
 
-    /// The container's disk volumes, in the PCI slots their order gives them, and where
-    /// the guest mounts each.
-    fn volume_disks(
+    /// The container's mounts of disk volumes (each a disk of its VM), in mount order.
+    pub(crate) fn disk_volume_mounts<'a>(
         &self,
-        record: &ContainerRecord,
-    ) -> Result<(Vec<DiskSpec>, Vec<VolumeMount>), EngineError> {
-        let disk_mounts: Vec<_> = record
+        record: &'a ContainerRecord,
+    ) -> impl Iterator<Item = &'a crate::records::MountRecord> + use<'a, '_> {
+        record
             .mounts
             .iter()
             .filter(|m| m.bind_source.is_none() && m.subpath.is_none())
@@ -209,7 +208,15 @@ impl Engine {
                 self.volume(&m.volume)
                     .is_some_and(|v| v.storage == VolumeStorage::Disk)
             })
-            .collect();
+    }
+
+    /// The container's disk volumes, in the PCI slots their order gives them, and where
+    /// the guest mounts each.
+    fn volume_disks(
+        &self,
+        record: &ContainerRecord,
+    ) -> Result<(Vec<DiskSpec>, Vec<VolumeMount>), EngineError> {
+        let disk_mounts: Vec<_> = self.disk_volume_mounts(record).collect();
         if disk_mounts.len() > berth_vm::MAX_VOLUMES {
             return Err(EngineError::InvalidArgument(format!(
                 "a container's VM takes at most {} disk volumes",

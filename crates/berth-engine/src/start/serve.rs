@@ -62,7 +62,15 @@ pub(super) async fn serve(engine: Arc<Engine>, handle: Arc<ContainerHandle>, run
             let _ = sender.send(Err(reason.clone()));
         }
     }
-    if let Some(runtime) = handle.runtime() {
+    // An auto-removed container's disk is deleted next, and its guest synced what went to
+    // its shares before it reported the exit (protocol 7): its VM needs no shutdown, which
+    // under emulation is a tenth of a second of the guest's power-off path. Disk volumes
+    // outlive it, so their filesystems are unmounted by a shutdown as always.
+    let discard = matches!(end, RunEnd::Exited(..)) && {
+        let record = handle.snapshot();
+        record.auto_remove() && engine.disk_volume_mounts(&record).next().is_none()
+    };
+    if let Some(runtime) = handle.runtime().filter(|_| !discard) {
         // Bounded: a guest that stopped reading must not hold its teardown up.
         let _ = tokio::time::timeout(
             Duration::from_secs(5),
@@ -72,8 +80,12 @@ pub(super) async fn serve(engine: Arc<Engine>, handle: Arc<ContainerHandle>, run
     }
     engine.execs.container_stopped(&handle.id);
     let stopping = Instant::now();
-    control.shut_down(Duration::from_secs(5)).await;
-    tracing::info!(id = %&handle.id[..12], vm_teardown_ms = stopping.elapsed().as_millis() as u64, "container's VM is gone");
+    if discard {
+        control.discard().await;
+    } else {
+        control.shut_down(Duration::from_secs(5)).await;
+    }
+    tracing::info!(id = %&handle.id[..12], vm_teardown_ms = stopping.elapsed().as_millis() as u64, discarded = discard, "container's VM is gone");
     engine.finish_run(&handle, end);
 }
 
