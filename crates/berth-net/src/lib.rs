@@ -13,6 +13,7 @@
 pub mod dns;
 pub mod firewall;
 pub mod ipam;
+mod link_ioctls;
 pub mod links;
 pub mod netns;
 pub mod proxy;

@@ -1,4 +1,6 @@
-//! Bridges and tap devices inside Berth's namespace, made with iproute2.
+//! Bridges and tap devices inside Berth's namespace: bridges made with iproute2, taps
+//! made, renamed and attached with the kernel's ioctls (`link_ioctls`), which spares a
+//! start several runs of `ip`.
 //!
 //! Names: a network's bridge is `br-<first 12 hex of its id>` (Docker's own scheme), the
 //! default network's is `berth0`; a VM's tap is `bt<first 12 hex of its container id><n>`
@@ -7,7 +9,7 @@
 use std::net::Ipv4Addr;
 
 use crate::netns::Namespace;
-use crate::NetError;
+use crate::{link_ioctls, NetError};
 
 /// Linux's longest interface name.
 const MAX_NAME: usize = 15;
@@ -90,10 +92,18 @@ pub fn add_bridge_address6(
     Ok(())
 }
 
-/// Deletes a link if it exists.
+/// Deletes a link if it exists: an unused tap by the tun driver's ioctls, anything else
+/// (or a tap a VM holds open) with `ip link delete`.
 pub fn delete_link(namespace: &Namespace, name: &str) -> Result<(), NetError> {
     check_name(name)?;
-    if namespace.ip(&["link", "show", "dev", name]).is_ok() {
+    let owned = name.to_owned();
+    let removed = namespace
+        .run(move || match link_ioctls::link_index(&owned)? {
+            None => Ok(true),
+            Some(_) => link_ioctls::remove_unused_tap(&owned),
+        })
+        .map_err(|e| NetError::Io(format!("deleting link {name}"), e))?;
+    if !removed {
         namespace.ip(&["link", "delete", "dev", name])?;
     }
     Ok(())
@@ -103,16 +113,30 @@ pub fn delete_link(namespace: &Namespace, name: &str) -> Result<(), NetError> {
 /// from inside the namespace). An old tap of the same name is replaced.
 pub fn create_tap(namespace: &Namespace, name: &str) -> Result<(), NetError> {
     delete_link(namespace, name)?;
-    namespace.ip(&["tuntap", "add", "dev", name, "mode", "tap", "vnet_hdr"])?;
-    Ok(())
+    let owned = name.to_owned();
+    namespace
+        .run(move || link_ioctls::make_persistent_tap(&owned))
+        .map_err(|e| NetError::Io(format!("creating tap {name}"), e))
 }
 
 /// Attaches a tap to a bridge and brings it up.
 pub fn attach_tap(namespace: &Namespace, tap: &str, bridge: &str) -> Result<(), NetError> {
     check_name(tap)?;
     check_name(bridge)?;
-    namespace.ip(&["link", "set", "dev", tap, "master", bridge, "up"])?;
-    Ok(())
+    let (port, master) = (tap.to_owned(), bridge.to_owned());
+    match namespace.run(move || link_ioctls::attach_and_bring_up(&port, &master)) {
+        Ok(()) => Ok(()),
+        // A port of a bridge already (this one, say): `ip` moves it or leaves it, as it
+        // always did.
+        Err(error) if error.raw_os_error() == Some(libc::EBUSY) => {
+            namespace.ip(&["link", "set", "dev", tap, "master", bridge, "up"])?;
+            Ok(())
+        }
+        Err(error) => Err(NetError::Io(
+            format!("attaching tap {tap} to bridge {bridge}"),
+            error,
+        )),
+    }
 }
 
 /// Gives the tap `tap` (down, attached to nothing) the name `name`, in place of a link
@@ -120,19 +144,20 @@ pub fn attach_tap(namespace: &Namespace, tap: &str, bridge: &str) -> Result<(), 
 /// open, takes a container's tap name. A VM keeps its tap's descriptor, not its name.
 pub fn rename_tap(namespace: &Namespace, tap: &str, name: &str) -> Result<(), NetError> {
     check_name(tap)?;
-    check_name(name)?;
-    let _ = namespace.ip(&["link", "delete", "dev", name]);
-    namespace.ip(&["link", "set", "dev", tap, "name", name])?;
-    Ok(())
+    delete_link(namespace, name)?;
+    let (from, to) = (tap.to_owned(), name.to_owned());
+    namespace
+        .run(move || link_ioctls::rename(&from, &to))
+        .map_err(|e| NetError::Io(format!("renaming tap {tap} to {name}"), e))
 }
 
 /// Lists the namespace's links whose names start with `prefix`.
 pub fn links_with_prefix(namespace: &Namespace, prefix: &str) -> Result<Vec<String>, NetError> {
-    let output = namespace.ip(&["-o", "link", "show"])?;
-    Ok(output
-        .lines()
-        .filter_map(|line| line.split(": ").nth(1))
-        .map(|name| name.split('@').next().unwrap_or(name).to_owned())
+    let names = namespace
+        .run(link_ioctls::link_names)
+        .map_err(|e| NetError::Io("listing the namespace's links".into(), e))?;
+    Ok(names
+        .into_iter()
         .filter(|name| name.starts_with(prefix))
         .collect())
 }
