@@ -121,7 +121,8 @@ impl ImageStore {
         let rootfs = self.root.join("rootfs");
         for entry in fs::read_dir(&rootfs).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let hex = name.strip_suffix(".ext4").unwrap_or(&name);
+            // `<hex>.ext4`, and files the engine keeps beside it (`<hex>.ext4.*`).
+            let hex = name.split('.').next().unwrap_or(&name);
             if !images.iter().any(|i| parse_sha256(&i.id) == Some(hex)) {
                 freed += entry.metadata().map(|m| m.len()).unwrap_or(0);
                 let _ = fs::remove_file(entry.path());

@@ -773,6 +773,14 @@ mod tests {
             mtime
         );
         assert_eq!(fs::read_dir(store.tmp_dir()).expect("tmp").count(), 0);
+        // Files the engine keeps beside a kept image's ext4 stay; any other goes.
+        let beside = path.with_extension("ext4.blank.qcow2");
+        fs::write(&beside, b"blank").expect("beside");
+        let stray = path.with_file_name(format!("{}.ext4.blank.qcow2", "f".repeat(64)));
+        fs::write(&stray, b"stray").expect("stray");
+        store.collect_garbage().expect("clean-up");
+        assert!(path.exists() && beside.exists(), "kept beside its image");
+        assert!(!stray.exists(), "no image of that id");
 
         let debugfs = |request: &str| {
             let out = std::process::Command::new(ext4::find_program("debugfs"))

@@ -515,7 +515,7 @@ impl Engine {
             .await
             .map_err(EngineError::panicked("rootfs build"))??;
         // Every container disk has one virtual size, the size its VM's template saw.
-        crate::vm::template::create_container_disk(&dir.join("rootfs.qcow2"), Some(&base))?;
+        crate::vm::template::create_container_disk_over(&dir.join("rootfs.qcow2"), &base)?;
         Ok(())
     }
 }
