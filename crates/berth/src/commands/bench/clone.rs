@@ -58,6 +58,9 @@ struct Compared {
     docker: Docker,
     runs: Vec<f64>,
     starts: Vec<f64>,
+    /// Private memory of its idle containers, MiB, if it reports it (a Berth daemon
+    /// does, in `inspect`'s `Berth.Memory`; Docker does not).
+    memory: Vec<f64>,
 }
 
 /// `docker run --rm IMAGE true` and `docker start` of a created container, once each,
@@ -104,6 +107,7 @@ pub fn run(args: CloneArgs) -> anyhow::Result<()> {
             socket,
             runs: Vec::new(),
             starts: Vec::new(),
+            memory: Vec::new(),
         });
     }
     let network = args.network.as_deref();
@@ -131,26 +135,10 @@ pub fn run(args: CloneArgs) -> anyhow::Result<()> {
     }
     let mut memory = [Vec::new(), Vec::new()];
     for (index, runtime) in RUNTIMES.iter().enumerate() {
-        let ids: Vec<String> = (0..args.idle)
-            .map(|_| {
-                docker.run(&[
-                    "run",
-                    "-d",
-                    "--runtime",
-                    runtime,
-                    &args.image,
-                    "sleep",
-                    "3600",
-                ])
-            })
-            .collect::<Result<_, _>>()?;
-        std::thread::sleep(Duration::from_secs(2));
-        for id in &ids {
-            memory[index].push(docker.private_bytes(id)? as f64 / (1024.0 * 1024.0));
-        }
-        let mut rm = vec!["rm", "-f"];
-        rm.extend(ids.iter().map(String::as_str));
-        docker.run(&rm)?;
+        memory[index] = idle_private_memory(&docker, &args.image, Some(runtime), args.idle)?;
+    }
+    for other in &mut compared {
+        other.memory = idle_private_memory(&other.docker, &args.image, None, args.idle)?;
     }
     let run = [median(&mut run_times[0]), median(&mut run_times[1])];
     let start = [median(&mut start_times[0]), median(&mut start_times[1])];
@@ -223,6 +211,15 @@ pub fn run(args: CloneArgs) -> anyhow::Result<()> {
                 clone_time / docker_time
             );
         }
+        if !other.memory.is_empty() {
+            let reference = median(&mut other.memory);
+            println!(
+                "{:<44} {reference:>9.1}MiB {:>9.1}MiB {:>14.3}",
+                "private memory of an idle VM",
+                mem[1],
+                mem[1] / reference
+            );
+        }
     }
 
     if args.density > 0 {
@@ -247,6 +244,43 @@ pub fn run(args: CloneArgs) -> anyhow::Result<()> {
         args.density
     );
     Ok(())
+}
+
+/// The private memory (MiB) of `count` idle containers of `image` started with
+/// `runtime` (the daemon's default if `None`), read 2 s after they start; empty if the
+/// daemon does not report it (Docker).
+fn idle_private_memory(
+    docker: &Docker,
+    image: &str,
+    runtime: Option<&str>,
+    count: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let mut run = vec!["run", "-d"];
+    if let Some(runtime) = runtime {
+        run.extend(["--runtime", runtime]);
+    }
+    run.extend([image, "sleep", "3600"]);
+    let ids: Vec<String> = (0..count)
+        .map(|_| docker.run(&run))
+        .collect::<Result<_, _>>()?;
+    std::thread::sleep(Duration::from_secs(2));
+    let memory: Result<Vec<f64>, _> = ids
+        .iter()
+        .map(|id| {
+            docker
+                .private_bytes(id)
+                .map(|b| b as f64 / (1024.0 * 1024.0))
+        })
+        .collect();
+    let mut rm = vec!["rm", "-f"];
+    rm.extend(ids.iter().map(String::as_str));
+    docker.run(&rm)?;
+    match (memory, runtime) {
+        (Ok(memory), _) => Ok(memory),
+        // A Berth runtime must report it; another daemon may not.
+        (Err(error), Some(_)) => Err(error),
+        (Err(_), None) => Ok(Vec::new()),
+    }
 }
 
 fn density(docker: &Docker, args: &CloneArgs) -> anyhow::Result<()> {
