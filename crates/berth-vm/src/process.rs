@@ -265,7 +265,15 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
-        let found = vm_processes_under(root.path());
+        // A child's environment shows in /proc only once its exec has laid out the new
+        // stack, which can be a moment after `spawn` returns (the parent resumes when the
+        // exec has replaced the memory, before the stack's addresses are recorded).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut found = vm_processes_under(root.path());
+        while found.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            found = vm_processes_under(root.path());
+        }
         let elsewhere = vm_processes_under(&root.path().join("vm"));
         let _ = marked.kill();
         let _ = unmarked.kill();
