@@ -64,6 +64,16 @@ fn starts_claim_spare_vms_which_become_the_containers() {
     // The daemon restores one spare of its default template once that is built.
     let spare = one_spare(&daemon, &run_dir);
 
+    // `docker run -d` returns once the shell has started, not once it has written
+    // /random: wait for the line to be there.
+    let random = |name: &str| {
+        eventually(&format!("{name} wrote /random"), || {
+            let out = daemon.docker(&["exec", name, "cat", "/random"]);
+            out.status.success() && !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+        });
+        daemon.docker_ok(&["exec", name, "cat", "/random"])
+    };
+
     // A container started now runs in that very VM, with its own disk and identity.
     daemon.docker_ok(&["network", "create", "sparenet"]);
     daemon.docker_ok(&[
@@ -93,6 +103,7 @@ fn starts_claim_spare_vms_which_become_the_containers() {
     ]);
     let guest_mac = daemon.docker_ok(&["exec", "first", "cat", "/sys/class/net/eth0/address"]);
     assert_eq!(guest_mac, mac);
+    let first_random = random("first"); // written after /proof
     assert_eq!(
         daemon.docker_ok(&["exec", "first", "cat", "/proof"]),
         "written-by-first"
@@ -127,8 +138,7 @@ fn starts_claim_spare_vms_which_become_the_containers() {
         .unwrap();
     assert_eq!(second_pid, second_spare);
     // Spares share neither RNG state nor disks nor addresses; they reach each other.
-    let random = |name: &str| daemon.docker_ok(&["exec", name, "cat", "/random"]);
-    assert_ne!(random("first"), random("second"));
+    assert_ne!(first_random, random("second"));
     let second_files = daemon.docker(&["exec", "second", "cat", "/proof"]);
     assert!(
         !second_files.status.success(),
