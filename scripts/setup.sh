@@ -9,7 +9,8 @@
 # PostgreSQL image from Debian's packages and drives it with the host's psql and pgbench),
 # chromium (the console's test drives the web console in headless Chromium),
 # python3-prometheus-client (Prometheus's own parser reads the console's /metrics in
-# the tests), and docker-py from PyPI, pinned, in a virtual environment under the cache
+# the tests), containerd (and ctr: the tests run a containerd of their own with Berth's
+# shim as a runtime), and docker-py from PyPI, pinned, in a virtual environment under the cache
 # (the build tests drive it as its users install it).
 # The guest kernel is not installed: Berth fetches Debian's package into its cache.
 set -euo pipefail
@@ -28,6 +29,7 @@ command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 command -v pgbench >/dev/null || need+=(postgresql-client)
 command -v chromium >/dev/null || need+=(chromium)
 /usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || need+=(python3-prometheus-client)
+command -v containerd >/dev/null || need+=(containerd)
 # Berth resolves and downloads the guest kernel with apt on first use: the package lists
 # must be current then (an old list can name a kernel the archive no longer has).
 cache=${BERTH_CACHE:-/var/cache/berth}
@@ -38,7 +40,11 @@ if [ ${#need[@]} -gt 0 ] || [ ! -e "$cache/kernel/current" ] \
 fi
 if [ ${#need[@]} -gt 0 ]; then
     echo "berth setup: installing ${need[*]}" >&2
+    # Packages' services (containerd's) are not started: the tests run their own.
+    no_start=/usr/sbin/policy-rc.d
+    [ -e "$no_start" ] || { printf '#!/bin/sh\nexit 101\n' > "$no_start"; chmod +x "$no_start"; made_no_start=1; }
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    [ -z "${made_no_start:-}" ] || rm -f "$no_start"
 fi
 # Installing Debian 12's qemu-system-x86 removes a newer qemu-utils from backports (their
 # versions conflict): bring qemu-img back in the matching version.

@@ -49,7 +49,7 @@ pub use message::{
 };
 
 /// Version of this protocol. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 /// Largest value of the length field (1 MiB plus the header).
 pub const MAX_FRAME_LEN: u32 = (1 << 20) + HEADER_AFTER_LEN;
 /// Largest data payload a sender puts in one frame.

@@ -11,7 +11,13 @@ pub struct SetupSpec {
     /// The container's hostname.
     pub hostname: String,
     /// Guest block device holding the container's root filesystem (ext4), e.g. `/dev/vda`.
+    /// Not read when `root_share` is set.
     pub root_device: String,
+    /// The container's root filesystem is a share instead of a disk (a containerd
+    /// snapshot the host serves): its `target` must be `/`; it is mounted first, before
+    /// anything else goes inside it.
+    #[serde(default)]
+    pub root_share: Option<ShareMount>,
     /// Network interfaces to configure before the container's process runs.
     #[serde(default)]
     pub interfaces: Vec<InterfaceSpec>,

@@ -259,8 +259,17 @@ pub fn mount_container_root(device: &str, shm_size: u64, sys_writable: bool) -> 
         MsFlags::empty(),
         Some("noinit_itable"),
     )?;
+    finish_container_root(shm_size, sys_writable)
+}
+
+/// Moves the API filesystems staged at boot into the container root mounted at
+/// /mnt/root (a disk, or a share: see [`mount_container_root`]), and sizes /dev/shm.
+pub fn finish_container_root(shm_size: u64, sys_writable: bool) -> io::Result<()> {
     for name in ["proc", "sys", "dev"] {
-        move_mount(&format!("{STAGED}/{name}"), &format!("/mnt/root/{name}"))?;
+        let target = format!("/mnt/root/{name}");
+        // A root filesystem without them (a bare snapshot) gets the directories.
+        std::fs::create_dir_all(&target)?;
+        move_mount(&format!("{STAGED}/{name}"), &target)?;
     }
     if !sys_writable {
         // A bind remount changes this mount only, not the sysfs superblock the agent's

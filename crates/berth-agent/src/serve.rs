@@ -381,7 +381,22 @@ impl StepClock {
 /// Sets the container up; returns how long each step took (see `SetupDone`).
 fn setup(spec: &SetupSpec, shares: &Shares, channel: &Channel) -> io::Result<Vec<(String, u64)>> {
     let mut clock = StepClock::new();
-    boot::mount_container_root(&spec.root_device, spec.shm_size, spec.sys_writable)?;
+    match &spec.root_share {
+        Some(root) if root.target == "/" && !root.file => {
+            shares.mount_all(std::slice::from_ref(root), channel)?;
+            boot::finish_container_root(spec.shm_size, spec.sys_writable)?;
+        }
+        Some(root) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a root share must be a directory at /, not {:?}",
+                    root.target
+                ),
+            ))
+        }
+        None => boot::mount_container_root(&spec.root_device, spec.shm_size, spec.sys_writable)?,
+    }
     clock.done("root");
     for (key, value) in &spec.sysctls {
         set_sysctl(key, value)?;

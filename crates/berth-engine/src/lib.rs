@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod network;
 mod process;
 mod records;
+pub mod sandbox;
 mod start;
 mod state;
 #[cfg(test)]

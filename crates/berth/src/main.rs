@@ -36,6 +36,10 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    // containerd runs this binary as `containerd-shim-berth-v2`, with its own command line.
+    if commands::containerd_shim::invoked_as_shim() {
+        return commands::containerd_shim::run();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")

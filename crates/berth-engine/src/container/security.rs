@@ -73,7 +73,8 @@ const DEFAULT_CAPABILITIES: &[&str] = &[
     "AUDIT_WRITE",
 ];
 
-fn capability_number(name: &str) -> Result<u8, EngineError> {
+/// A capability's number, by its name with or without `CAP_`, in any case.
+pub fn capability_number(name: &str) -> Result<u8, EngineError> {
     let upper = name.to_ascii_uppercase();
     let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
     CAPABILITIES
@@ -149,6 +150,18 @@ const RLIMITS: &[(&str, u32)] = &[
     ("rtprio", 14),
     ("rttime", 15),
 ];
+
+/// An `RLIMIT_*` resource's number, by Docker's name (`nofile`) or the kernel's
+/// (`RLIMIT_NOFILE`, as OCI runtime specs name them).
+pub fn rlimit_number(name: &str) -> Result<u32, EngineError> {
+    let lower = name.to_ascii_lowercase();
+    let bare = lower.strip_prefix("rlimit_").unwrap_or(&lower);
+    RLIMITS
+        .iter()
+        .find(|(known, _)| *known == bare)
+        .map(|(_, n)| *n)
+        .ok_or_else(|| EngineError::InvalidArgument(format!("invalid rlimit type: {name}")))
+}
 
 /// `--ulimit`s as (resource number, soft, hard); -1 is "unlimited".
 pub fn rlimits(host: &HostConfig) -> Result<Vec<(u32, u64, u64)>, EngineError> {

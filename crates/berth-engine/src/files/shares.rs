@@ -151,6 +151,19 @@ impl Engine {
                 "shared directories need the berth binary's file server".into(),
             ));
         };
+        start_servers(program, run_dir, shares, vm_pid)
+    }
+}
+
+/// Starts `program share-server` for each share of the VM whose process is `vm_pid`,
+/// listening at `<run_dir>/fs<index>.sock`.
+pub(crate) fn start_servers(
+    program: &Path,
+    run_dir: &Path,
+    shares: &[PlannedShare],
+    vm_pid: u32,
+) -> Result<(), EngineError> {
+    {
         for share in shares {
             let index = share.index();
             let socket = socket_path(run_dir, index);
@@ -177,9 +190,7 @@ impl Engine {
             if share.read_only {
                 command.arg("--read-only");
             }
-            let mut child = command
-                .spawn()
-                .map_err(EngineError::io(program.as_path()))?;
+            let mut child = command.spawn().map_err(EngineError::io(program))?;
             tokio::spawn(async move {
                 let _ = child.wait().await;
             });

@@ -453,7 +453,7 @@ pub enum BackendChoice {
     Qemu,
 }
 
-fn choose_backend(
+pub(crate) fn choose_backend(
     choice: BackendChoice,
     qemu: &std::path::Path,
 ) -> anyhow::Result<Arc<dyn VmBackend>> {

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod containerd_shim;
 pub mod daemon;
 mod daemon_json;
 pub mod guest;

@@ -124,27 +124,15 @@ impl Daemon {
     pub fn docker_with_input(&self, args: &[&str], input: Option<&[u8]>) -> Output {
         let config = self.root.with_extension("docker-config");
         std::fs::create_dir_all(&config).unwrap();
-        let mut child = Command::new("docker")
+        let mut command = Command::new("docker");
+        command
             .env("DOCKER_CONFIG", &config)
             .env_remove("DOCKER_HOST")
             .env_remove("DOCKER_CONTEXT")
             .arg("-H")
             .arg(format!("unix://{}", self.socket.display()))
-            .args(args)
-            .stdin(if input.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("running the docker CLI");
-        if let Some(input) = input {
-            let mut stdin = child.stdin.take().unwrap();
-            stdin.write_all(input).unwrap();
-        }
-        child.wait_with_output().unwrap()
+            .args(args);
+        output_with_input(command, input)
     }
 
     /// Runs docker and asserts success; returns trimmed stdout.
@@ -442,6 +430,25 @@ pub fn busybox_archive() -> &'static Path {
         write_archive(&path, "busybox:latest", &[busybox_layer()], &["sh"]);
         path
     })
+}
+
+/// Runs `command` with `input` on its stdin (none: /dev/null); its whole output.
+pub fn output_with_input(mut command: Command, input: Option<&[u8]>) -> Output {
+    let mut child = command
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("running {command:?}: {error}"));
+    if let Some(input) = input {
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input).unwrap();
+    }
+    child.wait_with_output().unwrap()
 }
 
 pub fn stdout(output: &Output) -> String {

@@ -1,0 +1,368 @@
+//! A sandbox: one VM, cloned from a template, whose root filesystem is a host directory
+//! served as a share, and whose processes are named by the caller. It is what a
+//! containerd task runs in (`berth-shim`): containerd hands a root filesystem it has
+//! prepared (an overlay of its snapshots, mounted on the host from host directories),
+//! and the task's processes (its init on [`INIT_STREAM`], each exec on a stream of
+//! its own) run in the VM.
+//!
+//! Contracts:
+//! - The root directory is served by `berth share-server` (as bind mounts are): the host
+//!   kernel never mounts anything the guest writes; the guest kernel mounts a FUSE file
+//!   system whose requests the host's file server answers (see docs/architecture.md).
+//! - The VM is a clone of a template with no network card (built once under
+//!   `templates`; a build by another process is waited for through a lock file), restored
+//!   with its own disk placeholder, entropy and clock; it runs in `netns` when given
+//!   (the task's network namespace), otherwise in the caller's.
+//! - The sandbox does not depend on a Berth daemon: its VM's run directory is the
+//!   caller's, outside any daemon's exec root (a daemon kills the VMs it finds under its
+//!   own at start).
+//! - A process's events arrive in order on its receiver: output, then `Exited` (or
+//!   `SpawnFailed`); if the VM ends first, every process still running gets `Exited`
+//!   with code 137 (as if killed) and its receiver closes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use berth_agent_proto::{
+    GuestMessage, HostMessage, ProcessSpec, SetupSpec, ShareMount, AGENT_STREAM, SHARE_STREAM_BASE,
+};
+use berth_vm::{DiskFormat, DiskSpec, MemoryBacking, VmBackend, VmControl, VmSpec};
+use tokio::sync::mpsc;
+
+use crate::agent::{rebind, AgentEvent, AgentSession};
+use crate::files::shares::{start_servers, PlannedShare, ShareRelay};
+use crate::process::output::OutputChunk;
+use crate::template::{create_container_disk, Shape, TemplateManager};
+use crate::EngineError;
+
+pub use crate::container::security::{capability_number, rlimit_number};
+
+/// The stream of the sandbox's first process (a containerd task's init).
+pub const INIT_STREAM: u32 = crate::agent::MAIN_STREAM;
+const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// What a process that was running when its VM ended exits with (killed).
+const VM_ENDED_CODE: i32 = 137;
+
+/// How to make a sandbox.
+pub struct SandboxOptions {
+    /// Names the VM (in logs and process listings).
+    pub name: String,
+    /// The VM's run directory (made; removed by [`Sandbox::shut_down`]).
+    pub run_dir: PathBuf,
+    /// Where templates are built and kept.
+    pub templates: PathBuf,
+    /// The guest files' cache (`berth daemon --cache`).
+    pub cache: PathBuf,
+    pub backend: Arc<dyn VmBackend>,
+    /// The `berth` binary, whose `share-server` serves the root.
+    pub share_server: PathBuf,
+    pub shape: Shape,
+    /// The host directory that becomes the root filesystem.
+    pub root: PathBuf,
+    pub hostname: String,
+    /// A network namespace to run the VM in (`/proc/PID/ns/net`, `/run/netns/NAME`).
+    pub netns: Option<PathBuf>,
+}
+
+/// What happens to a process.
+#[derive(Debug)]
+pub enum ProcessEvent {
+    Started {
+        guest_pid: i32,
+    },
+    Output(OutputChunk),
+    /// It could not be started; 126 or 127 as Docker maps them, or 1.
+    SpawnFailed {
+        code: i32,
+        message: String,
+    },
+    /// Its exit code (128 + the signal's number when a signal ended it).
+    Exited {
+        code: i32,
+    },
+}
+
+type Routes = Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<ProcessEvent>>>>;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A running sandbox VM.
+pub struct Sandbox {
+    session: Arc<AgentSession>,
+    control: Arc<dyn VmControl>,
+    vm_pid: u32,
+    run_dir: PathBuf,
+    routes: Routes,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Sandbox {
+    /// Restores a clone of the template for `options.shape` (built first when there is
+    /// none) and sets it up with `options.root` as its root filesystem.
+    pub async fn start(options: SandboxOptions) -> Result<Self, EngineError> {
+        let cache = options.cache.clone();
+        let guest = tokio::task::spawn_blocking(move || {
+            berth_guest::prepare_with(&cache, None, &|step| tracing::info!("{step}"))
+        })
+        .await
+        .map_err(EngineError::panicked("guest preparation"))?
+        .map_err(EngineError::Guest)?;
+        let template = {
+            let _build = TemplateBuildLock::take(&options.templates).await?;
+            TemplateManager::new(options.templates.clone(), None)
+                .get_or_build(options.backend.as_ref(), &guest, options.shape)
+                .await?
+        };
+        let run_dir = &options.run_dir;
+        let _ = std::fs::remove_dir_all(run_dir);
+        std::fs::create_dir_all(run_dir).map_err(EngineError::io(run_dir))?;
+        let placeholder = run_dir.join("vda.qcow2");
+        create_container_disk(&placeholder, None)?;
+        let spec = VmSpec {
+            name: options.name.clone(),
+            vcpus: options.shape.vcpus,
+            memory_mib: options.shape.memory_mib,
+            kernel: guest.kernel.clone(),
+            initramfs: guest.initramfs.clone(),
+            disks: vec![DiskSpec::new(placeholder, DiskFormat::Qcow2)],
+            run_dir: run_dir.clone(),
+            memory: MemoryBacking::PrivateFile(template.memory_file()),
+            restore_from: Some(template.verified_state_copy(run_dir)?),
+            nics: Vec::new(),
+            netns: options.netns.clone(),
+        };
+        let root_share = PlannedShare {
+            stream: SHARE_STREAM_BASE,
+            source: options.root.clone(),
+            target: "/".into(),
+            read_only: false,
+            file: false,
+            populate: false,
+        };
+        let vm = options.backend.boot(&spec).await?;
+        let vm_pid = vm.pid;
+        let control: Arc<dyn VmControl> = Arc::from(vm.control);
+        let set_up = async {
+            let shares = std::slice::from_ref(&root_share);
+            start_servers(&options.share_server, run_dir, shares, vm_pid)?;
+            let setup = SetupSpec {
+                hostname: options.hostname.clone(),
+                root_device: "/dev/vda".into(),
+                root_share: Some(ShareMount {
+                    stream: root_share.stream,
+                    target: "/".into(),
+                    read_only: false,
+                    file: false,
+                    populate: false,
+                }),
+                ..Default::default()
+            };
+            let (session, mut reader, _steps) = rebind(
+                vm.agent,
+                crate::start::rebind_spec(),
+                vec![(AGENT_STREAM, HostMessage::Setup(setup))],
+                SETUP_TIMEOUT,
+            )
+            .await?;
+            let session = Arc::new(session);
+            let relay = ShareRelay::connect(run_dir, shares, session.clone()).await?;
+            reader.attach_shares(relay);
+            match reader
+                .expect_message(AGENT_STREAM, SETUP_TIMEOUT, "setting the sandbox up")
+                .await?
+            {
+                GuestMessage::SetupDone { .. } => Ok::<_, EngineError>((session, reader)),
+                other => Err(crate::agent::AgentError::unexpected(
+                    "setting the sandbox up",
+                    &other,
+                )
+                .into()),
+            }
+        };
+        let (session, mut reader) = match set_up.await {
+            Ok(parts) => parts,
+            Err(error) => {
+                control.kill().await;
+                let _ = std::fs::remove_dir_all(run_dir);
+                return Err(error);
+            }
+        };
+        let routes: Routes = Arc::default();
+        let reader = {
+            let (routes, control) = (routes.clone(), control.clone());
+            tokio::spawn(async move {
+                loop {
+                    let event = tokio::select! {
+                        event = reader.next_event() => event,
+                        _ = control.wait() => break,
+                    };
+                    match event {
+                        Ok(Some(event)) => route(&routes, event),
+                        Ok(None) => break,
+                        Err(error) => {
+                            tracing::warn!("sandbox agent channel: {error}");
+                            break;
+                        }
+                    }
+                }
+                // The VM or its channel is gone: whatever still runs has ended with it.
+                for (_, sender) in lock(&routes).drain() {
+                    let _ = sender.send(ProcessEvent::Exited {
+                        code: VM_ENDED_CODE,
+                    });
+                }
+            })
+        };
+        Ok(Sandbox {
+            session,
+            control,
+            vm_pid,
+            run_dir: run_dir.clone(),
+            routes,
+            reader,
+        })
+    }
+
+    /// The VM's process on the host.
+    pub fn vm_pid(&self) -> u32 {
+        self.vm_pid
+    }
+
+    /// Starts `process` on `stream` ([`INIT_STREAM`] first; an exec on any other stream
+    /// below [`SHARE_STREAM_BASE`] that no running process uses).
+    pub async fn spawn(
+        &self,
+        stream: u32,
+        process: ProcessSpec,
+    ) -> Result<mpsc::UnboundedReceiver<ProcessEvent>, EngineError> {
+        if stream == AGENT_STREAM || stream >= SHARE_STREAM_BASE {
+            return Err(EngineError::InvalidArgument(format!(
+                "stream {stream} cannot carry a process"
+            )));
+        }
+        let (sender, receiver) = mpsc::unbounded_channel();
+        {
+            let mut routes = lock(&self.routes);
+            if routes.contains_key(&stream) {
+                return Err(EngineError::Conflict(format!(
+                    "a process already runs on stream {stream}"
+                )));
+            }
+            routes.insert(stream, sender);
+        }
+        if let Err(error) = self
+            .session
+            .send(stream, &HostMessage::Spawn(process))
+            .await
+        {
+            lock(&self.routes).remove(&stream);
+            return Err(error.into());
+        }
+        Ok(receiver)
+    }
+
+    pub async fn send_stdin(&self, stream: u32, data: &[u8]) -> Result<(), EngineError> {
+        Ok(self.session.send_stdin(stream, data).await?)
+    }
+
+    pub async fn close_stdin(&self, stream: u32) -> Result<(), EngineError> {
+        Ok(self.session.send(stream, &HostMessage::CloseStdin).await?)
+    }
+
+    pub async fn signal(&self, stream: u32, signal: i32) -> Result<(), EngineError> {
+        Ok(self
+            .session
+            .send(stream, &HostMessage::Signal { signal })
+            .await?)
+    }
+
+    pub async fn resize(&self, stream: u32, rows: u16, cols: u16) -> Result<(), EngineError> {
+        Ok(self
+            .session
+            .send(stream, &HostMessage::Resize { rows, cols })
+            .await?)
+    }
+
+    /// Powers the VM off (killed if it has not in `grace`) and removes its run directory.
+    pub async fn shut_down(&self, grace: Duration) {
+        let _ = self
+            .session
+            .send(AGENT_STREAM, &HostMessage::Shutdown)
+            .await;
+        self.control.shut_down(grace).await;
+        self.reader.abort();
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+}
+
+/// Hands an agent event to the process it belongs to.
+fn route(routes: &Routes, event: AgentEvent) {
+    let mut routes = lock(routes);
+    match event {
+        AgentEvent::Output { stream, kind, data } => {
+            if let Some(sender) = routes.get(&stream) {
+                let _ = sender.send(ProcessEvent::Output(OutputChunk::from_agent(kind, data)));
+            }
+        }
+        AgentEvent::Message { stream, message } => {
+            let last = match message {
+                GuestMessage::Started { pid } => ProcessEvent::Started { guest_pid: pid },
+                GuestMessage::SpawnFailed { reason, message } => ProcessEvent::SpawnFailed {
+                    code: match reason {
+                        berth_agent_proto::SpawnFailure::NotFound => 127,
+                        berth_agent_proto::SpawnFailure::NotExecutable => 126,
+                        berth_agent_proto::SpawnFailure::Other => 1,
+                    },
+                    message,
+                },
+                GuestMessage::Exited { code, .. } => ProcessEvent::Exited { code },
+                _ => return,
+            };
+            let ends = !matches!(last, ProcessEvent::Started { .. });
+            if let Some(sender) = routes.get(&stream) {
+                let _ = sender.send(last);
+            }
+            if ends {
+                routes.remove(&stream);
+            }
+        }
+    }
+}
+
+/// An exclusive lock on the template directory between processes (each containerd
+/// task has a shim process of its own, and two may need the template at once: the
+/// template manager's own gate is per process).
+struct TemplateBuildLock {
+    _file: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl TemplateBuildLock {
+    async fn take(templates: &Path) -> Result<Self, EngineError> {
+        std::fs::create_dir_all(templates).map_err(EngineError::io(templates))?;
+        let path = templates.join(".build.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(EngineError::io(&path))?;
+        let locked = tokio::task::spawn_blocking(move || {
+            nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        })
+        .await
+        .map_err(EngineError::panicked("template lock"))?;
+        match locked {
+            Ok(file) => Ok(TemplateBuildLock { _file: file }),
+            Err((_, errno)) => Err(EngineError::Io {
+                path,
+                source: errno.into(),
+            }),
+        }
+    }
+}

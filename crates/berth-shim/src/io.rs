@@ -1,0 +1,111 @@
+//! A process's standard streams: the FIFOs containerd made (`ctr` and the CRI plugin
+//! read stdout and stderr from them and write stdin into one), relayed to and from the
+//! guest process's frames.
+//!
+//! Every FIFO is opened read-write: opening then neither blocks nor fails when the other
+//! end is not open yet (a write-only open of a FIFO waits for its reader), and the
+//! shim's stdin reader never sees an end of file of its own. The end of stdin is
+//! containerd's `CloseIO` call ([`StdinRelay::close`]): what the FIFO still holds then is
+//! forwarded first.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use berth_engine::sandbox::Sandbox;
+use berth_engine::OutputStream;
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::pipe;
+use tokio::sync::Notify;
+
+/// The output FIFOs of one process (absent when containerd gave no path).
+pub(crate) struct OutputFifos {
+    stdout: Option<pipe::Sender>,
+    stderr: Option<pipe::Sender>,
+}
+
+fn open_sender(path: &str) -> std::io::Result<Option<pipe::Sender>> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    pipe::OpenOptions::new()
+        .read_write(true)
+        .open_sender(Path::new(path))
+        .map(Some)
+}
+
+impl OutputFifos {
+    pub fn open(stdout: &str, stderr: &str) -> std::io::Result<Self> {
+        Ok(OutputFifos {
+            stdout: open_sender(stdout)?,
+            stderr: open_sender(stderr)?,
+        })
+    }
+
+    /// Writes `data` to its stream's FIFO (stdout when there is no stderr FIFO: a
+    /// terminal's one stream). A reader that went away loses the rest of its stream.
+    pub async fn write(&mut self, stream: OutputStream, data: &[u8]) {
+        let fifo = match stream {
+            OutputStream::Stderr if self.stderr.is_some() => &mut self.stderr,
+            _ => &mut self.stdout,
+        };
+        if let Some(sender) = fifo {
+            if sender.write_all(data).await.is_err() {
+                *fifo = None;
+            }
+        }
+    }
+}
+
+/// Relays a stdin FIFO to a guest process until [`StdinRelay::close`].
+pub(crate) struct StdinRelay {
+    closing: Arc<Notify>,
+}
+
+impl StdinRelay {
+    /// Starts relaying the FIFO at `path` to the process on `stream`.
+    pub fn start(path: &str, sandbox: Arc<Sandbox>, stream: u32) -> std::io::Result<Self> {
+        let receiver = pipe::OpenOptions::new()
+            .read_write(true)
+            .open_receiver(Path::new(path))?;
+        let closing = Arc::new(Notify::new());
+        let closed = closing.clone();
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; 64 * 1024];
+            loop {
+                tokio::select! {
+                    ready = receiver.readable() => {
+                        if ready.is_err() {
+                            break;
+                        }
+                        match receiver.try_read(&mut buffer) {
+                            Ok(0) => break,
+                            Ok(n) => {
+                                if sandbox.send_stdin(stream, &buffer[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(_) => break,
+                        }
+                    }
+                    _ = closed.notified() => {
+                        // Forward what the FIFO still holds, then end the process's input.
+                        while let Ok(n) = receiver.try_read(&mut buffer) {
+                            if n == 0 || sandbox.send_stdin(stream, &buffer[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        break;
+                    }
+                }
+            }
+            let _ = sandbox.close_stdin(stream).await;
+        });
+        Ok(StdinRelay { closing })
+    }
+
+    /// Ends the process's input once the FIFO is drained.
+    pub fn close(&self) {
+        self.closing.notify_one();
+    }
+}

@@ -1,0 +1,635 @@
+//! The task API (`containerd.task.v2.Task`) over sandbox VMs.
+//!
+//! A task is a sandbox ([`berth_engine::sandbox::Sandbox`]) made at `Create` (the VM is
+//! restored and its root mounted then, as runc creates its container then), whose
+//! processes are its init (exec id `""`, the sandbox's first stream) and its execs (a
+//! stream each). A process is `CREATED` until `Start`, `RUNNING` until the guest reports
+//! its exit, then `STOPPED` with its exit status; `Wait` returns once its output has
+//! reached its FIFOs. The pid containerd sees for every process is the VM's process on
+//! the host (the guest's pids mean nothing there).
+//!
+//! Calls arrive on ttrpc's threads; each runs its async work on the shim's runtime.
+//! Unknown ids answer `NOT_FOUND`, calls out of order `FAILED_PRECONDITION`, what this
+//! runtime does not do (`Pause`, `Checkpoint`, `Update`, `Stats`) `UNIMPLEMENTED`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use berth_agent_proto::ProcessSpec;
+use berth_engine::sandbox::{ProcessEvent, Sandbox, SandboxOptions, INIT_STREAM};
+use containerd_shim_protos::api;
+use containerd_shim_protos::api::Status;
+use containerd_shim_protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskStart,
+};
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim_protos::ttrpc::{self, Code, TtrpcContext};
+use containerd_shim_protos::Task;
+use tokio::sync::watch;
+
+use crate::events::{Publisher, TaskEvent};
+use crate::io::{OutputFifos, StdinRelay};
+use crate::rootfs::{mount_rootfs, unmount, vm_run_dir};
+use crate::{ShimConfig, ShimError};
+
+type Answer<T> = ttrpc::Result<T>;
+
+fn status(code: Code, message: impl Into<String>) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, message.into()))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub(crate) fn timestamp_of(time: SystemTime) -> Timestamp {
+    let since = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut stamp = Timestamp::new();
+    stamp.seconds = since.as_secs() as i64;
+    stamp.nanos = since.subsec_nanos() as i32;
+    stamp
+}
+
+pub(crate) fn timestamp_now() -> Timestamp {
+    timestamp_of(SystemTime::now())
+}
+
+/// Where a process is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Created,
+    Running,
+    Stopped { code: u32, at: SystemTime },
+}
+
+/// containerd's paths for a process's streams.
+#[derive(Debug, Clone, Default)]
+struct StreamPaths {
+    stdin: String,
+    stdout: String,
+    stderr: String,
+    terminal: bool,
+}
+
+/// One process of a task.
+struct TaskProcess {
+    exec_id: String,
+    stream: u32,
+    spec: ProcessSpec,
+    paths: StreamPaths,
+    phase: watch::Sender<Phase>,
+    stdin: Mutex<Option<StdinRelay>>,
+}
+
+impl TaskProcess {
+    fn new(exec_id: &str, stream: u32, spec: ProcessSpec, paths: StreamPaths) -> Arc<Self> {
+        Arc::new(TaskProcess {
+            exec_id: exec_id.to_owned(),
+            stream,
+            spec,
+            paths,
+            phase: watch::Sender::new(Phase::Created),
+            stdin: Mutex::new(None),
+        })
+    }
+
+    fn phase(&self) -> Phase {
+        *self.phase.borrow()
+    }
+
+    fn stop(&self, code: u32) {
+        self.phase.send_if_modified(|phase| match phase {
+            Phase::Stopped { .. } => false,
+            _ => {
+                *phase = Phase::Stopped {
+                    code,
+                    at: SystemTime::now(),
+                };
+                true
+            }
+        });
+    }
+}
+
+/// One task: its sandbox and processes.
+struct TaskEntry {
+    id: String,
+    bundle: PathBuf,
+    rootfs: Option<PathBuf>,
+    sandbox: Mutex<Option<Arc<Sandbox>>>,
+    vm_pid: u32,
+    processes: Mutex<HashMap<String, Arc<TaskProcess>>>,
+    next_stream: AtomicU32,
+}
+
+impl TaskEntry {
+    fn process(&self, exec_id: &str) -> Answer<Arc<TaskProcess>> {
+        lock(&self.processes)
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| status(Code::NOT_FOUND, format!("process {exec_id} not found")))
+    }
+
+    fn sandbox(&self) -> Answer<Arc<Sandbox>> {
+        lock(&self.sandbox)
+            .clone()
+            .ok_or_else(|| status(Code::FAILED_PRECONDITION, "the task's VM is gone"))
+    }
+}
+
+/// The task service of one shim process.
+pub(crate) struct Service {
+    runtime: tokio::runtime::Handle,
+    config: Arc<ShimConfig>,
+    namespace: String,
+    events: Publisher,
+    tasks: Mutex<HashMap<String, Arc<TaskEntry>>>,
+    shutdown: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+}
+
+impl Service {
+    pub fn new(
+        runtime: tokio::runtime::Handle,
+        config: ShimConfig,
+        namespace: String,
+        events: Publisher,
+        shutdown: std::sync::mpsc::Sender<()>,
+    ) -> Self {
+        Service {
+            runtime,
+            config: Arc::new(config),
+            namespace,
+            events,
+            tasks: Mutex::default(),
+            shutdown: Mutex::new(Some(shutdown)),
+        }
+    }
+
+    fn task(&self, id: &str) -> Answer<Arc<TaskEntry>> {
+        lock(&self.tasks)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| status(Code::NOT_FOUND, format!("task {id} not found")))
+    }
+
+    fn create_task(&self, request: &api::CreateTaskRequest) -> Result<Arc<TaskEntry>, ShimError> {
+        let bundle = PathBuf::from(&request.bundle);
+        let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))?;
+        let rootfs = bundle.join("rootfs");
+        let mounted = match request.rootfs.as_slice() {
+            [] => None,
+            mounts => {
+                for m in mounts {
+                    mount_rootfs(m, &rootfs)?;
+                }
+                Some(rootfs.clone())
+            }
+        };
+        let root = match (&mounted, spec.root()) {
+            (Some(rootfs), _) => rootfs.clone(),
+            (None, Some(root)) if root.path().is_absolute() => root.path().clone(),
+            (None, Some(root)) => bundle.join(root.path()),
+            (None, None) => rootfs.clone(),
+        };
+        let made = self.make_task(request, &spec, &bundle, root);
+        if made.is_err() {
+            if let Some(rootfs) = &mounted {
+                unmount(rootfs);
+            }
+        }
+        let mut task = made?;
+        task.rootfs = mounted;
+        Ok(Arc::new(task))
+    }
+
+    fn make_task(
+        &self,
+        request: &api::CreateTaskRequest,
+        spec: &oci_spec::runtime::Spec,
+        bundle: &Path,
+        root: PathBuf,
+    ) -> Result<TaskEntry, ShimError> {
+        let process = spec
+            .process()
+            .as_ref()
+            .ok_or_else(|| ShimError::Usage("config.json has no process".into()))?;
+        let guest = crate::spec::guest_process(process, true, !request.stdin.is_empty())?;
+        let netns = spec
+            .linux()
+            .as_ref()
+            .and_then(|linux| linux.namespaces().as_ref())
+            .and_then(|namespaces| {
+                namespaces
+                    .iter()
+                    .find(|ns| ns.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+                    .and_then(|ns| ns.path().clone())
+            });
+        let hostname = spec
+            .hostname()
+            .clone()
+            .unwrap_or_else(|| request.id.chars().take(12).collect());
+        let options = SandboxOptions {
+            name: format!("{}-{}", self.namespace, request.id),
+            run_dir: vm_run_dir(&self.config, &self.namespace, &request.id),
+            templates: self.config.root.join("templates"),
+            cache: self.config.cache.clone(),
+            backend: self.config.backend.clone(),
+            share_server: self.config.berth_binary.clone(),
+            shape: self.config.shape,
+            root,
+            hostname,
+            netns,
+        };
+        let sandbox = self.runtime.block_on(Sandbox::start(options))?;
+        let vm_pid = sandbox.vm_pid();
+        let paths = StreamPaths {
+            stdin: request.stdin.clone(),
+            stdout: request.stdout.clone(),
+            stderr: request.stderr.clone(),
+            terminal: request.terminal,
+        };
+        let init = TaskProcess::new("", INIT_STREAM, guest, paths);
+        Ok(TaskEntry {
+            id: request.id.clone(),
+            bundle: bundle.to_path_buf(),
+            rootfs: None,
+            sandbox: Mutex::new(Some(Arc::new(sandbox))),
+            vm_pid,
+            processes: Mutex::new(HashMap::from([(String::new(), init)])),
+            next_stream: AtomicU32::new(INIT_STREAM + 1),
+        })
+    }
+
+    /// Starts `process` in `task`'s VM; returns once the guest has started it (or
+    /// refused to: then it is stopped with 126 or 127, and the call fails).
+    fn start_process(&self, task: &Arc<TaskEntry>, process: &Arc<TaskProcess>) -> Answer<()> {
+        if process.phase() != Phase::Created {
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                format!("process {} is not in the created state", process.exec_id),
+            ));
+        }
+        let sandbox = task.sandbox()?;
+        let paths = process.paths.clone();
+        let started = self.runtime.block_on(async {
+            let mut output = OutputFifos::open(&paths.stdout, &paths.stderr).map_err(|error| {
+                status(Code::INTERNAL, format!("opening the output FIFOs: {error}"))
+            })?;
+            let mut events = sandbox
+                .spawn(process.stream, process.spec.clone())
+                .await
+                .map_err(|error| status(Code::INTERNAL, error.to_string()))?;
+            match events.recv().await {
+                Some(ProcessEvent::Started { .. }) => {}
+                Some(ProcessEvent::SpawnFailed { code, message }) => {
+                    output
+                        .write(
+                            berth_engine::OutputStream::Stderr,
+                            format!("{message}\n").as_bytes(),
+                        )
+                        .await;
+                    process.stop(code as u32);
+                    return Err(status(Code::FAILED_PRECONDITION, message));
+                }
+                Some(ProcessEvent::Exited { code }) => {
+                    process.stop(code as u32);
+                    return Err(status(
+                        Code::INTERNAL,
+                        "the VM ended before the process started",
+                    ));
+                }
+                other => {
+                    process.stop(137);
+                    return Err(status(Code::INTERNAL, format!("unexpected: {other:?}")));
+                }
+            }
+            Ok((output, events))
+        });
+        let (mut output, mut events) = started?;
+        process.phase.send_replace(Phase::Running);
+        if process.spec.stdin && !paths.stdin.is_empty() {
+            let relay = {
+                let _entered = self.runtime.enter();
+                StdinRelay::start(&paths.stdin, sandbox.clone(), process.stream)
+            };
+            match relay {
+                Ok(relay) => *lock(&process.stdin) = Some(relay),
+                Err(error) => tracing::warn!("opening the stdin FIFO {}: {error}", paths.stdin),
+            }
+        }
+        let (process, task_id, vm_pid) = (process.clone(), task.id.clone(), task.vm_pid);
+        let events_out = self.events.clone();
+        self.runtime.spawn(async move {
+            let mut code = 137;
+            while let Some(event) = events.recv().await {
+                match event {
+                    ProcessEvent::Output(chunk) => output.write(chunk.stream, &chunk.data).await,
+                    ProcessEvent::Exited { code: exited } => {
+                        code = exited;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            // The output is in the FIFOs before anyone hears of the exit.
+            drop(output);
+            if let Some(relay) = lock(&process.stdin).take() {
+                relay.close();
+            }
+            process.stop(code as u32);
+            let mut exit = TaskExit::new();
+            exit.container_id = task_id.clone();
+            exit.id = match process.exec_id.is_empty() {
+                true => task_id,
+                false => process.exec_id.clone(),
+            };
+            exit.pid = vm_pid;
+            exit.exit_status = code as u32;
+            exit.exited_at = Some(timestamp_now()).into();
+            events_out.publish(TaskEvent::Exit(exit));
+        });
+        Ok(())
+    }
+
+    fn state_of(&self, task: &TaskEntry, process: &TaskProcess) -> api::StateResponse {
+        let mut state = api::StateResponse::new();
+        state.id = task.id.clone();
+        state.exec_id = process.exec_id.clone();
+        state.bundle = task.bundle.display().to_string();
+        state.pid = task.vm_pid;
+        state.stdin = process.paths.stdin.clone();
+        state.stdout = process.paths.stdout.clone();
+        state.stderr = process.paths.stderr.clone();
+        state.terminal = process.paths.terminal;
+        match process.phase() {
+            Phase::Created => state.status = Status::CREATED.into(),
+            Phase::Running => state.status = Status::RUNNING.into(),
+            Phase::Stopped { code, at } => {
+                state.status = Status::STOPPED.into();
+                state.exit_status = code;
+                state.exited_at = Some(timestamp_of(at)).into();
+            }
+        }
+        state
+    }
+}
+
+impl Task for Service {
+    fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        request: api::CreateTaskRequest,
+    ) -> Answer<api::CreateTaskResponse> {
+        if lock(&self.tasks).contains_key(&request.id) {
+            return Err(status(
+                Code::ALREADY_EXISTS,
+                format!("task {} already exists", request.id),
+            ));
+        }
+        let task = self
+            .create_task(&request)
+            .map_err(|error| status(Code::INTERNAL, berth_engine::error_chain(&error)))?;
+        lock(&self.tasks).insert(request.id.clone(), task.clone());
+        let mut event = TaskCreate::new();
+        event.container_id = request.id.clone();
+        event.bundle = request.bundle.clone();
+        event.pid = task.vm_pid;
+        self.events.publish(TaskEvent::Create(event));
+        let mut response = api::CreateTaskResponse::new();
+        response.pid = task.vm_pid;
+        Ok(response)
+    }
+
+    fn start(&self, _ctx: &TtrpcContext, request: api::StartRequest) -> Answer<api::StartResponse> {
+        let task = self.task(&request.id)?;
+        let process = task.process(&request.exec_id)?;
+        self.start_process(&task, &process)?;
+        if request.exec_id.is_empty() {
+            let mut event = TaskStart::new();
+            event.container_id = task.id.clone();
+            event.pid = task.vm_pid;
+            self.events.publish(TaskEvent::Start(event));
+        } else {
+            let mut event = TaskExecStarted::new();
+            event.container_id = task.id.clone();
+            event.exec_id = request.exec_id.clone();
+            event.pid = task.vm_pid;
+            self.events.publish(TaskEvent::ExecStarted(event));
+        }
+        let mut response = api::StartResponse::new();
+        response.pid = task.vm_pid;
+        Ok(response)
+    }
+
+    fn state(&self, _ctx: &TtrpcContext, request: api::StateRequest) -> Answer<api::StateResponse> {
+        let task = self.task(&request.id)?;
+        let process = task.process(&request.exec_id)?;
+        Ok(self.state_of(&task, &process))
+    }
+
+    fn wait(&self, _ctx: &TtrpcContext, request: api::WaitRequest) -> Answer<api::WaitResponse> {
+        let task = self.task(&request.id)?;
+        let process = task.process(&request.exec_id)?;
+        let mut phase = process.phase.subscribe();
+        let stopped = self.runtime.block_on(async {
+            phase
+                .wait_for(|phase| matches!(phase, Phase::Stopped { .. }))
+                .await
+                .map(|phase| *phase)
+        });
+        let Ok(Phase::Stopped { code, at }) = stopped else {
+            return Err(status(Code::INTERNAL, "the process's state was dropped"));
+        };
+        let mut response = api::WaitResponse::new();
+        response.exit_status = code;
+        response.exited_at = Some(timestamp_of(at)).into();
+        Ok(response)
+    }
+
+    fn kill(&self, _ctx: &TtrpcContext, request: api::KillRequest) -> Answer<api::Empty> {
+        let task = self.task(&request.id)?;
+        let process = task.process(&request.exec_id)?;
+        let signal = i32::try_from(request.signal)
+            .ok()
+            .filter(|signal| (1..=64).contains(signal))
+            .ok_or_else(|| {
+                status(
+                    Code::INVALID_ARGUMENT,
+                    format!("invalid signal {}", request.signal),
+                )
+            })?;
+        match process.phase() {
+            Phase::Created => {
+                // Never started: it ends here, as a process killed before it ran.
+                process.stop(128 + signal as u32);
+                Ok(api::Empty::new())
+            }
+            Phase::Running => {
+                let sandbox = task.sandbox()?;
+                self.runtime
+                    .block_on(sandbox.signal(process.stream, signal))
+                    .map_err(|error| status(Code::INTERNAL, error.to_string()))?;
+                Ok(api::Empty::new())
+            }
+            Phase::Stopped { .. } => Err(status(Code::NOT_FOUND, "process already finished")),
+        }
+    }
+
+    fn exec(&self, _ctx: &TtrpcContext, request: api::ExecProcessRequest) -> Answer<api::Empty> {
+        let task = self.task(&request.id)?;
+        if lock(&task.processes).contains_key(&request.exec_id) || request.exec_id.is_empty() {
+            return Err(status(
+                Code::ALREADY_EXISTS,
+                format!("exec {:?} already exists", request.exec_id),
+            ));
+        }
+        let spec = request
+            .spec
+            .as_ref()
+            .ok_or_else(|| status(Code::INVALID_ARGUMENT, "the exec has no process spec"))?;
+        let process: oci_spec::runtime::Process =
+            serde_json::from_slice(&spec.value).map_err(|error| {
+                status(
+                    Code::INVALID_ARGUMENT,
+                    format!("the exec's process spec: {error}"),
+                )
+            })?;
+        let guest = crate::spec::guest_process(&process, false, !request.stdin.is_empty())
+            .map_err(|error| status(Code::INVALID_ARGUMENT, error.to_string()))?;
+        let stream = task.next_stream.fetch_add(1, Ordering::Relaxed);
+        let paths = StreamPaths {
+            stdin: request.stdin.clone(),
+            stdout: request.stdout.clone(),
+            stderr: request.stderr.clone(),
+            terminal: request.terminal,
+        };
+        lock(&task.processes).insert(
+            request.exec_id.clone(),
+            TaskProcess::new(&request.exec_id, stream, guest, paths),
+        );
+        let mut event = TaskExecAdded::new();
+        event.container_id = task.id.clone();
+        event.exec_id = request.exec_id.clone();
+        self.events.publish(TaskEvent::ExecAdded(event));
+        Ok(api::Empty::new())
+    }
+
+    fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        request: api::ResizePtyRequest,
+    ) -> Answer<api::Empty> {
+        let task = self.task(&request.id)?;
+        let process = task.process(&request.exec_id)?;
+        if process.phase() == Phase::Running {
+            let (rows, cols) = (
+                request.height.min(u16::MAX as u32) as u16,
+                request.width.min(u16::MAX as u32) as u16,
+            );
+            self.runtime
+                .block_on(task.sandbox()?.resize(process.stream, rows, cols))
+                .map_err(|error| status(Code::INTERNAL, error.to_string()))?;
+        }
+        Ok(api::Empty::new())
+    }
+
+    fn close_io(&self, _ctx: &TtrpcContext, request: api::CloseIORequest) -> Answer<api::Empty> {
+        let task = self.task(&request.id)?;
+        let process = task.process(&request.exec_id)?;
+        if request.stdin {
+            if let Some(relay) = lock(&process.stdin).take() {
+                relay.close();
+            }
+        }
+        Ok(api::Empty::new())
+    }
+
+    fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        request: api::DeleteRequest,
+    ) -> Answer<api::DeleteResponse> {
+        let task = self.task(&request.id)?;
+        let process = task.process(&request.exec_id)?;
+        let (code, at) = match process.phase() {
+            Phase::Stopped { code, at } => (code, at),
+            Phase::Created => (0, SystemTime::now()),
+            Phase::Running => {
+                return Err(status(
+                    Code::FAILED_PRECONDITION,
+                    format!("process {} is running: kill it first", request.exec_id),
+                ))
+            }
+        };
+        if !request.exec_id.is_empty() {
+            lock(&task.processes).remove(&request.exec_id);
+        } else {
+            let running = lock(&task.processes)
+                .values()
+                .any(|p| p.phase() == Phase::Running);
+            if running {
+                return Err(status(
+                    Code::FAILED_PRECONDITION,
+                    "the task still has processes running",
+                ));
+            }
+            if let Some(sandbox) = lock(&task.sandbox).take() {
+                self.runtime
+                    .block_on(sandbox.shut_down(Duration::from_secs(5)));
+            }
+            if let Some(rootfs) = &task.rootfs {
+                unmount(rootfs);
+            }
+            lock(&self.tasks).remove(&request.id);
+            let mut event = TaskDelete::new();
+            event.container_id = task.id.clone();
+            event.id = task.id.clone();
+            event.pid = task.vm_pid;
+            event.exit_status = code;
+            event.exited_at = Some(timestamp_of(at)).into();
+            self.events.publish(TaskEvent::Delete(event));
+        }
+        let mut response = api::DeleteResponse::new();
+        response.pid = task.vm_pid;
+        response.exit_status = code;
+        response.exited_at = Some(timestamp_of(at)).into();
+        Ok(response)
+    }
+
+    fn pids(&self, _ctx: &TtrpcContext, request: api::PidsRequest) -> Answer<api::PidsResponse> {
+        let task = self.task(&request.id)?;
+        let mut info = api::ProcessInfo::new();
+        info.pid = task.vm_pid;
+        let mut response = api::PidsResponse::new();
+        response.processes.push(info);
+        Ok(response)
+    }
+
+    fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        request: api::ConnectRequest,
+    ) -> Answer<api::ConnectResponse> {
+        let mut response = api::ConnectResponse::new();
+        response.shim_pid = std::process::id();
+        response.task_pid = self.task(&request.id).map(|t| t.vm_pid).unwrap_or(0);
+        response.version = env!("CARGO_PKG_VERSION").to_owned();
+        Ok(response)
+    }
+
+    fn shutdown(&self, _ctx: &TtrpcContext, _request: api::ShutdownRequest) -> Answer<api::Empty> {
+        if lock(&self.tasks).is_empty() {
+            if let Some(shutdown) = lock(&self.shutdown).take() {
+                let _ = shutdown.send(());
+            }
+        }
+        Ok(api::Empty::new())
+    }
+}

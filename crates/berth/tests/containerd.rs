@@ -1,0 +1,351 @@
+//! Berth as a containerd runtime: Debian's containerd, run privately by the test (its
+//! own config, root, state and socket), runs tasks with `--runtime
+//! io.containerd.berth.v2`, which it finds as `containerd-shim-berth-v2` on its PATH (a
+//! link to the berth binary), driven by the real `ctr`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{
+    busybox_archive, die_with_parent_thread, eventually, output_with_input, scratch, stderr,
+    stdout, BERTH,
+};
+
+const IMAGE: &str = "docker.io/library/busybox:latest";
+const RUNTIME: &str = "io.containerd.berth.v2";
+
+/// A containerd of the test's own.
+struct Containerd {
+    dir: PathBuf,
+    socket: PathBuf,
+    child: Child,
+}
+
+impl Containerd {
+    fn start(name: &str) -> Containerd {
+        let dir = scratch().join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::os::unix::fs::symlink(BERTH, bin.join("containerd-shim-berth-v2")).unwrap();
+        let socket = dir.join("containerd.sock");
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{socket}\"\n\
+                 [ttrpc]\n  address = \"{socket}.ttrpc\"\n\
+                 [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{opt}\"\n",
+                root = dir.join("root").display(),
+                state = dir.join("state").display(),
+                socket = socket.display(),
+                opt = dir.join("opt").display(),
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut command = Command::new("containerd");
+        command
+            .arg("--config")
+            .arg(&config)
+            .env("PATH", path)
+            .env("BERTH_SHIM_ROOT", dir.join("shim"))
+            .env("BERTH_BACKEND", "qemu")
+            .env("BERTH_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        die_with_parent_thread(&mut command);
+        let child = command
+            .spawn()
+            .expect("starting containerd (scripts/setup.sh installs it)");
+        let containerd = Containerd { dir, socket, child };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !containerd.ctr(&["version"]).status.success() {
+            assert!(Instant::now() < deadline, "containerd did not answer");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        containerd
+    }
+
+    fn ctr_command(&self) -> Command {
+        let mut command = Command::new("ctr");
+        command.arg("--address").arg(&self.socket);
+        command
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_with_input(args, None)
+    }
+
+    fn ctr_with_input(&self, args: &[&str], input: Option<&[u8]>) -> Output {
+        let mut command = self.ctr_command();
+        command.args(args);
+        output_with_input(command, input)
+    }
+
+    fn ctr_ok(&self, args: &[&str]) -> String {
+        let output = self.ctr(args);
+        assert!(
+            output.status.success(),
+            "ctr {args:?} failed: {}\nstdout: {}\nstderr: {}\n(containerd's log: {})",
+            output.status,
+            stdout(&output),
+            stderr(&output),
+            self.dir.join("containerd.log").display()
+        );
+        stdout(&output).trim().to_owned()
+    }
+
+    /// `ctr run --rm` of busybox on Berth's runtime.
+    fn run(&self, name: &str, command: &[&str], input: Option<&[u8]>) -> Output {
+        let mut args = vec!["run", "--rm", "--runtime", RUNTIME, IMAGE, name];
+        args.extend(command);
+        self.ctr_with_input(&args, input)
+    }
+
+    /// Processes of this containerd's shims and of their VMs.
+    fn leftovers(&self) -> Vec<u32> {
+        let shim_root = self.dir.join("shim");
+        let socket = self.socket.display().to_string();
+        processes()
+            .into_iter()
+            .filter(|(_, cmdline, environ)| {
+                (cmdline.contains("containerd-shim-berth-v2") && cmdline.contains(&socket))
+                    || environ
+                        .iter()
+                        .filter_map(|v| v.strip_prefix("BERTH_VM_DIR="))
+                        .any(|dir| Path::new(dir).starts_with(&shim_root))
+            })
+            .map(|(pid, _, _)| pid)
+            .collect()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        for pid in self.leftovers() {
+            // SAFETY: kill takes no pointers.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        }
+        // SAFETY: as above; containerd is our child, not yet reaped.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+        for mount in mounts_under(&self.dir) {
+            let _ = Command::new("umount").arg("-l").arg(mount).status();
+        }
+    }
+}
+
+/// (pid, command line, environment) of every process.
+fn processes() -> Vec<(u32, String, Vec<String>)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let split = |bytes: &[u8]| -> Vec<String> {
+                bytes
+                    .split(|b| *b == 0)
+                    .map(|part| String::from_utf8_lossy(part).into_owned())
+                    .collect()
+            };
+            Some((pid, split(&cmdline).join(" "), split(&environ)))
+        })
+        .collect()
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split(' ').nth(1))
+        .filter(|mount| mount.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn ctr_runs_tasks_in_vms_on_berths_runtime() {
+    let containerd = Containerd::start("containerd");
+    containerd.ctr_ok(&["images", "import", busybox_archive().to_str().unwrap()]);
+    assert!(containerd
+        .ctr_ok(&["images", "ls", "-q"])
+        .lines()
+        .any(|line| line == IMAGE));
+
+    // The task runs in a VM: its kernel is the guest's, not the host's.
+    let uname = containerd.run("uname", &["uname", "-r"], None);
+    assert!(uname.status.success(), "stderr: {}", stderr(&uname));
+    let guest = stdout(&uname).trim().to_owned();
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_ne!(guest, host.trim());
+    assert!(guest.ends_with("-cloud-amd64"), "guest kernel {guest:?}");
+
+    // Exit codes and both output streams come back through containerd.
+    let exit = containerd.run(
+        "exit",
+        &["sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 3"],
+        None,
+    );
+    assert_eq!(exit.status.code(), Some(3), "stderr: {}", stderr(&exit));
+    assert_eq!(stdout(&exit).trim(), "to-stdout");
+    assert!(
+        stderr(&exit).contains("to-stderr"),
+        "stderr: {}",
+        stderr(&exit)
+    );
+
+    // Standard input reaches the task, all of it, then its end.
+    let text = "line one\nline two\n".repeat(2000);
+    let cat = containerd.run(
+        "stdin",
+        &["sh", "-c", "cat; echo done"],
+        Some(text.as_bytes()),
+    );
+    assert!(cat.status.success(), "stderr: {}", stderr(&cat));
+    assert_eq!(stdout(&cat), format!("{text}done\n"));
+
+    // A program that does not exist: ctr fails and says so.
+    let missing = containerd.run("missing", &["no-such-program"], None);
+    assert!(!missing.status.success());
+
+    // A detached task: execs join it, writes land in containerd's snapshot, kill ends it.
+    containerd.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--null-io",
+        IMAGE,
+        "long",
+        "sleep",
+        "600",
+    ]);
+    let listed = containerd.ctr_ok(&["task", "ls"]);
+    assert!(
+        listed
+            .lines()
+            .any(|line| line.starts_with("long") && line.contains("RUNNING")),
+        "{listed}"
+    );
+    let ps = containerd.ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "long",
+        "ps",
+        "-o",
+        "pid,args",
+    ]);
+    assert!(
+        ps.lines().any(|line| line.ends_with("sleep 600")),
+        "the exec does not see the task's init:\n{ps}"
+    );
+    containerd.ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e2",
+        "long",
+        "sh",
+        "-c",
+        "echo kept > /written-in-vm",
+    ]);
+    let snapshot_has_it = || {
+        walk(&containerd.dir.join("root")).iter().any(|path| {
+            path.ends_with("written-in-vm")
+                && std::fs::read_to_string(path).is_ok_and(|text| text == "kept\n")
+        })
+    };
+    assert!(
+        snapshot_has_it(),
+        "the guest's write is not in containerd's snapshot"
+    );
+    let exec_exit = containerd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e3",
+        "long",
+        "sh",
+        "-c",
+        "exit 7",
+    ]);
+    assert_eq!(
+        exec_exit.status.code(),
+        Some(7),
+        "stderr: {}",
+        stderr(&exec_exit)
+    );
+    containerd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", "long"]);
+    eventually("the killed task stops", || {
+        containerd
+            .ctr_ok(&["task", "ls"])
+            .lines()
+            .any(|line| line.starts_with("long") && line.contains("STOPPED"))
+    });
+    containerd.ctr_ok(&["task", "delete", "long"]);
+    containerd.ctr_ok(&["container", "delete", "long"]);
+
+    // A terminal: the task's standard streams are a tty.
+    let tty = Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "ctr --address {} run --rm -t --runtime {RUNTIME} {IMAGE} tty sh -c 'tty; echo cols=$(stty size)'",
+            containerd.socket.display()
+        ))
+        .arg("/dev/null")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let tty_out = stdout(&tty);
+    assert!(tty.status.success(), "{tty_out} {}", stderr(&tty));
+    assert!(tty_out.contains("/dev/pts/"), "no terminal: {tty_out}");
+
+    // Nothing is left: no task, no shim, no VM, no mount.
+    assert_eq!(containerd.ctr_ok(&["task", "ls", "-q"]), "");
+    eventually("the shims and their VMs are gone", || {
+        containerd.leftovers().is_empty()
+    });
+    assert_eq!(
+        mounts_under(&containerd.dir.join("state")),
+        Vec::<String>::new()
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() {
+                found.push(entry.path());
+            }
+        }
+    }
+    found
+}
