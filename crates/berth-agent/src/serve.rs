@@ -535,6 +535,13 @@ fn mount_tmpfs(spec: &berth_agent_proto::TmpfsSpec) -> io::Result<()> {
             "suid" => flags &= !MsFlags::MS_NOSUID,
             "nodev" => flags |= MsFlags::MS_NODEV,
             "dev" => flags &= !MsFlags::MS_NODEV,
+            "noatime" => flags |= MsFlags::MS_NOATIME,
+            "nodiratime" => flags |= MsFlags::MS_NODIRATIME,
+            "relatime" => flags |= MsFlags::MS_RELATIME,
+            "strictatime" => flags |= MsFlags::MS_STRICTATIME,
+            // Propagation words (OCI specs carry them): a tmpfs of the guest's has no
+            // peers to propagate to.
+            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" => {}
             other => data.push(other.to_owned()),
         }
     }

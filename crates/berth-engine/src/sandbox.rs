@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use berth_agent_proto::{
-    GuestMessage, HostMessage, ProcessSpec, SetupSpec, ShareMount, AGENT_STREAM, SHARE_STREAM_BASE,
+    GuestMessage, HostMessage, ProcessSpec, SetupSpec, TmpfsSpec, AGENT_STREAM, SHARE_STREAM_BASE,
 };
 use berth_vm::{DiskFormat, DiskSpec, MemoryBacking, VmBackend, VmControl, VmSpec};
 use tokio::sync::mpsc;
@@ -64,6 +64,25 @@ pub struct SandboxOptions {
     pub hostname: String,
     /// A network namespace to run the VM in (`/proc/PID/ns/net`, `/run/netns/NAME`).
     pub netns: Option<PathBuf>,
+    /// What else is mounted in the root, in this order within each kind (tmpfs mounts
+    /// first, then shares, as the agent mounts them).
+    pub mounts: Vec<SandboxMount>,
+}
+
+/// A mount inside the sandbox's root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SandboxMount {
+    /// A host directory or file, served as a share (a bind mount).
+    Share {
+        source: PathBuf,
+        target: String,
+        read_only: bool,
+    },
+    /// A tmpfs of the guest (`mount -o` words in `options`).
+    Tmpfs {
+        target: String,
+        options: Vec<String>,
+    },
 }
 
 /// What happens to a process.
@@ -145,22 +164,48 @@ impl Sandbox {
             file: false,
             populate: false,
         };
+        let mut shares = vec![root_share];
+        let mut tmpfs = Vec::new();
+        for mount in &options.mounts {
+            match mount {
+                SandboxMount::Share {
+                    source,
+                    target,
+                    read_only,
+                } => {
+                    let metadata = std::fs::metadata(source).map_err(|error| {
+                        EngineError::InvalidArgument(format!(
+                            "bind mount source {} cannot be read: {error}",
+                            source.display()
+                        ))
+                    })?;
+                    shares.push(PlannedShare {
+                        stream: SHARE_STREAM_BASE + shares.len() as u32,
+                        source: source.clone(),
+                        target: target.clone(),
+                        read_only: *read_only,
+                        file: !metadata.is_dir(),
+                        populate: false,
+                    });
+                }
+                SandboxMount::Tmpfs { target, options } => tmpfs.push(TmpfsSpec {
+                    path: target.clone(),
+                    options: options.clone(),
+                }),
+            }
+        }
         let vm = options.backend.boot(&spec).await?;
         let vm_pid = vm.pid;
         let control: Arc<dyn VmControl> = Arc::from(vm.control);
         let set_up = async {
-            let shares = std::slice::from_ref(&root_share);
+            let shares = shares.as_slice();
             start_servers(&options.share_server, run_dir, shares, vm_pid)?;
             let setup = SetupSpec {
                 hostname: options.hostname.clone(),
                 root_device: "/dev/vda".into(),
-                root_share: Some(ShareMount {
-                    stream: root_share.stream,
-                    target: "/".into(),
-                    read_only: false,
-                    file: false,
-                    populate: false,
-                }),
+                root_share: Some(shares[0].to_mount()),
+                shares: shares[1..].iter().map(PlannedShare::to_mount).collect(),
+                tmpfs,
                 ..Default::default()
             };
             let (session, mut reader, _steps) = rebind(

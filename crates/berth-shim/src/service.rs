@@ -246,6 +246,10 @@ impl Service {
             root,
             hostname,
             netns,
+            mounts: crate::spec::sandbox_mounts(
+                spec.mounts().as_deref().unwrap_or_default(),
+                bundle,
+            ),
         };
         let sandbox = self.runtime.block_on(Sandbox::start(options))?;
         let vm_pid = sandbox.vm_pid();

@@ -6,11 +6,15 @@
 //! `noNewPrivileges`. The task's init runs as PID 1 of a PID namespace of its own
 //! (as runc runs it); execs join it. Not mapped: the spec's umask, AppArmor and SELinux
 //! labels and OOM score, which concern the host's kernel, not the guest's.
+//!
+//! The spec's mounts: see [`sandbox_mounts`].
+
+use std::path::Path;
 
 use berth_agent_proto::ProcessSpec;
-use berth_engine::sandbox::{capability_number, rlimit_number};
+use berth_engine::sandbox::{capability_number, rlimit_number, SandboxMount};
 use berth_engine::EngineError;
-use oci_spec::runtime::Process;
+use oci_spec::runtime::{Mount, Process};
 
 /// The guest process for `process`; `init` for the task's first one.
 pub fn guest_process(
@@ -73,9 +77,79 @@ pub fn guest_process(
     })
 }
 
+/// The spec's mounts that the guest needs from the shim: bind mounts (served as
+/// shares) and tmpfs mounts. The guest's own `/proc`, `/sys`, `/dev` (and `/dev/pts`,
+/// `/dev/shm`, `/dev/mqueue`, cgroups) are its kernel's, already in place: the spec's
+/// are left out, as are types this runtime does not mount (named in the log).
+pub fn sandbox_mounts(mounts: &[Mount], bundle: &Path) -> Vec<SandboxMount> {
+    let mut wanted = Vec::new();
+    for mount in mounts {
+        let target = mount.destination().display().to_string();
+        let kind = mount.typ().as_deref().unwrap_or("");
+        let options = mount.options().clone().unwrap_or_default();
+        let bind = kind == "bind" || options.iter().any(|o| o == "bind" || o == "rbind");
+        if bind {
+            let Some(source) = mount.source() else {
+                tracing::warn!("bind mount at {target} has no source: left out");
+                continue;
+            };
+            let source = match source.is_absolute() {
+                true => source.clone(),
+                false => bundle.join(source),
+            };
+            wanted.push(SandboxMount::Share {
+                source,
+                target,
+                read_only: options.iter().any(|o| o == "ro"),
+            });
+            continue;
+        }
+        match kind {
+            "tmpfs" if target == "/dev" || target == "/dev/shm" => {}
+            "tmpfs" => wanted.push(SandboxMount::Tmpfs { target, options }),
+            "proc" | "sysfs" | "devpts" | "mqueue" | "cgroup" | "cgroup2" => {}
+            other => tracing::warn!("mount of type {other:?} at {target}: left out"),
+        }
+    }
+    wanted
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binds_become_shares_tmpfs_stays_and_the_guests_own_are_left_out() {
+        let mounts: Vec<Mount> = serde_json::from_value(serde_json::json!([
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm"},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup"},
+            {"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind", "ro"]},
+            {"destination": "/etc/hosts", "source": "hosts", "options": ["bind"]},
+            {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["size=1m"]}
+        ]))
+        .unwrap();
+        assert_eq!(
+            sandbox_mounts(&mounts, Path::new("/bundle")),
+            [
+                SandboxMount::Share {
+                    source: "/srv/data".into(),
+                    target: "/data".into(),
+                    read_only: true
+                },
+                SandboxMount::Share {
+                    source: "/bundle/hosts".into(),
+                    target: "/etc/hosts".into(),
+                    read_only: false
+                },
+                SandboxMount::Tmpfs {
+                    target: "/scratch".into(),
+                    options: vec!["size=1m".into()]
+                },
+            ]
+        );
+    }
 
     fn process(json: serde_json::Value) -> Process {
         serde_json::from_value(json).unwrap()

@@ -223,6 +223,41 @@ fn ctr_runs_tasks_in_vms_on_berths_runtime() {
     assert!(cat.status.success(), "stderr: {}", stderr(&cat));
     assert_eq!(stdout(&cat), format!("{text}done\n"));
 
+    // The spec's bind mounts are shares (both ways); its tmpfs mounts are the guest's.
+    let shared = containerd.dir.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("in"), "from-host\n").unwrap();
+    let bind = format!(
+        "type=bind,src={},dst=/data,options=rbind:rw",
+        shared.display()
+    );
+    let mounted = containerd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--mount",
+        &bind,
+        "--mount",
+        "type=tmpfs,src=tmpfs,dst=/scratch,options=size=1m",
+        IMAGE,
+        "mounts",
+        "sh",
+        "-c",
+        "cat /data/in; echo from-guest > /data/out; grep ' /scratch ' /proc/mounts",
+    ]);
+    assert!(mounted.status.success(), "stderr: {}", stderr(&mounted));
+    let mounted_out = stdout(&mounted);
+    assert!(mounted_out.starts_with("from-host\n"), "{mounted_out}");
+    assert!(
+        mounted_out.contains("tmpfs /scratch tmpfs"),
+        "{mounted_out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(shared.join("out")).unwrap(),
+        "from-guest\n"
+    );
+
     // A program that does not exist: ctr fails and says so.
     let missing = containerd.run("missing", &["no-such-program"], None);
     assert!(!missing.status.success());
