@@ -9,7 +9,8 @@
 //! - The root directory is served by `berth share-server` (as bind mounts are): the host
 //!   kernel never mounts anything the guest writes; the guest kernel mounts a FUSE file
 //!   system whose requests the host's file server answers (see docs/architecture.md).
-//! - The VM is a clone of a template with no network card (built once under
+//! - The VM is a clone (unless [`SandboxOptions::clone`] is off: then it boots cold) of a
+//!   template with no network card (built once under
 //!   `templates`; a build by another process is waited for through a lock file), restored
 //!   with its own disk placeholder, entropy and clock; it runs in `netns` when given
 //!   (the task's network namespace), otherwise in the caller's.
@@ -31,7 +32,7 @@ use berth_agent_proto::{
 use berth_vm::{DiskFormat, DiskSpec, MemoryBacking, VmBackend, VmControl, VmSpec};
 use tokio::sync::mpsc;
 
-use crate::agent::{rebind, AgentEvent, AgentSession};
+use crate::agent::{handshake, rebind, AgentEvent, AgentSession};
 use crate::files::shares::{start_servers, PlannedShare, ShareRelay};
 use crate::process::output::OutputChunk;
 use crate::template::{create_container_disk, Shape, TemplateManager};
@@ -42,6 +43,7 @@ pub use crate::container::security::{capability_number, rlimit_number};
 /// The stream of the sandbox's first process (a containerd task's init).
 pub const INIT_STREAM: u32 = crate::agent::MAIN_STREAM;
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// What a process that was running when its VM ended exits with (killed).
 const VM_ENDED_CODE: i32 = 137;
 
@@ -62,6 +64,8 @@ pub struct SandboxOptions {
     /// The host directory that becomes the root filesystem.
     pub root: PathBuf,
     pub hostname: String,
+    /// Restore a clone of the template (built first if need be); `false`: boot cold.
+    pub clone: bool,
     /// A network namespace to run the VM in (`/proc/PID/ns/net`, `/run/netns/NAME`).
     pub netns: Option<PathBuf>,
     /// What else is mounted in the root, in this order within each kind (tmpfs mounts
@@ -123,7 +127,7 @@ pub struct Sandbox {
 
 impl Sandbox {
     /// Restores a clone of the template for `options.shape` (built first when there is
-    /// none) and sets it up with `options.root` as its root filesystem.
+    /// none), or boots a VM cold, and sets it up with `options.root` as its root filesystem.
     pub async fn start(options: SandboxOptions) -> Result<Self, EngineError> {
         let cache = options.cache.clone();
         let guest = tokio::task::spawn_blocking(move || {
@@ -132,15 +136,27 @@ impl Sandbox {
         .await
         .map_err(EngineError::panicked("guest preparation"))?
         .map_err(EngineError::Guest)?;
-        let template = {
-            let _build = TemplateBuildLock::take(&options.templates).await?;
-            TemplateManager::new(options.templates.clone(), None)
-                .get_or_build(options.backend.as_ref(), &guest, options.shape)
-                .await?
+        let template = match options.clone {
+            true => {
+                let _build = TemplateBuildLock::take(&options.templates).await?;
+                Some(
+                    TemplateManager::new(options.templates.clone(), None)
+                        .get_or_build(options.backend.as_ref(), &guest, options.shape)
+                        .await?,
+                )
+            }
+            false => None,
         };
         let run_dir = &options.run_dir;
         let _ = std::fs::remove_dir_all(run_dir);
         std::fs::create_dir_all(run_dir).map_err(EngineError::io(run_dir))?;
+        let (memory, restore_from) = match &template {
+            Some(template) => (
+                MemoryBacking::PrivateFile(template.memory_file()),
+                Some(template.verified_state_copy(run_dir)?),
+            ),
+            None => (MemoryBacking::Anonymous, None),
+        };
         let placeholder = run_dir.join("vda.qcow2");
         create_container_disk(&placeholder, None)?;
         let spec = VmSpec {
@@ -151,8 +167,8 @@ impl Sandbox {
             initramfs: guest.initramfs.clone(),
             disks: vec![DiskSpec::new(placeholder, DiskFormat::Qcow2)],
             run_dir: run_dir.clone(),
-            memory: MemoryBacking::PrivateFile(template.memory_file()),
-            restore_from: Some(template.verified_state_copy(run_dir)?),
+            memory,
+            restore_from,
             nics: Vec::new(),
             netns: options.netns.clone(),
         };
@@ -208,13 +224,25 @@ impl Sandbox {
                 tmpfs,
                 ..Default::default()
             };
-            let (session, mut reader, _steps) = rebind(
-                vm.agent,
-                crate::start::rebind_spec(),
-                vec![(AGENT_STREAM, HostMessage::Setup(setup))],
-                SETUP_TIMEOUT,
-            )
-            .await?;
+            let (session, mut reader) = match options.clone {
+                true => {
+                    let (session, reader, _steps) = rebind(
+                        vm.agent,
+                        crate::start::rebind_spec(),
+                        vec![(AGENT_STREAM, HostMessage::Setup(setup))],
+                        SETUP_TIMEOUT,
+                    )
+                    .await?;
+                    (session, reader)
+                }
+                false => {
+                    let (session, reader, _kernel) = handshake(vm.agent, BOOT_TIMEOUT).await?;
+                    session
+                        .send(AGENT_STREAM, &HostMessage::Setup(setup))
+                        .await?;
+                    (session, reader)
+                }
+            };
             let session = Arc::new(session);
             let relay = ShareRelay::connect(run_dir, shares, session.clone()).await?;
             reader.attach_shares(relay);

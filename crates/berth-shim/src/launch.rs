@@ -19,7 +19,7 @@ use containerd_shim_protos::protobuf::Message;
 use sha2::{Digest, Sha256};
 
 use crate::flags::Flags;
-use crate::{ShimConfig, ShimError, BINARY_NAME};
+use crate::{ShimConfig, ShimError, BINARY_NAME, COLD_BINARY_NAME};
 
 /// Where containerd's shims listen.
 const SOCKET_DIR: &str = "/run/containerd/s";
@@ -33,7 +33,7 @@ pub(crate) fn socket_path(flags: &Flags) -> PathBuf {
     Path::new(SOCKET_DIR).join(hex::encode(digest))
 }
 
-pub(crate) fn start(flags: &Flags) -> Result<(), ShimError> {
+pub(crate) fn start(flags: &Flags, config: &ShimConfig) -> Result<(), ShimError> {
     let socket = socket_path(flags);
     let address = format!("unix://{}", socket.display());
     if std::os::unix::net::UnixStream::connect(&socket).is_err() {
@@ -42,7 +42,10 @@ pub(crate) fn start(flags: &Flags) -> Result<(), ShimError> {
         let program = std::env::current_exe().map_err(ShimError::io("finding this program"))?;
         let mut command = Command::new(program);
         command
-            .arg0(BINARY_NAME)
+            .arg0(match config.clone {
+                true => BINARY_NAME,
+                false => COLD_BINARY_NAME,
+            })
             .args(["-namespace", &flags.namespace])
             .args(["-id", &flags.id])
             .args(["-address", &flags.address])

@@ -34,6 +34,9 @@ use berth_vm::VmBackend;
 pub const RUNTIME_NAME: &str = "io.containerd.berth.v2";
 /// The binary's name: containerd looks for `containerd-shim-<name>-<version>`.
 pub const BINARY_NAME: &str = "containerd-shim-berth-v2";
+/// The runtime whose tasks' VMs boot cold (`io.containerd.berth-cold.v2`): for hosts
+/// whose backend takes no snapshots, and to measure what cloning saves.
+pub const COLD_BINARY_NAME: &str = "containerd-shim-berth-cold-v2";
 
 /// Errors of the shim. (Task API calls answer with ttrpc statuses; these are the
 /// shim's own failures: its command line, its socket, its bundle.)
@@ -76,13 +79,16 @@ pub struct ShimConfig {
     pub berth_binary: PathBuf,
     /// Each task VM's shape.
     pub shape: Shape,
+    /// Tasks' VMs are clones of the template (`containerd-shim-berth-v2`); `false`
+    /// (`containerd-shim-berth-cold-v2`): each boots cold.
+    pub clone: bool,
 }
 
 /// Runs the shim with its command line `args` (without the program's name).
 pub fn run(args: &[OsString], config: ShimConfig) -> Result<(), ShimError> {
     let flags = flags::parse(args)?;
     match flags.action.as_str() {
-        "start" => launch::start(&flags),
+        "start" => launch::start(&flags, &config),
         "delete" => launch::delete(&flags, &config),
         "" => serve::serve(&flags, config),
         other => Err(ShimError::Usage(format!("unknown action {other:?}"))),

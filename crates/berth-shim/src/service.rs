@@ -246,6 +246,7 @@ impl Service {
             root,
             hostname,
             netns,
+            clone: self.config.clone,
             mounts: crate::spec::sandbox_mounts(
                 spec.mounts().as_deref().unwrap_or_default(),
                 bundle,

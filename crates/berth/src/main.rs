@@ -37,8 +37,8 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     // containerd runs this binary as `containerd-shim-berth-v2`, with its own command line.
-    if commands::containerd_shim::invoked_as_shim() {
-        return commands::containerd_shim::run();
+    if let Some(clone) = commands::containerd_shim::invoked_as_shim() {
+        return commands::containerd_shim::run(clone);
     }
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -31,6 +31,7 @@ impl Containerd {
         let bin = dir.join("bin");
         std::fs::create_dir_all(&bin).unwrap();
         std::os::unix::fs::symlink(BERTH, bin.join("containerd-shim-berth-v2")).unwrap();
+        std::os::unix::fs::symlink(BERTH, bin.join("containerd-shim-berth-cold-v2")).unwrap();
         let socket = dir.join("containerd.sock");
         let config = dir.join("config.toml");
         std::fs::write(
@@ -198,6 +199,44 @@ fn ctr_runs_tasks_in_vms_on_berths_runtime() {
     let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     assert_ne!(guest, host.trim());
     assert!(guest.ends_with("-cloud-amd64"), "guest kernel {guest:?}");
+
+    // The cold-boot runtime: the same, from a VM that booted rather than a clone (its
+    // VM process maps no template's memory).
+    containerd.ctr_ok(&[
+        "run",
+        "-d",
+        "--null-io",
+        "--runtime",
+        "io.containerd.berth-cold.v2",
+        IMAGE,
+        "cold",
+        "sleep",
+        "600",
+    ]);
+    let cold_dir = containerd.dir.join("shim/vms/default/cold");
+    let cold_vm: Vec<String> = processes()
+        .into_iter()
+        .filter(|(_, _, environ)| {
+            environ
+                .iter()
+                .filter_map(|v| v.strip_prefix("BERTH_VM_DIR="))
+                .any(|dir| Path::new(dir).starts_with(&cold_dir))
+        })
+        .map(|(_, cmdline, _)| cmdline)
+        .collect();
+    assert_eq!(cold_vm.len(), 1, "{cold_vm:?}");
+    assert!(!cold_vm[0].contains("templates/"), "{}", cold_vm[0]);
+    let cold = containerd.ctr(&["task", "exec", "--exec-id", "u", "cold", "uname", "-r"]);
+    assert_eq!(stdout(&cold).trim(), guest, "stderr: {}", stderr(&cold));
+    containerd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", "cold"]);
+    eventually("the cold task stops", || {
+        containerd
+            .ctr_ok(&["task", "ls"])
+            .lines()
+            .any(|line| line.starts_with("cold") && line.contains("STOPPED"))
+    });
+    containerd.ctr_ok(&["task", "delete", "cold"]);
+    containerd.ctr_ok(&["container", "delete", "cold"]);
 
     // Exit codes and both output streams come back through containerd.
     let exit = containerd.run(

@@ -1,6 +1,7 @@
 //! `containerd-shim-berth-v2`: this binary under the name containerd looks for when a
 //! task's runtime is `io.containerd.berth.v2` (install it as a link to `berth` on
-//! containerd's PATH; see docs/containerd.md). Its command line is containerd's, not
+//! containerd's PATH; see docs/containerd.md); `containerd-shim-berth-cold-v2`, the
+//! runtime `io.containerd.berth-cold.v2`, boots each task's VM cold instead of cloning. Its command line is containerd's, not
 //! Berth's; its settings come from the environment containerd passes on:
 //!
 //! | variable        | default                | what                                  |
@@ -21,16 +22,18 @@ use clap::ValueEnum;
 
 use super::daemon::{choose_backend, BackendChoice};
 
-/// Whether this process was started under the shim's name.
-pub fn invoked_as_shim() -> bool {
-    std::env::args_os()
-        .next()
-        .and_then(|program| {
-            Path::new(&program)
-                .file_name()
-                .map(|name| name == berth_shim::BINARY_NAME)
-        })
-        .unwrap_or(false)
+/// Whether this process was started under one of the shim's names: `Some(true)` for
+/// the runtime that clones, `Some(false)` for the one that boots cold.
+pub fn invoked_as_shim() -> Option<bool> {
+    let program = std::env::args_os().next()?;
+    let name = Path::new(&program).file_name()?.to_owned();
+    if name == berth_shim::BINARY_NAME {
+        Some(true)
+    } else if name == berth_shim::COLD_BINARY_NAME {
+        Some(false)
+    } else {
+        None
+    }
 }
 
 fn setting(name: &str, default: &str) -> String {
@@ -40,7 +43,7 @@ fn setting(name: &str, default: &str) -> String {
         .unwrap_or_else(|| default.to_owned())
 }
 
-pub fn run() -> anyhow::Result<()> {
+pub fn run(clone: bool) -> anyhow::Result<()> {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let serving = !args.iter().any(|arg| arg == "start" || arg == "delete");
     if serving {
@@ -74,6 +77,7 @@ pub fn run() -> anyhow::Result<()> {
             vcpus: 1,
             memory_mib,
         },
+        clone,
     };
     berth_shim::run(&args, config)
         .map_err(|error| anyhow::anyhow!(berth_engine::error_chain(&error)))

@@ -1,8 +1,9 @@
 //! `berth bench`: measurements side by side in one run, through the real docker CLI
-//! against a running daemon. Each prints medians and ratios; none asserts anything.
+//! against a running daemon (or `ctr` against containerd). Each prints medians and ratios; none asserts anything.
 
 mod build;
 mod clone;
+mod containerd;
 mod files;
 
 use std::process::Command;
@@ -12,6 +13,7 @@ use anyhow::{bail, Context};
 
 pub use build::BuildArgs;
 pub use clone::CloneArgs;
+pub use containerd::ContainerdArgs;
 pub use files::FilesArgs;
 
 #[derive(clap::Args)]
@@ -32,6 +34,9 @@ pub enum BenchCommand {
     /// `docker build` of a 10-step Dockerfile cold, fully cached and with one source
     /// changed; and one RUN step broken down into clone, exec and commit.
     Build(BuildArgs),
+    /// containerd: `ctr run --rm IMAGE ID true` on runc, on Berth's runtime that clones
+    /// and on Berth's runtime that boots cold, in the same rounds.
+    Containerd(ContainerdArgs),
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -39,6 +44,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Clone(args) => clone::run(args),
         BenchCommand::Files(args) => files::run(args),
         BenchCommand::Build(args) => build::run(args),
+        BenchCommand::Containerd(args) => containerd::run(args),
     }
 }
 
