@@ -27,9 +27,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use berth_agent_proto::{
-    GuestMessage, HostMessage, ProcessSpec, SetupSpec, TmpfsSpec, AGENT_STREAM, SHARE_STREAM_BASE,
+    GuestMessage, HostMessage, InterfaceSpec, ProcessSpec, SetupSpec, TmpfsSpec, AGENT_STREAM,
+    SHARE_STREAM_BASE,
 };
-use berth_vm::{DiskFormat, DiskSpec, MemoryBacking, VmBackend, VmControl, VmSpec};
+use berth_vm::{
+    DiskFormat, DiskSpec, MemoryBacking, NicSpec, VmBackend, VmControl, VmSpec, FIRST_NIC_SLOT,
+};
 use tokio::sync::mpsc;
 
 use crate::agent::{handshake, rebind, AgentEvent, AgentSession};
@@ -68,9 +71,22 @@ pub struct SandboxOptions {
     pub clone: bool,
     /// A network namespace to run the VM in (`/proc/PID/ns/net`, `/run/netns/NAME`).
     pub netns: Option<PathBuf>,
+    /// A NIC on a tap in `netns`, configured in the guest as `eth0` (a pod's interface).
+    pub nic: Option<SandboxNic>,
     /// What else is mounted in the root, in this order within each kind (tmpfs mounts
     /// first, then shares, as the agent mounts them).
     pub mounts: Vec<SandboxMount>,
+}
+
+/// The sandbox's NIC: its tap (in the sandbox's network namespace) and the guest
+/// interface's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxNic {
+    pub tap: String,
+    pub mac: String,
+    /// `a.b.c.d/prefix`.
+    pub address: String,
+    pub gateway: Option<String>,
 }
 
 /// A mount inside the sandbox's root.
@@ -250,13 +266,51 @@ impl Sandbox {
                 .expect_message(AGENT_STREAM, SETUP_TIMEOUT, "setting the sandbox up")
                 .await?
             {
-                GuestMessage::SetupDone { .. } => Ok::<_, EngineError>((session, reader)),
-                other => Err(crate::agent::AgentError::unexpected(
-                    "setting the sandbox up",
-                    &other,
-                )
-                .into()),
+                GuestMessage::SetupDone { .. } => {}
+                other => {
+                    return Err(crate::agent::AgentError::unexpected(
+                        "setting the sandbox up",
+                        &other,
+                    )
+                    .into())
+                }
             }
+            if let Some(nic) = &options.nic {
+                control
+                    .add_nic(&NicSpec {
+                        tap: nic.tap.clone(),
+                        mac: nic.mac.clone(),
+                        pci_slot: FIRST_NIC_SLOT,
+                    })
+                    .await?;
+                let interface = InterfaceSpec {
+                    pci_slot: FIRST_NIC_SLOT,
+                    name: "eth0".into(),
+                    mac: nic.mac.clone(),
+                    address: nic.address.clone(),
+                    gateway: nic.gateway.clone(),
+                    address6: None,
+                    gateway6: None,
+                    link_local: Vec::new(),
+                };
+                session
+                    .send(AGENT_STREAM, &HostMessage::AddInterface(interface))
+                    .await?;
+                match reader
+                    .expect_message(AGENT_STREAM, SETUP_TIMEOUT, "configuring eth0")
+                    .await?
+                {
+                    GuestMessage::InterfaceReady { .. } => {}
+                    other => {
+                        return Err(crate::agent::AgentError::unexpected(
+                            "configuring eth0",
+                            &other,
+                        )
+                        .into())
+                    }
+                }
+            }
+            Ok::<_, EngineError>((session, reader))
         };
         let (session, mut reader) = match set_up.await {
             Ok(parts) => parts,

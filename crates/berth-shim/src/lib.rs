@@ -12,12 +12,13 @@
 //!
 //! Modules: [`flags`] (the command line), `launch` (the `start` and `delete` actions),
 //! `serve` (the ttrpc server), `service` (the task API), `spec` (the OCI process as a
-//! guest process), `rootfs` (containerd's rootfs mounts), `io` (the FIFOs), `events` (events to containerd).
+//! guest process), `rootfs` (containerd's rootfs mounts), `network` (the task's network namespace as the VM's NIC), `io` (the FIFOs), `events` (events to containerd).
 
 mod events;
 pub mod flags;
 mod io;
 mod launch;
+mod network;
 mod rootfs;
 mod serve;
 mod service;

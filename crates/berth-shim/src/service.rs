@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use berth_agent_proto::ProcessSpec;
-use berth_engine::sandbox::{ProcessEvent, Sandbox, SandboxOptions, INIT_STREAM};
+use berth_engine::sandbox::{ProcessEvent, Sandbox, SandboxNic, SandboxOptions, INIT_STREAM};
 use containerd_shim_protos::api;
 use containerd_shim_protos::api::Status;
 use containerd_shim_protos::events::task::{
@@ -123,6 +123,8 @@ struct TaskEntry {
     id: String,
     bundle: PathBuf,
     rootfs: Option<PathBuf>,
+    /// The network namespace whose interface the VM took over (given back at delete).
+    plumbed: Option<PathBuf>,
     sandbox: Mutex<Option<Arc<Sandbox>>>,
     vm_pid: u32,
     processes: Mutex<HashMap<String, Arc<TaskProcess>>>,
@@ -235,6 +237,10 @@ impl Service {
             .hostname()
             .clone()
             .unwrap_or_else(|| request.id.chars().take(12).collect());
+        let interface = match &netns {
+            Some(netns) => crate::network::plumb(netns)?,
+            None => None,
+        };
         let options = SandboxOptions {
             name: format!("{}-{}", self.namespace, request.id),
             run_dir: vm_run_dir(&self.config, &self.namespace, &request.id),
@@ -245,14 +251,29 @@ impl Service {
             shape: self.config.shape,
             root,
             hostname,
-            netns,
+            netns: netns.clone(),
             clone: self.config.clone,
+            nic: interface.map(|i| SandboxNic {
+                tap: i.tap,
+                mac: i.mac,
+                address: i.address,
+                gateway: i.gateway,
+            }),
             mounts: crate::spec::sandbox_mounts(
                 spec.mounts().as_deref().unwrap_or_default(),
                 bundle,
             ),
         };
-        let sandbox = self.runtime.block_on(Sandbox::start(options))?;
+        let plumbed = options.nic.is_some();
+        let sandbox = match self.runtime.block_on(Sandbox::start(options)) {
+            Ok(sandbox) => sandbox,
+            Err(error) => {
+                if let (true, Some(netns)) = (plumbed, &netns) {
+                    crate::network::unplumb(netns);
+                }
+                return Err(error.into());
+            }
+        };
         let vm_pid = sandbox.vm_pid();
         let paths = StreamPaths {
             stdin: request.stdin.clone(),
@@ -265,6 +286,7 @@ impl Service {
             id: request.id.clone(),
             bundle: bundle.to_path_buf(),
             rootfs: None,
+            plumbed: netns.filter(|_| plumbed),
             sandbox: Mutex::new(Some(Arc::new(sandbox))),
             vm_pid,
             processes: Mutex::new(HashMap::from([(String::new(), init)])),
@@ -591,6 +613,9 @@ impl Task for Service {
             }
             if let Some(rootfs) = &task.rootfs {
                 unmount(rootfs);
+            }
+            if let Some(netns) = &task.plumbed {
+                crate::network::unplumb(netns);
             }
             lock(&self.tasks).remove(&request.id);
             let mut event = TaskDelete::new();

@@ -25,12 +25,15 @@ pub fn guest_process(
     let user = process.user();
     let capabilities = match process.capabilities() {
         Some(capabilities) => match capabilities.bounding() {
-            Some(bounding) => Some(
-                bounding
+            Some(bounding) => {
+                // A set in the spec: in numbers' order here.
+                let mut numbers = bounding
                     .iter()
                     .map(|capability| capability_number(&capability.to_string()))
-                    .collect::<Result<Vec<u8>, _>>()?,
-            ),
+                    .collect::<Result<Vec<u8>, _>>()?;
+                numbers.sort_unstable();
+                Some(numbers)
+            }
             None => Some(Vec::new()),
         },
         None => Some(Vec::new()),

@@ -152,6 +152,29 @@ impl Drop for Containerd {
     }
 }
 
+/// A network namespace of the test's own, deleted on drop.
+struct TestNamespace(String);
+
+impl TestNamespace {
+    fn new(role: &str) -> TestNamespace {
+        let name = format!("berth-ctd-{}-{role}", std::process::id());
+        let status = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap();
+        assert!(status.success(), "ip netns add {name}");
+        TestNamespace(name)
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
+}
+
 /// (pid, command line, environment) of every process.
 fn processes() -> Vec<(u32, String, Vec<String>)> {
     std::fs::read_dir("/proc")
@@ -295,6 +318,52 @@ fn ctr_runs_tasks_in_vms_on_berths_runtime() {
     assert_eq!(
         std::fs::read_to_string(shared.join("out")).unwrap(),
         "from-guest\n"
+    );
+
+    // A task in a network namespace prepared as CNI prepares a pod's (a veth end with
+    // an address and a default route): the VM takes the interface over, and reaches the
+    // other end (in a namespace of the test's own as well).
+    let pod = TestNamespace::new("pod");
+    let peer = TestNamespace::new("peer");
+    let ip = |args: &[&str]| {
+        let status = Command::new("ip").args(args).status().unwrap();
+        assert!(status.success(), "ip {args:?}");
+    };
+    ip(&[
+        "-n", &pod.0, "link", "add", "eth0", "type", "veth", "peer", "name", "vq", "netns", &peer.0,
+    ]);
+    ip(&["-n", &pod.0, "addr", "add", "10.199.0.2/24", "dev", "eth0"]);
+    ip(&["-n", &pod.0, "link", "set", "eth0", "up"]);
+    ip(&["-n", &pod.0, "link", "set", "lo", "up"]);
+    ip(&["-n", &pod.0, "route", "add", "default", "via", "10.199.0.1"]);
+    ip(&["-n", &peer.0, "addr", "add", "10.199.0.1/24", "dev", "vq"]);
+    ip(&["-n", &peer.0, "link", "set", "vq", "up"]);
+    let with_ns = format!("network:/run/netns/{}", pod.0);
+    let net = containerd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--with-ns",
+        &with_ns,
+        IMAGE,
+        "net",
+        "sh",
+        "-c",
+        "ip -4 addr show eth0; ip route; ping -c 1 -W 10 10.199.0.1",
+    ]);
+    let net_out = stdout(&net);
+    assert!(net.status.success(), "{net_out}\nstderr: {}", stderr(&net));
+    assert!(net_out.contains("inet 10.199.0.2/24"), "{net_out}");
+    assert!(net_out.contains("default via 10.199.0.1"), "{net_out}");
+    assert!(net_out.contains("1 packets received"), "{net_out}");
+    let tap_left = Command::new("ip")
+        .args(["-n", &pod.0, "link", "show", "berth0"])
+        .output()
+        .unwrap();
+    assert!(
+        !tap_left.status.success(),
+        "the task's tap is left in the pod's namespace"
     );
 
     // A program that does not exist: ctr fails and says so.
