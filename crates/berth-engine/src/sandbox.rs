@@ -416,6 +416,15 @@ impl Sandbox {
             .await?)
     }
 
+    /// Stops the VM's vCPUs (every process in it stops with them).
+    pub async fn pause(&self) -> Result<(), EngineError> {
+        Ok(self.control.pause().await?)
+    }
+
+    pub async fn resume(&self) -> Result<(), EngineError> {
+        Ok(self.control.resume().await?)
+    }
+
     /// Powers the VM off (killed if it has not in `grace`) and removes its run directory.
     pub async fn shut_down(&self, grace: Duration) {
         let _ = self

@@ -11,7 +11,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use containerd_shim_protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskPaused, TaskResumed,
+    TaskStart,
 };
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::MessageDyn;
@@ -30,6 +31,8 @@ pub(crate) enum TaskEvent {
     Delete(TaskDelete),
     ExecAdded(TaskExecAdded),
     ExecStarted(TaskExecStarted),
+    Paused(TaskPaused),
+    Resumed(TaskResumed),
 }
 
 impl TaskEvent {
@@ -41,6 +44,8 @@ impl TaskEvent {
             TaskEvent::Delete(_) => "/tasks/delete",
             TaskEvent::ExecAdded(_) => "/tasks/exec-added",
             TaskEvent::ExecStarted(_) => "/tasks/exec-started",
+            TaskEvent::Paused(_) => "/tasks/paused",
+            TaskEvent::Resumed(_) => "/tasks/resumed",
         }
     }
 
@@ -52,6 +57,8 @@ impl TaskEvent {
             TaskEvent::Delete(event) => event,
             TaskEvent::ExecAdded(event) => event,
             TaskEvent::ExecStarted(event) => event,
+            TaskEvent::Paused(event) => event,
+            TaskEvent::Resumed(event) => event,
         }
     }
 }

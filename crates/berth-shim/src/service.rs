@@ -10,11 +10,12 @@
 //!
 //! Calls arrive on ttrpc's threads; each runs its async work on the shim's runtime.
 //! Unknown ids answer `NOT_FOUND`, calls out of order `FAILED_PRECONDITION`, what this
-//! runtime does not do (`Pause`, `Checkpoint`, `Update`, `Stats`) `UNIMPLEMENTED`.
+//! runtime does not do (`Checkpoint`, `Update`, `Stats`) `UNIMPLEMENTED`. `Pause` stops
+//! the VM's vCPUs, `Resume` starts them again.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -23,7 +24,8 @@ use berth_engine::sandbox::{ProcessEvent, Sandbox, SandboxNic, SandboxOptions, I
 use containerd_shim_protos::api;
 use containerd_shim_protos::api::Status;
 use containerd_shim_protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskPaused, TaskResumed,
+    TaskStart,
 };
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::ttrpc::{self, Code, TtrpcContext};
@@ -129,6 +131,8 @@ struct TaskEntry {
     vm_pid: u32,
     processes: Mutex<HashMap<String, Arc<TaskProcess>>>,
     next_stream: AtomicU32,
+    /// The VM's vCPUs are stopped (`Pause`): its running processes show as paused.
+    paused: AtomicBool,
 }
 
 impl TaskEntry {
@@ -291,6 +295,7 @@ impl Service {
             vm_pid,
             processes: Mutex::new(HashMap::from([(String::new(), init)])),
             next_stream: AtomicU32::new(INIT_STREAM + 1),
+            paused: AtomicBool::new(false),
         })
     }
 
@@ -397,6 +402,9 @@ impl Service {
         state.terminal = process.paths.terminal;
         match process.phase() {
             Phase::Created => state.status = Status::CREATED.into(),
+            Phase::Running if task.paused.load(Ordering::Relaxed) => {
+                state.status = Status::PAUSED.into()
+            }
             Phase::Running => state.status = Status::RUNNING.into(),
             Phase::Stopped { code, at } => {
                 state.status = Status::STOPPED.into();
@@ -631,6 +639,36 @@ impl Task for Service {
         response.exit_status = code;
         response.exited_at = Some(timestamp_of(at)).into();
         Ok(response)
+    }
+
+    fn pause(&self, _ctx: &TtrpcContext, request: api::PauseRequest) -> Answer<api::Empty> {
+        let task = self.task(&request.id)?;
+        if task.process("")?.phase() != Phase::Running {
+            return Err(status(Code::FAILED_PRECONDITION, "the task is not running"));
+        }
+        self.runtime
+            .block_on(task.sandbox()?.pause())
+            .map_err(|error| status(Code::INTERNAL, error.to_string()))?;
+        task.paused.store(true, Ordering::Relaxed);
+        let mut event = TaskPaused::new();
+        event.container_id = task.id.clone();
+        self.events.publish(TaskEvent::Paused(event));
+        Ok(api::Empty::new())
+    }
+
+    fn resume(&self, _ctx: &TtrpcContext, request: api::ResumeRequest) -> Answer<api::Empty> {
+        let task = self.task(&request.id)?;
+        if !task.paused.load(Ordering::Relaxed) {
+            return Err(status(Code::FAILED_PRECONDITION, "the task is not paused"));
+        }
+        self.runtime
+            .block_on(task.sandbox()?.resume())
+            .map_err(|error| status(Code::INTERNAL, error.to_string()))?;
+        task.paused.store(false, Ordering::Relaxed);
+        let mut event = TaskResumed::new();
+        event.container_id = task.id.clone();
+        self.events.publish(TaskEvent::Resumed(event));
+        Ok(api::Empty::new())
     }
 
     fn pids(&self, _ctx: &TtrpcContext, request: api::PidsRequest) -> Answer<api::PidsResponse> {

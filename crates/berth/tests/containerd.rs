@@ -423,6 +423,23 @@ fn ctr_runs_tasks_in_vms_on_berths_runtime() {
         snapshot_has_it(),
         "the guest's write is not in containerd's snapshot"
     );
+    // Pause stops the VM; resume goes on where it stopped.
+    containerd.ctr_ok(&["task", "pause", "long"]);
+    let paused = containerd.ctr_ok(&["task", "ls"]);
+    assert!(
+        paused
+            .lines()
+            .any(|line| line.starts_with("long") && line.contains("PAUSED")),
+        "{paused}"
+    );
+    containerd.ctr_ok(&["task", "resume", "long"]);
+    let resumed = containerd.ctr_ok(&["task", "ls"]);
+    assert!(
+        resumed
+            .lines()
+            .any(|line| line.starts_with("long") && line.contains("RUNNING")),
+        "{resumed}"
+    );
     let exec_exit = containerd.ctr(&[
         "task",
         "exec",
