@@ -123,6 +123,15 @@ pub enum ProcessEvent {
     },
 }
 
+/// How long the steps of a sandbox's start took (logged with "sandbox ready").
+#[derive(Default)]
+struct StepTimes {
+    guest_ms: u64,
+    template_ms: u64,
+    disk_ms: u64,
+    vm_process_ms: u64,
+}
+
 type Routes = Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<ProcessEvent>>>>;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -146,12 +155,15 @@ impl Sandbox {
     /// none), or boots a VM cold, and sets it up with `options.root` as its root filesystem.
     pub async fn start(options: SandboxOptions) -> Result<Self, EngineError> {
         let cache = options.cache.clone();
+        let begun = std::time::Instant::now();
+        let mut steps = StepTimes::default();
         let guest = tokio::task::spawn_blocking(move || {
             berth_guest::prepare_with(&cache, None, &|step| tracing::info!("{step}"))
         })
         .await
         .map_err(EngineError::panicked("guest preparation"))?
         .map_err(EngineError::Guest)?;
+        steps.guest_ms = begun.elapsed().as_millis() as u64;
         let template = match options.clone {
             true => {
                 let _build = TemplateBuildLock::take(&options.templates).await?;
@@ -173,6 +185,7 @@ impl Sandbox {
             ),
             None => (MemoryBacking::Anonymous, None),
         };
+        steps.template_ms = begun.elapsed().as_millis() as u64 - steps.guest_ms;
         let placeholder = run_dir.join("vda.qcow2");
         create_container_disk(&placeholder, None)?;
         let spec = VmSpec {
@@ -226,7 +239,10 @@ impl Sandbox {
                 }),
             }
         }
+        let before_boot = begun.elapsed().as_millis() as u64;
+        steps.disk_ms = before_boot - steps.guest_ms - steps.template_ms;
         let vm = options.backend.boot(&spec).await?;
+        steps.vm_process_ms = begun.elapsed().as_millis() as u64 - before_boot;
         let vm_pid = vm.pid;
         let control: Arc<dyn VmControl> = Arc::from(vm.control);
         let set_up = async {
@@ -320,6 +336,16 @@ impl Sandbox {
                 return Err(error);
             }
         };
+        tracing::info!(
+            name = %options.name,
+            clone = options.clone,
+            ms = begun.elapsed().as_millis() as u64,
+            guest_ms = steps.guest_ms,
+            template_ms = steps.template_ms,
+            disk_ms = steps.disk_ms,
+            vm_process_ms = steps.vm_process_ms,
+            "sandbox ready"
+        );
         let routes: Routes = Arc::default();
         let reader = {
             let (routes, control) = (routes.clone(), control.clone());
