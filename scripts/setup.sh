@@ -10,7 +10,8 @@
 # chromium (the console's test drives the web console in headless Chromium),
 # python3-prometheus-client (Prometheus's own parser reads the console's /metrics in
 # the tests), containerd (and ctr: the tests run a containerd of their own with Berth's
-# shim as a runtime), and docker-py from PyPI, pinned, in a virtual environment under the cache
+# shim as a runtime; containernetworking-plugins give its CRI plugin pods' networks, and
+# protobuf-compiler builds the CRI test's client from Kubernetes' CRI protocol), and docker-py from PyPI, pinned, in a virtual environment under the cache
 # (the build tests drive it as its users install it).
 # The guest kernel is not installed: Berth fetches Debian's package into its cache.
 set -euo pipefail
@@ -30,6 +31,8 @@ command -v pgbench >/dev/null || need+=(postgresql-client)
 command -v chromium >/dev/null || need+=(chromium)
 /usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || need+=(python3-prometheus-client)
 command -v containerd >/dev/null || need+=(containerd)
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+command -v protoc >/dev/null || need+=(protobuf-compiler)
 # Berth resolves and downloads the guest kernel with apt on first use: the package lists
 # must be current then (an old list can name a kernel the archive no longer has).
 cache=${BERTH_CACHE:-/var/cache/berth}

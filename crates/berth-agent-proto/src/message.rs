@@ -177,6 +177,36 @@ pub struct ProcessSpec {
     /// (`--pid host`, and helper VMs) keeps the VM's namespace.
     #[serde(default)]
     pub own_pid_namespace: bool,
+    /// Run in the further container of that name ([`HostMessage::AddContainer`], a
+    /// pod's) instead of the VM's first container.
+    #[serde(default)]
+    pub container: Option<String>,
+}
+
+/// A further container in the VM, beside its first (a pod's containers share one VM):
+/// its root filesystem is a share of the host's, with its own mounts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    /// Its name, 1 to 64 of `A-Z a-z 0-9 _ . -`; processes name it in
+    /// [`ProcessSpec::container`].
+    pub name: String,
+    /// Its root filesystem: a directory share whose target is `/`.
+    pub root_share: ShareMount,
+    /// Tmpfs mounts, then shares, mounted inside its root in this order.
+    pub tmpfs: Vec<TmpfsSpec>,
+    pub shares: Vec<ShareMount>,
+    /// Mount its root read-only.
+    pub read_only: bool,
+}
+
+/// Whether `name` may name a further container ([`ContainerSpec::name`]).
+pub fn valid_container_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+        && name != "."
+        && name != ".."
 }
 
 /// Why a process could not be started. The engine maps these to Docker's 126/127.
@@ -213,6 +243,13 @@ pub enum HostMessage {
     RemoveInterface { name: String },
     /// Start a process on the frame's stream id.
     Spawn(ProcessSpec),
+    /// Mount a further container's root and mounts (after `Setup`: the VM's first
+    /// container's /proc, /sys and /dev are bound into it). Answered by
+    /// `ContainerAdded` or `Error`.
+    AddContainer(ContainerSpec),
+    /// Kill a further container's processes and unmount its root. Answered by
+    /// `ContainerRemoved` or `Error`.
+    RemoveContainer { name: String },
     /// No more standard input for the frame's stream.
     CloseStdin,
     /// Send a signal to the frame's stream's process.
@@ -311,6 +348,10 @@ pub enum GuestMessage {
     InterfaceReady { name: String },
     /// `RemoveInterface` finished.
     InterfaceRemoved { name: String },
+    /// `AddContainer` finished.
+    ContainerAdded { name: String },
+    /// `RemoveContainer` finished.
+    ContainerRemoved { name: String },
     /// The process on the frame's stream started.
     Started { pid: i32 },
     /// The process on the frame's stream could not start.
@@ -437,6 +478,15 @@ mod tests {
     use super::*;
     use crate::FrameDecoder;
 
+    #[test]
+    fn container_names_are_plain_and_short() {
+        assert!(valid_container_name("server-1.web_a"));
+        assert!(valid_container_name(&"f".repeat(64)));
+        for bad in ["", ".", "..", "a/b", "a b", "é", &"f".repeat(65)] {
+            assert!(!valid_container_name(bad), "{bad:?}");
+        }
+    }
+
     fn decode_one(wire: &[u8]) -> Frame {
         let mut decoder = FrameDecoder::new();
         decoder.push(wire);
@@ -459,6 +509,7 @@ mod tests {
             agent_helper: false,
             extra_groups: vec!["audio".into()],
             own_pid_namespace: true,
+            container: None,
         });
         let frame = decode_one(&encode_control(3, &spawn));
         assert_eq!(frame.stream, 3);

@@ -19,6 +19,7 @@ mod memory_limit;
 mod network;
 mod network6;
 mod pid_namespace;
+mod pod;
 mod process;
 mod rebind;
 mod rehearse;

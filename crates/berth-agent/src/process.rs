@@ -16,7 +16,6 @@ use std::thread::JoinHandle;
 
 use berth_agent_proto::{FrameKind, ProcessSpec, SpawnFailure};
 
-use crate::boot::CONTAINER_ROOT;
 use crate::channel::Channel;
 use crate::pid_namespace;
 use crate::user;
@@ -36,6 +35,8 @@ pub struct RunningProcess {
     pub oom_kills_at_start: u64,
     /// The process is PID 1 of the container's own PID namespace.
     pub own_pid_namespace: bool,
+    /// The further container it runs in (`None`: the VM's first).
+    pub container: Option<String>,
 }
 
 /// How many processes the kernel's out-of-memory killer has killed (`/proc/vmstat`).
@@ -138,14 +139,15 @@ pub fn spawn(
         .argv
         .first()
         .ok_or_else(|| SpawnError::other("no command specified"))?;
+    let root = crate::pod::root_of(spec.container.as_deref()).map_err(SpawnError::other)?;
     let identity =
-        user::resolve(CONTAINER_ROOT, &spec.user, &spec.extra_groups).map_err(SpawnError::other)?;
-    create_working_directory(spec)?;
+        user::resolve(&root, &spec.user, &spec.extra_groups).map_err(SpawnError::other)?;
+    create_working_directory(&root, spec)?;
 
     let own_pid_namespace = is_init && spec.own_pid_namespace;
     let mut command = container_command(spec, program, &identity);
     let pty_master = attach_stdio(&mut command, spec)?;
-    let setup = ChildSetup::prepare(spec, program, &identity, own_pid_namespace)?;
+    let setup = ChildSetup::prepare(&root, spec, program, &identity, own_pid_namespace)?;
     install_child_setup(&mut command, setup);
 
     let namespace = pid_namespace::ForChildren::enter(own_pid_namespace).map_err(|error| {
@@ -177,12 +179,14 @@ pub fn spawn(
         is_init,
         oom_kills_at_start,
         own_pid_namespace,
+        container: spec.container.clone(),
     };
     Ok((running, announced))
 }
 
-/// Checks that the working directory is absolute and creates it if it is missing.
-fn create_working_directory(spec: &ProcessSpec) -> Result<(), SpawnError> {
+/// Checks that the working directory is absolute and creates it if it is missing, in the
+/// container whose root is `root`.
+fn create_working_directory(root: &str, spec: &ProcessSpec) -> Result<(), SpawnError> {
     if !spec.cwd.starts_with('/') {
         return Err(SpawnError::other(format!(
             "the working directory '{}' is invalid, it needs to be an absolute path",
@@ -190,7 +194,7 @@ fn create_working_directory(spec: &ProcessSpec) -> Result<(), SpawnError> {
         )));
     }
     // Docker creates a missing working directory.
-    let host_cwd = format!("{CONTAINER_ROOT}{}", spec.cwd);
+    let host_cwd = format!("{root}{}", spec.cwd);
     std::fs::create_dir_all(&host_cwd)
         .map_err(|e| SpawnError::other(format!("creating working directory {}: {e}", spec.cwd)))
 }
@@ -279,8 +283,10 @@ struct ChildSetup {
 }
 
 impl ChildSetup {
-    /// Collects the root, working directory, identity, capabilities and limits for `spec`.
+    /// Collects the root, working directory, identity, capabilities and limits for `spec`
+    /// (in the container whose root is `container_root`).
     fn prepare(
+        container_root: &str,
         spec: &ProcessSpec,
         program: &str,
         identity: &user::Identity,
@@ -289,7 +295,7 @@ impl ChildSetup {
         // The changes helper compares the container root with its image's: it alone runs
         // outside the container root.
         let outside = spec.agent_helper && program == crate::changes::HELPER_NAME;
-        let root = cstring(if outside { "/" } else { CONTAINER_ROOT })?;
+        let root = cstring(if outside { "/" } else { container_root })?;
         let cwd = cstring(&spec.cwd)?;
         Ok(Self {
             root,
@@ -302,7 +308,7 @@ impl ChildSetup {
             dropped: capabilities_to_drop(spec),
             limits: resource_limits(spec),
             own_proc: if own_pid_namespace {
-                Some(cstring(&format!("{CONTAINER_ROOT}/proc"))?)
+                Some(cstring(&format!("{container_root}/proc"))?)
             } else {
                 None
             },

@@ -341,6 +341,34 @@ fn handle(message: HostMessage, stream: u32, state: &mut SessionState<'_>) -> io
                 },
             ),
         },
+        HostMessage::AddContainer(spec) => match crate::pod::add(&spec, shares, channel) {
+            Ok(()) => channel.send(stream, &GuestMessage::ContainerAdded { name: spec.name }),
+            Err(error) => channel.send(
+                stream,
+                &GuestMessage::Error {
+                    message: format!("adding container {}: {error}", spec.name),
+                },
+            ),
+        },
+        HostMessage::RemoveContainer { name } => {
+            for process in lock(table).values() {
+                if process.container.as_deref() == Some(name.as_str()) {
+                    // SAFETY: kill takes no pointers; the pid is one of our children.
+                    unsafe {
+                        libc::kill(process.pid, libc::SIGKILL);
+                    }
+                }
+            }
+            match crate::pod::remove(&name, shares) {
+                Ok(()) => channel.send(stream, &GuestMessage::ContainerRemoved { name }),
+                Err(error) => channel.send(
+                    stream,
+                    &GuestMessage::Error {
+                        message: format!("removing container {name}: {error}"),
+                    },
+                ),
+            }
+        }
         HostMessage::ListProcesses => channel.send(stream, &crate::top::list()),
         HostMessage::LimitMemory { bytes } => match crate::memory_limit::limit(bytes) {
             Ok(()) => channel.send(stream, &GuestMessage::MemoryLimited),
@@ -451,7 +479,7 @@ fn setup(spec: &SetupSpec, shares: &Shares, channel: &Channel) -> io::Result<Vec
     fs::write("/run/berth/resolv.conf", resolv)?;
     clock.done("files");
     for tmpfs in &spec.tmpfs {
-        mount_tmpfs(tmpfs)?;
+        mount_tmpfs(CONTAINER_ROOT, tmpfs)?;
     }
     clock.done("tmpfs");
     crate::volumes::mount_all(&spec.volumes)?;
@@ -514,8 +542,8 @@ fn set_sysctl(key: &str, value: &str) -> io::Result<()> {
         .map_err(|e| io::Error::new(e.kind(), format!("sysctl {key}={value}: {e}")))
 }
 
-/// Mounts a tmpfs inside the container root.
-fn mount_tmpfs(spec: &berth_agent_proto::TmpfsSpec) -> io::Result<()> {
+/// Mounts a tmpfs inside the container whose root is `root`.
+pub(crate) fn mount_tmpfs(root: &str, spec: &berth_agent_proto::TmpfsSpec) -> io::Result<()> {
     use nix::mount::MsFlags;
     if !spec.path.starts_with('/') || spec.path.split('/').any(|part| part == "..") {
         return Err(io::Error::new(
@@ -545,12 +573,11 @@ fn mount_tmpfs(spec: &berth_agent_proto::TmpfsSpec) -> io::Result<()> {
             other => data.push(other.to_owned()),
         }
     }
-    let target = format!("{CONTAINER_ROOT}{}", spec.path);
-    fs::create_dir_all(&target)?;
+    let target = crate::volumes::mount_point_in(root, &spec.path, false)?;
     let data = data.join(",");
     nix::mount::mount(
         Some("tmpfs"),
-        target.as_str(),
+        &target,
         Some("tmpfs"),
         flags,
         (!data.is_empty()).then_some(data.as_str()),

@@ -83,17 +83,37 @@ impl Shares {
 
     /// Mounts each share in the container root, in order.
     pub fn mount_all(&self, shares: &[ShareMount], channel: &Channel) -> io::Result<()> {
+        self.mount_all_in(crate::boot::CONTAINER_ROOT, shares, channel)
+    }
+
+    /// Mounts each share in the container whose root is `root` (the guest's path), in
+    /// order.
+    pub fn mount_all_in(
+        &self,
+        root: &str,
+        shares: &[ShareMount],
+        channel: &Channel,
+    ) -> io::Result<()> {
         for share in shares {
-            self.mount_one(share, channel)?;
+            self.mount_one(root, share, channel)?;
         }
         Ok(())
     }
 
-    fn mount_one(&self, spec: &ShareMount, channel: &Channel) -> io::Result<()> {
+    /// Forgets the shares on `streams` (their file systems were unmounted): their
+    /// relays end when the kernel ends their connections, and late replies are dropped.
+    pub fn forget(&self, streams: &[u32]) {
+        let mut by_stream = lock(&self.by_stream);
+        for stream in streams {
+            by_stream.remove(stream);
+        }
+    }
+
+    fn mount_one(&self, root: &str, spec: &ShareMount, channel: &Channel) -> io::Result<()> {
         if spec.stream < SHARE_STREAM_BASE || lock(&self.by_stream).contains_key(&spec.stream) {
             return Err(invalid(format!("invalid share stream {}", spec.stream)));
         }
-        let target = crate::volumes::mount_point(&spec.target, spec.file)?;
+        let target = crate::volumes::mount_point_in(root, &spec.target, spec.file)?;
         let connection = OpenOptions::new()
             .read(true)
             .write(true)

@@ -62,10 +62,15 @@ fn mount_one(index: usize, volume: &VolumeMount) -> io::Result<()> {
 /// container root: made if missing (a directory, or an empty file when `file`), then
 /// resolved, and refused if a symlink in the image leads it out of the container root.
 pub(crate) fn mount_point(target: &str, file: bool) -> io::Result<PathBuf> {
+    mount_point_in(CONTAINER_ROOT, target, file)
+}
+
+/// [`mount_point`] in the container whose root is `root`.
+pub(crate) fn mount_point_in(root: &str, target: &str, file: bool) -> io::Result<PathBuf> {
     if !target.starts_with('/') || target.split('/').any(|part| part == "..") {
         return Err(invalid(format!("invalid mount path {target:?}")));
     }
-    let path = format!("{CONTAINER_ROOT}{target}");
+    let path = format!("{root}{target}");
     if file {
         if let Some(parent) = Path::new(&path).parent() {
             fs::create_dir_all(parent)?;
@@ -77,7 +82,7 @@ pub(crate) fn mount_point(target: &str, file: bool) -> io::Result<PathBuf> {
         fs::create_dir_all(&path)?;
     }
     let resolved = fs::canonicalize(&path)?;
-    if !resolved.starts_with(CONTAINER_ROOT) {
+    if !resolved.starts_with(root) {
         return Err(invalid(format!(
             "mount path {target} leads outside the container"
         )));

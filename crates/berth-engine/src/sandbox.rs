@@ -23,12 +23,13 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use berth_agent_proto::{
-    GuestMessage, HostMessage, InterfaceSpec, ProcessSpec, SetupSpec, TmpfsSpec, AGENT_STREAM,
-    SHARE_STREAM_BASE,
+    ContainerSpec, GuestMessage, HostMessage, InterfaceSpec, ProcessSpec, SetupSpec, TmpfsSpec,
+    AGENT_STREAM, SHARE_STREAM_BASE,
 };
 use berth_vm::{
     DiskFormat, DiskSpec, MemoryBacking, NicSpec, VmBackend, VmControl, VmSpec, FIRST_NIC_SLOT,
@@ -133,11 +134,19 @@ struct StepTimes {
 }
 
 type Routes = Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<ProcessEvent>>>>;
+/// Where the answer to the request on the agent's stream goes.
+type Replies = Arc<Mutex<Option<tokio::sync::oneshot::Sender<GuestMessage>>>>;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A further container's shares: their streams and their servers' pids.
+struct AddedContainer {
+    streams: Vec<u32>,
+    servers: Vec<u32>,
 }
 
 /// A running sandbox VM.
@@ -148,6 +157,15 @@ pub struct Sandbox {
     run_dir: PathBuf,
     routes: Routes,
     reader: tokio::task::JoinHandle<()>,
+    replies: Replies,
+    /// One request on the agent's stream at a time.
+    requests: tokio::sync::Mutex<()>,
+    relay: Arc<ShareRelay>,
+    share_server: PathBuf,
+    /// The stream of the next share.
+    next_share: AtomicU32,
+    /// Further containers, by name.
+    containers: Mutex<HashMap<String, AddedContainer>>,
 }
 
 impl Sandbox {
@@ -209,36 +227,8 @@ impl Sandbox {
             file: false,
             populate: false,
         };
-        let mut shares = vec![root_share];
-        let mut tmpfs = Vec::new();
-        for mount in &options.mounts {
-            match mount {
-                SandboxMount::Share {
-                    source,
-                    target,
-                    read_only,
-                } => {
-                    let metadata = std::fs::metadata(source).map_err(|error| {
-                        EngineError::InvalidArgument(format!(
-                            "bind mount source {} cannot be read: {error}",
-                            source.display()
-                        ))
-                    })?;
-                    shares.push(PlannedShare {
-                        stream: SHARE_STREAM_BASE + shares.len() as u32,
-                        source: source.clone(),
-                        target: target.clone(),
-                        read_only: *read_only,
-                        file: !metadata.is_dir(),
-                        populate: false,
-                    });
-                }
-                SandboxMount::Tmpfs { target, options } => tmpfs.push(TmpfsSpec {
-                    path: target.clone(),
-                    options: options.clone(),
-                }),
-            }
-        }
+        let (more_shares, tmpfs) = plan_mounts(&options.mounts, SHARE_STREAM_BASE + 1)?;
+        let shares: Vec<PlannedShare> = std::iter::once(root_share).chain(more_shares).collect();
         let before_boot = begun.elapsed().as_millis() as u64;
         steps.disk_ms = before_boot - steps.guest_ms - steps.template_ms;
         let vm = options.backend.boot(&spec).await?;
@@ -277,7 +267,7 @@ impl Sandbox {
             };
             let session = Arc::new(session);
             let relay = ShareRelay::connect(run_dir, shares, session.clone()).await?;
-            reader.attach_shares(relay);
+            reader.attach_shares(relay.clone());
             match reader
                 .expect_message(AGENT_STREAM, SETUP_TIMEOUT, "setting the sandbox up")
                 .await?
@@ -326,9 +316,9 @@ impl Sandbox {
                     }
                 }
             }
-            Ok::<_, EngineError>((session, reader))
+            Ok::<_, EngineError>((session, reader, relay))
         };
-        let (session, mut reader) = match set_up.await {
+        let (session, mut reader, relay) = match set_up.await {
             Ok(parts) => parts,
             Err(error) => {
                 control.kill().await;
@@ -347,8 +337,9 @@ impl Sandbox {
             "sandbox ready"
         );
         let routes: Routes = Arc::default();
+        let replies: Replies = Arc::default();
         let reader = {
-            let (routes, control) = (routes.clone(), control.clone());
+            let (routes, replies, control) = (routes.clone(), replies.clone(), control.clone());
             tokio::spawn(async move {
                 loop {
                     let event = tokio::select! {
@@ -356,7 +347,7 @@ impl Sandbox {
                         _ = control.wait() => break,
                     };
                     match event {
-                        Ok(Some(event)) => route(&routes, event),
+                        Ok(Some(event)) => route(&routes, &replies, event),
                         Ok(None) => break,
                         Err(error) => {
                             tracing::warn!("sandbox agent channel: {error}");
@@ -365,6 +356,7 @@ impl Sandbox {
                     }
                 }
                 // The VM or its channel is gone: whatever still runs has ended with it.
+                lock(&replies).take();
                 for (_, sender) in lock(&routes).drain() {
                     let _ = sender.send(ProcessEvent::Exited {
                         code: VM_ENDED_CODE,
@@ -379,7 +371,143 @@ impl Sandbox {
             run_dir: run_dir.clone(),
             routes,
             reader,
+            replies,
+            requests: tokio::sync::Mutex::new(()),
+            relay,
+            share_server: options.share_server.clone(),
+            next_share: AtomicU32::new(SHARE_STREAM_BASE + shares.len() as u32),
+            containers: Mutex::default(),
         })
+    }
+
+    /// Adds the further container `name` to the VM (a pod's): `root` (a host directory)
+    /// becomes its root filesystem, with `mounts` in it. Its processes are spawned with
+    /// [`ProcessSpec::container`] set to `name`.
+    pub async fn add_container(
+        &self,
+        name: &str,
+        root: PathBuf,
+        mounts: &[SandboxMount],
+        read_only: bool,
+    ) -> Result<(), EngineError> {
+        if !berth_agent_proto::valid_container_name(name) {
+            return Err(EngineError::InvalidArgument(format!(
+                "invalid container name {name:?}"
+            )));
+        }
+        if lock(&self.containers).contains_key(name) {
+            return Err(EngineError::Conflict(format!(
+                "container {name} is in the sandbox already"
+            )));
+        }
+        let (more_shares, tmpfs) = plan_mounts(mounts, 0)?;
+        let count = 1 + more_shares.len() as u32;
+        let first = self.next_share.fetch_add(count, Ordering::Relaxed);
+        let root_share = PlannedShare {
+            stream: first,
+            source: root,
+            target: "/".into(),
+            read_only: false,
+            file: false,
+            populate: false,
+        };
+        let shares: Vec<PlannedShare> = std::iter::once(root_share)
+            .chain(
+                more_shares
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, share)| PlannedShare {
+                        stream: first + 1 + i as u32,
+                        ..share
+                    }),
+            )
+            .collect();
+        let streams: Vec<u32> = shares.iter().map(|share| share.stream).collect();
+        let servers = start_servers(&self.share_server, &self.run_dir, &shares, self.vm_pid)?;
+        let added = async {
+            self.relay.add(&self.run_dir, &shares).await?;
+            let spec = ContainerSpec {
+                name: name.to_owned(),
+                root_share: shares[0].to_mount(),
+                tmpfs,
+                shares: shares[1..].iter().map(PlannedShare::to_mount).collect(),
+                read_only,
+            };
+            match self
+                .request(HostMessage::AddContainer(spec), "adding a container")
+                .await?
+            {
+                GuestMessage::ContainerAdded { .. } => Ok(()),
+                other => {
+                    Err(crate::agent::AgentError::unexpected("adding a container", &other).into())
+                }
+            }
+        };
+        match added.await {
+            Ok(()) => {
+                lock(&self.containers).insert(name.to_owned(), AddedContainer { streams, servers });
+                Ok(())
+            }
+            Err(error) => {
+                self.relay.remove(&streams);
+                stop_servers(&servers);
+                Err(error)
+            }
+        }
+    }
+
+    /// Removes the further container `name`: its processes are killed, its root and
+    /// mounts unmounted in the guest, their servers stopped.
+    pub async fn remove_container(&self, name: &str) -> Result<(), EngineError> {
+        let Some(AddedContainer { streams, servers }) = lock(&self.containers).remove(name) else {
+            return Err(EngineError::NotFound(format!(
+                "no container {name} in the sandbox"
+            )));
+        };
+        let answer = self
+            .request(
+                HostMessage::RemoveContainer {
+                    name: name.to_owned(),
+                },
+                "removing a container",
+            )
+            .await;
+        self.relay.remove(&streams);
+        stop_servers(&servers);
+        match answer? {
+            GuestMessage::ContainerRemoved { .. } => Ok(()),
+            other => {
+                Err(crate::agent::AgentError::unexpected("removing a container", &other).into())
+            }
+        }
+    }
+
+    /// Sends `message` on the agent's stream and waits for its answer (one request at
+    /// a time); the guest's `Error` is returned as an error.
+    async fn request(
+        &self,
+        message: HostMessage,
+        doing: &'static str,
+    ) -> Result<GuestMessage, EngineError> {
+        let _one_at_a_time = self.requests.lock().await;
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        *lock(&self.replies) = Some(sender);
+        self.session.send(AGENT_STREAM, &message).await?;
+        let answer = tokio::time::timeout(SETUP_TIMEOUT, receiver).await;
+        lock(&self.replies).take();
+        match answer {
+            Ok(Ok(GuestMessage::Error { message })) => {
+                Err(EngineError::InvalidArgument(format!("{doing}: {message}")))
+            }
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(_)) => Err(EngineError::Conflict(format!(
+                "{doing}: the VM ended before it answered"
+            ))),
+            Err(_) => Err(EngineError::Conflict(format!(
+                "{doing}: the VM did not answer in {} s",
+                SETUP_TIMEOUT.as_secs()
+            ))),
+        }
     }
 
     /// The VM's process on the host.
@@ -463,8 +591,67 @@ impl Sandbox {
     }
 }
 
-/// Hands an agent event to the process it belongs to.
-fn route(routes: &Routes, event: AgentEvent) {
+/// Kills share servers (of a container that was removed).
+fn stop_servers(pids: &[u32]) {
+    for pid in pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Splits `mounts` into shares (on streams from `first_stream` on) and tmpfs mounts.
+fn plan_mounts(
+    mounts: &[SandboxMount],
+    first_stream: u32,
+) -> Result<(Vec<PlannedShare>, Vec<TmpfsSpec>), EngineError> {
+    let mut shares = Vec::new();
+    let mut tmpfs = Vec::new();
+    for mount in mounts {
+        match mount {
+            SandboxMount::Share {
+                source,
+                target,
+                read_only,
+            } => {
+                let metadata = std::fs::metadata(source).map_err(|error| {
+                    EngineError::InvalidArgument(format!(
+                        "bind mount source {} cannot be read: {error}",
+                        source.display()
+                    ))
+                })?;
+                shares.push(PlannedShare {
+                    stream: first_stream + shares.len() as u32,
+                    source: source.clone(),
+                    target: target.clone(),
+                    read_only: *read_only,
+                    file: !metadata.is_dir(),
+                    populate: false,
+                });
+            }
+            SandboxMount::Tmpfs { target, options } => tmpfs.push(TmpfsSpec {
+                path: target.clone(),
+                options: options.clone(),
+            }),
+        }
+    }
+    Ok((shares, tmpfs))
+}
+
+/// Hands an agent event to the process it belongs to, or an answer on the agent's
+/// stream to the request waiting for it.
+fn route(routes: &Routes, replies: &Replies, event: AgentEvent) {
+    if let AgentEvent::Message {
+        stream: AGENT_STREAM,
+        message,
+    } = event
+    {
+        if let Some(reply) = lock(replies).take() {
+            let _ = reply.send(message);
+        }
+        return;
+    }
     let mut routes = lock(routes);
     match event {
         AgentEvent::Output { stream, kind, data } => {

@@ -24,17 +24,31 @@ use crate::{ShimConfig, ShimError, BINARY_NAME, COLD_BINARY_NAME};
 /// Where containerd's shims listen.
 const SOCKET_DIR: &str = "/run/containerd/s";
 
-/// The socket of the shim for `flags`'s task.
-pub(crate) fn socket_path(flags: &Flags) -> PathBuf {
-    let grouping = Path::new(&flags.address)
-        .join(&flags.namespace)
-        .join(&flags.id);
+/// The socket of the shim for `flags`'s task, which serves the tasks of the group
+/// `group` (a pod's sandbox id, or the task's own id).
+pub(crate) fn socket_path(flags: &Flags, group: &str) -> PathBuf {
+    let grouping = Path::new(&flags.address).join(&flags.namespace).join(group);
     let digest = Sha256::digest(grouping.as_os_str().as_encoded_bytes());
     Path::new(SOCKET_DIR).join(hex::encode(digest))
 }
 
+/// The group of the task whose bundle is `bundle`: a pod's container (the CRI's
+/// annotations say so) goes to the shim of its pod's sandbox, whose VM it joins; any
+/// other task has a shim of its own.
+fn group_of(bundle: &Path, id: &str) -> String {
+    let annotations = oci_spec::runtime::Spec::load(bundle.join("config.json"))
+        .ok()
+        .and_then(|spec| spec.annotations().clone())
+        .unwrap_or_default();
+    crate::pod::sandbox_of(&annotations).unwrap_or_else(|| id.to_owned())
+}
+
 pub(crate) fn start(flags: &Flags, config: &ShimConfig) -> Result<(), ShimError> {
-    let socket = socket_path(flags);
+    let bundle = match flags.bundle.is_empty() {
+        true => std::env::current_dir().map_err(ShimError::io("the bundle directory"))?,
+        false => PathBuf::from(&flags.bundle),
+    };
+    let socket = socket_path(flags, &group_of(&bundle, &flags.id));
     let address = format!("unix://{}", socket.display());
     if std::os::unix::net::UnixStream::connect(&socket).is_err() {
         let _ = std::fs::remove_file(&socket);
@@ -130,11 +144,10 @@ mod tests {
         let expected = hex::encode(Sha256::digest(
             b"/run/containerd/containerd.sock/default/t1",
         ));
-        assert_eq!(socket_path(&flags), Path::new(SOCKET_DIR).join(expected));
-        let other = Flags {
-            id: "t2".into(),
-            ..flags.clone()
-        };
-        assert_ne!(socket_path(&flags), socket_path(&other));
+        assert_eq!(
+            socket_path(&flags, "t1"),
+            Path::new(SOCKET_DIR).join(expected)
+        );
+        assert_ne!(socket_path(&flags, "t1"), socket_path(&flags, "t2"));
     }
 }

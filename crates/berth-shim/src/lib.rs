@@ -12,13 +12,14 @@
 //!
 //! Modules: [`flags`] (the command line), `launch` (the `start` and `delete` actions),
 //! `serve` (the ttrpc server), `service` (the task API), `spec` (the OCI process as a
-//! guest process), `rootfs` (containerd's rootfs mounts), `network` (the task's network namespace as the VM's NIC), `io` (the FIFOs), `events` (events to containerd).
+//! guest process), `rootfs` (containerd's rootfs mounts), `network` (the task's network namespace as the VM's NIC), `pod` (a pod's containers in one VM), `io` (the FIFOs), `events` (events to containerd).
 
 mod events;
 pub mod flags;
 mod io;
 mod launch;
 mod network;
+mod pod;
 mod rootfs;
 mod serve;
 mod service;

@@ -2,6 +2,7 @@
 //! snapshotter's overlay of host directories, or a bind) mounted at `<bundle>/rootfs`,
 //! which the task's VM reads through a share; and the task VM's run directory.
 
+use sha2::Digest;
 use std::path::{Path, PathBuf};
 
 use crate::{ShimConfig, ShimError};
@@ -58,9 +59,19 @@ pub(crate) fn mount_rootfs(
     })
 }
 
-/// The run directory of the VM of task `id` in `namespace`.
+/// The run directory of the VM of task `id` in `namespace`: named by the id when it is
+/// short and plain, else by the first 16 hex digits of its SHA-256 (the VM's sockets are
+/// in it, and a socket's path holds at most 107 bytes: CRI's ids are 64 characters).
 pub(crate) fn vm_run_dir(config: &ShimConfig, namespace: &str, id: &str) -> PathBuf {
-    config.root.join("vms").join(namespace).join(id)
+    let plain = id.len() <= 20
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let name = match plain {
+        true => id.to_owned(),
+        false => hex::encode(&sha2::Sha256::digest(id.as_bytes())[..8]),
+    };
+    config.root.join("vms").join(namespace).join(name)
 }
 
 /// Unmounts the rootfs (lazily: a share server that still has it open lets go as it ends).

@@ -130,9 +130,12 @@ struct TaskEntry {
     sandbox: Mutex<Option<Arc<Sandbox>>>,
     vm_pid: u32,
     processes: Mutex<HashMap<String, Arc<TaskProcess>>>,
-    next_stream: AtomicU32,
+    /// The next stream of the VM (shared by a pod's tasks).
+    next_stream: Arc<AtomicU32>,
     /// The VM's vCPUs are stopped (`Pause`): its running processes show as paused.
     paused: AtomicBool,
+    /// A pod's container: its name in the pod sandbox's VM (which it does not own).
+    container: Option<String>,
 }
 
 impl TaskEntry {
@@ -204,7 +207,11 @@ impl Service {
             (None, Some(root)) => bundle.join(root.path()),
             (None, None) => rootfs.clone(),
         };
-        let made = self.make_task(request, &spec, &bundle, root);
+        let pod = spec.annotations().as_ref().and_then(crate::pod::sandbox_of);
+        let made = match pod {
+            Some(pod) => self.join_pod(request, &spec, &bundle, root, &pod),
+            None => self.make_task(request, &spec, &bundle, root),
+        };
         if made.is_err() {
             if let Some(rootfs) = &mounted {
                 unmount(rootfs);
@@ -294,8 +301,70 @@ impl Service {
             sandbox: Mutex::new(Some(Arc::new(sandbox))),
             vm_pid,
             processes: Mutex::new(HashMap::from([(String::new(), init)])),
-            next_stream: AtomicU32::new(INIT_STREAM + 1),
+            next_stream: Arc::new(AtomicU32::new(INIT_STREAM + 1)),
             paused: AtomicBool::new(false),
+            container: None,
+        })
+    }
+
+    /// A pod's container: added to the VM of its pod's sandbox task.
+    fn join_pod(
+        &self,
+        request: &api::CreateTaskRequest,
+        spec: &oci_spec::runtime::Spec,
+        bundle: &Path,
+        root: PathBuf,
+        pod: &str,
+    ) -> Result<TaskEntry, ShimError> {
+        let sandbox_task = lock(&self.tasks).get(pod).cloned().ok_or_else(|| {
+            ShimError::Usage(format!(
+                "the pod sandbox {pod} of container {} is not served by this shim",
+                request.id
+            ))
+        })?;
+        let sandbox = lock(&sandbox_task.sandbox)
+            .clone()
+            .ok_or_else(|| ShimError::Usage(format!("the pod sandbox {pod} has no VM any more")))?;
+        let process = spec
+            .process()
+            .as_ref()
+            .ok_or_else(|| ShimError::Usage("config.json has no process".into()))?;
+        let name = crate::pod::guest_name(&request.id);
+        let mut guest = crate::spec::guest_process(process, false, !request.stdin.is_empty())?;
+        guest.container = Some(name.clone());
+        let read_only = spec
+            .root()
+            .as_ref()
+            .is_some_and(|root| root.readonly() == Some(true));
+        let mounts =
+            crate::spec::sandbox_mounts(spec.mounts().as_deref().unwrap_or_default(), bundle);
+        self.runtime
+            .block_on(sandbox.add_container(&name, root, &mounts, read_only))?;
+        let paths = StreamPaths {
+            stdin: request.stdin.clone(),
+            stdout: request.stdout.clone(),
+            stderr: request.stderr.clone(),
+            terminal: request.terminal,
+        };
+        // Streams are the VM's: the pod's tasks take them from one counter.
+        let next_stream = sandbox_task.next_stream.clone();
+        let init = TaskProcess::new(
+            "",
+            next_stream.fetch_add(1, Ordering::Relaxed),
+            guest,
+            paths,
+        );
+        Ok(TaskEntry {
+            id: request.id.clone(),
+            bundle: bundle.to_path_buf(),
+            rootfs: None,
+            plumbed: None,
+            vm_pid: sandbox.vm_pid(),
+            sandbox: Mutex::new(Some(sandbox)),
+            processes: Mutex::new(HashMap::from([(String::new(), init)])),
+            next_stream,
+            paused: AtomicBool::new(false),
+            container: Some(name),
         })
     }
 
@@ -536,8 +605,9 @@ impl Task for Service {
                     format!("the exec's process spec: {error}"),
                 )
             })?;
-        let guest = crate::spec::guest_process(&process, false, !request.stdin.is_empty())
+        let mut guest = crate::spec::guest_process(&process, false, !request.stdin.is_empty())
             .map_err(|error| status(Code::INVALID_ARGUMENT, error.to_string()))?;
+        guest.container = task.container.clone();
         let stream = task.next_stream.fetch_add(1, Ordering::Relaxed);
         let paths = StreamPaths {
             stdin: request.stdin.clone(),
@@ -616,8 +686,17 @@ impl Task for Service {
                 ));
             }
             if let Some(sandbox) = lock(&task.sandbox).take() {
-                self.runtime
-                    .block_on(sandbox.shut_down(Duration::from_secs(5)));
+                match &task.container {
+                    // A pod's container leaves its pod's VM running.
+                    Some(name) => {
+                        if let Err(error) = self.runtime.block_on(sandbox.remove_container(name)) {
+                            tracing::warn!("removing container {name} from its pod's VM: {error}");
+                        }
+                    }
+                    None => self
+                        .runtime
+                        .block_on(sandbox.shut_down(Duration::from_secs(5))),
+                }
             }
             if let Some(rootfs) = &task.rootfs {
                 unmount(rootfs);

@@ -77,6 +77,7 @@ pub fn guest_process(
             .map(|gid| gid.to_string())
             .collect(),
         own_pid_namespace: init,
+        container: None,
     })
 }
 

@@ -26,6 +26,13 @@ struct Containerd {
 
 impl Containerd {
     fn start(name: &str) -> Containerd {
+        Containerd::start_with(name, None)
+    }
+
+    /// A containerd; with `cri`, its CRI plugin runs (`cri`: the plugin's TOML lines)
+    /// and containerd runs in the test's network namespace `cri.netns` (where CNI makes
+    /// its bridge).
+    fn start_with(name: &str, cri: Option<&Cri>) -> Containerd {
         let dir = scratch().join(name);
         let _ = std::fs::remove_dir_all(&dir);
         let bin = dir.join("bin");
@@ -34,11 +41,15 @@ impl Containerd {
         std::os::unix::fs::symlink(BERTH, bin.join("containerd-shim-berth-cold-v2")).unwrap();
         let socket = dir.join("containerd.sock");
         let config = dir.join("config.toml");
+        let plugins = match cri {
+            None => "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n".to_owned(),
+            Some(cri) => cri.config(&dir),
+        };
         std::fs::write(
             &config,
             format!(
                 "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 {plugins}\
                  [grpc]\n  address = \"{socket}\"\n\
                  [ttrpc]\n  address = \"{socket}.ttrpc\"\n\
                  [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{opt}\"\n",
@@ -55,7 +66,17 @@ impl Containerd {
             bin.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let mut command = Command::new("containerd");
+        let mut command = match cri {
+            None => Command::new("containerd"),
+            Some(cri) => {
+                let mut command = Command::new("nsenter");
+                command
+                    .arg(format!("--net=/run/netns/{}", cri.netns))
+                    .arg("--")
+                    .arg("containerd");
+                command
+            }
+        };
         command
             .arg("--config")
             .arg(&config)
@@ -149,6 +170,65 @@ impl Drop for Containerd {
         for mount in mounts_under(&self.dir) {
             let _ = Command::new("umount").arg("-l").arg(mount).status();
         }
+    }
+}
+
+/// How the CRI test's containerd runs its CRI plugin.
+struct Cri {
+    /// The network namespace containerd (and so CNI's bridge) runs in.
+    netns: String,
+    /// The registry (in that namespace) that serves over plain HTTP.
+    registry: String,
+    sandbox_image: String,
+}
+
+impl Cri {
+    /// The CRI plugin's configuration: the `berth` handler, CNI's bridge on a private
+    /// subnet, the sandbox image, the test's registry over HTTP.
+    fn config(&self, dir: &Path) -> String {
+        let cni = dir.join("cni");
+        std::fs::create_dir_all(cni.join("net.d")).unwrap();
+        std::fs::write(
+            cni.join("net.d/10-berth-test.conflist"),
+            serde_json::json!({
+                "cniVersion": "1.0.0",
+                "name": "berth-test",
+                "plugins": [{
+                    "type": "bridge",
+                    "bridge": "berthtest0",
+                    "isGateway": true,
+                    "ipMasq": false,
+                    "ipam": {
+                        "type": "host-local",
+                        "dataDir": cni.join("ipam"),
+                        "ranges": [[{ "subnet": "10.88.77.0/24" }]],
+                        "routes": [{ "dst": "0.0.0.0/0" }]
+                    }
+                }]
+            })
+            .to_string(),
+        )
+        .unwrap();
+        format!(
+            "[plugins.\"io.containerd.grpc.v1.cri\"]\n\
+             \x20 sandbox_image = \"{image}\"\n\
+             \x20 restrict_oom_score_adj = true\n\
+             \x20 netns_mounts_under_state_dir = true\n\
+             \x20 stream_server_address = \"127.0.0.1\"\n\
+             \x20 stream_server_port = \"0\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
+             \x20 bin_dir = \"/usr/lib/cni\"\n\
+             \x20 conf_dir = \"{conf}\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n\
+             \x20 default_runtime_name = \"berth\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.berth]\n\
+             \x20 runtime_type = \"{RUNTIME}\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"{registry}\"]\n\
+             \x20 endpoint = [\"http://{registry}\"]\n",
+            image = self.sandbox_image,
+            conf = cni.join("net.d").display(),
+            registry = self.registry,
+        )
     }
 }
 
@@ -508,4 +588,390 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     found
+}
+
+/// A process started in the test's network namespace `netns`, killed on drop.
+struct InNamespace(Child);
+
+impl InNamespace {
+    fn start(netns: &str, program: &str, args: &[&str], log: &Path) -> InNamespace {
+        let log = std::fs::File::create(log).unwrap();
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{netns}"))
+            .arg("--")
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        die_with_parent_thread(&mut command);
+        InNamespace(command.spawn().unwrap_or_else(|e| panic!("{program}: {e}")))
+    }
+}
+
+impl Drop for InNamespace {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `program args` in the network namespace `netns`.
+fn in_namespace(netns: &str, program: &str, args: &[&str]) -> Output {
+    Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{netns}"))
+        .arg("--")
+        .arg(program)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+mod cri {
+    //! A CRI client as the kubelet is one: Kubernetes' CRI API (`runtime.v1`) over
+    //! containerd's socket.
+
+    use std::path::Path;
+
+    use hyper_util::rt::TokioIo;
+    pub use k8s_cri::v1::image_service_client::ImageServiceClient;
+    pub use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+    pub use k8s_cri::v1::*;
+    use tonic::transport::{Channel, Endpoint, Uri};
+
+    pub async fn connect(socket: &Path) -> Channel {
+        let socket = socket.to_owned();
+        // The address is not used: the connector dials the socket.
+        Endpoint::try_from("http://[::]:50051")
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let socket = socket.clone();
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(socket).await?,
+                    ))
+                }
+            }))
+            .await
+            .expect("connecting to containerd's CRI")
+    }
+}
+
+#[test]
+fn the_cri_runs_a_pod_in_one_vm() {
+    use cri::*;
+
+    let netns = TestNamespace::new("cri");
+    let up = in_namespace(&netns.0, "ip", &["link", "set", "lo", "up"]);
+    assert!(up.status.success(), "{}", stderr(&up));
+    let dir = scratch().join("cri");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // A registry in the namespace, holding busybox; the pod's sandbox image, imported.
+    let registry = "127.0.0.1:5000";
+    let registry_config = dir.join("registry.yml");
+    std::fs::write(
+        &registry_config,
+        format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {registry}\n",
+            dir.join("registry").display()
+        ),
+    )
+    .unwrap();
+    let _registry = InNamespace::start(
+        &netns.0,
+        "docker-registry",
+        &["serve", registry_config.to_str().unwrap()],
+        &dir.join("registry.log"),
+    );
+    let app_image = format!("{registry}/busybox:latest");
+    let archive = busybox_archive().to_str().unwrap().to_owned();
+    eventually("skopeo seeds the registry", || {
+        in_namespace(
+            &netns.0,
+            "skopeo",
+            &[
+                "copy",
+                "--dest-tls-verify=false",
+                &format!("docker-archive:{archive}"),
+                &format!("docker://{app_image}"),
+            ],
+        )
+        .status
+        .success()
+    });
+    let pause_archive = dir.join("pause.tar");
+    common::write_archive(
+        &pause_archive,
+        "berth.test/pause:1",
+        &[common::busybox_layer()],
+        &["sleep", "2147483647"],
+    );
+    let setup = Cri {
+        netns: netns.0.clone(),
+        registry: registry.into(),
+        sandbox_image: "berth.test/pause:1".into(),
+    };
+    let containerd = Containerd::start_with("containerd-cri", Some(&setup));
+    containerd.ctr_ok(&[
+        "-n",
+        "k8s.io",
+        "images",
+        "import",
+        pause_archive.to_str().unwrap(),
+    ]);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let channel = runtime.block_on(cri::connect(&containerd.socket));
+    let mut pods = RuntimeServiceClient::new(channel.clone());
+    let mut images = ImageServiceClient::new(channel);
+    let version = runtime
+        .block_on(pods.version(VersionRequest {
+            version: "v1".into(),
+        }))
+        .unwrap_or_else(|e| panic!("the CRI: {e} (containerd's log: {:?})", containerd.dir))
+        .into_inner();
+    assert_eq!(version.runtime_api_version, "v1");
+
+    // PullImage from the test's registry.
+    let pulled = runtime
+        .block_on(images.pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: app_image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+        .unwrap_or_else(|e| panic!("PullImage: {e} (containerd's log: {:?})", containerd.dir))
+        .into_inner();
+    assert!(pulled.image_ref.starts_with("sha256:"), "{pulled:?}");
+
+    // RunPodSandbox with the `berth` handler: the pod's VM.
+    let logs = dir.join("pods/web");
+    let sandbox_config = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "web".into(),
+            uid: "uid-web".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: "web".into(),
+        log_directory: logs.display().to_string(),
+        linux: Some(LinuxPodSandboxConfig::default()),
+        ..Default::default()
+    };
+    let pod = runtime
+        .block_on(pods.run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(sandbox_config.clone()),
+            runtime_handler: "berth".into(),
+        }))
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e} (logs under {:?})", containerd.dir))
+        .into_inner()
+        .pod_sandbox_id;
+    let pod_status = runtime
+        .block_on(pods.pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: false,
+        }))
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(pod_status.state, PodSandboxState::SandboxReady as i32);
+    let pod_ip = pod_status.network.unwrap().ip;
+    assert!(pod_ip.starts_with("10.88.77."), "pod address {pod_ip}");
+
+    // Two containers that share an emptyDir (a host directory, as the kubelet makes one)
+    // and talk over localhost: a web server serving it, and a client.
+    let empty_dir = dir.join("empty-dir");
+    std::fs::create_dir_all(&empty_dir).unwrap();
+    let container = |name: &str, script: &str| ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: app_image.clone(),
+            ..Default::default()
+        }),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        log_path: format!("{name}/0.log"),
+        mounts: vec![Mount {
+            container_path: "/shared".into(),
+            host_path: empty_dir.display().to_string(),
+            ..Default::default()
+        }],
+        linux: Some(LinuxContainerConfig::default()),
+        ..Default::default()
+    };
+    let mut ids = Vec::new();
+    for (name, script) in [
+        (
+            "server",
+            "echo served-from-empty-dir > /shared/index.html; echo server-up; exec httpd -f -p 8080 -h /shared",
+        ),
+        (
+            "client",
+            "echo client-up; echo client-stderr >&2; touch /only-in-client; exec sleep 600",
+        ),
+    ] {
+        let id = runtime
+            .block_on(pods.create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(container(name, script)),
+                sandbox_config: Some(sandbox_config.clone()),
+            }))
+            .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}"))
+            .into_inner()
+            .container_id;
+        runtime
+            .block_on(pods.start_container(StartContainerRequest {
+                container_id: id.clone(),
+            }))
+            .unwrap_or_else(|e| panic!("StartContainer {name}: {e} (logs under {:?})", containerd.dir));
+        ids.push(id);
+    }
+    let (server, client) = (ids[0].clone(), ids[1].clone());
+    for id in &ids {
+        let status = runtime
+            .block_on(pods.container_status(ContainerStatusRequest {
+                container_id: id.clone(),
+                verbose: false,
+            }))
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+        assert_eq!(
+            status.state,
+            ContainerState::ContainerRunning as i32,
+            "{status:?}"
+        );
+    }
+
+    // One VM for the whole pod.
+    let vms = containerd.leftovers().len();
+    assert_eq!(vms, 2, "the pod should be one shim and one VM process");
+
+    let mut exec = |id: &str, command: &[&str]| {
+        let answer = runtime
+            .block_on(pods.exec_sync(ExecSyncRequest {
+                container_id: id.to_owned(),
+                cmd: command.iter().map(|s| s.to_string()).collect(),
+                timeout: 60,
+            }))
+            .unwrap_or_else(|e| panic!("ExecSync {command:?}: {e}"))
+            .into_inner();
+        (
+            answer.exit_code,
+            String::from_utf8_lossy(&answer.stdout).into_owned(),
+            String::from_utf8_lossy(&answer.stderr).into_owned(),
+        )
+    };
+    // The guest's kernel, not the host's.
+    let (code, kernel, _) = exec(&client, &["uname", "-r"]);
+    assert_eq!(code, 0);
+    assert!(kernel.trim().ends_with("-cloud-amd64"), "{kernel}");
+    // Over localhost, the client reads what the server serves from the emptyDir.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let fetched = loop {
+        let (code, out, err) = exec(
+            &client,
+            &["wget", "-qO-", "http://127.0.0.1:8080/index.html"],
+        );
+        if code == 0 {
+            break out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the client could not reach the server over localhost: {err}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(fetched, "served-from-empty-dir\n");
+    // The emptyDir is one directory for both, and the host's.
+    let (code, shared, _) = exec(&client, &["cat", "/shared/index.html"]);
+    assert_eq!((code, shared.as_str()), (0, "served-from-empty-dir\n"));
+    std::fs::write(empty_dir.join("from-host"), "x").unwrap();
+    let (code, _, _) = exec(&server, &["test", "-e", "/shared/from-host"]);
+    assert_eq!(code, 0);
+    // Each container has its own root filesystem.
+    let (code, _, _) = exec(&client, &["test", "-e", "/only-in-client"]);
+    assert_eq!(code, 0);
+    let (code, _, _) = exec(&server, &["test", "-e", "/only-in-client"]);
+    assert_eq!(code, 1, "the server sees the client's root");
+    // Exit codes and stderr of an exec.
+    let (code, _, err) = exec(&client, &["sh", "-c", "echo oops >&2; exit 3"]);
+    assert_eq!((code, err.as_str()), (3, "oops\n"));
+    // The pod's address reaches the server from CNI's bridge (the pod's network is the
+    // VM's NIC).
+    let from_bridge = in_namespace(
+        &netns.0,
+        "busybox",
+        &["wget", "-qO-", &format!("http://{pod_ip}:8080/index.html")],
+    );
+    assert_eq!(
+        stdout(&from_bridge),
+        "served-from-empty-dir\n",
+        "stderr: {}",
+        stderr(&from_bridge)
+    );
+
+    // Logs in the CRI's format, by stream.
+    let client_log = logs.join("client/0.log");
+    eventually("the client's log has its lines", || {
+        std::fs::read_to_string(&client_log).is_ok_and(|log| log.contains("client-stderr"))
+    });
+    let log = std::fs::read_to_string(&client_log).unwrap();
+    let lines: Vec<(&str, &str, &str)> = log
+        .lines()
+        .map(|line| {
+            let mut parts = line.splitn(4, ' ');
+            let stamp = parts.next().unwrap();
+            assert!(stamp.contains('T') && stamp.len() > 20, "{line}");
+            (
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+                parts.next().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert!(lines.contains(&("stdout", "F", "client-up")), "{log}");
+    assert!(lines.contains(&("stderr", "F", "client-stderr")), "{log}");
+
+    // Stopping and removing the pod removes its containers and VM.
+    runtime
+        .block_on(pods.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        }))
+        .unwrap_or_else(|e| panic!("StopPodSandbox: {e}"));
+    let stopped = runtime
+        .block_on(pods.container_status(ContainerStatusRequest {
+            container_id: client.clone(),
+            verbose: false,
+        }))
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(stopped.state, ContainerState::ContainerExited as i32);
+    runtime
+        .block_on(pods.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        }))
+        .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}"));
+    let left = runtime
+        .block_on(pods.list_containers(ListContainersRequest::default()))
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(left.is_empty(), "{left:?}");
+    eventually("the pod's shim and VM end", || {
+        containerd.leftovers().is_empty()
+    });
 }

@@ -151,19 +151,20 @@ impl Engine {
                 "shared directories need the berth binary's file server".into(),
             ));
         };
-        start_servers(program, run_dir, shares, vm_pid)
+        start_servers(program, run_dir, shares, vm_pid).map(drop)
     }
 }
 
 /// Starts `program share-server` for each share of the VM whose process is `vm_pid`,
-/// listening at `<run_dir>/fs<index>.sock`.
+/// listening at `<run_dir>/fs<index>.sock`; returns their pids.
 pub(crate) fn start_servers(
     program: &Path,
     run_dir: &Path,
     shares: &[PlannedShare],
     vm_pid: u32,
-) -> Result<(), EngineError> {
+) -> Result<Vec<u32>, EngineError> {
     {
+        let mut pids = Vec::new();
         for share in shares {
             let index = share.index();
             let socket = socket_path(run_dir, index);
@@ -191,11 +192,12 @@ pub(crate) fn start_servers(
                 command.arg("--read-only");
             }
             let mut child = command.spawn().map_err(EngineError::io(program))?;
+            pids.extend(child.id());
             tokio::spawn(async move {
                 let _ = child.wait().await;
             });
         }
-        Ok(())
+        Ok(pids)
     }
 }
 
@@ -240,12 +242,17 @@ struct ShareLink {
 
 /// Carries a VM's FUSE traffic between its agent and its shares' servers.
 pub struct ShareRelay {
-    links: HashMap<u32, Arc<ShareLink>>,
+    links: std::sync::Mutex<HashMap<u32, RelayedShare>>,
     session: Arc<AgentSession>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-impl Drop for ShareRelay {
+/// One share's link and the tasks that carry its traffic.
+struct RelayedShare {
+    link: Arc<ShareLink>,
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+impl Drop for RelayedShare {
     fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
@@ -254,6 +261,12 @@ impl Drop for ShareRelay {
 }
 
 impl ShareRelay {
+    fn links(&self) -> std::sync::MutexGuard<'_, HashMap<u32, RelayedShare>> {
+        self.links
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Connects to the servers of `shares` (started by [`Engine::start_share_servers`],
     /// by this daemon or the one before it) and starts sending their replies to the
     /// agent through `session`.
@@ -262,8 +275,20 @@ impl ShareRelay {
         shares: &[PlannedShare],
         session: Arc<AgentSession>,
     ) -> Result<Arc<Self>, EngineError> {
-        let mut links = HashMap::new();
-        let mut tasks = Vec::new();
+        let relay = Arc::new(Self {
+            links: std::sync::Mutex::default(),
+            session,
+        });
+        relay.add(run_dir, shares).await?;
+        Ok(relay)
+    }
+
+    /// Connects to the servers of more `shares` of the same VM (started since).
+    pub(crate) async fn add(
+        &self,
+        run_dir: &Path,
+        shares: &[PlannedShare],
+    ) -> Result<(), EngineError> {
         for share in shares {
             let path = socket_path(run_dir, share.index());
             let socket = UnixSeqpacket::connect(&path)
@@ -283,19 +308,27 @@ impl ShareRelay {
                 queue,
                 init_unique: AtomicU64::new(0),
             });
-            links.insert(share.stream, link.clone());
-            tasks.push(tokio::spawn(send_requests(link.clone(), requests)));
-            tasks.push(tokio::spawn(send_replies(
-                link,
-                share.stream,
-                session.clone(),
-            )));
+            let tasks = [
+                tokio::spawn(send_requests(link.clone(), requests)),
+                tokio::spawn(send_replies(
+                    link.clone(),
+                    share.stream,
+                    self.session.clone(),
+                )),
+            ];
+            self.links()
+                .insert(share.stream, RelayedShare { link, tasks });
         }
-        Ok(Arc::new(Self {
-            links,
-            session,
-            tasks,
-        }))
+        Ok(())
+    }
+
+    /// Disconnects from the servers of the shares on `streams` (unmounted in the guest):
+    /// each server ends when its connection closes.
+    pub(crate) fn remove(&self, streams: &[u32]) {
+        let mut links = self.links();
+        for stream in streams {
+            links.remove(stream);
+        }
     }
 
     /// Connects to the servers whose sockets are in `run_dir` (a VM taken over after a
@@ -324,8 +357,9 @@ impl ShareRelay {
     /// Passes one FUSE request from the guest to its share's server.
     pub async fn forward(&self, stream: u32, message: Vec<u8>) -> Result<(), AgentError> {
         let link = self
-            .links
+            .links()
             .get(&stream)
+            .map(|relayed| relayed.link.clone())
             .ok_or(AgentError::UnexpectedFuse(stream))?;
         let header = wire::request_header(&message).map_err(AgentError::FuseMessage)?;
         if header.opcode == wire::opcode::INIT {

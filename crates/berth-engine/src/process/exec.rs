@@ -246,6 +246,7 @@ impl Engine {
             extra_groups: record.host_config.group_add.clone().unwrap_or_default(),
             // An exec joins the container's namespace; it never makes one.
             own_pid_namespace: false,
+            container: None,
         };
         if exec.helper {
             // Berth's own helper: as root, with every capability, in `/`.

@@ -265,6 +265,7 @@ fn process_spec(record: &ContainerRecord) -> Result<ProcessSpec, EngineError> {
             agent_helper: true,
             extra_groups: Vec::new(),
             own_pid_namespace: true,
+            container: None,
         });
     }
     // `--init`: the agent's init helper is PID 1 and runs the command as its child.
@@ -294,6 +295,7 @@ fn process_spec(record: &ContainerRecord) -> Result<ProcessSpec, EngineError> {
         extra_groups: record.host_config.group_add.clone().unwrap_or_default(),
         // `--pid host`: the VM's namespace (see docs/architecture.md).
         own_pid_namespace: record.host_config.pid_mode.as_deref() != Some("host"),
+        container: None,
     })
 }
 

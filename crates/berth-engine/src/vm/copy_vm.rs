@@ -287,6 +287,7 @@ impl Engine {
                 agent_helper: true,
                 extra_groups: Vec::new(),
                 own_pid_namespace: false,
+                container: None,
             };
             session
                 .send(HELPER_STREAM, &HostMessage::Spawn(process))
