@@ -9,10 +9,16 @@
 //! /proc. With `--pid host` the container's processes stay in the VM's namespace (the
 //! agent and the kernel's threads are then visible, as the host's are under Docker).
 //!
+//! A further container of the VM (a pod's, `crate::pod`) has a namespace of its own in
+//! the same way: its first process is PID 1 of a new one, its execs join it, its /proc
+//! is that namespace's, and its end ends the rest. Namespaces are kept by container
+//! (`None`: the VM's first).
+//!
 //! Namespaces for children are a per-thread attribute (`pid_for_children`): the thread
 //! that forks enters the wanted namespace for the fork only, through
 //! [`ForChildren::enter`], and returns to the VM's namespace when the guard drops.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
@@ -20,11 +26,20 @@ use std::sync::Mutex;
 
 use nix::sched::{setns, unshare, CloneFlags};
 
-/// The container's namespace, while its first process runs in one of its own.
-static CONTAINER: Mutex<Option<File>> = Mutex::new(None);
+/// Containers' namespaces (by container; `None`: the VM's first), while their first
+/// processes run in ones of their own.
+static CONTAINERS: Mutex<Option<HashMap<Option<String>, File>>> = Mutex::new(None);
 
-fn container() -> std::sync::MutexGuard<'static, Option<File>> {
-    CONTAINER.lock().unwrap_or_else(|p| p.into_inner())
+fn containers() -> std::sync::MutexGuard<'static, Option<HashMap<Option<String>, File>>> {
+    CONTAINERS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn namespace_of(container: Option<&str>) -> io::Result<Option<File>> {
+    containers()
+        .as_ref()
+        .and_then(|namespaces| namespaces.get(&container.map(str::to_owned)))
+        .map(File::try_clone)
+        .transpose()
 }
 
 /// Where the next fork of this thread puts its child, until dropped.
@@ -34,14 +49,19 @@ pub struct ForChildren {
 }
 
 impl ForChildren {
-    /// Makes this thread's next children start in a new namespace (`new`, for the
-    /// container's first process) or in the container's, if it has one; otherwise in
-    /// the VM's, as before.
-    pub fn enter(new: bool) -> io::Result<Self> {
-        let joined = if new {
-            None
-        } else {
-            container().as_ref().map(File::try_clone).transpose()?
+    /// Makes this thread's next children start in a new namespace (`new`, for a
+    /// container's first process) or in the namespace of `container`, if it has one;
+    /// otherwise in the VM's, as before.
+    pub fn enter(new: bool, container: Option<&str>) -> io::Result<Self> {
+        let joined = match (new, container) {
+            (true, _) => None,
+            // A further container without a namespace of its own shares the VM's first
+            // container's (a pod's shared process namespace).
+            (false, Some(_)) => match namespace_of(container)? {
+                Some(namespace) => Some(namespace),
+                None => namespace_of(None)?,
+            },
+            (false, None) => namespace_of(None)?,
         };
         if !new && joined.is_none() {
             return Ok(Self { previous: None });
@@ -70,18 +90,23 @@ impl Drop for ForChildren {
     }
 }
 
-/// Records the namespace of the container's first process (`pid`, as the VM sees it).
-pub fn adopt(pid: i32) -> io::Result<()> {
+/// Records the namespace of `container`'s first process (`pid`, as the VM sees it).
+pub fn adopt(pid: i32, container: Option<&str>) -> io::Result<()> {
     let namespace = File::open(format!("/proc/{pid}/ns/pid"))?;
-    *container() = Some(namespace);
+    containers()
+        .get_or_insert_with(HashMap::new)
+        .insert(container.map(str::to_owned), namespace);
     Ok(())
 }
 
-/// Forgets the container's namespace once its first process has ended (the kernel has
-/// then killed the rest of it) and unmounts its /proc, so that helpers started later see
-/// the VM's.
-pub fn release(container_proc: &str) {
-    if container().take().is_some() {
+/// Forgets `container`'s namespace once its first process has ended (the kernel has
+/// then killed the rest of it) and unmounts its /proc (`container_proc`), so that
+/// helpers started later see the VM's.
+pub fn release(container: Option<&str>, container_proc: &str) {
+    let known = containers()
+        .as_mut()
+        .and_then(|namespaces| namespaces.remove(&container.map(str::to_owned)));
+    if known.is_some() {
         let _ = nix::mount::umount2(container_proc, nix::mount::MntFlags::MNT_DETACH);
     }
 }

@@ -6,8 +6,10 @@
 //! container's /proc, /sys (read-only) and /dev bound into it, the first container's
 //! /etc/hostname, /etc/hosts and /etc/resolv.conf unless it mounts its own, then its
 //! tmpfs mounts and shares. Its processes ([`ProcessSpec::container`]) are chrooted
-//! there. All containers share the VM's network, hostname and PID namespace (the
-//! VM is the pod's boundary, as a pod's containers share a Linux host's kernel).
+//! there, in a PID namespace of its own when its first process asks for one
+//! (`crate::pid_namespace`), else in the first container's. All containers share the
+//! VM's network and hostname (the VM is the pod's boundary, as a pod's containers
+//! share a Linux host's kernel).
 //!
 //! Removal kills the container's processes, then detaches its whole mount tree at
 //! once (`MNT_DETACH`): its shares' connections end when the last user lets go.

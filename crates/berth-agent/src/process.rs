@@ -144,21 +144,23 @@ pub fn spawn(
         user::resolve(&root, &spec.user, &spec.extra_groups).map_err(SpawnError::other)?;
     create_working_directory(&root, spec)?;
 
-    let own_pid_namespace = is_init && spec.own_pid_namespace;
+    // The VM's first process, or a further container's (which the host marks so).
+    let own_pid_namespace = spec.own_pid_namespace && (is_init || spec.container.is_some());
     let mut command = container_command(spec, program, &identity);
     let pty_master = attach_stdio(&mut command, spec)?;
     let setup = ChildSetup::prepare(&root, spec, program, &identity, own_pid_namespace)?;
     install_child_setup(&mut command, setup);
 
-    let namespace = pid_namespace::ForChildren::enter(own_pid_namespace).map_err(|error| {
-        SpawnError::other(format!("entering the container's PID namespace: {error}"))
-    })?;
+    let namespace = pid_namespace::ForChildren::enter(own_pid_namespace, spec.container.as_deref())
+        .map_err(|error| {
+            SpawnError::other(format!("entering the container's PID namespace: {error}"))
+        })?;
     let spawned = command.spawn();
     drop(namespace);
     let mut child = spawned.map_err(|error| classify_exec_error(program, &error))?;
     let pid = child.id() as i32;
     if own_pid_namespace {
-        if let Err(error) = pid_namespace::adopt(pid) {
+        if let Err(error) = pid_namespace::adopt(pid, spec.container.as_deref()) {
             // Only a process that ended at once has no namespace to find: the reaper
             // reports its exit; later spawns go to the VM's namespace.
             eprintln!("berth-agent: the container's PID namespace: {error}");

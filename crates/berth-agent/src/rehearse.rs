@@ -49,7 +49,7 @@ pub fn rehearse() -> io::Result<Vec<(String, u64)>> {
         .map_err(|errno| io::Error::other(format!("unmounting {DISK}: {errno}")))?;
     listed?;
     done("mount", &mut clock);
-    let namespace = crate::pid_namespace::ForChildren::enter(true)?;
+    let namespace = crate::pid_namespace::ForChildren::enter(true, None)?;
     let child = std::process::Command::new("/proc/self/exe")
         .arg0(HELPER_NAME)
         .spawn();

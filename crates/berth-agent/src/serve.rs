@@ -636,9 +636,16 @@ fn reap(table: SharedTable, channel: Channel, exits: SharedExits) {
                 unsafe {
                     libc::kill(-1, libc::SIGKILL);
                 }
-                if process.own_pid_namespace {
-                    crate::pid_namespace::release(&format!("{}/proc", crate::boot::CONTAINER_ROOT));
-                }
+            }
+            if process.own_pid_namespace {
+                // A further container's first process: the kernel ended the rest of
+                // its namespace with it.
+                let container = process.container.as_deref();
+                // A removed container's tree is detached already: nothing to unmount.
+                let proc = crate::pod::root_of(container)
+                    .map(|root| format!("{root}/proc"))
+                    .unwrap_or_default();
+                crate::pid_namespace::release(container, &proc);
             }
             drop(process.stdin);
             for pump in process.pumps {

@@ -330,7 +330,19 @@ impl Service {
             .as_ref()
             .ok_or_else(|| ShimError::Usage("config.json has no process".into()))?;
         let name = crate::pod::guest_name(&request.id);
-        let mut guest = crate::spec::guest_process(process, false, !request.stdin.is_empty())?;
+        // A PID namespace of its own unless its spec joins the pod's (a path to the
+        // sandbox's: Kubernetes' shareProcessNamespace).
+        let shares_pids = spec
+            .linux()
+            .as_ref()
+            .and_then(|linux| linux.namespaces().as_ref())
+            .is_some_and(|namespaces| {
+                namespaces.iter().any(|ns| {
+                    ns.typ() == oci_spec::runtime::LinuxNamespaceType::Pid && ns.path().is_some()
+                })
+            });
+        let mut guest =
+            crate::spec::guest_process(process, !shares_pids, !request.stdin.is_empty())?;
         guest.container = Some(name.clone());
         let read_only = spec
             .root()

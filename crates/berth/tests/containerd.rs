@@ -806,7 +806,21 @@ fn the_cri_runs_a_pod_in_one_vm() {
             host_path: empty_dir.display().to_string(),
             ..Default::default()
         }],
-        linux: Some(LinuxContainerConfig::default()),
+        // Each container's processes in a PID namespace of their own (the kubelet's
+        // default); the client shares the pod's (shareProcessNamespace).
+        linux: Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    pid: match name {
+                        "client" => NamespaceMode::Pod,
+                        _ => NamespaceMode::Container,
+                    } as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let mut ids = Vec::new();
@@ -905,6 +919,18 @@ fn the_cri_runs_a_pod_in_one_vm() {
     assert_eq!(code, 0);
     let (code, _, _) = exec(&server, &["test", "-e", "/only-in-client"]);
     assert_eq!(code, 1, "the server sees the client's root");
+    // PID namespaces: the server's own (its httpd is PID 1 there); the client's is the
+    // pod's, where the sandbox's pause process is PID 1 and the server's are not seen.
+    let (_, server_init, _) = exec(&server, &["cat", "/proc/1/cmdline"]);
+    assert!(server_init.starts_with("httpd"), "{server_init:?}");
+    let (_, client_init, _) = exec(&client, &["cat", "/proc/1/cmdline"]);
+    assert!(
+        client_init.starts_with("sleep\02147483647"),
+        "{client_init:?}"
+    );
+    let (_, client_ps, _) = exec(&client, &["ps", "-o", "args"]);
+    assert!(client_ps.contains("sleep 600"), "{client_ps}");
+    assert!(!client_ps.contains("httpd"), "{client_ps}");
     // Exit codes and stderr of an exec.
     let (code, _, err) = exec(&client, &["sh", "-c", "echo oops >&2; exit 3"]);
     assert_eq!((code, err.as_str()), (3, "oops\n"));
