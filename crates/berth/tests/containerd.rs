@@ -925,7 +925,7 @@ fn the_cri_runs_a_pod_in_one_vm() {
     assert!(server_init.starts_with("httpd"), "{server_init:?}");
     let (_, client_init, _) = exec(&client, &["cat", "/proc/1/cmdline"]);
     assert!(
-        client_init.starts_with("sleep\02147483647"),
+        client_init.starts_with("sleep\u{0}2147483647"),
         "{client_init:?}"
     );
     let (_, client_ps, _) = exec(&client, &["ps", "-o", "args"]);
