@@ -4,6 +4,7 @@
 //! link to the berth binary), driven by the real `ctr`.
 
 mod common;
+mod cri_client;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -628,39 +629,9 @@ fn in_namespace(netns: &str, program: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
-mod cri {
-    //! A CRI client as the kubelet is one: Kubernetes' CRI API (`runtime.v1`) over
-    //! containerd's socket.
-
-    use std::path::Path;
-
-    use hyper_util::rt::TokioIo;
-    pub use k8s_cri::v1::image_service_client::ImageServiceClient;
-    pub use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-    pub use k8s_cri::v1::*;
-    use tonic::transport::{Channel, Endpoint, Uri};
-
-    pub async fn connect(socket: &Path) -> Channel {
-        let socket = socket.to_owned();
-        // The address is not used: the connector dials the socket.
-        Endpoint::try_from("http://[::]:50051")
-            .unwrap()
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let socket = socket.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(
-                        tokio::net::UnixStream::connect(socket).await?,
-                    ))
-                }
-            }))
-            .await
-            .expect("connecting to containerd's CRI")
-    }
-}
-
 #[test]
 fn the_cri_runs_a_pod_in_one_vm() {
-    use cri::*;
+    use cri_client::*;
 
     let netns = TestNamespace::new("cri");
     let up = in_namespace(&netns.0, "ip", &["link", "set", "lo", "up"]);
@@ -727,7 +698,9 @@ fn the_cri_runs_a_pod_in_one_vm() {
         .enable_all()
         .build()
         .unwrap();
-    let channel = runtime.block_on(cri::connect(&containerd.socket));
+    let channel = runtime
+        .block_on(connect(&containerd.socket))
+        .expect("connecting to containerd's CRI");
     let mut pods = RuntimeServiceClient::new(channel.clone());
     let mut images = ImageServiceClient::new(channel);
     let version = runtime
