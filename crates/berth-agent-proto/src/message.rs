@@ -250,6 +250,9 @@ pub enum HostMessage {
     /// Kill a further container's processes and unmount its root. Answered by
     /// `ContainerRemoved` or `Error`.
     RemoveContainer { name: String },
+    /// What the processes of a container (`None`: the VM's first; else a further one)
+    /// use now. Answered by `ContainerUsage`.
+    ContainerUsage { container: Option<String> },
     /// No more standard input for the frame's stream.
     CloseStdin,
     /// Send a signal to the frame's stream's process.
@@ -352,6 +355,15 @@ pub enum GuestMessage {
     ContainerAdded { name: String },
     /// `RemoveContainer` finished.
     ContainerRemoved { name: String },
+    /// Answer to `ContainerUsage`: the container's processes (those whose root is the
+    /// container's), their CPU time (user and system, nanoseconds, of the living ones)
+    /// and resident memory (bytes).
+    ContainerUsage {
+        processes: u64,
+        user_ns: u64,
+        system_ns: u64,
+        rss_bytes: u64,
+    },
     /// The process on the frame's stream started.
     Started { pid: i32 },
     /// The process on the frame's stream could not start.

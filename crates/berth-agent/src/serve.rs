@@ -370,6 +370,9 @@ fn handle(message: HostMessage, stream: u32, state: &mut SessionState<'_>) -> io
             }
         }
         HostMessage::ListProcesses => channel.send(stream, &crate::top::list()),
+        HostMessage::ContainerUsage { container } => {
+            channel.send(stream, &crate::top::usage(container.as_deref()))
+        }
         HostMessage::LimitMemory { bytes } => match crate::memory_limit::limit(bytes) {
             Ok(()) => channel.send(stream, &GuestMessage::MemoryLimited),
             Err(error) => channel.send(

@@ -93,6 +93,26 @@ fn process(pid: i32) -> Option<ProcessInfo> {
     })
 }
 
+fn ticks_per_second() -> u64 {
+    // SAFETY: sysconf takes a constant and no pointers.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as u64
+    } else {
+        100
+    }
+}
+
+fn page_bytes() -> u64 {
+    // SAFETY: sysconf takes a constant and no pointers.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 {
+        size as u64
+    } else {
+        4096
+    }
+}
+
 /// The container's processes.
 pub fn list() -> GuestMessage {
     let mut processes: Vec<ProcessInfo> = fs::read_dir("/proc")
@@ -116,14 +136,50 @@ pub fn list() -> GuestMessage {
         .find_map(|line| line.strip_prefix("btime "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
-    // SAFETY: sysconf takes a constant and no pointers.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
     GuestMessage::Processes {
         processes,
         boot_time,
-        ticks_per_second: if ticks > 0 { ticks as u64 } else { 100 },
+        ticks_per_second: ticks_per_second(),
         mem_total_kib: status_kib(&meminfo, "MemTotal:"),
+    }
+}
+
+/// What the processes of `container` use now (`ContainerUsage`): the processes whose
+/// root directory is the container's root, their CPU times and resident memory.
+pub fn usage(container: Option<&str>) -> GuestMessage {
+    let root = crate::pod::root_of(container).ok();
+    let ticks = ticks_per_second().max(1);
+    let page_bytes = page_bytes();
+    let (mut processes, mut user, mut system, mut rss) = (0u64, 0u64, 0u64, 0u64);
+    for pid in fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .take(MAX_PROCESSES * 4)
+    {
+        let Some(root) = &root else { break };
+        let in_container = fs::read_link(format!("/proc/{pid}/root"))
+            .is_ok_and(|link| link.as_os_str() == root.as_str());
+        if pid == 1 || !in_container {
+            continue;
+        }
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let number = |index| field(&stat, index).and_then(|v| v.parse::<u64>().ok());
+        processes += 1;
+        user += number(11).unwrap_or(0);
+        system += number(12).unwrap_or(0);
+        rss += number(21).unwrap_or(0) * page_bytes;
+    }
+    let to_ns = |ticks_used: u64| ticks_used.saturating_mul(1_000_000_000) / ticks;
+    GuestMessage::ContainerUsage {
+        processes,
+        user_ns: to_ns(user),
+        system_ns: to_ns(system),
+        rss_bytes: rss,
     }
 }
 

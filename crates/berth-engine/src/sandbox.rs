@@ -143,6 +143,18 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// What a container's processes use, as the guest counts it (its figures are the
+/// guest's word: for reports, never for decisions).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContainerUsage {
+    pub processes: u64,
+    /// CPU time of the living processes, nanoseconds.
+    pub user_ns: u64,
+    pub system_ns: u64,
+    /// Resident memory, bytes.
+    pub rss_bytes: u64,
+}
+
 /// A further container's shares: their streams and their servers' pids.
 struct AddedContainer {
     streams: Vec<u32>,
@@ -479,6 +491,31 @@ impl Sandbox {
             other => {
                 Err(crate::agent::AgentError::unexpected("removing a container", &other).into())
             }
+        }
+    }
+
+    /// What the processes of the container `name` (`None`: the VM's first) use now.
+    pub async fn usage(&self, name: Option<&str>) -> Result<ContainerUsage, EngineError> {
+        let message = HostMessage::ContainerUsage {
+            container: name.map(str::to_owned),
+        };
+        match self.request(message, "reading a container's usage").await? {
+            GuestMessage::ContainerUsage {
+                processes,
+                user_ns,
+                system_ns,
+                rss_bytes,
+            } => Ok(ContainerUsage {
+                processes,
+                user_ns,
+                system_ns,
+                rss_bytes,
+            }),
+            other => Err(crate::agent::AgentError::unexpected(
+                "reading a container's usage",
+                &other,
+            )
+            .into()),
         }
     }
 

@@ -12,7 +12,7 @@
 //!
 //! Modules: [`flags`] (the command line), `launch` (the `start` and `delete` actions),
 //! `serve` (the ttrpc server), `service` (the task API), `spec` (the OCI process as a
-//! guest process), `rootfs` (containerd's rootfs mounts), `network` (the task's network namespace as the VM's NIC), `pod` (a pod's containers in one VM), `io` (the FIFOs), `events` (events to containerd).
+//! guest process), `rootfs` (containerd's rootfs mounts), `network` (the task's network namespace as the VM's NIC), `pod` (a pod's containers in one VM), `stats` (a task's usage as containerd's metrics), `io` (the FIFOs), `events` (events to containerd).
 
 mod events;
 pub mod flags;
@@ -24,6 +24,7 @@ mod rootfs;
 mod serve;
 mod service;
 mod spec;
+mod stats;
 
 use std::ffi::OsString;
 use std::path::PathBuf;

@@ -10,7 +10,8 @@
 //!
 //! Calls arrive on ttrpc's threads; each runs its async work on the shim's runtime.
 //! Unknown ids answer `NOT_FOUND`, calls out of order `FAILED_PRECONDITION`, what this
-//! runtime does not do (`Checkpoint`, `Update`, `Stats`) `UNIMPLEMENTED`. `Pause` stops
+//! runtime does not do (`Checkpoint`, `Update`) `UNIMPLEMENTED`. `Stats` reports what
+//! the task's processes in the guest use (`stats`). `Pause` stops
 //! the VM's vCPUs, `Resume` starts them again.
 
 use std::collections::HashMap;
@@ -28,6 +29,7 @@ use containerd_shim_protos::events::task::{
     TaskStart,
 };
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::ttrpc::{self, Code, TtrpcContext};
 use containerd_shim_protos::Task;
 use tokio::sync::watch;
@@ -768,6 +770,23 @@ impl Task for Service {
         info.pid = task.vm_pid;
         let mut response = api::PidsResponse::new();
         response.processes.push(info);
+        Ok(response)
+    }
+
+    fn stats(&self, _ctx: &TtrpcContext, request: api::StatsRequest) -> Answer<api::StatsResponse> {
+        let task = self.task(&request.id)?;
+        let usage = self
+            .runtime
+            .block_on(task.sandbox()?.usage(task.container.as_deref()))
+            .map_err(|error| status(Code::INTERNAL, error.to_string()))?;
+        let metrics = crate::stats::metrics(&usage);
+        let mut any = containerd_shim_protos::protobuf::well_known_types::any::Any::new();
+        any.type_url = crate::stats::METRICS_TYPE.to_owned();
+        any.value = metrics
+            .write_to_bytes()
+            .map_err(|error| status(Code::INTERNAL, error.to_string()))?;
+        let mut response = api::StatsResponse::new();
+        response.stats = Some(any).into();
         Ok(response)
     }
 

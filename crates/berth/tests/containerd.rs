@@ -921,6 +921,22 @@ fn the_cri_runs_a_pod_in_one_vm() {
         stderr(&from_bridge)
     );
 
+    // ContainerStats: what each container's processes use, as the guest counts it.
+    let stats = runtime
+        .block_on(pods.container_stats(ContainerStatsRequest {
+            container_id: server.clone(),
+        }))
+        .unwrap_or_else(|e| panic!("ContainerStats: {e}"))
+        .into_inner()
+        .stats
+        .unwrap();
+    let memory = stats.memory.unwrap().working_set_bytes.unwrap().value;
+    assert!(
+        (64 << 10..64 << 20).contains(&memory),
+        "httpd's memory: {memory}"
+    );
+    assert!(stats.cpu.unwrap().usage_core_nano_seconds.is_some());
+
     // Logs in the CRI's format, by stream.
     let client_log = logs.join("client/0.log");
     eventually("the client's log has its lines", || {
