@@ -44,12 +44,13 @@ mod message;
 pub use frame::{encode_frame, Frame, FrameDecoder, FrameKind, ProtoError, HEADER_AFTER_LEN};
 pub use message::{
     decode_guest_message, decode_host_message, encode_control, valid_container_name, ContainerSpec,
-    GuestMessage, HostMessage, InterfaceSpec, ProcessInfo, ProcessSpec, ProcessStatus, RebindSpec,
-    SetupSpec, ShareMount, SpawnFailure, TmpfsSpec, VolumeMount, MAX_GUEST_ERROR, RESYNC_MARKER,
+    GroupMemory, GuestMessage, HostMessage, InterfaceSpec, ProcessInfo, ProcessSpec, ProcessStatus,
+    RebindSpec, Resources, SetupSpec, ShareMount, SpawnFailure, TmpfsSpec, VolumeMount,
+    MAX_GUEST_ERROR, RESYNC_MARKER,
 };
 
 /// Version of this protocol. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 9;
+pub const PROTOCOL_VERSION: u32 = 10;
 /// Largest value of the length field (1 MiB plus the header).
 pub const MAX_FRAME_LEN: u32 = (1 << 20) + HEADER_AFTER_LEN;
 /// Largest data payload a sender puts in one frame.

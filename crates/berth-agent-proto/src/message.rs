@@ -197,6 +197,42 @@ pub struct ContainerSpec {
     pub shares: Vec<ShareMount>,
     /// Mount its root read-only.
     pub read_only: bool,
+    /// Limits of its cgroup in the guest, set before its first process starts.
+    #[serde(default)]
+    pub resources: Resources,
+}
+
+/// Limits of a container's cgroup in the guest (cgroup v2's files); `None` leaves a
+/// limit as it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// `memory.max`, bytes (0: no limit); swap is never allowed.
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    /// `cpu.max`: at most `quota` microseconds every `period` (quota 0: no limit).
+    #[serde(default)]
+    pub cpu_quota_us: Option<u64>,
+    #[serde(default)]
+    pub cpu_period_us: Option<u64>,
+    /// `cpu.weight`, 1 to 10000.
+    #[serde(default)]
+    pub cpu_weight: Option<u64>,
+    /// `pids.max` (0: no limit).
+    #[serde(default)]
+    pub pids_max: Option<u64>,
+}
+
+/// What a container's cgroup counts of its memory (bytes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMemory {
+    /// `memory.current`: everything charged, page cache included.
+    pub usage: u64,
+    /// `memory.stat`'s `file`: page cache.
+    pub cache: u64,
+    /// `memory.stat`'s `inactive_file`: cache the kernel reclaims first.
+    pub inactive_file: u64,
+    /// `memory.max` (0: no limit).
+    pub limit: u64,
 }
 
 /// Whether `name` may name a further container ([`ContainerSpec::name`]).
@@ -263,10 +299,18 @@ pub enum HostMessage {
     Shutdown,
     /// List the container's processes. Answered by `Processes`.
     ListProcesses,
-    /// Limit the memory of the container's processes to `bytes` (0: no limit) with a
-    /// cgroup of the guest (`docker update -m` of a VM without a balloon). Answered by
-    /// `MemoryLimited` or `Error`.
-    LimitMemory { bytes: u64 },
+    /// Limit the processes of a container (`None`: the VM's first, whose processes then
+    /// move into a cgroup of their own; else a further one) with its cgroup in the
+    /// guest (`docker update` of a VM without a balloon, containerd's `Update`).
+    /// Answered by `ResourcesUpdated` or `Error`.
+    UpdateResources {
+        container: Option<String>,
+        resources: Resources,
+    },
+    /// Freeze (or thaw) a further container's processes (its cgroup's `cgroup.freeze`):
+    /// containerd's `Pause` of one container of a pod. Answered by `ContainerFrozen`
+    /// or `Error`.
+    FreezeContainer { name: String, frozen: bool },
     /// A new engine took over the channel (the one before it went away while the VM ran).
     /// Answered by [`RESYNC_MARKER`] and then `Reattached`.
     Reattach,
@@ -355,15 +399,20 @@ pub enum GuestMessage {
     ContainerAdded { name: String },
     /// `RemoveContainer` finished.
     ContainerRemoved { name: String },
-    /// Answer to `ContainerUsage`: the container's processes (those whose root is the
-    /// container's), their CPU time (user and system, nanoseconds, of the living ones)
-    /// and resident memory (bytes).
+    /// Answer to `ContainerUsage`: the container's processes, their CPU time (user and
+    /// system, nanoseconds) and anonymous resident memory (bytes); with `memory`, what
+    /// its cgroup counts (a further container's, or the first's once limited), else
+    /// the living processes whose root is the container's.
     ContainerUsage {
         processes: u64,
         user_ns: u64,
         system_ns: u64,
         rss_bytes: u64,
+        #[serde(default)]
+        memory: Option<GroupMemory>,
     },
+    /// `FreezeContainer` finished: the container's processes are frozen (or thawed).
+    ContainerFrozen { name: String, frozen: bool },
     /// The process on the frame's stream started.
     Started { pid: i32 },
     /// The process on the frame's stream could not start.
@@ -381,8 +430,8 @@ pub enum GuestMessage {
         #[serde(default)]
         oom_killed: bool,
     },
-    /// The container's processes are under the memory limit asked for.
-    MemoryLimited,
+    /// The container's processes are under the limits asked for.
+    ResourcesUpdated,
     /// A request failed.
     Error { message: String },
 }
@@ -454,6 +503,13 @@ pub fn decode_guest_message(frame: &Frame) -> Result<GuestMessage, ProtoError> {
             if name.len() > 64 =>
         {
             Err(ProtoError::InvalidField("an interface name is too long"))
+        }
+        GuestMessage::ContainerAdded { name }
+        | GuestMessage::ContainerRemoved { name }
+        | GuestMessage::ContainerFrozen { name, .. }
+            if !valid_container_name(name) =>
+        {
+            Err(ProtoError::InvalidField("an invalid container name"))
         }
         GuestMessage::Error { message } | GuestMessage::SpawnFailed { message, .. }
             if message.len() > MAX_GUEST_ERROR =>

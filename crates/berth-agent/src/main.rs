@@ -11,11 +11,12 @@
 
 mod archive;
 mod boot;
+mod cgroups;
 mod changes;
 mod channel;
 mod hold;
 mod init;
-mod memory_limit;
+mod mount_namespace;
 mod network;
 mod network6;
 mod pid_namespace;

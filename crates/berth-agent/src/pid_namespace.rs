@@ -100,13 +100,14 @@ pub fn adopt(pid: i32, container: Option<&str>) -> io::Result<()> {
 }
 
 /// Forgets `container`'s namespace once its first process has ended (the kernel has
-/// then killed the rest of it) and unmounts its /proc (`container_proc`), so that
-/// helpers started later see the VM's.
-pub fn release(container: Option<&str>, container_proc: &str) {
+/// then killed the rest of it) and unmounts its /proc (`container_proc`, as the agent
+/// sees it, if it is in the agent's mount namespace), so that helpers started later
+/// see the VM's.
+pub fn release(container: Option<&str>, container_proc: Option<&str>) {
     let known = containers()
         .as_mut()
         .and_then(|namespaces| namespaces.remove(&container.map(str::to_owned)));
-    if known.is_some() {
-        let _ = nix::mount::umount2(container_proc, nix::mount::MntFlags::MNT_DETACH);
+    if let (Some(_), Some(proc)) = (known, container_proc) {
+        let _ = nix::mount::umount2(proc, nix::mount::MntFlags::MNT_DETACH);
     }
 }

@@ -5,14 +5,16 @@
 //! the host's (its image's root filesystem as the host prepared it), with the first
 //! container's /proc, /sys (read-only) and /dev bound into it, the first container's
 //! /etc/hostname, /etc/hosts and /etc/resolv.conf unless it mounts its own, then its
-//! tmpfs mounts and shares. Its processes ([`ProcessSpec::container`]) are chrooted
-//! there, in a PID namespace of its own when its first process asks for one
-//! (`crate::pid_namespace`), else in the first container's. All containers share the
-//! VM's network and hostname (the VM is the pod's boundary, as a pod's containers
-//! share a Linux host's kernel).
+//! tmpfs mounts and shares. That tree becomes the root of a mount namespace of its own
+//! (`crate::mount_namespace`), where its processes ([`ProcessSpec::container`]) run,
+//! in a cgroup of its own with the spec's limits (`crate::cgroups`), and in a PID
+//! namespace of its own when its first process asks for one (`crate::pid_namespace`),
+//! else in the first container's. All containers share the VM's network and hostname
+//! (the VM is the pod's boundary, as a pod's containers share a Linux host's kernel).
 //!
-//! Removal kills the container's processes, then detaches its whole mount tree at
-//! once (`MNT_DETACH`): its shares' connections end when the last user lets go.
+//! Removal kills the container's processes (its cgroup's whole), forgets its mount
+//! namespace, then detaches its whole mount tree at once (`MNT_DETACH`): its shares'
+//! connections end when the last user lets go.
 //!
 //! [`ProcessSpec::container`]: berth_agent_proto::ProcessSpec::container
 
@@ -76,12 +78,15 @@ pub fn add(spec: &ContainerSpec, shares: &Shares, channel: &Channel) -> io::Resu
     }
     let root = format!("{POD_ROOT}/{}", spec.name);
     fs::create_dir_all(&root)?;
-    let mounted = mount_tree(&root, spec, shares, channel);
+    let mounted = mount_tree(&root, spec, shares, channel)
+        .and_then(|()| crate::cgroups::create(Some(&spec.name), &spec.resources))
+        .and_then(|()| crate::mount_namespace::create(&spec.name, &root));
     let streams: Vec<u32> = std::iter::once(&spec.root_share)
         .chain(&spec.shares)
         .map(|share| share.stream)
         .collect();
     if let Err(error) = mounted {
+        crate::cgroups::remove(&spec.name);
         let _ = umount2(root.as_str(), MntFlags::MNT_DETACH);
         let _ = fs::remove_dir(&root);
         shares.forget(&streams);
@@ -160,11 +165,14 @@ fn bind(source: &str, target: &str, recursive: bool) -> io::Result<()> {
         .map_err(|errno| io::Error::other(format!("binding {source} to {target}: {errno}")))
 }
 
-/// Unmounts the further container `name` (its processes are killed by the caller first).
+/// Unmounts the further container `name` (the caller killed the processes it started;
+/// any others in its cgroup are killed here).
 pub fn remove(name: &str, shares: &Shares) -> io::Result<()> {
     let Some(streams) = containers().as_mut().and_then(|c| c.remove(name)) else {
         return Err(invalid(format!("no container {name:?} in this VM")));
     };
+    crate::cgroups::remove(name);
+    crate::mount_namespace::forget(name);
     let root = format!("{POD_ROOT}/{name}");
     let detached = umount2(root.as_str(), MntFlags::MNT_DETACH)
         .map_err(|errno| io::Error::other(format!("unmounting {root}: {errno}")));

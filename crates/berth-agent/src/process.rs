@@ -280,8 +280,11 @@ struct ChildSetup {
     /// with `sigwait`. A namespace's PID 1 loses any signal it neither handles nor
     /// blocks, so a `docker stop` right after the start would otherwise be lost.
     block_signals: bool,
-    /// The memory cgroup's `cgroup.procs` to join, once `docker update -m` made one.
-    memory_group: Option<CString>,
+    /// The `cgroup.procs` of the container's group, when it has one (`crate::cgroups`).
+    group: Option<CString>,
+    /// The container's mount namespace, when it has one (`crate::mount_namespace`):
+    /// entering it gives the process its root.
+    mount_namespace: Option<File>,
 }
 
 impl ChildSetup {
@@ -297,7 +300,23 @@ impl ChildSetup {
         // The changes helper compares the container root with its image's: it alone runs
         // outside the container root.
         let outside = spec.agent_helper && program == crate::changes::HELPER_NAME;
-        let root = cstring(if outside { "/" } else { container_root })?;
+        let mount_namespace = match (&spec.container, outside) {
+            (Some(name), false) => crate::mount_namespace::of(name).map_err(|error| {
+                SpawnError::other(format!("the container's mount namespace: {error}"))
+            })?,
+            _ => None,
+        };
+        // In its own mount namespace the container's root is `/`.
+        let container_root = if mount_namespace.is_some() {
+            ""
+        } else {
+            container_root
+        };
+        let root = cstring(if outside || container_root.is_empty() {
+            "/"
+        } else {
+            container_root
+        })?;
         let cwd = cstring(&spec.cwd)?;
         Ok(Self {
             root,
@@ -317,7 +336,8 @@ impl ChildSetup {
             block_signals: spec.agent_helper
                 && (program == berth_agent_proto::INIT_HELPER
                     || program == berth_agent_proto::HOLD_HELPER),
-            memory_group: crate::memory_limit::join_path(),
+            group: crate::cgroups::join_path(spec.container.as_deref()),
+            mount_namespace,
         })
     }
 }
@@ -367,7 +387,8 @@ fn install_child_setup(command: &mut Command, setup: ChildSetup) {
         limits,
         own_proc,
         block_signals,
-        memory_group,
+        group,
+        mount_namespace,
     } = setup;
     // SAFETY: sigfillset only writes the set it is given, which is fully initialised here.
     let all_signals = unsafe {
@@ -385,6 +406,21 @@ fn install_child_setup(command: &mut Command, setup: ChildSetup) {
             if tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
                 return Err(io::Error::last_os_error());
             }
+            // Join the container's cgroup (writing 0 moves the writer) while its file
+            // is in reach; a failure leaves the process unlimited rather than not
+            // started.
+            if let Some(path) = &group {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                }
+            }
+            if let Some(namespace) = &mount_namespace {
+                if libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNS) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             if let Some(target) = &own_proc {
                 let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
                 if libc::mount(
@@ -396,15 +432,6 @@ fn install_child_setup(command: &mut Command, setup: ChildSetup) {
                 ) < 0
                 {
                     return Err(io::Error::last_os_error());
-                }
-            }
-            // Join the memory group (writing 0 moves the writer); a failure leaves the
-            // process unlimited rather than not started.
-            if let Some(path) = &memory_group {
-                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd >= 0 {
-                    libc::write(fd, b"0".as_ptr().cast(), 1);
-                    libc::close(fd);
                 }
             }
             if libc::chroot(root.as_ptr()) < 0 || libc::chdir(cwd.as_ptr()) < 0 {

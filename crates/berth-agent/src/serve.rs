@@ -373,15 +373,29 @@ fn handle(message: HostMessage, stream: u32, state: &mut SessionState<'_>) -> io
         HostMessage::ContainerUsage { container } => {
             channel.send(stream, &crate::top::usage(container.as_deref()))
         }
-        HostMessage::LimitMemory { bytes } => match crate::memory_limit::limit(bytes) {
-            Ok(()) => channel.send(stream, &GuestMessage::MemoryLimited),
+        HostMessage::UpdateResources {
+            container,
+            resources,
+        } => match crate::cgroups::update(container.as_deref(), &resources) {
+            Ok(()) => channel.send(stream, &GuestMessage::ResourcesUpdated),
             Err(error) => channel.send(
                 stream,
                 &GuestMessage::Error {
-                    message: format!("limiting the container's memory: {error}"),
+                    message: format!("limiting the container's resources: {error}"),
                 },
             ),
         },
+        HostMessage::FreezeContainer { name, frozen } => {
+            match crate::cgroups::freeze(&name, frozen) {
+                Ok(()) => channel.send(stream, &GuestMessage::ContainerFrozen { name, frozen }),
+                Err(error) => channel.send(
+                    stream,
+                    &GuestMessage::Error {
+                        message: format!("freezing container {name}: {error}"),
+                    },
+                ),
+            }
+        }
         HostMessage::Shutdown | HostMessage::Rebind(_) | HostMessage::Reattach => Ok(()),
     }
 }
@@ -644,11 +658,16 @@ fn reap(table: SharedTable, channel: Channel, exits: SharedExits) {
                 // A further container's first process: the kernel ended the rest of
                 // its namespace with it.
                 let container = process.container.as_deref();
-                // A removed container's tree is detached already: nothing to unmount.
+                // A removed container's tree is detached already, and one with a mount
+                // namespace of its own mounted its /proc there: nothing to unmount.
+                let own_mounts = container.is_some_and(|name| {
+                    crate::mount_namespace::of(name).is_ok_and(|n| n.is_some())
+                });
                 let proc = crate::pod::root_of(container)
-                    .map(|root| format!("{root}/proc"))
-                    .unwrap_or_default();
-                crate::pid_namespace::release(container, &proc);
+                    .ok()
+                    .filter(|_| !own_mounts)
+                    .map(|root| format!("{root}/proc"));
+                crate::pid_namespace::release(container, proc.as_deref());
             }
             drop(process.stdin);
             for pump in process.pumps {

@@ -145,9 +145,19 @@ pub fn list() -> GuestMessage {
     }
 }
 
-/// What the processes of `container` use now (`ContainerUsage`): the processes whose
-/// root directory is the container's root, their CPU times and resident memory.
+/// What the processes of `container` use now (`ContainerUsage`): what its cgroup
+/// counts, when it has one (`crate::cgroups`); else the living processes whose root
+/// directory is the container's root, their CPU times and resident memory.
 pub fn usage(container: Option<&str>) -> GuestMessage {
+    if let Some(group) = crate::cgroups::usage(container) {
+        return GuestMessage::ContainerUsage {
+            processes: group.processes,
+            user_ns: group.user_ns,
+            system_ns: group.system_ns,
+            rss_bytes: group.anon_bytes,
+            memory: Some(group.memory),
+        };
+    }
     let root = crate::pod::root_of(container).ok();
     let ticks = ticks_per_second().max(1);
     let page_bytes = page_bytes();
@@ -180,6 +190,7 @@ pub fn usage(container: Option<&str>) -> GuestMessage {
         user_ns: to_ns(user),
         system_ns: to_ns(system),
         rss_bytes: rss,
+        memory: None,
     }
 }
 

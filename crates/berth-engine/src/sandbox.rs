@@ -31,6 +31,7 @@ use berth_agent_proto::{
     ContainerSpec, GuestMessage, HostMessage, InterfaceSpec, ProcessSpec, SetupSpec, TmpfsSpec,
     AGENT_STREAM, SHARE_STREAM_BASE,
 };
+pub use berth_agent_proto::{GroupMemory, Resources};
 use berth_vm::{
     DiskFormat, DiskSpec, MemoryBacking, NicSpec, VmBackend, VmControl, VmSpec, FIRST_NIC_SLOT,
 };
@@ -151,8 +152,10 @@ pub struct ContainerUsage {
     /// CPU time of the living processes, nanoseconds.
     pub user_ns: u64,
     pub system_ns: u64,
-    /// Resident memory, bytes.
+    /// Resident (with a cgroup: anonymous) memory, bytes.
     pub rss_bytes: u64,
+    /// What the container's cgroup counts, when it has one.
+    pub memory: Option<GroupMemory>,
 }
 
 /// A further container's shares: their streams and their servers' pids.
@@ -394,13 +397,15 @@ impl Sandbox {
 
     /// Adds the further container `name` to the VM (a pod's): `root` (a host directory)
     /// becomes its root filesystem, with `mounts` in it. Its processes are spawned with
-    /// [`ProcessSpec::container`] set to `name`.
+    /// [`ProcessSpec::container`] set to `name`, in a mount namespace and a cgroup of
+    /// its own in the guest, limited by `resources`.
     pub async fn add_container(
         &self,
         name: &str,
         root: PathBuf,
         mounts: &[SandboxMount],
         read_only: bool,
+        resources: Resources,
     ) -> Result<(), EngineError> {
         if !berth_agent_proto::valid_container_name(name) {
             return Err(EngineError::InvalidArgument(format!(
@@ -444,6 +449,7 @@ impl Sandbox {
                 tmpfs,
                 shares: shares[1..].iter().map(PlannedShare::to_mount).collect(),
                 read_only,
+                resources,
             };
             match self
                 .request(HostMessage::AddContainer(spec), "adding a container")
@@ -494,6 +500,44 @@ impl Sandbox {
         }
     }
 
+    /// Limits the processes of the container `name` (`None`: the VM's first) with its
+    /// cgroup in the guest.
+    pub async fn update_resources(
+        &self,
+        name: Option<&str>,
+        resources: Resources,
+    ) -> Result<(), EngineError> {
+        let message = HostMessage::UpdateResources {
+            container: name.map(str::to_owned),
+            resources,
+        };
+        match self
+            .request(message, "updating a container's resources")
+            .await?
+        {
+            GuestMessage::ResourcesUpdated => Ok(()),
+            other => Err(crate::agent::AgentError::unexpected(
+                "updating a container's resources",
+                &other,
+            )
+            .into()),
+        }
+    }
+
+    /// Freezes (or thaws) the processes of the further container `name` alone.
+    pub async fn freeze_container(&self, name: &str, frozen: bool) -> Result<(), EngineError> {
+        let message = HostMessage::FreezeContainer {
+            name: name.to_owned(),
+            frozen,
+        };
+        match self.request(message, "freezing a container").await? {
+            GuestMessage::ContainerFrozen { frozen: now, .. } if now == frozen => Ok(()),
+            other => {
+                Err(crate::agent::AgentError::unexpected("freezing a container", &other).into())
+            }
+        }
+    }
+
     /// What the processes of the container `name` (`None`: the VM's first) use now.
     pub async fn usage(&self, name: Option<&str>) -> Result<ContainerUsage, EngineError> {
         let message = HostMessage::ContainerUsage {
@@ -505,11 +549,13 @@ impl Sandbox {
                 user_ns,
                 system_ns,
                 rss_bytes,
+                memory,
             } => Ok(ContainerUsage {
                 processes,
                 user_ns,
                 system_ns,
                 rss_bytes,
+                memory,
             }),
             other => Err(crate::agent::AgentError::unexpected(
                 "reading a container's usage",

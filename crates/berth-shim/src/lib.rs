@@ -20,6 +20,7 @@ mod io;
 mod launch;
 mod network;
 mod pod;
+mod resources;
 mod rootfs;
 mod serve;
 mod service;

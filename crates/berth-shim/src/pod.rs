@@ -6,8 +6,9 @@
 //! sandbox). The sandbox task makes the pod's VM (its network namespace becomes the
 //! VM's NIC); `start` of a container's task answers with the address of its sandbox's
 //! shim (as runc's shim groups a pod), and `Create` there adds the container to the
-//! VM: its own root filesystem and mounts, its processes chrooted there, the pod's
-//! network, hostname and PID namespace shared.
+//! VM: its own root filesystem and mounts, its own mount namespace and cgroup in the
+//! guest, the pod's network and hostname shared (its PID namespace too, when its spec
+//! asks).
 
 use std::collections::HashMap;
 

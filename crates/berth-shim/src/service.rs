@@ -10,9 +10,11 @@
 //!
 //! Calls arrive on ttrpc's threads; each runs its async work on the shim's runtime.
 //! Unknown ids answer `NOT_FOUND`, calls out of order `FAILED_PRECONDITION`, what this
-//! runtime does not do (`Checkpoint`, `Update`) `UNIMPLEMENTED`. `Stats` reports what
-//! the task's processes in the guest use (`stats`). `Pause` stops
-//! the VM's vCPUs, `Resume` starts them again.
+//! runtime does not do (`Checkpoint`) `UNIMPLEMENTED`. `Update` sets the limits of the
+//! task's container's cgroup in the guest (`resources`); `Stats` reports what the
+//! task's processes in the guest use (`stats`). `Pause` of a VM's first task stops the
+//! VM's vCPUs, of a further container of a pod freezes its cgroup alone; `Resume`
+//! undoes either.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -352,8 +354,14 @@ impl Service {
             .is_some_and(|root| root.readonly() == Some(true));
         let mounts =
             crate::spec::sandbox_mounts(spec.mounts().as_deref().unwrap_or_default(), bundle);
+        let resources = spec
+            .linux()
+            .as_ref()
+            .and_then(|linux| linux.resources().as_ref())
+            .map(crate::resources::of_linux)
+            .unwrap_or_default();
         self.runtime
-            .block_on(sandbox.add_container(&name, root, &mounts, read_only))?;
+            .block_on(sandbox.add_container(&name, root, &mounts, read_only, resources))?;
         let paths = StreamPaths {
             stdin: request.stdin.clone(),
             stdout: request.stdout.clone(),
@@ -739,9 +747,12 @@ impl Task for Service {
         if task.process("")?.phase() != Phase::Running {
             return Err(status(Code::FAILED_PRECONDITION, "the task is not running"));
         }
-        self.runtime
-            .block_on(task.sandbox()?.pause())
-            .map_err(|error| status(Code::INTERNAL, error.to_string()))?;
+        let sandbox = task.sandbox()?;
+        let paused = match &task.container {
+            Some(name) => self.runtime.block_on(sandbox.freeze_container(name, true)),
+            None => self.runtime.block_on(sandbox.pause()),
+        };
+        paused.map_err(|error| status(Code::INTERNAL, error.to_string()))?;
         task.paused.store(true, Ordering::Relaxed);
         let mut event = TaskPaused::new();
         event.container_id = task.id.clone();
@@ -754,9 +765,12 @@ impl Task for Service {
         if !task.paused.load(Ordering::Relaxed) {
             return Err(status(Code::FAILED_PRECONDITION, "the task is not paused"));
         }
-        self.runtime
-            .block_on(task.sandbox()?.resume())
-            .map_err(|error| status(Code::INTERNAL, error.to_string()))?;
+        let sandbox = task.sandbox()?;
+        let resumed = match &task.container {
+            Some(name) => self.runtime.block_on(sandbox.freeze_container(name, false)),
+            None => self.runtime.block_on(sandbox.resume()),
+        };
+        resumed.map_err(|error| status(Code::INTERNAL, error.to_string()))?;
         task.paused.store(false, Ordering::Relaxed);
         let mut event = TaskResumed::new();
         event.container_id = task.id.clone();
@@ -771,6 +785,25 @@ impl Task for Service {
         let mut response = api::PidsResponse::new();
         response.processes.push(info);
         Ok(response)
+    }
+
+    fn update(&self, _ctx: &TtrpcContext, request: api::UpdateTaskRequest) -> Answer<api::Empty> {
+        let task = self.task(&request.id)?;
+        if task.process("")?.phase() != Phase::Running {
+            return Err(status(Code::FAILED_PRECONDITION, "the task is not running"));
+        }
+        let Some(any) = request.resources.as_ref() else {
+            return Ok(api::Empty::new());
+        };
+        let resources = crate::resources::of_update(&any.type_url, &any.value)
+            .map_err(|error| status(Code::INVALID_ARGUMENT, error.to_string()))?;
+        self.runtime
+            .block_on(
+                task.sandbox()?
+                    .update_resources(task.container.as_deref(), resources),
+            )
+            .map_err(|error| status(Code::INTERNAL, error.to_string()))?;
+        Ok(api::Empty::new())
     }
 
     fn stats(&self, _ctx: &TtrpcContext, request: api::StatsRequest) -> Answer<api::StatsResponse> {

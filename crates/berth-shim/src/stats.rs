@@ -1,8 +1,11 @@
 //! A task's usage as containerd's metrics (`Stats`): cgroups v1's `Metrics` message,
 //! which containerd's CRI plugin reads for `ContainerStats` (CPU time, memory in use,
 //! processes), filled from what the guest counts for the task's container
-//! ([`berth_engine::sandbox::ContainerUsage`]). The guest has no cgroup per container:
-//! memory in use is the processes' resident memory, with no page cache counted.
+//! ([`berth_engine::sandbox::ContainerUsage`]). A container with a cgroup in the guest
+//! (every further container of a pod; the VM's first once limited) reports its
+//! cgroup's memory, page cache included (the CRI's working set is usage less
+//! `total_inactive_file`, as for runc's containers); otherwise memory in use is the
+//! processes' resident memory.
 
 use berth_engine::sandbox::ContainerUsage;
 use containerd_shim_protos::cgroups::metrics::{
@@ -20,10 +23,20 @@ pub fn metrics(usage: &ContainerUsage) -> Metrics {
     let mut cpu = CPUStat::new();
     cpu.usage = Some(cpu_usage).into();
     let mut in_use = MemoryEntry::new();
-    in_use.usage = usage.rss_bytes;
     let mut memory = MemoryStat::new();
     memory.rss = usage.rss_bytes;
     memory.total_rss = usage.rss_bytes;
+    match usage.memory {
+        Some(group) => {
+            in_use.usage = group.usage;
+            in_use.limit = group.limit;
+            memory.cache = group.cache;
+            memory.total_cache = group.cache;
+            memory.inactive_file = group.inactive_file;
+            memory.total_inactive_file = group.inactive_file;
+        }
+        None => in_use.usage = usage.rss_bytes,
+    }
     memory.usage = Some(in_use).into();
     let mut pids = PidsStat::new();
     pids.current = usage.processes;
@@ -37,6 +50,7 @@ pub fn metrics(usage: &ContainerUsage) -> Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use berth_engine::sandbox::GroupMemory;
     use containerd_shim_protos::protobuf::Message;
 
     #[test]
@@ -46,6 +60,7 @@ mod tests {
             user_ns: 2_000_000,
             system_ns: 1_000_000,
             rss_bytes: 5 << 20,
+            memory: None,
         };
         let bytes = metrics(&usage).write_to_bytes().unwrap();
         let back = Metrics::parse_from_bytes(&bytes).unwrap();
@@ -53,6 +68,20 @@ mod tests {
         assert_eq!(back.cpu.usage.kernel, 1_000_000);
         assert_eq!(back.memory.usage.usage, 5 << 20);
         assert_eq!(back.pids.current, 3);
+        let grouped = ContainerUsage {
+            memory: Some(GroupMemory {
+                usage: 9 << 20,
+                cache: 4 << 20,
+                inactive_file: 3 << 20,
+                limit: 32 << 20,
+            }),
+            ..usage
+        };
+        let back = metrics(&grouped);
+        assert_eq!(back.memory.usage.usage, 9 << 20);
+        assert_eq!(back.memory.usage.limit, 32 << 20);
+        assert_eq!(back.memory.total_inactive_file, 3 << 20);
+        assert_eq!(back.memory.rss, 5 << 20);
         assert_eq!(
             format!("io.containerd.cgroups.v1.{}", Metrics::NAME),
             METRICS_TYPE

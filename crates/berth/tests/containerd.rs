@@ -845,6 +845,7 @@ fn the_cri_runs_a_pod_in_one_vm() {
     let vms = containerd.leftovers().len();
     assert_eq!(vms, 2, "the pod should be one shim and one VM process");
 
+    let mut updates = pods.clone();
     let mut exec = |id: &str, command: &[&str]| {
         let answer = runtime
             .block_on(pods.exec_sync(ExecSyncRequest {
@@ -904,6 +905,61 @@ fn the_cri_runs_a_pod_in_one_vm() {
     let (_, client_ps, _) = exec(&client, &["ps", "-o", "args"]);
     assert!(client_ps.contains("sleep 600"), "{client_ps}");
     assert!(!client_ps.contains("httpd"), "{client_ps}");
+    // Mount namespaces and cgroups: each container has its own in the VM, as under runc
+    // (the sandbox's, the server's and the client's are three).
+    let (_, server_mounts, _) = exec(&server, &["readlink", "/proc/self/ns/mnt"]);
+    let (_, client_mounts, _) = exec(&client, &["readlink", "/proc/self/ns/mnt"]);
+    let (_, sandbox_mounts, _) = exec(&client, &["readlink", "/proc/1/ns/mnt"]);
+    assert!(server_mounts.starts_with("mnt:["), "{server_mounts:?}");
+    assert_ne!(server_mounts, client_mounts);
+    assert_ne!(
+        client_mounts, sandbox_mounts,
+        "the client is in the sandbox's"
+    );
+    let (_, server_group, _) = exec(&server, &["cat", "/proc/self/cgroup"]);
+    let (_, client_group, _) = exec(&client, &["cat", "/proc/self/cgroup"]);
+    assert!(server_group.starts_with("0::/pod-"), "{server_group:?}");
+    assert!(client_group.starts_with("0::/pod-"), "{client_group:?}");
+    assert_ne!(server_group, client_group);
+    // UpdateContainerResources: a memory limit on the client's cgroup alone. 48 MiB in
+    // one buffer fit before; with 16 MiB, the guest's OOM killer ends it (137).
+    let hog = ["dd", "if=/dev/zero", "of=/dev/null", "bs=48M", "count=1"];
+    let (code, _, err) = exec(&client, &hog);
+    assert_eq!(code, 0, "before the limit: {err}");
+    runtime
+        .block_on(
+            updates.update_container_resources(UpdateContainerResourcesRequest {
+                container_id: client.clone(),
+                linux: Some(LinuxContainerResources {
+                    memory_limit_in_bytes: 16 << 20,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        )
+        .unwrap_or_else(|e| panic!("UpdateContainerResources: {e}"));
+    let (code, _, _) = exec(&client, &hog);
+    assert_eq!(code, 137, "48 MiB under a 16 MiB limit");
+    let (code, _, err) = exec(&server, &hog);
+    assert_eq!(code, 0, "the server is not limited: {err}");
+    // Pausing one container of the pod freezes it alone: the VM goes on.
+    containerd.ctr_ok(&["-n", "k8s.io", "tasks", "pause", &client]);
+    let tasks = containerd.ctr_ok(&["-n", "k8s.io", "tasks", "ls"]);
+    let state_of = |id: &str| {
+        tasks
+            .lines()
+            .find(|line| line.starts_with(id))
+            .and_then(|line| line.split_whitespace().nth(2))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(state_of(&client), "PAUSED", "{tasks}");
+    assert_eq!(state_of(&server), "RUNNING", "{tasks}");
+    let (code, _, _) = exec(&server, &["true"]);
+    assert_eq!(code, 0, "the server runs while the client is paused");
+    containerd.ctr_ok(&["-n", "k8s.io", "tasks", "resume", &client]);
+    let (code, _, _) = exec(&client, &["true"]);
+    assert_eq!(code, 0, "the client runs again");
     // Exit codes and stderr of an exec.
     let (code, _, err) = exec(&client, &["sh", "-c", "echo oops >&2; exit 3"]);
     assert_eq!((code, err.as_str()), (3, "oops\n"));

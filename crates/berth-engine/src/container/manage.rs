@@ -116,13 +116,17 @@ impl Engine {
                         let limited = self
                             .agent_request(
                                 &handle,
-                                berth_agent_proto::HostMessage::LimitMemory {
-                                    bytes: memory as u64,
+                                berth_agent_proto::HostMessage::UpdateResources {
+                                    container: None,
+                                    resources: berth_agent_proto::Resources {
+                                        memory_bytes: Some(memory as u64),
+                                        ..Default::default()
+                                    },
                                 },
                             )
                             .await
                             .map_err(|error| refused(&error))?;
-                        if limited != berth_agent_proto::GuestMessage::MemoryLimited {
+                        if limited != berth_agent_proto::GuestMessage::ResourcesUpdated {
                             return Err(refused(&format!("the agent answered {limited:?}")));
                         }
                     }

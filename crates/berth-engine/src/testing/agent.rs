@@ -195,7 +195,9 @@ fn answer(stream: u32, message: HostMessage, main: &mut Main, vm: &FakeVm) -> Ve
         HostMessage::Signal { .. } | HostMessage::CloseStdin | HostMessage::Resize { .. } => {
             Vec::new()
         }
-        HostMessage::LimitMemory { .. } => vec![control(AGENT_STREAM, GuestMessage::MemoryLimited)],
+        HostMessage::UpdateResources { .. } => {
+            vec![control(AGENT_STREAM, GuestMessage::ResourcesUpdated)]
+        }
         other => vec![control(
             stream,
             GuestMessage::Error {
@@ -334,7 +336,7 @@ fn hostile(kind: &str, started: Vec<u8>) -> Vec<Vec<u8>> {
         "stdin-frame" => encode_frame(MAIN_STREAM, FrameKind::Stdin, b"x"),
         "fuse-frame" => encode_frame(MAIN_STREAM, FrameKind::Fuse, b"x"),
         "unknown-stream" => encode_frame(99, FrameKind::Stdout, b"x"),
-        "unrequested" => control(AGENT_STREAM, GuestMessage::MemoryLimited),
+        "unrequested" => control(AGENT_STREAM, GuestMessage::ResourcesUpdated),
         "exit-before-start" => return vec![exited(0), started],
         "flood" => {
             let mut output = Vec::new();
