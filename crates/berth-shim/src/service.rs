@@ -84,6 +84,18 @@ struct StreamPaths {
     terminal: bool,
 }
 
+impl StreamPaths {
+    /// The paths of a `Create` or `Exec` request.
+    fn of(stdin: &str, stdout: &str, stderr: &str, terminal: bool) -> Self {
+        Self {
+            stdin: stdin.to_owned(),
+            stdout: stdout.to_owned(),
+            stderr: stderr.to_owned(),
+            terminal,
+        }
+    }
+}
+
 /// One process of a task.
 struct TaskProcess {
     exec_id: String,
@@ -290,12 +302,12 @@ impl Service {
             }
         };
         let vm_pid = sandbox.vm_pid();
-        let paths = StreamPaths {
-            stdin: request.stdin.clone(),
-            stdout: request.stdout.clone(),
-            stderr: request.stderr.clone(),
-            terminal: request.terminal,
-        };
+        let paths = StreamPaths::of(
+            &request.stdin,
+            &request.stdout,
+            &request.stderr,
+            request.terminal,
+        );
         let init = TaskProcess::new("", INIT_STREAM, guest, paths);
         Ok(TaskEntry {
             id: request.id.clone(),
@@ -362,12 +374,12 @@ impl Service {
             .unwrap_or_default();
         self.runtime
             .block_on(sandbox.add_container(&name, root, &mounts, read_only, resources))?;
-        let paths = StreamPaths {
-            stdin: request.stdin.clone(),
-            stdout: request.stdout.clone(),
-            stderr: request.stderr.clone(),
-            terminal: request.terminal,
-        };
+        let paths = StreamPaths::of(
+            &request.stdin,
+            &request.stdout,
+            &request.stderr,
+            request.terminal,
+        );
         // Streams are the VM's: the pod's tasks take them from one counter.
         let next_stream = sandbox_task.next_stream.clone();
         let init = TaskProcess::new(
@@ -631,12 +643,12 @@ impl Task for Service {
             .map_err(|error| status(Code::INVALID_ARGUMENT, error.to_string()))?;
         guest.container = task.container.clone();
         let stream = task.next_stream.fetch_add(1, Ordering::Relaxed);
-        let paths = StreamPaths {
-            stdin: request.stdin.clone(),
-            stdout: request.stdout.clone(),
-            stderr: request.stderr.clone(),
-            terminal: request.terminal,
-        };
+        let paths = StreamPaths::of(
+            &request.stdin,
+            &request.stdout,
+            &request.stderr,
+            request.terminal,
+        );
         lock(&task.processes).insert(
             request.exec_id.clone(),
             TaskProcess::new(&request.exec_id, stream, guest, paths),
