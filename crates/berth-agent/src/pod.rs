@@ -5,7 +5,11 @@
 //! the host's (its image's root filesystem as the host prepared it), with the first
 //! container's /proc, /sys (read-only) and /dev bound into it, the first container's
 //! /etc/hostname, /etc/hosts and /etc/resolv.conf unless it mounts its own, then its
-//! tmpfs mounts and shares. That tree becomes the root of a mount namespace of its own
+//! tmpfs mounts and shares. A share is mounted once for the pod, at
+//! `/run/berth/pod-shares/<stream>`, and bound into every container that mounts it
+//! (the host sends the same stream for the same source): an emptyDir is one file
+//! system in the VM, whose files, page cache and unix sockets the containers share, as
+//! on a Linux host. That tree becomes the root of a mount namespace of its own
 //! (`crate::mount_namespace`), where its processes ([`ProcessSpec::container`]) run,
 //! in a cgroup of its own with the spec's limits (`crate::cgroups`), and in a PID
 //! namespace of its own when its first process asks for one (`crate::pid_namespace`),
@@ -23,7 +27,7 @@ use std::fs;
 use std::io;
 use std::sync::{Mutex, MutexGuard};
 
-use berth_agent_proto::{valid_container_name, ContainerSpec};
+use berth_agent_proto::{valid_container_name, ContainerSpec, ShareMount};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use crate::boot::CONTAINER_ROOT;
@@ -32,11 +36,71 @@ use crate::shares::Shares;
 
 /// Where further containers' roots are mounted.
 pub const POD_ROOT: &str = "/mnt/pod";
+/// Where the shares further containers mount are mounted once each.
+const POD_SHARES: &str = "/run/berth/pod-shares";
 
-/// The further containers, by name: the streams of their shares.
-static CONTAINERS: Mutex<Option<HashMap<String, Vec<u32>>>> = Mutex::new(None);
+/// How many further containers mount each share, by stream.
+static SHARE_USERS: Mutex<Option<HashMap<u32, usize>>> = Mutex::new(None);
 
-fn containers() -> MutexGuard<'static, Option<HashMap<String, Vec<u32>>>> {
+fn share_users() -> MutexGuard<'static, Option<HashMap<u32, usize>>> {
+    SHARE_USERS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The pod's mount of `share`, mounted now if no container has it yet; one more user.
+fn acquire(share: &ShareMount, shares: &Shares, channel: &Channel) -> io::Result<String> {
+    let path = format!("{POD_SHARES}/{}", share.stream);
+    let mut users = share_users();
+    let users = users.get_or_insert_with(HashMap::new);
+    if let Some(count) = users.get_mut(&share.stream) {
+        *count += 1;
+        return Ok(path);
+    }
+    let once = ShareMount {
+        target: format!("/{}", share.stream),
+        read_only: share.read_only,
+        populate: false,
+        ..share.clone()
+    };
+    shares.mount_all_in(POD_SHARES, std::slice::from_ref(&once), channel)?;
+    users.insert(share.stream, 1);
+    Ok(path)
+}
+
+/// One user fewer for each of `streams`; the pod's mounts of those no container uses
+/// any more are unmounted.
+fn release(streams: &[u32], shares: &Shares) {
+    let mut unused = Vec::new();
+    if let Some(users) = share_users().as_mut() {
+        for stream in streams {
+            if let Some(count) = users.get_mut(stream) {
+                *count -= 1;
+                if *count == 0 {
+                    users.remove(stream);
+                    unused.push(*stream);
+                }
+            }
+        }
+    }
+    for stream in &unused {
+        let path = format!("{POD_SHARES}/{stream}");
+        let _ = umount2(path.as_str(), MntFlags::MNT_DETACH);
+        let _ = fs::remove_file(&path).or_else(|_| fs::remove_dir(&path));
+    }
+    shares.forget(&unused);
+}
+
+/// A further container's shares: its root's stream, and the pod shares it mounts.
+struct Members {
+    root_stream: u32,
+    shares: Vec<u32>,
+}
+
+/// The further containers, by name.
+static CONTAINERS: Mutex<Option<HashMap<String, Members>>> = Mutex::new(None);
+
+fn containers() -> MutexGuard<'static, Option<HashMap<String, Members>>> {
     CONTAINERS
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -78,31 +142,36 @@ pub fn add(spec: &ContainerSpec, shares: &Shares, channel: &Channel) -> io::Resu
     }
     let root = format!("{POD_ROOT}/{}", spec.name);
     fs::create_dir_all(&root)?;
-    let mounted = mount_tree(&root, spec, shares, channel)
+    let mut acquired = Vec::new();
+    let mounted = mount_tree(&root, spec, shares, channel, &mut acquired)
         .and_then(|()| crate::cgroups::create(Some(&spec.name), &spec.resources))
         .and_then(|()| crate::mount_namespace::create(&spec.name, &root));
-    let streams: Vec<u32> = std::iter::once(&spec.root_share)
-        .chain(&spec.shares)
-        .map(|share| share.stream)
-        .collect();
     if let Err(error) = mounted {
         crate::cgroups::remove(&spec.name);
         let _ = umount2(root.as_str(), MntFlags::MNT_DETACH);
         let _ = fs::remove_dir(&root);
-        shares.forget(&streams);
+        shares.forget(&[spec.root_share.stream]);
+        release(&acquired, shares);
         return Err(error);
     }
+    let members = Members {
+        root_stream: spec.root_share.stream,
+        shares: acquired,
+    };
     containers()
         .get_or_insert_with(HashMap::new)
-        .insert(spec.name.clone(), streams);
+        .insert(spec.name.clone(), members);
     Ok(())
 }
 
+/// Mounts `spec`'s tree at `root`; the pod shares it took are added to `acquired` as
+/// it goes (for the caller to release if it fails).
 fn mount_tree(
     root: &str,
     spec: &ContainerSpec,
     shares: &Shares,
     channel: &Channel,
+    acquired: &mut Vec<u32>,
 ) -> io::Result<()> {
     shares.mount_all_in(root, std::slice::from_ref(&spec.root_share), channel)?;
     for name in ["proc", "sys", "dev"] {
@@ -130,7 +199,26 @@ fn mount_tree(
     for tmpfs in &spec.tmpfs {
         crate::serve::mount_tmpfs(root, tmpfs)?;
     }
-    shares.mount_all_in(root, &spec.shares, channel)?;
+    for share in &spec.shares {
+        if share.populate {
+            return Err(invalid("a pod's share cannot be populated".into()));
+        }
+        let source = acquire(share, shares, channel)?;
+        acquired.push(share.stream);
+        let target = crate::volumes::mount_point_in(root, &share.target, share.file)?;
+        let target = target.display().to_string();
+        bind(&source, &target, false)?;
+        if share.read_only {
+            mount(
+                None::<&str>,
+                target.as_str(),
+                None::<&str>,
+                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+            .map_err(|e| io::Error::other(format!("making {} read-only: {e}", share.target)))?;
+        }
+    }
     for name in ["hostname", "hosts", "resolv.conf"] {
         let path = format!("/etc/{name}");
         if spec.shares.iter().any(|share| share.target == path) {
@@ -168,7 +256,7 @@ fn bind(source: &str, target: &str, recursive: bool) -> io::Result<()> {
 /// Unmounts the further container `name` (the caller killed the processes it started;
 /// any others in its cgroup are killed here).
 pub fn remove(name: &str, shares: &Shares) -> io::Result<()> {
-    let Some(streams) = containers().as_mut().and_then(|c| c.remove(name)) else {
+    let Some(members) = containers().as_mut().and_then(|c| c.remove(name)) else {
         return Err(invalid(format!("no container {name:?} in this VM")));
     };
     crate::cgroups::remove(name);
@@ -176,7 +264,8 @@ pub fn remove(name: &str, shares: &Shares) -> io::Result<()> {
     let root = format!("{POD_ROOT}/{name}");
     let detached = umount2(root.as_str(), MntFlags::MNT_DETACH)
         .map_err(|errno| io::Error::other(format!("unmounting {root}: {errno}")));
-    shares.forget(&streams);
+    shares.forget(&[members.root_stream]);
+    release(&members.shares, shares);
     detached?;
     let _ = fs::remove_dir(&root);
     Ok(())

@@ -158,10 +158,30 @@ pub struct ContainerUsage {
     pub memory: Option<GroupMemory>,
 }
 
-/// A further container's shares: their streams and their servers' pids.
+/// A further container: its root's share (stream and server's pid), and the pod
+/// shares it mounts.
 struct AddedContainer {
-    streams: Vec<u32>,
-    servers: Vec<u32>,
+    root_stream: u32,
+    root_server: Option<u32>,
+    sources: Vec<SourceKey>,
+}
+
+/// What makes two further containers' mounts one share: the same host file or
+/// directory, of the same kind, with the same access (the server enforces read-only).
+type SourceKey = (PathBuf, bool, bool);
+
+/// A share that serves every further container mounting its source: one file server,
+/// one mount in the guest, bound into each (so that an emptyDir, `/dev/shm` or the
+/// pod's /etc/hosts is one file system in the VM: its page cache, its inodes, its unix
+/// sockets are the pod's, as on a Linux host).
+struct PodShare {
+    stream: u32,
+    server: u32,
+    users: usize,
+}
+
+fn source_key(share: &PlannedShare) -> SourceKey {
+    (share.source.clone(), share.file, share.read_only)
 }
 
 /// A running sandbox VM.
@@ -181,6 +201,10 @@ pub struct Sandbox {
     next_share: AtomicU32,
     /// Further containers, by name.
     containers: Mutex<HashMap<String, AddedContainer>>,
+    /// The shares further containers mount, by source.
+    pod_shares: Mutex<HashMap<SourceKey, PodShare>>,
+    /// Adding and removing further containers one at a time (they count shares' users).
+    membership: tokio::sync::Mutex<()>,
 }
 
 impl Sandbox {
@@ -392,6 +416,8 @@ impl Sandbox {
             share_server: options.share_server.clone(),
             next_share: AtomicU32::new(SHARE_STREAM_BASE + shares.len() as u32),
             containers: Mutex::default(),
+            pod_shares: Mutex::default(),
+            membership: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -412,42 +438,62 @@ impl Sandbox {
                 "invalid container name {name:?}"
             )));
         }
+        let _one_at_a_time = self.membership.lock().await;
         if lock(&self.containers).contains_key(name) {
             return Err(EngineError::Conflict(format!(
                 "container {name} is in the sandbox already"
             )));
         }
-        let (more_shares, tmpfs) = plan_mounts(mounts, 0)?;
-        let count = 1 + more_shares.len() as u32;
-        let first = self.next_share.fetch_add(count, Ordering::Relaxed);
-        let root_share = PlannedShare {
-            stream: first,
+        let (planned, tmpfs) = plan_mounts(mounts, 0)?;
+        // Sources the pod serves already are bound in the guest; the others get a
+        // stream and a server each, as does the root.
+        let reused: HashMap<SourceKey, u32> = {
+            let pod_shares = lock(&self.pod_shares);
+            planned
+                .iter()
+                .filter_map(|share| {
+                    let key = source_key(share);
+                    pod_shares.get(&key).map(|known| (key, known.stream))
+                })
+                .collect()
+        };
+        let mut fresh: Vec<PlannedShare> = vec![PlannedShare {
+            stream: self.next_share.fetch_add(1, Ordering::Relaxed),
             source: root,
             target: "/".into(),
             read_only: false,
             file: false,
             populate: false,
-        };
-        let shares: Vec<PlannedShare> = std::iter::once(root_share)
-            .chain(
-                more_shares
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, share)| PlannedShare {
-                        stream: first + 1 + i as u32,
-                        ..share
-                    }),
-            )
-            .collect();
-        let streams: Vec<u32> = shares.iter().map(|share| share.stream).collect();
-        let servers = start_servers(&self.share_server, &self.run_dir, &shares, self.vm_pid)?;
+        }];
+        let mut mounted = Vec::new();
+        for share in planned {
+            let key = source_key(&share);
+            let stream = match reused.get(&key) {
+                Some(stream) => *stream,
+                None => match fresh[1..].iter().find(|new| source_key(new) == key) {
+                    // The same source twice in one container: one share.
+                    Some(new) => new.stream,
+                    None => {
+                        let stream = self.next_share.fetch_add(1, Ordering::Relaxed);
+                        fresh.push(PlannedShare {
+                            stream,
+                            ..share.clone()
+                        });
+                        stream
+                    }
+                },
+            };
+            mounted.push(PlannedShare { stream, ..share });
+        }
+        let fresh_streams: Vec<u32> = fresh.iter().map(|share| share.stream).collect();
+        let servers = start_servers(&self.share_server, &self.run_dir, &fresh, self.vm_pid)?;
         let added = async {
-            self.relay.add(&self.run_dir, &shares).await?;
+            self.relay.add(&self.run_dir, &fresh).await?;
             let spec = ContainerSpec {
                 name: name.to_owned(),
-                root_share: shares[0].to_mount(),
+                root_share: fresh[0].to_mount(),
                 tmpfs,
-                shares: shares[1..].iter().map(PlannedShare::to_mount).collect(),
+                shares: mounted.iter().map(PlannedShare::to_mount).collect(),
                 read_only,
                 resources,
             };
@@ -461,27 +507,66 @@ impl Sandbox {
                 }
             }
         };
-        match added.await {
-            Ok(()) => {
-                lock(&self.containers).insert(name.to_owned(), AddedContainer { streams, servers });
-                Ok(())
-            }
-            Err(error) => {
-                self.relay.remove(&streams);
-                stop_servers(&servers);
-                Err(error)
+        if let Err(error) = added.await {
+            self.relay.remove(&fresh_streams);
+            stop_servers(&servers);
+            return Err(error);
+        }
+        let mut pod_shares = lock(&self.pod_shares);
+        for (share, server) in fresh.iter().zip(&servers).skip(1) {
+            pod_shares.insert(
+                source_key(share),
+                PodShare {
+                    stream: share.stream,
+                    server: *server,
+                    users: 0,
+                },
+            );
+        }
+        let mut sources: Vec<SourceKey> = mounted.iter().map(source_key).collect();
+        sources.sort();
+        sources.dedup();
+        for key in &sources {
+            if let Some(known) = pod_shares.get_mut(key) {
+                known.users += 1;
             }
         }
+        lock(&self.containers).insert(
+            name.to_owned(),
+            AddedContainer {
+                root_stream: fresh[0].stream,
+                root_server: servers.first().copied(),
+                sources,
+            },
+        );
+        Ok(())
     }
 
     /// Removes the further container `name`: its processes are killed, its root and
-    /// mounts unmounted in the guest, their servers stopped.
+    /// mounts unmounted in the guest; its root's server stopped, and those of the pod
+    /// shares no other container mounts.
     pub async fn remove_container(&self, name: &str) -> Result<(), EngineError> {
-        let Some(AddedContainer { streams, servers }) = lock(&self.containers).remove(name) else {
+        let _one_at_a_time = self.membership.lock().await;
+        let Some(container) = lock(&self.containers).remove(name) else {
             return Err(EngineError::NotFound(format!(
                 "no container {name} in the sandbox"
             )));
         };
+        let mut streams = vec![container.root_stream];
+        let mut servers: Vec<u32> = container.root_server.into_iter().collect();
+        {
+            let mut pod_shares = lock(&self.pod_shares);
+            for key in &container.sources {
+                let unused = pod_shares.get_mut(key).is_some_and(|known| {
+                    known.users -= 1;
+                    known.users == 0
+                });
+                if let Some(known) = unused.then(|| pod_shares.remove(key)).flatten() {
+                    streams.push(known.stream);
+                    servers.push(known.server);
+                }
+            }
+        }
         let answer = self
             .request(
                 HostMessage::RemoveContainer {

@@ -888,6 +888,15 @@ fn the_cri_runs_a_pod_in_one_vm() {
     std::fs::write(empty_dir.join("from-host"), "x").unwrap();
     let (code, _, _) = exec(&server, &["test", "-e", "/shared/from-host"]);
     assert_eq!(code, 0);
+    // One file system in the VM for both containers' emptyDir (one share, bound into
+    // each: the same device), so its inodes, cache and unix sockets are the pod's.
+    let (_, server_device, _) = exec(&server, &["stat", "-c", "%d", "/shared"]);
+    let (_, client_device, _) = exec(&client, &["stat", "-c", "%d", "/shared"]);
+    assert!(!server_device.trim().is_empty());
+    assert_eq!(
+        server_device, client_device,
+        "two file systems for one emptyDir"
+    );
     // Each container has its own root filesystem.
     let (code, _, _) = exec(&client, &["test", "-e", "/only-in-client"]);
     assert_eq!(code, 0);
