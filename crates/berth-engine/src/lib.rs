@@ -253,7 +253,7 @@ impl Engine {
         let metrics = metrics::EngineMetrics::default();
         let templates = template::TemplateManager::new(
             config.exec_root.join("templates"),
-            Some(networks.clone()),
+            Some(networks.clone() as Arc<dyn template::TemplateNetwork>),
         )
         .with_metrics(metrics.clone());
         let spares = vm::spares::SparePool::new(config.spare_vms);

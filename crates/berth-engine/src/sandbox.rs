@@ -40,7 +40,7 @@ use tokio::sync::mpsc;
 use crate::agent::{handshake, rebind, AgentEvent, AgentSession};
 use crate::files::shares::{start_servers, PlannedShare, ShareRelay};
 use crate::process::output::OutputChunk;
-use crate::template::{create_container_disk, Shape, TemplateManager};
+use crate::template::{create_container_disk, Shape, TemplateManager, TemplateNetwork};
 use crate::EngineError;
 
 pub use crate::container::security::{capability_number, rlimit_number};
@@ -132,6 +132,52 @@ struct StepTimes {
     template_ms: u64,
     disk_ms: u64,
     vm_process_ms: u64,
+    /// From the VM process to the guest's `SetupDone` (a clone's restore and rebind,
+    /// its NIC's configuration).
+    setup_ms: u64,
+}
+
+/// The tap of a sandbox template's VM: in the sandbox's own network namespace (the
+/// host's is left alone), removed once the template is snapshotted.
+struct SandboxTemplateTap {
+    namespace: berth_net::netns::Namespace,
+}
+
+/// Its name in the sandbox's namespace, beside the sandbox's own tap.
+const TEMPLATE_TAP: &str = "berthtpl0";
+
+impl TemplateNetwork for SandboxTemplateTap {
+    fn template_nic(&self, _key: &str) -> Result<NicSpec, EngineError> {
+        berth_net::links::create_tap(&self.namespace, TEMPLATE_TAP)?;
+        Ok(NicSpec {
+            tap: TEMPLATE_TAP.into(),
+            mac: "02:42:00:00:00:01".into(),
+            pci_slot: FIRST_NIC_SLOT,
+        })
+    }
+
+    fn namespace_path(&self) -> PathBuf {
+        self.namespace.path().to_owned()
+    }
+
+    fn remove_tap(&self, tap: &str) {
+        let _ = berth_net::links::delete_link(&self.namespace, tap);
+    }
+}
+
+/// Where the template of a sandbox with a NIC gets its own (a template of sandboxes
+/// without one has none: the template's key tells them apart).
+fn template_network(
+    options: &SandboxOptions,
+) -> Result<Option<Arc<dyn TemplateNetwork>>, EngineError> {
+    let Some(_) = &options.nic else {
+        return Ok(None);
+    };
+    let netns = options.netns.as_ref().ok_or_else(|| {
+        EngineError::InvalidArgument("a sandbox's NIC needs its network namespace".into())
+    })?;
+    let namespace = berth_net::netns::Namespace::open(netns)?;
+    Ok(Some(Arc::new(SandboxTemplateTap { namespace })))
 }
 
 type Routes = Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<ProcessEvent>>>>;
@@ -225,7 +271,7 @@ impl Sandbox {
             true => {
                 let _build = TemplateBuildLock::take(&options.templates).await?;
                 Some(
-                    TemplateManager::new(options.templates.clone(), None)
+                    TemplateManager::new(options.templates.clone(), template_network(&options)?)
                         .get_or_build(options.backend.as_ref(), &guest, options.shape)
                         .await?,
                 )
@@ -255,7 +301,16 @@ impl Sandbox {
             run_dir: run_dir.clone(),
             memory,
             restore_from,
-            nics: Vec::new(),
+            // In the template's slot: a clone's NIC is restored with it, not hot-plugged.
+            nics: options
+                .nic
+                .iter()
+                .map(|nic| NicSpec {
+                    tap: nic.tap.clone(),
+                    mac: nic.mac.clone(),
+                    pci_slot: FIRST_NIC_SLOT,
+                })
+                .collect(),
             netns: options.netns.clone(),
         };
         let root_share = PlannedShare {
@@ -283,6 +338,20 @@ impl Sandbox {
                 root_share: Some(shares[0].to_mount()),
                 shares: shares[1..].iter().map(PlannedShare::to_mount).collect(),
                 tmpfs,
+                interfaces: options
+                    .nic
+                    .iter()
+                    .map(|nic| InterfaceSpec {
+                        pci_slot: FIRST_NIC_SLOT,
+                        name: "eth0".into(),
+                        mac: nic.mac.clone(),
+                        address: nic.address.clone(),
+                        gateway: nic.gateway.clone(),
+                        address6: None,
+                        gateway6: None,
+                        link_local: Vec::new(),
+                    })
+                    .collect(),
                 ..Default::default()
             };
             let (session, mut reader) = match options.clone {
@@ -320,45 +389,15 @@ impl Sandbox {
                     .into())
                 }
             }
-            if let Some(nic) = &options.nic {
-                control
-                    .add_nic(&NicSpec {
-                        tap: nic.tap.clone(),
-                        mac: nic.mac.clone(),
-                        pci_slot: FIRST_NIC_SLOT,
-                    })
-                    .await?;
-                let interface = InterfaceSpec {
-                    pci_slot: FIRST_NIC_SLOT,
-                    name: "eth0".into(),
-                    mac: nic.mac.clone(),
-                    address: nic.address.clone(),
-                    gateway: nic.gateway.clone(),
-                    address6: None,
-                    gateway6: None,
-                    link_local: Vec::new(),
-                };
-                session
-                    .send(AGENT_STREAM, &HostMessage::AddInterface(interface))
-                    .await?;
-                match reader
-                    .expect_message(AGENT_STREAM, SETUP_TIMEOUT, "configuring eth0")
-                    .await?
-                {
-                    GuestMessage::InterfaceReady { .. } => {}
-                    other => {
-                        return Err(crate::agent::AgentError::unexpected(
-                            "configuring eth0",
-                            &other,
-                        )
-                        .into())
-                    }
-                }
-            }
-            Ok::<_, EngineError>((session, reader, relay))
+            let setup_ms = (begun.elapsed().as_millis() as u64)
+                .saturating_sub(before_boot + steps.vm_process_ms);
+            Ok::<_, EngineError>((session, reader, relay, setup_ms))
         };
         let (session, mut reader, relay) = match set_up.await {
-            Ok(parts) => parts,
+            Ok((session, reader, relay, setup_ms)) => {
+                steps.setup_ms = setup_ms;
+                (session, reader, relay)
+            }
             Err(error) => {
                 control.kill().await;
                 let _ = std::fs::remove_dir_all(run_dir);
@@ -373,6 +412,7 @@ impl Sandbox {
             template_ms = steps.template_ms,
             disk_ms = steps.disk_ms,
             vm_process_ms = steps.vm_process_ms,
+            setup_ms = steps.setup_ms,
             "sandbox ready"
         );
         let routes: Routes = Arc::default();

@@ -56,6 +56,21 @@ impl Namespace {
         Ok(namespace)
     }
 
+    /// Opens an existing namespace by its file (one another program made and owns, such
+    /// as a pod's that CNI set up), changing nothing in it.
+    pub fn open(path: &Path) -> Result<Self, NetError> {
+        let file =
+            File::open(path).map_err(|e| NetError::Io(format!("opening {}", path.display()), e))?;
+        Ok(Self {
+            name: path
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            path: path.to_owned(),
+            handle: Arc::new(OwnedFd::from(file)),
+        })
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

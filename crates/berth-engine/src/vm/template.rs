@@ -121,13 +121,38 @@ impl Template {
     }
 }
 
+/// Where a template VM gets its NIC: a tap in a network namespace, made for the build
+/// and removed once the template is snapshotted (its clones' NICs are in the same slot,
+/// each on a tap of its own).
+pub trait TemplateNetwork: Send + Sync {
+    /// Makes the tap of the template `key`'s VM.
+    fn template_nic(&self, key: &str) -> Result<berth_vm::NicSpec, EngineError>;
+    /// The namespace the template's VM runs in, where its tap is.
+    fn namespace_path(&self) -> PathBuf;
+    fn remove_tap(&self, tap: &str);
+}
+
+impl TemplateNetwork for crate::network::Networks {
+    fn template_nic(&self, key: &str) -> Result<berth_vm::NicSpec, EngineError> {
+        crate::network::Networks::template_nic(self, key)
+    }
+
+    fn namespace_path(&self) -> PathBuf {
+        crate::network::Networks::namespace_path(self)
+    }
+
+    fn remove_tap(&self, tap: &str) {
+        crate::network::Networks::remove_tap(self, tap)
+    }
+}
+
 /// Builds, checks, lists and removes templates.
 pub struct TemplateManager {
     root: PathBuf,
     building: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Where template VMs get their NIC (clones have one in the same slot); `None` makes
     /// templates without NICs (the key tells the two apart).
-    networks: Option<Arc<crate::network::Networks>>,
+    networks: Option<Arc<dyn TemplateNetwork>>,
     /// State files verified so far.
     states: VerifiedStates,
     /// Where builds and failed builds are counted.
@@ -211,7 +236,7 @@ impl Drop for KillUnder {
 }
 
 impl TemplateManager {
-    pub fn new(root: PathBuf, networks: Option<Arc<crate::network::Networks>>) -> Self {
+    pub fn new(root: PathBuf, networks: Option<Arc<dyn TemplateNetwork>>) -> Self {
         Self {
             root,
             building: Mutex::new(HashMap::new()),
