@@ -1,39 +1,31 @@
 #!/usr/bin/env bash
 # A pod's start through the CRI on runc, a Berth clone and a Berth cold boot, side by
-# side: starts a containerd of its own (its own root, state and socket under a temporary
-# directory) with its CRI plugin, in a network namespace of its own (where CNI's bridge
-# goes; the host's interfaces are left alone), with the runtime handlers `runc`, `berth`
+# side: starts a containerd of its own (scripts/containerd-common.sh) with its CRI
+# plugin, in a network namespace of its own (where CNI's bridge goes; the host's
+# interfaces are left alone), with the runtime handlers `runc`, `berth`
 # and `berth-cold`, imports busybox and a sandbox image made from it, and runs the
 # `bench_pods` example (crates/berth/examples/bench_pods.rs):
 #   ./scripts/bench-pods.sh [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/containerd-common.sh
 runs=${1:-5}
 cargo build --release -p berth --bin berth --example bench_pods
 berth=$(pwd)/target/release/berth
 bench=$(pwd)/target/release/examples/bench_pods
-dir=$(mktemp -d /tmp/berth-bench-pods.XXXXXX)
+containerd_dir "$berth" pods
 netns=berth-bench-pods-$$
 ip netns add "$netns"
 ip -n "$netns" link set lo up
-mkdir -p "$dir/bin" "$dir/net.d"
-ln -s "$berth" "$dir/bin/containerd-shim-berth-v2"
-ln -s "$berth" "$dir/bin/containerd-shim-berth-cold-v2"
+mkdir -p "$dir/net.d"
 cat > "$dir/net.d/10-bench.conflist" <<JSON
 {"cniVersion": "1.0.0", "name": "bench", "plugins": [{"type": "bridge", "bridge": "benchpods0",
   "isGateway": true, "ipMasq": false, "ipam": {"type": "host-local", "dataDir": "$dir/ipam",
   "ranges": [[{"subnet": "10.88.78.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}]}}]}
 JSON
-cat > "$dir/config.toml" <<TOML
-version = 2
-root = "$dir/root"
-state = "$dir/state"
-[grpc]
-  address = "$dir/containerd.sock"
-[ttrpc]
-  address = "$dir/containerd.sock.ttrpc"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "$dir/opt"
+{
+    containerd_config_head
+    cat <<TOML
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "berth.bench/pause:1"
   restrict_oom_score_adj = true
@@ -52,27 +44,12 @@ state = "$dir/state"
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.berth-cold]
   runtime_type = "io.containerd.berth-cold.v2"
 TOML
-PATH="$dir/bin:$PATH" BERTH_SHIM_ROOT="$dir/shim" BERTH_BACKEND=${BERTH_BACKEND:-auto} \
-    nsenter --net="/run/netns/$netns" -- containerd --config "$dir/config.toml" > "$dir/containerd.log" 2>&1 &
-containerd_pid=$!
-cleanup() {
-    kill "$containerd_pid" 2>/dev/null || true
-    wait "$containerd_pid" 2>/dev/null || true
-    grep -l "$dir" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3 | xargs -r kill -9 2>/dev/null || true
-    grep -ls "$dir/containerd.sock" /proc/[0-9]*/cmdline 2>/dev/null | cut -d/ -f3 | xargs -r kill -9 2>/dev/null || true
-    awk -v d="$dir" '$2 ~ "^"d {print $2}' /proc/self/mounts | sort -r | xargs -r -n1 umount -l
-    ip netns delete "$netns" 2>/dev/null || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
+} > "$dir/config.toml"
+start_containerd nsenter --net="/run/netns/$netns" --
 ctr() { command ctr --address "$dir/containerd.sock" --namespace k8s.io "$@"; }
-for _ in $(seq 100); do
-    ctr version >/dev/null 2>&1 && break
-    sleep 0.2
-done
 ./scripts/make-busybox-image.sh "$dir/busybox.tar" >/dev/null
 ./scripts/make-busybox-image.sh "$dir/pause.tar" berth.bench/pause:1 '["sleep","2147483647"]' >/dev/null
 ctr images import "$dir/busybox.tar" >/dev/null
 ctr images import "$dir/pause.tar" >/dev/null
 "$bench" --address "$dir/containerd.sock" --image docker.io/library/busybox:latest \
-    --runs "$runs" --handlers runc,berth,berth-cold
+    --runs "$runs" --handlers runc,berth,berth-cold --logs "$dir/logs"

@@ -8,10 +8,12 @@
 //! and gives the guest's interface the veth's MAC address, address and route. Nothing of
 //! Kubernetes' or CNI's view changes: the pod's address answers from the VM.
 //!
-//! The plumbing runs `ip` and `tc` in the namespace (`nsenter --net=PATH`), once per task.
+//! The plumbing makes the tap with the tun driver's ioctls and runs `ip` and `tc` in the
+//! namespace (`berth_net::Namespace`: entered between fork and exec), once per task.
 
 use std::path::Path;
-use std::process::Command;
+
+use berth_net::Namespace;
 
 use crate::ShimError;
 
@@ -28,10 +30,14 @@ pub(crate) struct PodInterface {
     pub gateway: Option<String>,
 }
 
-fn run_in(netns: &Path, program: &str, args: &[&str]) -> Result<String, ShimError> {
-    let output = Command::new("nsenter")
-        .arg(format!("--net={}", netns.display()))
-        .arg(program)
+fn open(netns: &Path) -> Result<Namespace, ShimError> {
+    Namespace::open(netns).map_err(|error| ShimError::Usage(error.to_string()))
+}
+
+fn run_in(namespace: &Namespace, program: &str, args: &[&str]) -> Result<String, ShimError> {
+    let netns = namespace.path();
+    let output = namespace
+        .command(program)
         .args(args)
         .output()
         .map_err(ShimError::io(format!(
@@ -92,6 +98,7 @@ fn json(text: &str, what: &str) -> Result<serde_json::Value, ShimError> {
 /// Joins the namespace's interface to a new tap; `None` when it has no interface with
 /// an address (a task with only loopback).
 pub(crate) fn plumb(netns: &Path) -> Result<Option<PodInterface>, ShimError> {
+    let netns = &open(netns)?;
     let addresses = json(&run_in(netns, "ip", &["-j", "addr", "show"])?, "addresses")?;
     let Some((device, mac, address, mtu)) = pick_interface(&addresses) else {
         return Ok(None);
@@ -102,11 +109,8 @@ pub(crate) fn plumb(netns: &Path) -> Result<Option<PodInterface>, ShimError> {
     )?;
     let gateway = pick_gateway(&routes, &device);
     let mtu = mtu.to_string();
-    run_in(
-        netns,
-        "ip",
-        &["tuntap", "add", "dev", TAP, "mode", "tap", "vnet_hdr"],
-    )?;
+    berth_net::links::create_tap(netns, TAP)
+        .map_err(|error| ShimError::Usage(format!("making the pod's tap: {error}")))?;
     run_in(netns, "ip", &["link", "set", TAP, "mtu", &mtu, "up"])?;
     for (from, to) in [(device.as_str(), TAP), (TAP, device.as_str())] {
         run_in(netns, "tc", &["qdisc", "add", "dev", from, "ingress"])?;
@@ -129,6 +133,9 @@ pub(crate) fn plumb(netns: &Path) -> Result<Option<PodInterface>, ShimError> {
 
 /// Removes the tap (its redirect goes with it) and the other interface's redirect.
 pub(crate) fn unplumb(netns: &Path) {
+    let Ok(netns) = &open(netns) else {
+        return;
+    };
     let _ = run_in(netns, "ip", &["link", "delete", TAP]);
     if let Ok(text) = run_in(netns, "ip", &["-j", "addr", "show"]) {
         if let Some((device, ..)) = json(&text, "addresses")

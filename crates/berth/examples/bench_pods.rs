@@ -9,9 +9,14 @@
 //! starts a containerd with the handlers `runc`, `berth` and `berth-cold` and runs it:
 //!
 //! ```text
-//! bench_pods --address SOCKET --image IMAGE --runs N --handlers runc,berth,berth-cold
+//! bench_pods --address SOCKET --image IMAGE --runs N --handlers runc,berth,berth-cold \
+//!     --logs DIR
 //! ```
+//!
+//! The pods' logs go under `--logs` (by default `berth-bench-pods` in the temporary
+//! directory), which the caller removes.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 #[path = "../tests/cri_client/mod.rs"]
@@ -25,6 +30,7 @@ struct Options {
     image: String,
     runs: usize,
     handlers: Vec<String>,
+    logs: PathBuf,
 }
 
 fn options() -> Result<Options, String> {
@@ -33,6 +39,7 @@ fn options() -> Result<Options, String> {
         image: "docker.io/library/busybox:latest".into(),
         runs: 5,
         handlers: vec!["runc".into(), "berth".into(), "berth-cold".into()],
+        logs: std::env::temp_dir().join("berth-bench-pods"),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -42,6 +49,7 @@ fn options() -> Result<Options, String> {
             "--image" => options.image = value,
             "--runs" => options.runs = value.parse().map_err(|e| format!("--runs: {e}"))?,
             "--handlers" => options.handlers = value.split(',').map(str::to_owned).collect(),
+            "--logs" => options.logs = value.into(),
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -55,6 +63,7 @@ async fn one_pod(
     image: &str,
     handler: &str,
     name: &str,
+    logs: &Path,
 ) -> Result<(Duration, Duration), tonic::Status> {
     let sandbox_config = PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
@@ -64,11 +73,7 @@ async fn one_pod(
             attempt: 0,
         }),
         hostname: name.into(),
-        log_directory: std::env::temp_dir()
-            .join("berth-bench-pods")
-            .join(name)
-            .display()
-            .to_string(),
+        log_directory: logs.join(name).display().to_string(),
         linux: Some(LinuxPodSandboxConfig::default()),
         ..Default::default()
     };
@@ -138,9 +143,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for round in 0..=options.runs {
         for (index, handler) in handlers.iter().enumerate() {
             let name = format!("bench-{}-{round}-{index}", std::process::id());
-            let (sandbox, running) = one_pod(&mut client, &options.image, handler, &name)
-                .await
-                .map_err(|status| format!("handler {handler}: {}", status.message()))?;
+            let (sandbox, running) =
+                one_pod(&mut client, &options.image, handler, &name, &options.logs)
+                    .await
+                    .map_err(|status| format!("handler {handler}: {}", status.message()))?;
             if round > 0 {
                 sandbox_times[index].push(sandbox.as_secs_f64());
                 running_times[index].push(running.as_secs_f64());
