@@ -6,7 +6,7 @@
 //! priorities have no counterpart here and are left alone (the VM is the boundary).
 
 use berth_engine::sandbox::Resources;
-use oci_spec::runtime::LinuxResources;
+use oci_spec::runtime::{LinuxResources, Spec};
 
 use crate::ShimError;
 
@@ -44,6 +44,28 @@ pub fn of_linux(resources: &LinuxResources) -> Resources {
     }
 }
 
+/// The resources of a task's spec (`linux.resources`).
+pub fn of_spec(spec: &Spec) -> Resources {
+    spec.linux()
+        .as_ref()
+        .and_then(|linux| linux.resources().as_ref())
+        .map(of_linux)
+        .unwrap_or_default()
+}
+
+/// Whether `resources` limit anything (memory, CPU time or processes), beyond a mere
+/// CPU weight: a VM's first task gets a cgroup in the guest for limits only (a pod's
+/// sandbox, whose spec has CPU shares alone, does not).
+pub fn limit_anything(resources: &Resources) -> bool {
+    [
+        resources.memory_bytes,
+        resources.cpu_quota_us,
+        resources.pids_max,
+    ]
+    .iter()
+    .any(|limit| limit.is_some_and(|value| value > 0))
+}
+
 /// The resources of `Update`'s `Any` (JSON of an OCI `LinuxResources`).
 pub fn of_update(type_url: &str, value: &[u8]) -> Result<Resources, ShimError> {
     if type_url != LINUX_RESOURCES_TYPE {
@@ -76,5 +98,9 @@ mod tests {
         assert_eq!(unlimited.memory_bytes, Some(0));
         assert!(of_update("types.containerd.io/other", b"{}").is_err());
         assert!(of_update(LINUX_RESOURCES_TYPE, b"{not json").is_err());
+        assert!(limit_anything(&resources));
+        let weight_only = of_update(LINUX_RESOURCES_TYPE, br#"{"cpu":{"shares":2}}"#).unwrap();
+        assert!(!limit_anything(&weight_only));
+        assert!(!limit_anything(&unlimited));
     }
 }

@@ -301,6 +301,21 @@ impl Service {
                 return Err(error.into());
             }
         };
+        // The spec's limits (`ctr run --memory-limit`, a CRI container's) hold for the
+        // task's processes, as under runc: a cgroup in the guest before the init starts.
+        let resources = crate::resources::of_spec(spec);
+        if crate::resources::limit_anything(&resources) {
+            if let Err(error) = self
+                .runtime
+                .block_on(sandbox.update_resources(None, resources))
+            {
+                self.runtime.block_on(sandbox.shut_down(Duration::ZERO));
+                if let (true, Some(netns)) = (plumbed, &netns) {
+                    crate::network::unplumb(netns);
+                }
+                return Err(error.into());
+            }
+        }
         let vm_pid = sandbox.vm_pid();
         let paths = StreamPaths::of(
             &request.stdin,
@@ -366,12 +381,7 @@ impl Service {
             .is_some_and(|root| root.readonly() == Some(true));
         let mounts =
             crate::spec::sandbox_mounts(spec.mounts().as_deref().unwrap_or_default(), bundle);
-        let resources = spec
-            .linux()
-            .as_ref()
-            .and_then(|linux| linux.resources().as_ref())
-            .map(crate::resources::of_linux)
-            .unwrap_or_default();
+        let resources = crate::resources::of_spec(spec);
         self.runtime
             .block_on(sandbox.add_container(&name, root, &mounts, read_only, resources))?;
         let paths = StreamPaths::of(

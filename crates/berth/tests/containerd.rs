@@ -356,6 +356,25 @@ fn ctr_runs_tasks_in_vms_on_berths_runtime() {
         stderr(&exit)
     );
 
+    // The spec's memory limit holds in the guest, as under runc: 48 MiB in one buffer
+    // fit in the VM, not under `--memory-limit` 16 MiB (the guest's OOM killer, 137).
+    let hog = ["dd", "if=/dev/zero", "of=/dev/null", "bs=48M", "count=1"];
+    let unlimited = containerd.run("unlimited", &hog, None);
+    assert!(unlimited.status.success(), "{}", stderr(&unlimited));
+    let mut limited_run = vec![
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--memory-limit",
+        "16777216",
+        IMAGE,
+        "limited",
+    ];
+    limited_run.extend(hog);
+    let limited = containerd.ctr(&limited_run);
+    assert_eq!(limited.status.code(), Some(137), "{}", stderr(&limited));
+
     // Standard input reaches the task, all of it, then its end.
     let text = "line one\nline two\n".repeat(2000);
     let cat = containerd.run(
