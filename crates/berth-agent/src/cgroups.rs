@@ -197,6 +197,14 @@ pub fn freeze(name: &str, frozen: bool) -> io::Result<()> {
     }
 }
 
+/// Whether `container`'s processes are frozen (`freeze`): a process started in its
+/// group would freeze before it runs, and the agent's thread that spawns it with it.
+pub fn frozen(container: Option<&str>) -> bool {
+    join_path(container).is_some()
+        && fs::read_to_string(format!("{}/cgroup.freeze", directory(container)))
+            .is_ok_and(|value| value.trim() == "1")
+}
+
 /// Kills whatever is left in the further container `name`'s group and removes it.
 pub fn remove(name: &str) {
     let Some(_) = groups()

@@ -140,6 +140,9 @@ pub fn spawn(
         .first()
         .ok_or_else(|| SpawnError::other("no command specified"))?;
     let root = crate::pod::root_of(spec.container.as_deref()).map_err(SpawnError::other)?;
+    if crate::cgroups::frozen(spec.container.as_deref()) {
+        return Err(SpawnError::other("cannot exec in a paused container"));
+    }
     let identity =
         user::resolve(&root, &spec.user, &spec.extra_groups).map_err(SpawnError::other)?;
     create_working_directory(&root, spec)?;
@@ -312,11 +315,10 @@ impl ChildSetup {
         } else {
             container_root
         };
-        let root = cstring(if outside || container_root.is_empty() {
-            "/"
-        } else {
-            container_root
-        })?;
+        let root = match (outside, container_root) {
+            (true, _) | (false, "") => cstring("/")?,
+            (false, root) => cstring(root)?,
+        };
         let cwd = cstring(&spec.cwd)?;
         Ok(Self {
             root,

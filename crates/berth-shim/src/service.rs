@@ -638,6 +638,13 @@ impl Task for Service {
                 format!("exec {:?} already exists", request.exec_id),
             ));
         }
+        // As runc: a process started among frozen ones would freeze before it runs.
+        if task.paused.load(Ordering::Relaxed) {
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                "cannot exec in a paused container",
+            ));
+        }
         let spec = request
             .spec
             .as_ref()

@@ -985,6 +985,19 @@ fn the_cri_runs_a_pod_in_one_vm() {
     assert_eq!(state_of(&server), "RUNNING", "{tasks}");
     let (code, _, _) = exec(&server, &["true"]);
     assert_eq!(code, 0, "the server runs while the client is paused");
+    // As under runc, no exec into the paused container (it would freeze at once).
+    let refused = containerd.ctr(&[
+        "-n",
+        "k8s.io",
+        "tasks",
+        "exec",
+        "--exec-id",
+        "late",
+        &client,
+        "true",
+    ]);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("paused"), "{}", stderr(&refused));
     containerd.ctr_ok(&["-n", "k8s.io", "tasks", "resume", &client]);
     let (code, _, _) = exec(&client, &["true"]);
     assert_eq!(code, 0, "the client runs again");
