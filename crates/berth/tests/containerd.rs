@@ -11,12 +11,15 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    busybox_archive, die_with_parent_thread, eventually, output_with_input, scratch, stderr,
-    stdout, BERTH,
+    busybox_archive, die_with_parent_thread, eventually, output_within, scratch, stderr, stdout,
+    BERTH,
 };
 
 const IMAGE: &str = "docker.io/library/busybox:latest";
 const RUNTIME: &str = "io.containerd.berth.v2";
+/// How long one `ctr` command may take (a VM's start under TCG is seconds): past it the
+/// test fails and prints containerd's and the VMs' logs.
+const CTR_DEADLINE: Duration = Duration::from_secs(240);
 
 /// A containerd of the test's own.
 struct Containerd {
@@ -114,7 +117,7 @@ impl Containerd {
     fn ctr_with_input(&self, args: &[&str], input: Option<&[u8]>) -> Output {
         let mut command = self.ctr_command();
         command.args(args);
-        output_with_input(command, input)
+        output_within(command, input, CTR_DEADLINE)
     }
 
     fn ctr_ok(&self, args: &[&str]) -> String {
@@ -155,8 +158,41 @@ impl Containerd {
     }
 }
 
+impl Containerd {
+    /// Prints the end of containerd's log (the shims log into it) and of each VM's
+    /// QEMU and console logs: what a failed test leaves to go on.
+    fn print_logs(&self) {
+        let mut logs = vec![self.dir.join("containerd.log")];
+        // The VMs' directories are shim/vms/<namespace>/<id>/...: four levels at most.
+        let mut dirs = vec![(self.dir.join("shim"), 0)];
+        while let Some((dir, depth)) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() && !path.is_symlink() {
+                    if depth < 4 {
+                        dirs.push((path, depth + 1));
+                    }
+                } else if path.extension().is_some_and(|e| e == "log") {
+                    logs.push(path);
+                }
+            }
+        }
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("==== {} (last 200 lines)", log.display());
+            for line in &lines[lines.len().saturating_sub(200)..] {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
 impl Drop for Containerd {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_logs();
+        }
         for pid in self.leftovers() {
             // SAFETY: kill takes no pointers.
             unsafe {
@@ -567,16 +603,15 @@ fn ctr_runs_tasks_in_vms_on_berths_runtime() {
     containerd.ctr_ok(&["container", "delete", "long"]);
 
     // A terminal: the task's standard streams are a tty.
-    let tty = Command::new("script")
+    let mut script = Command::new("script");
+    script
         .args(["-qec"])
         .arg(format!(
             "ctr --address {} run --rm -t --runtime {RUNTIME} {IMAGE} tty sh -c 'tty; echo cols=$(stty size)'",
             containerd.socket.display()
         ))
-        .arg("/dev/null")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+        .arg("/dev/null");
+    let tty = output_within(script, None, CTR_DEADLINE);
     let tty_out = stdout(&tty);
     assert!(tty.status.success(), "{tty_out} {}", stderr(&tty));
     assert!(tty_out.contains("/dev/pts/"), "no terminal: {tty_out}");
@@ -639,13 +674,13 @@ impl Drop for InNamespace {
 
 /// `program args` in the network namespace `netns`.
 fn in_namespace(netns: &str, program: &str, args: &[&str]) -> Output {
-    Command::new("nsenter")
+    let mut command = Command::new("nsenter");
+    command
         .arg(format!("--net=/run/netns/{netns}"))
         .arg("--")
         .arg(program)
-        .args(args)
-        .output()
-        .unwrap()
+        .args(args);
+    output_within(command, None, CTR_DEADLINE)
 }
 
 #[test]
@@ -704,6 +739,10 @@ fn the_cri_runs_a_pod_in_one_vm() {
         registry: registry.into(),
         sandbox_image: "berth.test/pause:1".into(),
     };
+    // The guest's kernel comes from Debian's archive on first use, which the test's
+    // namespace cannot reach: prepare it here first.
+    let guest = Command::new(BERTH).arg("guest").output().unwrap();
+    assert!(guest.status.success(), "berth guest: {}", stderr(&guest));
     let containerd = Containerd::start_with("containerd-cri", Some(&setup));
     containerd.ctr_ok(&[
         "-n",

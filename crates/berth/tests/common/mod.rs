@@ -433,7 +433,20 @@ pub fn busybox_archive() -> &'static Path {
 }
 
 /// Runs `command` with `input` on its stdin (none: /dev/null); its whole output.
-pub fn output_with_input(mut command: Command, input: Option<&[u8]>) -> Output {
+/// How long one docker or ctr command may run before its test fails with what the
+/// command had printed: a hung command fails its test instead of stalling the suite
+/// until CI's own limit.
+pub const COMMAND_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Runs `command` (stdin from `input`, or none) and collects its output, within
+/// [`COMMAND_DEADLINE`].
+pub fn output_with_input(command: Command, input: Option<&[u8]>) -> Output {
+    output_within(command, input, COMMAND_DEADLINE)
+}
+
+/// Runs `command` and collects its output; past `deadline` it is killed and the test
+/// panics with the output it had so far.
+pub fn output_within(mut command: Command, input: Option<&[u8]>, deadline: Duration) -> Output {
     let mut child = command
         .stdin(if input.is_some() {
             Stdio::piped()
@@ -444,11 +457,69 @@ pub fn output_with_input(mut command: Command, input: Option<&[u8]>) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|error| panic!("running {command:?}: {error}"));
-    if let Some(input) = input {
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(input).unwrap();
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        let input = input.to_vec();
+        // A thread of its own: a command that prints while it reads would otherwise
+        // block on a full pipe while we block writing its input.
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
     }
-    child.wait_with_output().unwrap()
+    let stdout = PipeCollector::start(child.stdout.take().unwrap());
+    let stderr = PipeCollector::start(child.stderr.take().unwrap());
+    let pid = child.id();
+    let (exited, waited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = exited.send(child.wait());
+    });
+    let status = match waited.recv_timeout(deadline) {
+        Ok(status) => status.unwrap(),
+        Err(_) => {
+            // SAFETY: kill takes no pointers; the waiting thread has not reaped the pid.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+            panic!(
+                "{command:?} did not finish within {deadline:?}\nstdout so far: {}\nstderr so far: {}",
+                String::from_utf8_lossy(&stdout.so_far()),
+                String::from_utf8_lossy(&stderr.so_far()),
+            );
+        }
+    };
+    Output {
+        status,
+        stdout: stdout.finish(),
+        stderr: stderr.finish(),
+    }
+}
+
+/// A pipe read to its end by a thread, whose bytes can be looked at before then.
+struct PipeCollector {
+    bytes: std::sync::Arc<Mutex<Vec<u8>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl PipeCollector {
+    fn start(mut pipe: impl Read + Send + 'static) -> PipeCollector {
+        let bytes = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let filled = bytes.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buffer = [0u8; 8192];
+            while let Ok(read @ 1..) = pipe.read(&mut buffer) {
+                filled.lock().unwrap().extend_from_slice(&buffer[..read]);
+            }
+        });
+        PipeCollector { bytes, reader }
+    }
+
+    fn so_far(&self) -> Vec<u8> {
+        self.bytes.lock().unwrap().clone()
+    }
+
+    fn finish(self) -> Vec<u8> {
+        self.reader.join().unwrap();
+        std::mem::take(&mut *self.bytes.lock().unwrap())
+    }
 }
 
 pub fn stdout(output: &Output) -> String {
