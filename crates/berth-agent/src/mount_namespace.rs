@@ -41,6 +41,13 @@ pub fn of(name: &str) -> io::Result<Option<File>> {
         .transpose()
 }
 
+/// Whether the further container `name` has a namespace of its own.
+pub fn has(name: &str) -> bool {
+    namespaces()
+        .as_ref()
+        .is_some_and(|namespaces| namespaces.contains_key(name))
+}
+
 /// Forgets `name`'s namespace (it ends with the last process in it).
 pub fn forget(name: &str) {
     namespaces()

@@ -309,15 +309,17 @@ impl ChildSetup {
             })?,
             _ => None,
         };
-        // In its own mount namespace the container's root is `/`.
-        let container_root = if mount_namespace.is_some() {
-            ""
+        // In a mount namespace of its own the container's root is `/` already.
+        let root_is_slash = mount_namespace.is_some() || container_root.is_empty();
+        let root = if outside || root_is_slash {
+            cstring("/")?
         } else {
-            container_root
+            cstring(container_root)?
         };
-        let root = match (outside, container_root) {
-            (true, _) | (false, "") => cstring("/")?,
-            (false, root) => cstring(root)?,
+        let proc_dir = if root_is_slash {
+            "/proc".to_owned()
+        } else {
+            format!("{container_root}/proc")
         };
         let cwd = cstring(&spec.cwd)?;
         Ok(Self {
@@ -331,7 +333,7 @@ impl ChildSetup {
             dropped: capabilities_to_drop(spec),
             limits: resource_limits(spec),
             own_proc: if own_pid_namespace {
-                Some(cstring(&format!("{container_root}/proc"))?)
+                Some(cstring(&proc_dir)?)
             } else {
                 None
             },

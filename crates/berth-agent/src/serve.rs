@@ -660,9 +660,7 @@ fn reap(table: SharedTable, channel: Channel, exits: SharedExits) {
                 let container = process.container.as_deref();
                 // A removed container's tree is detached already, and one with a mount
                 // namespace of its own mounted its /proc there: nothing to unmount.
-                let own_mounts = container.is_some_and(|name| {
-                    crate::mount_namespace::of(name).is_ok_and(|n| n.is_some())
-                });
+                let own_mounts = container.is_some_and(crate::mount_namespace::has);
                 let proc = crate::pod::root_of(container)
                     .ok()
                     .filter(|_| !own_mounts)

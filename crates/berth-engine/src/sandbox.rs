@@ -151,7 +151,7 @@ impl TemplateNetwork for SandboxTemplateTap {
         berth_net::links::create_tap(&self.namespace, TEMPLATE_TAP)?;
         Ok(NicSpec {
             tap: TEMPLATE_TAP.into(),
-            mac: "02:42:00:00:00:01".into(),
+            mac: berth_vm::TEMPLATE_NIC_MAC.into(),
             pci_slot: FIRST_NIC_SLOT,
         })
     }

@@ -67,6 +67,9 @@ pub struct NicSpec {
 
 /// The PCI slot of a VM's first NIC; hot-plugged NICs take the slots after it.
 pub const FIRST_NIC_SLOT: u8 = 0x08;
+/// The MAC address of a template's NIC. No container keeps it: a clone's NIC is given
+/// the container's own address during setup.
+pub const TEMPLATE_NIC_MAC: &str = "02:42:00:00:00:01";
 /// How many NICs a VM can have.
 pub const MAX_NICS: usize = 8;
 

@@ -376,7 +376,7 @@ impl Networks {
         self.host.create_tap(&tap)?;
         Ok(NicSpec {
             tap,
-            mac: "02:42:00:00:00:01".into(),
+            mac: berth_vm::TEMPLATE_NIC_MAC.into(),
             pci_slot: FIRST_NIC_SLOT,
         })
     }
