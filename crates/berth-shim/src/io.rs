@@ -5,11 +5,13 @@
 //! Every FIFO is opened read-write: opening then neither blocks nor fails when the other
 //! end is not open yet (a write-only open of a FIFO waits for its reader), and the
 //! shim's stdin reader never sees an end of file of its own. The end of stdin is
-//! containerd's `CloseIO` call ([`StdinRelay::close`]): what the FIFO still holds then is
-//! forwarded first.
+//! containerd's `CloseIO` call ([`ProcessStdin::close`]): what the FIFO still holds then
+//! is forwarded first. `CloseIO` may come before the relay starts (ctr calls it as soon
+//! as its copy into the FIFO ends, which can be before `Start` has handed the relay
+//! over): the close is recorded, and the relay ends the input as soon as it starts.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use berth_engine::sandbox::Sandbox;
 use berth_engine::OutputStream;
@@ -105,7 +107,102 @@ impl StdinRelay {
     }
 
     /// Ends the process's input once the FIFO is drained.
-    pub fn close(&self) {
+    fn close(&self) {
         self.closing.notify_one();
+    }
+}
+
+/// A process's standard input, whichever of its relay's start and its close comes
+/// first.
+#[derive(Default)]
+pub(crate) struct ProcessStdin {
+    state: Mutex<StdinState>,
+}
+
+#[derive(Default)]
+enum StdinState {
+    /// Not relayed yet.
+    #[default]
+    Pending,
+    /// Relayed from its FIFO.
+    Relayed(StdinRelay),
+    /// Closed (`CloseIO`, or the process's end).
+    Closed,
+}
+
+impl ProcessStdin {
+    fn state(&self) -> MutexGuard<'_, StdinState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Hands the relay over; when the input was closed already, the relay ends it at
+    /// once (after forwarding what the FIFO holds).
+    pub fn relay(&self, relay: StdinRelay) {
+        let mut state = self.state();
+        match *state {
+            StdinState::Closed => relay.close(),
+            _ => *state = StdinState::Relayed(relay),
+        }
+    }
+
+    /// Ends the process's input after what its FIFO holds: now, or as soon as its
+    /// relay starts.
+    pub fn close(&self) {
+        let was = std::mem::replace(&mut *self.state(), StdinState::Closed);
+        if let StdinState::Relayed(relay) = was {
+            relay.close();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A relay that only records whether it was told to close.
+    fn relay() -> (StdinRelay, Arc<Notify>) {
+        let closing = Arc::new(Notify::new());
+        (
+            StdinRelay {
+                closing: closing.clone(),
+            },
+            closing,
+        )
+    }
+
+    fn was_closed(closing: &Notify) -> bool {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_millis(50), closing.notified())
+                .await
+                .is_ok()
+        })
+    }
+
+    #[test]
+    fn a_close_before_the_relay_starts_ends_the_input_when_it_does() {
+        let stdin = ProcessStdin::default();
+        stdin.close();
+        let (relay, closing) = relay();
+        stdin.relay(relay);
+        assert!(was_closed(&closing));
+    }
+
+    #[test]
+    fn a_close_after_the_relay_starts_ends_the_input_once() {
+        let stdin = ProcessStdin::default();
+        let (relay, closing) = relay();
+        stdin.relay(relay);
+        assert!(!was_closed(&closing));
+        stdin.close();
+        assert!(was_closed(&closing));
+        // The process's end closes again: nothing more is sent.
+        stdin.close();
+        assert!(!was_closed(&closing));
     }
 }

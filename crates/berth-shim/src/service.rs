@@ -37,7 +37,7 @@ use containerd_shim_protos::Task;
 use tokio::sync::watch;
 
 use crate::events::{Publisher, TaskEvent};
-use crate::io::{OutputFifos, StdinRelay};
+use crate::io::{OutputFifos, ProcessStdin, StdinRelay};
 use crate::rootfs::{mount_rootfs, unmount, vm_run_dir};
 use crate::{ShimConfig, ShimError};
 
@@ -103,7 +103,7 @@ struct TaskProcess {
     spec: ProcessSpec,
     paths: StreamPaths,
     phase: watch::Sender<Phase>,
-    stdin: Mutex<Option<StdinRelay>>,
+    stdin: ProcessStdin,
 }
 
 impl TaskProcess {
@@ -114,7 +114,7 @@ impl TaskProcess {
             spec,
             paths,
             phase: watch::Sender::new(Phase::Created),
-            stdin: Mutex::new(None),
+            stdin: ProcessStdin::default(),
         })
     }
 
@@ -465,7 +465,7 @@ impl Service {
                 StdinRelay::start(&paths.stdin, sandbox.clone(), process.stream)
             };
             match relay {
-                Ok(relay) => *lock(&process.stdin) = Some(relay),
+                Ok(relay) => process.stdin.relay(relay),
                 Err(error) => tracing::warn!("opening the stdin FIFO {}: {error}", paths.stdin),
             }
         }
@@ -485,9 +485,7 @@ impl Service {
             }
             // The output is in the FIFOs before anyone hears of the exit.
             drop(output);
-            if let Some(relay) = lock(&process.stdin).take() {
-                relay.close();
-            }
+            process.stdin.close();
             process.stop(code as u32);
             let mut exit = TaskExit::new();
             exit.container_id = task_id.clone();
@@ -700,9 +698,7 @@ impl Task for Service {
         let task = self.task(&request.id)?;
         let process = task.process(&request.exec_id)?;
         if request.stdin {
-            if let Some(relay) = lock(&process.stdin).take() {
-                relay.close();
-            }
+            process.stdin.close();
         }
         Ok(api::Empty::new())
     }
