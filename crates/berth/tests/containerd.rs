@@ -203,6 +203,13 @@ impl Drop for Containerd {
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
+        // A containerd that does not stop within a while is killed: a test's end must
+        // not wait for it (a failed test would then never report).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
         let _ = self.child.wait();
         for mount in mounts_under(&self.dir) {
             let _ = Command::new("umount").arg("-l").arg(mount).status();

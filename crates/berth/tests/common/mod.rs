@@ -97,14 +97,28 @@ impl Daemon {
         self.child.lock().unwrap().as_ref().map(Child::id)
     }
 
-    /// Stops the daemon with SIGTERM and waits for it.
+    /// Stops the daemon with SIGTERM and waits for it. One that has not stopped after
+    /// two minutes is killed, and the test fails (unless it is failing already: the
+    /// failure it has must get reported).
     pub fn stop(&self) {
         if let Some(mut child) = self.child.lock().unwrap().take() {
             // SAFETY: kill takes no pointers; the pid is our child's, not yet reaped.
             unsafe {
                 libc::kill(child.id() as i32, libc::SIGTERM);
             }
-            child.wait().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while child.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    assert!(
+                        std::thread::panicking(),
+                        "the daemon did not stop within 2 minutes of SIGTERM"
+                    );
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 
