@@ -86,7 +86,10 @@ fn starts_claim_spare_vms_which_become_the_containers() {
         "busybox",
         "sh",
         "-c",
-        "echo written-by-first > /proof; head -c 16 /dev/urandom | od -An -tx1 > /random; sleep 600",
+        // /proof is written once: a restart keeps what its disk has (rewriting it would
+        // truncate it for a moment, under a `docker exec` that reads it right after the
+        // start, and would prove nothing about the disk).
+        "[ -s /proof ] || echo written-by-first > /proof; head -c 16 /dev/urandom | od -An -tx1 > /random; sleep 600",
     ]);
     let pid: u32 = daemon
         .docker_ok(&["inspect", "-f", "{{.State.Pid}}", "first"])
