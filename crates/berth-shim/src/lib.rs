@@ -60,6 +60,8 @@ pub enum ShimError {
     Spec(#[from] oci_spec::OciSpecError),
     #[error(transparent)]
     Engine(#[from] berth_engine::EngineError),
+    #[error("the task's network namespace: {0}")]
+    Net(#[from] berth_net::NetError),
     #[error("protobuf: {0}")]
     Protobuf(#[from] containerd_shim_protos::protobuf::Error),
 }

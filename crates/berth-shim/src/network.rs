@@ -30,10 +30,6 @@ pub(crate) struct PodInterface {
     pub gateway: Option<String>,
 }
 
-fn open(netns: &Path) -> Result<Namespace, ShimError> {
-    Namespace::open(netns).map_err(|error| ShimError::Usage(error.to_string()))
-}
-
 fn run_in(namespace: &Namespace, program: &str, args: &[&str]) -> Result<String, ShimError> {
     let netns = namespace.path();
     let output = namespace
@@ -98,7 +94,7 @@ fn json(text: &str, what: &str) -> Result<serde_json::Value, ShimError> {
 /// Joins the namespace's interface to a new tap; `None` when it has no interface with
 /// an address (a task with only loopback).
 pub(crate) fn plumb(netns: &Path) -> Result<Option<PodInterface>, ShimError> {
-    let netns = &open(netns)?;
+    let netns = &Namespace::open(netns)?;
     let addresses = json(&run_in(netns, "ip", &["-j", "addr", "show"])?, "addresses")?;
     let Some((device, mac, address, mtu)) = pick_interface(&addresses) else {
         return Ok(None);
@@ -109,8 +105,7 @@ pub(crate) fn plumb(netns: &Path) -> Result<Option<PodInterface>, ShimError> {
     )?;
     let gateway = pick_gateway(&routes, &device);
     let mtu = mtu.to_string();
-    berth_net::links::create_tap(netns, TAP)
-        .map_err(|error| ShimError::Usage(format!("making the pod's tap: {error}")))?;
+    berth_net::links::create_tap(netns, TAP)?;
     run_in(netns, "ip", &["link", "set", TAP, "mtu", &mtu, "up"])?;
     for (from, to) in [(device.as_str(), TAP), (TAP, device.as_str())] {
         run_in(netns, "tc", &["qdisc", "add", "dev", from, "ingress"])?;
@@ -133,7 +128,7 @@ pub(crate) fn plumb(netns: &Path) -> Result<Option<PodInterface>, ShimError> {
 
 /// Removes the tap (its redirect goes with it) and the other interface's redirect.
 pub(crate) fn unplumb(netns: &Path) {
-    let Ok(netns) = &open(netns) else {
+    let Ok(netns) = &Namespace::open(netns) else {
         return;
     };
     let _ = run_in(netns, "ip", &["link", "delete", TAP]);
