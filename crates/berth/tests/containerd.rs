@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     busybox_archive, die_with_parent_thread, eventually, output_within, scratch, stderr, stdout,
-    BERTH,
+    terminate_within, BERTH,
 };
 
 const IMAGE: &str = "docker.io/library/busybox:latest";
@@ -199,18 +199,7 @@ impl Drop for Containerd {
                 libc::kill(pid as i32, libc::SIGKILL);
             }
         }
-        // SAFETY: as above; containerd is our child, not yet reaped.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        // A containerd that does not stop within a while is killed: a test's end must
-        // not wait for it (a failed test would then never report).
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        terminate_within(&mut self.child, Duration::from_secs(20));
         for mount in mounts_under(&self.dir) {
             let _ = Command::new("umount").arg("-l").arg(mount).status();
         }

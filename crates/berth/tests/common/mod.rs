@@ -102,23 +102,11 @@ impl Daemon {
     /// failure it has must get reported).
     pub fn stop(&self) {
         if let Some(mut child) = self.child.lock().unwrap().take() {
-            // SAFETY: kill takes no pointers; the pid is our child's, not yet reaped.
-            unsafe {
-                libc::kill(child.id() as i32, libc::SIGTERM);
-            }
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while child.try_wait().unwrap().is_none() {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    assert!(
-                        std::thread::panicking(),
-                        "the daemon did not stop within 2 minutes of SIGTERM"
-                    );
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            let stopped = terminate_within(&mut child, Duration::from_secs(120));
+            assert!(
+                stopped || std::thread::panicking(),
+                "the daemon did not stop within 2 minutes of SIGTERM"
+            );
         }
     }
 
@@ -273,6 +261,26 @@ fn remove_stale_namespaces() {
             let _ = Command::new("ip").args(["netns", "delete", &name]).output();
         }
     }
+}
+
+/// Sends `child` SIGTERM and waits for it; one still running after `limit` is killed.
+/// Whether it stopped on its own. (A fixture's end must not wait forever: a failing
+/// test would then never report.)
+pub fn terminate_within(child: &mut Child, limit: Duration) -> bool {
+    // SAFETY: kill takes no pointers; the pid is our child's, not yet reaped.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + limit;
+    while matches!(child.try_wait(), Ok(None)) {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
 }
 
 /// Makes the child get SIGTERM when the thread that spawns it ends.
