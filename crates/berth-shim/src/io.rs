@@ -10,6 +10,7 @@
 //! as its copy into the FIFO ends, which can be before `Start` has handed the relay
 //! over): the close is recorded, and the relay ends the input as soon as it starts.
 
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -75,6 +76,19 @@ impl StdinRelay {
             let mut buffer = vec![0u8; 64 * 1024];
             loop {
                 tokio::select! {
+                    // A close that is due wins over more reading: the drain below reads
+                    // everything the FIFO holds anyway.
+                    biased;
+                    _ = closed.notified() => {
+                        // Forward what the FIFO still holds, then end the process's input.
+                        loop {
+                            let n = read_held(&receiver, &mut buffer);
+                            if n == 0 || sandbox.send_stdin(stream, &buffer[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        break;
+                    }
                     ready = receiver.readable() => {
                         if ready.is_err() {
                             break;
@@ -90,15 +104,6 @@ impl StdinRelay {
                             Err(_) => break,
                         }
                     }
-                    _ = closed.notified() => {
-                        // Forward what the FIFO still holds, then end the process's input.
-                        while let Ok(n) = receiver.try_read(&mut buffer) {
-                            if n == 0 || sandbox.send_stdin(stream, &buffer[..n]).await.is_err() {
-                                break;
-                            }
-                        }
-                        break;
-                    }
                 }
             }
             let _ = sandbox.close_stdin(stream).await;
@@ -110,6 +115,18 @@ impl StdinRelay {
     fn close(&self) {
         self.closing.notify_one();
     }
+}
+
+/// Reads what the FIFO holds now into `buffer`: 0 when it holds nothing (or fails).
+///
+/// This is a read(2) of the descriptor itself, not the receiver's `try_read`: that
+/// answers "would block" until the runtime's reactor has reported the FIFO readable,
+/// which it may not have yet when the close comes right after the writer's last
+/// write (ctr writes its whole input, then calls `CloseIO`). Bytes the writer wrote
+/// before the close are in the FIFO's buffer by then, and a read of the
+/// (non-blocking) descriptor returns them.
+fn read_held(receiver: &pipe::Receiver, buffer: &mut [u8]) -> usize {
+    nix::unistd::read(receiver.as_raw_fd(), buffer).unwrap_or(0)
 }
 
 /// A process's standard input, whichever of its relay's start and its close comes
@@ -204,5 +221,48 @@ mod tests {
         // The process's end closes again: nothing more is sent.
         stdin.close();
         assert!(!was_closed(&closing));
+    }
+
+    #[test]
+    fn what_the_fifo_holds_at_the_close_is_read_before_the_reactor_reports_it() {
+        let dir = std::env::temp_dir().join(format!("berth-shim-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("stdin");
+        let _ = std::fs::remove_file(&path);
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let receiver = pipe::OpenOptions::new()
+                .read_write(true)
+                .open_receiver(&path)
+                .unwrap();
+            // The writer's whole input, written before its close and before the
+            // runtime has polled the FIFO at all.
+            let input: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+            std::io::Write::write_all(
+                &mut std::fs::OpenOptions::new().write(true).open(&path).unwrap(),
+                &input,
+            )
+            .unwrap();
+            let mut buffer = vec![0u8; 16 * 1024];
+            let mut read = Vec::new();
+            loop {
+                let n = read_held(&receiver, &mut buffer);
+                if n == 0 {
+                    break;
+                }
+                read.extend_from_slice(&buffer[..n]);
+            }
+            assert!(
+                read == input,
+                "read {} of the {} bytes the FIFO held",
+                read.len(),
+                input.len()
+            );
+        });
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
