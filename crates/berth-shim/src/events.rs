@@ -5,7 +5,8 @@
 //!
 //! One thread sends them in order: a task API call never waits on containerd (which may
 //! be waiting on that very call). An event that cannot be sent is logged and dropped;
-//! containerd learns a task's state from the task API as well.
+//! containerd learns a task's state from the task API as well. Before the shim exits,
+//! [`Publisher::flush`] sends what is queued (the last task's delete, say).
 
 use std::sync::mpsc;
 use std::time::Duration;
@@ -63,17 +64,24 @@ impl TaskEvent {
     }
 }
 
+/// What the publisher's thread is handed.
+enum Queued {
+    Event(TaskEvent),
+    /// Answered once every event queued before it is sent (or dropped).
+    Flush(mpsc::Sender<()>),
+}
+
 /// Sends events to containerd from a thread of its own.
 #[derive(Clone)]
 pub(crate) struct Publisher {
-    queue: mpsc::Sender<TaskEvent>,
+    queue: mpsc::Sender<Queued>,
 }
 
 impl Publisher {
     /// A publisher to containerd's ttrpc socket at `address` (a path), in `namespace`.
     /// With no address (a shim run by hand), events are dropped.
     pub fn new(address: Option<String>, namespace: String) -> Self {
-        let (queue, events) = mpsc::channel::<TaskEvent>();
+        let (queue, queued) = mpsc::channel::<Queued>();
         std::thread::spawn(move || {
             let client = address.and_then(|address| {
                 let address = match address.starts_with("unix://") {
@@ -85,10 +93,17 @@ impl Publisher {
                     .ok()
                     .map(EventsClient::new)
             });
-            for event in events {
-                let Some(client) = &client else { continue };
-                if let Err(error) = forward(client, &namespace, &event) {
-                    tracing::warn!("events: {}: {error}", event.topic());
+            for item in queued {
+                match item {
+                    Queued::Event(event) => {
+                        let Some(client) = &client else { continue };
+                        if let Err(error) = forward(client, &namespace, &event) {
+                            tracing::warn!("events: {}: {error}", event.topic());
+                        }
+                    }
+                    Queued::Flush(done) => {
+                        let _ = done.send(());
+                    }
                 }
             }
         });
@@ -96,7 +111,17 @@ impl Publisher {
     }
 
     pub fn publish(&self, event: TaskEvent) {
-        let _ = self.queue.send(event);
+        let _ = self.queue.send(Queued::Event(event));
+    }
+
+    /// Waits, at most `limit`, until every event published so far is sent; false when
+    /// the limit passed first.
+    pub fn flush(&self, limit: Duration) -> bool {
+        let (done, flushed) = mpsc::channel();
+        if self.queue.send(Queued::Flush(done)).is_err() {
+            return true;
+        }
+        flushed.recv_timeout(limit).is_ok()
     }
 }
 
@@ -123,4 +148,18 @@ fn forward(
         &request,
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flush_returns_once_what_was_published_before_it_is_handled() {
+        let publisher = Publisher::new(None, "test".into());
+        for _ in 0..3 {
+            publisher.publish(TaskEvent::Create(TaskCreate::new()));
+        }
+        assert!(publisher.flush(Duration::from_secs(5)));
+    }
 }

@@ -33,7 +33,7 @@ pub(crate) fn serve(flags: &Flags, config: ShimConfig) -> Result<(), ShimError> 
         runtime.handle().clone(),
         config,
         flags.namespace.clone(),
-        events,
+        events.clone(),
         shutdown,
     );
     let task: Arc<dyn Task + Send + Sync> = Arc::new(service);
@@ -52,6 +52,10 @@ pub(crate) fn serve(flags: &Flags, config: ShimConfig) -> Result<(), ShimError> 
         .map_err(|errno| ShimError::io("closing standard output")(errno.into()))?;
     let _ = shut_down.recv();
     tracing::info!(id = %flags.id, "shim shutting down");
+    // The last events (the last task's exit and delete) reach containerd first.
+    if !events.flush(std::time::Duration::from_secs(5)) {
+        tracing::warn!(id = %flags.id, "events still queued at the shim's exit are lost");
+    }
     server.shutdown();
     let _ = std::fs::remove_file(path);
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
