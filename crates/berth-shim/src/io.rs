@@ -9,16 +9,28 @@
 //! is forwarded first. `CloseIO` may come before the relay starts (ctr calls it as soon
 //! as its copy into the FIFO ends, which can be before `Start` has handed the relay
 //! over): the close is recorded, and the relay ends the input as soon as it starts.
+//!
+//! A process's output is written by a task of its own ([`OutputWriter`]), so that its
+//! exit is never held behind a reader that stopped reading (`ctr run -d` leaves FIFOs
+//! nobody reads; the shim holds a read end, so a write to a full FIFO waits rather
+//! than fails). At the exit, what is queued is written while the reader keeps taking
+//! it; a reader that takes nothing for [`OUTPUT_STALL`] loses the rest.
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use berth_engine::sandbox::Sandbox;
-use berth_engine::OutputStream;
+use berth_engine::{OutputChunk, OutputStream};
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+
+/// How long a process's exit waits for a reader that takes none of its output.
+pub(crate) const OUTPUT_STALL: Duration = Duration::from_secs(5);
 
 /// The output FIFOs of one process (absent when containerd gave no path).
 pub(crate) struct OutputFifos {
@@ -54,6 +66,68 @@ impl OutputFifos {
         if let Some(sender) = fifo {
             if sender.write_all(data).await.is_err() {
                 *fifo = None;
+            }
+        }
+    }
+}
+
+/// Writes a process's output to its FIFOs from a task of its own.
+pub(crate) struct OutputWriter {
+    queue: mpsc::UnboundedSender<OutputChunk>,
+    /// Chunks written so far: how [`OutputWriter::finish`] tells a slow reader from
+    /// one that stopped.
+    written: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl OutputWriter {
+    /// Starts writing to `fifos` (on the current runtime).
+    pub fn start(mut fifos: OutputFifos) -> Self {
+        let (queue, mut chunks) = mpsc::unbounded_channel::<OutputChunk>();
+        let written = Arc::new(AtomicU64::new(0));
+        let counted = written.clone();
+        let task = tokio::spawn(async move {
+            while let Some(chunk) = chunks.recv().await {
+                fifos.write(chunk.stream, &chunk.data).await;
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        OutputWriter {
+            queue,
+            written,
+            task,
+        }
+    }
+
+    /// Queues `chunk` (never waits for the reader).
+    pub fn write(&self, chunk: OutputChunk) {
+        let _ = self.queue.send(chunk);
+    }
+
+    /// Returns once everything queued is written and the FIFOs are closed, or once the
+    /// reader has taken nothing for `stall` (what is left is dropped).
+    pub async fn finish(self, stall: Duration) {
+        let OutputWriter {
+            queue,
+            written,
+            mut task,
+        } = self;
+        drop(queue);
+        let mut seen = written.load(Ordering::Relaxed);
+        loop {
+            tokio::select! {
+                _ = &mut task => return,
+                _ = tokio::time::sleep(stall) => {
+                    let now = written.load(Ordering::Relaxed);
+                    if now == seen {
+                        tracing::warn!(
+                            "the output's reader took nothing for {stall:?}: the rest of the output is dropped"
+                        );
+                        task.abort();
+                        return;
+                    }
+                    seen = now;
+                }
             }
         }
     }
@@ -263,6 +337,72 @@ mod tests {
                 input.len()
             );
         });
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A FIFO in a directory of the test's own.
+    fn fifo(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("berth-shim-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("fifo");
+        let _ = std::fs::remove_file(&path);
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        (dir, path)
+    }
+
+    fn chunk(data: Vec<u8>) -> OutputChunk {
+        OutputChunk {
+            stream: OutputStream::Stdout,
+            data: data.into(),
+        }
+    }
+
+    #[test]
+    fn a_reader_gets_all_the_output_before_finish_returns() {
+        let (dir, path) = fifo("output-read");
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let reader_path = path.clone();
+        // Opening for reading waits for the writer (the shim's read-write open).
+        let reader = std::thread::spawn(move || {
+            let mut file = std::fs::File::open(&reader_path).unwrap();
+            let mut read = Vec::new();
+            std::io::Read::read_to_end(&mut file, &mut read).unwrap();
+            read
+        });
+        let sent: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        runtime.block_on(async {
+            let writer =
+                OutputWriter::start(OutputFifos::open(path.to_str().unwrap(), "").unwrap());
+            for piece in sent.chunks(32 * 1024) {
+                writer.write(chunk(piece.to_vec()));
+            }
+            writer.finish(Duration::from_secs(5)).await;
+        });
+        // finish closed the FIFO (its read-write end): the reader sees the end.
+        let read = reader.join().unwrap();
+        assert!(read == sent, "read {} of {} bytes", read.len(), sent.len());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn finish_gives_up_on_a_reader_that_takes_nothing() {
+        let (dir, path) = fifo("output-stalled");
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let finished = runtime.block_on(async {
+            let writer =
+                OutputWriter::start(OutputFifos::open(path.to_str().unwrap(), "").unwrap());
+            // More than a FIFO holds, and nobody reads.
+            for _ in 0..8 {
+                writer.write(chunk(vec![b'x'; 64 * 1024]));
+            }
+            tokio::time::timeout(
+                Duration::from_secs(20),
+                writer.finish(Duration::from_millis(200)),
+            )
+            .await
+            .is_ok()
+        });
+        assert!(finished, "finish waited on a reader that never read");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

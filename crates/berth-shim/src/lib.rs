@@ -11,8 +11,12 @@
 //! standard streams are relayed to containerd's FIFOs.
 //!
 //! Modules: [`flags`] (the command line), `launch` (the `start` and `delete` actions),
-//! `serve` (the ttrpc server), `service` (the task API), `spec` (the OCI process as a
-//! guest process), `rootfs` (containerd's rootfs mounts), `network` (the task's network namespace as the VM's NIC), `pod` (a pod's containers in one VM), `stats` (a task's usage as containerd's metrics), `io` (the FIFOs), `events` (events to containerd).
+//! `serve` (the ttrpc server), `service` (the task API), `process` (a task's process
+//! and its phases), `spec` (the OCI process as a guest process), `rootfs` (containerd's
+//! rootfs mounts), `network` (the task's network namespace as the VM's NIC), `pod` (a
+//! pod's containers in one VM), `resources` (OCI limits as the guest's cgroup's),
+//! `stats` (a task's usage as containerd's metrics), `io` (the FIFOs and the writing of
+//! output), `events` (events to containerd).
 
 mod events;
 pub mod flags;
@@ -20,6 +24,7 @@ mod io;
 mod launch;
 mod network;
 mod pod;
+mod process;
 mod resources;
 mod rootfs;
 mod serve;

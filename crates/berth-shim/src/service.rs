@@ -3,10 +3,11 @@
 //! A task is a sandbox ([`berth_engine::sandbox::Sandbox`]) made at `Create` (the VM is
 //! restored and its root mounted then, as runc creates its container then), whose
 //! processes are its init (exec id `""`, the sandbox's first stream) and its execs (a
-//! stream each). A process is `CREATED` until `Start`, `RUNNING` until the guest reports
-//! its exit, then `STOPPED` with its exit status; `Wait` returns once its output has
-//! reached its FIFOs. The pid containerd sees for every process is the VM's process on
-//! the host (the guest's pids mean nothing there).
+//! stream each), each a [`TaskProcess`] with its phases. `Wait` returns once the
+//! process's output has reached its FIFOs (or its reader stopped taking it). Events
+//! come in containerd's order: a process's start before its exit, and the init's exit
+//! after those of its execs. The pid containerd sees for every process is the VM's
+//! process on the host (the guest's pids mean nothing there).
 //!
 //! Calls arrive on ttrpc's threads; each runs its async work on the shim's runtime.
 //! Unknown ids answer `NOT_FOUND`, calls out of order `FAILED_PRECONDITION`, what this
@@ -22,7 +23,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use berth_agent_proto::ProcessSpec;
 use berth_engine::sandbox::{ProcessEvent, Sandbox, SandboxNic, SandboxOptions, INIT_STREAM};
 use containerd_shim_protos::api;
 use containerd_shim_protos::api::Status;
@@ -34,10 +34,10 @@ use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::ttrpc::{self, Code, TtrpcContext};
 use containerd_shim_protos::Task;
-use tokio::sync::watch;
 
 use crate::events::{Publisher, TaskEvent};
-use crate::io::{OutputFifos, ProcessStdin, StdinRelay};
+use crate::io::{OutputFifos, OutputWriter, StdinRelay, OUTPUT_STALL};
+use crate::process::{Phase, StreamPaths, TaskProcess};
 use crate::rootfs::{mount_rootfs, unmount, vm_run_dir};
 use crate::{ShimConfig, ShimError};
 
@@ -67,75 +67,6 @@ pub(crate) fn timestamp_now() -> Timestamp {
     timestamp_of(SystemTime::now())
 }
 
-/// Where a process is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Created,
-    Running,
-    Stopped { code: u32, at: SystemTime },
-}
-
-/// containerd's paths for a process's streams.
-#[derive(Debug, Clone, Default)]
-struct StreamPaths {
-    stdin: String,
-    stdout: String,
-    stderr: String,
-    terminal: bool,
-}
-
-impl StreamPaths {
-    /// The paths of a `Create` or `Exec` request.
-    fn of(stdin: &str, stdout: &str, stderr: &str, terminal: bool) -> Self {
-        Self {
-            stdin: stdin.to_owned(),
-            stdout: stdout.to_owned(),
-            stderr: stderr.to_owned(),
-            terminal,
-        }
-    }
-}
-
-/// One process of a task.
-struct TaskProcess {
-    exec_id: String,
-    stream: u32,
-    spec: ProcessSpec,
-    paths: StreamPaths,
-    phase: watch::Sender<Phase>,
-    stdin: ProcessStdin,
-}
-
-impl TaskProcess {
-    fn new(exec_id: &str, stream: u32, spec: ProcessSpec, paths: StreamPaths) -> Arc<Self> {
-        Arc::new(TaskProcess {
-            exec_id: exec_id.to_owned(),
-            stream,
-            spec,
-            paths,
-            phase: watch::Sender::new(Phase::Created),
-            stdin: ProcessStdin::default(),
-        })
-    }
-
-    fn phase(&self) -> Phase {
-        *self.phase.borrow()
-    }
-
-    fn stop(&self, code: u32) {
-        self.phase.send_if_modified(|phase| match phase {
-            Phase::Stopped { .. } => false,
-            _ => {
-                *phase = Phase::Stopped {
-                    code,
-                    at: SystemTime::now(),
-                };
-                true
-            }
-        });
-    }
-}
-
 /// One task: its sandbox and processes.
 struct TaskEntry {
     id: String,
@@ -152,6 +83,8 @@ struct TaskEntry {
     paused: AtomicBool,
     /// A pod's container: its name in the pod sandbox's VM (which it does not own).
     container: Option<String>,
+    /// The guest reported the init's exit: no exec starts any more.
+    init_exited: AtomicBool,
 }
 
 impl TaskEntry {
@@ -167,7 +100,33 @@ impl TaskEntry {
             .clone()
             .ok_or_else(|| status(Code::FAILED_PRECONDITION, "the task's VM is gone"))
     }
+
+    /// Waits, at most `limit` in all, for the task's started execs to end: the init's
+    /// exit is published after theirs, as containerd expects of a shim (a `Delete` that
+    /// follows the init's exit then finds no exec running).
+    async fn execs_end(&self, limit: Duration) {
+        let live: Vec<Arc<TaskProcess>> = lock(&self.processes)
+            .values()
+            .filter(|process| !process.is_init() && process.phase().is_live())
+            .cloned()
+            .collect();
+        let deadline = tokio::time::Instant::now() + limit;
+        for exec in live {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !exec.ends_within(left).await {
+                tracing::warn!(
+                    task = %self.id,
+                    exec = %exec.exec_id,
+                    "an exec outlived the task's init by {limit:?}: the init's exit is published before its"
+                );
+                return;
+            }
+        }
+    }
 }
+
+/// How long the init's exit waits for its execs' exits (the guest ends them with it).
+const EXECS_AT_INIT_EXIT: Duration = Duration::from_secs(10);
 
 /// The task service of one shim process.
 pub(crate) struct Service {
@@ -334,6 +293,7 @@ impl Service {
             processes: Mutex::new(HashMap::from([(String::new(), init)])),
             next_stream: Arc::new(AtomicU32::new(INIT_STREAM + 1)),
             paused: AtomicBool::new(false),
+            init_exited: AtomicBool::new(false),
             container: None,
         })
     }
@@ -408,29 +368,53 @@ impl Service {
             processes: Mutex::new(HashMap::from([(String::new(), init)])),
             next_stream,
             paused: AtomicBool::new(false),
+            init_exited: AtomicBool::new(false),
             container: Some(name),
         })
     }
 
-    /// Starts `process` in `task`'s VM; returns once the guest has started it (or
-    /// refused to: then it is stopped with 126 or 127, and the call fails).
+    /// Starts `process` in `task`'s VM and publishes its start; returns once the guest
+    /// has started it (or refused to: then it is stopped with 126 or 127, and the call
+    /// fails).
     fn start_process(&self, task: &Arc<TaskEntry>, process: &Arc<TaskProcess>) -> Answer<()> {
-        if process.phase() != Phase::Created {
+        if !process.is_init() && task.init_exited.load(Ordering::SeqCst) {
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                "the task's init has exited: no exec starts in it",
+            ));
+        }
+        if !process.begin_start() {
             return Err(status(
                 Code::FAILED_PRECONDITION,
                 format!("process {} is not in the created state", process.exec_id),
             ));
         }
-        let sandbox = task.sandbox()?;
+        let sandbox = match task.sandbox() {
+            Ok(sandbox) => sandbox,
+            Err(error) => {
+                process.stop(137);
+                return Err(error);
+            }
+        };
         let paths = process.paths.clone();
         let started = self.runtime.block_on(async {
-            let mut output = OutputFifos::open(&paths.stdout, &paths.stderr).map_err(|error| {
-                status(Code::INTERNAL, format!("opening the output FIFOs: {error}"))
-            })?;
-            let mut events = sandbox
-                .spawn(process.stream, process.spec.clone())
-                .await
-                .map_err(|error| status(Code::INTERNAL, error.to_string()))?;
+            let mut output = match OutputFifos::open(&paths.stdout, &paths.stderr) {
+                Ok(output) => output,
+                Err(error) => {
+                    process.stop(137);
+                    return Err(status(
+                        Code::INTERNAL,
+                        format!("opening the output FIFOs: {error}"),
+                    ));
+                }
+            };
+            let mut events = match sandbox.spawn(process.stream, process.spec.clone()).await {
+                Ok(events) => events,
+                Err(error) => {
+                    process.stop(137);
+                    return Err(status(Code::INTERNAL, error.to_string()));
+                }
+            };
             match events.recv().await {
                 Some(ProcessEvent::Started { .. }) => {}
                 Some(ProcessEvent::SpawnFailed { code, message }) => {
@@ -457,8 +441,21 @@ impl Service {
             }
             Ok((output, events))
         });
-        let (mut output, mut events) = started?;
-        process.phase.send_replace(Phase::Running);
+        let (output, mut events) = started?;
+        process.started();
+        // The start is published before anything of the process's end can be.
+        if process.is_init() {
+            let mut event = TaskStart::new();
+            event.container_id = task.id.clone();
+            event.pid = task.vm_pid;
+            self.events.publish(TaskEvent::Start(event));
+        } else {
+            let mut event = TaskExecStarted::new();
+            event.container_id = task.id.clone();
+            event.exec_id = process.exec_id.clone();
+            event.pid = task.vm_pid;
+            self.events.publish(TaskEvent::ExecStarted(event));
+        }
         if process.spec.stdin && !paths.stdin.is_empty() {
             let relay = {
                 let _entered = self.runtime.enter();
@@ -469,13 +466,14 @@ impl Service {
                 Err(error) => tracing::warn!("opening the stdin FIFO {}: {error}", paths.stdin),
             }
         }
-        let (process, task_id, vm_pid) = (process.clone(), task.id.clone(), task.vm_pid);
+        let (process, task) = (process.clone(), task.clone());
         let events_out = self.events.clone();
         self.runtime.spawn(async move {
+            let output = OutputWriter::start(output);
             let mut code = 137;
             while let Some(event) = events.recv().await {
                 match event {
-                    ProcessEvent::Output(chunk) => output.write(chunk.stream, &chunk.data).await,
+                    ProcessEvent::Output(chunk) => output.write(chunk),
                     ProcessEvent::Exited { code: exited } => {
                         code = exited;
                         break;
@@ -483,17 +481,23 @@ impl Service {
                     _ => {}
                 }
             }
+            if process.is_init() {
+                task.init_exited.store(true, Ordering::SeqCst);
+            }
             // The output is in the FIFOs before anyone hears of the exit.
-            drop(output);
+            output.finish(OUTPUT_STALL).await;
             process.stdin.close();
+            if process.is_init() {
+                task.execs_end(EXECS_AT_INIT_EXIT).await;
+            }
             process.stop(code as u32);
             let mut exit = TaskExit::new();
-            exit.container_id = task_id.clone();
-            exit.id = match process.exec_id.is_empty() {
-                true => task_id,
+            exit.container_id = task.id.clone();
+            exit.id = match process.is_init() {
+                true => task.id.clone(),
                 false => process.exec_id.clone(),
             };
-            exit.pid = vm_pid;
+            exit.pid = task.vm_pid;
             exit.exit_status = code as u32;
             exit.exited_at = Some(timestamp_now()).into();
             events_out.publish(TaskEvent::Exit(exit));
@@ -512,7 +516,7 @@ impl Service {
         state.stderr = process.paths.stderr.clone();
         state.terminal = process.paths.terminal;
         match process.phase() {
-            Phase::Created => state.status = Status::CREATED.into(),
+            Phase::Created | Phase::Starting => state.status = Status::CREATED.into(),
             Phase::Running if task.paused.load(Ordering::Relaxed) => {
                 state.status = Status::PAUSED.into()
             }
@@ -557,18 +561,6 @@ impl Task for Service {
         let task = self.task(&request.id)?;
         let process = task.process(&request.exec_id)?;
         self.start_process(&task, &process)?;
-        if request.exec_id.is_empty() {
-            let mut event = TaskStart::new();
-            event.container_id = task.id.clone();
-            event.pid = task.vm_pid;
-            self.events.publish(TaskEvent::Start(event));
-        } else {
-            let mut event = TaskExecStarted::new();
-            event.container_id = task.id.clone();
-            event.exec_id = request.exec_id.clone();
-            event.pid = task.vm_pid;
-            self.events.publish(TaskEvent::ExecStarted(event));
-        }
         let mut response = api::StartResponse::new();
         response.pid = task.vm_pid;
         Ok(response)
@@ -583,16 +575,7 @@ impl Task for Service {
     fn wait(&self, _ctx: &TtrpcContext, request: api::WaitRequest) -> Answer<api::WaitResponse> {
         let task = self.task(&request.id)?;
         let process = task.process(&request.exec_id)?;
-        let mut phase = process.phase.subscribe();
-        let stopped = self.runtime.block_on(async {
-            phase
-                .wait_for(|phase| matches!(phase, Phase::Stopped { .. }))
-                .await
-                .map(|phase| *phase)
-        });
-        let Ok(Phase::Stopped { code, at }) = stopped else {
-            return Err(status(Code::INTERNAL, "the process's state was dropped"));
-        };
+        let (code, at) = self.runtime.block_on(process.stopped());
         let mut response = api::WaitResponse::new();
         response.exit_status = code;
         response.exited_at = Some(timestamp_of(at)).into();
@@ -611,12 +594,12 @@ impl Task for Service {
                     format!("invalid signal {}", request.signal),
                 )
             })?;
-        match process.phase() {
-            Phase::Created => {
-                // Never started: it ends here, as a process killed before it ran.
-                process.stop(128 + signal as u32);
-                Ok(api::Empty::new())
-            }
+        // Never started: it ends here, as a process killed before it ran.
+        if process.stop_unstarted(128 + signal as u32) {
+            return Ok(api::Empty::new());
+        }
+        // A start in progress is waited out: the signal then reaches what it started.
+        match self.runtime.block_on(process.settled()) {
             Phase::Running => {
                 let sandbox = task.sandbox()?;
                 self.runtime
@@ -625,6 +608,10 @@ impl Task for Service {
                 Ok(api::Empty::new())
             }
             Phase::Stopped { .. } => Err(status(Code::NOT_FOUND, "process already finished")),
+            Phase::Created | Phase::Starting => Err(status(
+                Code::FAILED_PRECONDITION,
+                format!("process {} is being started", process.exec_id),
+            )),
         }
     }
 
@@ -713,7 +700,7 @@ impl Task for Service {
         let (code, at) = match process.phase() {
             Phase::Stopped { code, at } => (code, at),
             Phase::Created => (0, SystemTime::now()),
-            Phase::Running => {
+            Phase::Starting | Phase::Running => {
                 return Err(status(
                     Code::FAILED_PRECONDITION,
                     format!("process {} is running: kill it first", request.exec_id),
@@ -723,16 +710,16 @@ impl Task for Service {
         if !request.exec_id.is_empty() {
             lock(&task.processes).remove(&request.exec_id);
         } else {
-            let running = lock(&task.processes)
-                .values()
-                .any(|p| p.phase() == Phase::Running);
+            let running = lock(&task.processes).values().any(|p| p.phase().is_live());
             if running {
                 return Err(status(
                     Code::FAILED_PRECONDITION,
                     "the task still has processes running",
                 ));
             }
-            if let Some(sandbox) = lock(&task.sandbox).take() {
+            // The lock is not held while the VM stops (Stats and Kill take it).
+            let sandbox = lock(&task.sandbox).take();
+            if let Some(sandbox) = sandbox {
                 match &task.container {
                     // A pod's container leaves its pod's VM running.
                     Some(name) => {
