@@ -424,6 +424,9 @@ pub enum GuestMessage {
     /// and whether the kernel's out-of-memory killer killed it. For the container's first
     /// process, sent once the container's other processes are killed and the guest's
     /// filesystems synced: what the container wrote has reached its disks and shares.
+    /// It follows the process's output: all of it, or, for an exec that left a process
+    /// behind holding its output open, what came before its streams went quiet (then no
+    /// frame of the stream follows).
     Exited {
         code: i32,
         signal: Option<i32>,

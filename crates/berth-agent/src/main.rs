@@ -22,6 +22,7 @@ mod network6;
 mod pid_namespace;
 mod pod;
 mod process;
+mod pumps;
 mod rebind;
 mod rehearse;
 mod serve;

@@ -7,17 +7,17 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Sender};
-use std::thread::JoinHandle;
 
 use berth_agent_proto::{FrameKind, ProcessSpec, SpawnFailure};
 
 use crate::channel::Channel;
 use crate::pid_namespace;
+use crate::pumps::Pumps;
 use crate::user;
 
 /// A running process the agent reports on.
@@ -27,8 +27,8 @@ pub struct RunningProcess {
     pub stdin: Option<Sender<Option<Vec<u8>>>>,
     /// The terminal's controlling side, when the process has one.
     pub pty_master: Option<File>,
-    /// Threads copying output to the channel; joined before `Exited` is sent.
-    pub pumps: Vec<JoinHandle<()>>,
+    /// Threads copying output to the channel; finished before `Exited` is sent.
+    pub pumps: Pumps,
     /// The container's first process: when it ends, the container ends.
     pub is_init: bool,
     /// The kernel's count of out-of-memory kills when the process started.
@@ -69,25 +69,6 @@ impl SpawnError {
 
 fn cstring(value: &str) -> Result<CString, SpawnError> {
     CString::new(value).map_err(|_| SpawnError::other(format!("{value:?} contains a NUL byte")))
-}
-
-fn pump(mut source: File, channel: Channel, stream: u32, kind: FrameKind) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut buffer = vec![0u8; 32 * 1024];
-        loop {
-            match source.read(&mut buffer) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if channel.send_data(stream, kind, &buffer[..n]).is_err() {
-                        break;
-                    }
-                }
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                // A terminal whose other side closed reads EIO: that is its end of file.
-                Err(_) => break,
-            }
-        }
-    })
 }
 
 fn stdin_feeder(mut sink: File) -> Sender<Option<Vec<u8>>> {
@@ -475,7 +456,7 @@ fn install_child_setup(command: &mut Command, setup: ChildSetup) {
 /// The threads that carry a started process's streams.
 struct StreamThreads {
     /// Threads copying output to the channel.
-    pumps: Vec<JoinHandle<()>>,
+    pumps: Pumps,
     /// Feeds standard input, when the process reads it.
     stdin: Option<Sender<Option<Vec<u8>>>>,
 }
@@ -490,7 +471,8 @@ fn pump_terminal(
     let reader = master
         .try_clone()
         .map_err(|e| SpawnError::other(e.to_string()))?;
-    let pumps = vec![pump(reader, channel.clone(), stream, FrameKind::Stdout)];
+    let mut pumps = Pumps::default();
+    pumps.add(reader, channel.clone(), stream, FrameKind::Stdout);
     let stdin = if with_stdin {
         Some(stdin_feeder(
             master
@@ -505,22 +487,22 @@ fn pump_terminal(
 
 /// Copies the child's piped output to the channel and feeds its piped input.
 fn pump_pipes(child: &mut Child, channel: &Channel, stream: u32) -> StreamThreads {
-    let mut pumps = Vec::new();
+    let mut pumps = Pumps::default();
     if let Some(out) = child.stdout.take() {
-        pumps.push(pump(
+        pumps.add(
             File::from(OwnedFd::from(out)),
             channel.clone(),
             stream,
             FrameKind::Stdout,
-        ));
+        );
     }
     if let Some(err) = child.stderr.take() {
-        pumps.push(pump(
+        pumps.add(
             File::from(OwnedFd::from(err)),
             channel.clone(),
             stream,
             FrameKind::Stderr,
-        ));
+        );
     }
     let stdin = child
         .stdin

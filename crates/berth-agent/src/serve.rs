@@ -668,8 +668,12 @@ fn reap(table: SharedTable, channel: Channel, exits: SharedExits) {
                 crate::pid_namespace::release(container, proc.as_deref());
             }
             drop(process.stdin);
-            for pump in process.pumps {
-                let _ = pump.join();
+            // A container's first process takes its container's processes with it
+            // (the VM's, or its own PID namespace's), which closes its pipes; another
+            // may have left one behind that holds them (see `pumps`).
+            let ends_its_container = process.is_init || process.own_pid_namespace;
+            if !process.pumps.finish(!ends_its_container) {
+                eprintln!("berth-agent: stream {stream}: a process left behind holds the exited one's output open: its end is told without the rest");
             }
             if process.is_init {
                 // What the container wrote is on its VM's disks and shares before its end

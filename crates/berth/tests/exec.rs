@@ -52,6 +52,22 @@ fn exec_runs_with_options_streams_and_exit_codes() {
         daemon.docker_ok(&["inspect", "-f", "{{.State.Running}}", &id]),
         "true"
     );
+    // An exec that leaves a process behind, holding its output open, ends when it
+    // exits, with what it wrote (Docker waits at most 2 s for an exec's streams).
+    let left_behind = daemon.docker(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "echo before; sleep 100000 & echo after; exit 5",
+    ]);
+    assert_eq!(
+        left_behind.status.code(),
+        Some(5),
+        "stderr: {}",
+        stderr(&left_behind)
+    );
+    assert_eq!(stdout(&left_behind), "before\nafter\n");
     daemon.docker_ok(&["rm", "-f", &id]);
 
     let stopped = daemon.docker(&["exec", &id, "true"]);
