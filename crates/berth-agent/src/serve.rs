@@ -671,10 +671,11 @@ fn reap(table: SharedTable, channel: Channel, exits: SharedExits) {
             // A container's first process takes its container's processes with it
             // (the VM's, or its own PID namespace's), which closes its pipes; another
             // may have left one behind that holds them (see `pumps`).
+            // Nothing is written to the console about it: a background process is
+            // ordinary, and a console write can block for long where the serial port
+            // is slow (a nested VM's).
             let ends_its_container = process.is_init || process.own_pid_namespace;
-            if !process.pumps.finish(!ends_its_container) {
-                eprintln!("berth-agent: stream {stream}: a process left behind holds the exited one's output open: its end is told without the rest");
-            }
+            process.pumps.finish(!ends_its_container);
             if process.is_init {
                 // What the container wrote is on its VM's disks and shares before its end
                 // is told (protocol 7): the engine may then end the VM without a shutdown.
