@@ -434,13 +434,7 @@ impl Sandbox {
                         }
                     }
                 }
-                // The VM or its channel is gone: whatever still runs has ended with it.
-                lock(&replies).take();
-                for (_, sender) in lock(&routes).drain() {
-                    let _ = sender.send(ProcessEvent::Exited {
-                        code: VM_ENDED_CODE,
-                    });
-                }
+                end_all(&routes, &replies);
             })
         };
         Ok(Sandbox {
@@ -795,6 +789,9 @@ impl Sandbox {
             .await;
         self.control.shut_down(grace).await;
         self.reader.abort();
+        // The reader may have been stopped before it told the processes still running
+        // (a pod's other containers hold this sandbox and wait on them).
+        end_all(&self.routes, &self.replies);
         let _ = std::fs::remove_dir_all(&self.run_dir);
     }
 }
@@ -845,6 +842,17 @@ fn plan_mounts(
         }
     }
     Ok((shares, tmpfs))
+}
+
+/// The VM or its channel is gone: whatever still runs has ended with it, and no
+/// answer comes.
+fn end_all(routes: &Routes, replies: &Replies) {
+    lock(replies).take();
+    for (_, sender) in lock(routes).drain() {
+        let _ = sender.send(ProcessEvent::Exited {
+            code: VM_ENDED_CODE,
+        });
+    }
 }
 
 /// Hands an agent event to the process it belongs to, or an answer on the agent's
